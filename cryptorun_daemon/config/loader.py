@@ -1,0 +1,490 @@
+"""TOML file → :class:`Config`, reporting every problem at once.
+
+Each problem names the file, the key path (``rules[1].lag_slo``) and what is
+wrong. Unknown keys are errors so a typo never silently becomes a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, cast, get_args
+from urllib.parse import urlsplit
+
+from cryptorun_daemon.config.durations import parse_duration
+from cryptorun_daemon.config.model import (
+    DEFAULT_MODE,
+    TIERS,
+    AdminConfig,
+    AnomalyConfig,
+    Config,
+    FeedConfig,
+    FeedKind,
+    HotConfig,
+    LogConfig,
+    LogFormat,
+    LogLevel,
+    Mode,
+    ReplicationConfig,
+    Rule,
+    StateBackend,
+    StateConfig,
+    StorageConfig,
+    Tier,
+    ValidationConfig,
+)
+from cryptorun_daemon.errors import ConfigError, ConfigProblem
+
+REGION_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+_MISSING = object()
+
+
+class _Table:
+    """Reads one TOML table, recording problems instead of raising.
+
+    Every key read is remembered; :meth:`finish` reports the keys never read as
+    unknown. Readers return ``default`` after recording a problem so loading
+    continues and all problems surface in one pass.
+    """
+
+    def __init__(self, loader: _Loader, data: Any, path: str) -> None:
+        self.loader = loader
+        self.path = path
+        self.seen: set[str] = set()
+        if not isinstance(data, dict):
+            loader.problem(path, f"must be a table, got {_type_name(data)}")
+            data = {}
+        self.data: dict[str, Any] = data
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def raw(self, name: str) -> Any:
+        self.seen.add(name)
+        return self.data.get(name, _MISSING)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def _typed(self, name: str, kind: type | tuple[type, ...], label: str, default: Any) -> Any:
+        value = self.raw(name)
+        if value is _MISSING:
+            if default is _MISSING:
+                self.loader.problem(self.key(name), "is required")
+            return None if default is _MISSING else default
+        # bool is an int in Python; a config that says `port = true` is still wrong.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            self.loader.problem(self.key(name), f"must be {label}, got a boolean")
+            return None if default is _MISSING else default
+        if not isinstance(value, kind):
+            self.loader.problem(self.key(name), f"must be {label}, got {_type_name(value)}")
+            return None if default is _MISSING else default
+        return value
+
+    def string(self, name: str, default: Any = _MISSING) -> Any:
+        return self._typed(name, str, "a string", default)
+
+    def boolean(self, name: str, default: Any = _MISSING) -> Any:
+        return self._typed(name, bool, "true or false", default)
+
+    def integer(self, name: str, default: Any = _MISSING, *, minimum: int = 0) -> Any:
+        value = self._typed(name, int, "an integer", default)
+        if isinstance(value, int) and value < minimum:
+            self.loader.problem(self.key(name), f"must be >= {minimum}, got {value}")
+            return default if default is not _MISSING else None
+        return value
+
+    def number(self, name: str, default: Any = _MISSING, *, positive: bool = True) -> Any:
+        value = self._typed(name, (int, float), "a number", default)
+        if isinstance(value, int | float) and positive and value <= 0:
+            self.loader.problem(self.key(name), f"must be greater than zero, got {value}")
+            return default if default is not _MISSING else None
+        return float(value) if isinstance(value, int | float) else value
+
+    def duration(self, name: str, default: Any = _MISSING) -> Any:
+        text = self.string(name, _MISSING if default is _MISSING else None)
+        if text is None:
+            return None if default is _MISSING else default
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            self.loader.problem(self.key(name), str(exc))
+            return None if default is _MISSING else default
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: Any = _MISSING) -> Any:
+        value = self.string(name, default)
+        if isinstance(value, str) and value not in allowed:
+            self.loader.problem(
+                self.key(name), f"{value!r} is not one of {', '.join(allowed)}"
+            )
+            return None if default is _MISSING else default
+        return value
+
+    def strings(self, name: str, default: Any = _MISSING) -> Any:
+        value = self._typed(name, list, "a list of strings", default)
+        if isinstance(value, list):
+            bad = [item for item in value if not isinstance(item, str)]
+            if bad:
+                self.loader.problem(self.key(name), "must be a list of strings")
+                return None if default is _MISSING else default
+            return tuple(value)
+        return value
+
+    def table(self, name: str) -> _Table:
+        value = self.raw(name)
+        return _Table(self.loader, {} if value is _MISSING else value, self.key(name))
+
+    def finish(self) -> None:
+        for name in sorted(set(self.data) - self.seen):
+            self.loader.problem(self.key(name), "unknown key")
+
+
+class _Loader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[ConfigProblem] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(ConfigProblem(str(self.path), key, message))
+
+    def resolve(self, value: str) -> Path:
+        candidate = Path(value).expanduser()
+        return candidate if candidate.is_absolute() else (self.path.parent / candidate).resolve()
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate one region's TOML config.
+
+    Error handling: raises :class:`ConfigError` carrying every problem found
+    (unreadable file, TOML syntax, unknown keys, wrong types, bad durations,
+    unknown regions, contradictory rules, missing token file).
+    """
+    path = Path(path)
+    loader = _Loader(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(str(path), "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {exc}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigProblem(str(path), "", f"invalid TOML: {exc}")]) from None
+
+    top = _Table(loader, data, "")
+    region = top.string("region")
+    if isinstance(region, str) and not REGION_NAME.match(region):
+        loader.problem("region", f"{region!r} must match [a-z][a-z0-9-]*")
+
+    admin = _admin(top.table("admin"), loader)
+    storage_table = top.table("storage")
+    root = storage_table.string("root")
+    storage_table.finish()
+    peers = _peers(top.table("peers"), loader, region)
+    known_regions = {r for r in (region, *peers) if isinstance(r, str)}
+    rules = _rules(top.raw("rules"), loader, known_regions)
+    log = _log(top.table("log"))
+    state = _state(top.table("state"), loader)
+    replication = _replication(top.table("replication"))
+    hot = _hot(top.table("hot"))
+    feeds = _feeds(top.raw("feeds"), loader)
+    validation = _validation(top.table("validation"))
+    top.finish()
+
+    if loader.problems:
+        raise ConfigError(loader.problems)
+    return Config(
+        source=path,
+        region=cast(str, region),
+        admin=cast(AdminConfig, admin),
+        storage=StorageConfig(root=loader.resolve(cast(str, root))),
+        peers=peers,
+        rules=rules,
+        log=log,
+        state=state,
+        replication=replication,
+        hot=hot,
+        feeds=feeds,
+        validation=validation,
+    )
+
+
+def _admin(t: _Table, loader: _Loader) -> AdminConfig | None:
+    listen = t.string("listen", "127.0.0.1:9100")
+    token_file = t.string("token_file", None)
+    max_request_bytes = t.integer("max_request_bytes", 1 << 20, minimum=1024)
+    shutdown_timeout = t.duration("shutdown_timeout", 10.0)
+    t.finish()
+    host_port = _split_listen(listen, t.key("listen"), loader) if isinstance(listen, str) else None
+    token_path = loader.resolve(token_file) if isinstance(token_file, str) else None
+    if token_path is not None and not token_path.is_file():
+        loader.problem(t.key("token_file"), f"token file {token_path} does not exist")
+    elif token_path is not None and not token_path.read_text(encoding="utf-8").strip():
+        loader.problem(t.key("token_file"), f"token file {token_path} is empty")
+    if host_port is None:
+        return None
+    host, port = host_port
+    if token_path is None and not _is_loopback(host):
+        loader.problem(
+            t.key("token_file"),
+            f"is required when admin.listen ({listen}) is not a loopback address",
+        )
+    return AdminConfig(
+        host=host,
+        port=port,
+        token_file=token_path,
+        max_request_bytes=max_request_bytes,
+        shutdown_timeout=shutdown_timeout,
+    )
+
+
+def _split_listen(listen: str, key: str, loader: _Loader) -> tuple[str, int] | None:
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        loader.problem(key, f"{listen!r} must be host:port, e.g. 127.0.0.1:9100")
+        return None
+    return host, int(port_text)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _peers(t: _Table, loader: _Loader, region: Any) -> dict[str, str]:
+    peers: dict[str, str] = {}
+    for name in list(t.data):
+        url = t.string(name)
+        key = t.key(name)
+        if not REGION_NAME.match(name):
+            loader.problem(key, f"peer region name {name!r} must match [a-z][a-z0-9-]*")
+            continue
+        if name == region:
+            loader.problem(key, "a region cannot be its own peer")
+            continue
+        if not isinstance(url, str):
+            continue
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            loader.problem(key, f"{url!r} must be an http(s):// base URL")
+            continue
+        peers[name] = url.rstrip("/")
+    return peers
+
+
+def _rules(raw: Any, loader: _Loader, regions: set[str]) -> tuple[Rule, ...]:
+    if raw is _MISSING:
+        return ()
+    if not isinstance(raw, list):
+        loader.problem("rules", "must be an array of tables ([[rules]])")
+        return ()
+    rules: list[Rule] = []
+    primaries: dict[str, tuple[str, int]] = {}
+    for index, item in enumerate(raw):
+        t = _Table(loader, item, f"rules[{index}]")
+        tier = t.choice("tier", TIERS)
+        mode = t.choice("mode", ("active-active", "active-passive"), None)
+        src = t.string("from")
+        dst = t.strings("to")
+        slo = t.duration("lag_slo")
+        t.finish()
+        if tier is None:
+            continue
+        mode = mode or DEFAULT_MODE[cast(Tier, tier)]
+        if mode != DEFAULT_MODE[cast(Tier, tier)]:
+            loader.problem(
+                t.key("mode"),
+                f"{mode!r} makes no sense for the {tier} tier: "
+                + (
+                    "each region ingests its own hot feeds, so hot is active-active"
+                    if tier == "hot"
+                    else "sealed partitions have exactly one writer, so "
+                    f"{tier} is active-passive"
+                ),
+            )
+        for name, key in ([(src, t.key("from"))] if isinstance(src, str) else []) + [
+            (d, f"{t.key('to')}[{i}]") for i, d in enumerate(dst or ())
+        ]:
+            if name not in regions:
+                loader.problem(key, f"unknown region {name!r} (not this region and not a peer)")
+        if isinstance(src, str) and dst and src in dst:
+            loader.problem(t.key("to"), f"lists {src!r}, which is the rule's own 'from'")
+        if dst is not None and not dst:
+            loader.problem(t.key("to"), "must name at least one region")
+        if mode == "active-passive" and isinstance(src, str):
+            earlier = primaries.get(tier)
+            if earlier and earlier[0] != src:
+                loader.problem(
+                    t.key("from"),
+                    f"{tier} already replicates from {earlier[0]!r} in rules[{earlier[1]}]; "
+                    "an active-passive tier has exactly one primary",
+                )
+            primaries.setdefault(tier, (src, index))
+        if None in (src, dst, slo):
+            continue
+        rules.append(
+            Rule(
+                tier=cast(Tier, tier),
+                mode=cast(Mode, mode),
+                from_region=src,
+                to_regions=tuple(dst),
+                lag_slo=slo,
+            )
+        )
+    return tuple(rules)
+
+
+def _log(t: _Table) -> LogConfig:
+    level = t.choice("level", get_args(LogLevel), "info")
+    fmt = t.choice("format", get_args(LogFormat), "auto")
+    t.finish()
+    return LogConfig(level=level, format=fmt)
+
+
+def _state(t: _Table, loader: _Loader) -> StateConfig:
+    d = StateConfig()
+    backend = t.choice("backend", get_args(StateBackend), d.backend)
+    endpoints = t.strings("etcd_endpoints", d.etcd_endpoints)
+    prefix = t.string("etcd_prefix", d.etcd_prefix)
+    lease_ttl = t.duration("lease_ttl", d.lease_ttl)
+    auto = t.boolean("auto_failover", d.auto_failover)
+    min_interval = t.duration("auto_failover_min_interval", d.auto_failover_min_interval)
+    t.finish()
+    if backend == "etcd" and not endpoints:
+        loader.problem(t.key("etcd_endpoints"), "is required when state.backend = 'etcd'")
+    if auto and backend != "etcd":
+        loader.problem(
+            t.key("auto_failover"),
+            "needs state.backend = 'etcd': automatic failover requires a real coordinator",
+        )
+    return StateConfig(
+        backend=backend,
+        etcd_endpoints=endpoints,
+        etcd_prefix=prefix,
+        lease_ttl=lease_ttl,
+        auto_failover=auto,
+        auto_failover_min_interval=min_interval,
+    )
+
+
+def _replication(t: _Table) -> ReplicationConfig:
+    d = ReplicationConfig()
+    cfg = ReplicationConfig(
+        max_concurrency=t.integer("max_concurrency", d.max_concurrency, minimum=1),
+        step_max_partitions=t.integer("step_max_partitions", d.step_max_partitions, minimum=1),
+        request_timeout=t.duration("request_timeout", d.request_timeout),
+        peer_down_after=t.duration("peer_down_after", d.peer_down_after),
+        retry_attempts=t.integer("retry_attempts", d.retry_attempts, minimum=1),
+    )
+    t.finish()
+    return cfg
+
+
+def _hot(t: _Table) -> HotConfig:
+    d = HotConfig()
+    cfg = HotConfig(
+        buffer_records=t.integer("buffer_records", d.buffer_records, minimum=1),
+        buffer_bytes=t.integer("buffer_bytes", d.buffer_bytes, minimum=1024),
+        fsync_interval=t.duration("fsync_interval", d.fsync_interval),
+        fsync_records=t.integer("fsync_records", d.fsync_records, minimum=1),
+        segment_bytes=t.integer("segment_bytes", d.segment_bytes, minimum=4096),
+        partition_length=t.duration("partition_length", d.partition_length),
+        seal_grace=t.duration("seal_grace", d.seal_grace),
+        heartbeat_interval=t.duration("heartbeat_interval", d.heartbeat_interval),
+        max_frame_bytes=t.integer("max_frame_bytes", d.max_frame_bytes, minimum=1024),
+        freshness_gate=t.duration("freshness_gate", d.freshness_gate),
+    )
+    t.finish()
+    return cfg
+
+
+def _feeds(raw: Any, loader: _Loader) -> tuple[FeedConfig, ...]:
+    if raw is _MISSING:
+        return ()
+    if not isinstance(raw, list):
+        loader.problem("feeds", "must be an array of tables ([[feeds]])")
+        return ()
+    feeds: list[FeedConfig] = []
+    names: set[str] = set()
+    for index, item in enumerate(raw):
+        t = _Table(loader, item, f"feeds[{index}]")
+        kind = t.choice("kind", get_args(FeedKind))
+        name = t.string("name", f"{kind}-{index}")
+        venue = t.string("venue", "kraken" if kind == "kraken" else "synthetic")
+        symbols = t.strings("symbols", ("BTC/USD", "ETH/USD", "SOL/USD"))
+        rate = t.number("rate", 10.0)
+        seed = t.integer("seed", 1)
+        path_text = t.string("path", None)
+        url = t.string("url", None)
+        depth = t.integer("book_depth", 10, minimum=1)
+        speed = t.number("speed", 1.0)
+        heartbeat_timeout = t.duration("heartbeat_timeout", 15.0)
+        t.finish()
+        if name in names:
+            loader.problem(t.key("name"), f"feed name {name!r} is used twice")
+        names.add(name)
+        if kind == "replay" and path_text is None:
+            loader.problem(t.key("path"), "is required for a replay feed")
+        if kind == "kraken" and depth not in (10, 25, 100, 500, 1000):
+            loader.problem(t.key("book_depth"), "Kraken allows 10, 25, 100, 500 or 1000")
+        if kind is None:
+            continue
+        feeds.append(
+            FeedConfig(
+                name=name,
+                kind=kind,
+                venue=venue,
+                symbols=symbols,
+                rate=rate,
+                seed=seed,
+                path=loader.resolve(path_text) if path_text else None,
+                url=url,
+                book_depth=depth,
+                speed=speed,
+                heartbeat_timeout=heartbeat_timeout,
+            )
+        )
+    return tuple(feeds)
+
+
+def _validation(t: _Table) -> ValidationConfig:
+    d = ValidationConfig()
+    strict = t.boolean("strict", d.strict)
+    stale_table = t.table("staleness")
+    staleness = {tier: stale_table.duration(tier, d.staleness[tier]) for tier in TIERS}
+    stale_table.finish()
+    drift = t.duration("drift_tolerance", d.drift_tolerance)
+    a = t.table("anomaly")
+    da = AnomalyConfig()
+    anomaly = AnomalyConfig(
+        window=a.integer("window", da.window, minimum=3),
+        min_samples=a.integer("min_samples", da.min_samples, minimum=1),
+        threshold=a.number("threshold", da.threshold),
+        min_relative_move=a.number("min_relative_move", da.min_relative_move, positive=False),
+        floor_bps=a.number("floor_bps", da.floor_bps),
+    )
+    a.finish()
+    t.finish()
+    return ValidationConfig(
+        strict=strict, staleness=staleness, drift_tolerance=drift, anomaly=anomaly
+    )
+
+
+def _type_name(value: Any) -> str:
+    names: dict[type, str] = {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "a table",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
