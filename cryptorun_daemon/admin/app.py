@@ -1,0 +1,107 @@
+"""The aiohttp application: built-in routes plus every component's routes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from cryptorun_daemon.admin.auth import bearer_middleware
+from cryptorun_daemon.admin.errors import Handler, error_middleware, json_error
+from cryptorun_daemon.config import TIERS
+from cryptorun_daemon.errors import NotAvailableError
+from cryptorun_daemon.metrics import Metrics
+
+# Contract endpoints a subsystem provides; until it is wired they answer 501 (after
+# auth) instead of 404, so clients learn "not in this build" rather than "wrong URL".
+CONTRACT_ROUTES: tuple[tuple[str, str], ...] = (
+    ("POST", "/v1/replication/simulate"),
+    ("POST", "/v1/failover"),
+    ("GET", "/v1/partitions"),
+    ("GET", "/v1/hot/stream"),
+)
+
+
+class DaemonView(Protocol):
+    """What the built-in routes need from the daemon (keeps admin/ free of daemon.py)."""
+
+    metrics: Metrics
+
+    def is_alive(self) -> bool: ...
+
+    def not_ready_reasons(self) -> list[str]: ...
+
+    def known_regions(self) -> Sequence[str]: ...
+
+    def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]: ...
+
+
+def build_app(
+    daemon: DaemonView,
+    *,
+    token: str | None,
+    max_request_bytes: int,
+    extra_routes: Sequence[web.RouteDef] = (),
+) -> web.Application:
+    """Create the admin app. Error middleware is outermost so auth failures are JSON too."""
+    @web.middleware
+    async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # aiohttp enforces client_max_size only when a handler reads the body;
+        # refusing on Content-Length up front keeps every route equally protected.
+        if request.content_length is not None and request.content_length > max_request_bytes:
+            daemon.metrics.admin_rejected_total.labels(reason="too_large").inc()
+            return json_error(
+                413, "too_large",
+                f"request body of {request.content_length} bytes exceeds the "
+                f"{max_request_bytes}-byte limit (admin.max_request_bytes)",
+            )
+        return await handler(request)
+
+    app = web.Application(
+        middlewares=[error_middleware, body_limit, bearer_middleware(token, daemon.metrics)],
+        client_max_size=max_request_bytes,
+    )
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = daemon.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        if daemon.is_alive():
+            return web.json_response({"status": "ok"})
+        return json_error(503, "not_alive", "the supervisor loop has stopped ticking")
+
+    async def readyz(_: web.Request) -> web.Response:
+        reasons = daemon.not_ready_reasons()
+        if reasons:
+            return web.json_response({"status": "not_ready", "reasons": reasons}, status=503)
+        return web.json_response({"status": "ready", "reasons": []})
+
+    async def status(request: web.Request) -> web.Response:
+        tier = request.query.get("tier") or None
+        region = request.query.get("region") or None
+        if tier is not None and tier not in TIERS:
+            return json_error(400, "bad_request", f"tier {tier!r} is not one of {', '.join(TIERS)}")
+        if region is not None and region not in daemon.known_regions():
+            known = ", ".join(daemon.known_regions())
+            return json_error(400, "bad_request", f"region {region!r} is unknown (known: {known})")
+        return web.json_response(daemon.status(tier=tier, region=region))
+
+    async def not_available(request: web.Request) -> web.Response:
+        raise NotAvailableError(
+            f"{request.method} {request.path} is part of the contract but not available "
+            "in this build yet"
+        )
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/status", status)
+    app.add_routes(extra_routes)
+    provided = {(r.method, r.path) for r in extra_routes if isinstance(r, web.RouteDef)}
+    for method, path in CONTRACT_ROUTES:
+        if (method, path) not in provided:
+            app.router.add_route(method, path, not_available)
+    return app

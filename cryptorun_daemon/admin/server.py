@@ -1,0 +1,56 @@
+"""Lifecycle of the admin HTTP server (aiohttp ``AppRunner`` + ``TCPSite``).
+
+The daemon owns signal handling, so the runner is created with
+``handle_signals=False``.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("cryptorun.admin")
+
+
+class AdminServer:
+    """Binds the admin app and shuts it down in order.
+
+    Resource handling: :meth:`start` binds the listening socket (port 0 picks
+    a free port, readable from :attr:`port`); :meth:`stop_accepting` closes it
+    without touching open connections; :meth:`close` waits for in-flight
+    requests up to ``shutdown_timeout`` and then tears everything down.
+    """
+
+    def __init__(self, app: web.Application, host: str, port: int, *, shutdown_timeout: float):
+        self._app = app
+        self._host = host
+        self._port = port
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout
+        )
+        self._site: web.TCPSite | None = None
+        self.port = port
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        await self._site.start()
+        # With port 0 the OS picks the port; the runner knows the bound address.
+        for address in self._runner.addresses:
+            self.port = int(address[1])
+            break
+        log.info("admin server listening", host=self._host, port=self.port)
+
+    async def stop_accepting(self) -> None:
+        """Close the listening socket; existing connections continue."""
+        if self._site is not None:
+            # TCPSite.stop() would also shut the app down; closing only the
+            # listener keeps in-flight requests and WebSockets alive until close().
+            server = self._site._server
+            if server is not None:
+                server.close()
+
+    async def close(self) -> None:
+        """Run aiohttp's shutdown (on_shutdown hooks close WebSockets), then cleanup."""
+        await self._runner.shutdown()
+        await self._runner.cleanup()

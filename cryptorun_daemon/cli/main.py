@@ -1,0 +1,162 @@
+"""The ``cryptorun`` command line.
+
+argparse rather than click/typer: it is in the standard library (one less
+runtime dependency on every region host), and the only non-standard form we
+need — ``--dry-run`` and ``--dry-run=false`` on the same flag — is one small
+``type`` function (see ``flags.py``).
+
+Typed errors raised anywhere below are mapped to exit codes only here:
+0 done, 1 refused or failed, 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from cryptorun_daemon import __version__
+from cryptorun_daemon.cli.client import AdminClient
+from cryptorun_daemon.cli.flags import HelpfulParser, add_bool_flag
+from cryptorun_daemon.cli.target import resolve_target
+from cryptorun_daemon.config import TIERS, load_config
+from cryptorun_daemon.errors import (
+    AdminClientError,
+    ConfigError,
+    CryptorunError,
+    NotAvailableError,
+    UsageError,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = HelpfulParser(prog="cryptorun", description="CryptoRun replication daemon")
+    parser.add_argument("--version", action="version", version=f"cryptorun {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=HelpfulParser)
+
+    daemon = commands.add_parser("daemon", help="run one region's daemon")
+    daemon.add_argument("--config", required=True, metavar="PATH", help="region TOML config")
+    daemon.add_argument(
+        "--check", action="store_true", help="validate the config and exit (0 valid, 2 invalid)"
+    )
+
+    demo = commands.add_parser("demo", help="run a two-region demo on loopback")
+    demo.add_argument("--dir", default=None, help="where the demo keeps its data (default: temp)")
+    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                      help="stop after this many seconds (default: until Ctrl-C)")
+    demo.add_argument("--kraken-url", default=None, metavar="URL",
+                      help="Kraken v2 WebSocket endpoint instead of the local test server")
+
+    replication = commands.add_parser("replication", help="talk to a running daemon")
+    rep = replication.add_subparsers(dest="action", required=True, parser_class=HelpfulParser)
+
+    def admin_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--admin-url", default=None, metavar="URL",
+                       help="daemon admin base URL (env CRYPTORUN_ADMIN_URL)")
+        p.add_argument("--config", default=None, metavar="PATH",
+                       help="region config giving the admin address and token file")
+        p.add_argument("--token-file", default=None, metavar="PATH",
+                       help="bearer token file (env CRYPTORUN_ADMIN_TOKEN)")
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    simulate = rep.add_parser("simulate", help="show the replication plan for a window")
+    simulate.add_argument("--from", dest="src", required=True, metavar="REGION")
+    simulate.add_argument("--to", dest="dst", required=True, metavar="REGION")
+    simulate.add_argument("--tier", required=True, choices=TIERS)
+    simulate.add_argument("--window", required=True, metavar="START/END")
+    add_bool_flag(simulate, "--strict", default=False, help_text="fail at the first violation")
+    admin_flags(simulate)
+
+    failover = rep.add_parser("failover", help="promote one region and demote another")
+    failover.add_argument("--tier", required=True, choices=TIERS)
+    failover.add_argument("--promote", required=True, metavar="REGION")
+    failover.add_argument("--demote", required=True, metavar="REGION")
+    add_bool_flag(failover, "--dry-run", default=False, help_text="show the actions only")
+    admin_flags(failover)
+
+    status = rep.add_parser("status", help="roles, epochs, lag and stream positions")
+    status.add_argument("--tier", default=None, choices=TIERS)
+    status.add_argument("--region", default=None, metavar="REGION")
+    admin_flags(status)
+
+    validate = commands.add_parser("validate", help="validate partitions or Parquet files offline")
+    validate.add_argument("paths", nargs="+", metavar="PATH")
+    validate.add_argument("--tier", default="warm", choices=TIERS)
+    validate.add_argument("--json", action="store_true", help="print one JSON document")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script exits with it)."""
+    out = out if out is not None else sys.stdout
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    try:
+        return _dispatch(args, out)
+    except ConfigError as exc:
+        sys.stderr.write(f"config invalid ({len(exc.problems)} problems):\n")
+        for problem in exc.problems:
+            sys.stderr.write(f"  {problem}\n")
+        return EXIT_USAGE
+    except UsageError as exc:
+        sys.stderr.write(f"cryptorun: error: {exc}\n")
+        return EXIT_USAGE
+    except (AdminClientError, NotAvailableError, CryptorunError) as exc:
+        sys.stderr.write(f"cryptorun: {exc}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "daemon":
+        config = load_config(args.config)
+        if args.check:
+            out.write(f"{args.config}: ok (region {config.region}, {len(config.rules)} rules)\n")
+            return EXIT_OK
+        from cryptorun_daemon.daemon import run_daemon_from_config
+
+        run_daemon_from_config(config)
+        return EXIT_OK
+    if args.command == "demo":
+        from cryptorun_daemon.demo.runner import run_demo
+
+        return run_demo(
+            directory=args.dir, duration=args.duration, kraken_url=args.kraken_url, out=out
+        )
+    if args.command == "validate":
+        raise NotAvailableError("'cryptorun validate' is not yet available in this build")
+    if args.command == "replication":
+        return asyncio.run(_replication(args, out))
+    raise UsageError(f"unknown command {args.command!r}")
+
+
+async def _replication(args: argparse.Namespace, out: TextIO) -> int:
+    target = resolve_target(args)
+    async with AdminClient(target.url, target.token) as client:
+        if args.action == "status":
+            from cryptorun_daemon.cli.cmd_status import run_status
+
+            return await run_status(
+                client, tier=args.tier, region=args.region, as_json=args.json, out=out
+            )
+        if args.action == "simulate":
+            raise NotAvailableError(
+                "'replication simulate' is not yet available in this build (warm/cold engine)"
+            )
+        if args.action == "failover":
+            raise NotAvailableError(
+                "'replication failover' is not yet available in this build (failover issue)"
+            )
+    raise UsageError(f"unknown replication action {args.action!r}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,377 @@
+"""The daemon skeleton: startup → run → shutdown, one asyncio event loop.
+
+Signal handlers only set flags (SIGTERM/SIGINT request a graceful stop, a
+second SIGINT forces exit, SIGHUP requests a reload); the ordered, time-boxed
+shutdown runs in :meth:`Daemon.shutdown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import structlog
+from prometheus_client import CollectorRegistry
+
+from cryptorun_daemon import __version__
+from cryptorun_daemon.admin.app import build_app
+from cryptorun_daemon.admin.server import AdminServer
+from cryptorun_daemon.components import build_components
+from cryptorun_daemon.config import Config, Rule, load_config
+from cryptorun_daemon.errors import ConfigError, StorageError
+from cryptorun_daemon.logsetup import configure_logging
+from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.runtime.clock import Clock, SystemClock
+from cryptorun_daemon.runtime.component import Component, DaemonContext
+from cryptorun_daemon.runtime.supervisor import Supervisor
+from cryptorun_daemon.runtime.systemd import SystemdNotifier
+
+log = structlog.get_logger("cryptorun.daemon")
+ComponentFactory = Callable[[DaemonContext], Component]
+
+HEARTBEAT_INTERVAL = 1.0
+# /healthz fails when the heartbeat has not ticked for this long: the loop is wedged.
+ALIVE_WITHIN = 10.0
+
+
+class Daemon:
+    """One region's daemon.
+
+    Error handling: a failure during :meth:`startup` (port in use, storage not
+    writable) raises after releasing what was acquired; once running, worker
+    crashes are the supervisor's business and never stop the daemon.
+    Resource handling: :meth:`shutdown` releases everything :meth:`startup`
+    acquired, in reverse order, within ``admin.shutdown_timeout``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Clock | None = None,
+        notifier: SystemdNotifier | None = None,
+        extra_components: Sequence[ComponentFactory] = (),
+    ) -> None:
+        self.metrics = Metrics(registry)
+        self.metrics.preinitialise(
+            region=config.region,
+            regions=config.regions,
+            replication_pairs=config.replication_pairs(),
+        )
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or SystemdNotifier()
+        self.supervisor = Supervisor(self.metrics)
+        token = None
+        if config.admin.token_file is not None:
+            token = config.admin.token_file.read_text(encoding="utf-8").strip()
+        self.ctx = DaemonContext(
+            config=config,
+            metrics=self.metrics,
+            clock=self.clock,
+            supervisor=self.supervisor,
+            token=token,
+        )
+        self._extra_components = list(extra_components)
+        self.components: list[Component] = []
+        self.admin: AdminServer | None = None
+        self.started_at: datetime | None = None
+        self._stop = asyncio.Event()
+        self._reload_requested = False
+        self._state = "created"
+        self._last_tick = self.clock.monotonic()
+        self._sigint_count = 0
+        self._apply_slo_metrics(config)
+
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Wire everything and start serving; ``READY=1`` is sent only at the end."""
+        structlog.contextvars.bind_contextvars(region=self.config.region)
+        self._state = "starting"
+        self.notifier.status("starting")
+        self.started_at = self.clock.now()
+        self._check_storage_writable()
+        self.ctx.http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.replication.request_timeout),
+            connector=aiohttp.TCPConnector(limit=64),
+        )
+        try:
+            self.components = [
+                *build_components(self.ctx),
+                *(factory(self.ctx) for factory in self._extra_components),
+            ]
+            for component in self.components:
+                self.ctx.components[component.name] = component
+            routes = [route for c in self.components for route in c.routes()]
+            app = build_app(
+                self,
+                token=self.ctx.token,
+                max_request_bytes=self.config.admin.max_request_bytes,
+                extra_routes=routes,
+            )
+            self.admin = AdminServer(
+                app,
+                self.config.admin.host,
+                self.config.admin.port,
+                shutdown_timeout=self.config.admin.shutdown_timeout,
+            )
+            await self.admin.start()
+            for component in self.components:
+                await component.start()
+            self.supervisor.spawn("heartbeat", self._heartbeat)
+        except BaseException:
+            await self._release()
+            raise
+        if self.ctx.token is None:
+            log.warning("no admin.token_file: mutating and peer endpoints are open on loopback")
+        self._state = "running"
+        self.metrics.ready.set(1 if not self.not_ready_reasons() else 0)
+        self.notifier.ready()
+        self.notifier.status(f"serving on {self.config.admin.host}:{self.admin_port}")
+        log.info(
+            "daemon started",
+            version=__version__,
+            admin=f"http://{self.config.admin.host}:{self.admin_port}",
+            components=[c.name for c in self.components],
+        )
+
+    async def run(self) -> None:
+        """Wait until a stop is requested, handling reload requests meanwhile."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=HEARTBEAT_INTERVAL)
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+
+    async def shutdown(self) -> None:
+        """Ordered, time-boxed shutdown.
+
+        1. mark not ready and tell systemd ``STOPPING=1``;
+        2. stop accepting new admin connections;
+        3. stop components in reverse order (the hot tier closes its
+           WebSockets with 1001; copies in flight stay resumable as partials);
+        4. cancel remaining workers under the deadline;
+        5. let aiohttp finish in-flight requests, then close client sessions.
+        """
+        if self._state in ("stopping", "stopped"):
+            return
+        self._state = "stopping"
+        self.metrics.ready.set(0)
+        self.notifier.stopping()
+        self.notifier.status("shutting down")
+        log.info("daemon stopping")
+        await self._release()
+        self._state = "stopped"
+        log.info("daemon stopped")
+
+    async def _release(self) -> None:
+        deadline = self.config.admin.shutdown_timeout
+        if self.admin is not None:
+            await self.admin.stop_accepting()
+        for component in reversed(self.components):
+            try:
+                await asyncio.wait_for(component.stop(), timeout=deadline)
+            except TimeoutError:
+                log.error("component did not stop in time", component=component.name)
+            except Exception:
+                log.error("component failed to stop", component=component.name, exc_info=True)
+        await self.supervisor.stop(timeout=deadline)
+        if self.admin is not None:
+            await self.admin.close()
+        if self.ctx.http is not None:
+            await self.ctx.http.close()
+        self.notifier.close()
+
+    async def serve(self) -> None:
+        """Run the whole lifecycle with signal handlers installed (the CLI entry)."""
+        # Bind before installing handlers: callbacks run in the context captured here.
+        structlog.contextvars.bind_contextvars(region=self.config.region)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        try:
+            await self.startup()
+            await self.run()
+        finally:
+            await self.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def request_stop(self, reason: str = "requested") -> None:
+        log.info("stop requested", reason=reason)
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+
+    def _on_sigint(self) -> None:
+        self._sigint_count += 1
+        if self._sigint_count > 1:
+            # The operator asked twice: do not wait for a graceful shutdown.
+            log.warning("second SIGINT: forcing exit")
+            os._exit(130)
+        self.request_stop("SIGINT")
+
+    async def _heartbeat(self) -> None:
+        """Tick the liveness counter and ping the systemd watchdog from the event loop.
+
+        Because this runs on the loop itself, a blocked loop stops the pings and
+        systemd's watchdog restarts the daemon.
+        """
+        interval = HEARTBEAT_INTERVAL
+        if self.notifier.watchdog_interval is not None:
+            interval = min(interval, self.notifier.watchdog_interval)
+        while True:
+            self._last_tick = self.clock.monotonic()
+            self.supervisor.tick()
+            self.notifier.watchdog()
+            self.metrics.ready.set(0 if self.not_ready_reasons() else 1)
+            await asyncio.sleep(interval)
+
+    # --- reload ----------------------------------------------------------------------
+
+    def reload(self) -> tuple[list[str], list[str]]:
+        """Re-read the config file and apply what is safe to change live.
+
+        Returns ``(applied, needs_restart)``. Log level/format and rule SLOs are
+        applied; anything else that changed is reported as needing a restart. An
+        invalid new config is rejected whole and the running config stays.
+        """
+        old = self.config
+        try:
+            new = load_config(old.source)
+        except ConfigError as exc:
+            log.error("reload rejected: config invalid", problems=[str(p) for p in exc.problems])
+            return [], []
+        applied: list[str] = []
+        needs_restart: list[str] = []
+        if new.log != old.log:
+            configure_logging(new.log.level, new.log.format)
+            applied.append("log")
+        rules = old.rules
+        if _rule_shape(new.rules) == _rule_shape(old.rules):
+            if new.rules != old.rules:
+                rules = new.rules
+                applied.append("rules.lag_slo")
+        else:
+            needs_restart.append("rules")
+        for section in ("region", "admin", "storage", "peers", "state", "replication", "hot",
+                        "feeds", "validation"):
+            if getattr(new, section) != getattr(old, section):
+                needs_restart.append(section)
+        self.ctx.config = replace(old, log=new.log, rules=rules)
+        self._apply_slo_metrics(self.ctx.config)
+        log.info("config reloaded", applied=applied, needs_restart=needs_restart)
+        if needs_restart:
+            log.warning("some changes need a restart to take effect", sections=needs_restart)
+        return applied, needs_restart
+
+    def _apply_slo_metrics(self, config: Config) -> None:
+        for rule in config.rules:
+            for dst in rule.to_regions:
+                self.metrics.replication_slo_seconds.labels(tier=rule.tier, region=dst).set(
+                    rule.lag_slo
+                )
+
+    # --- views for the admin API ----------------------------------------------------------
+
+    @property
+    def admin_port(self) -> int:
+        return self.admin.port if self.admin is not None else self.config.admin.port
+
+    def is_alive(self) -> bool:
+        return self._state == "running" and (
+            self.clock.monotonic() - self._last_tick < ALIVE_WITHIN
+        )
+
+    def known_regions(self) -> Sequence[str]:
+        return self.config.regions
+
+    def not_ready_reasons(self) -> list[str]:
+        if self._state != "running":
+            return [f"daemon is {self._state}"]
+        reasons: list[str] = []
+        for component in self.components:
+            reasons.extend(component.not_ready_reasons())
+        return reasons
+
+    def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]:
+        """The ``/v1/status`` document: daemon facts merged with every component's part."""
+        cfg = self.config
+        tiers: dict[str, Any] = {}
+        for t in ("hot", "warm", "cold"):
+            if tier is not None and t != tier:
+                continue
+            rules = [_rule_json(r) for r in cfg.rules_for(t)]
+            if region is not None:
+                rules = [r for r in rules if region in (r["from"], *r["to"])]
+            tiers[t] = {"rules": rules}
+        doc: dict[str, Any] = {
+            "region": cfg.region,
+            "version": __version__,
+            "started_at": _rfc3339(self.started_at) if self.started_at else None,
+            "ready": not self.not_ready_reasons(),
+            "not_ready_reasons": self.not_ready_reasons(),
+            "peers": dict(cfg.peers),
+            "tiers": tiers,
+            "workers": self.supervisor.workers(),
+        }
+        for component in self.components:
+            _deep_merge(doc, component.status(tier=tier, region=region))
+        return doc
+
+    def _check_storage_writable(self) -> None:
+        root = self.config.storage.root
+        probe = root / f".write-probe-{os.getpid()}"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(f"storage.root {root} is not writable: {exc}") from exc
+
+
+def _rule_shape(rules: Sequence[Rule]) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    return [(r.tier, r.mode, r.from_region, r.to_regions) for r in rules]
+
+
+def _rule_json(rule: Rule) -> dict[str, Any]:
+    return {
+        "tier": rule.tier,
+        "mode": rule.mode,
+        "from": rule.from_region,
+        "to": list(rule.to_regions),
+        "lag_slo_seconds": rule.lag_slo,
+    }
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _deep_merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def run_daemon_from_config(config: Config) -> None:
+    """Run a daemon to completion on a fresh event loop (used by ``cryptorun daemon``)."""
+    configure_logging(config.log.level, config.log.format)
+    asyncio.run(Daemon(config).serve())

@@ -1,0 +1,1 @@
+"""Test harness shared by unit and integration tests (real servers on loopback)."""

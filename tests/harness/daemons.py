@@ -1,0 +1,214 @@
+"""Start real daemons for tests: in-process (fast) or as real subprocesses.
+
+Both bind 127.0.0.1 on ephemeral ports, use temp dirs and a fresh
+``CollectorRegistry`` per daemon, and always shut down what they started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+from cryptorun_daemon.config import Config, load_config
+from cryptorun_daemon.daemon import Daemon
+
+TOKEN = "test-token-0123456789abcdef"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+@dataclass
+class RegionSpec:
+    """What a test says about one region; ``write`` turns it into a TOML file."""
+
+    region: str
+    port: int
+    directory: Path
+    peers: dict[str, int] = field(default_factory=dict)
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    feeds: list[dict[str, Any]] = field(default_factory=list)
+    token: str | None = TOKEN
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def storage_root(self) -> Path:
+        return self.directory / "data"
+
+    def write(self) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lines = [f"region = {toml_value(self.region)}", "", "[admin]"]
+        lines.append(f'listen = "127.0.0.1:{self.port}"')
+        if self.token is not None:
+            (self.directory / "admin.token").write_text(self.token + "\n")
+            lines.append('token_file = "admin.token"')
+        for key, value in self.sections.get("admin", {}).items():
+            lines.append(f"{key} = {toml_value(value)}")
+        lines += ["", "[storage]", 'root = "data"', "", "[peers]"]
+        lines += [f'{name} = "http://127.0.0.1:{port}"' for name, port in self.peers.items()]
+        for name, values in self.sections.items():
+            if name == "admin":
+                continue
+            lines += ["", f"[{name}]"]
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    continue
+                lines.append(f"{key} = {toml_value(value)}")
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    lines += ["", f"[{name}.{key}]"]
+                    lines += [f"{k} = {toml_value(v)}" for k, v in value.items()]
+        for table_name, items in (("rules", self.rules), ("feeds", self.feeds)):
+            for item in items:
+                lines += ["", f"[[{table_name}]]"]
+                lines += [f"{k} = {toml_value(v)}" for k, v in item.items()]
+        path = self.directory / f"{self.region}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+def two_regions(
+    tmp: Path,
+    *,
+    rules: Iterable[dict[str, Any]] | None = None,
+    names: tuple[str, str] = ("eu-central", "us-east"),
+) -> tuple[RegionSpec, RegionSpec]:
+    """Two regions peered with each other; default rules: warm and cold from the first."""
+    a_name, b_name = names
+    a_port, b_port = free_port(), free_port()
+    if rules is None:
+        rules = [
+            {"tier": "hot", "from": a_name, "to": [b_name], "lag_slo": "5s"},
+            {"tier": "warm", "from": a_name, "to": [b_name], "lag_slo": "60s"},
+            {"tier": "cold", "from": a_name, "to": [b_name], "lag_slo": "5m"},
+        ]
+    rules = list(rules)
+    a = RegionSpec(a_name, a_port, tmp / a_name, peers={b_name: b_port}, rules=rules)
+    b = RegionSpec(b_name, b_port, tmp / b_name, peers={a_name: a_port}, rules=rules)
+    return a, b
+
+
+@dataclass
+class DaemonProcess:
+    """A daemon running as a real ``python -m cryptorun_daemon daemon`` subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    base_url: str
+    config_path: Path
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+async def wait_until_ready(base_url: str, *, timeout: float = 30.0,
+                           proc: subprocess.Popen[bytes] | None = None,
+                           log_path: Path | None = None) -> None:
+    """Poll ``/readyz`` until 200; fail with the daemon's log if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                log = log_path.read_text(errors="replace") if log_path else ""
+                raise AssertionError(f"daemon exited with {proc.returncode} before ready:\n{log}")
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(f"{base_url}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    log = log_path.read_text(errors="replace") if log_path else ""
+    raise AssertionError(f"daemon at {base_url} not ready after {timeout}s:\n{log}")
+
+
+def start_daemon_process(
+    config_path: Path, *, env: Mapping[str, str] | None = None, log_name: str | None = None
+) -> subprocess.Popen[bytes]:
+    log_path = config_path.parent / (log_name or f"{config_path.stem}.log")
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cryptorun_daemon", "daemon", "--config", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=config_path.parent,
+        )
+
+
+@contextlib.asynccontextmanager
+async def run_daemon_process(
+    config_path: Path, *, env: Mapping[str, str] | None = None, ready_timeout: float = 30.0
+) -> AsyncIterator[DaemonProcess]:
+    """Run a daemon subprocess until the block ends, then SIGTERM it (SIGKILL after 15 s)."""
+    config = load_config(config_path)
+    base_url = f"http://127.0.0.1:{config.admin.port}"
+    log_path = config_path.parent / f"{config_path.stem}.log"
+    proc = start_daemon_process(config_path, env=env)
+    handle = DaemonProcess(proc, base_url, config_path, log_path)
+    try:
+        await wait_until_ready(base_url, timeout=ready_timeout, proc=proc, log_path=log_path)
+        yield handle
+    finally:
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@contextlib.asynccontextmanager
+async def run_daemon(config: Config | Path, **kwargs: Any) -> AsyncIterator[Daemon]:
+    """Run a daemon in this process and event loop with its own metric registry."""
+    if isinstance(config, Path):
+        config = load_config(config)
+    daemon = Daemon(config, registry=CollectorRegistry(), **kwargs)
+    await daemon.startup()
+    try:
+        yield daemon
+    finally:
+        await daemon.shutdown()
+
+
+def auth_headers(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
