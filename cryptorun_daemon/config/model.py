@@ -77,7 +77,8 @@ class StateConfig:
 
 @dataclass(frozen=True)
 class ReplicationConfig:
-    max_concurrency: int = 4
+    # 8 parallel file pulls saturate loopback/disk on 2 cores (docs/BENCHMARKS.md).
+    max_concurrency: int = 8
     step_max_partitions: int = 24
     request_timeout: float = 30.0
     peer_down_after: float = 30.0

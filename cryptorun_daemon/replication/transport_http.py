@@ -1,0 +1,180 @@
+"""The destination's side of the wire: pull listings and files from a peer daemon.
+
+One :class:`HttpPeer` per source region, sharing the daemon's client session
+(connection reuse). Every failure becomes a :class:`ReplicationError` whose
+``reason`` is a bounded metric label: ``peer_unreachable`` (connect/reset),
+``timeout``, ``http`` (an unexpected status or body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from cryptorun_daemon.config import Tier
+from cryptorun_daemon.errors import ReplicationError, StorageError
+from cryptorun_daemon.replication.planner import PeerHealth
+from cryptorun_daemon.replication.rules import TimeRange
+from cryptorun_daemon.storage.manifest import Manifest, format_time
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A peer's sealed partitions of one tier, plus its view of the tier's epoch."""
+
+    region: str
+    tier: Tier
+    epoch: int
+    manifests: tuple[Manifest, ...]
+
+
+@dataclass
+class FileStream:
+    """An open file download. ``offset`` is where ``content`` starts in the file."""
+
+    offset: int
+    etag: str | None
+    content: aiohttp.StreamReader
+
+
+def _failure(exc: BaseException, what: str) -> ReplicationError:
+    if isinstance(exc, TimeoutError):
+        return ReplicationError(f"{what}: timed out", reason="timeout")
+    return ReplicationError(f"{what}: {exc or type(exc).__name__}", reason="peer_unreachable")
+
+
+class HttpPeer:
+    """Pulls from one peer's ``/v1/partitions`` endpoints.
+
+    Error handling: see the module docstring; a listing with a malformed
+    manifest fails as ``http`` (the peer is wrong, not the network).
+    Resource handling: the session belongs to the caller; at most
+    ``concurrency`` file downloads run at once per peer.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        region: str,
+        base_url: str,
+        *,
+        headers: Mapping[str, str],
+        request_timeout: float = 30.0,
+        concurrency: int = 4,
+    ) -> None:
+        self.session = session
+        self.region = region
+        self.base_url = base_url.rstrip("/")
+        self._headers = dict(headers)
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        # Large files may take longer than request_timeout in total; what must
+        # not stall is connecting and each read.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=request_timeout, sock_read=request_timeout
+        )
+        self._slots = asyncio.Semaphore(concurrency)
+        # Manifests parsed before, keyed by what identifies them, so a
+        # no-change pass over thousands of partitions skips re-validation.
+        self._parsed: dict[tuple[str, str, str, int], Manifest] = {}
+
+    async def probe(self) -> PeerHealth:
+        """Is the peer's daemon alive? (``GET /healthz``)."""
+        url = f"{self.base_url}/healthz"
+        try:
+            async with self.session.get(url, timeout=self._timeout) as resp:
+                if resp.status == 200:
+                    return PeerHealth(True)
+                return PeerHealth(False, f"peer {self.region} /healthz answered {resp.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return PeerHealth(False, f"peer {self.region} unreachable: {exc or type(exc).__name__}")
+
+    async def list_partitions(self, tier: Tier, window: TimeRange | None = None) -> Listing:
+        """The peer's sealed partitions of ``tier`` (wholly inside ``window`` if given)."""
+        params: dict[str, str] = {"tier": tier}
+        if window is not None:
+            params["start"] = format_time(window.start)
+            params["end"] = format_time(window.end)
+        url = f"{self.base_url}/v1/partitions"
+        try:
+            async with self.session.get(
+                url, params=params, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                if resp.status != 200:
+                    body = (await resp.text())[:300]
+                    raise ReplicationError(
+                        f"GET {url} answered {resp.status}: {body}", reason="http"
+                    )
+                data = await resp.json()
+        except ReplicationError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _failure(exc, f"listing {tier} partitions of {self.region}") from exc
+        except ValueError as exc:
+            raise ReplicationError(
+                f"GET {url} returned invalid JSON: {exc}", reason="http"
+            ) from exc
+        return self._parse_listing(tier, data)
+
+    def _parse_listing(self, tier: Tier, data: Any) -> Listing:
+        try:
+            items = data["partitions"]
+            epoch = int(data["epoch"])
+            region = str(data["region"])
+            parsed: dict[tuple[str, str, str, int], Manifest] = {}
+            manifests = []
+            for item in items:
+                ident = (
+                    str(item["partition"]),
+                    str(item["content_hash"]),
+                    str(item["sealed_at"]),
+                    int(item["epoch"]),
+                )
+                manifest = self._parsed.get(ident) or Manifest.from_json(item)
+                if manifest.tier != tier:
+                    raise StorageError(f"listing for {tier} holds a {manifest.tier} manifest")
+                parsed[ident] = manifest
+                manifests.append(manifest)
+        except (KeyError, TypeError, ValueError, StorageError) as exc:
+            raise ReplicationError(
+                f"peer {self.region} sent an invalid listing: {exc}", reason="http"
+            ) from exc
+        self._parsed = parsed
+        return Listing(region=region, tier=tier, epoch=epoch, manifests=tuple(manifests))
+
+    @contextlib.asynccontextmanager
+    async def open_file(
+        self, tier: Tier, partition: str, name: str, *, offset: int, expected_hash: str
+    ) -> AsyncIterator[FileStream]:
+        """Stream one file from ``offset`` (``Range``), holding a download slot.
+
+        ``If-Range`` carries the expected content hash: if the peer's copy has a
+        different hash it answers 200 with the whole file, and the caller
+        restarts from byte 0 instead of splicing two versions.
+        """
+        url = f"{self.base_url}/v1/partitions/{tier}/{partition}/{name}"
+        headers = dict(self._headers)
+        if offset > 0:
+            headers["Range"] = f"bytes={offset}-"
+            headers["If-Range"] = f'"{expected_hash}"'
+        async with self._slots:
+            try:
+                async with self.session.get(
+                    url, headers=headers, timeout=self._stream_timeout, auto_decompress=False
+                ) as resp:
+                    if resp.status not in (200, 206):
+                        body = (await resp.text())[:300]
+                        raise ReplicationError(
+                            f"GET {url} answered {resp.status}: {body}", reason="http"
+                        )
+                    start = offset if resp.status == 206 else 0
+                    etag = resp.headers.get("ETag", "").strip('"') or None
+                    yield FileStream(offset=start, etag=etag, content=resp.content)
+            except ReplicationError:
+                raise
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _failure(exc, f"downloading {tier}/{partition}/{name}") from exc

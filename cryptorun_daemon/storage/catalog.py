@@ -1,0 +1,251 @@
+"""Scan ``{root}/{tier}`` into typed partition entries.
+
+The walk follows the layout level by level and never follows symlinks.
+Anything that does not fit (a stray file, ``symbol=btc_usd``, ``hour=24``, a
+linked directory) is skipped, counted in
+``cryptorun_catalog_ignored_paths_total{tier}`` and logged once; a scan never
+crashes on a hostile or foreign tree.
+
+Scans are blocking (``os.scandir``, manifest reads, maybe hashing) and meant
+to run in a worker thread; a :class:`Catalog` is safe to share between threads.
+Parsed manifests are cached by the manifest file's identity, so a no-change
+re-scan costs two ``stat`` calls per partition.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import structlog
+
+from cryptorun_daemon.config import Tier
+from cryptorun_daemon.errors import PathRejectedError, StorageError
+from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.storage.atomic import atomic_write_bytes
+from cryptorun_daemon.storage.layout import (
+    HOURLY_TIERS,
+    MANIFEST_NAME,
+    SUCCESS_MARKER,
+    PartitionKey,
+    parse_partition_parts,
+)
+from cryptorun_daemon.storage.manifest import (
+    DEFAULT_HASH_CACHE,
+    HashCache,
+    Manifest,
+    compute_manifest,
+)
+
+log = structlog.get_logger("cryptorun.catalog")
+_MAX_WARNED = 10_000
+
+# (region, epoch) to use when a sealed partition has no manifest yet.
+ManifestOwner = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One partition directory as found on disk.
+
+    ``sealed`` means ``_SUCCESS`` exists. ``manifest`` is ``None`` when the
+    partition is unsealed, or sealed without a readable manifest (``problem``
+    says why); such a partition is never replicated as-is.
+    """
+
+    key: PartitionKey
+    directory: Path
+    sealed: bool
+    manifest: Manifest | None
+    problem: str | None = None
+
+    @property
+    def replicable(self) -> bool:
+        return self.sealed and self.manifest is not None
+
+
+class Catalog:
+    """The partitions of one storage root.
+
+    Error handling: per-path problems are counted and skipped; only an
+    unreadable root propagates ``OSError``. Resource handling: caches are
+    bounded by the number of partitions on disk (entries not seen by the last
+    scan of a tier are dropped).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        metrics: Metrics | None = None,
+        hash_cache: HashCache | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.root = root
+        self._metrics = metrics
+        self._hash_cache = hash_cache if hash_cache is not None else DEFAULT_HASH_CACHE
+        self._now = clock if clock is not None else (lambda: datetime.now(UTC))
+        self._lock = threading.Lock()
+        self._manifests: dict[Tier, dict[Path, tuple[tuple[int, int, int], Manifest]]] = {}
+        self._warned: set[str] = set()
+        self.ignored = 0
+
+    # --- scanning ---------------------------------------------------------------
+
+    def scan(
+        self,
+        tier: Tier,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        owner: ManifestOwner | None = None,
+    ) -> list[CatalogEntry]:
+        """Every partition of ``tier`` overlapping ``[start, end)``, sorted oldest first.
+
+        With ``owner`` set, a partition sealed by a foreign writer (``_SUCCESS``
+        only) gets its manifest computed and written here, as the owning
+        region; without it such a partition is reported with ``manifest=None``.
+        """
+        tier_dir = self.root / tier
+        entries: list[CatalogEntry] = []
+        with self._lock:
+            previous = self._manifests.get(tier, {})
+            current: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
+            if tier_dir.is_dir():
+                for parts, directory in self._walk(tier, tier_dir, start, end):
+                    try:
+                        key = parse_partition_parts(tier, parts)
+                    except PathRejectedError as exc:
+                        self._ignore(tier, directory, str(exc))
+                        continue
+                    if start is not None and key.end <= start:
+                        continue
+                    if end is not None and key.start >= end:
+                        continue
+                    entries.append(self._entry(key, directory, previous, current, owner))
+            self._manifests[tier] = current
+        entries.sort(key=lambda e: e.key)
+        return entries
+
+    def sealed_manifests(
+        self,
+        tier: Tier,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        owner: ManifestOwner | None = None,
+    ) -> list[Manifest]:
+        """Manifests of the replicable partitions overlapping ``[start, end)``."""
+        return [
+            e.manifest
+            for e in self.scan(tier, start=start, end=end, owner=owner)
+            if e.sealed and e.manifest is not None
+        ]
+
+    def _walk(
+        self, tier: Tier, tier_dir: Path, start: datetime | None, end: datetime | None
+    ) -> list[tuple[list[str], Path]]:
+        depth = 5 if tier in HOURLY_TIERS else 4
+        found: list[tuple[list[str], Path]] = []
+        stack: list[tuple[list[str], Path]] = [([], tier_dir)]
+        while stack:
+            parts, directory = stack.pop()
+            try:
+                iterator = os.scandir(directory)
+            except OSError as exc:
+                self._ignore(tier, directory, f"unreadable: {exc}")
+                continue
+            with iterator:
+                for item in iterator:
+                    path = Path(item.path)
+                    if len(parts) == 0 and item.name.startswith("."):
+                        continue  # editor and temp files at the tier level are not data
+                    if item.is_symlink() or not item.is_dir(follow_symlinks=False):
+                        self._ignore(tier, path, "not a directory (symlinks are never followed)")
+                        continue
+                    child = [*parts, item.name]
+                    if len(child) == 4 and not _date_may_overlap(item.name, start, end):
+                        continue
+                    if len(child) == depth:
+                        found.append((child, path))
+                    else:
+                        stack.append((child, path))
+        return found
+
+    def _entry(
+        self,
+        key: PartitionKey,
+        directory: Path,
+        previous: dict[Path, tuple[tuple[int, int, int], Manifest]],
+        current: dict[Path, tuple[tuple[int, int, int], Manifest]],
+        owner: ManifestOwner | None,
+    ) -> CatalogEntry:
+        sealed = (directory / SUCCESS_MARKER).is_file()
+        if not sealed:
+            return CatalogEntry(key, directory, sealed=False, manifest=None)
+        manifest_path = directory / MANIFEST_NAME
+        try:
+            st = manifest_path.stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            identity = (st.st_size, st.st_mtime_ns, st.st_ino)
+            cached = previous.get(manifest_path)
+            if cached is not None and cached[0] == identity:
+                current[manifest_path] = cached
+                return CatalogEntry(key, directory, sealed=True, manifest=cached[1])
+            try:
+                manifest = Manifest.from_bytes(manifest_path.read_bytes())
+                if manifest.key != key:
+                    raise StorageError(f"manifest names partition {manifest.partition}")
+            except (OSError, StorageError) as exc:
+                problem = f"unusable manifest: {exc}"
+            else:
+                current[manifest_path] = (identity, manifest)
+                return CatalogEntry(key, directory, sealed=True, manifest=manifest)
+        else:
+            problem = "sealed without a manifest"
+        if owner is None:
+            return CatalogEntry(key, directory, sealed=True, manifest=None, problem=problem)
+        try:
+            manifest = compute_manifest(
+                directory,
+                key,
+                writer_region=owner[0],
+                epoch=owner[1],
+                sealed_at=self._now(),
+                cache=self._hash_cache,
+            )
+            atomic_write_bytes(manifest_path, manifest.to_bytes())
+        except (OSError, StorageError) as exc:
+            self._ignore(key.tier, directory, f"cannot compute manifest: {exc}")
+            return CatalogEntry(key, directory, sealed=True, manifest=None, problem=str(exc))
+        log.info("computed manifest for a partition sealed without one", partition=str(key))
+        return CatalogEntry(key, directory, sealed=True, manifest=manifest)
+
+    def _ignore(self, tier: Tier, path: Path, why: str) -> None:
+        self.ignored += 1
+        if self._metrics is not None:
+            self._metrics.catalog_ignored_paths_total.labels(tier=tier).inc()
+        text = str(path)
+        if text not in self._warned and len(self._warned) < _MAX_WARNED:
+            self._warned.add(text)
+            log.warning("path outside the partition layout ignored", tier=tier, path=text, why=why)
+
+
+def _date_may_overlap(name: str, start: datetime | None, end: datetime | None) -> bool:
+    """Cheap pruning of whole ``date=`` directories; malformed names are kept for the parser."""
+    if start is None and end is None:
+        return True
+    try:
+        day = date.fromisoformat(name.removeprefix("date="))
+    except ValueError:
+        return True
+    day_start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    if start is not None and day_start + timedelta(days=1) <= start:
+        return False
+    return not (end is not None and day_start >= end)
