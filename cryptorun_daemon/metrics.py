@@ -33,6 +33,7 @@ STEP_FAILURE_REASONS: Final = (
 )
 # Buckets bracket the warm (60 s) and cold (5 min) lag SLOs so a histogram
 # quantile can tell "well inside" from "about to breach".
+FENCED_OPERATIONS: Final = ("seal", "serve", "apply")
 STEP_SECONDS_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -296,11 +297,18 @@ class Metrics:
             self.hot_records_total.labels(region=region, origin=origin)
         for tier, src, dst in replication_pairs:
             self.replication_plan_steps_total.labels(tier=tier, **{"from": src, "to": dst})
+            # Failure series exist from the start at 0 so increase() sees the first one.
+            for reason in STEP_FAILURE_REASONS:
+                self.replication_step_failures_total.labels(
+                    tier=tier, reason=reason, **{"from": src, "to": dst}
+                )
             self.replication_bytes_total.labels(tier=tier, **{"from": src, "to": dst})
             if dst == region:
                 self.replication_lag_seconds.labels(tier=tier, region=dst, source=src).set(0)
         for tier in TIERS:
             self.replication_step_seconds.labels(tier=tier)
+            for operation in FENCED_OPERATIONS:
+                self.fenced_total.labels(tier=tier, operation=operation)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""
