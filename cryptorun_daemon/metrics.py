@@ -295,6 +295,10 @@ class Metrics:
         for origin in regions:
             self.hot_seq_gaps_total.labels(region=region, origin=origin)
             self.hot_records_total.labels(region=region, origin=origin)
+            if origin != region:
+                self.hot_duplicates_total.labels(region=region, origin=origin)
+                self.hot_reconnects_total.labels(region=region, origin=origin)
+        self.hot_late_records_total.labels(region=region)
         for tier, src, dst in replication_pairs:
             self.replication_plan_steps_total.labels(tier=tier, **{"from": src, "to": dst})
             # Failure series exist from the start at 0 so increase() sees the first one.

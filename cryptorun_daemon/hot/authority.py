@@ -1,0 +1,136 @@
+"""Which source is authoritative for each (venue, symbol): local first, then peers.
+
+Every region ingests its own feeds and mirrors its peers', so the same market
+can arrive from several origins. The ordered source list is the local region
+followed by the peers in config order; the first source whose newest record is
+within the freshness gate is authoritative. When the local feed goes stale a
+peer takes over, and when it recovers authority returns. Each change is
+logged, counted in ``cryptorun_hot_source_switches_total{region,venue}`` and
+kept on a timeline that the sealer reads to pick, record by record, the source
+that was authoritative at that moment.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from cryptorun_daemon.metrics import Metrics
+
+log = structlog.get_logger("cryptorun.hot.authority")
+Key = tuple[str, str]  # (venue, symbol)
+TIMELINE_LIMIT = 10_000
+
+
+class SourceAuthority:
+    """Tracks freshness per (venue, symbol, source) and elects the authoritative source.
+
+    Error handling: none needed; unknown sources (not in the list) are
+    ranked after the configured ones in order of first appearance.
+    """
+
+    def __init__(
+        self,
+        region: str,
+        sources: Sequence[str],
+        *,
+        gate_seconds: float,
+        metrics: Metrics | None = None,
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.region = region
+        self.sources = list(dict.fromkeys(sources))
+        self.gate_ns = int(gate_seconds * 1e9)
+        self.metrics = metrics
+        self.now_ns = now_ns
+        self._seen: dict[Key, dict[str, int]] = {}
+        self.current: dict[Key, str] = {}
+        self._timeline: dict[Key, tuple[list[int], list[str]]] = {}
+        self.switches: deque[dict[str, Any]] = deque(maxlen=100)
+        self.switch_count = 0
+
+    def rank(self, source: str) -> int:
+        """Preference of a source: 0 = local, then peers in config order."""
+        try:
+            return self.sources.index(source)
+        except ValueError:
+            self.sources.append(source)
+            return len(self.sources) - 1
+
+    def observe(self, source: str, venue: str, symbol: str, ingest_ns: int) -> None:
+        """Note that ``source`` delivered a record for (venue, symbol) ingested at ``ingest_ns``."""
+        key = (venue, symbol)
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = {}
+        if ingest_ns > seen.get(source, 0):
+            seen[source] = ingest_ns
+        if key not in self.current:
+            self._elect(key, ingest_ns)
+
+    def evaluate(self, now_ns: int | None = None) -> None:
+        """Re-elect every pair against the gate (called periodically by the component)."""
+        now = self.now_ns() if now_ns is None else now_ns
+        for key in self._seen:
+            self._elect(key, now)
+
+    def _elect(self, key: Key, now: int) -> None:
+        seen = self._seen[key]
+        ranked = sorted(seen, key=self.rank)
+        fresh = [s for s in ranked if now - seen[s] <= self.gate_ns]
+        # Nobody fresh: keep the least stale source rather than flapping.
+        choice = fresh[0] if fresh else max(ranked, key=lambda s: seen[s])
+        previous = self.current.get(key)
+        if choice == previous:
+            return
+        self.current[key] = choice
+        times, names = self._timeline.setdefault(key, ([], []))
+        times.append(now)
+        names.append(choice)
+        if len(times) > TIMELINE_LIMIT:
+            del times[0], names[0]
+        if previous is None:
+            return
+        self.switch_count += 1
+        event = {"venue": key[0], "symbol": key[1], "from": previous, "to": choice,
+                 "at_ns": now,
+                 "staleness_seconds": {s: round((now - seen[s]) / 1e9, 3) for s in ranked}}
+        self.switches.append(event)
+        if self.metrics is not None:
+            self.metrics.hot_source_switches_total.labels(region=self.region, venue=key[0]).inc()
+        log.warning("hot source switch", **event)
+
+    def source_at(self, venue: str, symbol: str, at_ns: int) -> str | None:
+        """The source that was authoritative for (venue, symbol) at ``at_ns`` (None if unknown)."""
+        timeline = self._timeline.get((venue, symbol))
+        if timeline is None:
+            return None
+        times, names = timeline
+        index = bisect.bisect_right(times, at_ns) - 1
+        return names[index] if index >= 0 else names[0]
+
+    def status(self) -> dict[str, Any]:
+        now = self.now_ns()
+        pairs = []
+        for (venue, symbol), seen in sorted(self._seen.items()):
+            pairs.append({
+                "venue": venue,
+                "symbol": symbol,
+                "authoritative": self.current.get((venue, symbol)),
+                "freshness_seconds": {
+                    s: round((now - ns) / 1e9, 3) for s, ns in sorted(
+                        seen.items(), key=lambda item: self.rank(item[0]))
+                },
+            })
+        return {
+            "sources": list(self.sources),
+            "freshness_gate_seconds": self.gate_ns / 1e9,
+            "switches": self.switch_count,
+            "recent_switches": list(self.switches)[-10:],
+            "pairs": pairs,
+        }

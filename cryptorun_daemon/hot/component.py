@@ -1,0 +1,231 @@
+"""The hot tier as a daemon component: feeds → hot log → mirror server/clients → sealer.
+
+::
+
+    feeds ──► HotLog ──► journal (segments, fsync policy) ──► HotSealer ──► warm/
+                │  └───► replay buffer ──► MirrorServer (/v1/hot/stream) ──► peers
+                └── SourceAuthority ◄── MirrorClient per peer ◄── peers' streams
+
+Wiring (``cryptorun_daemon/components.py``)::
+
+    from cryptorun_daemon.hot.component import HotComponent
+    components.append(HotComponent(ctx))
+
+``is_warm_primary`` and ``epoch`` default to the config's warm rule (this
+region is primary when it is the rule's ``from``; epoch 0); the failover
+component should pass its live role and epoch instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from cryptorun_daemon.config import FeedConfig
+from cryptorun_daemon.errors import IngestError
+from cryptorun_daemon.hot.authority import SourceAuthority
+from cryptorun_daemon.hot.buffer import ReplayBuffer
+from cryptorun_daemon.hot.feed import Feed, MarketRecord
+from cryptorun_daemon.hot.feeds_builtin import ReplayFeed, SyntheticFeed
+from cryptorun_daemon.hot.follower import OriginFollower
+from cryptorun_daemon.hot.journal import Journal
+from cryptorun_daemon.hot.log import HotLog
+from cryptorun_daemon.hot.mirror_client import MirrorClient
+from cryptorun_daemon.hot.mirror_server import MirrorServer
+from cryptorun_daemon.hot.sealer import HotSealer
+from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.runtime.component import DaemonContext
+
+log = structlog.get_logger("cryptorun.hot")
+GAUGE_INTERVAL = 0.5
+
+
+def build_feed(config: FeedConfig, metrics: Metrics) -> Feed:
+    """The feed for one ``[[feeds]]`` entry.
+
+    Error handling: :class:`IngestError` when the kind needs a module that is
+    not in this build (``kraken`` before its connector lands) or the entry is
+    unusable.
+    """
+    if config.kind == "synthetic":
+        return SyntheticFeed(config)
+    if config.kind == "replay":
+        return ReplayFeed(config, raw_handler=_raw_handler(config, metrics))
+    if config.kind == "kraken":
+        module = _optional("cryptorun_daemon.ingest.kraken.connector")
+        if module is None:
+            raise IngestError(f"feed {config.name!r}: the kraken connector is not in this build")
+        feed: Feed = module.KrakenFeed(config, metrics)
+        return feed
+    raise IngestError(f"feed {config.name!r}: unknown kind {config.kind!r}")
+
+
+def _optional(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        return None
+
+
+def _raw_handler(
+    config: FeedConfig, metrics: Metrics
+) -> Callable[[str, int], list[MarketRecord]] | None:
+    """Decode recorded raw Kraken frames with the Kraken handler when it is available."""
+    if config.venue != "kraken":
+        return None
+    module = _optional("cryptorun_daemon.ingest.kraken.handler")
+    if module is None:
+        return None
+    handler = module.KrakenHandler(venue=config.venue, symbols=config.symbols,
+                                   depth=config.book_depth, metrics=metrics)
+    handler.start_session()
+
+    def handle(frame: str, ingest_ts: int) -> list[MarketRecord]:
+        records: list[MarketRecord] = handler.handle_frame(
+            frame, ingest_ts=ingest_ts, now=ingest_ts / 1e9)
+        return records
+
+    return handle
+
+
+class HotComponent:
+    """Owns the hot log and every hot-tier worker of one region."""
+
+    name = "hot"
+
+    def __init__(
+        self,
+        ctx: DaemonContext,
+        *,
+        is_warm_primary: Callable[[], bool] | None = None,
+        epoch: Callable[[], int] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        hot = cfg.hot
+        self.region = cfg.region
+        root = cfg.storage.root
+        journal = Journal(root / "_state" / "hot" / "journal", segment_bytes=hot.segment_bytes,
+                          fsync_interval=hot.fsync_interval, fsync_records=hot.fsync_records)
+        self.log = HotLog(cfg.region, journal, ReplayBuffer(hot.buffer_records, hot.buffer_bytes),
+                          ctx.metrics)
+        self.authority = SourceAuthority(cfg.region, [cfg.region, *cfg.peers],
+                                         gate_seconds=hot.freshness_gate, metrics=ctx.metrics)
+        self.log.observers.append(self.authority.observe)
+        self.server = MirrorServer(self.log, ctx.metrics, heartbeat_interval=hot.heartbeat_interval,
+                                   max_frame_bytes=hot.max_frame_bytes)
+        warm_from = next((r.from_region for r in cfg.rules_for("warm")), cfg.region)
+        self.sealer = HotSealer(
+            region=cfg.region, root=root, journal=journal, authority=self.authority,
+            partition_length=hot.partition_length, seal_grace=hot.seal_grace,
+            is_warm_primary=is_warm_primary or (lambda: warm_from == cfg.region),
+            epoch=epoch or (lambda: 0), metrics=ctx.metrics,
+        )
+        self.clients: dict[str, MirrorClient] = {}
+        for peer, url in cfg.peers.items():
+            follower = OriginFollower(self.log, peer, ctx.metrics)
+            self.clients[peer] = MirrorClient(
+                follower, base_url=url, session=self._session, headers=ctx.peer_headers(),
+                metrics=ctx.metrics, max_frame_bytes=hot.max_frame_bytes,
+                ping_interval=hot.heartbeat_interval,
+            )
+        self.feeds: dict[str, Feed] = {f.name: build_feed(f, ctx.metrics) for f in cfg.feeds}
+        self.ingest_errors = 0
+        self._started = False
+
+    def _session(self) -> Any:
+        if self.ctx.http is None:
+            raise RuntimeError("the daemon's HTTP session is not open")
+        return self.ctx.http
+
+    # ---------------------------------------------------------------- Component
+    def routes(self) -> Sequence[web.RouteDef]:
+        return [web.get("/v1/hot/stream", self.server.handle)]
+
+    async def start(self) -> None:
+        """Recover the log, then spawn syncer, feeds, mirror clients, sealer and gauges."""
+        await asyncio.to_thread(self.log.open)
+        self._started = True
+        spawn = self.ctx.supervisor.spawn
+        spawn("hot:journal-sync", self.log.journal.run_syncer)
+        spawn("hot:gauges", self._gauges)
+        for name, feed in self.feeds.items():
+            spawn(f"hot:feed:{name}", lambda feed=feed: self._ingest(feed))  # type: ignore[misc]
+        for peer, client in self.clients.items():
+            spawn(f"hot:mirror:{peer}", client.run)
+        spawn("hot:sealer", self.sealer.run)
+
+    async def _ingest(self, feed: Feed) -> None:
+        """Append every record a feed yields to the hot log.
+
+        Error handling: a record JSON cannot encode is counted and skipped; a
+        feed that raises crashes this worker, and the supervisor restarts it.
+        Resource handling: the feed's iterator is closed when this worker ends.
+        """
+        records = feed.records()
+        try:
+            async for record in records:
+                if self.log.closed:
+                    return
+                try:
+                    self.log.append_local(record)
+                except ValueError:
+                    self.ingest_errors += 1
+        finally:
+            with contextlib.suppress(Exception):
+                await records.aclose()  # type: ignore[attr-defined]
+
+    async def _gauges(self) -> None:
+        """Refresh buffer/journal gauges and re-elect sources against the freshness gate."""
+        while True:
+            self.log.update_gauges()
+            self.authority.evaluate()
+            await asyncio.sleep(GAUGE_INTERVAL)
+
+    async def stop(self) -> None:
+        """Close every mirror WebSocket with 1001, then close the journal cleanly."""
+        for client in self.clients.values():
+            client.stopped = True
+        await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
+        await self.server.close_all()
+        if self._started:
+            self.log.close()
+
+    def not_ready_reasons(self) -> list[str]:
+        return [] if self._started else ["hot log is not open"]
+
+    def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]:
+        if tier not in (None, "hot"):
+            return {}
+        origins: dict[str, Any] = {
+            self.region: {"local": True, "replid": self.log.replid, "head_seq": self.log.seq,
+                          "applied_seq": self.log.seq, "connected": True, "last_gap": None},
+        }
+        for peer, client in self.clients.items():
+            origins[peer] = {"local": False, **client.status()}
+        if region is not None:
+            origins = {k: v for k, v in origins.items() if k == region}
+        buffer = self.log.buffer
+        stream = {
+            "origins": origins,
+            "buffer": {"records": len(buffer), "bytes": buffer.bytes,
+                       "first_seq": buffer.first_seq, "last_seq": buffer.last_seq,
+                       "max_records": buffer.max_records, "max_bytes": buffer.max_bytes},
+            "journal": {"bytes": self.log.journal.bytes_on_disk,
+                        "segments": len(self.log.journal.segments()),
+                        "written_records": self.log.journal.written_records,
+                        "synced_records": self.log.journal.synced_records,
+                        "recovered_clean": self.log.recovered_clean},
+            "subscribers": self.server.status(),
+            "authority": self.authority.status(),
+            "sealer": self.sealer.status(),
+            "feeds": {name: feed.status() for name, feed in self.feeds.items()},
+            "ingest_errors": self.ingest_errors,
+        }
+        return {"tiers": {"hot": {"stream": stream}}}

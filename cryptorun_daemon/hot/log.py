@@ -1,0 +1,210 @@
+"""The region's hot log: stamps local records, applies mirrored ones, wakes subscribers.
+
+Local ingestion is authoritative for the local region: every locally ingested
+record gets ``(origin=region, seq)`` with seq contiguous from 1 under a random
+replication id created with the log. Mirrored records keep their origin and
+seq; they are journaled like local ones but never re-served (the mirror server
+only streams this region's own origin, so active-active cannot loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from cryptorun_daemon.hot.buffer import ReplayBuffer
+from cryptorun_daemon.hot.feed import MarketRecord
+from cryptorun_daemon.hot.journal import Journal
+from cryptorun_daemon.hot.record import HotRecord, encode_record
+from cryptorun_daemon.metrics import Metrics
+
+log = structlog.get_logger("cryptorun.hot.log")
+FreshnessObserver = Callable[[str, str, str, int], None]  # origin, venue, symbol, ingest_ns
+
+
+def new_replid() -> str:
+    """A fresh replication id (160 random bits, like Redis's 40 hex chars)."""
+    return secrets.token_hex(20)
+
+
+@dataclass
+class OriginPosition:
+    """How far this region has applied one origin's stream."""
+
+    replid: str
+    applied_seq: int = 0
+    applied_ingest_ns: int = 0
+    head_seq: int = 0
+    gaps: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=20))
+
+
+class HotLog:
+    """Sequenced local log plus the applied positions of every mirrored origin.
+
+    Resource handling: :meth:`open` recovers from (and opens) the journal;
+    :meth:`close` writes a clean-close marker so the next start keeps the replid.
+    """
+
+    def __init__(
+        self, region: str, journal: Journal, buffer: ReplayBuffer, metrics: Metrics
+    ) -> None:
+        self.region = region
+        self.journal = journal
+        self.buffer = buffer
+        self.metrics = metrics
+        self.replid = ""
+        self.seq = 0
+        self.origins: dict[str, OriginPosition] = {}
+        self.observers: list[FreshnessObserver] = []
+        self._waiters: set[asyncio.Event] = set()
+        self._local_records = metrics.hot_records_total.labels(region=region, origin=region)
+        self.recovered_clean = False
+        self.closed = False
+
+    # ------------------------------------------------------------------ life
+    def open(self) -> None:
+        """Recover replid, seq, replay buffer and mirrored positions from the journal.
+
+        A journal that ended cleanly keeps its replid and seq continues; one that
+        ended in a crash keeps counting seq but takes a new replid, because the
+        unsynced window it lost may already be at peers under the old id (the
+        Redis rule: no partial resync across an unclean restart). An empty
+        journal starts a new replid at seq 0.
+        """
+        recovery = self.journal.recover(
+            local_origin=self.region,
+            tail_records=self.buffer.max_records,
+            tail_bytes=self.buffer.max_bytes,
+        )
+        self.recovered_clean = recovery.clean
+        local = recovery.origins.pop(self.region, None)
+        if local is not None and local.replid and recovery.clean:
+            self.replid, self.seq = local.replid, local.last_seq
+            for record in recovery.tail:
+                self.buffer.append(record)
+        else:
+            self.seq = local.last_seq if local is not None else 0
+            self.replid = new_replid()
+            self.journal.write_control({"ctl": "replid", "o": self.region, "r": self.replid,
+                                        "s": self.seq})
+            if local is not None:
+                log.warning("hot journal was not closed cleanly; new replid",
+                            replid=self.replid, seq=self.seq)
+        for origin, state in recovery.origins.items():
+            self.origins[origin] = OriginPosition(state.replid, state.last_seq)
+        for entry in recovery.gaps:
+            position = self.origins.get(str(entry.get("origin")))
+            if position is not None:
+                position.gaps.append(entry)
+        self.journal.on_roll = self._checkpoint
+        log.info("hot log open", region=self.region, replid=self.replid, seq=self.seq,
+                 buffered=len(self.buffer), clean=recovery.clean)
+
+    def _checkpoint(self) -> list[dict[str, Any]]:
+        bodies = [{"ctl": "replid", "o": self.region, "r": self.replid, "s": self.seq}]
+        bodies += [{"ctl": "replid", "o": origin, "r": p.replid, "s": p.applied_seq}
+                   for origin, p in self.origins.items()]
+        return bodies
+
+    def close(self) -> None:
+        """Stop accepting records and close the journal cleanly (keeps the replid)."""
+        if not self.closed:
+            self.closed = True
+            self.journal.close(clean=True)
+
+    # --------------------------------------------------------- local ingest
+    def append_local(self, record: MarketRecord, now_ns: int | None = None) -> HotRecord | None:
+        """Stamp, journal, buffer and announce one locally ingested record.
+
+        Returns ``None`` (record not taken) once the log is closed for shutdown.
+        Error handling: ``ValueError`` for a record whose fields JSON cannot
+        encode; nothing is written and the seq is not consumed.
+        """
+        if self.closed:
+            return None
+        fields = record.fields
+        ingest_ns = fields.get("ingest_ts")
+        if not isinstance(ingest_ns, int):
+            ingest_ns = now_ns if now_ns is not None else time.time_ns()
+            fields = {**fields, "ingest_ts": ingest_ns}
+        hot = encode_record(self.region, self.seq + 1, ingest_ns, record.dataset, fields)
+        self.seq += 1
+        self.journal.write_line(hot.line)
+        self.buffer.append(hot)
+        self._local_records.inc()
+        for observe in self.observers:
+            observe(self.region, hot.venue, hot.symbol, ingest_ns)
+        for event in self._waiters:
+            event.set()
+        return hot
+
+    def waiter(self) -> asyncio.Event:
+        """An event set whenever a local record is appended (one per subscriber)."""
+        event = asyncio.Event()
+        self._waiters.add(event)
+        return event
+
+    def drop_waiter(self, event: asyncio.Event) -> None:
+        self._waiters.discard(event)
+
+    # ------------------------------------------------------ mirrored origins
+    def position(self, origin: str) -> OriginPosition | None:
+        return self.origins.get(origin)
+
+    def adopt_replid(self, origin: str, replid: str, applied_seq: int) -> OriginPosition:
+        """Start following ``origin`` under ``replid`` with ``applied_seq`` as applied."""
+        position = self.origins.get(origin)
+        if position is None:
+            position = self.origins[origin] = OriginPosition(replid)
+        position.replid = replid
+        position.applied_seq = applied_seq
+        if not self.closed:
+            self.journal.write_control(
+                {"ctl": "replid", "o": origin, "r": replid, "s": applied_seq}
+            )
+        return position
+
+    def apply_mirrored(
+        self, origin: str, lines: list[bytes], last_seq: int, last_ingest_ns: int,
+        latest: list[tuple[str, str, int]],
+    ) -> None:
+        """Journal contiguous mirrored records ending at ``last_seq`` (already deduplicated).
+
+        After :meth:`close` nothing is applied, so the next start resumes from here.
+        """
+        if self.closed:
+            return
+        position = self.origins[origin]
+        self.journal.write_lines(lines)
+        position.applied_seq = last_seq
+        position.applied_ingest_ns = last_ingest_ns
+        self.metrics.hot_records_total.labels(region=self.region, origin=origin).inc(len(lines))
+        for venue, symbol, ingest_ns in latest:
+            for observe in self.observers:
+                observe(origin, venue, symbol, ingest_ns)
+
+    def record_gap(self, origin: str, gap: dict[str, Any]) -> None:
+        """Remember an unfillable gap (journaled, so warm backfill finds it after restarts)."""
+        entry = {"origin": origin, **gap}
+        if self.closed:
+            return
+        self.journal.write_control({"ctl": "gap", **entry})
+        position = self.origins.get(origin)
+        if position is not None:
+            position.gaps.append(entry)
+        self.metrics.hot_seq_gaps_total.labels(region=self.region, origin=origin).inc()
+        log.warning("hot stream gap", **entry)
+
+    def update_gauges(self) -> None:
+        region = self.region
+        self.metrics.hot_buffer_records.labels(region=region).set(len(self.buffer))
+        self.metrics.hot_buffer_bytes.labels(region=region).set(self.buffer.bytes)
+        self.metrics.hot_journal_bytes.labels(region=region).set(self.journal.bytes_on_disk)
+

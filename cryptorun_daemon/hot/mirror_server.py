@@ -1,0 +1,268 @@
+"""Serves this region's own hot stream to peers over ``GET /v1/hot/stream``.
+
+Each subscriber is a cursor into the replay buffer, never a queue: a
+subscriber that falls behind the buffer receives an explicit ``gap`` frame and
+continues from the oldest buffered record, so slow consumers cannot grow the
+origin's memory. Only the local origin is served; asking for any other origin
+closes with 4404, which is what makes active-active mirroring loop-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from cryptorun_daemon.errors import ProtocolError
+from cryptorun_daemon.hot import protocol
+from cryptorun_daemon.hot.log import HotLog
+from cryptorun_daemon.metrics import Metrics
+
+log = structlog.get_logger("cryptorun.hot.mirror_server")
+SUBSCRIBE_TIMEOUT = 10.0
+
+
+@dataclass
+class Subscriber:
+    """One connected peer: where its cursor is and what it asked for."""
+
+    remote: str
+    from_seq: int = 0
+    cursor: int = 0
+    echo: int | None = None
+    resubscribe: int | None = None
+    gaps_sent: int = 0
+
+
+class MirrorServer:
+    """The WebSocket handler plus the set of open streams (closed with 1001 on stop).
+
+    Error handling: a bad first message, a binary or malformed frame from a
+    subscriber, or an oversized frame closes that one connection with a
+    specific code and counts ``cryptorun_hot_protocol_errors_total{reason}``;
+    other subscribers are unaffected. Resource handling: every accepted socket
+    is tracked until its handler returns; :meth:`close_all` closes them.
+    """
+
+    def __init__(
+        self,
+        hot_log: HotLog,
+        metrics: Metrics,
+        *,
+        heartbeat_interval: float,
+        max_frame_bytes: int,
+        batch_records: int = 4096,
+    ) -> None:
+        self.log = hot_log
+        self.metrics = metrics
+        self.heartbeat_interval = heartbeat_interval
+        self.max_frame_bytes = max_frame_bytes
+        self.batch_records = batch_records
+        # Leave room for the header so a full batch never trips the peer's frame limit.
+        self.batch_bytes = max(1024, min(1 << 20, max_frame_bytes // 2))
+        self._sockets: dict[web.WebSocketResponse, Subscriber] = {}
+        self._closing = False
+
+    def _error(self, reason: str) -> None:
+        self.metrics.hot_protocol_errors_total.labels(region=self.log.region, reason=reason).inc()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/hot/stream``: upgrade, read the subscribe request, stream.
+
+        Error handling: see the class docstring; connection resets end the
+        handler quietly. Resource handling: the writer task is cancelled and
+        awaited before the handler returns.
+        """
+        if self._closing:
+            raise web.HTTPServiceUnavailable(text="daemon is shutting down")
+        ws = web.WebSocketResponse(max_msg_size=self.max_frame_bytes, compress=False,
+                                   autoping=True)
+        await ws.prepare(request)
+        subscriber = Subscriber(remote=request.remote or "?")
+        self._sockets[ws] = subscriber
+        try:
+            request_msg = await self._read_subscribe(ws)
+            if request_msg is None:
+                return ws
+            await self._stream(ws, subscriber, request_msg)
+        finally:
+            self._sockets.pop(ws, None)
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _read_subscribe(self, ws: web.WebSocketResponse) -> protocol.Subscribe | None:
+        try:
+            msg = await ws.receive(timeout=SUBSCRIBE_TIMEOUT)
+        except TimeoutError:
+            self._error("subscribe_timeout")
+            await ws.close(code=protocol.CLOSE_BAD_SUBSCRIBE, message=b"no subscribe request")
+            return None
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            await self._reject_frame(ws, msg)
+            return None
+        try:
+            request = protocol.parse_subscribe(protocol.parse_text(msg.data))
+        except ProtocolError as exc:
+            self._error("bad_subscribe")
+            await ws.close(code=protocol.CLOSE_BAD_SUBSCRIBE, message=str(exc)[:120].encode())
+            return None
+        if request.origin != self.log.region:
+            # Cycle prevention: a region serves only records it ingested itself.
+            self._error("wrong_origin")
+            await ws.close(
+                code=protocol.CLOSE_WRONG_ORIGIN,
+                message=f"this daemon serves origin {self.log.region} only".encode(),
+            )
+            return None
+        return request
+
+    async def _reject_frame(self, ws: web.WebSocketResponse, msg: aiohttp.WSMessage) -> None:
+        """Close on an unacceptable frame; a peer's own close is not an error."""
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                        aiohttp.WSMsgType.CLOSED):
+            return
+        if msg.type == aiohttp.WSMsgType.ERROR:
+            too_big = isinstance(msg.data, aiohttp.WebSocketError) and (
+                msg.data.code == protocol.CLOSE_TOO_BIG
+            )
+            self._error("oversized" if too_big else "malformed")
+            # aiohttp already closed with 1009/1002 when it raised the error.
+            return
+        self._error("malformed")
+        await ws.close(code=protocol.CLOSE_MALFORMED, message=b"unexpected frame")
+
+    async def _stream(
+        self, ws: web.WebSocketResponse, sub: Subscriber, request: protocol.Subscribe
+    ) -> None:
+        sub.from_seq = request.from_seq
+        wake = self.log.waiter()
+        writer = asyncio.create_task(
+            self._write_then_close(ws, sub, request, wake), name="hot-stream-writer"
+        )
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    await self._reject_frame(ws, msg)
+                    break
+                try:
+                    body = protocol.parse_text(msg.data)
+                    kind = body.get("type")
+                    if kind == "ping" and isinstance(body.get("t"), int):
+                        sub.echo = body["t"]
+                    elif kind == "subscribe":
+                        again = protocol.parse_subscribe(body)
+                        if again.origin != self.log.region:
+                            raise ProtocolError("re-subscribe for another origin")
+                        sub.resubscribe = again.from_seq
+                    else:
+                        raise ProtocolError(f"unexpected message type {kind!r}")
+                except ProtocolError as exc:
+                    self._error("malformed")
+                    await ws.close(code=protocol.CLOSE_MALFORMED, message=str(exc)[:120].encode())
+                    break
+                wake.set()
+                if writer.done():
+                    break
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+                await writer
+            self.log.drop_waiter(wake)
+
+    async def _write_then_close(
+        self, ws: web.WebSocketResponse, sub: Subscriber, request: protocol.Subscribe,
+        wake: asyncio.Event,
+    ) -> None:
+        """Run the writer; if it stops on its own (send failed), close so the reader ends too."""
+        try:
+            await self._write(ws, sub, request, wake)
+        except (ConnectionError, RuntimeError) as exc:
+            log.info("hot stream subscriber dropped", remote=sub.remote, error=str(exc))
+        if not ws.closed:
+            await ws.close(code=protocol.CLOSE_GOING_AWAY)
+
+    async def _write(
+        self, ws: web.WebSocketResponse, sub: Subscriber, request: protocol.Subscribe,
+        wake: asyncio.Event,
+    ) -> None:
+        """Send hello, any gap, then records as they arrive, heartbeats when idle.
+
+        Error handling: a send on a closed socket ends the writer; the reader
+        then sees the close. Resource handling: owned and cancelled by ``_stream``.
+        """
+        hot, buffer = self.log, self.log.buffer
+        available = buffer.first_seq or hot.seq + 1
+        await ws.send_str(protocol.hello(hot.region, hot.replid, hot.seq, available))
+        cursor = await self._position(ws, sub, request.replid, request.from_seq)
+        last_beat = time.monotonic()
+        while not ws.closed:
+            wake.clear()
+            if sub.resubscribe is not None:
+                cursor, sub.resubscribe = (
+                    await self._position(ws, sub, hot.replid, sub.resubscribe), None
+                )
+            batch = buffer.read_from(cursor, max_records=self.batch_records,
+                                     max_bytes=self.batch_bytes)
+            first = buffer.first_seq
+            if batch:
+                await ws.send_bytes(protocol.encode_records(hot.replid, batch, hot.seq))
+                cursor = batch[-1].seq + 1
+                sub.cursor = cursor
+            elif first is not None and cursor < first:
+                # The subscriber fell behind the buffer: explicit gap, never a queue.
+                sub.gaps_sent += 1
+                await ws.send_str(protocol.gap(cursor, first, hot.replid, "evicted"))
+                cursor = first
+            now = time.monotonic()
+            if sub.echo is not None or now - last_beat >= self.heartbeat_interval:
+                echo, sub.echo = sub.echo, None
+                await ws.send_str(protocol.heartbeat(time.time_ns(), hot.seq, echo))
+                last_beat = now
+            if batch:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.heartbeat_interval)
+
+    async def _position(
+        self, ws: web.WebSocketResponse, sub: Subscriber, replid: str | None, from_seq: int
+    ) -> int:
+        """Where to start streaming for a (replid, from_seq) request; sends a gap if needed.
+
+        Partial resync when the replid matches and ``from_seq`` is buffered or
+        is the next seq; otherwise an explicit gap naming ``available_from``.
+        """
+        hot, buffer = self.log, self.log.buffer
+        available = buffer.first_seq or hot.seq + 1
+        if replid == hot.replid and available <= from_seq <= hot.seq + 1:
+            return from_seq
+        if replid != hot.replid:
+            reason = "new_subscriber" if replid is None else "replid_changed"
+        else:
+            reason = "ahead_of_origin" if from_seq > hot.seq + 1 else "evicted"
+        sub.gaps_sent += 1
+        await ws.send_str(protocol.gap(from_seq, available, hot.replid, reason))
+        return available
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {"remote": s.remote, "from_seq": s.from_seq, "cursor": s.cursor,
+             "gaps_sent": s.gaps_sent}
+            for s in self._sockets.values()
+        ]
+
+    async def close_all(self) -> None:
+        """Refuse new streams and close open ones with 1001 (going away)."""
+        self._closing = True
+        sockets = list(self._sockets)
+        await asyncio.gather(
+            *(ws.close(code=protocol.CLOSE_GOING_AWAY, message=b"daemon shutting down")
+              for ws in sockets),
+            return_exceptions=True,
+        )

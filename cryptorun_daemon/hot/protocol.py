@@ -1,0 +1,174 @@
+"""The hot mirror wire format (``GET /v1/hot/stream``), encoding and validation only.
+
+Control messages are WebSocket *text* frames holding one JSON object with a
+``type``; records travel in *binary* frames so that neither side has to
+re-encode them:
+
+    b"R" + header JSON + b"\\n" + line_1 + b"\\n" + ... + line_n
+
+The header is ``{"replid", "first_seq", "count", "first_ingest_ns",
+"last_ingest_ns", "head_seq", "latest"}``; the lines are the origin's journal
+lines (``cryptorun_daemon.hot.record``) for seqs ``first_seq .. first_seq +
+count - 1``, contiguous. ``latest`` lists ``[venue, symbol, ingest_ns]`` of the
+newest record per pair in the batch, so a subscriber can track source
+freshness without decoding records.
+
+Client → server: ``{"type": "subscribe", "origin", "replid", "from_seq"}``
+(``type`` may be omitted on the first message) and ``{"type": "ping", "t"}``.
+Server → client: ``hello``, ``gap`` (``from_seq``, ``available_from``,
+``replid``), ``heartbeat`` (``origin_ns``, ``head_seq``, ``echo``) and records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptorun_daemon.errors import ProtocolError
+from cryptorun_daemon.hot.record import HotRecord
+
+RECORDS_TAG = b"R"
+
+# WebSocket close codes the mirror uses; 4000-4999 are application-defined.
+CLOSE_GOING_AWAY = 1001
+CLOSE_MALFORMED = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_BAD_SUBSCRIBE = 4400
+CLOSE_WRONG_ORIGIN = 4404
+
+_DUMPS = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    origin: str
+    replid: str | None
+    from_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsHeader:
+    replid: str
+    first_seq: int
+    count: int
+    first_ingest_ns: int
+    last_ingest_ns: int
+    head_seq: int
+    latest: list[tuple[str, str, int]]
+
+
+def text(message: dict[str, Any]) -> str:
+    """Encode one control message."""
+    return _DUMPS(message)
+
+
+def subscribe(origin: str, replid: str | None, from_seq: int) -> str:
+    return text({"type": "subscribe", "origin": origin, "replid": replid, "from_seq": from_seq})
+
+
+def hello(origin: str, replid: str, head_seq: int, available_from: int) -> str:
+    return text({"type": "hello", "origin": origin, "replid": replid,
+                 "head_seq": head_seq, "available_from": available_from})
+
+
+def gap(from_seq: int, available_from: int, replid: str, reason: str) -> str:
+    return text({"type": "gap", "from_seq": from_seq, "available_from": available_from,
+                 "replid": replid, "reason": reason})
+
+
+def heartbeat(origin_ns: int, head_seq: int, echo: int | None) -> str:
+    return text({"type": "heartbeat", "origin_ns": origin_ns, "head_seq": head_seq,
+                 "echo": echo})
+
+
+def ping(local_ns: int) -> str:
+    return text({"type": "ping", "t": local_ns})
+
+
+def parse_text(data: str) -> dict[str, Any]:
+    """Parse a control message.
+
+    Error handling: :class:`ProtocolError` when it is not a JSON object.
+    """
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError(f"control frame is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("control frame is not a JSON object")
+    return value
+
+
+def parse_subscribe(message: dict[str, Any]) -> Subscribe:
+    """Validate a subscribe request.
+
+    Error handling: :class:`ProtocolError` naming the first bad field.
+    """
+    if message.get("type", "subscribe") != "subscribe":
+        raise ProtocolError(f"expected a subscribe message, got type {message.get('type')!r}")
+    origin, replid, from_seq = message.get("origin"), message.get("replid"), message.get("from_seq")
+    if not isinstance(origin, str) or not origin:
+        raise ProtocolError("subscribe.origin must be a region name")
+    if replid is not None and not isinstance(replid, str):
+        raise ProtocolError("subscribe.replid must be a string or null")
+    if isinstance(from_seq, bool) or not isinstance(from_seq, int) or from_seq < 1:
+        raise ProtocolError("subscribe.from_seq must be an integer >= 1")
+    return Subscribe(origin, replid, from_seq)
+
+
+def encode_records(replid: str, records: list[HotRecord], head_seq: int) -> bytes:
+    """One records frame for a contiguous run of records (at least one)."""
+    latest: dict[tuple[str, str], int] = {}
+    for record in records:
+        latest[(record.venue, record.symbol)] = record.ingest_ns
+    header = {
+        "replid": replid,
+        "first_seq": records[0].seq,
+        "count": len(records),
+        "first_ingest_ns": records[0].ingest_ns,
+        "last_ingest_ns": records[-1].ingest_ns,
+        "head_seq": head_seq,
+        "latest": [[venue, symbol, ns] for (venue, symbol), ns in latest.items()],
+    }
+    return b"".join(
+        (RECORDS_TAG, _DUMPS(header).encode(), b"\n", b"\n".join(r.line for r in records))
+    )
+
+
+def decode_records(frame: bytes) -> tuple[RecordsHeader, list[bytes]]:
+    """Split a records frame into its header and record lines.
+
+    Error handling: :class:`ProtocolError` when the tag, header or line count
+    is wrong, so a corrupt frame is never applied.
+    """
+    if not frame.startswith(RECORDS_TAG):
+        raise ProtocolError("binary frame is not a records frame")
+    cut = frame.find(b"\n")
+    if cut < 0:
+        raise ProtocolError("records frame has no header line")
+    try:
+        raw = json.loads(frame[1:cut])
+        header = RecordsHeader(
+            replid=str(raw["replid"]),
+            first_seq=_int(raw["first_seq"]),
+            count=_int(raw["count"]),
+            first_ingest_ns=_int(raw["first_ingest_ns"]),
+            last_ingest_ns=_int(raw["last_ingest_ns"]),
+            head_seq=_int(raw["head_seq"]),
+            latest=[(str(v), str(s), _int(ns)) for v, s, ns in raw["latest"]],
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"records header is malformed: {exc}") from None
+    lines = frame[cut + 1 :].split(b"\n")
+    if header.count < 1 or len(lines) != header.count or header.first_seq < 1:
+        raise ProtocolError(
+            f"records frame announces {header.count} records, carries {len(lines)}"
+        )
+    return header, lines
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not an integer")
+    return value

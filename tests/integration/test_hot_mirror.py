@@ -1,0 +1,433 @@
+"""Hot tier end to end: two daemons mirroring over real WebSockets on 127.0.0.1.
+
+Faults are injected with a real TCP proxy between the subscriber and the
+origin (cut connections, outages), never by mocking our network code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pyarrow.parquet as pq
+import pytest
+
+import cryptorun_daemon.components as components_module
+from cryptorun_daemon.daemon import Daemon
+from cryptorun_daemon.hot.component import HotComponent
+from cryptorun_daemon.hot.journal import iter_lines
+from tests.harness.daemons import RegionSpec, auth_headers, free_port, run_daemon, two_regions
+
+pytestmark = pytest.mark.slow
+
+HOT = {"buffer_records": 5000, "heartbeat_interval": "200ms", "fsync_interval": "50ms",
+       "partition_length": "1h", "seal_grace": "30s", "max_frame_bytes": 65536}
+
+
+class TcpProxy:
+    """A loopback TCP relay the test can cut (drop every connection) or take down."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.up = True
+        self._pairs: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.close()
+            return
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A small receive window: when paused, the origin's socket backs up quickly.
+        upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        upstream.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(upstream, ("127.0.0.1", self.target_port))
+            up_reader, up_writer = await asyncio.open_connection(sock=upstream, limit=4096)
+        except OSError:
+            upstream.close()
+            writer.close()
+            return
+        self._pairs.update((writer, up_writer))
+        await asyncio.gather(self._pipe(reader, up_writer),
+                             self._pipe(up_reader, writer, gated=True))
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gated: bool = False
+    ) -> None:
+        try:
+            while True:
+                if gated:
+                    await self._flowing.wait()
+                data = await reader.read(4096 if gated else 65536)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._pairs.discard(writer)
+            writer.close()
+
+    def cut(self) -> None:
+        """Abort every relayed connection (both directions), like a network reset."""
+        for writer in list(self._pairs):
+            writer.transport.abort()
+        self._pairs.clear()
+
+    def pause(self) -> None:
+        """Stop relaying origin → subscriber: the subscriber becomes a stalled consumer."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def down(self) -> None:
+        self.up = False
+        self.cut()
+
+    async def close(self) -> None:
+        self.down()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def hot_factories() -> list[Any]:
+    """HotComponent as an extra component unless ``build_components`` already wires it."""
+    return [] if "HotComponent" in vars(components_module) else [HotComponent]
+
+
+def hot(daemon: Daemon) -> HotComponent:
+    component = daemon.ctx.components["hot"]
+    assert isinstance(component, HotComponent)
+    return component
+
+
+def journal_lines(daemon: Daemon, origin: str) -> list[tuple[int, bytes]]:
+    """(seq, line) of every record of ``origin`` in a daemon's journal, in file order."""
+    component = hot(daemon)
+    component.log.journal.flush()
+    found = []
+    for segment in component.log.journal.segments():
+        for _, line in iter_lines(segment.path):
+            if line.startswith(b'{"ctl"'):
+                continue
+            body = json.loads(line)
+            if body["o"] == origin:
+                found.append((body["s"], line))
+    return found
+
+
+async def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.05)
+
+
+def applied(daemon: Daemon, origin: str) -> int:
+    position = hot(daemon).log.position(origin)
+    return position.applied_seq if position else 0
+
+
+def counter(daemon: Daemon, name: str, **labels: str) -> float:
+    value = daemon.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def synthetic(rate: float, venue: str = "synthetic", seed: int = 7) -> dict[str, Any]:
+    return {"kind": "synthetic", "name": "syn", "venue": venue, "rate": rate, "seed": seed,
+            "symbols": ["BTC/USD", "ETH/USD"], "book_depth": 5}
+
+
+@contextlib.asynccontextmanager
+async def pair(
+    tmp_path: Path,
+    *,
+    a_feeds: list[dict[str, Any]],
+    b_feeds: list[dict[str, Any]] | None = None,
+    hot_a: dict[str, Any] | None = None,
+    proxy: bool = False,
+) -> AsyncIterator[tuple[Daemon, Daemon, RegionSpec, RegionSpec, TcpProxy | None]]:
+    """Origin A and subscriber B (B reaches A through a proxy when ``proxy``)."""
+    a, b = two_regions(tmp_path)
+    a.sections["hot"] = {**HOT, **(hot_a or {})}
+    b.sections["hot"] = dict(HOT)
+    a.feeds, b.feeds = a_feeds, b_feeds or []
+    relay = TcpProxy(a.port) if proxy else None
+    if relay is not None:
+        await relay.start()
+        b.peers = {a.region: relay.port}
+    a_path, b_path = a.write(), b.write()
+    try:
+        async with run_daemon(a_path, extra_components=hot_factories()) as da, \
+                run_daemon(b_path, extra_components=hot_factories()) as db:
+            yield da, db, a, b, relay
+    finally:
+        if relay is not None:
+            await relay.close()
+
+
+def assert_exact_prefix(origin: Daemon, subscriber: Daemon, name: str) -> int:
+    """The subscriber holds origin's records 1..n once each, in order, byte-identical."""
+    mine = dict(journal_lines(origin, name))
+    theirs = journal_lines(subscriber, name)
+    seqs = [seq for seq, _ in theirs]
+    assert seqs == list(range(1, len(seqs) + 1)), "gaps, duplicates or reordering"
+    assert all(line == mine[seq] for seq, line in theirs)
+    return len(seqs)
+
+
+async def test_steady_mirroring_delivers_every_record_once_in_order(tmp_path: Path) -> None:
+    """Every record A ingests arrives at B exactly once, in seq order, byte-identical."""
+    async with pair(tmp_path, a_feeds=[synthetic(400)]) as (da, db, a, _b, _):
+        await wait_for(lambda: applied(db, a.region) >= 600, what="600 records at B")
+        count = assert_exact_prefix(da, db, a.region)
+        assert count >= 600
+        assert counter(db, "cryptorun_hot_duplicates_total", region="us-east",
+                       origin=a.region) == 0
+        status = hot(db).status(tier="hot", region=None)["tiers"]["hot"]["stream"]
+        assert status["origins"][a.region]["connected"] is True
+        assert status["origins"][a.region]["replid"] == hot(da).log.replid
+
+
+async def test_killed_connection_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
+    """Cutting the TCP connection mid-stream: B reconnects and resumes at last applied + 1."""
+    async with pair(tmp_path, a_feeds=[synthetic(500)], proxy=True) as (da, db, a, _b, relay):
+        assert relay is not None
+        client = hot(db).clients[a.region]
+        for round_ in range(3):
+            target = applied(db, a.region) + 200
+            await wait_for(lambda t=target: applied(db, a.region) >= t, what="progress")
+            relay.cut()
+            await wait_for(lambda r=round_: client.connections >= r + 2, what="reconnect")
+        head = hot(da).log.seq
+        await wait_for(lambda: applied(db, a.region) >= head, what="catch up")
+        assert assert_exact_prefix(da, db, a.region) >= head
+        assert counter(db, "cryptorun_hot_reconnects_total", region="us-east",
+                       origin=a.region) >= 3
+        assert counter(db, "cryptorun_hot_seq_gaps_total", region="us-east",
+                       origin=a.region) == 0
+
+
+async def test_outage_longer_than_buffer_is_an_explicit_counted_gap(tmp_path: Path) -> None:
+    """When B is away longer than A's buffer holds, B records a gap (status + metric)."""
+    async with pair(tmp_path, a_feeds=[synthetic(1000)], proxy=True,
+                    hot_a={"buffer_records": 300}) as (da, db, a, _b, relay):
+        assert relay is not None
+        await wait_for(lambda: applied(db, a.region) >= 100, what="first records")
+        relay.down()
+        before = applied(db, a.region)
+        await wait_for(lambda: hot(da).log.seq > before + 1000, what="A ingests past buffer")
+        relay.up = True
+        await wait_for(lambda: applied(db, a.region) > before + 1000, what="B resumes")
+        status = hot(db).status(tier="hot", region=a.region)["tiers"]["hot"]["stream"]
+        gap = status["origins"][a.region]["last_gap"]
+        assert gap is not None
+        assert gap["reason"] == "evicted"
+        assert gap["missing_from"] > before  # records in flight at the cut may still land
+        assert counter(db, "cryptorun_hot_seq_gaps_total", region="us-east",
+                       origin=a.region) >= 1
+        seqs = [s for s, _ in journal_lines(db, a.region)]
+        held = gap["missing_from"] - 1
+        assert len(seqs) == len(set(seqs))
+        assert seqs[:held] == list(range(1, held + 1))
+        assert seqs[held] == gap["missing_to"] + 1
+
+
+async def test_origin_restart_keeps_replid_and_a_wiped_journal_is_a_gap(tmp_path: Path) -> None:
+    """A clean restart of A keeps its replid and seq; a wiped journal gives a new replid and B
+    records a replid_changed gap instead of silently starting over at seq 1."""
+    a, b = two_regions(tmp_path)
+    a.sections["hot"], b.sections["hot"] = dict(HOT), dict(HOT)
+    a.feeds = [synthetic(300)]
+    a_path, b_path = a.write(), b.write()
+    async with run_daemon(b_path, extra_components=hot_factories()) as db:
+        async with run_daemon(a_path, extra_components=hot_factories()) as da:
+            await wait_for(lambda: applied(db, a.region) >= 100, what="records at B")
+            replid, seq_before = hot(da).log.replid, hot(da).log.seq
+        async with run_daemon(a_path, extra_components=hot_factories()) as da:
+            assert hot(da).log.replid == replid
+            assert hot(da).log.seq >= seq_before
+            await wait_for(lambda: applied(db, a.region) > seq_before + 50, what="continues")
+            assert assert_exact_prefix(da, db, a.region) > seq_before
+        gaps_before = counter(db, "cryptorun_hot_seq_gaps_total", region="us-east",
+                              origin=a.region)
+        shutil.rmtree(a.storage_root / "_state" / "hot" / "journal")
+        async with run_daemon(a_path, extra_components=hot_factories()) as da:
+            assert hot(da).log.replid != replid
+            await wait_for(lambda: hot(db).log.position(a.region).replid  # type: ignore[union-attr]
+                           == hot(da).log.replid, what="B adopts the new replid")
+            gap = hot(db).clients[a.region].follower.status()["last_gap"]
+            assert gap["reason"] == "replid_changed"
+            assert gap["replid"] == replid
+            assert counter(db, "cryptorun_hot_seq_gaps_total", region="us-east",
+                           origin=a.region) == gaps_before + 1
+
+
+async def test_slow_consumer_gets_a_gap_and_origin_memory_stays_bounded(tmp_path: Path) -> None:
+    """A subscriber that stops reading never makes A queue records: A's buffer stays within its
+    limits while the subscriber is stalled, and once it reads again B records an explicit gap."""
+    limits = {"buffer_records": 500, "buffer_bytes": 65536}
+    feed = {**synthetic(3000), "book_depth": 100}
+    async with pair(tmp_path, a_feeds=[feed], hot_a=limits, proxy=True) as (da, db, a, _b, relay):
+        assert relay is not None
+        await wait_for(lambda: applied(db, a.region) >= 100, what="mirror flowing")
+        relay.pause()
+        start = hot(da).log.seq
+        await wait_for(lambda: hot(da).log.seq > start + 6000, what="A ingests while stalled")
+        buffer = hot(da).log.buffer
+        assert len(buffer) <= 500
+        assert buffer.bytes <= 65536
+        stalled_at = applied(db, a.region)
+        assert stalled_at < start + 6000  # B really was stalled
+        relay.resume()
+        await wait_for(
+            lambda: (hot(db).clients[a.region].follower.status()["last_gap"] or {}).get("reason")
+            == "evicted", what="evicted gap at B")
+        assert hot(da).server.status()[0]["gaps_sent"] >= 1
+
+
+async def test_active_active_records_never_ping_pong(tmp_path: Path) -> None:
+    """Both regions ingest; each holds the other's records once and never re-serves them."""
+    async with pair(tmp_path, a_feeds=[synthetic(300, venue="venue-a")],
+                    b_feeds=[synthetic(300, venue="venue-b")]) as (da, db, a, b, _):
+        await wait_for(lambda: applied(db, a.region) >= 300 and applied(da, b.region) >= 300,
+                       what="both directions flowing")
+        assert_exact_prefix(da, db, a.region)
+        assert_exact_prefix(db, da, b.region)
+        # Each region's own stream holds only records it ingested itself.
+        for daemon, region in ((da, a.region), (db, b.region)):
+            for segment in hot(daemon).log.journal.segments():
+                for _, line in iter_lines(segment.path):
+                    body = json.loads(line)
+                    if "ctl" not in body and body["o"] == region:
+                        assert body["f"]["venue"] == ("venue-a" if region == a.region
+                                                      else "venue-b")
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+            f"{a.base_url}/v1/hot/stream", headers=auth_headers()
+        ) as ws:
+            await ws.send_str(json.dumps({"origin": b.region, "replid": None, "from_seq": 1}))
+            msg = await ws.receive(timeout=10)
+            assert msg.type == aiohttp.WSMsgType.CLOSE
+            assert ws.close_code == 4404
+
+
+async def _close_code(url: str, send: Callable[[aiohttp.ClientWebSocketResponse],
+                                               Awaitable[None]]) -> int | None:
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+        url, headers=auth_headers(), max_msg_size=0
+    ) as ws:
+        await send(ws)
+        while True:
+            msg = await ws.receive(timeout=10)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                return ws.close_code
+
+
+async def test_bad_frames_close_with_clear_codes_and_server_keeps_serving(tmp_path: Path) -> None:
+    """Malformed, oversized and bad subscribe frames close that connection with a specific code
+    and a counted error; the mirror to B keeps flowing; no token is refused with 401."""
+    async with pair(tmp_path, a_feeds=[synthetic(300)]) as (da, db, a, _b, _):
+        url = f"{a.base_url}/v1/hot/stream"
+        await wait_for(lambda: applied(db, a.region) >= 50, what="mirror flowing")
+
+        async def bad_json(ws: aiohttp.ClientWebSocketResponse) -> None:
+            await ws.send_str("{not json")
+
+        async def missing_seq(ws: aiohttp.ClientWebSocketResponse) -> None:
+            await ws.send_str(json.dumps({"origin": a.region, "replid": None}))
+
+        async def binary(ws: aiohttp.ClientWebSocketResponse) -> None:
+            await ws.send_bytes(b"\x00\x01garbage")
+
+        async def oversized(ws: aiohttp.ClientWebSocketResponse) -> None:
+            await ws.send_str("x" * 200_000)
+
+        async def garbage_after_subscribe(ws: aiohttp.ClientWebSocketResponse) -> None:
+            await ws.send_str(json.dumps({"origin": a.region, "replid": None, "from_seq": 1}))
+            await ws.send_str("[1, 2")
+
+        assert await _close_code(url, bad_json) == 4400
+        assert await _close_code(url, missing_seq) == 4400
+        assert await _close_code(url, binary) == 1007
+        assert await _close_code(url, oversized) == 1009
+        assert await _close_code(url, garbage_after_subscribe) == 1007
+        for reason, at_least in (("bad_subscribe", 2), ("malformed", 2), ("oversized", 1)):
+            assert counter(da, "cryptorun_hot_protocol_errors_total", region=a.region,
+                           reason=reason) >= at_least
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            assert resp.status == 401
+        mark = applied(db, a.region)
+        await wait_for(lambda: applied(db, a.region) > mark + 100, what="mirror still flowing")
+        assert hot(db).clients[a.region].connections == 1
+
+
+def _replay_file(path: Path, start_ns: int, *, late_ids: list[int]) -> None:
+    """Trades 1..40 at ``start_ns`` right away, then ``late_ids`` (same window) 3 s later."""
+    lines = []
+    for trade_id in range(1, 41):
+        lines.append({"recv_ns": 0, "dataset": "trade", "fields": {
+            "ts": start_ns + trade_id, "venue": "kraken", "symbol": "BTC/USD", "side": "buy",
+            "price": 100.0 + trade_id, "qty": 1.0, "trade_id": trade_id}})
+    for trade_id in late_ids:
+        lines.append({"recv_ns": 3_000_000_000, "dataset": "trade", "fields": {
+            "ts": start_ns + trade_id, "venue": "kraken", "symbol": "BTC/USD", "side": "sell",
+            "price": 99.0, "qty": 2.0, "trade_id": trade_id}})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+async def test_sealing_dedupes_trades_across_sources_and_keeps_late_records(
+    tmp_path: Path,
+) -> None:
+    """Both regions ingest the same 40 trades; A (warm primary) seals the closed window with
+    each trade once; trades that arrive after the seal land in a late-fill file, counted."""
+    start = time.time_ns()
+    _replay_file(tmp_path / "a.jsonl", start, late_ids=[1000, 1001, 5])
+    _replay_file(tmp_path / "b.jsonl", start, late_ids=[])
+    sealing = {"partition_length": "1s", "seal_grace": "300ms"}
+    a, b = two_regions(tmp_path)
+    a.sections["hot"] = {**HOT, **sealing}
+    b.sections["hot"] = {**HOT, **sealing}
+    for spec, name in ((a, "a.jsonl"), (b, "b.jsonl")):
+        spec.feeds = [{"kind": "replay", "name": "rec", "venue": "kraken",
+                       "symbols": ["BTC/USD"], "path": str(tmp_path / name)}]
+    async with run_daemon(a.write(), extra_components=hot_factories()) as da, \
+            run_daemon(b.write(), extra_components=hot_factories()) as db:
+        await wait_for(lambda: applied(da, b.region) >= 40, what="B's trades at A")
+        sealer = hot(da).sealer
+        await wait_for(lambda: sealer.late_total >= 2, timeout=30, what="late fill")
+        partitions = list((a.storage_root / "warm" / "trade").rglob("_SUCCESS"))
+        assert len(partitions) == 1
+        directory = partitions[0].parent
+        parts = sorted(p.name for p in directory.glob("part-*.parquet"))
+        late = sorted(p.name for p in directory.glob("late-fill-*.parquet"))
+        assert parts
+        assert late
+        ids = pq.read_table(directory / parts[0]).column("trade_id").to_pylist()
+        assert sorted(ids) == list(range(1, 41))
+        late_ids = pq.read_table(directory / late[0]).column("trade_id").to_pylist()
+        assert sorted(late_ids) == [1000, 1001]  # 5 was already sealed: a duplicate, not late
+        manifest = json.loads((directory / "_manifest.json").read_text())
+        assert {s["source"] for s in manifest["sources"]} >= {a.region}
+        assert manifest["worst_freshness_seconds"] is not None
+        assert counter(da, "cryptorun_hot_late_records_total", region=a.region) == 2
+        assert not list((b.storage_root / "warm").rglob("*.parquet"))  # replica writes nothing
+        del db
