@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
+from cryptorun_daemon.config import Tier
+from cryptorun_daemon.data.validate.batch import partition_validator
+from cryptorun_daemon.failover.component import FailoverComponent
+from cryptorun_daemon.hot.component import HotComponent
+from cryptorun_daemon.replication.component import WarmColdComponent
 from cryptorun_daemon.runtime.component import Component, DaemonContext
 
 
 def build_components(ctx: DaemonContext) -> list[Component]:
     """Construct every subsystem for this region's daemon.
 
-    Order matters: later components may look up earlier ones in
-    ``ctx.components`` (e.g. replication asks failover for the current epoch).
+    Order matters: failover starts first so the others can ask it for the
+    current primary and fencing epoch of a tier.
     """
-    del ctx  # subsystems are added here as they land
-    return []
+    config = ctx.config
+    failover = FailoverComponent(ctx)
+
+    def primary_of(tier: Tier) -> str:
+        state = failover.current(tier)
+        if state is not None:
+            return state.primary
+        # Before the first snapshot: the config's rule names the bootstrap primary.
+        return next(r.from_region for r in config.rules if r.tier == tier)
+
+    validate = partition_validator(
+        region=config.region,
+        config=config.validation,
+        metrics=ctx.metrics,
+        storage_root=config.storage.root,
+    )
+    warm_cold = WarmColdComponent(
+        ctx,
+        validators=[validate],
+        epoch_provider=failover.epoch,
+        primary_provider=primary_of,
+        peer_reporter=failover.report_peer,
+    )
+    # The warm primary seals hot data into warm partitions, stamped with its epoch.
+    hot = HotComponent(
+        ctx,
+        is_warm_primary=lambda: failover.is_primary("warm"),
+        epoch=lambda: failover.epoch("warm"),
+    )
+    return [failover, warm_cold, hot]

@@ -83,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--region", default=None, metavar="REGION")
     admin_flags(status)
 
+    partitions = commands.add_parser("partitions", help="work on partitions on local disk")
+    part = partitions.add_subparsers(dest="action", required=True, parser_class=HelpfulParser)
+    seal = part.add_parser("seal", help="seal partition directories written by another tool")
+    seal.add_argument("dirs", nargs="+", metavar="DIR")
+    seal.add_argument("--region", default=None,
+                      help="writer region recorded in the manifest (default: from --config)")
+    seal.add_argument("--config", default=None, metavar="PATH", help="region config")
+    seal.add_argument("--epoch", type=int, default=1, help="writer epoch (default: 1)")
+
     validate = commands.add_parser("validate", help="validate partitions or Parquet files offline")
     validate.add_argument("paths", nargs="+", metavar="PATH")
     validate.add_argument("--tier", default="warm", choices=TIERS)
@@ -132,7 +141,16 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
             directory=args.dir, duration=args.duration, kraken_url=args.kraken_url, out=out
         )
     if args.command == "validate":
-        raise NotAvailableError("'cryptorun validate' is not yet available in this build")
+        from cryptorun_daemon.data.validate.cli import run_validate
+
+        return run_validate(args.paths, tier=args.tier, as_json=args.json, out=out)
+    if args.command == "partitions":
+        from cryptorun_daemon.cli.cmd_partitions import run_seal
+
+        region = args.region or (load_config(args.config).region if args.config else None)
+        if region is None:
+            raise UsageError("partitions seal needs --region REGION or --config PATH")
+        return run_seal(args.dirs, region=region, epoch=args.epoch, out=out)
     if args.command == "replication":
         return asyncio.run(_replication(args, out))
     raise UsageError(f"unknown command {args.command!r}")
@@ -148,12 +166,18 @@ async def _replication(args: argparse.Namespace, out: TextIO) -> int:
                 client, tier=args.tier, region=args.region, as_json=args.json, out=out
             )
         if args.action == "simulate":
-            raise NotAvailableError(
-                "'replication simulate' is not yet available in this build (warm/cold engine)"
+            from cryptorun_daemon.cli.cmd_simulate import run_simulate
+
+            return await run_simulate(
+                client, src=args.src, dst=args.dst, tier=args.tier, window=args.window,
+                strict=args.strict, as_json=args.json, out=out,
             )
         if args.action == "failover":
-            raise NotAvailableError(
-                "'replication failover' is not yet available in this build (failover issue)"
+            from cryptorun_daemon.cli.cmd_failover import run_failover
+
+            return await run_failover(
+                client, tier=args.tier, promote=args.promote, demote=args.demote,
+                dry_run=args.dry_run, as_json=args.json, out=out,
             )
     raise UsageError(f"unknown replication action {args.action!r}")
 
