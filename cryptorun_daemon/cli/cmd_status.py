@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from cryptorun_daemon.cli.client import AdminClient
+from cryptorun_daemon.cli.cmd_failover import render_peer_health
 from cryptorun_daemon.cli.render import print_json, table
 
 
@@ -32,6 +33,8 @@ def render_status(doc: dict[str, Any]) -> str:
         if "role" in info:
             header += f" this region: {info.get('role')}"
         parts.append(header)
+        if info.get("state_problem"):
+            parts.append(f"  STATE PROBLEM: {info['state_problem']}")
         rules = info.get("rules", [])
         if rules:
             parts.append(
@@ -76,10 +79,15 @@ def render_status(doc: dict[str, Any]) -> str:
                     ],
                 )
             )
+    peers = render_peer_health(doc)
+    if peers:
+        parts.append(f"\npeers (state backend: {doc.get('state_backend', '-')})\n{peers}")
     quarantine = doc.get("quarantine")
     if quarantine:
-        counts = ", ".join(f"{k}={v}" for k, v in sorted(quarantine.items()))
-        parts.append(f"\nquarantine: {counts}")
+        parts.append("\n" + table(
+            ["quarantine tier", "files", "flagged rows"],
+            [[t, c.get("files"), c.get("rows")] for t, c in sorted(quarantine.items())],
+        ))
     workers = doc.get("workers", {})
     if workers:
         parts.append("\n" + table(

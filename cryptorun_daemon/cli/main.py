@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     failover.add_argument("--promote", required=True, metavar="REGION")
     failover.add_argument("--demote", required=True, metavar="REGION")
     add_bool_flag(failover, "--dry-run", default=False, help_text="show the actions only")
+    failover.add_argument("--expected-epoch", type=int, default=None, metavar="N",
+                          help="refuse (409) unless the tier is still at epoch N")
     admin_flags(failover)
 
     status = rep.add_parser("status", help="roles, epochs, lag and stream positions")
@@ -178,6 +180,7 @@ async def _replication(args: argparse.Namespace, out: TextIO) -> int:
             return await run_failover(
                 client, tier=args.tier, promote=args.promote, demote=args.demote,
                 dry_run=args.dry_run, as_json=args.json, out=out,
+                expected_epoch=args.expected_epoch,
             )
     raise UsageError(f"unknown replication action {args.action!r}")
 
