@@ -124,18 +124,23 @@ def price_paths(draw: st.DrawFn) -> tuple[list[float], list[float]]:
     st.integers(min_value=1, max_value=4),
     st.booleans(),
     st.sampled_from([0.0, 0.5]),
+    st.sampled_from([128, 7, 3, 1]),
 )
 def test_anomaly_forms_agree(
     path: tuple[list[float], list[float]], window: int, min_samples: int, horizon: int,
-    level_shifts: bool, tick: float,
+    level_shifts: bool, tick: float, baseline_samples: int,
 ) -> None:
-    """The stateful per-record check and the batch flag the same rows for the same reason."""
+    """The stateful per-record check and the batch flag the same rows for the same reason.
+
+    Small ``baseline_samples`` make the baseline estimator subsample these
+    short windows (stride > 1), so both forms are held to the same estimator.
+    """
     prices, qty = path
     n = len(prices)
     params = AnomalyParams(
         AnomalyConfig(window=window, min_samples=min_samples, min_relative_move=0.0005),
         spike_horizon=horizon, flag_level_shifts=level_shifts, tick_size=tick,
-        volume_min_ratio=100.0,
+        volume_min_ratio=100.0, baseline_samples=baseline_samples,
     )
     rows = [
         {"venue": "kraken", "symbol": "BTC/USD" if i % 3 else "ETH/USD", "price": p, "qty": q,
@@ -146,16 +151,62 @@ def test_anomaly_forms_agree(
     table = pa.Table.from_pylist(rows, schema=arrow_schema("trade"))
     result = anomaly_batch(table, params)
     batch = {(int(row), g.field, g.reason) for g in result.groups for row in g.rows.tolist()}
-    check = anomaly_check(params)
-    positions: dict[str, list[int]] = {}
-    per_record = set()
-    for i, record in enumerate(records_from_table(table)):
-        positions.setdefault(record["symbol"], []).append(i)
-        stream = positions[record["symbol"]]
-        for error in check.observe(record):
-            per_record.add((stream[len(stream) - 1 - error.lag], error.field, error.reason))
-    assert batch == per_record
+    assert batch == _per_record_findings(table, params)
     assert result.mask.sum() == len({row for row, _, _ in batch}) <= n
+
+
+def _per_record_findings(table: pa.Table, params: AnomalyParams) -> set[tuple[int, str, str]]:
+    """``(row, field, reason)`` of every finding the per-record check settles over ``table``."""
+    check = anomaly_check(params)
+    positions: dict[tuple[str, str], list[int]] = {}
+    found = set()
+    for i, record in enumerate(records_from_table(table)):
+        stream = positions.setdefault((record["venue"], record["symbol"]), [])
+        stream.append(i)
+        for error in check.observe(record):
+            found.add((stream[len(stream) - 1 - error.lag], error.field, error.reason))
+    return found
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**32 - 1),
+    st.sampled_from([1, 3]),
+    st.integers(min_value=0, max_value=6),
+)
+def test_anomaly_forms_agree_on_chunked_partitions_with_default_windows(
+    seed: int, symbols: int, spikes: int
+) -> None:
+    """With the default 500-sample window (a 4-stride estimator sample), chunked
+    tables and interleaved symbols, both forms flag the same rows."""
+    rng = np.random.default_rng(seed)
+    n = 6_000
+    price = np.round((100.0 + np.cumsum(rng.normal(0.0, 0.02, n))) / 0.01) * 0.01
+    qty = rng.lognormal(0.0, 1.0, n)
+    for at in rng.integers(0, n, spikes).tolist():
+        price[at] *= float(rng.choice([1.02, 0.97]))
+        qty[at] *= float(rng.choice([1.0, 1e7]))
+    names = np.array(["BTC/USD", "ETH/USD", "SOL/USD"])[rng.integers(0, symbols, n)]
+    ts = T0 + np.arange(n, dtype=np.int64)
+    whole = pa.table(
+        {"ts": pa.array(ts, pa.timestamp("ns", tz="UTC")), "venue": ["kraken"] * n,
+         "symbol": names, "side": ["buy"] * n, "price": price, "qty": qty,
+         "trade_id": np.arange(n), "ingest_ts": pa.array(ts, pa.timestamp("ns", tz="UTC")),
+         "origin": ["eu-central"] * n, "seq": np.arange(n)},
+        schema=arrow_schema("trade"),
+    )
+    # Record batches of uneven sizes, as a Parquet reader hands them back.
+    cuts = sorted(rng.integers(1, n, 4).tolist())
+    chunked = pa.Table.from_batches(
+        [b for a, b_ in zip([0, *cuts], [*cuts, n], strict=True)
+         for b in whole.slice(a, b_ - a).to_batches()]
+    )
+    params = AnomalyParams()
+    result = anomaly_batch(chunked, params)
+    batch = {(int(row), g.field, g.reason) for g in result.groups for row in g.rows.tolist()}
+    assert batch == _per_record_findings(whole, params)
+    assert batch == {(int(row), g.field, g.reason)
+                     for g in anomaly_batch(whole, params).groups for row in g.rows.tolist()}
 
 
 @settings(max_examples=100, deadline=None)
@@ -163,16 +214,23 @@ def test_anomaly_forms_agree(
     st.lists(st.floats(min_value=-0.05, max_value=0.05), min_size=1, max_size=400),
     st.integers(min_value=1, max_value=50),
     st.integers(min_value=1, max_value=20),
+    st.sampled_from([128, 5, 2]),
+    st.integers(min_value=1, max_value=400),
 )
-def test_detector_run_equals_push(returns: list[float], window: int, min_samples: int) -> None:
-    """Driving the detector over an array equals pushing the samples one by one."""
-    levels = np.cumsum(np.asarray(returns))
-    raws = np.exp(levels)
+def test_detector_run_equals_push(
+    returns: list[float], window: int, min_samples: int, baseline_samples: int, cut: int
+) -> None:
+    """Driving the detector over an array (in one piece or two) equals pushing one by one."""
+    raws = np.exp(np.cumsum(np.asarray(returns)))
     params = DetectorParams(window=window, min_samples=min_samples, threshold=3.5,
-                            guard=0.0005, floor=1e-4)
-    batch = SeriesDetector(params, "return").run(levels, raws, np.arange(len(levels)))
+                            guard=0.0005, floor=1e-4, baseline_samples=baseline_samples)
+    batch = SeriesDetector(params, "return").run(raws)
+    pieces = SeriesDetector(params, "return")
+    cut = min(cut, len(raws))
+    split = pieces.run(raws[:cut]) + pieces.run(raws[cut:], offset=cut)
     one = SeriesDetector(params, "return")
     pushed = []
-    for i, (level, raw) in enumerate(zip(levels.tolist(), raws.tolist(), strict=True)):
-        pushed += one.push(i, level, raw)
+    for i, raw in enumerate(raws.tolist()):
+        pushed += one.push(i, raw)
     assert batch == pushed
+    assert split == pushed

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from cryptorun_daemon.config.model import AnomalyConfig
 from cryptorun_daemon.data.validate import (
@@ -14,7 +15,12 @@ from cryptorun_daemon.data.validate import (
     anomaly_check,
     arrow_schema,
 )
-from cryptorun_daemon.data.validate.robust import MEANAD_TO_SIGMA, baselines
+from cryptorun_daemon.data.validate.robust import (
+    BASELINE_SAMPLES,
+    MEANAD_TO_SIGMA,
+    baselines,
+    estimator_sample,
+)
 
 T0 = 1_756_684_800_000_000_000
 # The guarantee stated in docs/VALIDATION.md for a million trades of Gaussian
@@ -53,13 +59,26 @@ def noisy(n: int, *, price: float = 60_000.0, sigma: float = 3.0, tick: float = 
     return np.round((price + rng.normal(0.0, sigma, n)) / tick) * tick
 
 
-def test_injected_spikes_are_flagged_at_their_rows() -> None:
-    """Single-print spikes of 1-3% in noisy prices are flagged exactly at the spiked rows."""
+@pytest.mark.parametrize("baseline_samples", [BASELINE_SAMPLES, 500])
+def test_injected_spikes_are_flagged_at_their_rows(baseline_samples: int) -> None:
+    """Single-print spikes of 1-3% in noisy prices are flagged exactly at the spiked rows,
+    with the default stride-sample baseline and with the exact whole-window one."""
     prices = noisy(5_000)
     spikes = {800: 1.02, 2_400: 0.97, 4_100: 1.01}
     for row, factor in spikes.items():
         prices[row] *= factor
-    assert flagged(trades(prices)) == dict.fromkeys(spikes, ("price", "spike"))
+    params = AnomalyParams(baseline_samples=baseline_samples)
+    assert flagged(trades(prices), params) == dict.fromkeys(spikes, ("price", "spike"))
+
+
+def test_baseline_estimator_is_a_stride_sample_counting_back_from_the_newest() -> None:
+    """A 500-value window is estimated from every 4th value ending at the newest
+    (125 values); windows of at most ``baseline_samples`` values are used whole."""
+    window = np.arange(500.0)
+    assert estimator_sample(window, 128).tolist() == np.arange(3.0, 500.0, 4.0).tolist()
+    assert estimator_sample(window, 500).tolist() == window.tolist()
+    assert estimator_sample(np.arange(128.0), 128).tolist() == np.arange(128.0).tolist()
+    assert estimator_sample(np.arange(129.0), 128).tolist() == np.arange(0.0, 129.0, 2.0).tolist()
 
 
 def test_multi_print_spike_within_horizon_is_flagged_whole() -> None:
@@ -69,12 +88,14 @@ def test_multi_print_spike_within_horizon_is_flagged_whole() -> None:
     assert sorted(flagged(trades(prices))) == [1_000, 1_001, 1_002]
 
 
-def test_million_rows_of_micro_noise_stay_under_the_guarantee() -> None:
-    """1,000,000 trades of 0.5 bp Gaussian noise on a 0.1 tick give at most 5 flags (observed 0)."""
+@pytest.mark.parametrize("baseline_samples", [BASELINE_SAMPLES, 500])
+def test_million_rows_of_micro_noise_stay_under_the_guarantee(baseline_samples: int) -> None:
+    """1,000,000 trades of 0.5 bp Gaussian noise on a 0.1 tick give at most 5 flags (observed 0),
+    whether baselines come from the default stride sample or the whole window."""
     n = 1_000_000
     rng = np.random.default_rng(11)
     table = trades(noisy(n, sigma=3.0, tick=0.1, seed=11), qty=rng.lognormal(-3.0, 1.0, n))
-    result = anomaly_batch(table)
+    result = anomaly_batch(table, AnomalyParams(baseline_samples=baseline_samples))
     assert result.flagged <= NOISE_FLAG_GUARANTEE
     assert result.flagged == 0
 
