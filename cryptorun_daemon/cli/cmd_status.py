@@ -61,7 +61,8 @@ def render_status(doc: dict[str, Any]) -> str:
                     ],
                 )
             )
-        origins = info.get("origins", {})
+        # The hot component reports stream positions under tiers.hot.stream.origins.
+        origins = info.get("stream", {}).get("origins") or info.get("origins", {})
         if origins:
             parts.append(
                 table(

@@ -29,8 +29,9 @@ STATUS = {
                                        "pending_partitions": 2, "last_success": "T1",
                                        "last_error": None}},
         },
-        "hot": {"origins": {"eu-central": {"replid": "abc", "head_seq": 10, "applied_seq": 9,
-                                           "connected": True, "last_gap": None}}},
+        "hot": {"stream": {"origins": {"eu-central": {
+            "replid": "abc", "head_seq": 10, "applied_seq": 9, "connected": True,
+            "last_gap": None}}}},
     },
     "peers_health": {"eu-central": {"up": True, "reachable": True, "last_ok": "T2",
                                     "down_since": None, "last_error": None}},
