@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cryptorun_daemon.config import Tier
+from cryptorun_daemon.data.quarantine_status import QuarantineStatus
 from cryptorun_daemon.data.validate.batch import partition_validator
 from cryptorun_daemon.failover.component import FailoverComponent
 from cryptorun_daemon.hot.component import HotComponent
@@ -14,17 +15,20 @@ def build_components(ctx: DaemonContext) -> list[Component]:
     """Construct every subsystem for this region's daemon.
 
     Order matters: failover starts first so the others can ask it for the
-    current primary and fencing epoch of a tier.
+    current primary and fencing epoch of a tier; it also keeps the storage
+    fence (``_state/fence/``) that every seal and replicated manifest is
+    checked against.
     """
     config = ctx.config
     failover = FailoverComponent(ctx)
 
-    def primary_of(tier: Tier) -> str:
+    def primary_of(tier: Tier) -> str | None:
         state = failover.current(tier)
         if state is not None:
             return state.primary
-        # Before the first snapshot: the config's rule names the bootstrap primary.
-        return next(r.from_region for r in config.rules if r.tier == tier)
+        # Before the first snapshot: the config's rule names the bootstrap primary
+        # (None for a tier no rule mentions).
+        return next((r.from_region for r in config.rules if r.tier == tier), None)
 
     validate = partition_validator(
         region=config.region,
@@ -38,6 +42,10 @@ def build_components(ctx: DaemonContext) -> list[Component]:
         epoch_provider=failover.epoch,
         primary_provider=primary_of,
         peer_reporter=failover.report_peer,
+        # Only the current primary serves as a source; the others answer 409 fenced.
+        serve_guard=failover.fence.serve_refusal,
+        # Links follow the topology: every failover change re-plans them.
+        subscribe=lambda changed: failover.add_listener(lambda _new, _old: changed()),
     )
     # The warm primary seals hot data into warm partitions, stamped with its epoch.
     hot = HotComponent(
@@ -45,4 +53,6 @@ def build_components(ctx: DaemonContext) -> list[Component]:
         is_warm_primary=lambda: failover.is_primary("warm"),
         epoch=lambda: failover.epoch("warm"),
     )
-    return [failover, warm_cold, hot]
+    # Quarantine counts for /v1/status, recounted off the event loop.
+    quarantine = QuarantineStatus(ctx)
+    return [failover, warm_cold, hot, quarantine]

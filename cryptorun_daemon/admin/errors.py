@@ -13,6 +13,7 @@ from cryptorun_daemon.errors import (
     FencedError,
     NotAvailableError,
     PathRejectedError,
+    StateStoreError,
     UsageError,
 )
 
@@ -25,6 +26,8 @@ _STATUS_BY_ERROR: tuple[tuple[type[CryptorunError], int], ...] = (
     (FencedError, 409),
     (ConflictError, 409),
     (NotAvailableError, 501),
+    # The coordination store is unreachable or unreadable: retry later, like not-ready.
+    (StateStoreError, 503),
 )
 _CODE_BY_STATUS = {
     400: "bad_request",

@@ -7,11 +7,16 @@ from pathlib import Path
 from typing import TextIO
 
 from cryptorun_daemon.errors import StorageError
-from cryptorun_daemon.storage.seal import manifest_summary, seal_partition
+from cryptorun_daemon.storage.seal import fenced_epoch, manifest_summary, seal_partition
 
 
-def run_seal(paths: Sequence[str | Path], *, region: str, epoch: int, out: TextIO) -> int:
+def run_seal(
+    paths: Sequence[str | Path], *, region: str, epoch: int | None, out: TextIO
+) -> int:
     """Seal each partition directory (manifest, then ``_SUCCESS``); print one line each.
+
+    ``epoch=None`` stamps each partition with its tier's current fenced epoch,
+    so an operator on the primary does not have to look it up after a failover.
 
     Returns 0 when every directory was sealed (or already sealed with the same
     content), 1 when any failed; failures are printed and the rest still run.
@@ -20,7 +25,8 @@ def run_seal(paths: Sequence[str | Path], *, region: str, epoch: int, out: TextI
     for raw in paths:
         path = Path(raw)
         try:
-            manifest = seal_partition(path, writer_region=region, epoch=epoch)
+            stamp = epoch if epoch is not None else fenced_epoch(path)
+            manifest = seal_partition(path, writer_region=region, epoch=stamp)
         except StorageError as exc:  # includes PathRejectedError (outside the layout)
             failed += 1
             out.write(f"FAILED {path}: {exc}\n")

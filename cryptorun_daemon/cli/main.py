@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     seal.add_argument("--region", default=None,
                       help="writer region recorded in the manifest (default: from --config)")
     seal.add_argument("--config", default=None, metavar="PATH", help="region config")
-    seal.add_argument("--epoch", type=int, default=1, help="writer epoch (default: 1)")
+    seal.add_argument("--epoch", type=int, default=None,
+                      help="writer epoch (default: the tier's current epoch from the fence)")
 
     validate = commands.add_parser("validate", help="validate partitions or Parquet files offline")
     validate.add_argument("paths", nargs="+", metavar="PATH")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import AsyncGenerator
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Self
 
@@ -90,14 +91,18 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     async def promote(
-        self, tier: str, promote: str, demote: str, expected_epoch: int | None
+        self, tier: str, promote: str, demote: str, expected_epoch: int | None,
+        *, at: datetime | None = None,
     ) -> TierState:
         """Make ``promote`` the primary of ``tier`` at epoch + 1, atomically.
 
         The new state is durable (fsynced file / committed etcd revision)
-        before this returns. Validation is :meth:`TierState.promoted`, applied
-        to the state as it is at the moment of the swap, so exactly one of two
-        concurrent promotions wins.
+        before this returns. ``at`` (default: now) is the transition's time;
+        only a replay of another region's promotion passes it, so the epoch's
+        start — which fencing compares seal times with — is the same everywhere.
+        Validation is :meth:`TierState.promoted`, applied to the state as it is
+        at the moment of the swap, so exactly one of two concurrent promotions
+        wins.
 
         Error handling: :class:`ConflictError` when ``expected_epoch`` is stale,
         ``promote`` already is primary, ``demote`` is not the primary, or

@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 from collections.abc import AsyncGenerator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -136,7 +137,8 @@ class EtcdStateStore(StateStore):
         return _parse_tier(existing[0])
 
     async def promote(
-        self, tier: str, promote: str, demote: str, expected_epoch: int | None
+        self, tier: str, promote: str, demote: str, expected_epoch: int | None,
+        *, at: datetime | None = None,
     ) -> TierState:
         checked = require_active_passive(tier)
         key = self.tier_key(checked)
@@ -148,7 +150,8 @@ class EtcdStateStore(StateStore):
             current = _parse_tier(kv)
             try:
                 state = current.promoted(
-                    promote, demote, expected_epoch=expected_epoch, at=self._clock.now()
+                    promote, demote, expected_epoch=expected_epoch,
+                    at=at or self._clock.now(),
                 )
             except ConflictError as exc:
                 if lost_race:

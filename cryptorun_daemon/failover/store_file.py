@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -136,7 +137,8 @@ class FileStateStore(StateStore):
         return await asyncio.to_thread(self._update_roles, change)
 
     async def promote(
-        self, tier: str, promote: str, demote: str, expected_epoch: int | None
+        self, tier: str, promote: str, demote: str, expected_epoch: int | None,
+        *, at: datetime | None = None,
     ) -> TierState:
         checked = require_active_passive(tier)
 
@@ -146,7 +148,8 @@ class FileStateStore(StateStore):
                 raise StateStoreError(f"tier {checked} has no state yet in {self.roles_path}")
             # Validated against the state read under the lock: this is the CAS.
             state = current.promoted(
-                promote, demote, expected_epoch=expected_epoch, at=self._clock.now()
+                promote, demote, expected_epoch=expected_epoch,
+                    at=at or self._clock.now(),
             )
             return state, _RolesDoc(tiers={**doc.tiers, checked: state}, drained=doc.drained)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from cryptorun_daemon.errors import FencedError
 from cryptorun_daemon.hot import partition_writer as pw
 from cryptorun_daemon.hot.authority import SourceAuthority
 from cryptorun_daemon.hot.journal import Journal, Segment, iter_lines
@@ -156,7 +157,13 @@ class HotSealer:
         position = self.journal.position()
         segments = self.journal.segments()
         primary, epoch = self.is_warm_primary(), self.epoch()
-        result = await asyncio.to_thread(self._round, now, position, segments, primary, epoch)
+        try:
+            result = await asyncio.to_thread(self._round, now, position, segments, primary, epoch)
+        except FencedError:
+            # The storage fence refused the seal (primacy lost between the role
+            # check and the write): counted, and the round is retried as usual.
+            self.metrics.fenced_total.labels(tier="warm", operation="seal").inc()
+            raise
         for index in result.deletable_segments:
             self.journal.delete_segment(index)
         self._late.inc(result.late_rows)

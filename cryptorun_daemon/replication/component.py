@@ -1,15 +1,27 @@
-"""The warm/cold replication component: serving, pulling, lag, simulate.
+"""The warm/cold replication component: serving, pulling, reconciling, lag, simulate.
 
 Plugs into the daemon through the ``Component`` protocol. As a source it
-serves its sealed partitions (``GET /v1/partitions…``); as a destination it
-runs one :class:`ReplicationLink` per warm/cold rule naming this region in
-``to``, each driven by a :class:`PassScheduler` spawned on the supervisor.
+serves its sealed partitions (``GET /v1/partitions…``, fenced: only the
+current primary serves as a source). Its links follow the live topology:
 
-Fencing hooks: ``epoch_provider(tier)`` gives the tier's current epoch
-(stamped into manifests this region computes, and compared with a source's
-epoch before pulling); ``primary_provider(tier)`` names the region to pull
-from (default: the rule's ``from``). Both default to static values until the
-failover subsystem provides real ones.
+- the participants of a tier are ``{from} ∪ to`` over its warm/cold rules;
+- a participant that is not the tier's current primary runs one
+  :class:`ReplicationLink` pulling from the primary;
+- the primary pulls from nobody, but once an epoch has ended it runs one
+  :class:`~cryptorun_daemon.replication.reconcile.ReconcileLink` per other
+  participant, pulling the legitimate old-epoch partitions it lacks.
+
+Each link is driven by a :class:`PassScheduler` spawned on the supervisor as
+``replication:{tier}:{source}`` or ``reconcile:{tier}:{peer}``. When the
+failover component reports a change (``subscribe``), the ``replication:topology``
+worker first sets aside this region's divergent partitions (see
+``reconcile.py``), then cancels the schedulers that no longer fit and spawns
+the new ones: a failover needs no restart.
+
+Hooks from the failover subsystem (defaults: static values from the config):
+``epoch_provider(tier)`` (stamped into manifests this region computes, and
+compared with a source's epoch before pulling), ``primary_provider(tier)``,
+``serve_guard(tier)`` (may this region serve as a source), ``subscribe(cb)``.
 """
 
 from __future__ import annotations
@@ -23,9 +35,15 @@ import structlog
 from aiohttp import web
 
 from cryptorun_daemon.config import Rule, Tier
-from cryptorun_daemon.errors import ReplicationError, UsageError
+from cryptorun_daemon.errors import (
+    FencedError,
+    PathRejectedError,
+    ReplicationError,
+    StorageError,
+    UsageError,
+)
 from cryptorun_daemon.replication.executors_warm_cold import StepValidator, WarmColdExecutor
-from cryptorun_daemon.replication.link import ReplicationLink
+from cryptorun_daemon.replication.link import PassReport, ReplicationLink
 from cryptorun_daemon.replication.planner import (
     HEALTHY,
     PeerHealth,
@@ -34,25 +52,38 @@ from cryptorun_daemon.replication.planner import (
     listed,
     plan_replication,
 )
+from cryptorun_daemon.replication.reconcile import (
+    ReconcileLink,
+    ReconcileRecord,
+    ReconcileSource,
+    set_aside_divergent,
+)
 from cryptorun_daemon.replication.rules import Plan, TimeRange, parse_tier
 from cryptorun_daemon.replication.scheduler import PassScheduler, interval_for_slo
-from cryptorun_daemon.replication.serving import PartitionServer
-from cryptorun_daemon.replication.transport_http import HttpPeer
+from cryptorun_daemon.replication.serving import PartitionServer, ServeGuard
+from cryptorun_daemon.replication.transport_http import HttpPeer, Purpose
 from cryptorun_daemon.runtime.component import DaemonContext
 from cryptorun_daemon.storage.catalog import Catalog, CatalogEntry
+from cryptorun_daemon.storage.layout import parse_partition_path
 from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, Manifest
+from cryptorun_daemon.storage.seal import manifest_summary, seal_partition
 
 log = structlog.get_logger("cryptorun.replication")
 
 WARM_COLD_TIERS: tuple[Tier, ...] = ("warm", "cold")
 
+#: ``(kind, tier, peer)``: kind ``pull`` (from the primary) or ``reconcile`` (from an old one).
+LinkKey = tuple[str, Tier, str]
+AnyLink = ReplicationLink | ReconcileLink
+
 
 class WarmColdComponent:
     """Warm and cold tier replication for one region's daemon.
 
-    Resource handling: ``start`` spawns one supervised scheduler per link and
-    opens a client session only if the daemon did not provide one; ``stop``
-    closes that session (the supervisor cancels the schedulers).
+    Resource handling: ``start`` spawns the topology worker (which spawns one
+    supervised scheduler per link) and opens a client session only if the
+    daemon did not provide one; ``stop`` closes that session (the supervisor
+    cancels the schedulers).
     """
 
     name = "warm_cold"
@@ -63,8 +94,10 @@ class WarmColdComponent:
         *,
         validators: Sequence[StepValidator] = (),
         epoch_provider: Callable[[Tier], int] | None = None,
-        primary_provider: Callable[[Tier], str] | None = None,
+        primary_provider: Callable[[Tier], str | None] | None = None,
         peer_reporter: Callable[[str, bool, str | None], None] | None = None,
+        serve_guard: ServeGuard | None = None,
+        subscribe: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.ctx = ctx
         config = ctx.config
@@ -78,12 +111,18 @@ class WarmColdComponent:
                                clock=ctx.clock.now)
         self.server = PartitionServer(
             root=self.root, region=self.region, catalog=self.catalog,
-            epoch_provider=self.epoch_provider, now=ctx.clock.now,
+            epoch_provider=self.epoch_provider, now=ctx.clock.now, serve_guard=serve_guard,
+            primary_of=self.primary_of_tier,
         )
-        self.links: dict[tuple[Tier, str], ReplicationLink] = {}
-        self.schedulers: dict[tuple[Tier, str], PassScheduler[Any]] = {}
+        self.links: dict[LinkKey, AnyLink] = {}
+        self.schedulers: dict[LinkKey, PassScheduler[Any]] = {}
+        self.reconciliation = {t: ReconcileRecord(t) for t in WARM_COLD_TIERS}
+        self._topology_changed = asyncio.Event()
+        self._topology_changed.set()  # the first round runs at start
         self._own_session: aiohttp.ClientSession | None = None
         self._started = False
+        if subscribe is not None:
+            subscribe(self._topology_changed.set)
 
     # --- Component protocol --------------------------------------------------------
 
@@ -92,38 +131,14 @@ class WarmColdComponent:
             *self.server.routes(),
             web.post("/v1/replication/simulate", self.handle_simulate),
             web.post("/v1/replication/sync", self.handle_sync),
+            web.post("/v1/partitions/seal", self.handle_seal),
         ]
 
     async def start(self) -> None:
         for tier in WARM_COLD_TIERS:
             (self.root / tier).mkdir(parents=True, exist_ok=True)
-        for rule in self._inbound_rules():
-            source = self.primary_for(rule)
-            if source == self.region or source not in self.ctx.config.peers:
-                log.warning("no peer to pull from", tier=rule.tier, source=source)
-                continue
-            link = ReplicationLink(
-                rule=rule,
-                region=self.region,
-                peer=self._peer(source),
-                catalog=self.catalog,
-                executor=self._executor(source),
-                metrics=self.ctx.metrics,
-                clock=self.ctx.clock,
-                epoch_provider=self.epoch_provider,
-                step_max_partitions=self.ctx.config.replication.step_max_partitions,
-                max_concurrency=self.ctx.config.replication.max_concurrency,
-                peer_reporter=self._peer_reporter,
-            )
-            key = (rule.tier, source)
-            self.links[key] = link
-            scheduler = PassScheduler(
-                f"replication:{rule.tier}:{source}", interval_for_slo(rule.lag_slo), link.run_pass
-            )
-            self.schedulers[key] = scheduler
-            self.ctx.metrics.replication_slo_seconds.labels(tier=rule.tier,
-                                                            region=self.region).set(rule.lag_slo)
-            self.ctx.supervisor.spawn(scheduler.name, scheduler.run_forever)
+        await self.refresh_topology()
+        self.ctx.supervisor.spawn("replication:topology", self._follow_topology)
         self._started = True
 
     async def stop(self) -> None:
@@ -138,26 +153,141 @@ class WarmColdComponent:
                 continue
             sources = {
                 src: link.status()
-                for (link_tier, src), link in sorted(self.links.items())
-                if link_tier == t and (region is None or region in (src, self.region))
+                for (kind, link_tier, src), link in sorted(self.links.items())
+                if kind == "pull" and link_tier == t
+                and (region is None or region in (src, self.region))
             }
             # Roles and epochs are the failover component's part of the document.
-            tiers[t] = {"sources": sources}
+            tiers[t] = {"sources": sources, "reconciliation": self.reconciliation[t].to_json()}
         return {"tiers": tiers}
 
     def not_ready_reasons(self) -> list[str]:
         return [] if self._started else ["warm/cold replication not started"]
 
-    # --- wiring ------------------------------------------------------------------
+    # --- topology ------------------------------------------------------------------
 
-    def _inbound_rules(self) -> list[Rule]:
-        return [
-            r for r in self.ctx.config.rules
-            if r.tier in WARM_COLD_TIERS and self.region in r.to_regions
-        ]
+    def _tier_rules(self) -> dict[Tier, Rule]:
+        """Per warm/cold tier this region takes part in, the rule with the tightest SLO."""
+        chosen: dict[Tier, Rule] = {}
+        for rule in self.ctx.config.rules:
+            if rule.tier not in WARM_COLD_TIERS:
+                continue
+            if self.region not in (rule.from_region, *rule.to_regions):
+                continue
+            held = chosen.get(rule.tier)
+            if held is None or rule.lag_slo < held.lag_slo:
+                chosen[rule.tier] = rule
+        return chosen
+
+    def participants(self, tier: Tier) -> set[str]:
+        """``{from} ∪ to`` over every rule of ``tier`` this region takes part in."""
+        names: set[str] = set()
+        for rule in self.ctx.config.rules:
+            members = {rule.from_region, *rule.to_regions}
+            if rule.tier == tier and self.region in members:
+                names |= members
+        return names
+
+    def primary_of_tier(self, tier: Tier) -> str | None:
+        if self._primary_provider is not None:
+            return self._primary_provider(tier)
+        rule = next((r for r in self.ctx.config.rules if r.tier == tier), None)
+        return rule.from_region if rule is not None else None
 
     def primary_for(self, rule: Rule) -> str:
-        return self._primary_provider(rule.tier) if self._primary_provider else rule.from_region
+        primary = self._primary_provider(rule.tier) if self._primary_provider else None
+        return primary or rule.from_region
+
+    def desired_links(self) -> dict[LinkKey, Rule]:
+        """The links the current topology calls for (see the module docstring)."""
+        wanted: dict[LinkKey, Rule] = {}
+        for tier, rule in self._tier_rules().items():
+            primary = self.primary_for(rule)
+            if primary != self.region:
+                if primary in self.ctx.config.peers:
+                    wanted[("pull", tier, primary)] = rule
+                else:
+                    log.warning("no peer to pull from", tier=tier, source=primary)
+                continue
+            if self.epoch_provider(tier) > 1:
+                for peer in sorted(self.participants(tier) - {self.region}):
+                    if peer in self.ctx.config.peers:
+                        wanted[("reconcile", tier, peer)] = rule
+        return wanted
+
+    async def _follow_topology(self) -> None:
+        """Worker: re-run :meth:`refresh_topology` after every failover state change.
+
+        Error handling: an exception propagates to the supervisor, which logs,
+        counts and restarts this worker (the event stays set, so the next run
+        retries at once).
+        """
+        while True:
+            await self._topology_changed.wait()
+            await self.refresh_topology()
+
+    async def refresh_topology(self) -> None:
+        """Set divergent partitions aside, then make the running links match the topology.
+
+        Divergent partitions move first so that a replaced copy of one ends up
+        under ``_divergent/``, not ``_superseded/``.
+        """
+        self._topology_changed.clear()
+        for tier in self._tier_rules():
+            if self.primary_of_tier(tier) == self.region:
+                continue
+            moved = await asyncio.to_thread(set_aside_divergent, self.root, tier, self.catalog)
+            if moved:
+                self.ctx.metrics.reconciled_partitions_total.labels(
+                    tier=tier, action="divergent").inc(len(moved))
+                record = self.reconciliation[tier]
+                record.note_divergent(moved)
+                record.last_run = self.ctx.clock.now()
+                record.epoch = self.epoch_provider(tier)
+        wanted = self.desired_links()
+        for key in sorted(set(self.links) - set(wanted)):
+            await self._drop_link(key)
+        for key, rule in sorted(wanted.items()):
+            if key not in self.links:
+                self._add_link(key, rule)
+
+    async def _drop_link(self, key: LinkKey) -> None:
+        scheduler = self.schedulers.pop(key)
+        link = self.links.pop(key)
+        await self.ctx.supervisor.cancel(scheduler.name)
+        if isinstance(link, ReplicationLink):
+            link.forget_metrics()
+        log.info("replication link stopped", kind=key[0], tier=key[1], peer=key[2])
+
+    def _add_link(self, key: LinkKey, rule: Rule) -> None:
+        kind, tier, peer = key
+        rep = self.ctx.config.replication
+        link: AnyLink
+        if kind == "pull":
+            link = ReplicationLink(
+                rule=rule, region=self.region, peer=self._peer(peer), catalog=self.catalog,
+                executor=self._executor(self._peer(peer)), metrics=self.ctx.metrics,
+                clock=self.ctx.clock, epoch_provider=self.epoch_provider,
+                step_max_partitions=rep.step_max_partitions, max_concurrency=rep.max_concurrency,
+                peer_reporter=self._peer_reporter,
+            )
+            name = f"replication:{tier}:{peer}"
+        else:
+            link = ReconcileLink(
+                rule=rule, region=self.region, peer=self._peer(peer), catalog=self.catalog,
+                make_executor=self._executor, metrics=self.ctx.metrics, clock=self.ctx.clock,
+                epoch_provider=self.epoch_provider, record=self.reconciliation[tier],
+                step_max_partitions=rep.step_max_partitions,
+            )
+            name = f"reconcile:{tier}:{peer}"
+        scheduler: PassScheduler[PassReport] = PassScheduler(
+            name, interval_for_slo(rule.lag_slo), link.run_pass)
+        self.links[key] = link
+        self.schedulers[key] = scheduler
+        self.ctx.supervisor.spawn(scheduler.name, scheduler.run_forever)
+        log.info("replication link started", kind=kind, tier=tier, peer=peer)
+
+    # --- wiring ------------------------------------------------------------------
 
     def _session(self) -> aiohttp.ClientSession:
         if self.ctx.http is not None:
@@ -177,11 +307,11 @@ class WarmColdComponent:
             concurrency=rep.max_concurrency,
         )
 
-    def _executor(self, source: str) -> WarmColdExecutor:
+    def _executor(self, source: HttpPeer | ReconcileSource) -> WarmColdExecutor:
         return WarmColdExecutor(
             root=self.root,
             region=self.region,
-            source=self._peer(source),
+            source=source,
             metrics=self.ctx.metrics,
             retry_attempts=self.ctx.config.replication.retry_attempts,
             validators=self.validators,
@@ -191,18 +321,56 @@ class WarmColdComponent:
     # --- handlers --------------------------------------------------------------------
 
     async def handle_sync(self, request: web.Request) -> web.Response:
-        """``POST /v1/replication/sync`` ``{"tier"?, "from"?}``: run a pass now and report it."""
+        """``POST /v1/replication/sync`` ``{"tier"?, "from"?, "kind"?}``: run passes now.
+
+        Runs one pass of every current link matching the filters (``kind``:
+        ``pull`` or ``reconcile``) and answers their reports, each with its
+        ``kind``; 400 when no link matches (e.g. this region is the primary).
+        """
         body = await _json_body(request, allow_empty=True)
-        tier = body.get("tier")
-        src = body.get("from")
+        tier, src, kind = body.get("tier"), body.get("from"), body.get("kind")
         chosen = [
             (key, scheduler) for key, scheduler in sorted(self.schedulers.items())
-            if (tier is None or key[0] == tier) and (src is None or key[1] == src)
+            if (tier is None or key[1] == tier) and (src is None or key[2] == src)
+            and (kind is None or key[0] == kind)
         ]
         if not chosen:
-            raise UsageError(f"no inbound warm/cold link matches tier={tier!r} from={src!r}")
-        reports = [await scheduler.trigger() for _, scheduler in chosen]
-        return web.json_response({"passes": [r.to_json() for r in reports]})
+            raise UsageError(f"no warm/cold link matches tier={tier!r} from={src!r} "
+                             f"kind={kind!r}")
+        passes = []
+        for key, scheduler in chosen:
+            report = await scheduler.trigger()
+            passes.append({**report.to_json(), "kind": key[0]})
+        return web.json_response({"passes": passes})
+
+    async def handle_seal(self, request: web.Request) -> web.Response:
+        """``POST /v1/partitions/seal`` ``{"tier", "partition"}``: seal a written partition.
+
+        Seals ``{storage.root}/{tier}/{partition}`` as this region at the
+        tier's current epoch, through the storage fence: a region that is not
+        the current primary gets 409 ``fenced``, counted as
+        ``cryptorun_fenced_total{operation="seal"}``. 400 for a path outside
+        the layout or a directory that cannot be sealed.
+        """
+        body = await _json_body(request)
+        tier = parse_tier(str(body.get("tier", "")))
+        if tier not in WARM_COLD_TIERS:
+            raise UsageError("sealing through the API covers the warm and cold tiers")
+        key = parse_partition_path(tier, str(body.get("partition", "")))
+        epoch = self.epoch_provider(tier)
+        try:
+            manifest = await asyncio.to_thread(
+                seal_partition, key.directory(self.root), writer_region=self.region, epoch=epoch)
+        except FencedError as exc:
+            self.ctx.metrics.fenced_total.labels(tier=tier, operation="seal").inc()
+            log.warning("seal refused by the fence", tier=tier, partition=key.relpath,
+                        epoch=epoch, detail=str(exc))
+            raise
+        except PathRejectedError:
+            raise
+        except StorageError as exc:
+            raise UsageError(f"cannot seal {tier}/{key.relpath}: {exc}") from exc
+        return web.json_response({"sealed": dict(manifest_summary(manifest))})
 
     async def handle_simulate(self, request: web.Request) -> web.Response:
         """``POST /v1/replication/simulate``: the plan a pass would run; transfers nothing."""
@@ -250,7 +418,8 @@ class WarmColdComponent:
                 else:
                     health = await self._peer(dst).probe()
                     if health.healthy:
-                        dest_manifests = list(await self._listing(dst, tier, window))
+                        dest_manifests = list(
+                            await self._listing(dst, tier, window, purpose="inventory"))
         except ReplicationError as exc:
             health = PeerHealth(False, str(exc))
         return plan_replication(
@@ -269,8 +438,9 @@ class WarmColdComponent:
     async def _local_entries(self, tier: Tier, window: TimeRange) -> list[CatalogEntry]:
         return await asyncio.to_thread(self.catalog.scan, tier, start=window.start, end=window.end)
 
-    async def _listing(self, region: str, tier: Tier, window: TimeRange) -> tuple[Manifest, ...]:
-        listing = await self._peer(region).list_partitions(tier, window)
+    async def _listing(self, region: str, tier: Tier, window: TimeRange,
+                       purpose: Purpose = "source") -> tuple[Manifest, ...]:
+        listing = await self._peer(region).list_partitions(tier, window, purpose=purpose)
         return listing.manifests
 
 

@@ -19,7 +19,17 @@ A hash mismatch restarts the file from byte 0 after a backoff; after
 moved to ``{root}/_quarantine/{tier}/{region}/…`` (with an ``.error.json``
 record naming the source) through the validation layer's quarantine helper.
 Nothing committed is ever deleted or overwritten: a superseded version
-(different content hash) moves to ``{root}/_superseded/{tier}/…`` first.
+(different content hash) moves to ``{root}/_superseded/{tier}/…`` first, or to
+``{root}/{tier}/_divergent/epoch=E/…`` when this root's fence proves it was
+written by a fenced writer (a rejoining old primary's post-failover write).
+
+Fencing at the write (see :mod:`cryptorun_daemon.storage.fence`): before a
+partition is fetched and again right before its commit point, the manifest is
+judged against this root's fence; one written by a fenced writer is never
+applied: it is kept under ``_quarantine/{tier}/{region}/…`` as ``fenced``
+(``cryptorun_quarantine_total{kind="fenced"}``,
+``cryptorun_fenced_total{operation="apply"}``) and the step fails with
+reason ``fenced``.
 """
 
 from __future__ import annotations
@@ -42,6 +52,11 @@ from cryptorun_daemon.errors import ReplicationError, StorageError
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.rules import Step
 from cryptorun_daemon.storage.atomic import commit_file, move_aside
+from cryptorun_daemon.storage.fence import (
+    move_divergent,
+    quarantine_fenced_manifest,
+    read_fence,
+)
 from cryptorun_daemon.storage.layout import (
     PARTIAL_SUFFIX,
     SUCCESS_MARKER,
@@ -149,6 +164,8 @@ class WarmColdExecutor:
         self.strict = strict
         self.hash_cache = hash_cache if hash_cache is not None else DEFAULT_HASH_CACHE
         self.chunk_size = chunk_size
+        # (tier, partition) → (content digest, why) of source versions refused by validation.
+        self._rejected: dict[tuple[Tier, str], tuple[str, str]] = {}
 
     # --- steps ------------------------------------------------------------------
 
@@ -199,10 +216,25 @@ class WarmColdExecutor:
     # --- partitions ---------------------------------------------------------------
 
     async def replicate_partition(self, manifest: Manifest, counter: _Counter | None = None) -> int:
-        """Bring one partition to ``manifest``'s content and commit it; return bytes pulled."""
+        """Bring one partition to ``manifest``'s content and commit it; return bytes pulled.
+
+        Error handling: :class:`ReplicationError` ``fenced`` when this root's
+        fence refuses the manifest (checked before fetching and again at the
+        commit point, so a fence advanced meanwhile still wins).
+        """
         counter = counter if counter is not None else _Counter()
         tier = manifest.tier
         directory = self.root / tier / manifest.partition
+        rejected = self._rejected.get((tier, manifest.partition))
+        if rejected is not None and rejected[0] == manifest.content_hash:
+            # The same bytes were already validated, quarantined and refused; fetching
+            # them again would only quarantine a second copy. A re-sealed source
+            # (new content) is tried again.
+            raise ReplicationError(
+                f"not committed (same content refused earlier): {rejected[1]}",
+                reason="validation",
+            )
+        await asyncio.to_thread(self.check_apply, manifest)
         if await asyncio.to_thread(self._already_committed, directory, manifest):
             return 0
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
@@ -211,13 +243,65 @@ class WarmColdExecutor:
         )
         await asyncio.to_thread(self._set_aside_strays, directory, manifest)
         await self._validate(manifest, directory)
-        await asyncio.to_thread(write_seal, directory, manifest)
+        await asyncio.to_thread(self._commit, directory, manifest)
         log.info("partition committed", tier=tier, partition=manifest.partition,
                  source=self.source.region, bytes=counter.bytes)
         return counter.bytes
 
+    def accepted(self, manifests: Sequence[Manifest]) -> list[Manifest]:
+        """The manifests this root's fence accepts; the others are refused as below (blocking)."""
+        if not manifests:
+            return []
+        fence = read_fence(self.root, manifests[0].tier)
+        if fence is None:
+            return list(manifests)
+        return [m for m in manifests
+                if fence.classify(m) != "divergent" or not self.refused_by_fence(m)]
+
+    def refused_by_fence(self, manifest: Manifest) -> bool:
+        """True when this root's fence proves ``manifest`` came from a fenced writer.
+
+        The refused manifest is quarantined as ``fenced`` and counted the first
+        time it is seen (blocking: reads the fence, may write the quarantine).
+        """
+        fence = read_fence(self.root, manifest.tier)
+        if fence is None or fence.classify(manifest) != "divergent":
+            return False
+        reason = (f"epoch {manifest.epoch} by {manifest.writer_region} sealed at "
+                  f"{manifest.sealed_at.isoformat()} is not a legitimate write under the "
+                  f"fence (epoch {fence.epoch}, primary {fence.primary})")
+        kept = quarantine_fenced_manifest(self.root, region=self.region, manifest=manifest,
+                                          source=self.source.region, reason=reason)
+        if kept is not None:
+            self.metrics.quarantine_total.labels(tier=manifest.tier, region=self.region,
+                                                 kind="fenced").inc()
+            self.metrics.fenced_total.labels(tier=manifest.tier, operation="apply").inc()
+            log.warning("fenced manifest refused", tier=manifest.tier,
+                        partition=manifest.partition, epoch=manifest.epoch,
+                        writer=manifest.writer_region, source=self.source.region,
+                        kept_at=str(kept))
+        return True
+
+    def check_apply(self, manifest: Manifest) -> None:
+        """Raise ``ReplicationError("fenced")`` when the fence refuses ``manifest`` (blocking)."""
+        if self.refused_by_fence(manifest):
+            raise ReplicationError(
+                f"{manifest.tier}/{manifest.partition}: manifest of epoch {manifest.epoch} by "
+                f"{manifest.writer_region} refused by the fence (quarantined as fenced)",
+                reason="fenced",
+            )
+
+    def _commit(self, directory: Path, manifest: Manifest) -> None:
+        """The commit point, behind a last fence check."""
+        self.check_apply(manifest)
+        write_seal(directory, manifest)
+
     def _already_committed(self, directory: Path, manifest: Manifest) -> bool:
-        """True when an identical copy is sealed; moves a different sealed copy aside."""
+        """True when an identical copy is sealed; moves a different sealed copy aside.
+
+        A held copy that the fence proves divergent goes to ``_divergent/``
+        (counted as reconciled ``divergent``), any other to ``_superseded/``.
+        """
         if not (directory / SUCCESS_MARKER).is_file():
             return False
         try:
@@ -226,6 +310,14 @@ class WarmColdExecutor:
             held = None
         if held is not None and held.content_hash == manifest.content_hash:
             return True
+        fence = read_fence(self.root, manifest.tier) if held is not None else None
+        if held is not None and fence is not None and fence.classify(held) == "divergent":
+            moved_to = move_divergent(self.root, directory, held)
+            self.metrics.reconciled_partitions_total.labels(tier=manifest.tier,
+                                                            action="divergent").inc()
+            log.warning("divergent partition moved aside", tier=manifest.tier,
+                        partition=manifest.partition, epoch=held.epoch, to=str(moved_to))
+            return False
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         label = f"epoch{held.epoch}-{held.content_hash[-16:]}" if held else "unreadable"
         target = (self.root / SUPERSEDED_DIR / manifest.tier / manifest.partition
@@ -245,6 +337,16 @@ class WarmColdExecutor:
             move_aside(directory / name, target)
 
     async def _validate(self, manifest: Manifest, directory: Path) -> None:
+        """Run the step validators on every file before the commit point.
+
+        Error handling: a rejected file (quarantined by its validator) keeps the
+        partition uncommitted — a partition never seals with a file missing —
+        and raises :class:`ReplicationError` ``validation`` for this partition
+        only; the step's other partitions go on. Without ``strict`` the
+        rejection is remembered by content so later passes do not re-fetch the
+        same bytes; with ``strict`` the first violation fails it at once.
+        """
+        rejections: list[str] = []
         for validator in self.validators:
             for entry in manifest.files:
                 verdict = await asyncio.to_thread(
@@ -257,11 +359,16 @@ class WarmColdExecutor:
                 log.warning("validator rejected a replicated file", validator=name,
                             file=f"{manifest.tier}/{manifest.partition}/{entry.name}",
                             detail=detail, strict=self.strict)
+                message = f"{name} rejected {manifest.partition}/{entry.name}: {detail}"
                 if self.strict:
-                    raise ReplicationError(
-                        f"{name} rejected {manifest.partition}/{entry.name}: {detail}",
-                        reason="validation",
-                    )
+                    raise ReplicationError(message, reason="validation")
+                rejections.append(message)
+        if rejections:
+            summary = "; ".join(rejections)
+            self._rejected[(manifest.tier, manifest.partition)] = (
+                manifest.content_hash, summary
+            )
+            raise ReplicationError(f"not committed: {summary}", reason="validation")
 
     # --- files ----------------------------------------------------------------------
 

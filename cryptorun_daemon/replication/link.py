@@ -9,6 +9,7 @@ steps (the scheduler simply tries again next interval).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,16 +154,19 @@ class ReplicationLink:
                 f"current epoch {current_epoch}: it is fenced, nothing is pulled from it"
             )
             return
+        # Fencing at the replica: manifests this root's fence proves were written
+        # by a fenced writer are quarantined as "fenced", never planned or awaited.
+        manifests = await asyncio.to_thread(self.executor.accepted, listing.manifests)
         now = self.clock.now()
         committed = committed_index(await asyncio.to_thread(self.catalog.sealed_manifests,
                                                             self.tier))
-        report.lag = self._publish(compute_lag(listing.manifests, committed, now))
+        report.lag = self._publish(compute_lag(manifests, committed, now))
         plan = plan_replication(
             tier=self.tier,
             from_region=self.source,
             to_region=self.region,
             window=TimeRange(BEGINNING_OF_TIME, now),
-            source=listed(listing.manifests),
+            source=listed(manifests),
             destination=committed,
             now=now,
             step_max_partitions=self._step_max,
@@ -174,7 +178,7 @@ class ReplicationLink:
         self.metrics.replication_plan_steps_total.labels(
             tier=self.tier, **{"from": self.source, "to": self.region}
         ).inc(len(plan.steps))
-        by_path = {m.partition: m for m in listing.manifests}
+        by_path = {m.partition: m for m in manifests}
 
         async def run(step_index: int) -> StepOutcome:
             async with self._step_slots:
@@ -189,7 +193,16 @@ class ReplicationLink:
                 report.failures.append(outcome.to_json())
         committed = committed_index(await asyncio.to_thread(self.catalog.sealed_manifests,
                                                             self.tier))
-        report.lag = self._publish(compute_lag(listing.manifests, committed, self.clock.now()))
+        report.lag = self._publish(compute_lag(manifests, committed, self.clock.now()))
+
+    def forget_metrics(self) -> None:
+        """Drop this link's lag series (the link is gone after a topology change)."""
+        labels = (self.tier, self.region, self.source)
+        for gauge in (self.metrics.replication_lag_seconds,
+                      self.metrics.replication_pending_bytes,
+                      self.metrics.replication_pending_partitions):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
     def _publish(self, lag: LagReport) -> LagReport:
         labels = {"tier": self.tier, "region": self.region, "source": self.source}

@@ -5,6 +5,21 @@ wholly inside the window; ``GET /v1/partitions/{tier}/{path}`` serves one file
 listed in a sealed manifest (or the manifest itself) with ``sendfile``, Range
 support, and ``ETag`` = the file's content hash from the manifest.
 
+Fencing (warm, cold): only the current primary serves as a replication
+source. Anyone else answers file requests and ``purpose=source`` listings
+(what replication links send) with 409 ``fenced`` (``serve_guard``, counted as
+``cryptorun_fenced_total{operation="serve"}``); a listing without ``purpose``
+is refused the same way by a demoted former primary, and answered as an
+inventory by a region that never was primary. Explicit exceptions:
+
+- ``purpose=inventory`` on the listing: what this region holds, for planning
+  a copy *to* it (``simulate``); no file is ever served on that basis;
+- ``reconcile_epoch=E`` on the listing and on file requests: rejoin
+  reconciliation. Only partitions whose manifest epoch is ``<= E`` and that
+  this region's fence history proves legitimate (sealed by that epoch's
+  primary before the epoch ended) are listed or served, and only once this
+  region has learned that epoch ``E`` ended (409 ``conflict`` before).
+
 Hostile paths: the wire path is checked segment by segment against the layout
 (:func:`resolve_partition_file`) before any filesystem call, so ``..``,
 absolute paths, encoded separators and hidden names are 400; symlinks
@@ -25,13 +40,19 @@ from aiohttp import hdrs, web
 
 from cryptorun_daemon.admin.errors import json_error
 from cryptorun_daemon.config import Tier
-from cryptorun_daemon.errors import PathRejectedError, StorageError, UsageError
+from cryptorun_daemon.errors import ConflictError, PathRejectedError, StorageError, UsageError
 from cryptorun_daemon.replication.rules import TimeRange, parse_tier
 from cryptorun_daemon.storage.catalog import Catalog
+from cryptorun_daemon.storage.fence import Fence, read_fence
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, resolve_partition_file
 from cryptorun_daemon.storage.manifest import Manifest, format_time, read_manifest
 
 SEND_CHUNK = 4 << 20
+
+#: ``guard(tier, as_source=...)`` → ``None`` to answer, else ``(status, code, detail)``.
+ServeGuard = Callable[..., tuple[int, str, str] | None]
+#: ``primary(tier)`` → the region this daemon believes is primary (listed for clients).
+PrimaryOf = Callable[[Tier], str | None]
 
 
 class _ContentTaggedFileResponse(web.FileResponse):
@@ -69,12 +90,16 @@ class PartitionServer:
         catalog: Catalog,
         epoch_provider: Callable[[Tier], int],
         now: Callable[[], datetime],
+        serve_guard: ServeGuard | None = None,
+        primary_of: PrimaryOf | None = None,
     ) -> None:
         self.root = root
         self.region = region
         self.catalog = catalog
         self._epoch = epoch_provider
         self._now = now
+        self._guard = serve_guard
+        self._primary_of = primary_of
         # Compact JSON per manifest, reused while the manifest is unchanged.
         self._json: dict[tuple[str, str, str, int], bytes] = {}
 
@@ -92,21 +117,58 @@ class PartitionServer:
             if not (start_text and end_text):
                 raise UsageError("give both start and end, or neither")
             window = TimeRange.parse(f"{start_text}/{end_text}")
+        purpose = request.query.get("purpose")
+        if purpose not in (None, "source", "inventory"):
+            raise UsageError("purpose must be source or inventory")
+        reconcile = _reconcile_epoch(request)
         epoch = self._epoch(tier)
+        fence: Fence | None = None
+        if reconcile is not None:
+            fence = await asyncio.to_thread(self._reconcile_fence, tier, reconcile)
+        elif purpose != "inventory" and self._guard is not None:
+            refusal = self._guard(tier, as_source=purpose == "source")
+            if refusal is not None:
+                return json_error(*refusal)
+        # No primary known (no active-passive rule for the tier): serve as before.
+        primary = (self._primary_of(tier) if self._primary_of is not None else None) or self.region
+        # Only the serving primary computes manifests for foreign-sealed partitions.
+        owner = (self.region, epoch) if primary == self.region and reconcile is None else None
         manifests = await asyncio.to_thread(
             self.catalog.sealed_manifests,
             tier,
             start=window.start if window else None,
             end=window.end if window else None,
-            owner=(self.region, epoch),
+            owner=owner,
         )
         if window is not None:
             manifests = [m for m in manifests if window.contains_span(m.key.start, m.key.end)]
-        body = self._render(tier, epoch, window, manifests)
+        if fence is not None and reconcile is not None:
+            manifests = [m for m in manifests if _reconcilable(fence, m, reconcile)]
+        served_as = ("reconcile" if reconcile is not None
+                     else "source" if primary == self.region and purpose != "inventory"
+                     else "inventory")
+        body = self._render(tier, epoch, window, manifests, purpose=served_as)
         return web.Response(body=body, content_type="application/json")
 
+    def _reconcile_fence(self, tier: Tier, epoch: int) -> Fence:
+        """This root's fence, provided it knows that ``epoch`` ended (blocking).
+
+        Error handling: :class:`ConflictError` (409) while it does not: this
+        region cannot yet tell its legitimate old-epoch partitions from later
+        writes, so it must not offer any.
+        """
+        fence = read_fence(self.root, tier)
+        if fence is None or fence.epoch <= epoch:
+            seen = fence.epoch if fence is not None else "none"
+            raise ConflictError(
+                f"{self.region} has not learned that {tier} epoch {epoch} ended (its fence "
+                f"epoch is {seen}); reconciliation must wait until it has"
+            )
+        return fence
+
     def _render(
-        self, tier: Tier, epoch: int, window: TimeRange | None, manifests: list[Manifest]
+        self, tier: Tier, epoch: int, window: TimeRange | None, manifests: list[Manifest],
+        *, purpose: str = "source",
     ) -> bytes:
         cache: dict[tuple[str, str, str, int], bytes] = {}
         parts = []
@@ -130,6 +192,8 @@ class PartitionServer:
                 "region": self.region,
                 "tier": tier,
                 "epoch": epoch,
+                "primary": self._primary_of(tier) if self._primary_of is not None else None,
+                "purpose": purpose,
                 "now": format_time(self._now()),
                 "window": str(window) if window else None,
                 "count": len(parts),
@@ -141,6 +205,14 @@ class PartitionServer:
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         tier = parse_tier(request.match_info["tier"])
         path = request.match_info["path"]
+        reconcile = _reconcile_epoch(request)
+        fence: Fence | None = None
+        if reconcile is not None:
+            fence = await asyncio.to_thread(self._reconcile_fence, tier, reconcile)
+        elif self._guard is not None:
+            refusal = self._guard(tier, as_source=True)
+            if refusal is not None:
+                return json_error(*refusal)
         try:
             key, name, real = await asyncio.to_thread(
                 resolve_partition_file, self.root, tier, path
@@ -155,6 +227,11 @@ class PartitionServer:
             return json_error(404, "not_found", f"no sealed partition file {tier}/{path}")
         if manifest.key != key:
             return json_error(404, "not_found", f"no sealed partition file {tier}/{path}")
+        if fence is not None and reconcile is not None and not _reconcilable(
+                fence, manifest, reconcile):
+            return json_error(409, "fenced", f"{tier}/{manifest.partition} (epoch "
+                              f"{manifest.epoch}) is not a legitimate partition of epoch "
+                              f"<= {reconcile}; it is not served for reconciliation")
         if name == MANIFEST_NAME:
             content_hash = manifest.content_hash
         else:
@@ -175,3 +252,21 @@ class PartitionServer:
             )
             await response.prepare(stripped)
         return response
+
+
+def _reconcile_epoch(request: web.Request) -> int | None:
+    text = request.query.get("reconcile_epoch")
+    if text is None:
+        return None
+    try:
+        epoch = int(text)
+    except ValueError:
+        raise UsageError("reconcile_epoch must be an integer >= 1") from None
+    if epoch < 1:
+        raise UsageError("reconcile_epoch must be an integer >= 1")
+    return epoch
+
+
+def _reconcilable(fence: Fence, manifest: Manifest, epoch: int) -> bool:
+    """Sealed at an epoch ``<= epoch`` by its primary, before that epoch ended."""
+    return manifest.epoch <= epoch and fence.classify(manifest) == "history"

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -21,6 +21,9 @@ from cryptorun_daemon.errors import ReplicationError, StorageError
 from cryptorun_daemon.replication.planner import PeerHealth
 from cryptorun_daemon.replication.rules import TimeRange
 from cryptorun_daemon.storage.manifest import Manifest, format_time
+
+#: Why a listing is asked for: to pull from the peer, or to see what it holds.
+Purpose = Literal["source", "inventory"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Listing:
     tier: Tier
     epoch: int
     manifests: tuple[Manifest, ...]
+    primary: str | None = None
 
 
 @dataclass
@@ -93,12 +97,30 @@ class HttpPeer:
         except (aiohttp.ClientError, TimeoutError) as exc:
             return PeerHealth(False, f"peer {self.region} unreachable: {exc or type(exc).__name__}")
 
-    async def list_partitions(self, tier: Tier, window: TimeRange | None = None) -> Listing:
-        """The peer's sealed partitions of ``tier`` (wholly inside ``window`` if given)."""
+    async def list_partitions(
+        self,
+        tier: Tier,
+        window: TimeRange | None = None,
+        *,
+        purpose: Purpose = "source",
+        reconcile_epoch: int | None = None,
+    ) -> Listing:
+        """The peer's sealed partitions of ``tier`` (wholly inside ``window`` if given).
+
+        ``purpose="source"`` asks the peer to act as a replication source (a
+        fenced peer refuses: reason ``fenced``); ``"inventory"`` only asks what
+        it holds (for planning a copy *to* it). ``reconcile_epoch=E`` asks a
+        fenced old primary for the partitions it legitimately sealed up to
+        epoch ``E`` (rejoin reconciliation).
+        """
         params: dict[str, str] = {"tier": tier}
         if window is not None:
             params["start"] = format_time(window.start)
             params["end"] = format_time(window.end)
+        if reconcile_epoch is None:
+            params["purpose"] = purpose
+        else:
+            params["reconcile_epoch"] = str(reconcile_epoch)
         url = f"{self.base_url}/v1/partitions"
         try:
             async with self.session.get(
@@ -107,7 +129,8 @@ class HttpPeer:
                 if resp.status != 200:
                     body = (await resp.text())[:300]
                     raise ReplicationError(
-                        f"GET {url} answered {resp.status}: {body}", reason="http"
+                        f"GET {url} answered {resp.status}: {body}",
+                        reason="fenced" if resp.status == 409 and '"fenced"' in body else "http",
                     )
                 data = await resp.json()
         except ReplicationError:
@@ -125,6 +148,7 @@ class HttpPeer:
             items = data["partitions"]
             epoch = int(data["epoch"])
             region = str(data["region"])
+            primary = data.get("primary")
             parsed: dict[tuple[str, str, str, int], Manifest] = {}
             manifests = []
             for item in items:
@@ -144,19 +168,24 @@ class HttpPeer:
                 f"peer {self.region} sent an invalid listing: {exc}", reason="http"
             ) from exc
         self._parsed = parsed
-        return Listing(region=region, tier=tier, epoch=epoch, manifests=tuple(manifests))
+        return Listing(region=region, tier=tier, epoch=epoch, manifests=tuple(manifests),
+                       primary=str(primary) if primary is not None else None)
 
     @contextlib.asynccontextmanager
     async def open_file(
-        self, tier: Tier, partition: str, name: str, *, offset: int, expected_hash: str
+        self, tier: Tier, partition: str, name: str, *, offset: int, expected_hash: str,
+        reconcile_epoch: int | None = None,
     ) -> AsyncIterator[FileStream]:
         """Stream one file from ``offset`` (``Range``), holding a download slot.
 
         ``If-Range`` carries the expected content hash: if the peer's copy has a
         different hash it answers 200 with the whole file, and the caller
         restarts from byte 0 instead of splicing two versions.
+        ``reconcile_epoch`` asks a fenced peer for an old-epoch partition.
         """
         url = f"{self.base_url}/v1/partitions/{tier}/{partition}/{name}"
+        if reconcile_epoch is not None:
+            url += f"?reconcile_epoch={reconcile_epoch}"
         headers = dict(self._headers)
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"

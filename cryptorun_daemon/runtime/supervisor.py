@@ -60,6 +60,7 @@ class Supervisor:
         self._healthy_after = healthy_after
         self._workers: dict[str, WorkerState] = {}
         self._stopping = False
+        self._abandoned: set[asyncio.Task[None]] = set()
         self.ticks = 0
 
     def spawn(self, name: str, factory: WorkerFactory, *, restart: bool = True) -> None:
@@ -104,6 +105,34 @@ class Supervisor:
                 continue
             state.finished = True
             return
+
+    async def cancel(self, name: str, *, timeout: float = 5.0) -> bool:
+        """Stop the worker called ``name`` and forget it, so the name can be spawned again.
+
+        Returns False when no such worker exists. Cancellation is not a crash:
+        nothing is counted. Components use this to replace workers when their
+        topology changes (replication links after a failover).
+
+        Error handling: a worker that ignores cancellation for ``timeout``
+        seconds is logged and abandoned (its task keeps its strong reference
+        until it ends, so it is never garbage-collected mid-flight).
+        """
+        state = self._workers.pop(name, None)
+        if state is None:
+            return False
+        task = state.task
+        if task is None or task.done():
+            return True
+        task.cancel(f"worker {name} cancelled")
+        _, pending = await asyncio.wait({task}, timeout=timeout)
+        if pending:
+            log.error("worker did not stop after cancel", task=name)
+            self._abandoned.add(task)
+            task.add_done_callback(self._abandoned.discard)
+        else:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
+        return True
 
     def tick(self) -> None:
         """Called by the daemon's heartbeat loop; ``/healthz`` reads the tick count."""

@@ -162,8 +162,10 @@ class Catalog:
             with iterator:
                 for item in iterator:
                     path = Path(item.path)
-                    if len(parts) == 0 and item.name.startswith("."):
-                        continue  # editor and temp files at the tier level are not data
+                    if len(parts) == 0 and item.name.startswith((".", "_")):
+                        # Editor and temp files are not data; ``_divergent/`` and
+                        # other ``_`` folders are ours and hold set-aside copies.
+                        continue
                     if item.is_symlink() or not item.is_dir(follow_symlinks=False):
                         self._ignore(tier, path, "not a directory (symlinks are never followed)")
                         continue

@@ -28,6 +28,8 @@ SUCCESS_MARKER: Final = "_SUCCESS"
 MANIFEST_NAME: Final = "_manifest.json"
 QUARANTINE_DIR: Final = "_quarantine"
 SUPERSEDED_DIR: Final = "_superseded"
+# Under a tier folder: partitions a fenced writer sealed, moved aside on rejoin.
+DIVERGENT_DIR: Final = "_divergent"
 PARTIAL_SUFFIX: Final = ".partial"
 
 HOURLY_TIERS: Final[frozenset[Tier]] = frozenset({"hot", "warm"})

@@ -15,12 +15,27 @@ from typing import Any
 
 from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
+from cryptorun_daemon.storage.fence import check_seal, read_fence, storage_root_of
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, parse_partition_dir
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, compute_manifest, read_manifest
 
 
 def is_sealed(partition_dir: Path) -> bool:
     return (partition_dir / SUCCESS_MARKER).is_file()
+
+
+def fenced_epoch(partition_dir: Path) -> int:
+    """The epoch a seal of ``partition_dir`` must carry now: its tier's fence, else 1.
+
+    The fence (``_state/fence/{tier}.json`` under the storage root) records the
+    highest epoch this region has seen; with no fence yet the tier is still at
+    its bootstrap epoch 1. Error handling: raises ``PathRejectedError`` for a
+    path outside the partition layout.
+    """
+    key = parse_partition_dir(partition_dir)
+    depth = 6 if key.hour is not None else 5
+    fence = read_fence(storage_root_of(partition_dir, depth), key.tier)
+    return fence.epoch if fence is not None else 1
 
 
 def seal_partition(
@@ -42,15 +57,24 @@ def seal_partition(
     so readers never pair the old marker with the new manifest); replicas then
     see a different ``content_hash`` and move their old copy to ``_superseded/``.
 
+    Fencing (warm, cold): before anything is written, the storage root's
+    persistent fence (:mod:`cryptorun_daemon.storage.fence`) must name
+    ``writer_region`` as the primary at exactly ``epoch`` (no fence file: no
+    check, see the fence module).
+
     Blocking (hashes files); call it from a thread in async code.
 
-    Error handling: :class:`PathRejectedError` when the directory is outside
-    the layout, :class:`StorageError` when it is missing, holds no data file,
-    holds a subdirectory or symlink, or a Parquet file is unreadable.
+    Error handling: :class:`FencedError` when the fence refuses the writer;
+    :class:`PathRejectedError` when the directory is outside the layout,
+    :class:`StorageError` when it is missing, holds no data file, holds a
+    subdirectory or symlink, a Parquet file is unreadable, or the fence
+    cannot be read.
     """
     key = parse_partition_dir(partition_dir)
     if not partition_dir.is_dir():
         raise StorageError(f"{partition_dir} is not a directory")
+    depth = 6 if key.hour is not None else 5  # the tier folder plus the partition levels
+    check_seal(storage_root_of(partition_dir, depth), key.tier, writer_region, epoch)
     moment = sealed_at if sealed_at is not None else datetime.now(UTC)
     manifest = compute_manifest(
         partition_dir,

@@ -173,21 +173,35 @@ async def test_superseded_version_is_moved_aside_not_overwritten(pair: Pair) -> 
     assert len(list((pair.dst_root / "_superseded").rglob("stray.bin"))) == 1
 
 
-async def test_strict_validator_rejection_leaves_partition_uncommitted(pair: Pair) -> None:
-    """A failing validator under strict mode aborts before the commit point."""
+async def test_validator_rejection_leaves_partition_uncommitted(pair: Pair) -> None:
+    """A rejected file never seals its partition: strict stops at the first file, non-strict
+    names every rejected file, and the same bytes are not fetched and validated again."""
+    from cryptorun_daemon.errors import ReplicationError
+
     manifest = (await pair.manifests())[0]
+    calls: list[str] = []
 
     def always_bad(path: Path, dataset: str, tier: str) -> bool:
+        calls.append(path.name)
         return False
-
-    from cryptorun_daemon.errors import ReplicationError
 
     with pytest.raises(ReplicationError) as caught:
         await pair.executor(validators=[always_bad], strict=True).replicate_partition(manifest)
     assert caught.value.reason == "validation"
+    assert len(calls) == 1
     assert not is_sealed(pair.dst_root / "warm" / manifest.partition)
-    await pair.executor(validators=[always_bad], strict=False).replicate_partition(manifest)
-    assert is_sealed(pair.dst_root / "warm" / manifest.partition)
+
+    calls.clear()
+    relaxed = pair.executor(validators=[always_bad], strict=False)
+    with pytest.raises(ReplicationError) as caught:
+        await relaxed.replicate_partition(manifest)
+    assert caught.value.reason == "validation"
+    assert str(caught.value).startswith("not committed:")
+    assert len(calls) == len(manifest.files)
+    assert not is_sealed(pair.dst_root / "warm" / manifest.partition)
+    with pytest.raises(ReplicationError, match="not committed"):
+        await relaxed.replicate_partition(manifest)
+    assert len(calls) == len(manifest.files)  # remembered: not validated a second time
 
 
 async def test_listing_honours_the_window(pair: Pair) -> None:

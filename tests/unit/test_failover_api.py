@@ -22,6 +22,7 @@ from cryptorun_daemon.daemon import Daemon
 from cryptorun_daemon.failover.component import FailoverComponent
 from cryptorun_daemon.failover.roles import TierState
 from cryptorun_daemon.failover.store_file import FileStateStore
+from cryptorun_daemon.storage.fence import Fence, read_fence
 from tests.harness.daemons import RegionSpec, auth_headers, run_daemon, two_regions
 
 EU, US = "eu-central", "us-east"
@@ -296,3 +297,28 @@ async def test_stored_primary_wins_over_the_config_rule(
         assert failover_of(da).current("warm") == await store.get("warm")
         assert failover_of(da).epoch("warm") == 2
         assert not failover_of(da).is_primary("warm")
+
+
+async def test_an_unreadable_store_answers_503_state_store_and_the_fence_follows_the_epoch(
+    regions: tuple[RegionSpec, RegionSpec],
+) -> None:
+    """A failover advances both regions' storage fences to the new epoch and primary (with
+    the promotion's time as the end of epoch 1, the same on both sides); a store that can
+    no longer be read answers 503 state_store through the central error mapping."""
+    a, b = regions
+    async with both(regions), aiohttp.ClientSession() as http:
+        code, doc = await post(http, f"{b.base_url}/v1/failover", failover_body())
+        assert code == 200, doc
+
+        def fences() -> list[Fence | None]:
+            return [read_fence(spec.storage_root, "warm") for spec in (a, b)]
+
+        await eventually(lambda: all(f is not None and f.epoch == 2 for f in fences()))
+        assert {(f.epoch, f.primary) for f in fences() if f} == {(2, US)}
+        assert len({f.ended_at(1) for f in fences() if f}) == 1
+        (b.storage_root / "_state" / "roles.json").write_text("{not json")
+        code, doc = await post(http, f"{b.base_url}/v1/failover",
+                               failover_body(promote=EU, demote=US))
+        assert code == 503
+        assert doc["error"] == "state_store"
+        assert "corrupt JSON" in doc["detail"]

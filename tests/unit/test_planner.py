@@ -196,3 +196,23 @@ async def test_scheduler_runs_one_pass_at_a_time() -> None:
     assert peak == 1
     assert scheduler.passes == 5
     assert scheduler.next_delay() == pytest.approx(1.1)
+
+
+def test_partition_sealed_before_its_hour_ends_is_planned_by_its_seal_time() -> None:
+    """An hour partition the hot sealer sealed early (sub-hour windows) holds nothing past its
+    seal time: it is planned once sealed, and a window ending before that seal time excludes it."""
+    from dataclasses import replace
+
+    now = T0 + 10 * HOUR + timedelta(minutes=6)
+    early = make(10)
+    assert early.manifest is not None
+    sealed_early = Part(early.key, True,
+                        replace(early.manifest, sealed_at=T0 + 10 * HOUR + timedelta(minutes=5)))
+    result = plan([sealed_early], TimeRange(T0, T0 + 11 * HOUR), now=now)
+    assert paths(result) == [early.key.relpath]
+    cut = plan([sealed_early], TimeRange(T0, T0 + 10 * HOUR + timedelta(minutes=3)), now=now)
+    assert paths(cut) == []
+    # Without the early seal (sealed after the hour) the same hour is still in the future.
+    later = plan([make(10)], TimeRange(T0, T0 + 11 * HOUR), now=now)
+    assert paths(later) == []
+    assert [s.why for s in later.skipped] == ["future"]

@@ -65,7 +65,7 @@ async def test_quarantine_counts_reach_status(tmp_path: Path) -> None:
     sidecar = {"version": 1, "files": {"part-0.parquet": {"region": "eu-central",
                                                           "flagged_rows": 4}}}
     (part / "_quarantine.json").write_text(json.dumps(sidecar))
-    async with run_daemon(config_path, extra_components=[QuarantineStatus]) as daemon:
+    async with run_daemon(config_path) as daemon:
         view = daemon.ctx.components["quarantine"]
         assert isinstance(view, QuarantineStatus)
         await view.refresh()

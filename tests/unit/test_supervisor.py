@@ -95,3 +95,38 @@ async def test_duplicate_worker_names_are_refused() -> None:
     with pytest.raises(ValueError, match="already supervised"):
         supervisor.spawn("w", idle)
     await supervisor.stop(timeout=1)
+
+
+async def test_cancel_stops_one_worker_by_name_and_frees_the_name() -> None:
+    """cancel(name) ends that worker only, counts no restart, and the name can be spawned
+    again; cancelling an unknown name answers False."""
+    metrics = Metrics(CollectorRegistry())
+    supervisor = Supervisor(metrics)
+    cancelled = asyncio.Event()
+    started = asyncio.Event()
+
+    async def link() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def other() -> None:
+        await asyncio.Event().wait()
+
+    supervisor.spawn("link", link)
+    supervisor.spawn("other", other)
+    await started.wait()
+    assert await supervisor.cancel("link") is True
+    assert cancelled.is_set()
+    assert "link" not in supervisor.workers()
+    assert supervisor.workers()["other"]["running"] is True
+    assert restarts(metrics, "link") == 0
+    assert await supervisor.cancel("link") is False
+    started.clear()
+    supervisor.spawn("link", link)
+    await started.wait()
+    assert supervisor.workers()["link"]["running"] is True
+    assert await supervisor.stop(timeout=1) == []
