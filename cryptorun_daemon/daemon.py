@@ -26,8 +26,10 @@ from cryptorun_daemon.admin.server import AdminServer
 from cryptorun_daemon.components import build_components
 from cryptorun_daemon.config import Config, Rule, load_config
 from cryptorun_daemon.errors import ConfigError, StorageError
+from cryptorun_daemon.failover.roles import format_rfc3339
 from cryptorun_daemon.logsetup import configure_logging
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.replication.rules import rule_to_json
 from cryptorun_daemon.runtime.clock import Clock, SystemClock
 from cryptorun_daemon.runtime.component import Component, DaemonContext
 from cryptorun_daemon.runtime.supervisor import Supervisor
@@ -316,14 +318,14 @@ class Daemon:
         for t in ("hot", "warm", "cold"):
             if tier is not None and t != tier:
                 continue
-            rules = [_rule_json(r) for r in cfg.rules_for(t)]
+            rules = [rule_to_json(r) for r in cfg.rules_for(t)]
             if region is not None:
                 rules = [r for r in rules if region in (r["from"], *r["to"])]
             tiers[t] = {"rules": rules}
         doc: dict[str, Any] = {
             "region": cfg.region,
             "version": __version__,
-            "started_at": _rfc3339(self.started_at) if self.started_at else None,
+            "started_at": format_rfc3339(self.started_at) if self.started_at else None,
             "ready": not self.not_ready_reasons(),
             "not_ready_reasons": self.not_ready_reasons(),
             "peers": dict(cfg.peers),
@@ -347,20 +349,6 @@ class Daemon:
 
 def _rule_shape(rules: Sequence[Rule]) -> list[tuple[str, str, str, tuple[str, ...]]]:
     return [(r.tier, r.mode, r.from_region, r.to_regions) for r in rules]
-
-
-def _rule_json(rule: Rule) -> dict[str, Any]:
-    return {
-        "tier": rule.tier,
-        "mode": rule.mode,
-        "from": rule.from_region,
-        "to": list(rule.to_regions),
-        "lag_slo_seconds": rule.lag_slo,
-    }
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _deep_merge(into: dict[str, Any], extra: dict[str, Any]) -> None:

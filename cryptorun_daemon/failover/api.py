@@ -19,6 +19,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from cryptorun_daemon.admin.bodies import json_object
 from cryptorun_daemon.admin.errors import json_error
 from cryptorun_daemon.errors import StateStoreError, UsageError
 from cryptorun_daemon.failover.peers import PEER_CALL_TIMEOUT, describe
@@ -305,16 +306,6 @@ def _topology(state: TierState, views: dict[str, dict[str, Any]]) -> dict[str, A
             r: {"role": state.role_of(r), **views.get(r, {"reachable": None})} for r in regions
         },
     }
-
-
-async def json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise UsageError("request body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise UsageError("request body must be a JSON object")
-    return body
 
 
 def _string(body: dict[str, Any], key: str) -> str:

@@ -28,7 +28,6 @@ import fcntl
 import json
 import os
 import time
-import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +48,7 @@ from cryptorun_daemon.failover.roles import (
 )
 from cryptorun_daemon.failover.store import StateStore
 from cryptorun_daemon.runtime.clock import Clock, SystemClock
+from cryptorun_daemon.storage.atomic import atomic_write_bytes
 
 T = TypeVar("T")
 log = structlog.get_logger("cryptorun.failover.store_file")
@@ -312,19 +312,9 @@ class FileStateStore(StateStore):
     def _write_json(self, path: Path, doc: dict[str, Any]) -> None:
         """Replace ``path`` atomically and durably (temp file, fsync, rename, fsync folder)."""
         payload = (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode("utf-8")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, payload)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_directory(path.parent)
+            atomic_write_bytes(path, payload)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise StateStoreError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
     @contextlib.contextmanager
@@ -363,12 +353,3 @@ class FileStateStore(StateStore):
         finally:
             # Closing the descriptor releases the flock.
             os.close(fd)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -34,6 +34,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from cryptorun_daemon.admin.bodies import json_object
 from cryptorun_daemon.config import Rule, Tier
 from cryptorun_daemon.errors import (
     FencedError,
@@ -327,7 +328,7 @@ class WarmColdComponent:
         ``pull`` or ``reconcile``) and answers their reports, each with its
         ``kind``; 400 when no link matches (e.g. this region is the primary).
         """
-        body = await _json_body(request, allow_empty=True)
+        body = await json_object(request, allow_empty=True)
         tier, src, kind = body.get("tier"), body.get("from"), body.get("kind")
         chosen = [
             (key, scheduler) for key, scheduler in sorted(self.schedulers.items())
@@ -352,7 +353,7 @@ class WarmColdComponent:
         ``cryptorun_fenced_total{operation="seal"}``. 400 for a path outside
         the layout or a directory that cannot be sealed.
         """
-        body = await _json_body(request)
+        body = await json_object(request)
         tier = parse_tier(str(body.get("tier", "")))
         if tier not in WARM_COLD_TIERS:
             raise UsageError("sealing through the API covers the warm and cold tiers")
@@ -374,7 +375,7 @@ class WarmColdComponent:
 
     async def handle_simulate(self, request: web.Request) -> web.Response:
         """``POST /v1/replication/simulate``: the plan a pass would run; transfers nothing."""
-        body = await _json_body(request)
+        body = await json_object(request)
         tier = parse_tier(str(body.get("tier", "")))
         if tier not in WARM_COLD_TIERS:
             raise UsageError("simulate covers the warm and cold tiers (hot replicates as a stream)")
@@ -442,15 +443,3 @@ class WarmColdComponent:
                        purpose: Purpose = "source") -> tuple[Manifest, ...]:
         listing = await self._peer(region).list_partitions(tier, window, purpose=purpose)
         return listing.manifests
-
-
-async def _json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    if allow_empty and not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise UsageError("request body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise UsageError("request body must be a JSON object")
-    return body

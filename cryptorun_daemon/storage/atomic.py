@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from pathlib import Path
 
 
@@ -41,18 +42,23 @@ def fsync_file(path: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably.
 
-    Resource handling: the temporary file is hidden (``.{name}.tmp-{pid}``) in
-    the same directory so the rename never crosses filesystems; it is removed
-    when the write fails, and a crash leaves only a hidden temp file that
-    catalog scans skip.
+    Resource handling: the temporary file is hidden
+    (``.{name}.{pid}.{random}.tmp``, created exclusively, so concurrent writers
+    in one process or several never share one) in the same directory so the
+    rename never crosses filesystems; it is removed when the write fails, and a
+    crash leaves only a hidden temp file that catalog scans skip.
     """
     directory = path.parent
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    tmp = directory / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
