@@ -55,12 +55,6 @@ class AdminClientError(CryptorunError):
         super().__init__(message)
 
 
-class NotAvailableError(CryptorunError):
-    """A feature is declared in the contract but not wired into this build."""
-
-    code = "not_available"
-
-
 class StorageError(CryptorunError):
     """A partition, manifest or journal on disk is unusable."""
 

@@ -11,17 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from cryptorun_daemon.admin.auth import bearer_middleware
 from cryptorun_daemon.admin.errors import Handler, error_middleware, json_error
 from cryptorun_daemon.config import TIERS
-from cryptorun_daemon.errors import NotAvailableError
 from cryptorun_daemon.metrics import Metrics
-
-# Contract endpoints a subsystem provides; until it is wired they answer 501 (after
-# auth) instead of 404, so clients learn "not in this build" rather than "wrong URL".
-CONTRACT_ROUTES: tuple[tuple[str, str], ...] = (
-    ("POST", "/v1/replication/simulate"),
-    ("POST", "/v1/failover"),
-    ("GET", "/v1/partitions"),
-    ("GET", "/v1/hot/stream"),
-)
 
 
 class DaemonView(Protocol):
@@ -89,19 +79,9 @@ def build_app(
             return json_error(400, "bad_request", f"region {region!r} is unknown (known: {known})")
         return web.json_response(daemon.status(tier=tier, region=region))
 
-    async def not_available(request: web.Request) -> web.Response:
-        raise NotAvailableError(
-            f"{request.method} {request.path} is part of the contract but not available "
-            "in this build yet"
-        )
-
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/status", status)
     app.add_routes(extra_routes)
-    provided = {(r.method, r.path) for r in extra_routes if isinstance(r, web.RouteDef)}
-    for method, path in CONTRACT_ROUTES:
-        if (method, path) not in provided:
-            app.router.add_route(method, path, not_available)
     return app

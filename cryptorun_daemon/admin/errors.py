@@ -11,7 +11,6 @@ from cryptorun_daemon.errors import (
     ConflictError,
     CryptorunError,
     FencedError,
-    NotAvailableError,
     PathRejectedError,
     StateStoreError,
     UsageError,
@@ -25,7 +24,6 @@ _STATUS_BY_ERROR: tuple[tuple[type[CryptorunError], int], ...] = (
     (PathRejectedError, 400),
     (FencedError, 409),
     (ConflictError, 409),
-    (NotAvailableError, 501),
     # The coordination store is unreachable or unreadable: retry later, like not-ready.
     (StateStoreError, 503),
 )

@@ -26,7 +26,6 @@ from cryptorun_daemon.errors import (
     AdminClientError,
     ConfigError,
     CryptorunError,
-    NotAvailableError,
     UsageError,
 )
 
@@ -120,7 +119,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except UsageError as exc:
         sys.stderr.write(f"cryptorun: error: {exc}\n")
         return EXIT_USAGE
-    except (AdminClientError, NotAvailableError, CryptorunError) as exc:
+    except (AdminClientError, CryptorunError) as exc:
         sys.stderr.write(f"cryptorun: {exc}\n")
         return EXIT_FAILED
     except KeyboardInterrupt:
