@@ -3,7 +3,10 @@
 Measures, in one run:
 
 1. sustained mirror throughput per link: A ingests a backlog with B down,
-   then B connects and drains it; records/s = applied records / drain time;
+   then B connects and drains it; records/s = applied records / drain time.
+   Measured twice: with a buffer that holds the whole backlog (served from
+   memory) and with a 10,000-record buffer (served from journal segments,
+   then the buffer — the catch-up path after a long outage);
 2. latency at a steady 10,000 records/s: p99 of ingest-at-A → applied-at-B
    (per batch, the oldest record of the batch, so an upper bound per record);
 3. origin memory: A's RSS and replay-buffer bytes against the configured limit;
@@ -125,17 +128,20 @@ async def wait_ready(session: aiohttp.ClientSession, port: int) -> None:
     raise RuntimeError(f"daemon on {port} not ready")
 
 
-async def throughput(tmp: Path, backlog_seconds: float, rate: float) -> dict[str, Any]:
+async def throughput(tmp: Path, backlog_seconds: float, rate: float,
+                     buffer_records: int = 2_000_000) -> dict[str, Any]:
     pa, pb = free_port(), free_port()
-    hot = {"buffer_records": 2_000_000, "buffer_bytes": 1 << 30, "heartbeat_interval": "1s"}
-    a = Proc(write_config(tmp / "tp-a", "eu", pa, "us", pb, hot, rate))
+    hot = {"buffer_records": buffer_records, "buffer_bytes": 1 << 30,
+           "heartbeat_interval": "1s"}
+    tag = f"tp{buffer_records}"
+    a = Proc(write_config(tmp / f"{tag}-a", "eu", pa, "us", pb, hot, rate))
     b: Proc | None = None
     try:
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, pa)
             await asyncio.sleep(backlog_seconds)
             head_start = (await status(session, pa))["origins"]["eu"]["head_seq"]
-            b = Proc(write_config(tmp / "tp-b", "us", pb, "eu", pa, hot, None))
+            b = Proc(write_config(tmp / f"{tag}-b", "us", pb, "eu", pa, hot, None))
             await wait_ready(session, pb)
             t0, first = time.monotonic(), None
             applied = 0
@@ -152,7 +158,8 @@ async def throughput(tmp: Path, backlog_seconds: float, rate: float) -> dict[str
             return {"backlog_records": head_start, "drained": applied - (first or 0),
                     "seconds": round(elapsed, 3),
                     "records_per_s": round((applied - (first or 0)) / elapsed),
-                    "origin_feed": a_status["feeds"]["syn"]}
+                    "origin_feed": a_status["feeds"]["syn"],
+                    "from_journal": a_status["journal"].get("served_records", 0)}
     finally:
         for proc in (b, a):
             if proc is not None:
@@ -242,6 +249,10 @@ async def amain(args: argparse.Namespace) -> None:
         print(f"sustained mirror: {tp['records_per_s']:,} records/s "
               f"({tp['drained']:,} records drained in {tp['seconds']} s; "
               f"backlog {tp['backlog_records']:,}; origin feed {tp['origin_feed']})")
+        tj = await throughput(tmp, args.backlog_seconds, args.rate, buffer_records=10_000)
+        print(f"sustained mirror from the journal (10,000-record buffer): "
+              f"{tj['records_per_s']:,} records/s ({tj['drained']:,} records drained in "
+              f"{tj['seconds']} s; {tj['from_journal']:,} served from journal segments)")
         lat = await latency(tmp, args.latency_seconds)
         print(f"latency at {lat['rate']:,} records/s: p50 {lat['p50_ms']} ms, "
               f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms over {lat['batches']} batches "

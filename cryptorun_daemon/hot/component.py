@@ -44,6 +44,10 @@ from cryptorun_daemon.runtime.component import DaemonContext
 
 log = structlog.get_logger("cryptorun.hot")
 GAUGE_INTERVAL = 0.5
+# A feed catching up yields records back to back without awaiting anything; without an
+# explicit yield every few hundred records, such a burst (up to a second of records)
+# would hold the event loop and stall mirror streams, journal reads and status.
+INGEST_YIELD_EVERY = 256
 
 
 def build_feed(config: FeedConfig, metrics: Metrics) -> Feed:
@@ -169,6 +173,7 @@ class HotComponent:
         Resource handling: the feed's iterator is closed when this worker ends.
         """
         records = feed.records()
+        since_yield = 0
         try:
             async for record in records:
                 if self.log.closed:
@@ -177,6 +182,10 @@ class HotComponent:
                     self.log.append_local(record)
                 except ValueError:
                     self.ingest_errors += 1
+                since_yield += 1
+                if since_yield >= INGEST_YIELD_EVERY:
+                    since_yield = 0
+                    await asyncio.sleep(0)
         finally:
             with contextlib.suppress(Exception):
                 await records.aclose()  # type: ignore[attr-defined]
@@ -205,7 +214,8 @@ class HotComponent:
             return {}
         origins: dict[str, Any] = {
             self.region: {"local": True, "replid": self.log.replid, "head_seq": self.log.seq,
-                          "applied_seq": self.log.seq, "connected": True, "last_gap": None},
+                          "applied_seq": self.log.seq, "connected": True, "last_gap": None,
+                          "available_from": self.server.backlog.available_from()},
         }
         for peer, client in self.clients.items():
             origins[peer] = {"local": False, **client.status()}
@@ -221,7 +231,11 @@ class HotComponent:
                         "segments": len(self.log.journal.segments()),
                         "written_records": self.log.journal.written_records,
                         "synced_records": self.log.journal.synced_records,
-                        "recovered_clean": self.log.recovered_clean},
+                        "recovered_clean": self.log.recovered_clean,
+                        "recovered_torn_bytes": self.log.recovered_torn_bytes,
+                        "first_local_seq": self.log.journal.local_index.first_seq,
+                        "served_records": self.server.backlog.journal_records_served,
+                        "read_errors": self.server.backlog.journal_read_errors},
             "subscribers": self.server.status(),
             "authority": self.authority.status(),
             "sealer": self.sealer.status(),

@@ -8,7 +8,9 @@ once; a syncer flushes and ``fsync``s every ``fsync_interval`` seconds or after
 most that unsynced window (docs/HOT_TIER.md).
 
 Segments are rolled at ``segment_bytes`` and deleted only by the sealer, after
-every record in them is inside a sealed warm partition.
+every record in them is inside a sealed warm partition. Until then the mirror
+server can read the local origin's records back from them
+(``journal_reader``), through the sparse index this journal keeps.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import IO, Any
 import structlog
 
 from cryptorun_daemon.errors import ProtocolError, StorageError
+from cryptorun_daemon.hot.journal_reader import LocalIndex, ReadPosition, complete_lines
 from cryptorun_daemon.hot.record import HotRecord, decode_line, encode_control, record_from_line
 
 log = structlog.get_logger("cryptorun.hot.journal")
@@ -100,6 +103,11 @@ class Journal:
         self.on_roll: Callable[[], list[dict[str, Any]]] | None = None
         self.synced_records = 0
         self.written_records = 0
+        # Where the local origin's records are, so the mirror server can serve
+        # subscribers that fell behind the replay buffer from disk.
+        self.local_origin: str | None = None
+        self.local_index = LocalIndex()
+        self._local_replid: str | None = None
 
     # ---------------------------------------------------------------- recovery
     def recover(self, *, local_origin: str, tail_records: int, tail_bytes: int) -> Recovery:
@@ -114,6 +122,10 @@ class Journal:
         file and offset, because silently skipping it would lose data.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.local_origin = local_origin
+        self.local_index.reset(0)
+        self._local_replid = None
+        local_index = self.local_index
         result = Recovery()
         tail: deque[HotRecord] = deque()
         tail_size = 0
@@ -121,30 +133,20 @@ class Journal:
         indexes = self._indexes()
         for position, index in enumerate(indexes):
             path = self._path(index)
-            data = path.read_bytes()
-            self._sizes[index] = len(data)
-            offset = 0
             newest = position == len(indexes) - 1
-            while offset < len(data):
-                end = data.find(b"\n", offset)
-                line = data[offset:end] if end >= 0 else data[offset:]
+            # Streamed in chunks: recovery never holds a whole segment in memory.
+            file_size = path.stat().st_size
+            offset = 0
+            torn: str | None = None
+            lines = complete_lines(path)
+            for line_start, line in lines:
                 try:
-                    if end < 0:
-                        raise ProtocolError("line has no newline (torn write)")
                     body = decode_line(line)
                 except ProtocolError as exc:
-                    if not newest:
-                        raise StorageError(
-                            f"{path}: corrupt journal line at byte {offset}: {exc}"
-                        ) from None
-                    result.torn_bytes = len(data) - offset
-                    log.warning("truncating torn journal tail", path=str(path),
-                                offset=offset, bytes=result.torn_bytes)
-                    with path.open("r+b") as handle:
-                        handle.truncate(offset)
-                    self._sizes[index] = offset
+                    offset, torn = line_start, str(exc)
+                    lines.close()
                     break
-                offset = end + 1
+                offset = line_start + len(line) + 1
                 result.empty = False
                 ctl = body.get("ctl")
                 last_was_close = ctl == "close"
@@ -159,6 +161,8 @@ class Journal:
                     if origin == local_origin:
                         tail.clear()
                         tail_size = 0
+                        local_index.reset(int(body.get("s", 0)))
+                        self._local_replid = replid
                 elif ctl == "gap":
                     result.gaps.append({k: v for k, v in body.items() if k != "ctl"})
                     del result.gaps[: -self._gaps_kept]
@@ -169,12 +173,25 @@ class Journal:
                         state = result.origins[record.origin] = OriginState("")
                     state.last_seq = max(state.last_seq, record.seq)
                     if record.origin == local_origin:
+                        local_index.note(record.seq, index, line_start)
                         tail.append(record)
                         tail_size += record.size
                         while len(tail) > 1 and (
                             len(tail) > tail_records or tail_size > tail_bytes
                         ):
                             tail_size -= tail.popleft().size
+            if torn is None and offset < file_size:
+                torn = "line has no newline (torn write)"
+            self._sizes[index] = file_size
+            if torn is not None:
+                if not newest:
+                    raise StorageError(f"{path}: corrupt journal line at byte {offset}: {torn}")
+                result.torn_bytes = file_size - offset
+                log.warning("truncating torn journal tail", path=str(path),
+                            offset=offset, bytes=result.torn_bytes)
+                with path.open("r+b") as handle:
+                    handle.truncate(offset)
+                self._sizes[index] = offset
         result.clean = last_was_close
         result.tail = list(tail)
         self._index = indexes[-1] if indexes else 1
@@ -204,11 +221,25 @@ class Journal:
         self._write(b"\n".join(lines) + b"\n", len(lines))
 
     def write_line(self, line: bytes) -> None:
-        """Append one record line (the local ingest fast path)."""
+        """Append one record line of another origin (or one nothing needs to find again)."""
+        self._write(line + b"\n", 1)
+
+    def write_local(self, line: bytes, seq: int) -> None:
+        """Append one local record line (the ingest fast path) and index where it starts."""
+        self.local_index.note(seq, self._index, self._size)
         self._write(line + b"\n", 1)
 
     def write_control(self, body: dict[str, Any]) -> None:
-        """Append a control line (``ctl`` = replid, gap or close)."""
+        """Append a control line (``ctl`` = replid, gap or close).
+
+        A local replid line with a new replid resets the local index: records
+        under the old replid must never be served under the new one.
+        """
+        if body.get("ctl") == "replid" and body.get("o") == self.local_origin and (
+            body.get("r") != self._local_replid
+        ):
+            self._local_replid = str(body.get("r"))
+            self.local_index.reset(int(body.get("s", 0)))
         self._write(encode_control(body) + b"\n", 0)
 
     def _write(self, data: bytes, records: int) -> None:
@@ -313,6 +344,26 @@ class Journal:
         with contextlib.suppress(FileNotFoundError):
             self._path(index).unlink()
         self._sizes.pop(index, None)
+        self.local_index.drop_segment(index)
+
+    # --------------------------------------------------------- local reads
+    def local_read_plan(
+        self, seq: int, position: ReadPosition | None
+    ) -> tuple[ReadPosition | None, list[tuple[int, Path]]]:
+        """Where a range read for local ``seq`` starts, and the segments it may walk.
+
+        ``position`` (from the previous read of the same subscriber) is reused
+        when it continues at ``seq``, so a catching-up subscriber never rescans.
+        Flushes first, so every record appended so far is readable from another
+        thread. Call on the event loop (the index is not thread-safe).
+        """
+        self.flush()
+        if position is None or position.seq != seq:
+            position = self.local_index.locate(seq)
+        if position is None:
+            return None, []
+        start = position.segment
+        return position, [(i, self._path(i)) for i in sorted(self._sizes) if i >= start]
 
 
 def iter_lines(
@@ -320,18 +371,16 @@ def iter_lines(
 ) -> Iterator[tuple[int, bytes]]:
     """Complete lines of a segment as ``(end_offset, line)`` between two byte offsets.
 
-    A trailing partial line (being written) is not yielded.
+    A trailing partial line (being written) is not yielded. Streams in chunks
+    (:func:`complete_lines`), so a large segment is never read whole.
     """
-    with path.open("rb") as handle:
-        handle.seek(start)
-        data = handle.read() if stop is None else handle.read(max(0, stop - start))
-    offset = 0
-    while True:
-        end = data.find(b"\n", offset)
-        if end < 0:
-            return
-        yield start + end + 1, data[offset:end]
-        offset = end + 1
+    lines = complete_lines(path, start)
+    with contextlib.closing(lines):
+        for line_start, line in lines:
+            end = line_start + len(line) + 1
+            if stop is not None and end > stop:
+                return
+            yield end, line
 
 
 def _fsync_all(fds: list[int]) -> None:

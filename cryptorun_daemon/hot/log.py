@@ -66,6 +66,8 @@ class HotLog:
         self._waiters: set[asyncio.Event] = set()
         self._local_records = metrics.hot_records_total.labels(region=region, origin=region)
         self.recovered_clean = False
+        self.recovered_torn_bytes = 0
+        self.opened = False
         self.closed = False
 
     # ------------------------------------------------------------------ life
@@ -84,6 +86,7 @@ class HotLog:
             tail_bytes=self.buffer.max_bytes,
         )
         self.recovered_clean = recovery.clean
+        self.recovered_torn_bytes = recovery.torn_bytes
         local = recovery.origins.pop(self.region, None)
         if local is not None and local.replid and recovery.clean:
             self.replid, self.seq = local.replid, local.last_seq
@@ -104,6 +107,7 @@ class HotLog:
             if position is not None:
                 position.gaps.append(entry)
         self.journal.on_roll = self._checkpoint
+        self.opened = True
         log.info("hot log open", region=self.region, replid=self.replid, seq=self.seq,
                  buffered=len(self.buffer), clean=recovery.clean)
 
@@ -136,7 +140,7 @@ class HotLog:
             fields = {**fields, "ingest_ts": ingest_ns}
         hot = encode_record(self.region, self.seq + 1, ingest_ns, record.dataset, fields)
         self.seq += 1
-        self.journal.write_line(hot.line)
+        self.journal.write_local(hot.line, hot.seq)
         self.buffer.append(hot)
         self._local_records.inc()
         for observe in self.observers:

@@ -1,10 +1,13 @@
 """Serves this region's own hot stream to peers over ``GET /v1/hot/stream``.
 
-Each subscriber is a cursor into the replay buffer, never a queue: a
-subscriber that falls behind the buffer receives an explicit ``gap`` frame and
-continues from the oldest buffered record, so slow consumers cannot grow the
-origin's memory. Only the local origin is served; asking for any other origin
-closes with 4404, which is what makes active-active mirroring loop-free.
+Each subscriber is a cursor into the backlog (``backlog``): the replay buffer
+while the cursor is inside it, the journal segments when it fell behind the
+buffer. It is never a queue: one batch is in flight per subscriber, so slow
+consumers cannot grow the origin's memory. Only a range gone from both buffer
+and journal (segments deleted after sealing) gives an explicit ``gap`` frame,
+after which streaming continues from the oldest record still held. Only the
+local origin is served; asking for any other origin closes with 4404, which is
+what makes active-active mirroring loop-free.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from aiohttp import web
 
 from cryptorun_daemon.errors import ProtocolError
 from cryptorun_daemon.hot import protocol
+from cryptorun_daemon.hot.backlog import Backlog, Cursor
 from cryptorun_daemon.hot.log import HotLog
 from cryptorun_daemon.metrics import Metrics
 
@@ -35,6 +39,8 @@ class Subscriber:
     remote: str
     from_seq: int = 0
     cursor: int = 0
+    source: str = "buffer"
+    journal_records: int = 0
     echo: int | None = None
     resubscribe: int | None = None
     gaps_sent: int = 0
@@ -66,6 +72,7 @@ class MirrorServer:
         self.batch_records = batch_records
         # Leave room for the header so a full batch never trips the peer's frame limit.
         self.batch_bytes = max(1024, min(1 << 20, max_frame_bytes // 2))
+        self.backlog = Backlog(hot_log)
         self._sockets: dict[web.WebSocketResponse, Subscriber] = {}
         self._closing = False
 
@@ -81,6 +88,10 @@ class MirrorServer:
         """
         if self._closing:
             raise web.HTTPServiceUnavailable(text="daemon is shutting down")
+        if not self.log.opened:
+            # The admin server starts before the hot log has recovered its replid and seq;
+            # a hello sent now would announce an empty replid. The client retries.
+            raise web.HTTPServiceUnavailable(text="hot log is still recovering")
         ws = web.WebSocketResponse(max_msg_size=self.max_frame_bytes, compress=False,
                                    autoping=True)
         await ws.prepare(request)
@@ -197,35 +208,38 @@ class MirrorServer:
         Error handling: a send on a closed socket ends the writer; the reader
         then sees the close. Resource handling: owned and cancelled by ``_stream``.
         """
-        hot, buffer = self.log, self.log.buffer
-        available = buffer.first_seq or hot.seq + 1
-        await ws.send_str(protocol.hello(hot.region, hot.replid, hot.seq, available))
-        cursor = await self._position(ws, sub, request.replid, request.from_seq)
+        hot, backlog = self.log, self.backlog
+        await ws.send_str(protocol.hello(hot.region, hot.replid, hot.seq,
+                                         backlog.available_from()))
+        cursor = Cursor(await self._position(ws, sub, request.replid, request.from_seq))
         last_beat = time.monotonic()
         while not ws.closed:
             wake.clear()
             if sub.resubscribe is not None:
-                cursor, sub.resubscribe = (
-                    await self._position(ws, sub, hot.replid, sub.resubscribe), None
-                )
-            batch = buffer.read_from(cursor, max_records=self.batch_records,
-                                     max_bytes=self.batch_bytes)
-            first = buffer.first_seq
-            if batch:
-                await ws.send_bytes(protocol.encode_records(hot.replid, batch, hot.seq))
-                cursor = batch[-1].seq + 1
-                sub.cursor = cursor
-            elif first is not None and cursor < first:
-                # The subscriber fell behind the buffer: explicit gap, never a queue.
+                cursor = Cursor(await self._position(ws, sub, hot.replid, sub.resubscribe))
+                sub.resubscribe = None
+            batch = await backlog.read(cursor, max_records=self.batch_records,
+                                       max_bytes=self.batch_bytes)
+            if batch.gap_to is not None:
+                # The range is gone from buffer and journal: explicit gap, never a queue.
                 sub.gaps_sent += 1
-                await ws.send_str(protocol.gap(cursor, first, hot.replid, "evicted"))
-                cursor = first
+                await ws.send_str(protocol.gap(cursor.seq, batch.gap_to, hot.replid, "evicted"))
+                cursor.seq = batch.gap_to
+            records = batch.records
+            if records:
+                await ws.send_bytes(protocol.encode_records(hot.replid, records, hot.seq))
+                cursor.seq = records[-1].seq + 1
+            sub.cursor, sub.source = cursor.seq, cursor.source
+            sub.journal_records = cursor.journal_records
             now = time.monotonic()
             if sub.echo is not None or now - last_beat >= self.heartbeat_interval:
                 echo, sub.echo = sub.echo, None
                 await ws.send_str(protocol.heartbeat(time.time_ns(), hot.seq, echo))
                 last_beat = now
-            if batch:
+            if records or batch.gap_to is not None:
+                # More may be ready at once; a send that did not block never yielded, so
+                # yield here or a catch-up drain would starve ingest and other streams.
+                await asyncio.sleep(0)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.heartbeat_interval)
@@ -235,11 +249,12 @@ class MirrorServer:
     ) -> int:
         """Where to start streaming for a (replid, from_seq) request; sends a gap if needed.
 
-        Partial resync when the replid matches and ``from_seq`` is buffered or
-        is the next seq; otherwise an explicit gap naming ``available_from``.
+        Partial resync when the replid matches and ``from_seq`` is still in the
+        buffer or the journal, or is the next seq; otherwise an explicit gap
+        naming ``available_from``.
         """
-        hot, buffer = self.log, self.log.buffer
-        available = buffer.first_seq or hot.seq + 1
+        hot = self.log
+        available = self.backlog.available_from()
         if replid == hot.replid and available <= from_seq <= hot.seq + 1:
             return from_seq
         if replid != hot.replid:
@@ -253,6 +268,7 @@ class MirrorServer:
     def status(self) -> list[dict[str, Any]]:
         return [
             {"remote": s.remote, "from_seq": s.from_seq, "cursor": s.cursor,
+             "source": s.source, "journal_records": s.journal_records,
              "gaps_sent": s.gaps_sent}
             for s in self._sockets.values()
         ]

@@ -65,6 +65,15 @@ def encode_record(
     )
 
 
+def origin_prefix(origin: str) -> bytes:
+    """The bytes every record line of ``origin`` starts with (``{"o":<origin>,"s":``).
+
+    :func:`encode_record` writes keys in a fixed order, so a journal reader can
+    pick one origin's records out of a mixed segment without decoding the others.
+    """
+    return b'{"o":' + _ENCODER.encode(origin).encode("ascii") + b',"s":'
+
+
 def encode_control(body: dict[str, Any]) -> bytes:
     """A journal control line (replid change, recorded gap, clean close)."""
     return _ENCODER.encode(body).encode("ascii")

@@ -19,11 +19,16 @@ from typing import Any
 import aiohttp
 import pyarrow.parquet as pq
 import pytest
+from aiohttp import web
 
 import cryptorun_daemon.components as components_module
 from cryptorun_daemon.daemon import Daemon
+from cryptorun_daemon.hot.buffer import ReplayBuffer
 from cryptorun_daemon.hot.component import HotComponent
-from cryptorun_daemon.hot.journal import iter_lines
+from cryptorun_daemon.hot.journal import Journal, iter_lines
+from cryptorun_daemon.hot.log import HotLog
+from cryptorun_daemon.hot.mirror_server import MirrorServer
+from cryptorun_daemon.metrics import Metrics
 from tests.harness.daemons import RegionSpec, auth_headers, free_port, run_daemon, two_regions
 
 pytestmark = pytest.mark.slow
@@ -227,15 +232,54 @@ async def test_killed_connection_resumes_without_loss_or_duplicates(tmp_path: Pa
                        origin=a.region) == 0
 
 
-async def test_outage_longer_than_buffer_is_an_explicit_counted_gap(tmp_path: Path) -> None:
-    """When B is away longer than A's buffer holds, B records a gap (status + metric)."""
+def gaps_counted(daemon: Daemon, origin: str) -> float:
+    return counter(daemon, "cryptorun_hot_seq_gaps_total", region=hot(daemon).region,
+                   origin=origin)
+
+
+async def test_outage_longer_than_buffer_resumes_from_the_journal_without_a_gap(
+    tmp_path: Path,
+) -> None:
+    """B away while A ingests far more than its 100-record buffer holds (but A's journal keeps
+    it all, across several segments): B resumes from A's journal and then its buffer, with
+    every record exactly once, in order, byte-identical, and no gap recorded."""
     async with pair(tmp_path, a_feeds=[synthetic(1000)], proxy=True,
-                    hot_a={"buffer_records": 300}) as (da, db, a, _b, relay):
+                    hot_a={"buffer_records": 100, "segment_bytes": 65536}) as (
+            da, db, a, _b, relay):
         assert relay is not None
         await wait_for(lambda: applied(db, a.region) >= 100, what="first records")
         relay.down()
         before = applied(db, a.region)
-        await wait_for(lambda: hot(da).log.seq > before + 1000, what="A ingests past buffer")
+        await wait_for(lambda: hot(da).log.seq > before + 1500, what="A ingests past buffer")
+        buffer_first = hot(da).log.buffer.first_seq
+        assert buffer_first is not None
+        assert buffer_first > before + 1  # B's position really fell out of the buffer
+        assert len(hot(da).log.journal.segments()) > 2
+        relay.up = True
+        head = hot(da).log.seq
+        await wait_for(lambda: applied(db, a.region) >= head, what="B catches up")
+        assert assert_exact_prefix(da, db, a.region) >= head
+        assert hot(db).clients[a.region].follower.status()["last_gap"] is None
+        assert gaps_counted(db, a.region) == 0
+        assert hot(da).server.backlog.journal_records_served >= buffer_first - before - 1
+
+
+async def test_outage_longer_than_buffer_and_journal_is_an_explicit_counted_gap(
+    tmp_path: Path,
+) -> None:
+    """When B is away until A has sealed and deleted the journal segments holding B's position
+    (tiny segments, 1 s partitions), the range is gone from buffer and journal: B records an
+    explicit evicted gap (status + metric) whose records are in neither, then continues."""
+    sealing = {"buffer_records": 300, "segment_bytes": 4096, "partition_length": "1s",
+               "seal_grace": "300ms"}
+    async with pair(tmp_path, a_feeds=[synthetic(1000)], proxy=True, hot_a=sealing) as (
+            da, db, a, _b, relay):
+        assert relay is not None
+        await wait_for(lambda: applied(db, a.region) >= 100, what="first records")
+        relay.down()
+        before = applied(db, a.region)
+        await wait_for(lambda: hot(da).server.backlog.available_from() > before + 1,
+                       what="A seals and deletes the segments past B's position")
         relay.up = True
         await wait_for(lambda: applied(db, a.region) > before + 1000, what="B resumes")
         status = hot(db).status(tier="hot", region=a.region)["tiers"]["hot"]["stream"]
@@ -243,8 +287,9 @@ async def test_outage_longer_than_buffer_is_an_explicit_counted_gap(tmp_path: Pa
         assert gap is not None
         assert gap["reason"] == "evicted"
         assert gap["missing_from"] > before  # records in flight at the cut may still land
-        assert counter(db, "cryptorun_hot_seq_gaps_total", region="us-east",
-                       origin=a.region) >= 1
+        assert gaps_counted(db, a.region) >= 1
+        a_seqs = [s for s, _ in journal_lines(da, a.region)]
+        assert min(a_seqs) > gap["missing_to"]  # the missing range is not in A's journal
         seqs = [s for s, _ in journal_lines(db, a.region)]
         held = gap["missing_from"] - 1
         assert len(seqs) == len(set(seqs))
@@ -282,9 +327,12 @@ async def test_origin_restart_keeps_replid_and_a_wiped_journal_is_a_gap(tmp_path
                            origin=a.region) == gaps_before + 1
 
 
-async def test_slow_consumer_gets_a_gap_and_origin_memory_stays_bounded(tmp_path: Path) -> None:
+async def test_slow_consumer_cannot_grow_origin_memory_and_catches_up_from_journal(
+    tmp_path: Path,
+) -> None:
     """A subscriber that stops reading never makes A queue records: A's buffer stays within its
-    limits while the subscriber is stalled, and once it reads again B records an explicit gap."""
+    limits while the subscriber is stalled; once it reads again it is served from A's journal
+    (one batch in flight, not a queue) and ends up with every record exactly once, no gap."""
     limits = {"buffer_records": 500, "buffer_bytes": 65536}
     feed = {**synthetic(3000), "book_depth": 100}
     async with pair(tmp_path, a_feeds=[feed], hot_a=limits, proxy=True) as (da, db, a, _b, relay):
@@ -299,10 +347,13 @@ async def test_slow_consumer_gets_a_gap_and_origin_memory_stays_bounded(tmp_path
         stalled_at = applied(db, a.region)
         assert stalled_at < start + 6000  # B really was stalled
         relay.resume()
-        await wait_for(
-            lambda: (hot(db).clients[a.region].follower.status()["last_gap"] or {}).get("reason")
-            == "evicted", what="evicted gap at B")
-        assert hot(da).server.status()[0]["gaps_sent"] >= 1
+        target = hot(da).log.seq
+        await wait_for(lambda: applied(db, a.region) >= target, what="B catches up")
+        assert assert_exact_prefix(da, db, a.region) >= target
+        assert gaps_counted(db, a.region) == 0
+        assert hot(da).server.backlog.journal_records_served > 0
+        assert len(buffer) <= 500
+        assert buffer.bytes <= 65536
 
 
 async def test_active_active_records_never_ping_pong(tmp_path: Path) -> None:
@@ -378,6 +429,38 @@ async def test_bad_frames_close_with_clear_codes_and_server_keeps_serving(tmp_pa
         mark = applied(db, a.region)
         await wait_for(lambda: applied(db, a.region) > mark + 100, what="mirror still flowing")
         assert hot(db).clients[a.region].connections == 1
+
+
+async def test_stream_is_refused_until_the_hot_log_has_recovered(tmp_path: Path) -> None:
+    """The admin server is up before the hot log has recovered its replid and seq: until then
+    /v1/hot/stream answers 503 (the client backs off and retries) instead of announcing an
+    empty replid; once the log is open the same request gets a hello with the real replid."""
+    hot_log = HotLog("eu", Journal(tmp_path, segment_bytes=1 << 20, fsync_interval=1,
+                                   fsync_records=100), ReplayBuffer(10, 1 << 20), Metrics())
+    server = MirrorServer(hot_log, hot_log.metrics, heartbeat_interval=0.2,
+                          max_frame_bytes=65536)
+    app = web.Application()
+    app.router.add_get("/v1/hot/stream", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}/v1/hot/stream"
+    try:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(url)
+            assert refused.value.status == 503
+            hot_log.open()
+            async with session.ws_connect(url) as ws:
+                await ws.send_str(json.dumps({"origin": "eu", "replid": None, "from_seq": 1}))
+                hello = json.loads((await ws.receive(timeout=10)).data)
+                assert (hello["type"], hello["replid"]) == ("hello", hot_log.replid)
+                assert len(hot_log.replid) == 40
+    finally:
+        await server.close_all()
+        await runner.cleanup()
+        hot_log.close()
 
 
 def _replay_file(path: Path, start_ns: int, *, late_ids: list[int]) -> None:
