@@ -106,6 +106,18 @@ class OriginFollower:
             })
         self.log.adopt_replid(self.peer, replid, available_from - 1)
 
+    def on_disconnected(self) -> None:
+        """Report lag while the peer cannot be heard.
+
+        Connected, heartbeats prove an idle origin has nothing newer, so lag is
+        0; disconnected, nothing proves that, so lag is the definition taken
+        literally — now minus the origin ingest time of the newest applied
+        record — and it keeps growing until the stream is back.
+        """
+        position = self.log.position(self.peer)
+        if position is not None and position.applied_ingest_ns:
+            self._lag.set(max(0.0, (self.now_ns() - position.applied_ingest_ns) / 1e9))
+
     def _on_heartbeat(self, origin_ns: int, head_seq: int, echo: int | None) -> None:
         now = self.now_ns()
         self.head_seq = max(self.head_seq, head_seq)

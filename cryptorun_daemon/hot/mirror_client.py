@@ -24,6 +24,8 @@ from cryptorun_daemon.hot.follower import OriginFollower
 from cryptorun_daemon.metrics import Metrics
 
 log = structlog.get_logger("cryptorun.hot.mirror_client")
+# Intervals of silence (no pong, heartbeat or records) after which a peer is presumed gone.
+SILENCE_INTERVALS = 5
 STABLE_AFTER = 10.0  # a connection that lived this long resets the backoff
 
 
@@ -91,6 +93,7 @@ class MirrorClient:
                 self._ws = None
             if self._stopping():
                 return
+            self.follower.on_disconnected()
             failures = 0 if time.monotonic() - started > STABLE_AFTER else failures + 1
             delay = min(self.backoff_max, self.backoff_base * 2 ** max(0, failures - 1))
             delay *= random.uniform(0.5, 1.0)
@@ -112,7 +115,12 @@ class MirrorClient:
             autoping=True,
             heartbeat=None,
             compress=0,
-            timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+            # The origin answers our pings and heartbeats every interval even when
+            # idle; silence for several intervals means a dead path (no RST ever
+            # came), so give up on it and reconnect instead of waiting for TCP.
+            timeout=aiohttp.ClientWSTimeout(
+                ws_close=2.0, ws_receive=max(3.0, SILENCE_INTERVALS * self.ping_interval)
+            ),
         ) as ws:
             self._ws = ws
             await ws.send_str(follower.subscribe_request())

@@ -40,6 +40,7 @@ from cryptorun_daemon.errors import (
     FencedError,
     PathRejectedError,
     ReplicationError,
+    StateStoreError,
     StorageError,
     UsageError,
 )
@@ -359,6 +360,10 @@ class WarmColdComponent:
             raise UsageError("sealing through the API covers the warm and cold tiers")
         key = parse_partition_path(tier, str(body.get("partition", "")))
         epoch = self.epoch_provider(tier)
+        if epoch < 1:
+            # Roles not known yet (start-up): a seal stamped with epoch 0 could never
+            # be fenced later, so refuse until the failover state has loaded.
+            raise StateStoreError(f"the {tier} tier's epoch is not known yet; retry shortly")
         try:
             manifest = await asyncio.to_thread(
                 seal_partition, key.directory(self.root), writer_region=self.region, epoch=epoch)

@@ -35,6 +35,7 @@ reason ``fenced``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,7 +49,12 @@ import structlog
 from cryptorun_daemon.config import Tier
 from cryptorun_daemon.data.validate.findings import ValidationError
 from cryptorun_daemon.data.validate.quarantine import quarantine_file
-from cryptorun_daemon.errors import ReplicationError, StorageError
+from cryptorun_daemon.errors import (
+    CryptorunError,
+    ReplicationError,
+    StorageError,
+    ValidationFailedError,
+)
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.rules import Step
 from cryptorun_daemon.storage.atomic import commit_file, move_aside
@@ -211,6 +217,10 @@ class WarmColdExecutor:
             return counter.bytes, ReplicationError(f"{tier}/{path}: {exc}", reason="io")
         except StorageError as exc:
             return counter.bytes, ReplicationError(f"{tier}/{path}: {exc}", reason="io")
+        except CryptorunError as exc:
+            # Any other deliberate error is this partition's failure, never the
+            # whole pass's: the step's other partitions and the lag still publish.
+            return counter.bytes, ReplicationError(f"{tier}/{path}: {exc}", reason="io")
         return counter.bytes, None
 
     # --- partitions ---------------------------------------------------------------
@@ -349,10 +359,18 @@ class WarmColdExecutor:
         rejections: list[str] = []
         for validator in self.validators:
             for entry in manifest.files:
-                verdict = await asyncio.to_thread(
-                    validator, directory / entry.name, manifest.key.dataset, manifest.tier
-                )
-                ok, detail = verdict_passed(verdict)
+                try:
+                    verdict = await asyncio.to_thread(
+                        validator, directory / entry.name, manifest.key.dataset, manifest.tier
+                    )
+                except ValidationFailedError as exc:  # strict mode: first violation
+                    raise ReplicationError(
+                        f"{manifest.partition}/{entry.name}: {exc}", reason="validation"
+                    ) from exc
+                except ValueError as exc:  # e.g. a dataset the validator has no schema for
+                    ok, detail = False, f"validator cannot check this file: {exc}"
+                else:
+                    ok, detail = verdict_passed(verdict)
                 if ok:
                     continue
                 name = getattr(validator, "__name__", type(validator).__name__)
@@ -464,14 +482,22 @@ class WarmColdExecutor:
                 hasher = new_hasher()
                 offset = 0
             fd = await asyncio.to_thread(_open_partial, partial, offset)
+            pending: asyncio.Future[None] | None = None
             try:
                 size = offset
-                pending: asyncio.Future[None] | None = None
                 buffered: list[bytes] = []
                 buffered_len = 0
                 async for chunk in stream.content.iter_chunked(1 << 20):
                     buffered.append(chunk)
                     buffered_len += len(chunk)
+                    if size + buffered_len > entry.bytes:
+                        # Never write past the manifest's size: a source sending more
+                        # is wrong, and an unbounded stream must not fill the disk.
+                        raise ReplicationError(
+                            f"{manifest.tier}/{manifest.partition}/{entry.name}: source sent "
+                            f"more than the manifest's {entry.bytes} bytes",
+                            reason="corrupt",
+                        )
                     if buffered_len < self.chunk_size:
                         continue
                     if pending is not None:
@@ -492,7 +518,15 @@ class WarmColdExecutor:
                     counter.bytes += buffered_len
                     bytes_metric.inc(buffered_len)
             finally:
-                await asyncio.to_thread(os.close, fd)
+                try:
+                    if pending is not None and not pending.done():
+                        # A write may still run in its thread (disconnect or cancellation
+                        # mid-stream): let it finish before the descriptor is closed, or
+                        # it could land in whatever file reuses the number.
+                        with contextlib.suppress(Exception):
+                            await asyncio.shield(pending)
+                finally:
+                    os.close(fd)  # cheap and must happen even if cancelled again here
         return format_hash(hasher.hexdigest()), size
 
 

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -35,6 +35,8 @@ log = structlog.get_logger("cryptorun.replication")
 # Scheduled passes consider everything sealed up to now; the PIT rule still
 # drops anything whose span has not ended.
 BEGINNING_OF_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+# Past the end of any partition that can already be sealed (a cold day starts <= now).
+OPEN_END = timedelta(days=2)
 
 
 @dataclass
@@ -165,7 +167,10 @@ class ReplicationLink:
             tier=self.tier,
             from_region=self.source,
             to_region=self.region,
-            window=TimeRange(BEGINNING_OF_TIME, now),
+            # A standing link replicates everything sealed so far: its window is open
+            # at the far end (the current day's partitions lie inside it); "nothing in
+            # the future" is the planner's own check against ``now``.
+            window=TimeRange(BEGINNING_OF_TIME, now + OPEN_END),
             source=listed(manifests),
             destination=committed,
             now=now,

@@ -118,11 +118,12 @@ def plan_replication(
         if key.tier != tier or not window.overlaps(key.start, key.end):
             continue
         path = key.relpath
-        end = _sealed_span_end(part)
-        if end > now:
+        if _data_end(part) > now:
             skipped.append(SkippedPartition(path, "future"))
             continue
-        if not window.contains_span(key.start, end):
+        # Point-in-time: the partition's whole span must lie inside the window,
+        # whatever its seal time says about where its data ends.
+        if not window.contains_span(key.start, key.end):
             skipped.append(SkippedPartition(path, "crosses_window"))
             continue
         if not part.sealed:
@@ -179,18 +180,21 @@ def plan_replication(
     )
 
 
-def _sealed_span_end(part: SourcePartition) -> datetime:
-    """Where a partition's data ends: its span's end, or its seal time if that is earlier.
+def _data_end(part: SourcePartition) -> datetime:
+    """Where a partition's data ends, for the "nothing in the future" check.
 
-    With ``hot.partition_length`` under an hour (the demo) the hot sealer seals
-    an hour partition after every closed window and re-seals it as later
-    windows add files. Such a partition holds nothing past its seal time, so it
-    is replicable then (a re-seal changes its content hash and is copied as a
-    ``replace``); judged by its hour's end it would wait for the hour while
-    ``compute_lag`` already counts it as pending.
+    Its span's end, or its seal time when that is earlier and inside the span:
+    with ``hot.partition_length`` under an hour (the demo) the hot sealer seals
+    an hour partition after every closed window and re-seals it as later windows
+    add files, so such a partition holds nothing past its seal time and is
+    replicable then (a re-seal changes its content hash and is copied as a
+    ``replace``). A seal time before the span even starts is a skewed clock, not
+    an early seal, and is ignored. Window containment always uses the full span.
     """
     if part.sealed and part.manifest is not None:
-        return min(part.key.end, part.manifest.sealed_at)
+        sealed_at = part.manifest.sealed_at
+        if part.key.start <= sealed_at < part.key.end:
+            return sealed_at
     return part.key.end
 
 

@@ -42,7 +42,7 @@ from cryptorun_daemon.config import Rule, Tier
 from cryptorun_daemon.errors import ReplicationError
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.executors_warm_cold import WarmColdExecutor
-from cryptorun_daemon.replication.link import BEGINNING_OF_TIME, PassReport
+from cryptorun_daemon.replication.link import BEGINNING_OF_TIME, OPEN_END, PassReport
 from cryptorun_daemon.replication.planner import committed_index, listed, plan_replication
 from cryptorun_daemon.replication.rules import TimeRange
 from cryptorun_daemon.replication.transport_http import HttpPeer
@@ -182,6 +182,8 @@ class ReconcileLink:
         self.record = record
         self._step_max = step_max_partitions
         self.last_pass: PassReport | None = None
+        self._executor: WarmColdExecutor | None = None
+        self._executor_epoch: int | None = None
 
     async def run_pass(self) -> PassReport:
         started = time.monotonic()
@@ -211,11 +213,16 @@ class ReconcileLink:
         now = self.clock.now()
         committed = committed_index(
             await asyncio.to_thread(self.catalog.sealed_manifests, self.tier))
-        executor = self._make_executor(ReconcileSource(self.peer, old_epoch))
+        # One executor per old epoch: it remembers content that validation refused,
+        # so a rejected delta is not fetched and quarantined again on every pass.
+        if self._executor is None or self._executor_epoch != old_epoch:
+            self._executor = self._make_executor(ReconcileSource(self.peer, old_epoch))
+            self._executor_epoch = old_epoch
+        executor = self._executor
         offered = await asyncio.to_thread(executor.accepted, listing.manifests)
         plan = plan_replication(
             tier=self.tier, from_region=self.source, to_region=self.region,
-            window=TimeRange(BEGINNING_OF_TIME, now), source=listed(offered),
+            window=TimeRange(BEGINNING_OF_TIME, now + OPEN_END), source=listed(offered),
             destination=committed, now=now, step_max_partitions=self._step_max,
             validators=[str(getattr(v, "__name__", type(v).__name__))
                         for v in executor.validators],

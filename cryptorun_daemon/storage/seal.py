@@ -74,7 +74,8 @@ def seal_partition(
     if not partition_dir.is_dir():
         raise StorageError(f"{partition_dir} is not a directory")
     depth = 6 if key.hour is not None else 5  # the tier folder plus the partition levels
-    check_seal(storage_root_of(partition_dir, depth), key.tier, writer_region, epoch)
+    root = storage_root_of(partition_dir, depth)
+    check_seal(root, key.tier, writer_region, epoch)
     moment = sealed_at if sealed_at is not None else datetime.now(UTC)
     manifest = compute_manifest(
         partition_dir,
@@ -88,6 +89,9 @@ def seal_partition(
     )
     if not manifest.files:
         raise StorageError(f"{partition_dir} holds no data files; refusing to seal it empty")
+    # Hashing takes time; a promotion elsewhere may have advanced the fence
+    # meanwhile. Check again at the commit point so a demoted writer never seals.
+    check_seal(root, key.tier, writer_region, epoch)
     success = partition_dir / SUCCESS_MARKER
     if success.is_file():
         try:

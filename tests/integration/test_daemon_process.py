@@ -14,7 +14,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import require_binary
 from tests.harness.daemons import (
     TOKEN,
     RegionSpec,
@@ -25,6 +24,7 @@ from tests.harness.daemons import (
     two_regions,
     wait_until_ready,
 )
+from tests.harness.tools import require_binary
 
 CONTRACT_METRICS = (
     "cryptorun_replication_lag_seconds",

@@ -48,8 +48,8 @@ import pytest
 
 from cryptorun_daemon.cli.main import build_parser
 from cryptorun_daemon.storage.testdata import seed_partitions
-from tests.conftest import require_binary
 from tests.harness.daemons import free_port, start_daemon_process, stop_process, wait_until_ready
+from tests.harness.tools import require_binary
 
 pytestmark = pytest.mark.slow
 

@@ -514,3 +514,24 @@ async def test_sealing_dedupes_trades_across_sources_and_keeps_late_records(
         assert counter(da, "cryptorun_hot_late_records_total", region=a.region) == 2
         assert not list((b.storage_root / "warm").rglob("*.parquet"))  # replica writes nothing
         del db
+
+
+async def test_silent_peer_is_presumed_gone_and_lag_keeps_growing(tmp_path: Path) -> None:
+    """A path that goes silent without a reset (nothing arrives, nothing closes) is abandoned
+    after a few heartbeat intervals: B reconnects instead of waiting for TCP, reports a growing
+    hot lag while it hears nothing, and resumes without loss once the path is back."""
+    async with pair(tmp_path, a_feeds=[synthetic(200)], proxy=True) as (da, db, a, _b, relay):
+        assert relay is not None
+        client = hot(db).clients[a.region]
+        await wait_for(lambda: applied(db, a.region) >= 100, what="progress")
+        connections = client.connections
+        relay.pause()  # origin → subscriber frames stop; the TCP connection stays open
+        await wait_for(lambda: client.connections > connections or not client.connected,
+                       timeout=30, what="silence detected")
+        lag = "cryptorun_replication_lag_seconds"
+        await wait_for(lambda: counter(db, lag, tier="hot", region="us-east",
+                                       source=a.region) > 1.0, timeout=30, what="lag grows")
+        relay.resume()
+        head = hot(da).log.seq
+        await wait_for(lambda: applied(db, a.region) >= head, timeout=30, what="catch up")
+        assert assert_exact_prefix(da, db, a.region) >= head

@@ -28,7 +28,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import require_binary
 from tests.harness.daemons import (
     RegionSpec,
     free_port,
@@ -36,6 +35,7 @@ from tests.harness.daemons import (
     stop_process,
     two_regions,
 )
+from tests.harness.tools import require_binary
 
 pytestmark = [pytest.mark.needs_prometheus, pytest.mark.slow]
 

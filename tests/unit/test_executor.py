@@ -254,3 +254,27 @@ async def test_range_and_content_etag(pair: Pair) -> None:
     ) as resp:
         assert resp.status == 200
         assert len(await resp.read()) == entry.bytes
+
+
+async def test_validator_exceptions_fail_only_their_partition(pair: Pair) -> None:
+    """A strict validator raising ValidationFailedError, or one that cannot read a dataset
+    (ValueError), fails that partition with reason validation; the step still returns."""
+    from cryptorun_daemon.errors import ReplicationError, ValidationFailedError
+
+    manifest = (await pair.manifests())[0]
+
+    def strict(path: Path, dataset: str, tier: str) -> bool:
+        raise ValidationFailedError("schema: price must be > 0")
+
+    def unknown(path: Path, dataset: str, tier: str) -> bool:
+        raise ValueError(f"unknown dataset {dataset!r}")
+
+    with pytest.raises(ReplicationError) as caught:
+        await pair.executor(validators=[strict], strict=True).replicate_partition(manifest)
+    assert caught.value.reason == "validation"
+    assert "price must be > 0" in str(caught.value)
+    with pytest.raises(ReplicationError) as caught:
+        await pair.executor(validators=[unknown]).replicate_partition(manifest)
+    assert caught.value.reason == "validation"
+    assert "cannot check this file" in str(caught.value)
+    assert not is_sealed(pair.dst_root / "warm" / manifest.partition)

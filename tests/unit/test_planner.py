@@ -200,7 +200,7 @@ async def test_scheduler_runs_one_pass_at_a_time() -> None:
 
 def test_partition_sealed_before_its_hour_ends_is_planned_by_its_seal_time() -> None:
     """An hour partition the hot sealer sealed early (sub-hour windows) holds nothing past its
-    seal time: it is planned once sealed, and a window ending before that seal time excludes it."""
+    seal time, so it is not "future" once sealed; point-in-time still judges its whole span."""
     from dataclasses import replace
 
     now = T0 + 10 * HOUR + timedelta(minutes=6)
@@ -210,8 +210,16 @@ def test_partition_sealed_before_its_hour_ends_is_planned_by_its_seal_time() -> 
                         replace(early.manifest, sealed_at=T0 + 10 * HOUR + timedelta(minutes=5)))
     result = plan([sealed_early], TimeRange(T0, T0 + 11 * HOUR), now=now)
     assert paths(result) == [early.key.relpath]
-    cut = plan([sealed_early], TimeRange(T0, T0 + 10 * HOUR + timedelta(minutes=3)), now=now)
-    assert paths(cut) == []
+    # A window ending inside the hour excludes it even though its data ends before the cut.
+    inside = plan([sealed_early], TimeRange(T0, T0 + 10 * HOUR + timedelta(minutes=30)), now=now)
+    assert paths(inside) == []
+    # A seal time before the span starts is a skewed clock, not an early seal.
+    tomorrow = make(34)
+    assert tomorrow.manifest is not None
+    skewed = Part(tomorrow.key, True, replace(tomorrow.manifest, sealed_at=now - HOUR))
+    far = plan([skewed], TimeRange(T0, T0 + 3 * 24 * HOUR), now=now)
+    assert paths(far) == []
+    assert [s.why for s in far.skipped] == ["future"]
     # Without the early seal (sealed after the hour) the same hour is still in the future.
     later = plan([make(10)], TimeRange(T0, T0 + 11 * HOUR), now=now)
     assert paths(later) == []

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from cryptorun_daemon.metrics import Metrics
-from tests.conftest import require_binary
+from tests.harness.tools import require_binary
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
