@@ -275,10 +275,13 @@ class Journal:
             return
         handle.flush()
         pending = self._unsynced
-        self._unsynced = 0
-        retired, self._retired = self._retired, []
+        retired = list(self._retired)
         fds = [h.fileno() for h in retired] + [handle.fileno()]
+        # Only what was fsynced is forgotten: if fsync fails, the records stay
+        # counted as unsynced and the retired segments stay open for the next try.
         await asyncio.to_thread(_fsync_all, fds)
+        self._unsynced -= pending
+        self._retired = [h for h in self._retired if h not in retired]
         for old in retired:
             old.close()
         self.synced_records += pending
