@@ -44,6 +44,21 @@ class HotRecord:
         return len(self.line) + 1  # + the newline that separates lines on disk and wire
 
 
+def _record(
+    origin: str, seq: int, ingest_ns: int, dataset: str, fields: dict[str, Any], *, line: bytes
+) -> HotRecord:
+    """The one place a :class:`HotRecord` is assembled from a record's parts."""
+    return HotRecord(
+        origin=origin,
+        seq=seq,
+        ingest_ns=ingest_ns,
+        dataset=dataset,
+        venue=str(fields.get("venue", "")),
+        symbol=str(fields.get("symbol", "")),
+        line=line,
+    )
+
+
 def encode_record(
     origin: str, seq: int, ingest_ns: int, dataset: str, fields: dict[str, Any]
 ) -> HotRecord:
@@ -54,15 +69,7 @@ def encode_record(
     """
     body = {"o": origin, "s": seq, "i": ingest_ns, "d": dataset, "f": fields}
     line = _ENCODER.encode(body).encode("ascii")
-    return HotRecord(
-        origin=origin,
-        seq=seq,
-        ingest_ns=ingest_ns,
-        dataset=dataset,
-        venue=str(fields.get("venue", "")),
-        symbol=str(fields.get("symbol", "")),
-        line=line,
-    )
+    return _record(origin, seq, ingest_ns, dataset, fields, line=line)
 
 
 def origin_prefix(origin: str) -> bytes:
@@ -110,12 +117,4 @@ def record_from_line(line: bytes) -> HotRecord:
         and isinstance(dataset, str) and isinstance(fields, dict)
     ):
         raise ProtocolError("record line has mistyped fields")
-    return HotRecord(
-        origin=origin,
-        seq=seq,
-        ingest_ns=ingest_ns,
-        dataset=dataset,
-        venue=str(fields.get("venue", "")),
-        symbol=str(fields.get("symbol", "")),
-        line=line,
-    )
+    return _record(origin, seq, ingest_ns, dataset, fields, line=line)
