@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from cryptorun_daemon.config import Config, load_config
 from cryptorun_daemon.daemon import Daemon
@@ -212,3 +213,20 @@ async def run_daemon(config: Config | Path, **kwargs: Any) -> AsyncIterator[Daem
 
 def auth_headers(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def sample_value(exposition: str, name: str, labels: Mapping[str, str]) -> float | None:
+    """The first sample called ``name`` whose labels include ``labels`` (None when absent)."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+async def scrape_metric(
+    session: aiohttp.ClientSession, base_url: str, name: str, labels: Mapping[str, str]
+) -> float | None:
+    """One sample from a running daemon's ``/metrics`` (None when the series is absent)."""
+    async with session.get(f"{base_url}/metrics") as resp:
+        return sample_value(await resp.text(), name, labels)

@@ -153,20 +153,39 @@ async def test_sigterm_shuts_down_gracefully_with_exit_zero(region: RegionSpec) 
     assert '"region": "eu-central"' in log
 
 
-async def test_second_sigint_forces_exit(region: RegionSpec, tmp_path: Path) -> None:
-    """Two SIGINTs: the second does not wait for graceful shutdown (exit 130)."""
-    config = region.write()
+async def test_second_sigint_forces_exit(tmp_path: Path) -> None:
+    """While a graceful shutdown waits for an in-flight request, a second SIGINT exits at once
+    with 130 instead of waiting out admin.shutdown_timeout."""
+    spec, _ = two_regions(tmp_path)
+    spec.sections["admin"] = {"shutdown_timeout": "2m"}
+    config = spec.write()
+    log_path = config.parent / "eu-central.log"
     proc = start_daemon_process(config)
     try:
-        log_path = config.parent / "eu-central.log"
-        await wait_until_ready(region.base_url, proc=proc, log_path=log_path)
+        await wait_until_ready(spec.base_url, proc=proc, log_path=log_path)
+        # A request whose body never finishes arriving keeps a handler in flight, so the
+        # graceful shutdown has something to wait for (up to the 2-minute deadline).
+        _reader, writer = await asyncio.open_connection("127.0.0.1", spec.port)
+        writer.write(b"POST /v1/failover HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nAuthorization: Bearer " + TOKEN.encode()
+                     + b"\r\nContent-Length: 100\r\n\r\n{\"tier\": ")
+        await writer.drain()
+        async with aiohttp.ClientSession() as http, http.get(f"{spec.base_url}/healthz") as resp:
+            assert resp.status == 200  # the loop has read the slow request's headers by now
         proc.send_signal(signal.SIGINT)
+        deadline = asyncio.get_running_loop().time() + 20
+        while '"event": "daemon stopping"' not in log_path.read_text():
+            assert asyncio.get_running_loop().time() < deadline, "first SIGINT not handled"
+            await asyncio.sleep(0.05)
+        assert proc.poll() is None  # graceful shutdown is waiting for the slow request
         proc.send_signal(signal.SIGINT)
         code = await asyncio.to_thread(proc.wait, 20)
+        writer.close()
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert code in (0, 130)  # a fast graceful stop may win the race with the second signal
+    assert code == 130
+    assert "second SIGINT: forcing exit" in log_path.read_text()
 
 
 async def test_sd_notify_ready_watchdog_stopping(region: RegionSpec, tmp_path: Path) -> None:

@@ -23,10 +23,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.daemons import (
     RegionSpec,
+    scrape_metric,
     start_daemon_process,
     stop_process,
     two_regions,
@@ -111,13 +111,7 @@ async def origin_view(session: aiohttp.ClientSession, b: Region, a: Region) -> d
 async def metric(session: aiohttp.ClientSession, daemon: Region, name: str,
                  **labels: str) -> float:
     """One sample of a daemon's ``/metrics`` (0 when absent)."""
-    async with session.get(f"{daemon.spec.base_url}/metrics") as resp:
-        text = await resp.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
+    return await scrape_metric(session, daemon.spec.base_url, name, labels) or 0.0
 
 
 async def poll(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:

@@ -33,7 +33,6 @@ import aiohttp
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.layout import PartitionKey
@@ -44,6 +43,7 @@ from tests.harness.daemons import (
     DaemonProcess,
     RegionSpec,
     auth_headers,
+    scrape_metric,
     start_daemon_process,
     stop_process,
     two_regions,
@@ -105,13 +105,20 @@ async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 async def _metric(http: aiohttp.ClientSession, base_url: str, name: str,
                   labels: dict[str, str]) -> float:
-    async with http.get(f"{base_url}/metrics") as resp:
-        text = await resp.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
+    return await scrape_metric(http, base_url, name, labels) or 0.0
+
+
+async def _finding_counts(http: aiohttp.ClientSession, base_url: str,
+                          labels: dict[str, str]) -> dict[str, float]:
+    """The validation counters the injection step compares before and after."""
+    consistency = "cryptorun_data_consistency_errors_total"
+    quarantine = "cryptorun_quarantine_total"
+    return {
+        "schema": await _metric(http, base_url, consistency, {"check": "schema"}),
+        "staleness": await _metric(http, base_url, consistency, {"check": "staleness"}),
+        "file": await _metric(http, base_url, quarantine, {**labels, "kind": "file"}),
+        "row": await _metric(http, base_url, quarantine, {**labels, "kind": "row"}),
+    }
 
 
 async def _json(http: aiohttp.ClientSession, method: str, url: str,
@@ -350,17 +357,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
 
         # --- 4. bad data from the primary: schema error and staleness skew --------------
         labels = {"tier": "warm", "region": A}
-        before = {
-            "schema": await _metric(http, a.base_url, "cryptorun_data_consistency_errors_total",
-                                    {"check": "schema"}),
-            "staleness": await _metric(http, a.base_url,
-                                       "cryptorun_data_consistency_errors_total",
-                                       {"check": "staleness"}),
-            "file": await _metric(http, a.base_url, "cryptorun_quarantine_total",
-                                  {**labels, "kind": "file"}),
-            "row": await _metric(http, a.base_url, "cryptorun_quarantine_total",
-                                 {**labels, "kind": "row"}),
-        }
+        before = await _finding_counts(http, a.base_url, labels)
         bad = _key("warm", NEXT + timedelta(hours=5))
         _skewed_and_broken_partition(b.storage_root, bad)
         # No --epoch: the CLI stamps the tier's current epoch from B's fence.
@@ -369,17 +366,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         assert sealed.returncode == 0, sealed.stdout + sealed.stderr
         assert "epoch 2" in sealed.stdout
         await _sync(http, a.base_url, "warm", B)
-        after = {
-            "schema": await _metric(http, a.base_url, "cryptorun_data_consistency_errors_total",
-                                    {"check": "schema"}),
-            "staleness": await _metric(http, a.base_url,
-                                       "cryptorun_data_consistency_errors_total",
-                                       {"check": "staleness"}),
-            "file": await _metric(http, a.base_url, "cryptorun_quarantine_total",
-                                  {**labels, "kind": "file"}),
-            "row": await _metric(http, a.base_url, "cryptorun_quarantine_total",
-                                 {**labels, "kind": "row"}),
-        }
+        after = await _finding_counts(http, a.base_url, labels)
         assert after["schema"] - before["schema"] == 1
         assert after["staleness"] - before["staleness"] == 5
         assert after["file"] - before["file"] == 1

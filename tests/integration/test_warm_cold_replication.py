@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cryptorun_daemon.storage.layout import parse_partition_path
 from cryptorun_daemon.storage.seal import seal_partition
@@ -27,6 +26,7 @@ from tests.harness.daemons import (
     RegionSpec,
     auth_headers,
     run_daemon_process,
+    scrape_metric,
     start_daemon_process,
     two_regions,
     wait_until_ready,
@@ -57,13 +57,8 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 async def _metric(base_url: str, name: str, labels: dict[str, str]) -> float | None:
-    async with aiohttp.ClientSession() as session, session.get(f"{base_url}/metrics") as resp:
-        text = await resp.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return None
+    async with aiohttp.ClientSession() as session:
+        return await scrape_metric(session, base_url, name, labels)
 
 
 async def _sync(base_url: str) -> dict[str, Any]:
