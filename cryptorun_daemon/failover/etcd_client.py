@@ -149,16 +149,21 @@ class Put:
         return {"request_put": body}
 
 
+def _key_range(key: bytes, range_end: bytes) -> dict[str, str]:
+    """A key, or a ``[key, range_end)`` range, as etcd's gateway spells it."""
+    body = {"key": _b64(key)}
+    if range_end:
+        body["range_end"] = _b64(range_end)
+    return body
+
+
 @dataclass(frozen=True)
 class Get:
     key: bytes
     range_end: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
-        body = {"key": _b64(self.key)}
-        if self.range_end:
-            body["range_end"] = _b64(self.range_end)
-        return {"request_range": body}
+        return {"request_range": _key_range(self.key, self.range_end)}
 
 
 @dataclass(frozen=True)
@@ -167,10 +172,7 @@ class Delete:
     range_end: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
-        body = {"key": _b64(self.key)}
-        if self.range_end:
-            body["range_end"] = _b64(self.range_end)
-        return {"request_delete_range": body}
+        return {"request_delete_range": _key_range(self.key, self.range_end)}
 
 
 Operation = Put | Get | Delete
