@@ -119,10 +119,10 @@ class HotSealer:
         self.late_through = (int(data["late_through"][0]), int(data["late_through"][1]))
         self.late_total = int(data.get("late_total", 0))
 
-    def _save(self, now: int) -> None:
+    def _save(self, now: int, late_total: int) -> None:
         self.sealed = {w: p for w, p in self.sealed.items() if w >= now - STATE_KEEP_NS}
         body = {"sealed": {str(w): list(p) for w, p in sorted(self.sealed.items())},
-                "late_through": list(self.late_through), "late_total": self.late_total}
+                "late_through": list(self.late_through), "late_total": late_total}
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.state_path, json.dumps(body, indent=1).encode())
 
@@ -166,6 +166,7 @@ class HotSealer:
             raise
         for index in result.deletable_segments:
             self.journal.delete_segment(index)
+        self.late_total += result.late_rows
         self._late.inc(result.late_rows)
         self.rounds += 1
         self.last_round = result
@@ -212,9 +213,10 @@ class HotSealer:
             result.windows_sealed.append(window)
         if primary and late:
             self._late_fill(late, now, epoch, result)
-            self.late_total += result.late_rows
         self.late_through = position
-        self._save(now)
+        # ``late_total`` and the counter move together on the event loop (in
+        # ``round``), so nobody observes one ahead of the other.
+        self._save(now, self.late_total + result.late_rows)
         result.deletable_segments = [
             s.index for s in segments if s.index < position[0] and s.index not in still_open
         ]
