@@ -398,7 +398,6 @@ class WarmColdExecutor:
         if await asyncio.to_thread(self._final_matches, final, entry):
             return
         last_error: ReplicationError | None = None
-        got = ""
         for attempt in range(1, self.retry_attempts + 1):
             try:
                 digest, size = await self._download(manifest, entry, partial, counter)
@@ -408,21 +407,19 @@ class WarmColdExecutor:
                 if size == entry.bytes and digest == entry.hash:
                     await asyncio.to_thread(commit_file, partial, final, sync_dir=False)
                     return
-                got = f"{size} bytes hashing to {digest}"
+                got = f"{size} bytes hashing to {digest} (attempt {attempt})"
                 last_error = ReplicationError(
                     f"{manifest.tier}/{manifest.partition}/{entry.name}: got {size} bytes "
                     f"hashing to {digest}, manifest says {entry.bytes} bytes {entry.hash}",
                     reason="corrupt",
                 )
-                if attempt < self.retry_attempts:
-                    # A bad prefix or a bad source read: retry from byte 0.
-                    await asyncio.to_thread(partial.unlink, missing_ok=True)
+                # Every proven-bad copy is kept in quarantine (never deleted), which
+                # also clears the way for the next attempt to start from byte 0.
+                self.metrics.data_consistency_errors_total.labels(check="corrupt").inc()
+                await asyncio.to_thread(self._quarantine, manifest, entry, partial, got)
             if attempt < self.retry_attempts:
                 await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
         assert last_error is not None  # the loop ran at least once
-        if last_error.reason == "corrupt":
-            self.metrics.data_consistency_errors_total.labels(check="corrupt").inc()
-            await asyncio.to_thread(self._quarantine, manifest, entry, partial, got)
         raise last_error
 
     def _final_matches(self, final: Path, entry: FileEntry) -> bool:

@@ -149,13 +149,22 @@ async def test_corrupt_source_fails_step_and_quarantines(pair: Pair) -> None:
     directory = pair.dst_root / "warm" / manifest.partition
     assert not is_sealed(directory)
     assert not (directory / manifest.files[1].name).exists()
-    quarantined = list((pair.dst_root / "_quarantine" / "warm" / "us-east").rglob("*.partial"))
-    assert len(quarantined) == 1
+    # Both bad copies (one per attempt) are kept, each with its own error record.
+    kept = pair.dst_root / "_quarantine" / "warm" / "us-east"
+    quarantined = sorted(p for p in kept.rglob(f".{manifest.files[1].name}.partial*")
+                         if not p.name.endswith(".error.json"))
+    assert len(quarantined) == 2
+    assert all(p.read_bytes() == bytes(data) for p in quarantined)
+    records = [json.loads(p.with_name(p.name + ".error.json").read_text()) for p in quarantined]
+    assert sorted(r["errors"][0]["value"][-11:] for r in records) == ["(attempt 1)",
+                                                                      "(attempt 2)"]
     sample = pair.metrics.registry.get_sample_value
     assert sample("cryptorun_replication_step_failures_total",
                   {"tier": "warm", "from": "eu-central", "to": "us-east",
                    "reason": "corrupt"}) == 1
-    assert sample("cryptorun_data_consistency_errors_total", {"check": "corrupt"}) == 1
+    assert sample("cryptorun_data_consistency_errors_total", {"check": "corrupt"}) == 2
+    assert sample("cryptorun_quarantine_total",
+                  {"tier": "warm", "region": "us-east", "kind": "file"}) == 2
 
 
 async def test_superseded_version_is_moved_aside_not_overwritten(pair: Pair) -> None:
