@@ -234,10 +234,9 @@ async def test_sighup_reloads_log_level_and_slo_and_reports_the_rest(tmp_path: P
         spec.sections["replication"] = {"max_concurrency": 2}
         spec.write()
         daemon.proc.send_signal(signal.SIGHUP)
-        for _ in range(100):
-            if '"event": "config reloaded"' in daemon.log_text():
-                break
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(30):  # the reload flag is polled once a second
+            while '"event": "config reloaded"' not in daemon.log_text():
+                await asyncio.sleep(0.05)
         async with http.get(f"{daemon.base_url}/v1/status?tier=warm") as resp:
             status = await resp.json()
         async with http.get(f"{daemon.base_url}/metrics") as resp:

@@ -38,7 +38,7 @@ def etcd_regions(tmp_path: Path, server: EtcdServer, prefix: str,
     a, b = two_regions(tmp_path)
     for spec in (a, b):
         spec.sections["state"] = {"backend": "etcd", "etcd_endpoints": [server.client_url],
-                                  "etcd_prefix": prefix, "lease_ttl": "2s", **state}
+                                  "etcd_prefix": prefix, "lease_ttl": "5s", **state}
         spec.sections["log"] = {"format": "json"}
     return a, b
 

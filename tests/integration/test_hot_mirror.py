@@ -25,6 +25,7 @@ import cryptorun_daemon.components as components_module
 from cryptorun_daemon.daemon import Daemon
 from cryptorun_daemon.hot.buffer import ReplayBuffer
 from cryptorun_daemon.hot.component import HotComponent
+from cryptorun_daemon.hot.feed import MarketRecord
 from cryptorun_daemon.hot.journal import Journal, iter_lines
 from cryptorun_daemon.hot.log import HotLog
 from cryptorun_daemon.hot.mirror_server import MirrorServer
@@ -396,7 +397,7 @@ async def _close_code(url: str, send: Callable[[aiohttp.ClientWebSocketResponse]
 async def test_bad_frames_close_with_clear_codes_and_server_keeps_serving(tmp_path: Path) -> None:
     """Malformed, oversized and bad subscribe frames close that connection with a specific code
     and a counted error; the mirror to B keeps flowing; no token is refused with 401."""
-    async with pair(tmp_path, a_feeds=[synthetic(300)]) as (da, db, a, _b, _):
+    async with pair(tmp_path, a_feeds=[synthetic(300)]) as (da, db, a, b, _):
         url = f"{a.base_url}/v1/hot/stream"
         await wait_for(lambda: applied(db, a.region) >= 50, what="mirror flowing")
 
@@ -428,7 +429,11 @@ async def test_bad_frames_close_with_clear_codes_and_server_keeps_serving(tmp_pa
             assert resp.status == 401
         mark = applied(db, a.region)
         await wait_for(lambda: applied(db, a.region) > mark + 100, what="mirror still flowing")
-        assert hot(db).clients[a.region].connections == 1
+        # B's own stream was never closed for a protocol error (a reconnect after a stall
+        # on a loaded machine would be legitimate, so the connection count is not pinned).
+        assert hot(db).clients[a.region].last_close_code not in {1007, 1009, 4400}
+        assert not any(counter(db, "cryptorun_hot_protocol_errors_total", region=b.region,
+                               reason=r) for r in ("bad_subscribe", "malformed", "oversized"))
 
 
 async def test_stream_is_refused_until_the_hot_log_has_recovered(tmp_path: Path) -> None:
@@ -463,17 +468,17 @@ async def test_stream_is_refused_until_the_hot_log_has_recovered(tmp_path: Path)
         hot_log.close()
 
 
-def _replay_file(path: Path, start_ns: int, *, late_ids: list[int]) -> None:
-    """Trades 1..40 at ``start_ns`` right away, then ``late_ids`` (same window) 3 s later."""
-    lines = []
-    for trade_id in range(1, 41):
-        lines.append({"recv_ns": 0, "dataset": "trade", "fields": {
-            "ts": start_ns + trade_id, "venue": "kraken", "symbol": "BTC/USD", "side": "buy",
-            "price": 100.0 + trade_id, "qty": 1.0, "trade_id": trade_id}})
-    for trade_id in late_ids:
-        lines.append({"recv_ns": 3_000_000_000, "dataset": "trade", "fields": {
-            "ts": start_ns + trade_id, "venue": "kraken", "symbol": "BTC/USD", "side": "sell",
-            "price": 99.0, "qty": 2.0, "trade_id": trade_id}})
+def _trade(start_ns: int, trade_id: int, *, side: str = "buy", price: float | None = None,
+           qty: float = 1.0) -> dict[str, Any]:
+    return {"ts": start_ns + trade_id, "venue": "kraken", "symbol": "BTC/USD", "side": side,
+            "price": 100.0 + trade_id if price is None else price, "qty": qty,
+            "trade_id": trade_id}
+
+
+def _replay_file(path: Path, start_ns: int) -> None:
+    """Trades 1..40 at ``start_ns``, replayed right away."""
+    lines = [{"recv_ns": 0, "dataset": "trade", "fields": _trade(start_ns, trade_id)}
+             for trade_id in range(1, 41)]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
@@ -483,8 +488,8 @@ async def test_sealing_dedupes_trades_across_sources_and_keeps_late_records(
     """Both regions ingest the same 40 trades; A (warm primary) seals the closed window with
     each trade once; trades that arrive after the seal land in a late-fill file, counted."""
     start = time.time_ns()
-    _replay_file(tmp_path / "a.jsonl", start, late_ids=[1000, 1001, 5])
-    _replay_file(tmp_path / "b.jsonl", start, late_ids=[])
+    _replay_file(tmp_path / "a.jsonl", start)
+    _replay_file(tmp_path / "b.jsonl", start)
     sealing = {"partition_length": "1s", "seal_grace": "300ms"}
     a, b = two_regions(tmp_path)
     a.sections["hot"] = {**HOT, **sealing}
@@ -496,7 +501,14 @@ async def test_sealing_dedupes_trades_across_sources_and_keeps_late_records(
             run_daemon(b.write(), extra_components=hot_factories()) as db:
         await wait_for(lambda: applied(da, b.region) >= 40, what="B's trades at A")
         sealer = hot(da).sealer
-        await wait_for(lambda: sealer.late_total >= 2, timeout=30, what="late fill")
+        window = start // 1_000_000_000 * 1_000_000_000
+        await wait_for(lambda: window in sealer.sealed, timeout=30, what="the window sealed")
+        # Ingested after the seal, for the sealed window: two new trades and a duplicate.
+        for late in (_trade(start, 1000, side="sell", price=99.0, qty=2.0),
+                     _trade(start, 1001, side="sell", price=99.0, qty=2.0), _trade(start, 5)):
+            assert hot(da).log.append_local(MarketRecord("trade", late)) is not None
+        await wait_for(lambda: counter(da, "cryptorun_hot_late_records_total",
+                                       region=a.region) >= 2, timeout=30, what="late fill")
         partitions = list((a.storage_root / "warm" / "trade").rglob("_SUCCESS"))
         assert len(partitions) == 1
         directory = partitions[0].parent
@@ -512,6 +524,7 @@ async def test_sealing_dedupes_trades_across_sources_and_keeps_late_records(
         assert {s["source"] for s in manifest["sources"]} >= {a.region}
         assert manifest["worst_freshness_seconds"] is not None
         assert counter(da, "cryptorun_hot_late_records_total", region=a.region) == 2
+        assert sealer.late_total == 2
         assert not list((b.storage_root / "warm").rglob("*.parquet"))  # replica writes nothing
         del db
 

@@ -26,12 +26,16 @@ from cryptorun_daemon.metrics import Metrics
 
 SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD")
 WAIT = 15.0
+# Long enough that a loaded CI machine never mistakes a busy event loop for a
+# silent server; the tests about silence pass a short SHORT_SILENCE instead.
+HEARTBEAT_TIMEOUT = 5.0
+SHORT_SILENCE = 1.0
 
 
 def feed_config(**overrides: Any) -> FeedConfig:
     values: dict[str, Any] = {
         "name": "kraken-test", "kind": "kraken", "venue": "kraken", "symbols": SYMBOLS,
-        "heartbeat_timeout": 0.5,
+        "heartbeat_timeout": HEARTBEAT_TIMEOUT,
     }  # fmt: skip
     values.update(overrides)
     return FeedConfig(**values)
@@ -191,7 +195,7 @@ async def test_silence_triggers_ping_then_reconnect_and_full_resubscribe(
 ) -> None:
     """A server that goes silent is probed with a ping, then dropped after
     heartbeat_timeout; the feed reconnects, resubscribes everything, and data resumes."""
-    async with consuming(make_feed(server, metrics)) as consumer:
+    async with consuming(make_feed(server, metrics, heartbeat_timeout=SHORT_SILENCE)) as consumer:
         await wait_until(lambda: len(consumer.of("book")) >= 10, "first books")
         assert server.go_silent() == 1
         await wait_until(lambda: server.connections_total >= 2, "a second connection")
@@ -212,7 +216,7 @@ async def test_idle_server_answering_pings_keeps_the_connection(metrics: Metrics
     """With no market data and slow heartbeats, pongs to the feed's pings prove the
     connection alive: no reconnect."""
     async with KrakenTestServer(rate=0, heartbeat_interval=30) as idle:
-        async with consuming(make_feed(idle, metrics)) as consumer:
+        async with consuming(make_feed(idle, metrics, heartbeat_timeout=SHORT_SILENCE)) as consumer:
             await wait_until(
                 lambda: sample(metrics, "cryptorun_ingest_messages_total", channel="pong") >= 4,
                 "four pongs",
@@ -279,6 +283,8 @@ async def test_non_json_frame_is_counted_and_tolerated(
     async with consuming(make_feed(server, metrics)) as consumer:
         await wait_until(lambda: len(consumer.records) >= 5, "first records")
         await server.send_raw("<html><body>502 Bad Gateway</body></html>")
+        await wait_until(lambda: sample(metrics, "cryptorun_ingest_errors_total",
+                                        kind="non_json") >= 1, "the frame counted")
         seen = len(consumer.records)
         await wait_until(lambda: len(consumer.records) >= seen + 20, "records after the frame")
         status = consumer.status
@@ -348,11 +354,11 @@ async def test_slow_consumer_is_not_mistaken_for_silence(
 ) -> None:
     """A consumer pausing longer than heartbeat_timeout leaves frames queued, which
     is not a dead connection: no reconnect, and the stream continues."""
-    feed = make_feed(server, metrics)
+    feed = make_feed(server, metrics, heartbeat_timeout=SHORT_SILENCE)
     records = feed.records()
     try:
         await anext(records)
-        await asyncio.sleep(1.2)  # 2.4 × heartbeat_timeout without pulling a record
+        await asyncio.sleep(2.5 * SHORT_SILENCE)  # longer than heartbeat_timeout, no pulls
         for _ in range(50):
             await anext(records)
         assert feed.status()["reconnects"]["timeout"] == 0

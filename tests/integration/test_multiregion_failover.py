@@ -221,6 +221,13 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         # B first: its first scheduled pass fails (A is down) and the next one is a
         # minute away, so the passes below are the ones the test asks for.
         db = await stack.enter_async_context(_daemon(b))
+
+        async def first_passes_failed() -> bool:
+            statuses = [(await _tier_status(http, b.base_url, t))["sources"].get(A)
+                        for t in ("warm", "cold")]
+            return all(s is not None and s["last_error_at"] is not None for s in statuses)
+
+        await _eventually(first_passes_failed, "B's first scheduled passes to fail (A is down)")
         a_proc = start_daemon_process(a_config)
         try:
             await wait_until_ready(a.base_url, proc=a_proc, log_path=a_config.with_suffix(".log"))
@@ -321,6 +328,11 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
                              {"tier": "warm", "operation": "serve"}) == 3.0
 
         # Its post-promotion writes were set aside, whole, under _divergent/epoch=1/.
+        async def set_aside() -> bool:
+            return await _metric(http, da.base_url, "cryptorun_reconciled_partitions_total",
+                                 {"tier": "warm", "action": "divergent"}) == 2.0
+
+        await _eventually(set_aside, "A's divergent partitions set aside")
         for key in divergent:
             aside = a.storage_root / "warm" / "_divergent" / "epoch=1" / key.relpath
             assert (aside / "part-0000.parquet").is_file()
@@ -333,8 +345,10 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
             k.relpath for k in divergent}
 
         # Its unreplicated delta reaches B (validated there) through reconciliation.
+        # (A background reconcile pass may have pulled it first on a slow machine, so
+        # the totals below, not this pass's count, prove it was pulled exactly once.)
         report = await _sync(http, db.base_url, "warm", A, kind="reconcile")
-        assert (report["ok"], report["partitions_committed"]) == (True, 1), report
+        assert report["ok"], report
         assert (_sealed(b.storage_root, "warm")[delta.relpath]
                 == _sealed(a.storage_root, "warm")[delta.relpath])
         assert await _metric(http, db.base_url, "cryptorun_reconciled_partitions_total",
