@@ -44,6 +44,8 @@ def build_components(ctx: DaemonContext) -> list[Component]:
         peer_reporter=failover.report_peer,
         # Only the current primary serves as a source; the others answer 409 fenced.
         serve_guard=failover.fence.serve_refusal,
+        # A file-store region seals only once it has confirmed its roles with its peers.
+        write_refusal=failover.write_refusal,
         # Links follow the topology: every failover change re-plans them.
         subscribe=lambda changed: failover.add_listener(lambda _new, _old: changed()),
     )

@@ -35,6 +35,8 @@ def render_status(doc: dict[str, Any]) -> str:
         parts.append(header)
         if info.get("state_problem"):
             parts.append(f"  STATE PROBLEM: {info['state_problem']}")
+        if info.get("write_refusal"):
+            parts.append(f"  NOT SEALING: {info['write_refusal']}")
         rules = info.get("rules", [])
         if rules:
             parts.append(

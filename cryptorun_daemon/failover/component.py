@@ -49,7 +49,7 @@ from aiohttp import web
 from cryptorun_daemon.errors import ConflictError, StateStoreError
 from cryptorun_daemon.failover.api import FailoverApi, state_from_status
 from cryptorun_daemon.failover.fence import FenceKeeper
-from cryptorun_daemon.failover.peers import PeerHealth, PeerMonitor, describe
+from cryptorun_daemon.failover.peers import PeerHealth, PeerMonitor, StatusHandler, describe
 from cryptorun_daemon.failover.roles import (
     ACTIVE_PASSIVE_TIERS,
     Snapshot,
@@ -90,6 +90,8 @@ class FailoverComponent:
         self.region = ctx.config.region
         self.store: StateStore | None = None
         self._states: dict[str, TierState] = {}
+        # The epoch each tier had when this region first loaded it (file store: maybe stale).
+        self._loaded_epochs: dict[str, int] = {}
         self._alive: frozenset[str] = frozenset()
         self._ever_alive: set[str] = set()
         self._snapshot_seen = False
@@ -121,12 +123,41 @@ class FailoverComponent:
 
         False while the component is not ready (no snapshot yet; with the file
         store, peers not yet compared), so a rejoining old primary never seals
-        on the strength of its stale local state. Always False for hot.
+        on the strength of its stale local state. For this region it is also
+        False while :meth:`write_refusal` names a reason. Always False for hot.
         """
         state = self._states.get(tier)
         if state is None or self.not_ready_reasons():
             return False
+        if region in (None, self.region) and self.write_refusal(tier) is not None:
+            return False
         return state.primary == (region or self.region)
+
+    def write_refusal(self, tier: str) -> str | None:
+        """Why this region may not act as ``tier``'s primary (seal) yet; ``None`` when it may.
+
+        With the file store there is no quorum: the role loaded from the local
+        file at start-up may be stale (a failover happened while this region
+        was away). Until it has compared epochs with every peer, or seen it
+        down for ``replication.peer_down_after``, the region trusts that role
+        only after a newer epoch reached it since start-up (its own promotion
+        through the API, or one adopted from a peer). Readiness does not wait
+        for this: reads and replication go on.
+        """
+        reasons = self.not_ready_reasons()
+        if reasons:
+            return "; ".join(reasons)
+        state = self._states.get(tier)
+        if self.ctx.config.state.backend != "file" or state is None or (
+                state.epoch > self._loaded_epochs.get(tier, state.epoch)):
+            return None
+        waiting = self.peers.unconfirmed()
+        if not waiting:
+            return None
+        down_after = self.ctx.config.replication.peer_down_after
+        return (f"{self.region} has not confirmed its roles yet: epochs not compared with "
+                f"{', '.join(waiting)}, which has not been down for peer_down_after "
+                f"({down_after:g} s) either; the file state store has no quorum")
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call ``callback(new, old)`` after every change of a tier's cached state.
@@ -225,6 +256,7 @@ class FailoverComponent:
                 "history": [t.to_json() for t in state.history[-STATUS_HISTORY:]],
                 "state_problem": self._problems.get(name) or self.fence.problems.get(name),
                 "fence": fence.to_json() if fence is not None else None,
+                "write_refusal": self.write_refusal(name),
             }
         cfg = self.ctx.config.state
         return {
@@ -265,6 +297,7 @@ class FailoverComponent:
         old = self._states.get(state.tier)
         if old is not None and (state.epoch < old.epoch or state == old):
             return
+        self._loaded_epochs.setdefault(state.tier, state.epoch)
         self._states[state.tier] = state
         self.fence.record(state)
         export_role_metrics(self.ctx.metrics, state, self.ctx.config.regions)
@@ -360,14 +393,22 @@ class FailoverComponent:
                 log.warning("stored_primary_differs_from_config", tier=tier,
                             stored=stored.primary, epoch=stored.epoch, config=primary)
 
-    def _status_handler(self) -> Callable[[str, Any], Awaitable[None]] | None:
+    def _status_handler(self) -> StatusHandler | None:
         """File store only: learn newer epochs from each probed peer's ``/v1/status``."""
         if self.ctx.config.state.backend != "file":
             return None
 
-        async def learn(peer: str, doc: Any) -> None:
+        async def learn(peer: str, doc: Any) -> bool:
+            """Adopt what is newer; answer whether every tier was compared.
+
+            A peer that is not ready yet may not have loaded its own roles, so
+            its answer does not count as a comparison (a ready peer without a
+            tier simply takes no part in it).
+            """
+            failover = doc.get("failover") if isinstance(doc, dict) else None
+            compared = isinstance(failover, dict) and failover.get("ready") is True
             if not self._snapshot_seen:
-                return
+                return False
             for tier in ACTIVE_PASSIVE_TIERS:
                 remote = state_from_status(doc, tier)
                 local = self._states.get(tier)
@@ -377,7 +418,9 @@ class FailoverComponent:
                 try:
                     await self.adopt(remote, source=peer)
                 except (ConflictError, StateStoreError) as exc:
+                    compared = False
                     self._note_problem(tier, f"cannot adopt {peer}'s state: {exc}")
+            return compared
 
         return learn
 

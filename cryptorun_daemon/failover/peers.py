@@ -6,6 +6,11 @@ reached that counts from the start of probing. ``cryptorun_peer_up{peer}`` is
 the last attempt's answer. With the file state store each probe round also
 reads the peer's ``/v1/status`` and hands it to the failover component, which
 adopts newer epochs from it (that is how a rejoining region learns them).
+
+:meth:`PeerMonitor.unconfirmed` names the peers this region has neither
+compared epochs with nor seen down for ``peer_down_after``: with the file
+store (no quorum) a region does not act as a primary while any is left, so a
+restarted old primary does not seal at its stale epoch during a blip.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ log = structlog.get_logger("cryptorun.failover.peers")
 PEER_CALL_TIMEOUT: Final = 2.0
 PROBE_INTERVAL_MAX: Final = 2.0
 
-#: Called with ``(peer, its /v1/status document)`` after a successful probe.
-StatusHandler = Callable[[str, Any], Awaitable[None]]
+#: Called with ``(peer, its /v1/status document)`` after a successful probe;
+#: answers whether the epochs were compared (false: not yet possible, retry).
+StatusHandler = Callable[[str, Any], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -86,10 +92,25 @@ class PeerMonitor:
         down_after = ctx.config.replication.peer_down_after
         self.probe_interval = max(0.2, min(PROBE_INTERVAL_MAX, down_after / 3))
         self.compared = False  # one full probe round done
+        self._status_compared: set[str] = set()
+        self._all_confirmed = not self._health  # sticky once every peer was confirmed
 
     def health(self) -> dict[str, PeerHealth]:
         """Per peer: up/down, last success, current failure streak (a copy)."""
         return dict(self._health)
+
+    def unconfirmed(self) -> list[str]:
+        """Peers whose status was never compared and that are not down (see module doc).
+
+        Once the list has been empty it stays empty: the check guards start-up
+        against a stale local state, not every later network blip.
+        """
+        if self._all_confirmed:
+            return []
+        waiting = [p for p, h in self._health.items()
+                   if p not in self._status_compared and h.up]
+        self._all_confirmed = not waiting
+        return waiting
 
     def set_alive_in_store(self, alive: frozenset[str]) -> None:
         for peer, health in self._health.items():
@@ -166,7 +187,8 @@ class PeerMonitor:
             doc = await self.get_json(f"{url}/v1/status")
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return  # healthz answered; status may be briefly unavailable
-        await on_status(peer, doc)
+        if await on_status(peer, doc):
+            self._status_compared.add(peer)
 
 
 def describe(exc: BaseException) -> str:

@@ -21,7 +21,8 @@ the new ones: a failover needs no restart.
 Hooks from the failover subsystem (defaults: static values from the config):
 ``epoch_provider(tier)`` (stamped into manifests this region computes, and
 compared with a source's epoch before pulling), ``primary_provider(tier)``,
-``serve_guard(tier)`` (may this region serve as a source), ``subscribe(cb)``.
+``serve_guard(tier)`` (may this region serve as a source), ``write_refusal(tier)``
+(why this region may not seal yet, ``None`` when it may), ``subscribe(cb)``.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class WarmColdComponent:
         primary_provider: Callable[[Tier], str | None] | None = None,
         peer_reporter: Callable[[str, bool, str | None], None] | None = None,
         serve_guard: ServeGuard | None = None,
+        write_refusal: Callable[[Tier], str | None] | None = None,
         subscribe: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.ctx = ctx
@@ -109,6 +111,7 @@ class WarmColdComponent:
         self.epoch_provider: Callable[[Tier], int] = epoch_provider or (lambda _tier: 1)
         self._primary_provider = primary_provider
         self._peer_reporter = peer_reporter
+        self._write_refusal = write_refusal or (lambda _tier: None)
         self.catalog = Catalog(self.root, metrics=ctx.metrics, hash_cache=DEFAULT_HASH_CACHE,
                                clock=ctx.clock.now)
         self.server = PartitionServer(
@@ -352,13 +355,17 @@ class WarmColdComponent:
         tier's current epoch, through the storage fence: a region that is not
         the current primary gets 409 ``fenced``, counted as
         ``cryptorun_fenced_total{operation="seal"}``. 400 for a path outside
-        the layout or a directory that cannot be sealed.
+        the layout or a directory that cannot be sealed; 503 while this region
+        has not confirmed its roles with its peers (file store, after start-up).
         """
         body = await json_object(request)
         tier = parse_tier(str(body.get("tier", "")))
         if tier not in WARM_COLD_TIERS:
             raise UsageError("sealing through the API covers the warm and cold tiers")
         key = parse_partition_path(tier, str(body.get("partition", "")))
+        refusal = self._write_refusal(tier)
+        if refusal is not None:
+            raise web.HTTPServiceUnavailable(text=f"seal refused for now: {refusal}")
         epoch = self.epoch_provider(tier)
         if epoch < 1:
             # Roles not known yet (start-up): a seal stamped with epoch 0 could never

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from cryptorun_daemon.failover.component import FailoverComponent
 from cryptorun_daemon.failover.roles import TierState
 from cryptorun_daemon.failover.store_file import FileStateStore
 from cryptorun_daemon.storage.fence import Fence, read_fence
+from cryptorun_daemon.storage.layout import PartitionKey
+from cryptorun_daemon.storage.seal import is_sealed
+from cryptorun_daemon.storage.testdata import write_trade_partition
 from tests.harness.daemons import RegionSpec, auth_headers, run_daemon, two_regions
 
 EU, US = "eu-central", "us-east"
@@ -322,3 +326,67 @@ async def test_an_unreadable_store_answers_503_state_store_and_the_fence_follows
         assert code == 503
         assert doc["error"] == "state_store"
         assert "corrupt JSON" in doc["detail"]
+
+
+async def test_a_restarted_old_primary_does_not_seal_until_it_has_compared_epochs(
+    regions: tuple[RegionSpec, RegionSpec],
+) -> None:
+    """File store, no quorum: eu-central comes back still holding "primary at epoch 1" while
+    us-east was promoted to epoch 2 meanwhile. Until it has compared epochs with us-east (or
+    seen it down for peer_down_after) it is ready but does not act as primary: no hot sealing,
+    seal requests 503. Once us-east answers it adopts epoch 2 and is fenced (409)."""
+    a, b = regions
+    a.sections["replication"] = {"peer_down_after": "120s"}  # the window under test
+    a.write()
+    b.write()
+    await FileStateStore(a.storage_root).initialise("warm", EU)
+    b_store = FileStateStore(b.storage_root)
+    await b_store.initialise("warm", EU)
+    await b_store.promote("warm", US, EU, 1)
+    key = PartitionKey(day=date(2025, 9, 1), hour=3, tier="warm", dataset="trade",
+                       venue="kraken", symbol="BTC-USD")
+    write_trade_partition(a.storage_root, key, rows=50, origin=EU)
+    seal_url = f"{a.base_url}/v1/partitions/seal"
+    body = {"tier": "warm", "partition": key.relpath}
+    async with run_daemon(load_config(a.write())) as da, aiohttp.ClientSession() as http:
+        component = failover_of(da)
+        state = component.current("warm")
+        assert state is not None
+        assert (state.primary, state.epoch) == (EU, 1)  # its stale belief
+        async with http.get(f"{a.base_url}/readyz") as resp:
+            assert resp.status == 200  # ready: reads and replication go on
+        assert not component.is_primary("warm")
+        warm = (await get_json(http, f"{a.base_url}/v1/status?tier=warm"))["tiers"]["warm"]
+        assert "has not confirmed its roles yet" in warm["write_refusal"]
+        assert "us-east" in warm["write_refusal"]
+        code, doc = await post(http, seal_url, body)
+        assert (code, doc["error"]) == (503, "not_ready"), doc
+        assert "epochs not compared with us-east" in doc["detail"]
+        assert not is_sealed(key.directory(a.storage_root))
+
+        async with run_daemon(load_config(b.write())):
+            await eventually(lambda: component.epoch("warm") == 2)
+            assert not component.is_primary("warm")
+            warm = (await get_json(http, f"{a.base_url}/v1/status?tier=warm"))["tiers"]["warm"]
+            assert (warm["primary"], warm["role"], warm["write_refusal"]) == (
+                US, "replica", None)
+            code, doc = await post(http, seal_url, body)
+            assert (code, doc["error"]) == (409, "fenced"), doc
+        assert not is_sealed(key.directory(a.storage_root))
+
+
+async def test_a_lone_primary_acts_once_its_silent_peer_counts_as_down(
+    regions: tuple[RegionSpec, RegionSpec],
+) -> None:
+    """With no peer to compare with, the stored role is trusted only after the peer has been
+    unreachable for peer_down_after (1 s here): never before it counts as down."""
+    a, _ = regions
+    async with run_daemon(load_config(a.write())) as da:
+        component = failover_of(da)
+        deadline = time.monotonic() + 15
+        while not component.is_primary("warm"):
+            assert component.peer_health()[US].up, "down but still not acting as primary"
+            assert time.monotonic() < deadline, component.write_refusal("warm")
+            await asyncio.sleep(0.01)
+        assert not component.peer_health()[US].up
+        assert component.write_refusal("warm") is None

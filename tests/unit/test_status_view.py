@@ -23,6 +23,7 @@ STATUS = {
             "epoch": 3,
             "role": "replica",
             "state_problem": "stored primary differs from config",
+            "write_refusal": "epochs not compared with us-east",
             "rules": [{"mode": "active-passive", "from": "eu-central", "to": ["us-east"],
                        "lag_slo_seconds": 60.0}],
             "sources": {"eu-central": {"lag_seconds": 12.5, "lag_slo_seconds": 60.0,
@@ -45,6 +46,7 @@ def test_render_status_shows_roles_lag_origins_peers_and_quarantine() -> None:
     assert "NOT READY: failover state not loaded" in text
     assert "[warm] primary=eu-central epoch=3 this region: replica" in text
     assert "STATE PROBLEM: stored primary differs from config" in text
+    assert "NOT SEALING: epochs not compared with us-east" in text
     assert "12.5" in text
     assert "abc" in text
     assert "peers (state backend: file)" in text
