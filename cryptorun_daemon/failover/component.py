@@ -142,13 +142,16 @@ class FailoverComponent:
         down for ``replication.peer_down_after``, the region trusts that role
         only after a newer epoch reached it since start-up (its own promotion
         through the API, or one adopted from a peer). Readiness does not wait
-        for this: reads and replication go on.
+        for this: reads and replication go on. ``None`` for a tier this region
+        does not hold as primary: the storage fence refuses those writes.
         """
+        state = self._states.get(tier)
+        if state is None or state.primary != self.region:
+            return None
         reasons = self.not_ready_reasons()
         if reasons:
             return "; ".join(reasons)
-        state = self._states.get(tier)
-        if self.ctx.config.state.backend != "file" or state is None or (
+        if self.ctx.config.state.backend != "file" or (
                 state.epoch > self._loaded_epochs.get(tier, state.epoch)):
             return None
         waiting = self.peers.unconfirmed()
