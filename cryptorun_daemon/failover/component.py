@@ -238,7 +238,7 @@ class FailoverComponent:
         if not self._snapshot_seen:
             backend = self.ctx.config.state.backend
             reasons.append(f"failover: no snapshot yet from the {backend} state store")
-        elif self.ctx.config.state.backend == "file" and not self.peers.compared:
+        elif self.ctx.config.state.backend == "file" and not self.peers.first_round_done:
             reasons.append("failover: first comparison of epochs with peers not finished")
         return reasons
 

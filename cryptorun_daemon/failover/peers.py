@@ -91,7 +91,7 @@ class PeerMonitor:
         self._probe_started = ctx.clock.monotonic()
         down_after = ctx.config.replication.peer_down_after
         self.probe_interval = max(0.2, min(PROBE_INTERVAL_MAX, down_after / 3))
-        self.compared = False  # one full probe round done
+        self.first_round_done = False  # one full probe round, whatever its answers
         self._status_compared: set[str] = set()
         self._all_confirmed = not self._health  # sticky once every peer was confirmed
 
@@ -171,7 +171,7 @@ class PeerMonitor:
 
     async def probe_round(self, on_status: StatusHandler | None) -> None:
         await asyncio.gather(*(self._probe(p, on_status) for p in self._health))
-        self.compared = True
+        self.first_round_done = True
 
     async def _probe(self, peer: str, on_status: StatusHandler | None) -> None:
         url = self.ctx.config.peers[peer]
