@@ -65,23 +65,45 @@ def serve(config_path: str) -> None:
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def write_config(directory: Path, region: str, port: int, peer: str, peer_port: int,
-                 hot: dict[str, Any], rate: float | None) -> Path:
+def write_config(
+    directory: Path,
+    region: str,
+    port: int,
+    peer: str,
+    peer_port: int,
+    hot: dict[str, Any],
+    rate: float | None,
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "token").write_text(TOKEN)
-    lines = [f'region = "{region}"', "[admin]", f'listen = "127.0.0.1:{port}"',
-             'token_file = "token"', "[storage]", 'root = "data"', "[peers]",
-             f'{peer} = "http://127.0.0.1:{peer_port}"', "[hot]"]
+    lines = [
+        f'region = "{region}"',
+        "[admin]",
+        f'listen = "127.0.0.1:{port}"',
+        'token_file = "token"',
+        "[storage]",
+        'root = "data"',
+        "[peers]",
+        f'{peer} = "http://127.0.0.1:{peer_port}"',
+        "[hot]",
+    ]
     lines += [f"{k} = {json.dumps(v)}" for k, v in hot.items()]
     if rate:
-        lines += ["[[feeds]]", 'kind = "synthetic"', 'name = "syn"', 'venue = "bench"',
-                  f"rate = {rate}", 'symbols = ["BTC/USD", "ETH/USD", "SOL/USD"]',
-                  "book_depth = 5"]
+        lines += [
+            "[[feeds]]",
+            'kind = "synthetic"',
+            'name = "syn"',
+            'venue = "bench"',
+            f"rate = {rate}",
+            'symbols = ["BTC/USD", "ETH/USD", "SOL/USD"]',
+            "book_depth = 5",
+        ]
     path = directory / f"{region}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -92,8 +114,11 @@ class Proc:
         self.config = config
         self.log = config.with_suffix(".log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(config)], stdout=self.log,
-            stderr=subprocess.STDOUT, cwd=config.parent)
+            [sys.executable, __file__, "--serve", str(config)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
+        )
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -128,11 +153,11 @@ async def wait_ready(session: aiohttp.ClientSession, port: int) -> None:
     raise RuntimeError(f"daemon on {port} not ready")
 
 
-async def throughput(tmp: Path, backlog_seconds: float, rate: float,
-                     buffer_records: int = 2_000_000) -> dict[str, Any]:
+async def throughput(
+    tmp: Path, backlog_seconds: float, rate: float, buffer_records: int = 2_000_000
+) -> dict[str, Any]:
     pa, pb = free_port(), free_port()
-    hot = {"buffer_records": buffer_records, "buffer_bytes": 1 << 30,
-           "heartbeat_interval": "1s"}
+    hot = {"buffer_records": buffer_records, "buffer_bytes": 1 << 30, "heartbeat_interval": "1s"}
     tag = f"tp{buffer_records}"
     a = Proc(write_config(tmp / f"{tag}-a", "eu", pa, "us", pb, hot, rate))
     b: Proc | None = None
@@ -155,11 +180,14 @@ async def throughput(tmp: Path, backlog_seconds: float, rate: float,
                 await asyncio.sleep(0.02)
             elapsed = time.monotonic() - t0
             a_status = await status(session, pa)
-            return {"backlog_records": head_start, "drained": applied - (first or 0),
-                    "seconds": round(elapsed, 3),
-                    "records_per_s": round((applied - (first or 0)) / elapsed),
-                    "origin_feed": a_status["feeds"]["syn"],
-                    "from_journal": a_status["journal"].get("served_records", 0)}
+            return {
+                "backlog_records": head_start,
+                "drained": applied - (first or 0),
+                "seconds": round(elapsed, 3),
+                "records_per_s": round((applied - (first or 0)) / elapsed),
+                "origin_feed": a_status["feeds"]["syn"],
+                "from_journal": a_status["journal"].get("served_records", 0),
+            }
     finally:
         for proc in (b, a):
             if proc is not None:
@@ -184,11 +212,17 @@ async def latency(tmp: Path, seconds: float) -> dict[str, Any]:
                 await asyncio.sleep(0.5)
             sb, sa = await status(session, pb), await status(session, pa)
             lat = sb["origins"]["eu"]["apply_latency"]
-            return {"rate": 10_000, "applied": sb["origins"]["eu"]["applied_seq"],
-                    "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "max_ms": lat["max_ms"],
-                    "batches": lat["batches"], "origin_rss_mb_max": round(max(rss), 1),
-                    "origin_buffer_bytes": sa["buffer"]["bytes"],
-                    "origin_buffer_limit_bytes": limit_bytes}
+            return {
+                "rate": 10_000,
+                "applied": sb["origins"]["eu"]["applied_seq"],
+                "p50_ms": lat["p50_ms"],
+                "p99_ms": lat["p99_ms"],
+                "max_ms": lat["max_ms"],
+                "batches": lat["batches"],
+                "origin_rss_mb_max": round(max(rss), 1),
+                "origin_buffer_bytes": sa["buffer"]["bytes"],
+                "origin_buffer_limit_bytes": limit_bytes,
+            }
     finally:
         b.stop()
         a.stop()
@@ -197,15 +231,27 @@ async def latency(tmp: Path, seconds: float) -> dict[str, Any]:
 def sample_frames(count: int, batch: int) -> list[bytes]:
     """Frames shaped like the daemon's: synthetic records, batches of ``batch``."""
     from cryptorun_daemon.config import FeedConfig
-    feed = SyntheticFeed(FeedConfig(name="s", kind="synthetic", venue="bench",
-                                    symbols=("BTC/USD", "ETH/USD", "SOL/USD"), book_depth=5))
+
+    feed = SyntheticFeed(
+        FeedConfig(
+            name="s",
+            kind="synthetic",
+            venue="bench",
+            symbols=("BTC/USD", "ETH/USD", "SOL/USD"),
+            book_depth=5,
+        )
+    )
     records = []
     for k in range(count):
         ev = feed.event(k)
-        records.append(encode_record("eu", k + 1, time.time_ns(), ev.dataset,
-                                     {**ev.fields, "ingest_ts": time.time_ns()}))
-    return [protocol.encode_records("r", records[i:i + batch], count)
-            for i in range(0, count, batch)]
+        records.append(
+            encode_record(
+                "eu", k + 1, time.time_ns(), ev.dataset, {**ev.fields, "ingest_ts": time.time_ns()}
+            )
+        )
+    return [
+        protocol.encode_records("r", records[i : i + batch], count) for i in range(0, count, batch)
+    ]
 
 
 def raw_websockets(frames: list[bytes], batch: int) -> dict[str, Any]:
@@ -231,38 +277,53 @@ async def main():
 asyncio.run(main())
 """
     import pickle
+
     with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as handle:
         pickle.dump(frames, handle)
-    out = subprocess.run([sys.executable, "-c", code, handle.name], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, handle.name], capture_output=True, text=True, check=True
+    )
     os.unlink(handle.name)
     seconds = float(out.stdout.strip())
     records = len(frames) * batch
-    return {"records": records, "seconds": round(seconds, 3),
-            "records_per_s": round(records / seconds)}
+    return {
+        "records": records,
+        "seconds": round(seconds, 3),
+        "records_per_s": round(records / seconds),
+    }
 
 
 async def amain(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         tp = await throughput(tmp, args.backlog_seconds, args.rate)
-        print(f"sustained mirror: {tp['records_per_s']:,} records/s "
-              f"({tp['drained']:,} records drained in {tp['seconds']} s; "
-              f"backlog {tp['backlog_records']:,}; origin feed {tp['origin_feed']})")
+        print(
+            f"sustained mirror: {tp['records_per_s']:,} records/s "
+            f"({tp['drained']:,} records drained in {tp['seconds']} s; "
+            f"backlog {tp['backlog_records']:,}; origin feed {tp['origin_feed']})"
+        )
         tj = await throughput(tmp, args.backlog_seconds, args.rate, buffer_records=10_000)
-        print(f"sustained mirror from the journal (10,000-record buffer): "
-              f"{tj['records_per_s']:,} records/s ({tj['drained']:,} records drained in "
-              f"{tj['seconds']} s; {tj['from_journal']:,} served from journal segments)")
+        print(
+            f"sustained mirror from the journal (10,000-record buffer): "
+            f"{tj['records_per_s']:,} records/s ({tj['drained']:,} records drained in "
+            f"{tj['seconds']} s; {tj['from_journal']:,} served from journal segments)"
+        )
         lat = await latency(tmp, args.latency_seconds)
-        print(f"latency at {lat['rate']:,} records/s: p50 {lat['p50_ms']} ms, "
-              f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms over {lat['batches']} batches "
-              f"({lat['applied']:,} records)")
-        print(f"origin memory: RSS max {lat['origin_rss_mb_max']} MB; replay buffer "
-              f"{lat['origin_buffer_bytes']:,} B of {lat['origin_buffer_limit_bytes']:,} B limit")
+        print(
+            f"latency at {lat['rate']:,} records/s: p50 {lat['p50_ms']} ms, "
+            f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms over {lat['batches']} batches "
+            f"({lat['applied']:,} records)"
+        )
+        print(
+            f"origin memory: RSS max {lat['origin_rss_mb_max']} MB; replay buffer "
+            f"{lat['origin_buffer_bytes']:,} B of {lat['origin_buffer_limit_bytes']:,} B limit"
+        )
     frames = sample_frames(200_000, 4096)
     raw = raw_websockets(frames, 4096)
-    print(f"raw websockets, same frames: {raw['records_per_s']:,} records/s "
-          f"({raw['records']:,} records in {raw['seconds']} s)")
+    print(
+        f"raw websockets, same frames: {raw['records_per_s']:,} records/s "
+        f"({raw['records']:,} records in {raw['seconds']} s)"
+    )
     print(f"ratio daemon/raw: {tp['records_per_s'] / raw['records_per_s']:.2f}")
     print("targets: >= 100,000 records/s per link; p99 <= 50 ms at 10,000 records/s")
 
@@ -271,8 +332,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--backlog-seconds", type=float, default=8.0)
-    parser.add_argument("--rate", type=float, default=60_000.0,
-                        help="origin ingest rate while building the backlog")
+    parser.add_argument(
+        "--rate", type=float, default=60_000.0, help="origin ingest rate while building the backlog"
+    )
     parser.add_argument("--latency-seconds", type=float, default=8.0)
     args = parser.parse_args()
     if args.serve:

@@ -77,16 +77,20 @@ async def shell(*argv: str) -> None:
 def start(config: Path) -> subprocess.Popen[bytes]:
     log = (config.parent / "daemon.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, str(config)], stdout=log, stderr=subprocess.STDOUT,
-        cwd=config.parent, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [sys.executable, "-c", LAUNCHER, str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=config.parent,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
 
 async def sync(base_url: str, tier: str) -> dict[str, object]:
     timeout = aiohttp.ClientTimeout(total=3600)
-    async with aiohttp.ClientSession(headers=auth_headers(), timeout=timeout) as session, \
-            session.post(f"{base_url}/v1/replication/sync",
-                         json={"tier": tier, "from": A}) as resp:
+    async with (
+        aiohttp.ClientSession(headers=auth_headers(), timeout=timeout) as session,
+        session.post(f"{base_url}/v1/replication/sync", json={"tier": tier, "from": A}) as resp,
+    ):
         doc = await resp.json()
         if resp.status != 200:
             raise SystemExit(f"sync failed: {doc}")
@@ -97,10 +101,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=450)
     parser.add_argument("--small-partitions", type=int, default=10_000)
-    parser.add_argument("--concurrency", type=int, default=8,
-                        help="replication.max_concurrency of the daemons")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="work directory (default: the system temp dir)")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="replication.max_concurrency of the daemons"
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="work directory (default: the system temp dir)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-repl-", dir=args.dir))
     try:
@@ -117,14 +123,28 @@ async def run(work: Path, size_mb: int, small: int, concurrency: int) -> None:
     symbols = ("BTC-USD", "ETH-USD", "SOL-USD")
     rows = 100_000  # ~5 MB per hourly partition with snappy
     hours = max(1, round(size_mb / 5.0 / len(symbols)))
-    seed_partitions(staged, tier="warm", start=datetime(2025, 8, 1, tzinfo=UTC), count=hours,
-                    symbols=symbols, rows=rows)
+    seed_partitions(
+        staged,
+        tier="warm",
+        start=datetime(2025, 8, 1, tzinfo=UTC),
+        count=hours,
+        symbols=symbols,
+        rows=rows,
+    )
     big = tree_bytes(staged / "warm")
-    print(f"generated {hours * len(symbols)} warm partitions, {big / 1e6:.0f} MB "
-          f"in {time.monotonic() - t:.1f}s")
+    print(
+        f"generated {hours * len(symbols)} warm partitions, {big / 1e6:.0f} MB "
+        f"in {time.monotonic() - t:.1f}s"
+    )
     t = time.monotonic()
-    seed_partitions(staged, tier="cold", start=datetime(1990, 1, 1, tzinfo=UTC), count=small,
-                    symbols=("BTC-USD",), rows=20)
+    seed_partitions(
+        staged,
+        tier="cold",
+        start=datetime(1990, 1, 1, tzinfo=UTC),
+        count=small,
+        symbols=("BTC-USD",),
+        rows=20,
+    )
     print(f"generated {small} small cold partitions in {time.monotonic() - t:.1f}s")
     await shell("sync")
 
@@ -139,10 +159,13 @@ async def run(work: Path, size_mb: int, small: int, concurrency: int) -> None:
     shutil.rmtree(cp_target)
 
     # --- daemons ---------------------------------------------------------------------
-    a, b = two_regions(work / "regions", rules=[
-        {"tier": "warm", "from": A, "to": [B], "lag_slo": "1h"},
-        {"tier": "cold", "from": A, "to": [B], "lag_slo": "1h"},
-    ])
+    a, b = two_regions(
+        work / "regions",
+        rules=[
+            {"tier": "warm", "from": A, "to": [B], "lag_slo": "1h"},
+            {"tier": "cold", "from": A, "to": [B], "lag_slo": "1h"},
+        ],
+    )
     for spec in (a, b):
         spec.sections["replication"] = {"max_concurrency": concurrency}
         spec.sections["log"] = {"level": "warning"}
@@ -175,12 +198,16 @@ async def run(work: Path, size_mb: int, small: int, concurrency: int) -> None:
         await sampler
         moved = int(report["bytes"])  # type: ignore[call-overload]
         rate = moved / seconds / 1e6
-        print(f"daemon pull (HTTP, xxh3 verify, fsync, atomic commit): {moved / 1e6:.0f} MB "
-              f"in {seconds:.2f}s = {rate:.0f} MB/s; committed "
-              f"{report['partitions_committed']} partitions, ok={report['ok']}")
+        print(
+            f"daemon pull (HTTP, xxh3 verify, fsync, atomic commit): {moved / 1e6:.0f} MB "
+            f"in {seconds:.2f}s = {rate:.0f} MB/s; committed "
+            f"{report['partitions_committed']} partitions, ok={report['ok']}"
+        )
         print(f"RATIO daemon / (cp -r + sync) = {rate / cp_rate:.2f}x  (target >= 0.8x)")
-        print(f"RSS of pulling daemon: {rss_before:.0f} MB idle, peak {peak:.0f} MB while "
-              f"copying  (target < 200 MB)")
+        print(
+            f"RSS of pulling daemon: {rss_before:.0f} MB idle, peak {peak:.0f} MB while "
+            f"copying  (target < 200 MB)"
+        )
         again = await sync(b.base_url, "warm")
         print(f"re-run of the warm pass moved {again['bytes']} bytes")
 
@@ -190,9 +217,11 @@ async def run(work: Path, size_mb: int, small: int, concurrency: int) -> None:
             report = await sync(b.base_url, "cold")
             timings.append(time.monotonic() - t)
             assert report["bytes"] == 0, report
-        print(f"no-change re-sync of {small} partitions: first {timings[0]:.2f}s, then "
-              f"{timings[1]:.2f}s, {timings[2]:.2f}s  (target < 2 s); "
-              f"pending={report['pending_partitions']}")
+        print(
+            f"no-change re-sync of {small} partitions: first {timings[0]:.2f}s, then "
+            f"{timings[1]:.2f}s, {timings[2]:.2f}s  (target < 2 s); "
+            f"pending={report['pending_partitions']}"
+        )
     finally:
         for proc in procs:
             stop_process(proc)

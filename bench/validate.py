@@ -46,8 +46,9 @@ def make_table(rows: int, symbols: int, seed: int = 1) -> pa.Table:
             "price": np.round((60_000 + rng.normal(0, 3, rows)) / 0.1) * 0.1,
             "qty": rng.lognormal(-3.0, 1.0, rows),
             "trade_id": np.arange(rows, dtype=np.int64),
-            "ingest_ts": pa.array(ts + rng.integers(1_000_000, 50_000_000, rows),
-                                  pa.timestamp("ns", tz="UTC")),
+            "ingest_ts": pa.array(
+                ts + rng.integers(1_000_000, 50_000_000, rows), pa.timestamp("ns", tz="UTC")
+            ),
             "origin": pa.array(["eu-central"] * rows),
             "seq": np.arange(rows, dtype=np.int64),
         },
@@ -72,7 +73,8 @@ def make_dirty(table: pa.Table, seed: int = 2) -> pa.Table:
     ingest[stale] += 120 * 1_000_000_000
     table = table.set_column(table.schema.get_field_index("price"), "price", pa.array(price))
     return table.set_column(
-        table.schema.get_field_index("ingest_ts"), "ingest_ts",
+        table.schema.get_field_index("ingest_ts"),
+        "ingest_ts",
         pa.array(ingest).cast(pa.timestamp("ns", tz="UTC")),
     )
 
@@ -104,39 +106,59 @@ def main() -> None:
         dirty_path = Path(tmp) / "part-001.parquet"
         pq.write_table(make_dirty(plain), dirty_path)
         dirty = read_partition_table(dirty_path)
-        read_1 = best_of(args.repeat, lambda: pq.read_table(path, use_threads=False,
-                                                           read_dictionary=["venue", "symbol",
-                                                                            "side", "origin"]))
+        read_1 = best_of(
+            args.repeat,
+            lambda: pq.read_table(
+                path, use_threads=False, read_dictionary=["venue", "symbol", "side", "origin"]
+            ),
+        )
         pa.set_cpu_count(os.cpu_count() or 1)
         read_n = best_of(args.repeat, lambda: read_partition_table(path))
         pa.set_cpu_count(1)
     report = validate_table(encoded, dataset="trade", tier="warm")
-    validate_encoded = best_of(args.repeat, lambda: validate_table(encoded, dataset="trade",
-                                                                   tier="warm"))
-    validate_plain = best_of(args.repeat, lambda: validate_table(plain, dataset="trade",
-                                                                 tier="warm"))
+    validate_encoded = best_of(
+        args.repeat, lambda: validate_table(encoded, dataset="trade", tier="warm")
+    )
+    validate_plain = best_of(
+        args.repeat, lambda: validate_table(plain, dataset="trade", tier="warm")
+    )
     dirty_report = validate_table(dirty, dataset="trade", tier="warm")
-    validate_dirty = best_of(args.repeat, lambda: validate_table(dirty, dataset="trade",
-                                                                 tier="warm"))
+    validate_dirty = best_of(
+        args.repeat, lambda: validate_table(dirty, dataset="trade", tier="warm")
+    )
     rows = args.rows
-    print(f"rows: {rows:,}  symbols: {args.symbols}  parquet: {size / 1e6:.1f} MB  "
-          f"flagged rows: {report.result.flagged}")
-    print(f"validate (dictionary strings, as read): {validate_encoded * 1e3:8.1f} ms  "
-          f"{rows / validate_encoded / 1e6:6.1f} M rows/s")
-    print(f"validate (plain strings, in memory):    {validate_plain * 1e3:8.1f} ms  "
-          f"{rows / validate_plain / 1e6:6.1f} M rows/s")
-    print(f"validate (dictionary, dirty):           {validate_dirty * 1e3:8.1f} ms  "
-          f"{rows / validate_dirty / 1e6:6.1f} M rows/s  "
-          f"({dirty_report.result.flagged:,} rows flagged)")
-    print(f"read parquet, 1 thread:                 {read_1 * 1e3:8.1f} ms  "
-          f"{rows / read_1 / 1e6:6.1f} M rows/s")
-    print(f"read parquet, {os.cpu_count()} threads:               {read_n * 1e3:8.1f} ms  "
-          f"{rows / read_n / 1e6:6.1f} M rows/s")
+    print(
+        f"rows: {rows:,}  symbols: {args.symbols}  parquet: {size / 1e6:.1f} MB  "
+        f"flagged rows: {report.result.flagged}"
+    )
+    print(
+        f"validate (dictionary strings, as read): {validate_encoded * 1e3:8.1f} ms  "
+        f"{rows / validate_encoded / 1e6:6.1f} M rows/s"
+    )
+    print(
+        f"validate (plain strings, in memory):    {validate_plain * 1e3:8.1f} ms  "
+        f"{rows / validate_plain / 1e6:6.1f} M rows/s"
+    )
+    print(
+        f"validate (dictionary, dirty):           {validate_dirty * 1e3:8.1f} ms  "
+        f"{rows / validate_dirty / 1e6:6.1f} M rows/s  "
+        f"({dirty_report.result.flagged:,} rows flagged)"
+    )
+    print(
+        f"read parquet, 1 thread:                 {read_1 * 1e3:8.1f} ms  "
+        f"{rows / read_1 / 1e6:6.1f} M rows/s"
+    )
+    print(
+        f"read parquet, {os.cpu_count()} threads:               {read_n * 1e3:8.1f} ms  "
+        f"{rows / read_n / 1e6:6.1f} M rows/s"
+    )
     print(f"validation / read (1 thread):  {validate_encoded / read_1:6.1%}  (target <= 25%)")
     print(f"validation / read ({os.cpu_count()} threads): {validate_encoded / read_n:6.1%}")
     target = rows / validate_encoded >= 10e6
-    print(f"throughput target >= 10M rows/s: {'met' if target else 'NOT met'}; "
-          f"<= 25% of read: {'met' if validate_encoded <= 0.25 * read_1 else 'NOT met'}")
+    print(
+        f"throughput target >= 10M rows/s: {'met' if target else 'NOT met'}; "
+        f"<= 25% of read: {'met' if validate_encoded <= 0.25 * read_1 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

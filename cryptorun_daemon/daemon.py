@@ -271,8 +271,17 @@ class Daemon:
                 applied.append("rules.lag_slo")
         else:
             needs_restart.append("rules")
-        for section in ("region", "admin", "storage", "peers", "state", "replication", "hot",
-                        "feeds", "validation"):
+        for section in (
+            "region",
+            "admin",
+            "storage",
+            "peers",
+            "state",
+            "replication",
+            "hot",
+            "feeds",
+            "validation",
+        ):
             if getattr(new, section) != getattr(old, section):
                 needs_restart.append(section)
         self.ctx.config = replace(old, log=new.log, rules=rules)

@@ -127,7 +127,9 @@ class Metrics:
 
         # --- daemon families ----------------------------------------------------
         self.build_info = Gauge(
-            "cryptorun_build_info", "Build of the running daemon (always 1).", ["version"],
+            "cryptorun_build_info",
+            "Build of the running daemon (always 1).",
+            ["version"],
             registry=r,
         )
         self.task_restarts_total = Counter(
@@ -208,16 +210,22 @@ class Metrics:
             registry=r,
         )
         self.hot_buffer_records = Gauge(
-            "cryptorun_hot_buffer_records", "Records held in the local replay buffer.",
-            ["region"], registry=r,
+            "cryptorun_hot_buffer_records",
+            "Records held in the local replay buffer.",
+            ["region"],
+            registry=r,
         )
         self.hot_buffer_bytes = Gauge(
-            "cryptorun_hot_buffer_bytes", "Bytes held in the local replay buffer.",
-            ["region"], registry=r,
+            "cryptorun_hot_buffer_bytes",
+            "Bytes held in the local replay buffer.",
+            ["region"],
+            registry=r,
         )
         self.hot_journal_bytes = Gauge(
-            "cryptorun_hot_journal_bytes", "Bytes of hot journal segments on disk.",
-            ["region"], registry=r,
+            "cryptorun_hot_journal_bytes",
+            "Bytes of hot journal segments on disk.",
+            ["region"],
+            registry=r,
         )
         self.hot_late_records_total = Counter(
             "cryptorun_hot_late_records_total",

@@ -36,6 +36,7 @@ def build_app(
     extra_routes: Sequence[web.RouteDef] = (),
 ) -> web.Application:
     """Create the admin app. Error middleware is outermost so auth failures are JSON too."""
+
     @web.middleware
     async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         # aiohttp enforces client_max_size only when a handler reads the body;
@@ -43,7 +44,8 @@ def build_app(
         if request.content_length is not None and request.content_length > max_request_bytes:
             daemon.metrics.admin_rejected_total.labels(reason="too_large").inc()
             return json_error(
-                413, "too_large",
+                413,
+                "too_large",
                 f"request body of {request.content_length} bytes exceeds the "
                 f"{max_request_bytes}-byte limit (admin.max_request_bytes)",
             )

@@ -27,8 +27,7 @@ async def run_failover(
     expected_epoch: int | None = None,
 ) -> int:
     """Ask the daemon to fail ``tier`` over from ``demote`` to ``promote``; 0 when done."""
-    body: dict[str, Any] = {"tier": tier, "promote": promote, "demote": demote,
-                            "dry_run": dry_run}
+    body: dict[str, Any] = {"tier": tier, "promote": promote, "demote": demote, "dry_run": dry_run}
     if expected_epoch is not None:
         body["expected_epoch"] = expected_epoch
     doc = await client.request("POST", "/v1/failover", body=body)
@@ -43,20 +42,26 @@ def render_failover(doc: dict[str, Any]) -> str:
     """Headline, before and after topology tables, numbered actions, warnings."""
     before, after = doc.get("before", {}), doc.get("after", {})
     if doc.get("dry_run"):
-        headline = (f"DRY RUN: failover of {doc.get('tier')} would promote {doc.get('primary')} "
-                    f"and demote {doc.get('previous_primary')} (epoch {before.get('epoch')} -> "
-                    f"{doc.get('epoch')}); nothing was changed")
+        headline = (
+            f"DRY RUN: failover of {doc.get('tier')} would promote {doc.get('primary')} "
+            f"and demote {doc.get('previous_primary')} (epoch {before.get('epoch')} -> "
+            f"{doc.get('epoch')}); nothing was changed"
+        )
     else:
-        headline = (f"failover of {doc.get('tier')} done: {doc.get('primary')} is primary at "
-                    f"epoch {doc.get('epoch')} (was {doc.get('previous_primary')} at epoch "
-                    f"{before.get('epoch')})")
+        headline = (
+            f"failover of {doc.get('tier')} done: {doc.get('primary')} is primary at "
+            f"epoch {doc.get('epoch')} (was {doc.get('previous_primary')} at epoch "
+            f"{before.get('epoch')})"
+        )
     parts = [headline, f"\nbefore (epoch {before.get('epoch')}):", topology_table(before)]
     label = "after, planned" if doc.get("dry_run") else "after"
     parts += [f"\n{label} (epoch {after.get('epoch')}):", topology_table(after), "\nactions:"]
     for number, action in enumerate(doc.get("actions", []), start=1):
         target = f" {action['target']}" if action.get("target") else ""
-        parts.append(f"  {number}. [{action.get('status')}] {action.get('action')}{target}: "
-                     f"{action.get('detail')}")
+        parts.append(
+            f"  {number}. [{action.get('status')}] {action.get('action')}{target}: "
+            f"{action.get('detail')}"
+        )
     warnings = doc.get("warnings", [])
     if warnings:
         parts.append("\nwarnings:")
@@ -69,14 +74,16 @@ def topology_table(topology: dict[str, Any]) -> str:
     rows = []
     for region, row in sorted(topology.get("regions", {}).items()):
         reachable = row.get("reachable")
-        rows.append([
-            region,
-            row.get("role"),
-            row.get("epoch"),
-            row.get("lag_seconds"),
-            row.get("last_success"),
-            {True: "yes", False: "NO", None: "-"}[reachable],
-        ])
+        rows.append(
+            [
+                region,
+                row.get("role"),
+                row.get("epoch"),
+                row.get("lag_seconds"),
+                row.get("last_success"),
+                {True: "yes", False: "NO", None: "-"}[reachable],
+            ]
+        )
     return table(["region", "role", "epoch", "lag s", "last success", "reachable"], rows)
 
 
@@ -87,6 +94,15 @@ def render_peer_health(doc: dict[str, Any]) -> str:
         return ""
     return table(
         ["peer", "up", "reachable", "last ok", "down since", "last error"],
-        [[peer, h.get("up"), h.get("reachable"), h.get("last_ok"), h.get("down_since"),
-          h.get("last_error")] for peer, h in sorted(health.items())],
+        [
+            [
+                peer,
+                h.get("up"),
+                h.get("reachable"),
+                h.get("last_ok"),
+                h.get("down_since"),
+                h.get("last_error"),
+            ]
+            for peer, h in sorted(health.items())
+        ],
     )

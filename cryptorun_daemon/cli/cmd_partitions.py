@@ -10,9 +10,7 @@ from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.storage.seal import fenced_epoch, manifest_summary, seal_partition
 
 
-def run_seal(
-    paths: Sequence[str | Path], *, region: str, epoch: int | None, out: TextIO
-) -> int:
+def run_seal(paths: Sequence[str | Path], *, region: str, epoch: int | None, out: TextIO) -> int:
     """Seal each partition directory (manifest, then ``_SUCCESS``); print one line each.
 
     ``epoch=None`` stamps each partition with its tier's current fenced epoch,

@@ -87,15 +87,23 @@ def render_status(doc: dict[str, Any]) -> str:
         parts.append(f"\npeers (state backend: {doc.get('state_backend', '-')})\n{peers}")
     quarantine = doc.get("quarantine")
     if quarantine:
-        parts.append("\n" + table(
-            ["quarantine tier", "files", "flagged rows"],
-            [[t, c.get("files"), c.get("rows")] for t, c in sorted(quarantine.items())],
-        ))
+        parts.append(
+            "\n"
+            + table(
+                ["quarantine tier", "files", "flagged rows"],
+                [[t, c.get("files"), c.get("rows")] for t, c in sorted(quarantine.items())],
+            )
+        )
     workers = doc.get("workers", {})
     if workers:
-        parts.append("\n" + table(
-            ["worker", "running", "restarts", "last error"],
-            [[n, w.get("running"), w.get("restarts"), w.get("last_error")]
-             for n, w in workers.items()],
-        ))
+        parts.append(
+            "\n"
+            + table(
+                ["worker", "running", "restarts", "last error"],
+                [
+                    [n, w.get("running"), w.get("restarts"), w.get("last_error")]
+                    for n, w in workers.items()
+                ],
+            )
+        )
     return "\n".join(parts)

@@ -45,21 +45,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run a two-region demo on loopback")
     demo.add_argument("--dir", default=None, help="where the demo keeps its data (default: temp)")
-    demo.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                      help="stop after this many seconds (default: until Ctrl-C)")
-    demo.add_argument("--kraken-url", default=None, metavar="URL",
-                      help="Kraken v2 WebSocket endpoint instead of the local test server")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this many seconds (default: until Ctrl-C)",
+    )
+    demo.add_argument(
+        "--kraken-url",
+        default=None,
+        metavar="URL",
+        help="Kraken v2 WebSocket endpoint instead of the local test server",
+    )
 
     replication = commands.add_parser("replication", help="talk to a running daemon")
     rep = replication.add_subparsers(dest="action", required=True, parser_class=HelpfulParser)
 
     def admin_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--admin-url", default=None, metavar="URL",
-                       help="daemon admin base URL (env CRYPTORUN_ADMIN_URL)")
-        p.add_argument("--config", default=None, metavar="PATH",
-                       help="region config giving the admin address and token file")
-        p.add_argument("--token-file", default=None, metavar="PATH",
-                       help="bearer token file (env CRYPTORUN_ADMIN_TOKEN)")
+        p.add_argument(
+            "--admin-url",
+            default=None,
+            metavar="URL",
+            help="daemon admin base URL (env CRYPTORUN_ADMIN_URL)",
+        )
+        p.add_argument(
+            "--config",
+            default=None,
+            metavar="PATH",
+            help="region config giving the admin address and token file",
+        )
+        p.add_argument(
+            "--token-file",
+            default=None,
+            metavar="PATH",
+            help="bearer token file (env CRYPTORUN_ADMIN_TOKEN)",
+        )
         p.add_argument("--json", action="store_true", help="print one JSON document")
 
     simulate = rep.add_parser("simulate", help="show the replication plan for a window")
@@ -75,8 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     failover.add_argument("--promote", required=True, metavar="REGION")
     failover.add_argument("--demote", required=True, metavar="REGION")
     add_bool_flag(failover, "--dry-run", default=False, help_text="show the actions only")
-    failover.add_argument("--expected-epoch", type=int, default=None, metavar="N",
-                          help="refuse (409) unless the tier is still at epoch N")
+    failover.add_argument(
+        "--expected-epoch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse (409) unless the tier is still at epoch N",
+    )
     admin_flags(failover)
 
     status = rep.add_parser("status", help="roles, epochs, lag and stream positions")
@@ -88,11 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     part = partitions.add_subparsers(dest="action", required=True, parser_class=HelpfulParser)
     seal = part.add_parser("seal", help="seal partition directories written by another tool")
     seal.add_argument("dirs", nargs="+", metavar="DIR")
-    seal.add_argument("--region", default=None,
-                      help="writer region recorded in the manifest (default: from --config)")
+    seal.add_argument(
+        "--region",
+        default=None,
+        help="writer region recorded in the manifest (default: from --config)",
+    )
     seal.add_argument("--config", default=None, metavar="PATH", help="region config")
-    seal.add_argument("--epoch", type=int, default=None,
-                      help="writer epoch (default: the tier's current epoch from the fence)")
+    seal.add_argument(
+        "--epoch",
+        type=int,
+        default=None,
+        help="writer epoch (default: the tier's current epoch from the fence)",
+    )
 
     validate = commands.add_parser("validate", help="validate partitions or Parquet files offline")
     validate.add_argument("paths", nargs="+", metavar="PATH")
@@ -171,15 +204,26 @@ async def _replication(args: argparse.Namespace, out: TextIO) -> int:
             from cryptorun_daemon.cli.cmd_simulate import run_simulate
 
             return await run_simulate(
-                client, src=args.src, dst=args.dst, tier=args.tier, window=args.window,
-                strict=args.strict, as_json=args.json, out=out,
+                client,
+                src=args.src,
+                dst=args.dst,
+                tier=args.tier,
+                window=args.window,
+                strict=args.strict,
+                as_json=args.json,
+                out=out,
             )
         if args.action == "failover":
             from cryptorun_daemon.cli.cmd_failover import run_failover
 
             return await run_failover(
-                client, tier=args.tier, promote=args.promote, demote=args.demote,
-                dry_run=args.dry_run, as_json=args.json, out=out,
+                client,
+                tier=args.tier,
+                promote=args.promote,
+                demote=args.demote,
+                dry_run=args.dry_run,
+                as_json=args.json,
+                out=out,
                 expected_epoch=args.expected_epoch,
             )
     raise UsageError(f"unknown replication action {args.action!r}")

@@ -116,9 +116,7 @@ class _Table:
     def choice(self, name: str, allowed: tuple[str, ...], default: Any = _MISSING) -> Any:
         value = self.string(name, default)
         if isinstance(value, str) and value not in allowed:
-            self.loader.problem(
-                self.key(name), f"{value!r} is not one of {', '.join(allowed)}"
-            )
+            self.loader.problem(self.key(name), f"{value!r} is not one of {', '.join(allowed)}")
             return None if default is _MISSING else default
         return value
 
@@ -304,8 +302,7 @@ def _rules(raw: Any, loader: _Loader, regions: set[str]) -> tuple[Rule, ...]:
                 + (
                     "each region ingests its own hot feeds, so hot is active-active"
                     if tier == "hot"
-                    else "sealed partitions have exactly one writer, so "
-                    f"{tier} is active-passive"
+                    else f"sealed partitions have exactly one writer, so {tier} is active-passive"
                 ),
             )
         for name, key in ([(src, t.key("from"))] if isinstance(src, str) else []) + [
@@ -486,5 +483,3 @@ def _type_name(value: Any) -> str:
         dict: "a table",
     }
     return names.get(type(value), type(value).__name__)
-
-

@@ -144,8 +144,16 @@ class _StopSignals:
 class _Demo:
     """One demo run: start → show → finish → stop → report."""
 
-    def __init__(self, layout: DemoLayout, reader: AdminReader, out: TextIO,
-                 signals: _StopSignals, local_port: int | None, *, reused: bool) -> None:
+    def __init__(
+        self,
+        layout: DemoLayout,
+        reader: AdminReader,
+        out: TextIO,
+        signals: _StopSignals,
+        local_port: int | None,
+        *,
+        reused: bool,
+    ) -> None:
         self.layout = layout
         self.reader = reader
         self.out = out
@@ -189,14 +197,17 @@ class _Demo:
         layout = self.layout
         stop = lambda: self.signals.stop  # noqa: E731 - reads better inline than a def
         if self.local_port is not None:
-            server = self._start(KRAKEN, ["cryptorun_daemon.ingest.kraken.testserver",
-                                          "--port", str(self.local_port)])
+            server = self._start(
+                KRAKEN,
+                ["cryptorun_daemon.ingest.kraken.testserver", "--port", str(self.local_port)],
+            )
             port = self.local_port
             if not wait_ready(server, lambda: tcp_accepts(port), timeout=READY_TIMEOUT, stop=stop):
                 return False
         for region in REGIONS:
-            self._start(region, ["cryptorun_daemon", "daemon",
-                                 "--config", str(layout.config_path(region))])
+            self._start(
+                region, ["cryptorun_daemon", "daemon", "--config", str(layout.config_path(region))]
+            )
         for region in REGIONS:
             ready = functools.partial(http_ok, f"{layout.admin_url(region)}/readyz")
             if not wait_ready(self.children[region], ready, timeout=READY_TIMEOUT, stop=stop):
@@ -204,8 +215,9 @@ class _Demo:
         return True
 
     def _start(self, name: str, args: list[str]) -> ChildProcess:
-        child = start_child(name, args, cwd=self.layout.directory,
-                            log_path=self.layout.log_path(name))
+        child = start_child(
+            name, args, cwd=self.layout.directory, log_path=self.layout.log_path(name)
+        )
         self.children[name] = child
         return child
 
@@ -214,19 +226,25 @@ class _Demo:
         base = layout.directory
         # The window holding the first records closes at the next boundary after the start.
         first_seal = (self.started_at // PARTITION_LENGTH + 1) * PARTITION_LENGTH + SEAL_GRACE
-        self.say(f"cryptorun demo: two regions on loopback; configs, logs and data in {base}"
-                 + (" (continuing the data already there)" if self.reused else ""))
+        self.say(
+            f"cryptorun demo: two regions on loopback; configs, logs and data in {base}"
+            + (" (continuing the data already there)" if self.reused else "")
+        )
         where = "local Kraken-protocol server" if self.local_port else "external Kraken v2 endpoint"
         log = f"log {layout.log_path(KRAKEN).name}" if self.local_port else ""
         self.say(f"  {KRAKEN:<10}  {layout.kraken_url:<26}  {where} ({', '.join(SYMBOLS)})  {log}")
         for region in REGIONS:
             peer = next(r for r in REGIONS if r != region)
             role = "primary" if region == PRIMARY else "replica"
-            self.say(f"  {region:<10}  {layout.admin_url(region):<26}  warm/cold {role}, "
-                     f"ingests kraken, mirrors hot to {peer}  log {layout.log_path(region).name}")
-        self.say(f"  warm partitions: {PARTITION_LENGTH:g} s windows sealed {SEAL_GRACE:g} s after "
-                 f"they end (first at {_clock(first_seal)} UTC); "
-                 f"SLOs: hot lag {HOT_LAG_SLO:g} s, warm lag {WARM_LAG_SLO:g} s")
+            self.say(
+                f"  {region:<10}  {layout.admin_url(region):<26}  warm/cold {role}, "
+                f"ingests kraken, mirrors hot to {peer}  log {layout.log_path(region).name}"
+            )
+        self.say(
+            f"  warm partitions: {PARTITION_LENGTH:g} s windows sealed {SEAL_GRACE:g} s after "
+            f"they end (first at {_clock(first_seal)} UTC); "
+            f"SLOs: hot lag {HOT_LAG_SLO:g} s, warm lag {WARM_LAG_SLO:g} s"
+        )
         primary, replica = layout.admin_url(PRIMARY), layout.admin_url(REPLICA)
         self.say("\ntry, in another shell:")
         self.say(f"  TOKEN=$(cat {layout.token_path})")
@@ -235,9 +253,11 @@ class _Demo:
         self.say(f"  curl -s {replica}/metrics | grep -E '{wanted}'")
         auth = '-H "Authorization: Bearer $TOKEN"'
         self.say(f"  curl -s {auth} '{replica}/v1/partitions?tier=warm' | python3 -m json.tool")
-        self.say(f"  curl -s {auth} -X POST {primary}/v1/failover \\\n"
-                 f"       -d '{{\"tier\":\"warm\",\"promote\":\"{REPLICA}\","
-                 f"\"demote\":\"{PRIMARY}\",\"dry_run\":true}}'")
+        self.say(
+            f"  curl -s {auth} -X POST {primary}/v1/failover \\\n"
+            f'       -d \'{{"tier":"warm","promote":"{REPLICA}",'
+            f'"demote":"{PRIMARY}","dry_run":true}}\''
+        )
         self.say(f"  cryptorun replication status --config {layout.config_path(REPLICA)}")
         until = f"after {duration:g} s or on Ctrl-C" if duration else "on Ctrl-C"
         self.say(f"\nlive, every {SUMMARY_INTERVAL:g} s (stops {until}):")
@@ -295,8 +315,11 @@ class _Demo:
         primary_url, replica_url = self.layout.admin_url(PRIMARY), self.layout.admin_url(REPLICA)
         for _ in range(FINAL_SYNC_ATTEMPTS):
             try:
-                self.reader.json(f"{replica_url}/v1/replication/sync",
-                                 body={"tier": "warm", "from": PRIMARY}, timeout=SYNC_TIMEOUT)
+                self.reader.json(
+                    f"{replica_url}/v1/replication/sync",
+                    body={"tier": "warm", "from": PRIMARY},
+                    timeout=SYNC_TIMEOUT,
+                )
                 primary = self.reader.sealed_partitions(primary_url)
                 replica = self.reader.sealed_partitions(replica_url)
             except (OSError, ValueError, KeyError) as exc:
@@ -314,8 +337,10 @@ class _Demo:
         """Save ``metrics-<region>.txt`` and ``status-<region>.json`` into the demo directory."""
         for region in REGIONS:
             url = self.layout.admin_url(region)
-            for name, path in ((f"metrics-{region}.txt", "/metrics"),
-                               (f"status-{region}.json", "/v1/status")):
+            for name, path in (
+                (f"metrics-{region}.txt", "/metrics"),
+                (f"status-{region}.json", "/v1/status"),
+            ):
                 try:
                     text = self.reader.text(url + path)
                 except OSError as exc:
@@ -332,8 +357,10 @@ class _Demo:
         """
         force = lambda: self.signals.force  # noqa: E731 - reads better inline than a def
         codes: dict[str, int] = {}
-        groups = [[c for n, c in self.children.items() if n != KRAKEN],
-                  [c for n, c in self.children.items() if n == KRAKEN]]
+        groups = [
+            [c for n, c in self.children.items() if n != KRAKEN],
+            [c for n, c in self.children.items() if n == KRAKEN],
+        ]
         for group in groups:
             for child in group:
                 child.terminate()
@@ -358,19 +385,37 @@ class _Demo:
                 self.say(f"  {region:<10}  hot records: {by_origin}")
         complete = len(storage.identical) == len(storage.primary)
         if not storage.primary:
-            self.say(f"  no warm partition sealed yet: the first {PARTITION_LENGTH:g} s window "
-                     f"closes up to {PARTITION_LENGTH + SEAL_GRACE:g} s after start: run longer")
+            self.say(
+                f"  no warm partition sealed yet: the first {PARTITION_LENGTH:g} s window "
+                f"closes up to {PARTITION_LENGTH + SEAL_GRACE:g} s after start: run longer"
+            )
         else:
-            self.say(f"  {PRIMARY:<10}  {len(storage.primary)} warm partitions sealed "
-                     f"({storage.rows:,} rows) in data/{PRIMARY}/warm")
-            superseded = (f"; {storage.superseded} earlier versions of re-sealed hours kept in "
-                          f"data/{REPLICA}/_superseded" if storage.superseded else "")
-            self.say(f"  {REPLICA:<10}  {len(storage.identical)} of {len(storage.primary)} "
-                     f"replicated to data/{REPLICA}/warm{superseded}")
-            self.say("  manifests identical: " + ("yes, byte for byte" if complete else
-                     "NO — differ or missing: " + ", ".join(storage.not_identical)))
-        self.say(f"  configs {PRIMARY}.toml {REPLICA}.toml; logs *.log; final metrics-*.txt "
-                 "and status-*.json")
+            self.say(
+                f"  {PRIMARY:<10}  {len(storage.primary)} warm partitions sealed "
+                f"({storage.rows:,} rows) in data/{PRIMARY}/warm"
+            )
+            superseded = (
+                f"; {storage.superseded} earlier versions of re-sealed hours kept in "
+                f"data/{REPLICA}/_superseded"
+                if storage.superseded
+                else ""
+            )
+            self.say(
+                f"  {REPLICA:<10}  {len(storage.identical)} of {len(storage.primary)} "
+                f"replicated to data/{REPLICA}/warm{superseded}"
+            )
+            self.say(
+                "  manifests identical: "
+                + (
+                    "yes, byte for byte"
+                    if complete
+                    else "NO — differ or missing: " + ", ".join(storage.not_identical)
+                )
+            )
+        self.say(
+            f"  configs {PRIMARY}.toml {REPLICA}.toml; logs *.log; final metrics-*.txt "
+            "and status-*.json"
+        )
         self.say(f"  inspect: cryptorun validate {base / 'data' / REPLICA / 'warm'}")
         return 0 if complete else 1
 

@@ -63,8 +63,11 @@ def metric_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 
 def _total(samples: list[tuple[str, dict[str, str], float]], name: str, **match: str) -> float:
-    return sum(v for n, labels, v in samples
-               if n == name and all(labels.get(k) == want for k, want in match.items()))
+    return sum(
+        v
+        for n, labels, v in samples
+        if n == name and all(labels.get(k) == want for k, want in match.items())
+    )
 
 
 @dataclass(frozen=True)
@@ -100,19 +103,34 @@ def read_region(reader: AdminReader, region: str, base_url: str) -> RegionView:
     warm = tiers.get("warm", {})
     stream = tiers.get("hot", {}).get("stream", {})
     sealer = stream.get("sealer") or {}
-    down = [f"feed {name} not connected ({feed.get('last_error') or 'connecting'})"
-            for name, feed in (stream.get("feeds") or {}).items() if not feed.get("connected")]
+    down = [
+        f"feed {name} not connected ({feed.get('last_error') or 'connecting'})"
+        for name, feed in (stream.get("feeds") or {}).items()
+        if not feed.get("connected")
+    ]
     warm_sources = [s for s in warm.get("sources", {}).values() if s.get("lag_seconds") is not None]
     origins = {labels["origin"] for n, labels, _ in samples if n == "cryptorun_hot_records_total"}
-    hot_lags = [v for n, labels, v in samples if n == "cryptorun_replication_lag_seconds"
-                and labels.get("tier") == "hot" and labels.get("region") == region]
-    hot_slo = [v for n, labels, v in samples if n == "cryptorun_replication_slo_seconds"
-               and labels.get("tier") == "hot" and labels.get("region") == region]
+    hot_lags = [
+        v
+        for n, labels, v in samples
+        if n == "cryptorun_replication_lag_seconds"
+        and labels.get("tier") == "hot"
+        and labels.get("region") == region
+    ]
+    hot_slo = [
+        v
+        for n, labels, v in samples
+        if n == "cryptorun_replication_slo_seconds"
+        and labels.get("tier") == "hot"
+        and labels.get("region") == region
+    ]
     return RegionView(
         region=region,
         role=warm.get("role"),
-        hot_records={o: _total(samples, "cryptorun_hot_records_total", region=region, origin=o)
-                     for o in sorted(origins)},
+        hot_records={
+            o: _total(samples, "cryptorun_hot_records_total", region=region, origin=o)
+            for o in sorted(origins)
+        },
         hot_lag=max(hot_lags) if hot_lags else None,
         hot_slo=hot_slo[0] if hot_slo else None,
         seq_gaps=_total(samples, "cryptorun_hot_seq_gaps_total", region=region),
@@ -122,8 +140,9 @@ def read_region(reader: AdminReader, region: str, base_url: str) -> RegionView:
         warm_slo=min(s["lag_slo_seconds"] for s in warm_sources) if warm_sources else None,
         feed_problem="; ".join(down)[:FEED_PROBLEM_CHARS] or None,
         windows_sealed=int(sealer.get("windows_sealed") or 0),
-        warm_bytes_pulled=_total(samples, "cryptorun_replication_bytes_total", tier="warm",
-                                 to=region),
+        warm_bytes_pulled=_total(
+            samples, "cryptorun_replication_bytes_total", tier="warm", to=region
+        ),
         sealed=sealed,
     )
 
@@ -139,22 +158,30 @@ def format_line(view: RegionView, primary: RegionView | None, now: datetime) -> 
     if view.error is not None:
         return f"{head}  not answering: {view.error}"
     own = view.hot_records.get(view.region, 0.0)
-    mirrored = " + ".join(f"{v:,.0f} from {o}" for o, v in view.hot_records.items()
-                          if o != view.region) or "nothing mirrored yet"
+    mirrored = (
+        " + ".join(f"{v:,.0f} from {o}" for o, v in view.hot_records.items() if o != view.region)
+        or "nothing mirrored yet"
+    )
     hot = f"hot {own:,.0f} own + {mirrored}, lag {_vs_slo(view.hot_lag, view.hot_slo)}"
     if view.feed_problem:
         hot += f" [{view.feed_problem}]"
     if view.role == "primary" or primary is None or primary is view:
-        warm = (f"warm {view.role or '?'}: {len(view.sealed)} partitions sealed "
-                f"({view.windows_sealed} window{'' if view.windows_sealed == 1 else 's'})")
+        warm = (
+            f"warm {view.role or '?'}: {len(view.sealed)} partitions sealed "
+            f"({view.windows_sealed} window{'' if view.windows_sealed == 1 else 's'})"
+        )
     else:
         wanted = primary.sealed
         same = sum(1 for p, h in wanted.items() if view.sealed.get(p) == h)
-        warm = (f"warm {view.role or '?'}: {same}/{len(wanted)} in sync, "
-                f"{view.warm_bytes_pulled / 1000:,.0f} kB pulled, "
-                f"lag {_vs_slo(view.warm_lag, view.warm_slo)}")
-    checks = (f"gaps {view.seq_gaps:,.0f} | invalid {view.validation_errors:,.0f}, "
-              f"quarantined {view.quarantined:,.0f}")
+        warm = (
+            f"warm {view.role or '?'}: {same}/{len(wanted)} in sync, "
+            f"{view.warm_bytes_pulled / 1000:,.0f} kB pulled, "
+            f"lag {_vs_slo(view.warm_lag, view.warm_slo)}"
+        )
+    checks = (
+        f"gaps {view.seq_gaps:,.0f} | invalid {view.validation_errors:,.0f}, "
+        f"quarantined {view.quarantined:,.0f}"
+    )
     return f"{head}  {hot} | {warm} | {checks}"
 
 
@@ -213,5 +240,7 @@ def compare_storage(primary_root: Path, replica_root: Path, tier: str = "warm") 
 def hot_records_from_metrics(text: str, region: str) -> dict[str, float]:
     samples = metric_samples(text)
     origins = {labels["origin"] for n, labels, _ in samples if n == "cryptorun_hot_records_total"}
-    return {o: _total(samples, "cryptorun_hot_records_total", region=region, origin=o)
-            for o in sorted(origins)}
+    return {
+        o: _total(samples, "cryptorun_hot_records_total", region=region, origin=o)
+        for o in sorted(origins)
+    }

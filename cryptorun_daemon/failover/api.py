@@ -58,16 +58,18 @@ class FailoverRequest:
         for key in ("promote", "demote"):
             names[key] = _string(body, key)
             if names[key] not in known:
-                raise UsageError(f"{key}: region {names[key]!r} is unknown (known: "
-                                 f"{', '.join(known)})")
+                raise UsageError(
+                    f"{key}: region {names[key]!r} is unknown (known: {', '.join(known)})"
+                )
         if names["promote"] == names["demote"]:
             raise UsageError(f"promote and demote are both {names['promote']!r}")
         dry_run = body.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise UsageError("dry_run must be true or false")
         expected = body.get("expected_epoch")
-        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)
-                                     or expected < 1):
+        if expected is not None and (
+            isinstance(expected, bool) or not isinstance(expected, int) or expected < 1
+        ):
             raise UsageError("expected_epoch must be an integer >= 1")
         return cls(tier, names["promote"], names["demote"], dry_run, expected)
 
@@ -103,8 +105,9 @@ class FailoverApi:
         before = await store.get(req.tier)
         views = await self.region_views(req.tier)
         if req.dry_run:
-            after = before.promoted(req.promote, req.demote,
-                                    expected_epoch=req.expected_epoch, at=self.ctx.clock.now())
+            after = before.promoted(
+                req.promote, req.demote, expected_epoch=req.expected_epoch, at=self.ctx.clock.now()
+            )
         else:
             after = await store.promote(req.tier, req.promote, req.demote, req.expected_epoch)
         previous = after.history[-1].demoted if after.history else before.primary
@@ -112,26 +115,33 @@ class FailoverApi:
         acked: dict[str, int | None] = {}
         if not req.dry_run:
             self.component.apply(after)
-            log.warning("failover", tier=req.tier, promoted=after.primary,
-                        demoted=previous, epoch=after.epoch)
+            log.warning(
+                "failover",
+                tier=req.tier,
+                promoted=after.primary,
+                demoted=previous,
+                epoch=after.epoch,
+            )
             acked = await self.notify_peers(after, warnings)
         after_views = {r: dict(v, epoch=acked.get(r, v.get("epoch"))) for r, v in views.items()}
         if not req.dry_run:
             after_views[self.region]["epoch"] = after.epoch
         candidate = views.get(req.promote, {})
-        return web.json_response({
-            "tier": req.tier,
-            "epoch": after.epoch,
-            "primary": after.primary,
-            "previous_primary": previous,
-            "dry_run": req.dry_run,
-            "state_backend": store.backend,
-            "candidate_lag_seconds": candidate.get("lag_seconds"),
-            "actions": self._actions(req, before, after, acked),
-            "warnings": warnings,
-            "before": _topology(before, views),
-            "after": _topology(after, after_views),
-        })
+        return web.json_response(
+            {
+                "tier": req.tier,
+                "epoch": after.epoch,
+                "primary": after.primary,
+                "previous_primary": previous,
+                "dry_run": req.dry_run,
+                "state_backend": store.backend,
+                "candidate_lag_seconds": candidate.get("lag_seconds"),
+                "actions": self._actions(req, before, after, acked),
+                "warnings": warnings,
+                "before": _topology(before, views),
+                "after": _topology(after, after_views),
+            }
+        )
 
     async def handle_notify(self, request: web.Request) -> web.Response:
         """``POST /v1/failover/notify`` ``{"from", "state"}``: a peer changed a tier.
@@ -152,13 +162,15 @@ class FailoverApi:
             self.component.apply_snapshot(await store.snapshot())
             applied = False
         local = self.component.current(remote.tier)
-        return web.json_response({
-            "region": self.region,
-            "tier": remote.tier,
-            "applied": applied,
-            "epoch": local.epoch if local else None,
-            "primary": local.primary if local else None,
-        })
+        return web.json_response(
+            {
+                "region": self.region,
+                "tier": remote.tier,
+                "applied": applied,
+                "epoch": local.epoch if local else None,
+                "primary": local.primary if local else None,
+            }
+        )
 
     # --- helpers --------------------------------------------------------------------
 
@@ -172,8 +184,13 @@ class FailoverApi:
                 doc = await peers.get_json(f"{url}/v1/status?tier={tier}")
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 peers.report(peer, False, describe(exc))
-                views[peer] = {"epoch": None, "lag_seconds": None, "last_success": None,
-                               "reachable": False, "error": describe(exc)}
+                views[peer] = {
+                    "epoch": None,
+                    "lag_seconds": None,
+                    "last_success": None,
+                    "reachable": False,
+                    "error": describe(exc),
+                }
                 return
             peers.report(peer, True)
             views[peer] = _view_from_status(doc, tier, reachable=True)
@@ -189,20 +206,27 @@ class FailoverApi:
                 _merge(doc, component.status(tier=tier, region=None))
         return doc
 
-    def _preflight_warnings(self, req: FailoverRequest,
-                            views: dict[str, dict[str, Any]]) -> list[str]:
+    def _preflight_warnings(
+        self, req: FailoverRequest, views: dict[str, dict[str, Any]]
+    ) -> list[str]:
         warnings = []
         if not views.get(req.demote, {}).get("reachable", True):
-            warnings.append(f"demoted region {req.demote} is unreachable: it is fenced by the new "
-                            "epoch and learns it when it rejoins")
+            warnings.append(
+                f"demoted region {req.demote} is unreachable: it is fenced by the new "
+                "epoch and learns it when it rejoins"
+            )
         candidate = views.get(req.promote, {})
         if not candidate.get("reachable", True):
-            warnings.append(f"promoted region {req.promote} is unreachable now: it takes over "
-                            "when it learns the new epoch")
+            warnings.append(
+                f"promoted region {req.promote} is unreachable now: it takes over "
+                "when it learns the new epoch"
+            )
         lag, slo = candidate.get("lag_seconds"), candidate.get("lag_slo_seconds")
         if lag is None:
-            warnings.append(f"lag of {req.promote} unknown: partitions it has not replicated are "
-                            "pulled from the old primary on rejoin")
+            warnings.append(
+                f"lag of {req.promote} unknown: partitions it has not replicated are "
+                "pulled from the old primary on rejoin"
+            )
         elif slo is not None and lag > slo:
             warnings.append(f"{req.promote} lags {lag:.1f}s behind {req.demote} (SLO {slo:g}s)")
         return warnings
@@ -219,50 +243,86 @@ class FailoverApi:
             try:
                 if http is None:
                     raise aiohttp.ClientError("daemon HTTP session not open")
-                async with http.post(f"{url}/v1/failover/notify", json=body, timeout=timeout,
-                                     headers=self.ctx.peer_headers()) as resp:
+                async with http.post(
+                    f"{url}/v1/failover/notify",
+                    json=body,
+                    timeout=timeout,
+                    headers=self.ctx.peer_headers(),
+                ) as resp:
                     reply = await resp.json(content_type=None)
                     if resp.status != 200:
                         detail = reply.get("detail") if isinstance(reply, dict) else reply
-                        warnings.append(f"peer {peer} refused the new state ({resp.status}): "
-                                        f"{detail}")
+                        warnings.append(
+                            f"peer {peer} refused the new state ({resp.status}): {detail}"
+                        )
                         return
                 acked[peer] = reply.get("epoch") if isinstance(reply, dict) else None
                 peers.report(peer, True)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 peers.report(peer, False, describe(exc))
-                learns = ("through the etcd watch" if self.ctx.config.state.backend == "etcd"
-                          else f"from {self.region}'s /v1/status when it is back")
-                warnings.append(f"could not notify {peer} ({describe(exc)}); it learns epoch "
-                                f"{state.epoch} {learns}")
+                learns = (
+                    "through the etcd watch"
+                    if self.ctx.config.state.backend == "etcd"
+                    else f"from {self.region}'s /v1/status when it is back"
+                )
+                warnings.append(
+                    f"could not notify {peer} ({describe(exc)}); it learns epoch "
+                    f"{state.epoch} {learns}"
+                )
 
         await asyncio.gather(*(notify(p, u) for p, u in sorted(self.ctx.config.peers.items())))
         return acked
 
-    def _actions(self, req: FailoverRequest, before: TierState, after: TierState,
-                 acked: dict[str, int | None]) -> list[dict[str, Any]]:
+    def _actions(
+        self,
+        req: FailoverRequest,
+        before: TierState,
+        after: TierState,
+        acked: dict[str, int | None],
+    ) -> list[dict[str, Any]]:
         """The steps of this failover, in order; a dry run lists them as ``planned``."""
         done = "planned" if req.dry_run else "done"
         backend = self.component.require_store().backend
         actions = [
-            {"action": "check", "status": "done",
-             "detail": f"{req.demote} is primary of {req.tier} at epoch {before.epoch}; "
-                       f"{req.promote} is a replica"},
-            {"action": "persist_epoch", "status": done,
-             "detail": f"{backend} store: {req.tier} epoch {before.epoch} -> {after.epoch}, "
-                       f"primary {req.demote} -> {req.promote}"},
-            {"action": "fence", "status": done,
-             "detail": f"epoch {after.epoch} fences {req.demote}: {req.tier} writes and "
-                       f"sources stamped with epoch <= {before.epoch} are refused"},
+            {
+                "action": "check",
+                "status": "done",
+                "detail": f"{req.demote} is primary of {req.tier} at epoch {before.epoch}; "
+                f"{req.promote} is a replica",
+            },
+            {
+                "action": "persist_epoch",
+                "status": done,
+                "detail": f"{backend} store: {req.tier} epoch {before.epoch} -> {after.epoch}, "
+                f"primary {req.demote} -> {req.promote}",
+            },
+            {
+                "action": "fence",
+                "status": done,
+                "detail": f"epoch {after.epoch} fences {req.demote}: {req.tier} writes and "
+                f"sources stamped with epoch <= {before.epoch} are refused",
+            },
         ]
         for peer, url in sorted(self.ctx.config.peers.items()):
             status = done if req.dry_run or peer in acked else "failed"
-            actions.append({"action": "notify", "status": status, "target": peer,
-                            "detail": f"POST {url}/v1/failover/notify"})
-        actions.append({"action": "rejoin", "status": "planned", "target": req.demote,
-                        "detail": f"{req.demote} becomes a replica of {req.promote} when it "
-                                  "learns the epoch; its unreplicated partitions are pulled by "
-                                  f"{req.promote}, its later writes moved to _divergent/"})
+            actions.append(
+                {
+                    "action": "notify",
+                    "status": status,
+                    "target": peer,
+                    "detail": f"POST {url}/v1/failover/notify",
+                }
+            )
+        actions.append(
+            {
+                "action": "rejoin",
+                "status": "planned",
+                "target": req.demote,
+                "detail": f"{req.demote} becomes a replica of {req.promote} when it "
+                "learns the epoch; its unreplicated partitions are pulled by "
+                f"{req.promote}, its later writes moved to _divergent/",
+            }
+        )
         return actions
 
 
@@ -274,7 +334,9 @@ def state_from_status(doc: Any, tier: str) -> TierState | None:
     try:
         info = doc["tiers"][tier]
         return TierState(
-            tier=require_active_passive(tier), primary=info["primary"], epoch=info["epoch"],
+            tier=require_active_passive(tier),
+            primary=info["primary"],
+            epoch=info["epoch"],
             updated_at=parse_rfc3339(info["updated_at"]),
             history=tuple(Transition.from_json(t) for t in info["history"]),
         )

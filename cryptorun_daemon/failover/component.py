@@ -102,9 +102,13 @@ class FailoverComponent:
         self._worker_tasks: set[asyncio.Task[Any]] = set()
         self._auto_absent_since: dict[str, float] = {}
         self.peers = PeerMonitor(ctx)
-        self.fence = FenceKeeper(root=ctx.config.storage.root, region=self.region,
-                                 metrics=ctx.metrics, current=self.current,
-                                 not_ready=self.not_ready_reasons)
+        self.fence = FenceKeeper(
+            root=ctx.config.storage.root,
+            region=self.region,
+            metrics=ctx.metrics,
+            current=self.current,
+            not_ready=self.not_ready_reasons,
+        )
         self.api = FailoverApi(self)
 
     # --- interface for replication and fencing ------------------------------------
@@ -152,15 +156,18 @@ class FailoverComponent:
         if reasons:
             return "; ".join(reasons)
         if self.ctx.config.state.backend != "file" or (
-                state.epoch > self._loaded_epochs.get(tier, state.epoch)):
+            state.epoch > self._loaded_epochs.get(tier, state.epoch)
+        ):
             return None
         waiting = self.peers.unconfirmed()
         if not waiting:
             return None
         down_after = self.ctx.config.replication.peer_down_after
-        return (f"{self.region} has not confirmed its roles yet: epochs not compared with "
-                f"{', '.join(waiting)}, which has not been down for peer_down_after "
-                f"({down_after:g} s) either; the file state store has no quorum")
+        return (
+            f"{self.region} has not confirmed its roles yet: epochs not compared with "
+            f"{', '.join(waiting)}, which has not been down for peer_down_after "
+            f"({down_after:g} s) either; the file state store has no quorum"
+        )
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call ``callback(new, old)`` after every change of a tier's cached state.
@@ -216,8 +223,10 @@ class FailoverComponent:
         sup, state_cfg = self.ctx.supervisor, self.ctx.config.state
         store = self.store
         sup.spawn("failover:state", self._owned(self._follow_store))
-        sup.spawn("failover:heartbeat", self._owned(
-            lambda: run_heartbeats(store, self.region, state_cfg.lease_ttl / 3)))
+        sup.spawn(
+            "failover:heartbeat",
+            self._owned(lambda: run_heartbeats(store, self.region, state_cfg.lease_ttl / 3)),
+        )
         sup.spawn("failover:peers", self._owned(lambda: self.peers.run(self._status_handler())))
         if state_cfg.auto_failover:
             sup.spawn("failover:auto", self._owned(self._auto_failover))
@@ -247,8 +256,11 @@ class FailoverComponent:
         for name, state in sorted(self._states.items()):
             if tier is not None and name != tier:
                 continue
-            regions = [region] if region is not None else sorted(
-                {*self.ctx.config.regions, state.primary})
+            regions = (
+                [region]
+                if region is not None
+                else sorted({*self.ctx.config.regions, state.primary})
+            )
             fence = self.fence.fences.get(name)
             tiers[name] = {
                 "primary": state.primary,
@@ -305,8 +317,13 @@ class FailoverComponent:
         self.fence.record(state)
         export_role_metrics(self.ctx.metrics, state, self.ctx.config.regions)
         if old is None or old.primary != state.primary:
-            log.info("tier_role", tier=state.tier, primary=state.primary, epoch=state.epoch,
-                     role=state.role_of(self.region))
+            log.info(
+                "tier_role",
+                tier=state.tier,
+                primary=state.primary,
+                epoch=state.epoch,
+                role=state.role_of(self.region),
+            )
         for listener in list(self._listeners):
             try:
                 listener(state, old)
@@ -329,23 +346,36 @@ class FailoverComponent:
                     raise ConflictError(
                         f"tier {remote.tier}: divergent state at epoch {local.epoch}: "
                         f"{source} says primary {remote.primary}, {self.region} says "
-                        f"{local.primary}; reconcile by hand (docs/FAILOVER.md)")
+                        f"{local.primary}; reconcile by hand (docs/FAILOVER.md)"
+                    )
                 return False
             missing = [t for t in remote.history if t.epoch > local.epoch]
             if [t.epoch for t in missing] != list(range(local.epoch + 1, remote.epoch + 1)):
                 raise ConflictError(
                     f"tier {remote.tier}: cannot replay epochs {local.epoch + 1}..{remote.epoch} "
-                    f"from {source}: its history does not cover them")
+                    f"from {source}: its history does not cover them"
+                )
             for transition in missing:
                 if transition.demoted is None:
-                    raise ConflictError(f"tier {remote.tier}: {source}'s history has a "
-                                        f"bootstrap at epoch {transition.epoch}")
+                    raise ConflictError(
+                        f"tier {remote.tier}: {source}'s history has a "
+                        f"bootstrap at epoch {transition.epoch}"
+                    )
                 # The original time, not now: fencing compares seal times with it.
-                local = await store.promote(remote.tier, transition.promoted,
-                                            transition.demoted, transition.epoch - 1,
-                                            at=transition.at)
-            log.warning("adopted_peer_state", tier=remote.tier, source=source,
-                        primary=local.primary, epoch=local.epoch)
+                local = await store.promote(
+                    remote.tier,
+                    transition.promoted,
+                    transition.demoted,
+                    transition.epoch - 1,
+                    at=transition.at,
+                )
+            log.warning(
+                "adopted_peer_state",
+                tier=remote.tier,
+                source=source,
+                primary=local.primary,
+                epoch=local.epoch,
+            )
         self._problems.pop(remote.tier, None)
         self.apply(local)
         return True
@@ -354,6 +384,7 @@ class FailoverComponent:
 
     def _owned(self, factory: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """Wrap a worker so :meth:`stop` can end it before the store closes."""
+
         async def run() -> None:
             task = asyncio.current_task()
             if task is None:  # not reachable: the supervisor runs workers as tasks
@@ -363,6 +394,7 @@ class FailoverComponent:
                 await factory()
             finally:
                 self._worker_tasks.discard(task)
+
         return run
 
     async def _follow_store(self) -> None:
@@ -393,8 +425,13 @@ class FailoverComponent:
         for tier, primary in _configured_primaries(self.ctx.config.rules).items():
             stored = await store.initialise(tier, primary)
             if stored.primary != primary:
-                log.warning("stored_primary_differs_from_config", tier=tier,
-                            stored=stored.primary, epoch=stored.epoch, config=primary)
+                log.warning(
+                    "stored_primary_differs_from_config",
+                    tier=tier,
+                    stored=stored.primary,
+                    epoch=stored.epoch,
+                    config=primary,
+                )
 
     def _status_handler(self) -> StatusHandler | None:
         """File store only: learn newer epochs from each probed peer's ``/v1/status``."""
@@ -415,8 +452,12 @@ class FailoverComponent:
             for tier in ACTIVE_PASSIVE_TIERS:
                 remote = state_from_status(doc, tier)
                 local = self._states.get(tier)
-                if remote is None or local is None or remote.epoch < local.epoch or (
-                        remote.epoch == local.epoch and remote.primary == local.primary):
+                if (
+                    remote is None
+                    or local is None
+                    or remote.epoch < local.epoch
+                    or (remote.epoch == local.epoch and remote.primary == local.primary)
+                ):
                     continue
                 try:
                     await self.adopt(remote, source=peer)
@@ -449,20 +490,28 @@ class FailoverComponent:
             await asyncio.sleep(max(0.2, cfg.lease_ttl / 4))
             mono = self.ctx.clock.monotonic()
             for tier, state in list(self._states.items()):
-                if (state.primary in self._alive or state.primary not in self._ever_alive
-                        or self.region not in self._alive):
+                if (
+                    state.primary in self._alive
+                    or state.primary not in self._ever_alive
+                    or self.region not in self._alive
+                ):
                     self._auto_absent_since.pop(tier, None)
                     continue
                 since = self._auto_absent_since.setdefault(tier, mono)
                 age = (self.ctx.clock.now() - state.updated_at).total_seconds()
                 candidates = sorted(self._alive - {state.primary})
-                if (mono - since < cfg.lease_ttl or age < cfg.auto_failover_min_interval
-                        or not candidates or candidates[0] != self.region):
+                if (
+                    mono - since < cfg.lease_ttl
+                    or age < cfg.auto_failover_min_interval
+                    or not candidates
+                    or candidates[0] != self.region
+                ):
                     continue
                 log.warning("auto_failover", tier=tier, demote=state.primary, epoch=state.epoch)
                 try:
                     after = await self.require_store().promote(
-                        tier, self.region, state.primary, state.epoch)
+                        tier, self.region, state.primary, state.epoch
+                    )
                 except ConflictError as exc:
                     log.info("auto_failover_lost", tier=tier, detail=str(exc))
                     continue
@@ -478,6 +527,10 @@ def _configured_primaries(rules: Sequence[Any]) -> dict[str, str]:
             continue
         chosen = primaries.setdefault(rule.tier, rule.from_region)
         if chosen != rule.from_region:
-            log.warning("conflicting_active_passive_rules", tier=rule.tier,
-                        using=chosen, ignored=rule.from_region)
+            log.warning(
+                "conflicting_active_passive_rules",
+                tier=rule.tier,
+                using=chosen,
+                ignored=rule.from_region,
+            )
     return primaries

@@ -69,8 +69,12 @@ class FenceKeeper:
         transitions = [(t.epoch, t.at, t.promoted) for t in state.history]
         try:
             fence = advance_fence(
-                self.root, state.tier, epoch=state.epoch, primary=state.primary,
-                updated_at=state.updated_at, transitions=transitions,
+                self.root,
+                state.tier,
+                epoch=state.epoch,
+                primary=state.primary,
+                updated_at=state.updated_at,
+                transitions=transitions,
             )
         except StorageError as exc:
             self.problems[state.tier] = str(exc)
@@ -80,8 +84,13 @@ class FenceKeeper:
         old = self.fences.get(state.tier)
         self.fences[state.tier] = fence
         if old is None or old.epoch != fence.epoch:
-            log.info("fence_advanced", tier=state.tier, epoch=fence.epoch, primary=fence.primary,
-                     fenced=fence.primary != self.region)
+            log.info(
+                "fence_advanced",
+                tier=state.tier,
+                epoch=fence.epoch,
+                primary=fence.primary,
+                fenced=fence.primary != self.region,
+            )
 
     def count(self, tier: str, operation: str) -> None:
         """Count one refused ``operation`` (seal, serve, apply) on ``tier``."""
@@ -112,8 +121,12 @@ class FenceKeeper:
         if not as_source and not demoted:
             return None
         self.count(tier, "serve")
-        return 409, "fenced", (
-            f"{self.region} is fenced for {tier}: the primary at epoch {state.epoch} is "
-            f"{state.primary}; replicate from it (this region's old-epoch partitions are "
-            "served only with reconcile_epoch, what it holds with purpose=inventory)"
+        return (
+            409,
+            "fenced",
+            (
+                f"{self.region} is fenced for {tier}: the primary at epoch {state.epoch} is "
+                f"{state.primary}; replicate from it (this region's old-epoch partitions are "
+                "served only with reconcile_epoch, what it holds with purpose=inventory)"
+            ),
         )

@@ -107,8 +107,7 @@ class PeerMonitor:
         """
         if self._all_confirmed:
             return []
-        waiting = [p for p, h in self._health.items()
-                   if p not in self._status_compared and h.up]
+        waiting = [p for p, h in self._health.items() if p not in self._status_compared and h.up]
         self._all_confirmed = not waiting
         return waiting
 
@@ -118,8 +117,9 @@ class PeerMonitor:
 
     def status(self, region: str | None) -> dict[str, Any]:
         me = self.ctx.config.region
-        return {p: h.to_json() for p, h in self._health.items()
-                if region is None or region in (p, me)}
+        return {
+            p: h.to_json() for p, h in self._health.items() if region is None or region in (p, me)
+        }
 
     def report(self, peer: str, ok: bool, error: str | None = None) -> None:
         """Record a success or failure talking to ``peer`` (probes, pulls, notifies)."""
@@ -129,15 +129,29 @@ class PeerMonitor:
         now, mono = self.ctx.clock.now(), self.ctx.clock.monotonic()
         if ok:
             self._last_ok_mono[peer] = mono
-            new = replace(old, up=True, reachable=True, last_ok=now, last_probe=now,
-                          failing_since=None, down_since=None, last_error=None)
+            new = replace(
+                old,
+                up=True,
+                reachable=True,
+                last_ok=now,
+                last_probe=now,
+                failing_since=None,
+                down_since=None,
+                last_error=None,
+            )
         else:
             since = self._last_ok_mono.get(peer, self._probe_started)
             up = mono - since < self.ctx.config.replication.peer_down_after
             failing = old.failing_since or now
-            new = replace(old, up=up, reachable=False, last_probe=now, failing_since=failing,
-                          down_since=None if up else (old.down_since or failing),
-                          last_error=error)
+            new = replace(
+                old,
+                up=up,
+                reachable=False,
+                last_probe=now,
+                failing_since=failing,
+                down_since=None if up else (old.down_since or failing),
+                last_error=error,
+            )
             if old.up and not up:
                 log.warning("peer_down", peer=peer, last_ok=old.last_ok, error=error)
         if new.up and not old.up:

@@ -91,8 +91,13 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     async def promote(
-        self, tier: str, promote: str, demote: str, expected_epoch: int | None,
-        *, at: datetime | None = None,
+        self,
+        tier: str,
+        promote: str,
+        demote: str,
+        expected_epoch: int | None,
+        *,
+        at: datetime | None = None,
     ) -> TierState:
         """Make ``promote`` the primary of ``tier`` at epoch + 1, atomically.
 

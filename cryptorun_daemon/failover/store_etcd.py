@@ -137,8 +137,13 @@ class EtcdStateStore(StateStore):
         return _parse_tier(existing[0])
 
     async def promote(
-        self, tier: str, promote: str, demote: str, expected_epoch: int | None,
-        *, at: datetime | None = None,
+        self,
+        tier: str,
+        promote: str,
+        demote: str,
+        expected_epoch: int | None,
+        *,
+        at: datetime | None = None,
     ) -> TierState:
         checked = require_active_passive(tier)
         key = self.tier_key(checked)
@@ -150,7 +155,9 @@ class EtcdStateStore(StateStore):
             current = _parse_tier(kv)
             try:
                 state = current.promoted(
-                    promote, demote, expected_epoch=expected_epoch,
+                    promote,
+                    demote,
+                    expected_epoch=expected_epoch,
                     at=at or self._clock.now(),
                 )
             except ConflictError as exc:
@@ -163,8 +170,13 @@ class EtcdStateStore(StateStore):
             )
             if result.succeeded:
                 log.info(
-                    "tier_promoted", tier=checked, primary=state.primary, demoted=demote,
-                    epoch=state.epoch, revision=result.revision, store=self.backend,
+                    "tier_promoted",
+                    tier=checked,
+                    primary=state.primary,
+                    demoted=demote,
+                    epoch=state.epoch,
+                    revision=result.revision,
+                    store=self.backend,
                 )
                 return state
             # Someone else committed since our read; re-validate against theirs.

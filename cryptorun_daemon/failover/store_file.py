@@ -137,8 +137,13 @@ class FileStateStore(StateStore):
         return await asyncio.to_thread(self._update_roles, change)
 
     async def promote(
-        self, tier: str, promote: str, demote: str, expected_epoch: int | None,
-        *, at: datetime | None = None,
+        self,
+        tier: str,
+        promote: str,
+        demote: str,
+        expected_epoch: int | None,
+        *,
+        at: datetime | None = None,
     ) -> TierState:
         checked = require_active_passive(tier)
 
@@ -148,15 +153,21 @@ class FileStateStore(StateStore):
                 raise StateStoreError(f"tier {checked} has no state yet in {self.roles_path}")
             # Validated against the state read under the lock: this is the CAS.
             state = current.promoted(
-                promote, demote, expected_epoch=expected_epoch,
-                    at=at or self._clock.now(),
+                promote,
+                demote,
+                expected_epoch=expected_epoch,
+                at=at or self._clock.now(),
             )
             return state, _RolesDoc(tiers={**doc.tiers, checked: state}, drained=doc.drained)
 
         state = await asyncio.to_thread(self._update_roles, change)
         log.info(
-            "tier_promoted", tier=checked, primary=state.primary, demoted=demote,
-            epoch=state.epoch, store=self.backend,
+            "tier_promoted",
+            tier=checked,
+            primary=state.primary,
+            demoted=demote,
+            epoch=state.epoch,
+            store=self.backend,
         )
         return state
 

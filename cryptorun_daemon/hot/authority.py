@@ -97,9 +97,14 @@ class SourceAuthority:
         if previous is None:
             return
         self.switch_count += 1
-        event = {"venue": key[0], "symbol": key[1], "from": previous, "to": choice,
-                 "at_ns": now,
-                 "staleness_seconds": {s: round((now - seen[s]) / 1e9, 3) for s in ranked}}
+        event = {
+            "venue": key[0],
+            "symbol": key[1],
+            "from": previous,
+            "to": choice,
+            "at_ns": now,
+            "staleness_seconds": {s: round((now - seen[s]) / 1e9, 3) for s in ranked},
+        }
         self.switches.append(event)
         if self.metrics is not None:
             self.metrics.hot_source_switches_total.labels(region=self.region, venue=key[0]).inc()
@@ -118,15 +123,17 @@ class SourceAuthority:
         now = self.now_ns()
         pairs = []
         for (venue, symbol), seen in sorted(self._seen.items()):
-            pairs.append({
-                "venue": venue,
-                "symbol": symbol,
-                "authoritative": self.current.get((venue, symbol)),
-                "freshness_seconds": {
-                    s: round((now - ns) / 1e9, 3) for s, ns in sorted(
-                        seen.items(), key=lambda item: self.rank(item[0]))
-                },
-            })
+            pairs.append(
+                {
+                    "venue": venue,
+                    "symbol": symbol,
+                    "authoritative": self.current.get((venue, symbol)),
+                    "freshness_seconds": {
+                        s: round((now - ns) / 1e9, 3)
+                        for s, ns in sorted(seen.items(), key=lambda item: self.rank(item[0]))
+                    },
+                }
+            )
         return {
             "sources": list(self.sources),
             "freshness_gate_seconds": self.gate_ns / 1e9,

@@ -73,8 +73,9 @@ class Backlog:
     def available_from(self) -> int:
         """Oldest seq servable under the current replid (head + 1 when nothing is)."""
         hot = self.log
-        candidates = [s for s in (hot.journal.local_index.first_seq, hot.buffer.first_seq)
-                      if s is not None]
+        candidates = [
+            s for s in (hot.journal.local_index.first_seq, hot.buffer.first_seq) if s is not None
+        ]
         return min(candidates) if candidates else hot.seq + 1
 
     async def read(self, cursor: Cursor, *, max_records: int, max_bytes: int) -> Batch:
@@ -88,8 +89,7 @@ class Backlog:
         first = buffer.first_seq
         if first is not None and cursor.seq >= first:
             cursor.source, cursor.journal = "buffer", None
-            return Batch(buffer.read_from(cursor.seq, max_records=max_records,
-                                          max_bytes=max_bytes))
+            return Batch(buffer.read_from(cursor.seq, max_records=max_records, max_bytes=max_bytes))
         # Behind the buffer: read the journal up to where the buffer starts now.
         stop = first if first is not None else hot.seq + 1
         cursor.source = "journal"
@@ -110,14 +110,22 @@ class Backlog:
         self.journal_reads += 1
         try:
             result = await asyncio.to_thread(
-                read_local_records, segments, hot.region, start, stop_seq=stop,
-                max_records=max_records, max_bytes=max_bytes,
+                read_local_records,
+                segments,
+                hot.region,
+                start,
+                stop_seq=stop,
+                max_records=max_records,
+                max_bytes=max_bytes,
             )
         except (OSError, StorageError) as exc:
             self.journal_read_errors += 1
             cursor.journal = None
-            log.error("hot journal read failed; serving the range as a gap",
-                      seq=cursor.seq, error=str(exc))
+            log.error(
+                "hot journal read failed; serving the range as a gap",
+                seq=cursor.seq,
+                error=str(exc),
+            )
             return []
         cursor.journal = result.position
         cursor.journal_records += len(result.records)

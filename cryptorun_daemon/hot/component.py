@@ -86,13 +86,15 @@ def _raw_handler(
     module = _optional("cryptorun_daemon.ingest.kraken.handler")
     if module is None:
         return None
-    handler = module.KrakenHandler(venue=config.venue, symbols=config.symbols,
-                                   depth=config.book_depth, metrics=metrics)
+    handler = module.KrakenHandler(
+        venue=config.venue, symbols=config.symbols, depth=config.book_depth, metrics=metrics
+    )
     handler.start_session()
 
     def handle(frame: str, ingest_ts: int) -> list[MarketRecord]:
         records: list[MarketRecord] = handler.handle_frame(
-            frame, ingest_ts=ingest_ts, now=ingest_ts / 1e9)
+            frame, ingest_ts=ingest_ts, now=ingest_ts / 1e9
+        )
         return records
 
     return handle
@@ -115,28 +117,50 @@ class HotComponent:
         hot = cfg.hot
         self.region = cfg.region
         root = cfg.storage.root
-        journal = Journal(root / "_state" / "hot" / "journal", segment_bytes=hot.segment_bytes,
-                          fsync_interval=hot.fsync_interval, fsync_records=hot.fsync_records)
-        self.log = HotLog(cfg.region, journal, ReplayBuffer(hot.buffer_records, hot.buffer_bytes),
-                          ctx.metrics)
-        self.authority = SourceAuthority(cfg.region, [cfg.region, *cfg.peers],
-                                         gate_seconds=hot.freshness_gate, metrics=ctx.metrics)
+        journal = Journal(
+            root / "_state" / "hot" / "journal",
+            segment_bytes=hot.segment_bytes,
+            fsync_interval=hot.fsync_interval,
+            fsync_records=hot.fsync_records,
+        )
+        self.log = HotLog(
+            cfg.region, journal, ReplayBuffer(hot.buffer_records, hot.buffer_bytes), ctx.metrics
+        )
+        self.authority = SourceAuthority(
+            cfg.region,
+            [cfg.region, *cfg.peers],
+            gate_seconds=hot.freshness_gate,
+            metrics=ctx.metrics,
+        )
         self.log.observers.append(self.authority.observe)
-        self.server = MirrorServer(self.log, ctx.metrics, heartbeat_interval=hot.heartbeat_interval,
-                                   max_frame_bytes=hot.max_frame_bytes)
+        self.server = MirrorServer(
+            self.log,
+            ctx.metrics,
+            heartbeat_interval=hot.heartbeat_interval,
+            max_frame_bytes=hot.max_frame_bytes,
+        )
         warm_from = next((r.from_region for r in cfg.rules_for("warm")), cfg.region)
         self.sealer = HotSealer(
-            region=cfg.region, root=root, journal=journal, authority=self.authority,
-            partition_length=hot.partition_length, seal_grace=hot.seal_grace,
+            region=cfg.region,
+            root=root,
+            journal=journal,
+            authority=self.authority,
+            partition_length=hot.partition_length,
+            seal_grace=hot.seal_grace,
             is_warm_primary=is_warm_primary or (lambda: warm_from == cfg.region),
-            epoch=epoch or (lambda: 0), metrics=ctx.metrics,
+            epoch=epoch or (lambda: 0),
+            metrics=ctx.metrics,
         )
         self.clients: dict[str, MirrorClient] = {}
         for peer, url in cfg.peers.items():
             follower = OriginFollower(self.log, peer, ctx.metrics)
             self.clients[peer] = MirrorClient(
-                follower, base_url=url, session=self._session, headers=ctx.peer_headers(),
-                metrics=ctx.metrics, max_frame_bytes=hot.max_frame_bytes,
+                follower,
+                base_url=url,
+                session=self._session,
+                headers=ctx.peer_headers(),
+                metrics=ctx.metrics,
+                max_frame_bytes=hot.max_frame_bytes,
                 ping_interval=hot.heartbeat_interval,
             )
         self.feeds: dict[str, Feed] = {f.name: build_feed(f, ctx.metrics) for f in cfg.feeds}
@@ -213,9 +237,15 @@ class HotComponent:
         if tier not in (None, "hot"):
             return {}
         origins: dict[str, Any] = {
-            self.region: {"local": True, "replid": self.log.replid, "head_seq": self.log.seq,
-                          "applied_seq": self.log.seq, "connected": True, "last_gap": None,
-                          "available_from": self.server.backlog.available_from()},
+            self.region: {
+                "local": True,
+                "replid": self.log.replid,
+                "head_seq": self.log.seq,
+                "applied_seq": self.log.seq,
+                "connected": True,
+                "last_gap": None,
+                "available_from": self.server.backlog.available_from(),
+            },
         }
         for peer, client in self.clients.items():
             origins[peer] = {"local": False, **client.status()}
@@ -224,18 +254,25 @@ class HotComponent:
         buffer = self.log.buffer
         stream = {
             "origins": origins,
-            "buffer": {"records": len(buffer), "bytes": buffer.bytes,
-                       "first_seq": buffer.first_seq, "last_seq": buffer.last_seq,
-                       "max_records": buffer.max_records, "max_bytes": buffer.max_bytes},
-            "journal": {"bytes": self.log.journal.bytes_on_disk,
-                        "segments": len(self.log.journal.segments()),
-                        "written_records": self.log.journal.written_records,
-                        "synced_records": self.log.journal.synced_records,
-                        "recovered_clean": self.log.recovered_clean,
-                        "recovered_torn_bytes": self.log.recovered_torn_bytes,
-                        "first_local_seq": self.log.journal.local_index.first_seq,
-                        "served_records": self.server.backlog.journal_records_served,
-                        "read_errors": self.server.backlog.journal_read_errors},
+            "buffer": {
+                "records": len(buffer),
+                "bytes": buffer.bytes,
+                "first_seq": buffer.first_seq,
+                "last_seq": buffer.last_seq,
+                "max_records": buffer.max_records,
+                "max_bytes": buffer.max_bytes,
+            },
+            "journal": {
+                "bytes": self.log.journal.bytes_on_disk,
+                "segments": len(self.log.journal.segments()),
+                "written_records": self.log.journal.written_records,
+                "synced_records": self.log.journal.synced_records,
+                "recovered_clean": self.log.recovered_clean,
+                "recovered_torn_bytes": self.log.recovered_torn_bytes,
+                "first_local_seq": self.log.journal.local_index.first_seq,
+                "served_records": self.server.backlog.journal_records_served,
+                "read_errors": self.server.backlog.journal_read_errors,
+            },
             "subscribers": self.server.status(),
             "authority": self.authority.status(),
             "sealer": self.sealer.status(),

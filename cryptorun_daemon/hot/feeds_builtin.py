@@ -95,20 +95,33 @@ class SyntheticFeed:
         price = round(self._anchor(symbol) * math.exp(x), 2)
         ts = k * self.period_ns
         if is_trade:
-            return MarketRecord("trade", {
-                "ts": ts, "venue": self.venue, "symbol": symbol,
-                "side": "buy" if side_draw < 0.5 else "sell",
-                "price": price, "qty": round(qty_draw + 0.0001, 8), "trade_id": k,
-            })
+            return MarketRecord(
+                "trade",
+                {
+                    "ts": ts,
+                    "venue": self.venue,
+                    "symbol": symbol,
+                    "side": "buy" if side_draw < 0.5 else "sell",
+                    "price": price,
+                    "qty": round(qty_draw + 0.0001, 8),
+                    "trade_id": k,
+                },
+            )
         tick = max(0.01, round(price * 1e-5, 2))
-        return MarketRecord("book", {
-            "ts": ts, "venue": self.venue, "symbol": symbol,
-            "bids_px": [round(price - tick * (i + 1), 2) for i in range(self.depth)],
-            "bids_qty": [round(0.5 + 0.1 * i, 4) for i in range(self.depth)],
-            "asks_px": [round(price + tick * (i + 1), 2) for i in range(self.depth)],
-            "asks_qty": [round(0.5 + 0.1 * i, 4) for i in range(self.depth)],
-            "checksum": 0, "suspect": False,
-        })
+        return MarketRecord(
+            "book",
+            {
+                "ts": ts,
+                "venue": self.venue,
+                "symbol": symbol,
+                "bids_px": [round(price - tick * (i + 1), 2) for i in range(self.depth)],
+                "bids_qty": [round(0.5 + 0.1 * i, 4) for i in range(self.depth)],
+                "asks_px": [round(price + tick * (i + 1), 2) for i in range(self.depth)],
+                "asks_qty": [round(0.5 + 0.1 * i, 4) for i in range(self.depth)],
+                "checksum": 0,
+                "suspect": False,
+            },
+        )
 
     async def records(self) -> AsyncIterator[MarketRecord]:
         """Yield events as their grid time passes, in small bursts at high rates."""
@@ -129,8 +142,13 @@ class SyntheticFeed:
             await self._sleep(max(0.0005, wait_ns / 1e9))
 
     def status(self) -> dict[str, Any]:
-        return {"kind": "synthetic", "rate": self.rate, "seed": self.seed,
-                "emitted": self.emitted, "skipped": self.skipped}
+        return {
+            "kind": "synthetic",
+            "rate": self.rate,
+            "seed": self.seed,
+            "emitted": self.emitted,
+            "skipped": self.skipped,
+        }
 
 
 class ReplayFeed:
@@ -211,6 +229,11 @@ class ReplayFeed:
         return self._raw_handler(frame, self._clock_ns())
 
     def status(self) -> dict[str, Any]:
-        return {"kind": "replay", "path": str(self.path), "speed": self.speed,
-                "replayed": self.replayed, "bad_lines": self.bad_lines,
-                "finished": self.finished}
+        return {
+            "kind": "replay",
+            "path": str(self.path),
+            "speed": self.speed,
+            "replayed": self.replayed,
+            "bad_lines": self.bad_lines,
+            "finished": self.finished,
+        }

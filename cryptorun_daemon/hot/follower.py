@@ -31,8 +31,12 @@ class OriginFollower:
     """
 
     def __init__(
-        self, hot_log: HotLog, peer: str, metrics: Metrics,
-        *, now_ns: Callable[[], int] = time.time_ns,
+        self,
+        hot_log: HotLog,
+        peer: str,
+        metrics: Metrics,
+        *,
+        now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.log = hot_log
         self.peer = peer
@@ -70,12 +74,19 @@ class OriginFollower:
             if kind == "hello":
                 self.head_seq = int(body["head_seq"])
             elif kind == "gap":
-                self._on_gap(str(body["replid"]), int(body["from_seq"]),
-                             int(body["available_from"]), str(body.get("reason", "")))
+                self._on_gap(
+                    str(body["replid"]),
+                    int(body["from_seq"]),
+                    int(body["available_from"]),
+                    str(body.get("reason", "")),
+                )
             elif kind == "heartbeat":
                 echo = body.get("echo")
-                self._on_heartbeat(int(body["origin_ns"]), int(body["head_seq"]),
-                                   echo if isinstance(echo, int) else None)
+                self._on_heartbeat(
+                    int(body["origin_ns"]),
+                    int(body["head_seq"]),
+                    echo if isinstance(echo, int) else None,
+                )
             else:
                 raise ProtocolError(f"unexpected message type {kind!r}")
         except (KeyError, TypeError, ValueError) as exc:
@@ -86,24 +97,41 @@ class OriginFollower:
         self.rerequest_from = None
         if position is None or not position.replid:
             if available_from > from_seq:
-                self.log.record_gap(self.peer, {
-                    "reason": reason or "new_subscriber", "replid": replid,
-                    "missing_from": from_seq, "missing_to": available_from - 1,
-                    "at_ns": self.now_ns(),
-                })
+                self.log.record_gap(
+                    self.peer,
+                    {
+                        "reason": reason or "new_subscriber",
+                        "replid": replid,
+                        "missing_from": from_seq,
+                        "missing_to": available_from - 1,
+                        "at_ns": self.now_ns(),
+                    },
+                )
         elif replid != position.replid:
             # The origin lost or wiped its journal: never pretend seq 1 continues the old stream.
-            self.log.record_gap(self.peer, {
-                "reason": "replid_changed", "replid": position.replid, "new_replid": replid,
-                "missing_from": position.applied_seq + 1, "missing_to": None,
-                "available_from": available_from, "at_ns": self.now_ns(),
-            })
+            self.log.record_gap(
+                self.peer,
+                {
+                    "reason": "replid_changed",
+                    "replid": position.replid,
+                    "new_replid": replid,
+                    "missing_from": position.applied_seq + 1,
+                    "missing_to": None,
+                    "available_from": available_from,
+                    "at_ns": self.now_ns(),
+                },
+            )
         elif available_from > position.applied_seq + 1:
-            self.log.record_gap(self.peer, {
-                "reason": reason or "evicted", "replid": replid,
-                "missing_from": position.applied_seq + 1, "missing_to": available_from - 1,
-                "at_ns": self.now_ns(),
-            })
+            self.log.record_gap(
+                self.peer,
+                {
+                    "reason": reason or "evicted",
+                    "replid": replid,
+                    "missing_from": position.applied_seq + 1,
+                    "missing_to": available_from - 1,
+                    "at_ns": self.now_ns(),
+                },
+            )
         self.log.adopt_replid(self.peer, replid, available_from - 1)
 
     def on_disconnected(self) -> None:
@@ -186,8 +214,12 @@ class OriginFollower:
         def pick(q: float) -> float:
             return round(samples[min(len(samples) - 1, int(q * len(samples)))] / 1e6, 3)
 
-        return {"batches": len(samples), "p50_ms": pick(0.5), "p99_ms": pick(0.99),
-                "max_ms": round(samples[-1] / 1e6, 3)}
+        return {
+            "batches": len(samples),
+            "p50_ms": pick(0.5),
+            "p99_ms": pick(0.99),
+            "max_ms": round(samples[-1] / 1e6, 3),
+        }
 
     def status(self) -> dict[str, Any]:
         position = self.log.position(self.peer)

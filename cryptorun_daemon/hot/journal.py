@@ -187,8 +187,12 @@ class Journal:
                 if not newest:
                     raise StorageError(f"{path}: corrupt journal line at byte {offset}: {torn}")
                 result.torn_bytes = file_size - offset
-                log.warning("truncating torn journal tail", path=str(path),
-                            offset=offset, bytes=result.torn_bytes)
+                log.warning(
+                    "truncating torn journal tail",
+                    path=str(path),
+                    offset=offset,
+                    bytes=result.torn_bytes,
+                )
                 with path.open("r+b") as handle:
                     handle.truncate(offset)
                 self._sizes[index] = offset
@@ -235,8 +239,10 @@ class Journal:
         A local replid line with a new replid resets the local index: records
         under the old replid must never be served under the new one.
         """
-        if body.get("ctl") == "replid" and body.get("o") == self.local_origin and (
-            body.get("r") != self._local_replid
+        if (
+            body.get("ctl") == "replid"
+            and body.get("o") == self.local_origin
+            and (body.get("r") != self._local_replid)
         ):
             self._local_replid = str(body.get("r"))
             self.local_index.reset(int(body.get("s", 0)))

@@ -95,11 +95,15 @@ class HotLog:
         else:
             self.seq = local.last_seq if local is not None else 0
             self.replid = new_replid()
-            self.journal.write_control({"ctl": "replid", "o": self.region, "r": self.replid,
-                                        "s": self.seq})
+            self.journal.write_control(
+                {"ctl": "replid", "o": self.region, "r": self.replid, "s": self.seq}
+            )
             if local is not None:
-                log.warning("hot journal was not closed cleanly; new replid",
-                            replid=self.replid, seq=self.seq)
+                log.warning(
+                    "hot journal was not closed cleanly; new replid",
+                    replid=self.replid,
+                    seq=self.seq,
+                )
         for origin, state in recovery.origins.items():
             self.origins[origin] = OriginPosition(state.replid, state.last_seq)
         for entry in recovery.gaps:
@@ -108,13 +112,21 @@ class HotLog:
                 position.gaps.append(entry)
         self.journal.on_roll = self._checkpoint
         self.opened = True
-        log.info("hot log open", region=self.region, replid=self.replid, seq=self.seq,
-                 buffered=len(self.buffer), clean=recovery.clean)
+        log.info(
+            "hot log open",
+            region=self.region,
+            replid=self.replid,
+            seq=self.seq,
+            buffered=len(self.buffer),
+            clean=recovery.clean,
+        )
 
     def _checkpoint(self) -> list[dict[str, Any]]:
         bodies = [{"ctl": "replid", "o": self.region, "r": self.replid, "s": self.seq}]
-        bodies += [{"ctl": "replid", "o": origin, "r": p.replid, "s": p.applied_seq}
-                   for origin, p in self.origins.items()]
+        bodies += [
+            {"ctl": "replid", "o": origin, "r": p.replid, "s": p.applied_seq}
+            for origin, p in self.origins.items()
+        ]
         return bodies
 
     def close(self) -> None:
@@ -176,7 +188,11 @@ class HotLog:
         return position
 
     def apply_mirrored(
-        self, origin: str, lines: list[bytes], last_seq: int, last_ingest_ns: int,
+        self,
+        origin: str,
+        lines: list[bytes],
+        last_seq: int,
+        last_ingest_ns: int,
         latest: list[tuple[str, str, int]],
     ) -> None:
         """Journal contiguous mirrored records ending at ``last_seq`` (already deduplicated).
@@ -211,4 +227,3 @@ class HotLog:
         self.metrics.hot_buffer_records.labels(region=region).set(len(self.buffer))
         self.metrics.hot_buffer_bytes.labels(region=region).set(self.buffer.bytes)
         self.metrics.hot_journal_bytes.labels(region=region).set(self.journal.bytes_on_disk)
-

@@ -98,8 +98,13 @@ class MirrorClient:
             delay = min(self.backoff_max, self.backoff_base * 2 ** max(0, failures - 1))
             delay *= random.uniform(0.5, 1.0)
             self._reconnects.inc()
-            log.info("hot mirror reconnecting", peer=self.peer, delay=round(delay, 3),
-                     error=self.last_error, close_code=self.last_close_code)
+            log.info(
+                "hot mirror reconnecting",
+                peer=self.peer,
+                delay=round(delay, 3),
+                error=self.last_error,
+                close_code=self.last_close_code,
+            )
             await asyncio.sleep(delay)
 
     def _stopping(self) -> bool:
@@ -146,8 +151,12 @@ class MirrorClient:
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     follower.on_text(msg.data)
                 elif msg.type == aiohttp.WSMsgType.ERROR:
-                    reason = "oversized" if isinstance(msg.data, aiohttp.WebSocketError) and (
-                        msg.data.code == protocol.CLOSE_TOO_BIG) else "malformed"
+                    reason = (
+                        "oversized"
+                        if isinstance(msg.data, aiohttp.WebSocketError)
+                        and (msg.data.code == protocol.CLOSE_TOO_BIG)
+                        else "malformed"
+                    )
                     self._count(reason)
                     raise ProtocolError(f"peer frame rejected: {msg.data}")
             except ProtocolError as exc:

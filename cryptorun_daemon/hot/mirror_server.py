@@ -92,8 +92,7 @@ class MirrorServer:
             # The admin server starts before the hot log has recovered its replid and seq;
             # a hello sent now would announce an empty replid. The client retries.
             raise web.HTTPServiceUnavailable(text="hot log is still recovering")
-        ws = web.WebSocketResponse(max_msg_size=self.max_frame_bytes, compress=False,
-                                   autoping=True)
+        ws = web.WebSocketResponse(max_msg_size=self.max_frame_bytes, compress=False, autoping=True)
         await ws.prepare(request)
         subscriber = Subscriber(remote=request.remote or "?")
         self._sockets[ws] = subscriber
@@ -136,8 +135,11 @@ class MirrorServer:
 
     async def _reject_frame(self, ws: web.WebSocketResponse, msg: aiohttp.WSMessage) -> None:
         """Close on an unacceptable frame; a peer's own close is not an error."""
-        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                        aiohttp.WSMsgType.CLOSED):
+        if msg.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSING,
+            aiohttp.WSMsgType.CLOSED,
+        ):
             return
         if msg.type == aiohttp.WSMsgType.ERROR:
             too_big = isinstance(msg.data, aiohttp.WebSocketError) and (
@@ -188,7 +190,10 @@ class MirrorServer:
             self.log.drop_waiter(wake)
 
     async def _write_then_close(
-        self, ws: web.WebSocketResponse, sub: Subscriber, request: protocol.Subscribe,
+        self,
+        ws: web.WebSocketResponse,
+        sub: Subscriber,
+        request: protocol.Subscribe,
         wake: asyncio.Event,
     ) -> None:
         """Run the writer; if it stops on its own (send failed), close so the reader ends too."""
@@ -200,7 +205,10 @@ class MirrorServer:
             await ws.close(code=protocol.CLOSE_GOING_AWAY)
 
     async def _write(
-        self, ws: web.WebSocketResponse, sub: Subscriber, request: protocol.Subscribe,
+        self,
+        ws: web.WebSocketResponse,
+        sub: Subscriber,
+        request: protocol.Subscribe,
         wake: asyncio.Event,
     ) -> None:
         """Send hello, any gap, then records as they arrive, heartbeats when idle.
@@ -209,8 +217,7 @@ class MirrorServer:
         then sees the close. Resource handling: owned and cancelled by ``_stream``.
         """
         hot, backlog = self.log, self.backlog
-        await ws.send_str(protocol.hello(hot.region, hot.replid, hot.seq,
-                                         backlog.available_from()))
+        await ws.send_str(protocol.hello(hot.region, hot.replid, hot.seq, backlog.available_from()))
         cursor = Cursor(await self._position(ws, sub, request.replid, request.from_seq))
         last_beat = time.monotonic()
         while not ws.closed:
@@ -218,8 +225,9 @@ class MirrorServer:
             if sub.resubscribe is not None:
                 cursor = Cursor(await self._position(ws, sub, hot.replid, sub.resubscribe))
                 sub.resubscribe = None
-            batch = await backlog.read(cursor, max_records=self.batch_records,
-                                       max_bytes=self.batch_bytes)
+            batch = await backlog.read(
+                cursor, max_records=self.batch_records, max_bytes=self.batch_bytes
+            )
             if batch.gap_to is not None:
                 # The range is gone from buffer and journal: explicit gap, never a queue.
                 sub.gaps_sent += 1
@@ -267,9 +275,14 @@ class MirrorServer:
 
     def status(self) -> list[dict[str, Any]]:
         return [
-            {"remote": s.remote, "from_seq": s.from_seq, "cursor": s.cursor,
-             "source": s.source, "journal_records": s.journal_records,
-             "gaps_sent": s.gaps_sent}
+            {
+                "remote": s.remote,
+                "from_seq": s.from_seq,
+                "cursor": s.cursor,
+                "source": s.source,
+                "journal_records": s.journal_records,
+                "gaps_sent": s.gaps_sent,
+            }
             for s in self._sockets.values()
         ]
 
@@ -278,7 +291,9 @@ class MirrorServer:
         self._closing = True
         sockets = list(self._sockets)
         await asyncio.gather(
-            *(ws.close(code=protocol.CLOSE_GOING_AWAY, message=b"daemon shutting down")
-              for ws in sockets),
+            *(
+                ws.close(code=protocol.CLOSE_GOING_AWAY, message=b"daemon shutting down")
+                for ws in sockets
+            ),
             return_exceptions=True,
         )

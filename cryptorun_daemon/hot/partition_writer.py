@@ -62,8 +62,15 @@ class Row:
 def partition_dir(root: Path, dataset: str, venue: str, symbol: str, ts_ns: int) -> Path:
     """``{root}/warm/{dataset}/venue=/symbol=BASE-QUOTE/date=/hour=`` for a timestamp."""
     moment = datetime.fromtimestamp(ts_ns / 1e9, UTC)
-    return (root / "warm" / dataset / f"venue={venue}" / f"symbol={symbol.replace('/', '-')}"
-            / f"date={moment:%Y-%m-%d}" / f"hour={moment:%H}")
+    return (
+        root
+        / "warm"
+        / dataset
+        / f"venue={venue}"
+        / f"symbol={symbol.replace('/', '-')}"
+        / f"date={moment:%Y-%m-%d}"
+        / f"hour={moment:%H}"
+    )
 
 
 def select_rows(rows: Iterable[Row], source_at: SourceAt, rank: Rank) -> list[Row]:
@@ -86,7 +93,8 @@ def select_rows(rows: Iterable[Row], source_at: SourceAt, rank: Rank) -> list[Ro
     else:
         fallback = min({row.origin for row in rows}, key=rank)
         chosen = [
-            row for row in rows
+            row
+            for row in rows
             if (source_at(row.venue, row.symbol, row.ingest_ns) or fallback) == row.origin
         ]
     chosen.sort(key=lambda r: (r.ts, rank(r.origin), r.seq))
@@ -102,8 +110,13 @@ def source_summary(rows: list[Row]) -> list[dict[str, Any]]:
     for source, stamps in sorted(by_source.items()):
         stamps.sort()
         worst = max((b - a for a, b in itertools.pairwise(stamps)), default=0)
-        summary.append({"source": source, "rows": len(stamps),
-                        "worst_freshness_seconds": round(worst / 1e9, 6)})
+        summary.append(
+            {
+                "source": source,
+                "rows": len(stamps),
+                "worst_freshness_seconds": round(worst / 1e9, 6),
+            }
+        )
     return summary
 
 
@@ -131,7 +144,11 @@ def write_file(directory: Path, name: str, rows: list[Row]) -> int:
 
 
 def seal(
-    directory: Path, *, writer_region: str, epoch: int, new_sources: list[dict[str, Any]],
+    directory: Path,
+    *,
+    writer_region: str,
+    epoch: int,
+    new_sources: list[dict[str, Any]],
 ) -> None:
     """(Re-)seal a partition, merging the source list of an earlier seal of the same hour.
 
@@ -159,5 +176,10 @@ def seal(
         held["late_rows"] = int(held.get("late_rows", 0)) + int(entry.get("late_rows", 0))
     sources = sorted(merged.values(), key=lambda e: str(e["source"]))
     worst = max((float(e.get("worst_freshness_seconds") or 0.0) for e in sources), default=0.0)
-    seal_partition(directory, writer_region=writer_region, epoch=epoch, sources=sources,
-                   worst_freshness_seconds=worst)
+    seal_partition(
+        directory,
+        writer_region=writer_region,
+        epoch=epoch,
+        sources=sources,
+        worst_freshness_seconds=worst,
+    )

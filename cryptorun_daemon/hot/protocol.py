@@ -68,18 +68,31 @@ def subscribe(origin: str, replid: str | None, from_seq: int) -> str:
 
 
 def hello(origin: str, replid: str, head_seq: int, available_from: int) -> str:
-    return text({"type": "hello", "origin": origin, "replid": replid,
-                 "head_seq": head_seq, "available_from": available_from})
+    return text(
+        {
+            "type": "hello",
+            "origin": origin,
+            "replid": replid,
+            "head_seq": head_seq,
+            "available_from": available_from,
+        }
+    )
 
 
 def gap(from_seq: int, available_from: int, replid: str, reason: str) -> str:
-    return text({"type": "gap", "from_seq": from_seq, "available_from": available_from,
-                 "replid": replid, "reason": reason})
+    return text(
+        {
+            "type": "gap",
+            "from_seq": from_seq,
+            "available_from": available_from,
+            "replid": replid,
+            "reason": reason,
+        }
+    )
 
 
 def heartbeat(origin_ns: int, head_seq: int, echo: int | None) -> str:
-    return text({"type": "heartbeat", "origin_ns": origin_ns, "head_seq": head_seq,
-                 "echo": echo})
+    return text({"type": "heartbeat", "origin_ns": origin_ns, "head_seq": head_seq, "echo": echo})
 
 
 def ping(local_ns: int) -> str:
@@ -162,9 +175,7 @@ def decode_records(frame: bytes) -> tuple[RecordsHeader, list[bytes]]:
         raise ProtocolError(f"records header is malformed: {exc}") from None
     lines = frame[cut + 1 :].split(b"\n")
     if header.count < 1 or len(lines) != header.count or header.first_seq < 1:
-        raise ProtocolError(
-            f"records frame announces {header.count} records, carries {len(lines)}"
-        )
+        raise ProtocolError(f"records frame announces {header.count} records, carries {len(lines)}")
     return header, lines
 
 

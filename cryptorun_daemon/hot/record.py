@@ -113,8 +113,11 @@ def record_from_line(line: bytes) -> HotRecord:
     except KeyError as exc:
         raise ProtocolError(f"record line lacks {exc}") from None
     if not (
-        isinstance(origin, str) and isinstance(seq, int) and isinstance(ingest_ns, int)
-        and isinstance(dataset, str) and isinstance(fields, dict)
+        isinstance(origin, str)
+        and isinstance(seq, int)
+        and isinstance(ingest_ns, int)
+        and isinstance(dataset, str)
+        and isinstance(fields, dict)
     ):
         raise ProtocolError("record line has mistyped fields")
     return _record(origin, seq, ingest_ns, dataset, fields, line=line)

@@ -57,9 +57,12 @@ class RoundResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "at": _iso(self.at_ns), "primary": self.primary,
+            "at": _iso(self.at_ns),
+            "primary": self.primary,
             "windows_sealed": [_iso(w) for w in self.windows_sealed],
-            "partitions": self.partitions, "rows": self.rows, "late_rows": self.late_rows,
+            "partitions": self.partitions,
+            "rows": self.rows,
+            "late_rows": self.late_rows,
             "segments_deleted": self.deletable_segments,
         }
 
@@ -121,8 +124,11 @@ class HotSealer:
 
     def _save(self, now: int, late_total: int) -> None:
         self.sealed = {w: p for w, p in self.sealed.items() if w >= now - STATE_KEEP_NS}
-        body = {"sealed": {str(w): list(p) for w, p in sorted(self.sealed.items())},
-                "late_through": list(self.late_through), "late_total": late_total}
+        body = {
+            "sealed": {str(w): list(p) for w, p in sorted(self.sealed.items())},
+            "late_through": list(self.late_through),
+            "late_total": late_total,
+        }
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.state_path, json.dumps(body, indent=1).encode())
 
@@ -241,8 +247,12 @@ class HotSealer:
             if not chosen:
                 continue
             result.rows += pw.write_file(directory, name, chosen)
-            pw.seal(directory, writer_region=self.region, epoch=epoch,
-                    new_sources=pw.source_summary(chosen))
+            pw.seal(
+                directory,
+                writer_region=self.region,
+                epoch=epoch,
+                new_sources=pw.source_summary(chosen),
+            )
             result.partitions.append(str(directory.relative_to(self.root)))
 
     def _late_fill(self, rows: list[pw.Row], now: int, epoch: int, result: RoundResult) -> None:

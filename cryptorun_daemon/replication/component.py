@@ -112,11 +112,16 @@ class WarmColdComponent:
         self._primary_provider = primary_provider
         self._peer_reporter = peer_reporter
         self._write_refusal = write_refusal or (lambda _tier: None)
-        self.catalog = Catalog(self.root, metrics=ctx.metrics, hash_cache=DEFAULT_HASH_CACHE,
-                               clock=ctx.clock.now)
+        self.catalog = Catalog(
+            self.root, metrics=ctx.metrics, hash_cache=DEFAULT_HASH_CACHE, clock=ctx.clock.now
+        )
         self.server = PartitionServer(
-            root=self.root, region=self.region, catalog=self.catalog,
-            epoch_provider=self.epoch_provider, now=ctx.clock.now, serve_guard=serve_guard,
+            root=self.root,
+            region=self.region,
+            catalog=self.catalog,
+            epoch_provider=self.epoch_provider,
+            now=ctx.clock.now,
+            serve_guard=serve_guard,
             primary_of=self.primary_of_tier,
         )
         self.links: dict[LinkKey, AnyLink] = {}
@@ -159,7 +164,8 @@ class WarmColdComponent:
             sources = {
                 src: link.status()
                 for (kind, link_tier, src), link in sorted(self.links.items())
-                if kind == "pull" and link_tier == t
+                if kind == "pull"
+                and link_tier == t
                 and (region is None or region in (src, self.region))
             }
             # Roles and epochs are the failover component's part of the document.
@@ -244,7 +250,8 @@ class WarmColdComponent:
             moved = await asyncio.to_thread(set_aside_divergent, self.root, tier, self.catalog)
             if moved:
                 self.ctx.metrics.reconciled_partitions_total.labels(
-                    tier=tier, action="divergent").inc(len(moved))
+                    tier=tier, action="divergent"
+                ).inc(len(moved))
                 record = self.reconciliation[tier]
                 record.note_divergent(moved)
                 record.last_run = self.ctx.clock.now()
@@ -270,23 +277,36 @@ class WarmColdComponent:
         link: AnyLink
         if kind == "pull":
             link = ReplicationLink(
-                rule=rule, region=self.region, peer=self._peer(peer), catalog=self.catalog,
-                executor=self._executor(self._peer(peer)), metrics=self.ctx.metrics,
-                clock=self.ctx.clock, epoch_provider=self.epoch_provider,
-                step_max_partitions=rep.step_max_partitions, max_concurrency=rep.max_concurrency,
+                rule=rule,
+                region=self.region,
+                peer=self._peer(peer),
+                catalog=self.catalog,
+                executor=self._executor(self._peer(peer)),
+                metrics=self.ctx.metrics,
+                clock=self.ctx.clock,
+                epoch_provider=self.epoch_provider,
+                step_max_partitions=rep.step_max_partitions,
+                max_concurrency=rep.max_concurrency,
                 peer_reporter=self._peer_reporter,
             )
             name = f"replication:{tier}:{peer}"
         else:
             link = ReconcileLink(
-                rule=rule, region=self.region, peer=self._peer(peer), catalog=self.catalog,
-                make_executor=self._executor, metrics=self.ctx.metrics, clock=self.ctx.clock,
-                epoch_provider=self.epoch_provider, record=self.reconciliation[tier],
+                rule=rule,
+                region=self.region,
+                peer=self._peer(peer),
+                catalog=self.catalog,
+                make_executor=self._executor,
+                metrics=self.ctx.metrics,
+                clock=self.ctx.clock,
+                epoch_provider=self.epoch_provider,
+                record=self.reconciliation[tier],
                 step_max_partitions=rep.step_max_partitions,
             )
             name = f"reconcile:{tier}:{peer}"
         scheduler: PassScheduler[PassReport] = PassScheduler(
-            name, interval_for_slo(rule.lag_slo), link.run_pass)
+            name, interval_for_slo(rule.lag_slo), link.run_pass
+        )
         self.links[key] = link
         self.schedulers[key] = scheduler
         self.ctx.supervisor.spawn(scheduler.name, scheduler.run_forever)
@@ -335,13 +355,14 @@ class WarmColdComponent:
         body = await json_object(request, allow_empty=True)
         tier, src, kind = body.get("tier"), body.get("from"), body.get("kind")
         chosen = [
-            (key, scheduler) for key, scheduler in sorted(self.schedulers.items())
-            if (tier is None or key[1] == tier) and (src is None or key[2] == src)
+            (key, scheduler)
+            for key, scheduler in sorted(self.schedulers.items())
+            if (tier is None or key[1] == tier)
+            and (src is None or key[2] == src)
             and (kind is None or key[0] == kind)
         ]
         if not chosen:
-            raise UsageError(f"no warm/cold link matches tier={tier!r} from={src!r} "
-                             f"kind={kind!r}")
+            raise UsageError(f"no warm/cold link matches tier={tier!r} from={src!r} kind={kind!r}")
         passes = []
         for key, scheduler in chosen:
             report = await scheduler.trigger()
@@ -373,11 +394,17 @@ class WarmColdComponent:
             raise StateStoreError(f"the {tier} tier's epoch is not known yet; retry shortly")
         try:
             manifest = await asyncio.to_thread(
-                seal_partition, key.directory(self.root), writer_region=self.region, epoch=epoch)
+                seal_partition, key.directory(self.root), writer_region=self.region, epoch=epoch
+            )
         except FencedError as exc:
             self.ctx.metrics.fenced_total.labels(tier=tier, operation="seal").inc()
-            log.warning("seal refused by the fence", tier=tier, partition=key.relpath,
-                        epoch=epoch, detail=str(exc))
+            log.warning(
+                "seal refused by the fence",
+                tier=tier,
+                partition=key.relpath,
+                epoch=epoch,
+                detail=str(exc),
+            )
             raise
         except PathRejectedError:
             raise
@@ -404,13 +431,15 @@ class WarmColdComponent:
             raise UsageError("strict must be true or false")
         plan = await self.simulate(tier, src, dst, window)
         problems = plan.problems()
-        return web.json_response({
-            **plan.to_json(),
-            "dry_run": True,
-            "strict": strict,
-            "ok": not (strict and problems),
-            "problems": problems,
-        })
+        return web.json_response(
+            {
+                **plan.to_json(),
+                "dry_run": True,
+                "strict": strict,
+                "ok": not (strict and problems),
+                "problems": problems,
+            }
+        )
 
     async def simulate(self, tier: Tier, src: str, dst: str, window: TimeRange) -> Plan:
         """Plan ``src → dst`` over ``window`` from live catalogs (local or a peer's)."""
@@ -426,13 +455,17 @@ class WarmColdComponent:
                     source = listed(await self._listing(src, tier, window))
             if health.healthy:
                 if dst == self.region:
-                    dest_manifests = [e.manifest for e in await self._local_entries(tier, window)
-                                      if e.sealed and e.manifest is not None]
+                    dest_manifests = [
+                        e.manifest
+                        for e in await self._local_entries(tier, window)
+                        if e.sealed and e.manifest is not None
+                    ]
                 else:
                     health = await self._peer(dst).probe()
                     if health.healthy:
                         dest_manifests = list(
-                            await self._listing(dst, tier, window, purpose="inventory"))
+                            await self._listing(dst, tier, window, purpose="inventory")
+                        )
         except ReplicationError as exc:
             health = PeerHealth(False, str(exc))
         return plan_replication(
@@ -451,7 +484,8 @@ class WarmColdComponent:
     async def _local_entries(self, tier: Tier, window: TimeRange) -> list[CatalogEntry]:
         return await asyncio.to_thread(self.catalog.scan, tier, start=window.start, end=window.end)
 
-    async def _listing(self, region: str, tier: Tier, window: TimeRange,
-                       purpose: Purpose = "source") -> tuple[Manifest, ...]:
+    async def _listing(
+        self, region: str, tier: Tier, window: TimeRange, purpose: Purpose = "source"
+    ) -> tuple[Manifest, ...]:
         listing = await self._peer(region).list_partitions(tier, window, purpose=purpose)
         return listing.manifests

@@ -180,11 +180,14 @@ class WarmColdExecutor:
         started = time.monotonic()
         outcome = StepOutcome(step=step, ok=True)
         results = await asyncio.gather(
-            *(self._partition_guarded(step.tier, manifests.get(p.path), p.path)
-              for p in step.partitions)
+            *(
+                self._partition_guarded(step.tier, manifests.get(p.path), p.path)
+                for p in step.partitions
+            )
         )
-        for path, (transferred, error) in zip((p.path for p in step.partitions), results,
-                                              strict=True):
+        for path, (transferred, error) in zip(
+            (p.path for p in step.partitions), results, strict=True
+        ):
             outcome.bytes_transferred += transferred
             if error is None:
                 outcome.committed.append(path)
@@ -199,8 +202,13 @@ class WarmColdExecutor:
             self.metrics.replication_step_failures_total.labels(
                 **labels, reason=outcome.reason or "io"
             ).inc()
-            log.warning("replication step failed", **labels, window=str(step.window),
-                        reason=outcome.reason, detail=outcome.detail)
+            log.warning(
+                "replication step failed",
+                **labels,
+                window=str(step.window),
+                reason=outcome.reason,
+                detail=outcome.detail,
+            )
         return outcome
 
     async def _partition_guarded(
@@ -254,8 +262,13 @@ class WarmColdExecutor:
         await asyncio.to_thread(self._set_aside_strays, directory, manifest)
         await self._validate(manifest, directory)
         await asyncio.to_thread(self._commit, directory, manifest)
-        log.info("partition committed", tier=tier, partition=manifest.partition,
-                 source=self.source.region, bytes=counter.bytes)
+        log.info(
+            "partition committed",
+            tier=tier,
+            partition=manifest.partition,
+            source=self.source.region,
+            bytes=counter.bytes,
+        )
         return counter.bytes
 
     def accepted(self, manifests: Sequence[Manifest]) -> list[Manifest]:
@@ -265,8 +278,9 @@ class WarmColdExecutor:
         fence = read_fence(self.root, manifests[0].tier)
         if fence is None:
             return list(manifests)
-        return [m for m in manifests
-                if fence.classify(m) != "divergent" or not self.refused_by_fence(m)]
+        return [
+            m for m in manifests if fence.classify(m) != "divergent" or not self.refused_by_fence(m)
+        ]
 
     def refused_by_fence(self, manifest: Manifest) -> bool:
         """True when this root's fence proves ``manifest`` came from a fenced writer.
@@ -277,19 +291,32 @@ class WarmColdExecutor:
         fence = read_fence(self.root, manifest.tier)
         if fence is None or fence.classify(manifest) != "divergent":
             return False
-        reason = (f"epoch {manifest.epoch} by {manifest.writer_region} sealed at "
-                  f"{manifest.sealed_at.isoformat()} is not a legitimate write under the "
-                  f"fence (epoch {fence.epoch}, primary {fence.primary})")
-        kept = quarantine_fenced_manifest(self.root, region=self.region, manifest=manifest,
-                                          source=self.source.region, reason=reason)
+        reason = (
+            f"epoch {manifest.epoch} by {manifest.writer_region} sealed at "
+            f"{manifest.sealed_at.isoformat()} is not a legitimate write under the "
+            f"fence (epoch {fence.epoch}, primary {fence.primary})"
+        )
+        kept = quarantine_fenced_manifest(
+            self.root,
+            region=self.region,
+            manifest=manifest,
+            source=self.source.region,
+            reason=reason,
+        )
         if kept is not None:
-            self.metrics.quarantine_total.labels(tier=manifest.tier, region=self.region,
-                                                 kind="fenced").inc()
+            self.metrics.quarantine_total.labels(
+                tier=manifest.tier, region=self.region, kind="fenced"
+            ).inc()
             self.metrics.fenced_total.labels(tier=manifest.tier, operation="apply").inc()
-            log.warning("fenced manifest refused", tier=manifest.tier,
-                        partition=manifest.partition, epoch=manifest.epoch,
-                        writer=manifest.writer_region, source=self.source.region,
-                        kept_at=str(kept))
+            log.warning(
+                "fenced manifest refused",
+                tier=manifest.tier,
+                partition=manifest.partition,
+                epoch=manifest.epoch,
+                writer=manifest.writer_region,
+                source=self.source.region,
+                kept_at=str(kept),
+            )
         return True
 
     def check_apply(self, manifest: Manifest) -> None:
@@ -323,15 +350,22 @@ class WarmColdExecutor:
         fence = read_fence(self.root, manifest.tier) if held is not None else None
         if held is not None and fence is not None and fence.classify(held) == "divergent":
             moved_to = move_divergent(self.root, directory, held)
-            self.metrics.reconciled_partitions_total.labels(tier=manifest.tier,
-                                                            action="divergent").inc()
-            log.warning("divergent partition moved aside", tier=manifest.tier,
-                        partition=manifest.partition, epoch=held.epoch, to=str(moved_to))
+            self.metrics.reconciled_partitions_total.labels(
+                tier=manifest.tier, action="divergent"
+            ).inc()
+            log.warning(
+                "divergent partition moved aside",
+                tier=manifest.tier,
+                partition=manifest.partition,
+                epoch=held.epoch,
+                to=str(moved_to),
+            )
             return False
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         label = f"epoch{held.epoch}-{held.content_hash[-16:]}" if held else "unreadable"
-        target = (self.root / SUPERSEDED_DIR / manifest.tier / manifest.partition
-                  / f"{stamp}-{label}")
+        target = (
+            self.root / SUPERSEDED_DIR / manifest.tier / manifest.partition / f"{stamp}-{label}"
+        )
         moved = move_aside(directory, target)
         log.warning("superseded partition moved aside", partition=manifest.partition, to=str(moved))
         return False
@@ -342,8 +376,14 @@ class WarmColdExecutor:
         strays = [n for n in data_file_names(directory) if n not in wanted]
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         for name in strays:
-            target = (self.root / SUPERSEDED_DIR / manifest.tier / manifest.partition
-                      / f"{stamp}-uncommitted" / name)
+            target = (
+                self.root
+                / SUPERSEDED_DIR
+                / manifest.tier
+                / manifest.partition
+                / f"{stamp}-uncommitted"
+                / name
+            )
             move_aside(directory / name, target)
 
     async def _validate(self, manifest: Manifest, directory: Path) -> None:
@@ -374,18 +414,20 @@ class WarmColdExecutor:
                 if ok:
                     continue
                 name = getattr(validator, "__name__", type(validator).__name__)
-                log.warning("validator rejected a replicated file", validator=name,
-                            file=f"{manifest.tier}/{manifest.partition}/{entry.name}",
-                            detail=detail, strict=self.strict)
+                log.warning(
+                    "validator rejected a replicated file",
+                    validator=name,
+                    file=f"{manifest.tier}/{manifest.partition}/{entry.name}",
+                    detail=detail,
+                    strict=self.strict,
+                )
                 message = f"{name} rejected {manifest.partition}/{entry.name}: {detail}"
                 if self.strict:
                     raise ReplicationError(message, reason="validation")
                 rejections.append(message)
         if rejections:
             summary = "; ".join(rejections)
-            self._rejected[(manifest.tier, manifest.partition)] = (
-                manifest.content_hash, summary
-            )
+            self._rejected[(manifest.tier, manifest.partition)] = (manifest.content_hash, summary)
             raise ReplicationError(f"not committed: {summary}", reason="validation")
 
     # --- files ----------------------------------------------------------------------
@@ -431,8 +473,14 @@ class WarmColdExecutor:
         if facts.size == entry.bytes and facts.hash == entry.hash:
             return True
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        move_aside(final, self.root / SUPERSEDED_DIR / final.relative_to(self.root).parent
-                   / f"{stamp}-uncommitted" / final.name)
+        move_aside(
+            final,
+            self.root
+            / SUPERSEDED_DIR
+            / final.relative_to(self.root).parent
+            / f"{stamp}-uncommitted"
+            / final.name,
+        )
         return False
 
     def _quarantine(self, manifest: Manifest, entry: FileEntry, partial: Path, got: str) -> None:
@@ -454,10 +502,15 @@ class WarmColdExecutor:
             errors=[finding],
             source=self.source.region,
         )
-        self.metrics.quarantine_total.labels(tier=manifest.tier, region=self.region,
-                                             kind="file").inc()
-        log.error("corrupt replica quarantined", file=f"{manifest.partition}/{entry.name}",
-                  source=self.source.region, to=str(moved))
+        self.metrics.quarantine_total.labels(
+            tier=manifest.tier, region=self.region, kind="file"
+        ).inc()
+        log.error(
+            "corrupt replica quarantined",
+            file=f"{manifest.partition}/{entry.name}",
+            source=self.source.region,
+            to=str(moved),
+        )
 
     async def _download(
         self, manifest: Manifest, entry: FileEntry, partial: Path, counter: _Counter
@@ -471,8 +524,11 @@ class WarmColdExecutor:
         labels = {"tier": manifest.tier, "from": self.source.region, "to": self.region}
         bytes_metric = self.metrics.replication_bytes_total.labels(**labels)
         async with self.source.open_file(
-            manifest.tier, manifest.partition, entry.name,
-            offset=offset, expected_hash=entry.hash,
+            manifest.tier,
+            manifest.partition,
+            entry.name,
+            offset=offset,
+            expected_hash=entry.hash,
         ) as stream:
             if stream.offset != offset:
                 # The source ignored our Range (or holds another version): start over.

@@ -160,8 +160,9 @@ class ReplicationLink:
         # by a fenced writer are quarantined as "fenced", never planned or awaited.
         manifests = await asyncio.to_thread(self.executor.accepted, listing.manifests)
         now = self.clock.now()
-        committed = committed_index(await asyncio.to_thread(self.catalog.sealed_manifests,
-                                                            self.tier))
+        committed = committed_index(
+            await asyncio.to_thread(self.catalog.sealed_manifests, self.tier)
+        )
         report.lag = self._publish(compute_lag(manifests, committed, now))
         plan = plan_replication(
             tier=self.tier,
@@ -196,16 +197,19 @@ class ReplicationLink:
             if not outcome.ok:
                 report.failed_steps += 1
                 report.failures.append(outcome.to_json())
-        committed = committed_index(await asyncio.to_thread(self.catalog.sealed_manifests,
-                                                            self.tier))
+        committed = committed_index(
+            await asyncio.to_thread(self.catalog.sealed_manifests, self.tier)
+        )
         report.lag = self._publish(compute_lag(manifests, committed, self.clock.now()))
 
     def forget_metrics(self) -> None:
         """Drop this link's lag series (the link is gone after a topology change)."""
         labels = (self.tier, self.region, self.source)
-        for gauge in (self.metrics.replication_lag_seconds,
-                      self.metrics.replication_pending_bytes,
-                      self.metrics.replication_pending_partitions):
+        for gauge in (
+            self.metrics.replication_lag_seconds,
+            self.metrics.replication_pending_bytes,
+            self.metrics.replication_pending_partitions,
+        ):
             with contextlib.suppress(KeyError):
                 gauge.remove(*labels)
 
@@ -218,10 +222,17 @@ class ReplicationLink:
         return lag
 
     def status(self) -> dict[str, Any]:
-        lag = self.lag.to_json() if self.lag is not None else {
-            "lag_seconds": None, "pending_partitions": None, "pending_bytes": None,
-            "oldest_pending": None, "oldest_pending_sealed_at": None,
-        }
+        lag = (
+            self.lag.to_json()
+            if self.lag is not None
+            else {
+                "lag_seconds": None,
+                "pending_partitions": None,
+                "pending_bytes": None,
+                "oldest_pending": None,
+                "oldest_pending_sealed_at": None,
+            }
+        )
         return {
             **lag,
             "lag_slo_seconds": self.rule.lag_slo,

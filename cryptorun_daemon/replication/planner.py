@@ -201,4 +201,3 @@ def _data_end(part: SourcePartition) -> datetime:
 def _step_window(key: PartitionKey) -> TimeRange:
     # A partition's own span is its step window: an hour for hot/warm, a day for cold.
     return TimeRange(key.start, key.end)
-

@@ -71,8 +71,9 @@ class ReconcileRecord:
 
     def note_pulled(self, source: str, paths: list[str]) -> None:
         self.pulled += len(paths)
-        self.pulled_paths = ([f"{p} (from {source})" for p in reversed(paths)]
-                             + self.pulled_paths)[:PATHS_KEPT]
+        self.pulled_paths = ([f"{p} (from {source})" for p in reversed(paths)] + self.pulled_paths)[
+            :PATHS_KEPT
+        ]
 
     def note_divergent(self, moved: list[dict[str, Any]]) -> None:
         self.divergent += len(moved)
@@ -109,23 +110,33 @@ def set_aside_divergent(root: Path, tier: Tier, catalog: Catalog) -> list[dict[s
         try:
             target = move_divergent(root, directory, manifest)
         except OSError as exc:
-            log.error("divergent partition not moved", tier=tier, partition=manifest.partition,
-                      error=str(exc))
+            log.error(
+                "divergent partition not moved",
+                tier=tier,
+                partition=manifest.partition,
+                error=str(exc),
+            )
             continue
         ended = fence.ended_at(manifest.epoch)
         log.warning(
-            "divergent partition moved aside", tier=tier, partition=manifest.partition,
-            epoch=manifest.epoch, writer=manifest.writer_region,
+            "divergent partition moved aside",
+            tier=tier,
+            partition=manifest.partition,
+            epoch=manifest.epoch,
+            writer=manifest.writer_region,
             sealed_at=format_time(manifest.sealed_at),
-            epoch_ended=format_time(ended) if ended else None, to=str(target),
+            epoch_ended=format_time(ended) if ended else None,
+            to=str(target),
         )
-        moved.append({
-            "partition": manifest.partition,
-            "epoch": manifest.epoch,
-            "writer_region": manifest.writer_region,
-            "sealed_at": format_time(manifest.sealed_at),
-            "moved_to": str(target.relative_to(root)),
-        })
+        moved.append(
+            {
+                "partition": manifest.partition,
+                "epoch": manifest.epoch,
+                "writer_region": manifest.writer_region,
+                "sealed_at": format_time(manifest.sealed_at),
+                "moved_to": str(target.relative_to(root)),
+            }
+        )
     return moved
 
 
@@ -140,8 +151,14 @@ class ReconcileSource:
     def open_file(
         self, tier: Tier, partition: str, name: str, *, offset: int, expected_hash: str
     ) -> Any:
-        return self.peer.open_file(tier, partition, name, offset=offset,
-                                   expected_hash=expected_hash, reconcile_epoch=self.epoch)
+        return self.peer.open_file(
+            tier,
+            partition,
+            name,
+            offset=offset,
+            expected_hash=expected_hash,
+            reconcile_epoch=self.epoch,
+        )
 
 
 class ReconcileLink:
@@ -212,7 +229,8 @@ class ReconcileLink:
         listing = await self.peer.list_partitions(self.tier, reconcile_epoch=old_epoch)
         now = self.clock.now()
         committed = committed_index(
-            await asyncio.to_thread(self.catalog.sealed_manifests, self.tier))
+            await asyncio.to_thread(self.catalog.sealed_manifests, self.tier)
+        )
         # One executor per old epoch: it remembers content that validation refused,
         # so a rejected delta is not fetched and quarantined again on every pass.
         if self._executor is None or self._executor_epoch != old_epoch:
@@ -221,11 +239,15 @@ class ReconcileLink:
         executor = self._executor
         offered = await asyncio.to_thread(executor.accepted, listing.manifests)
         plan = plan_replication(
-            tier=self.tier, from_region=self.source, to_region=self.region,
-            window=TimeRange(BEGINNING_OF_TIME, now + OPEN_END), source=listed(offered),
-            destination=committed, now=now, step_max_partitions=self._step_max,
-            validators=[str(getattr(v, "__name__", type(v).__name__))
-                        for v in executor.validators],
+            tier=self.tier,
+            from_region=self.source,
+            to_region=self.region,
+            window=TimeRange(BEGINNING_OF_TIME, now + OPEN_END),
+            source=listed(offered),
+            destination=committed,
+            now=now,
+            step_max_partitions=self._step_max,
+            validators=[str(getattr(v, "__name__", type(v).__name__)) for v in executor.validators],
         )
         report.steps = len(plan.steps)
         by_path = {m.partition: m for m in offered}
@@ -239,12 +261,18 @@ class ReconcileLink:
                 report.failed_steps += 1
                 report.failures.append(outcome.to_json())
         if pulled:
-            self.metrics.reconciled_partitions_total.labels(
-                tier=self.tier, action="pulled").inc(len(pulled))
+            self.metrics.reconciled_partitions_total.labels(tier=self.tier, action="pulled").inc(
+                len(pulled)
+            )
             self.record.note_pulled(self.source, pulled)
             for path in pulled:
-                log.warning("reconciled partition pulled", tier=self.tier, partition=path,
-                            source=self.source, epoch=by_path[path].epoch)
+                log.warning(
+                    "reconciled partition pulled",
+                    tier=self.tier,
+                    partition=path,
+                    source=self.source,
+                    epoch=by_path[path].epoch,
+                )
 
     def status(self) -> dict[str, Any]:
         return {"last_pass": self.last_pass.to_json() if self.last_pass else None}

@@ -61,9 +61,7 @@ def _parse_instant(text: str, what: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise UsageError(
-            f"{what} {text!r} is not RFC 3339 (e.g. 2025-09-01T00:00:00Z)"
-        ) from None
+        raise UsageError(f"{what} {text!r} is not RFC 3339 (e.g. 2025-09-01T00:00:00Z)") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise UsageError(f"{what} {text!r} has no timezone; write UTC as ...Z")
     return moment.astimezone(UTC)

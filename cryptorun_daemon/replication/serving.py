@@ -144,9 +144,13 @@ class PartitionServer:
             manifests = [m for m in manifests if window.contains_span(m.key.start, m.key.end)]
         if fence is not None and reconcile is not None:
             manifests = [m for m in manifests if _reconcilable(fence, m, reconcile)]
-        served_as = ("reconcile" if reconcile is not None
-                     else "source" if primary == self.region and purpose != "inventory"
-                     else "inventory")
+        served_as = (
+            "reconcile"
+            if reconcile is not None
+            else "source"
+            if primary == self.region and purpose != "inventory"
+            else "inventory"
+        )
         body = self._render(tier, epoch, window, manifests, purpose=served_as)
         return web.Response(body=body, content_type="application/json")
 
@@ -167,8 +171,13 @@ class PartitionServer:
         return fence
 
     def _render(
-        self, tier: Tier, epoch: int, window: TimeRange | None, manifests: list[Manifest],
-        *, purpose: str = "source",
+        self,
+        tier: Tier,
+        epoch: int,
+        window: TimeRange | None,
+        manifests: list[Manifest],
+        *,
+        purpose: str = "source",
     ) -> bytes:
         cache: dict[tuple[str, str, str, int], bytes] = {}
         parts = []
@@ -214,9 +223,7 @@ class PartitionServer:
             if refusal is not None:
                 return json_error(*refusal)
         try:
-            key, name, real = await asyncio.to_thread(
-                resolve_partition_file, self.root, tier, path
-            )
+            key, name, real = await asyncio.to_thread(resolve_partition_file, self.root, tier, path)
             directory = real.parent
             if not (directory / SUCCESS_MARKER).is_file():
                 raise FileNotFoundError(path)
@@ -227,11 +234,18 @@ class PartitionServer:
             return json_error(404, "not_found", f"no sealed partition file {tier}/{path}")
         if manifest.key != key:
             return json_error(404, "not_found", f"no sealed partition file {tier}/{path}")
-        if fence is not None and reconcile is not None and not _reconcilable(
-                fence, manifest, reconcile):
-            return json_error(409, "fenced", f"{tier}/{manifest.partition} (epoch "
-                              f"{manifest.epoch}) is not a legitimate partition of epoch "
-                              f"<= {reconcile}; it is not served for reconciliation")
+        if (
+            fence is not None
+            and reconcile is not None
+            and not _reconcilable(fence, manifest, reconcile)
+        ):
+            return json_error(
+                409,
+                "fenced",
+                f"{tier}/{manifest.partition} (epoch "
+                f"{manifest.epoch}) is not a legitimate partition of epoch "
+                f"<= {reconcile}; it is not served for reconciliation",
+            )
         if name == MANIFEST_NAME:
             content_hash = manifest.content_hash
         else:

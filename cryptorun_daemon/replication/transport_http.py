@@ -168,12 +168,23 @@ class HttpPeer:
                 f"peer {self.region} sent an invalid listing: {exc}", reason="http"
             ) from exc
         self._parsed = parsed
-        return Listing(region=region, tier=tier, epoch=epoch, manifests=tuple(manifests),
-                       primary=str(primary) if primary is not None else None)
+        return Listing(
+            region=region,
+            tier=tier,
+            epoch=epoch,
+            manifests=tuple(manifests),
+            primary=str(primary) if primary is not None else None,
+        )
 
     @contextlib.asynccontextmanager
     async def open_file(
-        self, tier: Tier, partition: str, name: str, *, offset: int, expected_hash: str,
+        self,
+        tier: Tier,
+        partition: str,
+        name: str,
+        *,
+        offset: int,
+        expected_hash: str,
         reconcile_epoch: int | None = None,
     ) -> AsyncIterator[FileStream]:
         """Stream one file from ``offset`` (``Range``), holding a download slot.

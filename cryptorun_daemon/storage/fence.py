@@ -301,7 +301,12 @@ def move_divergent(root: Path, directory: Path, manifest: Manifest) -> Path:
 
 
 def quarantine_fenced_manifest(
-    root: Path, *, region: str, manifest: Manifest, source: str, reason: str,
+    root: Path,
+    *,
+    region: str,
+    manifest: Manifest,
+    source: str,
+    reason: str,
 ) -> Path | None:
     """Keep a refused (fenced) manifest under ``_quarantine/{tier}/{region}/{partition}/``.
 
@@ -330,8 +335,10 @@ def quarantine_fenced_manifest(
         "reason": reason,
         "quarantined_at": format_time(datetime.now(UTC)),
     }
-    atomic_write_bytes(target.with_name(name + ".error.json"),
-                       (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(
+        target.with_name(name + ".error.json"),
+        (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(),
+    )
     return target
 
 

@@ -162,8 +162,13 @@ class HashCache:
                 self.hashed += 1
                 self.hashed_bytes += st.st_size
         rows, fingerprint = _parquet_facts(path) if inspect else (None, None)
-        facts = FileFacts(size=st.st_size, hash=digest, rows=rows,
-                          schema_fingerprint=fingerprint, inspected=inspect)
+        facts = FileFacts(
+            size=st.st_size,
+            hash=digest,
+            rows=rows,
+            schema_fingerprint=fingerprint,
+            inspected=inspect,
+        )
         # A file rewritten while we hashed it must not be cached under either identity.
         if self.identity(path, path.stat()) == self.identity(path, st):
             self.remember(path, st, facts)

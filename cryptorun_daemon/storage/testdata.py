@@ -25,7 +25,13 @@ TRADE_SCHEMA: Any = arrow_schema("trade")
 
 
 def trade_table(
-    rows: int, *, start: datetime, span: timedelta, venue: str, symbol: str, origin: str,
+    rows: int,
+    *,
+    start: datetime,
+    span: timedelta,
+    venue: str,
+    symbol: str,
+    origin: str,
     seed: int,
 ) -> Any:
     """``rows`` trades spread evenly over ``[start, start + span)``."""
@@ -113,8 +119,13 @@ def seed_partitions(
                 symbol=symbol,
             )
             directory = write_trade_partition(
-                root, key, rows=rows, files=files, origin=region,
-                seed=i * 100 + s_index + 1, compression=compression,
+                root,
+                key,
+                rows=rows,
+                files=files,
+                origin=region,
+                seed=i * 100 + s_index + 1,
+                compression=compression,
             )
             if seal:
                 seal_partition(directory, writer_region=region, epoch=epoch)

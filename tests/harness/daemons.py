@@ -136,9 +136,13 @@ class DaemonProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-async def wait_until_ready(base_url: str, *, timeout: float = 30.0,
-                           proc: subprocess.Popen[bytes] | None = None,
-                           log_path: Path | None = None) -> None:
+async def wait_until_ready(
+    base_url: str,
+    *,
+    timeout: float = 30.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
+) -> None:
     """Poll ``/readyz`` until 200; fail with the daemon's log if it dies or times out."""
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:

@@ -134,20 +134,27 @@ def start_etcd(base_dir: Path, binary: str | None = None) -> EtcdServer:
             env["ETCD_UNSUPPORTED_ARCH"] = go_arch
         args = [
             binary,
-            "--name", "default",
-            "--data-dir", str(data_dir),
-            "--listen-client-urls", client_url,
-            "--advertise-client-urls", client_url,
-            "--listen-peer-urls", peer_url,
-            "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"default={peer_url}",
-            "--initial-cluster-state", "new",
-            "--log-level", "warn",
+            "--name",
+            "default",
+            "--data-dir",
+            str(data_dir),
+            "--listen-client-urls",
+            client_url,
+            "--advertise-client-urls",
+            client_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            f"default={peer_url}",
+            "--initial-cluster-state",
+            "new",
+            "--log-level",
+            "warn",
         ]
         with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                args, stdout=log_file, stderr=subprocess.STDOUT, env=env
-            )
+            process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         server = EtcdServer(client_url, peer_url, data_dir, log_path, process)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and process.poll() is None:

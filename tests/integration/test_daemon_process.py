@@ -78,8 +78,9 @@ async def test_metrics_output_passes_promtool(region: RegionSpec, tmp_path: Path
     async with run_daemon_process(region.write()) as daemon, aiohttp.ClientSession() as http:
         async with http.get(f"{daemon.base_url}/metrics") as resp:
             text = await resp.read()
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                            check=False)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, check=False
+    )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.decode().strip() == ""
     assert result.stderr.decode().strip() == ""
@@ -92,8 +93,9 @@ async def test_protected_endpoints_need_the_token(region: RegionSpec) -> None:
         async with http.post(f"{daemon.base_url}/v1/failover", json=body) as resp:
             assert resp.status == 401
             assert (await resp.json())["error"] == "unauthorized"
-        async with http.post(f"{daemon.base_url}/v1/failover", json=body,
-                             headers=auth_headers("wrong")) as resp:
+        async with http.post(
+            f"{daemon.base_url}/v1/failover", json=body, headers=auth_headers("wrong")
+        ) as resp:
             assert resp.status == 401
             assert (await resp.json())["detail"] == "wrong bearer token"
         async with http.get(f"{daemon.base_url}/metrics") as resp:
@@ -112,8 +114,10 @@ async def test_errors_are_json_with_code_and_detail(region: RegionSpec) -> None:
         async with http.get(f"{daemon.base_url}/v1/status?tier=lukewarm") as resp:
             assert resp.status == 400
             doc = await resp.json()
-            assert doc == {"error": "bad_request",
-                           "detail": "tier 'lukewarm' is not one of hot, warm, cold"}
+            assert doc == {
+                "error": "bad_request",
+                "detail": "tier 'lukewarm' is not one of hot, warm, cold",
+            }
         async with http.get(f"{daemon.base_url}/v1/status?region=mars") as resp:
             assert resp.status == 400
             assert "region 'mars' is unknown" in (await resp.json())["detail"]
@@ -127,8 +131,9 @@ async def test_oversized_request_body_is_rejected_with_413(tmp_path: Path) -> No
     spec, _ = two_regions(tmp_path)
     spec.sections["admin"] = {"max_request_bytes": 2048}
     async with run_daemon_process(spec.write()) as daemon, aiohttp.ClientSession() as http:
-        async with http.post(f"{daemon.base_url}/v1/failover", data=b"x" * 10_000,
-                             headers=auth_headers()) as resp:
+        async with http.post(
+            f"{daemon.base_url}/v1/failover", data=b"x" * 10_000, headers=auth_headers()
+        ) as resp:
             assert resp.status == 413
             doc = await resp.json()
             assert doc["error"] == "too_large"
@@ -166,9 +171,12 @@ async def test_second_sigint_forces_exit(tmp_path: Path) -> None:
         # A request whose body never finishes arriving keeps a handler in flight, so the
         # graceful shutdown has something to wait for (up to the 2-minute deadline).
         _reader, writer = await asyncio.open_connection("127.0.0.1", spec.port)
-        writer.write(b"POST /v1/failover HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                     b"\r\nAuthorization: Bearer " + TOKEN.encode()
-                     + b"\r\nContent-Length: 100\r\n\r\n{\"tier\": ")
+        writer.write(
+            b"POST /v1/failover HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nAuthorization: Bearer "
+            + TOKEN.encode()
+            + b'\r\nContent-Length: 100\r\n\r\n{"tier": '
+        )
         await writer.drain()
         async with aiohttp.ClientSession() as http, http.get(f"{spec.base_url}/healthz") as resp:
             assert resp.status == 200  # the loop has read the slow request's headers by now
@@ -251,11 +259,15 @@ async def test_sighup_reloads_log_level_and_slo_and_reports_the_rest(tmp_path: P
 async def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
     """A wildcard listen address without a token file: exit 2 before binding anything."""
     path = tmp_path / "r.toml"
-    path.write_text(f'region = "a"\n[admin]\nlisten = "0.0.0.0:{free_port()}"\n'
-                    '[storage]\nroot = "d"\n')
+    path.write_text(
+        f'region = "a"\n[admin]\nlisten = "0.0.0.0:{free_port()}"\n[storage]\nroot = "d"\n'
+    )
     result = subprocess.run(
         [sys.executable, "-m", "cryptorun_daemon", "daemon", "--config", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "admin.token_file: is required when admin.listen (0.0.0.0:" in result.stderr
@@ -268,8 +280,12 @@ async def test_port_in_use_fails_startup_with_exit_one(region: RegionSpec) -> No
         result = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "cryptorun_daemon", "daemon", "--config", str(config)],
-            capture_output=True, text=True, timeout=60, check=False,
-            cwd=config.parent, env={**os.environ},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=config.parent,
+            env={**os.environ},
         )
     assert result.returncode == 1
     assert "address already in use" in (result.stderr + result.stdout).lower()
@@ -281,15 +297,38 @@ async def test_cli_status_against_a_running_daemon(region: RegionSpec) -> None:
     async with run_daemon_process(config) as daemon:
         human = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "cryptorun_daemon", "replication", "status", "--config",
-             str(config), "--tier", "warm"],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                sys.executable,
+                "-m",
+                "cryptorun_daemon",
+                "replication",
+                "status",
+                "--config",
+                str(config),
+                "--tier",
+                "warm",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         as_json = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "cryptorun_daemon", "replication", "status", "--admin-url",
-             daemon.base_url, "--json"],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                sys.executable,
+                "-m",
+                "cryptorun_daemon",
+                "replication",
+                "status",
+                "--admin-url",
+                daemon.base_url,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
             env={**os.environ, "CRYPTORUN_ADMIN_TOKEN": TOKEN},
         )
     assert human.returncode == 0, human.stderr

@@ -44,8 +44,12 @@ def demo_command(directory: Path, *extra: str) -> list[str]:
 def start_demo(directory: Path) -> subprocess.Popen[str]:
     """The demo without ``--duration``: it runs until it is signalled."""
     return subprocess.Popen(
-        demo_command(directory), cwd=REPO_ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        demo_command(directory),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -86,8 +90,9 @@ def digest(path: Path) -> str:
 def test_demo_configs_load_as_valid_region_configs(tmp_path: Path) -> None:
     """Both written configs pass the real loader: eu-central is the warm primary, us-east its
     replica, each ingests the same Kraken URL and peers with the other, partitions are short."""
-    layout = DemoLayout(tmp_path, ports={PRIMARY: 19001, REPLICA: 19002},
-                        kraken_url="ws://127.0.0.1:19003/v2")
+    layout = DemoLayout(
+        tmp_path, ports={PRIMARY: 19001, REPLICA: 19002}, kraken_url="ws://127.0.0.1:19003/v2"
+    )
     paths = write_demo_configs(layout)
     assert (tmp_path / "admin.token").stat().st_mode & 0o077 == 0
     for region in REGIONS:
@@ -98,9 +103,12 @@ def test_demo_configs_load_as_valid_region_configs(tmp_path: Path) -> None:
         assert config.hot.partition_length == PARTITION_LENGTH
         assert [(f.kind, f.url) for f in config.feeds] == [("kraken", layout.kraken_url)]
         assert {(r.from_region, r.to_regions) for r in config.rules_for("hot")} == {
-            (PRIMARY, (REPLICA,)), (REPLICA, (PRIMARY,))}
+            (PRIMARY, (REPLICA,)),
+            (REPLICA, (PRIMARY,)),
+        }
         assert [(r.from_region, r.to_regions) for r in config.rules_for("warm")] == [
-            (PRIMARY, (REPLICA,))]
+            (PRIMARY, (REPLICA,))
+        ]
 
 
 def test_final_check_waits_out_the_sealing_round() -> None:
@@ -117,8 +125,12 @@ def test_demo_runs_the_pipeline_and_leaves_replicated_data(tmp_path: Path) -> No
     lines; warm partitions sealed at eu-central sit at us-east with byte-identical manifests;
     the final metric snapshots count hot records of both origins in both regions."""
     result = subprocess.run(
-        demo_command(tmp_path, "--duration", str(DEMO_DURATION)), cwd=REPO_ROOT,
-        capture_output=True, text=True, timeout=DEMO_DURATION + 150, check=False,
+        demo_command(tmp_path, "--duration", str(DEMO_DURATION)),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_DURATION + 150,
+        check=False,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -167,8 +179,9 @@ def test_a_daemon_that_dies_fails_the_demo_with_its_log_tail(tmp_path: Path) -> 
     read_until(proc, lambda out: "  us-east     hot" in out, timeout=60)
     config = str(tmp_path / f"{REPLICA}.toml")
     victims = [
-        int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()
-        and config in _cmdline(entry)
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and config in _cmdline(entry)
     ]
     assert len(victims) == 1, victims
     os.kill(victims[0], signal.SIGKILL)

@@ -105,8 +105,10 @@ class DocBlock:
         """``exit=N`` from ``<!-- runnable: exit=N -->``; 0 when absent."""
         match = re.fullmatch(r"\s*(?:exit=(\d+))?\s*", self.options)
         if match is None:
-            raise ValueError(f"{self.ident}: unknown runnable option {self.options!r} "
-                             "(only exit=N is understood)")
+            raise ValueError(
+                f"{self.ident}: unknown runnable option {self.options!r} "
+                "(only exit=N is understood)"
+            )
         return int(match.group(1) or 0)
 
 
@@ -130,18 +132,21 @@ def extract_blocks(path: Path) -> list[DocBlock]:
         while end < len(lines) and not closing.match(lines[end]):
             end += 1
         # Drop the fence's indentation, but never more than a line's own leading blanks.
-        body = [line[min(indent, len(line) - len(line.lstrip())):]
-                for line in lines[index + 1:end]]
+        body = [
+            line[min(indent, len(line) - len(line.lstrip())) :] for line in lines[index + 1 : end]
+        ]
         marker = MARKER.match(lines[index - 1]) if index > 0 else None
-        blocks.append(DocBlock(
-            path=path,
-            line=index + 1,
-            end=end + 1,
-            lang=opening["lang"],
-            code="\n".join(body) + "\n",
-            marker=marker["kind"] if marker else None,
-            options=(marker["options"] or "") if marker else "",
-        ))
+        blocks.append(
+            DocBlock(
+                path=path,
+                line=index + 1,
+                end=end + 1,
+                lang=opening["lang"],
+                code="\n".join(body) + "\n",
+                marker=marker["kind"] if marker else None,
+                options=(marker["options"] or "") if marker else "",
+            )
+        )
         index = end + 1
     return blocks
 
@@ -216,9 +221,12 @@ def _write_live_configs(root: Path, ports: dict[str, int]) -> list[Path]:
 async def _replicate_once(base_url: str, token: str) -> None:
     """Run one warm pass on the replica now, so the seeded hours are on both sides."""
     headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{base_url}/v1/replication/sync", json={"tier": "warm"}, headers=headers
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{base_url}/v1/replication/sync", json={"tier": "warm"}, headers=headers
+        ) as resp,
+    ):
         body = await resp.json()
         assert resp.status == 200, body
         assert all(report["ok"] for report in body["passes"]), body
@@ -240,8 +248,13 @@ def live_regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRegio
     try:
         for path, process in zip(configs, processes, strict=True):
             region = path.stem
-            asyncio.run(wait_until_ready(f"http://127.0.0.1:{ports[region]}", proc=process,
-                                         log_path=path.with_suffix(".log")))
+            asyncio.run(
+                wait_until_ready(
+                    f"http://127.0.0.1:{ports[region]}",
+                    proc=process,
+                    log_path=path.with_suffix(".log"),
+                )
+            )
         token = (root / "config" / "secrets" / "admin.token").read_text().strip()
         asyncio.run(_replicate_once(f"http://127.0.0.1:{ports['us-east']}", token))
         yield LiveRegions(root, ports)
@@ -264,8 +277,15 @@ _COMMAND_SEPARATORS = frozenset({"|", "||", "&", "&&", ";", ";;", "(", ")", "$("
 _REDIRECTS = re.compile(r"^\d*[<>]")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Prefixes that run the command after them: their own options are skipped.
-_WRAPPERS = {"sudo": {"-u", "-g", "-C", "-D", "-h", "-p", "-U"}, "env": set(), "exec": set(),
-             "time": set(), "nohup": set(), "command": set(), "watch": {"-n"}}
+_WRAPPERS = {
+    "sudo": {"-u", "-g", "-C", "-D", "-h", "-p", "-U"},
+    "env": set(),
+    "exec": set(),
+    "time": set(),
+    "nohup": set(),
+    "command": set(),
+    "watch": {"-n"},
+}
 # Shell keywords after which a command follows.
 _KEYWORDS = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{"})
 
@@ -314,7 +334,7 @@ def cryptorun_commands(code: str) -> list[list[str]]:
             at_command = False
             args: list[str] = []
             name = word.rsplit("/", 1)[-1]
-            rest = words[index + 1:]
+            rest = words[index + 1 :]
             if name == "cryptorun":
                 args = rest
             elif name.startswith("python") and rest[:2] == ["-m", "cryptorun_daemon"]:
@@ -322,9 +342,14 @@ def cryptorun_commands(code: str) -> list[list[str]]:
             else:
                 index += 1
                 continue
-            cut = next((i for i, w in enumerate(args)
-                        if w in _COMMAND_SEPARATORS or set(w) <= set(";&|()<>")
-                        or _REDIRECTS.match(w)), len(args))
+            cut = next(
+                (
+                    i
+                    for i, w in enumerate(args)
+                    if w in _COMMAND_SEPARATORS or set(w) <= set(";&|()<>") or _REDIRECTS.match(w)
+                ),
+                len(args),
+            )
             found.append(args[:cut])
             index += 1 + cut
     return found
@@ -400,8 +425,12 @@ def test_every_alert_runbook_anchor_is_a_playbook_heading() -> None:
     its ``#anchor`` is the GitHub anchor of a heading in docs/DATA_MULTI_REGION.md."""
     import yaml  # PyYAML: in the [test] extras
 
-    rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"]
-             for rule in group["rules"] if "alert" in rule]
+    rules = [
+        rule
+        for group in yaml.safe_load(ALERTS.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
     anchors = playbook_anchors()
     missing = set()
     for rule in rules:
@@ -435,30 +464,43 @@ def test_cli_parser_finds_cryptorun_commands_in_command_position() -> None:
 def test_syntax_only_example_parses(block: DocBlock) -> None:
     """A block marked syntax-only is valid bash (``bash -n``) and each ``cryptorun``
     command in it is accepted by the real CLI parser."""
-    result = subprocess.run(["bash", "-n"], input=block.code, capture_output=True, text=True,
-                            timeout=BLOCK_TIMEOUT, check=False)
+    result = subprocess.run(
+        ["bash", "-n"],
+        input=block.code,
+        capture_output=True,
+        text=True,
+        timeout=BLOCK_TIMEOUT,
+        check=False,
+    )
     assert result.returncode == 0, f"{block.ident}: bash -n failed:\n{result.stderr}"
     problems = [p for args in cryptorun_commands(block.code) if (p := _parse_cli(args))]
     assert not problems, f"{block.ident}: {problems}"
 
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=_ids(RUNNABLE))
-def test_runnable_example_runs(block: DocBlock, live_regions: LiveRegions,
-                               tmp_path: Path) -> None:
+def test_runnable_example_runs(block: DocBlock, live_regions: LiveRegions, tmp_path: Path) -> None:
     """A block marked runnable, run with ``bash -euo pipefail`` against the two live
     daemons (documented ports and host paths mapped), exits with its expected code;
     one expected to succeed prints no admin API error document."""
     code = live_regions.localise(block.code)
     work = live_regions.workdir(tmp_path)
     try:
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=work,
-                                env=_shell_env(), capture_output=True, text=True,
-                                timeout=BLOCK_TIMEOUT, check=False)
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", code],
+            cwd=work,
+            env=_shell_env(),
+            capture_output=True,
+            text=True,
+            timeout=BLOCK_TIMEOUT,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{block.ident}: still running after {BLOCK_TIMEOUT}s:\n{code}\n{exc}")
-    report = (f"{block.ident} exited {result.returncode} (expected {block.expected_exit})\n"
-              f"--- script ---\n{code}--- stdout ---\n{result.stdout}"
-              f"--- stderr ---\n{result.stderr}")
+    report = (
+        f"{block.ident} exited {result.returncode} (expected {block.expected_exit})\n"
+        f"--- script ---\n{code}--- stdout ---\n{result.stdout}"
+        f"--- stderr ---\n{result.stderr}"
+    )
     assert result.returncode == block.expected_exit, report
     if block.expected_exit == 0:
         assert not API_ERROR.search(result.stdout), f"admin API error in the output\n{report}"

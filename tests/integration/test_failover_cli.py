@@ -47,7 +47,10 @@ async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     return await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "cryptorun_daemon", "replication", "failover", *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={**os.environ, **(env or {})},
     )
 
@@ -57,8 +60,9 @@ async def metrics_of(http: aiohttp.ClientSession, base_url: str) -> str:
         return await resp.text()
 
 
-async def until_metrics_contain(http: aiohttp.ClientSession, base_url: str,
-                                *lines: str, timeout: float = 15.0) -> None:
+async def until_metrics_contain(
+    http: aiohttp.ClientSession, base_url: str, *lines: str, timeout: float = 15.0
+) -> None:
     """Poll a daemon's /metrics until every line is present (fails with the text)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -71,18 +75,24 @@ async def until_metrics_contain(http: aiohttp.ClientSession, base_url: str,
         await asyncio.sleep(0.1)
 
 
-async def post_failover(http: aiohttp.ClientSession, base_url: str,
-                        body: Any, **kwargs: Any) -> tuple[int, Any]:
-    async with http.post(f"{base_url}/v1/failover", headers=auth_headers(),
-                         json=body, **kwargs) as resp:
+async def post_failover(
+    http: aiohttp.ClientSession, base_url: str, body: Any, **kwargs: Any
+) -> tuple[int, Any]:
+    async with http.post(
+        f"{base_url}/v1/failover", headers=auth_headers(), json=body, **kwargs
+    ) as resp:
         return resp.status, await resp.json()
 
 
-EPOCH_1 = ('cryptorun_failover_epoch{tier="warm"} 1.0',
-           'cryptorun_region_role{region="eu-central",tier="warm"} 1.0')
-EPOCH_2 = ('cryptorun_failover_epoch{tier="warm"} 2.0',
-           'cryptorun_region_role{region="eu-central",tier="warm"} 0.0',
-           'cryptorun_region_role{region="us-east",tier="warm"} 1.0')
+EPOCH_1 = (
+    'cryptorun_failover_epoch{tier="warm"} 1.0',
+    'cryptorun_region_role{region="eu-central",tier="warm"} 1.0',
+)
+EPOCH_2 = (
+    'cryptorun_failover_epoch{tier="warm"} 2.0',
+    'cryptorun_region_role{region="eu-central",tier="warm"} 0.0',
+    'cryptorun_region_role{region="us-east",tier="warm"} 1.0',
+)
 
 
 async def test_cli_dry_run_then_failover_then_refused_promotion(
@@ -93,35 +103,71 @@ async def test_cli_dry_run_then_failover_then_refused_promotion(
     new primary again exits 1 with the 409 detail on stderr."""
     a, b = regions
     a_config, b_config = a.write(), b.write()
-    async with run_daemon_process(a_config), run_daemon_process(b_config), \
-            aiohttp.ClientSession() as http:
-        dry = await cli("--config", str(a_config), "--tier", "warm", "--promote", US,
-                        "--demote", EU, "--dry-run")
+    async with (
+        run_daemon_process(a_config),
+        run_daemon_process(b_config),
+        aiohttp.ClientSession() as http,
+    ):
+        dry = await cli(
+            "--config",
+            str(a_config),
+            "--tier",
+            "warm",
+            "--promote",
+            US,
+            "--demote",
+            EU,
+            "--dry-run",
+        )
         assert dry.returncode == 0, dry.stderr
-        assert "DRY RUN: failover of warm would promote us-east and demote eu-central " \
-               "(epoch 1 -> 2); nothing was changed" in dry.stdout
+        assert (
+            "DRY RUN: failover of warm would promote us-east and demote eu-central "
+            "(epoch 1 -> 2); nothing was changed" in dry.stdout
+        )
         assert "REGION ROLE EPOCH LAG S LAST SUCCESS REACHABLE" in " ".join(dry.stdout.split())
         assert "[planned] persist_epoch: file store: warm epoch 1 -> 2" in dry.stdout
         for spec in (a, b):
             await until_metrics_contain(http, spec.base_url, *EPOCH_1)
 
-        done = await cli("--admin-url", a.base_url, "--tier", "warm", "--promote", US,
-                         "--demote", EU, "--dry-run=false", "--json",
-                         env={"CRYPTORUN_ADMIN_TOKEN": TOKEN})
+        done = await cli(
+            "--admin-url",
+            a.base_url,
+            "--tier",
+            "warm",
+            "--promote",
+            US,
+            "--demote",
+            EU,
+            "--dry-run=false",
+            "--json",
+            env={"CRYPTORUN_ADMIN_TOKEN": TOKEN},
+        )
         assert done.returncode == 0, done.stderr
         doc = json.loads(done.stdout)
-        assert (doc["tier"], doc["epoch"], doc["primary"], doc["previous_primary"],
-                doc["dry_run"]) == ("warm", 2, US, EU, False)
+        assert (
+            doc["tier"],
+            doc["epoch"],
+            doc["primary"],
+            doc["previous_primary"],
+            doc["dry_run"],
+        ) == ("warm", 2, US, EU, False)
         row = doc["after"]["regions"][US]
         assert (row["role"], row["epoch"], row["reachable"]) == ("primary", 2, True)
-        assert set(row) == {"role", "epoch", "lag_seconds", "lag_slo_seconds", "last_success",
-                            "reachable"}
+        assert set(row) == {
+            "role",
+            "epoch",
+            "lag_seconds",
+            "lag_slo_seconds",
+            "last_success",
+            "reachable",
+        }
         assert doc["before"]["regions"][EU]["role"] == "primary"
         for spec in (a, b):
             await until_metrics_contain(http, spec.base_url, *EPOCH_2)
 
-        refused = await cli("--config", str(a_config), "--tier", "warm", "--promote", US,
-                            "--demote", EU)
+        refused = await cli(
+            "--config", str(a_config), "--tier", "warm", "--promote", US, "--demote", EU
+        )
         assert refused.returncode == 1
         assert "(409 conflict): tier warm: us-east is already primary at epoch 2" in refused.stderr
         assert refused.stdout == ""
@@ -133,21 +179,29 @@ async def test_api_refuses_stale_epoch_and_bad_bodies(
     """Over HTTP: a stale expected_epoch is 409, a malformed body 400, both JSON with a
     detail; the epoch stays where the one successful failover put it."""
     a, b = regions
-    async with run_daemon_process(a.write()), run_daemon_process(b.write()), \
-            aiohttp.ClientSession() as http:
-        body = {"tier": "warm", "promote": US, "demote": EU, "dry_run": False,
-                "expected_epoch": 1}
+    async with (
+        run_daemon_process(a.write()),
+        run_daemon_process(b.write()),
+        aiohttp.ClientSession() as http,
+    ):
+        body = {"tier": "warm", "promote": US, "demote": EU, "dry_run": False, "expected_epoch": 1}
         code, doc = await post_failover(http, b.base_url, body)
         assert code == 200, doc
         code, doc = await post_failover(http, b.base_url, {**body, "promote": EU, "demote": US})
         assert code == 409
-        assert doc == {"error": "conflict", "detail": "tier warm: stale epoch 1, current epoch "
-                       "is 2 (primary us-east); re-read status and retry"}
-        async with http.post(f"{b.base_url}/v1/failover", headers=auth_headers(),
-                             data=b"tier=warm") as resp:
+        assert doc == {
+            "error": "conflict",
+            "detail": "tier warm: stale epoch 1, current epoch "
+            "is 2 (primary us-east); re-read status and retry",
+        }
+        async with http.post(
+            f"{b.base_url}/v1/failover", headers=auth_headers(), data=b"tier=warm"
+        ) as resp:
             assert resp.status == 400
-            assert await resp.json() == {"error": "bad_request",
-                                         "detail": "request body must be a JSON object"}
+            assert await resp.json() == {
+                "error": "bad_request",
+                "detail": "request body must be a JSON object",
+            }
         code, doc = await post_failover(http, b.base_url, {"tier": "warm", "promote": US})
         assert (code, doc["detail"]) == (400, "demote is required and must be a string")
         async with http.get(f"{a.base_url}/v1/status?tier=warm") as resp:
@@ -165,11 +219,22 @@ async def test_failover_with_the_demoted_region_down_and_its_rejoin(
     async with run_daemon_process(b_config), aiohttp.ClientSession() as http:
         async with run_daemon_process(a_config) as a_proc:
             stop_process(a_proc.proc)
-        done = await cli("--config", str(b_config), "--tier", "warm", "--promote", US,
-                         "--demote", EU, "--dry-run=false")
+        done = await cli(
+            "--config",
+            str(b_config),
+            "--tier",
+            "warm",
+            "--promote",
+            US,
+            "--demote",
+            EU,
+            "--dry-run=false",
+        )
         assert done.returncode == 0, done.stderr
-        assert "failover of warm done: us-east is primary at epoch 2 (was eu-central at " \
-               "epoch 1)" in done.stdout
+        assert (
+            "failover of warm done: us-east is primary at epoch 2 (was eu-central at "
+            "epoch 1)" in done.stdout
+        )
         assert "warnings:" in done.stdout
         assert "! could not notify eu-central" in done.stdout
         assert "[failed] notify eu-central" in done.stdout

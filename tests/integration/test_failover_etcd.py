@@ -33,12 +33,18 @@ EU, US = "eu-central", "us-east"
 pytestmark = [pytest.mark.needs_etcd, pytest.mark.slow]
 
 
-def etcd_regions(tmp_path: Path, server: EtcdServer, prefix: str,
-                 **state: Any) -> tuple[RegionSpec, RegionSpec]:
+def etcd_regions(
+    tmp_path: Path, server: EtcdServer, prefix: str, **state: Any
+) -> tuple[RegionSpec, RegionSpec]:
     a, b = two_regions(tmp_path)
     for spec in (a, b):
-        spec.sections["state"] = {"backend": "etcd", "etcd_endpoints": [server.client_url],
-                                  "etcd_prefix": prefix, "lease_ttl": "5s", **state}
+        spec.sections["state"] = {
+            "backend": "etcd",
+            "etcd_endpoints": [server.client_url],
+            "etcd_prefix": prefix,
+            "lease_ttl": "5s",
+            **state,
+        }
         spec.sections["log"] = {"format": "json"}
     return a, b
 
@@ -49,8 +55,14 @@ async def status_of(http: aiohttp.ClientSession, base_url: str, tier: str) -> di
         return doc
 
 
-async def until_primary(http: aiohttp.ClientSession, base_url: str, tier: str,
-                        primary: str, epoch: int, timeout: float = 15.0) -> dict[str, Any]:
+async def until_primary(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    tier: str,
+    primary: str,
+    epoch: int,
+    timeout: float = 15.0,
+) -> dict[str, Any]:
     """Poll a daemon's status until ``tier`` shows ``primary`` at ``epoch``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -59,31 +71,40 @@ async def until_primary(http: aiohttp.ClientSession, base_url: str, tier: str,
         if (info.get("primary"), info.get("epoch")) == (primary, epoch):
             return doc
         if time.monotonic() > deadline:
-            raise AssertionError(f"{base_url}: {tier} is {info.get('primary')}@"
-                                 f"{info.get('epoch')}, expected {primary}@{epoch}")
+            raise AssertionError(
+                f"{base_url}: {tier} is {info.get('primary')}@"
+                f"{info.get('epoch')}, expected {primary}@{epoch}"
+            )
         await asyncio.sleep(0.1)
 
 
-async def post_failover(http: aiohttp.ClientSession, base_url: str,
-                        body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+async def post_failover(
+    http: aiohttp.ClientSession, base_url: str, body: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
     async with http.post(f"{base_url}/v1/failover", json=body, headers=auth_headers()) as resp:
         return resp.status, await resp.json()
 
 
 async def test_a_promotion_anywhere_reaches_both_daemons_through_the_watch(
-    tmp_path: Path, shared_etcd_server: EtcdServer, etcd_prefix: str,
+    tmp_path: Path,
+    shared_etcd_server: EtcdServer,
+    etcd_prefix: str,
 ) -> None:
     """Failover via eu-central's API is seen by us-east; a promotion written straight to
     etcd by another client (no notify at all) is seen by both through their watches, and
     the epoch gauge follows in each."""
     a, b = etcd_regions(tmp_path, shared_etcd_server, etcd_prefix)
-    async with run_daemon_process(a.write()), run_daemon_process(b.write()), \
-            aiohttp.ClientSession() as http:
+    async with (
+        run_daemon_process(a.write()),
+        run_daemon_process(b.write()),
+        aiohttp.ClientSession() as http,
+    ):
         doc = await until_primary(http, b.base_url, "warm", EU, 1)
         assert doc["state_backend"] == "etcd"
         assert doc["failover"]["alive_regions"] == [EU, US]  # each beats before it is ready
-        code, answer = await post_failover(http, a.base_url, {
-            "tier": "warm", "promote": US, "demote": EU, "dry_run": False})
+        code, answer = await post_failover(
+            http, a.base_url, {"tier": "warm", "promote": US, "demote": EU, "dry_run": False}
+        )
         assert code == 200, answer
         assert answer["state_backend"] == "etcd"
         await until_primary(http, b.base_url, "warm", US, 2)
@@ -101,17 +122,23 @@ async def test_a_promotion_anywhere_reaches_both_daemons_through_the_watch(
 
 
 async def test_concurrent_promotions_via_both_daemons_exactly_one_wins(
-    tmp_path: Path, shared_etcd_server: EtcdServer, etcd_prefix: str,
+    tmp_path: Path,
+    shared_etcd_server: EtcdServer,
+    etcd_prefix: str,
 ) -> None:
     """The same promotion sent to both daemons at once: etcd's CAS lets one commit (200)
     and the other is refused with 409; the epoch goes up by exactly one."""
     a, b = etcd_regions(tmp_path, shared_etcd_server, etcd_prefix)
-    async with run_daemon_process(a.write()), run_daemon_process(b.write()), \
-            aiohttp.ClientSession() as http:
+    async with (
+        run_daemon_process(a.write()),
+        run_daemon_process(b.write()),
+        aiohttp.ClientSession() as http,
+    ):
         await until_primary(http, b.base_url, "warm", EU, 1)
         body = {"tier": "warm", "promote": US, "demote": EU, "dry_run": False}
-        results = await asyncio.gather(post_failover(http, a.base_url, body),
-                                       post_failover(http, b.base_url, body))
+        results = await asyncio.gather(
+            post_failover(http, a.base_url, body), post_failover(http, b.base_url, body)
+        )
         codes = sorted(code for code, _ in results)
         assert codes == [200, 409], results
         loser = next(doc for code, doc in results if code == 409)
@@ -122,14 +149,24 @@ async def test_concurrent_promotions_via_both_daemons_exactly_one_wins(
 
 
 async def test_auto_failover_promotes_a_replica_when_the_primary_lease_is_gone(
-    tmp_path: Path, shared_etcd_server: EtcdServer, etcd_prefix: str,
+    tmp_path: Path,
+    shared_etcd_server: EtcdServer,
+    etcd_prefix: str,
 ) -> None:
     """With auto_failover on, stopping the primary (its lease is revoked) makes us-east
     promote itself for warm and cold after the lease TTL grace, once, at epoch 2."""
-    a, b = etcd_regions(tmp_path, shared_etcd_server, etcd_prefix,
-                        auto_failover=True, auto_failover_min_interval="1s")
-    async with run_daemon_process(a.write()) as a_proc, run_daemon_process(b.write()), \
-            aiohttp.ClientSession() as http:
+    a, b = etcd_regions(
+        tmp_path,
+        shared_etcd_server,
+        etcd_prefix,
+        auto_failover=True,
+        auto_failover_min_interval="1s",
+    )
+    async with (
+        run_daemon_process(a.write()) as a_proc,
+        run_daemon_process(b.write()),
+        aiohttp.ClientSession() as http,
+    ):
         doc = await until_primary(http, b.base_url, "warm", EU, 1)
         deadline = time.monotonic() + 15
         while EU not in (doc["failover"]["alive_regions"] or []):

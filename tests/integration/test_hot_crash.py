@@ -35,10 +35,21 @@ from tests.harness.daemons import (
 
 pytestmark = pytest.mark.slow
 
-HOT = {"heartbeat_interval": "200ms", "fsync_interval": "50ms", "partition_length": "1h",
-       "seal_grace": "30s"}
-FEED = {"kind": "synthetic", "name": "syn", "venue": "synthetic", "rate": 500, "seed": 3,
-        "symbols": ["BTC/USD", "ETH/USD"], "book_depth": 5}
+HOT = {
+    "heartbeat_interval": "200ms",
+    "fsync_interval": "50ms",
+    "partition_length": "1h",
+    "seal_grace": "30s",
+}
+FEED = {
+    "kind": "synthetic",
+    "name": "syn",
+    "venue": "synthetic",
+    "rate": 500,
+    "seed": 3,
+    "symbols": ["BTC/USD", "ETH/USD"],
+    "book_depth": 5,
+}
 
 
 class Region:
@@ -55,8 +66,9 @@ class Region:
 
     async def start(self) -> None:
         self.proc = start_daemon_process(self.config)
-        await wait_until_ready(self.spec.base_url, proc=self.proc,
-                               log_path=self.config.with_suffix(".log"))
+        await wait_until_ready(
+            self.spec.base_url, proc=self.proc, log_path=self.config.with_suffix(".log")
+        )
 
     def terminate(self) -> int:
         """SIGTERM and wait: the daemon shuts down in order and closes its journal cleanly."""
@@ -108,8 +120,7 @@ async def origin_view(session: aiohttp.ClientSession, b: Region, a: Region) -> d
     return view
 
 
-async def metric(session: aiohttp.ClientSession, daemon: Region, name: str,
-                 **labels: str) -> float:
+async def metric(session: aiohttp.ClientSession, daemon: Region, name: str, **labels: str) -> float:
     """One sample of a daemon's ``/metrics`` (0 when absent)."""
     return await scrape_metric(session, daemon.spec.base_url, name, labels) or 0.0
 
@@ -123,8 +134,9 @@ async def poll(check: Callable[[], Awaitable[bool]], what: str, timeout: float =
         await asyncio.sleep(0.1)
 
 
-async def applied_at_least(session: aiohttp.ClientSession, b: Region, a: Region,
-                           seq: int, replid: str | None = None) -> bool:
+async def applied_at_least(
+    session: aiohttp.ClientSession, b: Region, a: Region, seq: int, replid: str | None = None
+) -> bool:
     view = await origin_view(session, b, a)
     return view["applied_seq"] >= seq and (replid is None or view["replid"] == replid)
 
@@ -160,14 +172,24 @@ async def test_sigterm_restart_keeps_replid_and_the_subscriber_continues_without
         assert after["origins"][origin]["available_from"] == 1  # the journal still has it all
         restart_head = after["origins"][origin]["head_seq"]
         assert restart_head >= before["head_seq"]
-        await poll(lambda: applied_at_least(session, b, a, restart_head + 200, before["replid"]),
-                   "B continues past the restart")
+        await poll(
+            lambda: applied_at_least(session, b, a, restart_head + 200, before["replid"]),
+            "B continues past the restart",
+        )
         view = await origin_view(session, b, a)
         assert view["last_gap"] is None
-        assert await metric(session, b, "cryptorun_hot_seq_gaps_total",
-                            region=b.spec.region, origin=origin) == 0
-        assert await metric(session, b, "cryptorun_hot_reconnects_total",
-                            region=b.spec.region, origin=origin) >= 1
+        assert (
+            await metric(
+                session, b, "cryptorun_hot_seq_gaps_total", region=b.spec.region, origin=origin
+            )
+            == 0
+        )
+        assert (
+            await metric(
+                session, b, "cryptorun_hot_reconnects_total", region=b.spec.region, origin=origin
+            )
+            >= 1
+        )
         b.stop()
         records = journal_stream(b.journal_dir, origin)
         assert {replid for replid, _ in records} == {before["replid"]}
@@ -202,15 +224,24 @@ async def test_sigkill_restart_truncates_torn_tail_takes_new_replid_and_subscrib
         assert after["journal"]["recovered_torn_bytes"] >= len(torn)
         assert new_replid != old_replid
         assert recovered_from - 1 >= synced  # a crash loses at most the unsynced window
-        await poll(lambda: applied_at_least(session, b, a, recovered_from + 100, new_replid),
-                   "B follows the new replid")
+        await poll(
+            lambda: applied_at_least(session, b, a, recovered_from + 100, new_replid),
+            "B follows the new replid",
+        )
         gap = (await origin_view(session, b, a))["last_gap"]
         assert gap is not None
         assert (gap["reason"], gap["replid"], gap["new_replid"]) == (
-            "replid_changed", old_replid, new_replid)
+            "replid_changed",
+            old_replid,
+            new_replid,
+        )
         assert gap["available_from"] == recovered_from > 1
-        assert await metric(session, b, "cryptorun_hot_seq_gaps_total",
-                            region=b.spec.region, origin=origin) >= 1
+        assert (
+            await metric(
+                session, b, "cryptorun_hot_seq_gaps_total", region=b.spec.region, origin=origin
+            )
+            >= 1
+        )
         b.stop()
         records = journal_stream(b.journal_dir, origin)
         for replid in (old_replid, new_replid):
@@ -240,13 +271,21 @@ async def test_wiped_journal_gives_new_replid_and_subscriber_records_gap(tmp_pat
         new_replid = after["origins"][origin]["replid"]
         assert new_replid != old_replid
         assert after["origins"][origin]["available_from"] == 1
-        await poll(lambda: applied_at_least(session, b, a, 100, new_replid),
-                   "B follows the new replid")
+        await poll(
+            lambda: applied_at_least(session, b, a, 100, new_replid), "B follows the new replid"
+        )
         gap = (await origin_view(session, b, a))["last_gap"]
         assert gap is not None
         assert (gap["reason"], gap["replid"], gap["new_replid"]) == (
-            "replid_changed", old_replid, new_replid)
+            "replid_changed",
+            old_replid,
+            new_replid,
+        )
         assert gap["missing_from"] == applied_before + 1
         assert gap["available_from"] == 1
-        assert await metric(session, b, "cryptorun_hot_seq_gaps_total",
-                            region=b.spec.region, origin=origin) == 1
+        assert (
+            await metric(
+                session, b, "cryptorun_hot_seq_gaps_total", region=b.spec.region, origin=origin
+            )
+            == 1
+        )

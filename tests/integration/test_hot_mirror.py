@@ -34,8 +34,14 @@ from tests.harness.daemons import RegionSpec, auth_headers, free_port, run_daemo
 
 pytestmark = pytest.mark.slow
 
-HOT = {"buffer_records": 5000, "heartbeat_interval": "200ms", "fsync_interval": "50ms",
-       "partition_length": "1h", "seal_grace": "30s", "max_frame_bytes": 65536}
+HOT = {
+    "buffer_records": 5000,
+    "heartbeat_interval": "200ms",
+    "fsync_interval": "50ms",
+    "partition_length": "1h",
+    "seal_grace": "30s",
+    "max_frame_bytes": 65536,
+}
 
 
 class TcpProxy:
@@ -69,8 +75,9 @@ class TcpProxy:
             writer.close()
             return
         self._pairs.update((writer, up_writer))
-        await asyncio.gather(self._pipe(reader, up_writer),
-                             self._pipe(up_reader, writer, gated=True))
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer, gated=True)
+        )
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gated: bool = False
@@ -159,8 +166,15 @@ def counter(daemon: Daemon, name: str, **labels: str) -> float:
 
 
 def synthetic(rate: float, venue: str = "synthetic", seed: int = 7) -> dict[str, Any]:
-    return {"kind": "synthetic", "name": "syn", "venue": venue, "rate": rate, "seed": seed,
-            "symbols": ["BTC/USD", "ETH/USD"], "book_depth": 5}
+    return {
+        "kind": "synthetic",
+        "name": "syn",
+        "venue": venue,
+        "rate": rate,
+        "seed": seed,
+        "symbols": ["BTC/USD", "ETH/USD"],
+        "book_depth": 5,
+    }
 
 
 @contextlib.asynccontextmanager
@@ -183,8 +197,10 @@ async def pair(
         b.peers = {a.region: relay.port}
     a_path, b_path = a.write(), b.write()
     try:
-        async with run_daemon(a_path, extra_components=hot_factories()) as da, \
-                run_daemon(b_path, extra_components=hot_factories()) as db:
+        async with (
+            run_daemon(a_path, extra_components=hot_factories()) as da,
+            run_daemon(b_path, extra_components=hot_factories()) as db,
+        ):
             yield da, db, a, b, relay
     finally:
         if relay is not None:
@@ -207,8 +223,7 @@ async def test_steady_mirroring_delivers_every_record_once_in_order(tmp_path: Pa
         await wait_for(lambda: applied(db, a.region) >= 600, what="600 records at B")
         count = assert_exact_prefix(da, db, a.region)
         assert count >= 600
-        assert counter(db, "cryptorun_hot_duplicates_total", region="us-east",
-                       origin=a.region) == 0
+        assert counter(db, "cryptorun_hot_duplicates_total", region="us-east", origin=a.region) == 0
         status = hot(db).status(tier="hot", region=None)["tiers"]["hot"]["stream"]
         assert status["origins"][a.region]["connected"] is True
         assert status["origins"][a.region]["replid"] == hot(da).log.replid
@@ -227,15 +242,12 @@ async def test_killed_connection_resumes_without_loss_or_duplicates(tmp_path: Pa
         head = hot(da).log.seq
         await wait_for(lambda: applied(db, a.region) >= head, what="catch up")
         assert assert_exact_prefix(da, db, a.region) >= head
-        assert counter(db, "cryptorun_hot_reconnects_total", region="us-east",
-                       origin=a.region) >= 3
-        assert counter(db, "cryptorun_hot_seq_gaps_total", region="us-east",
-                       origin=a.region) == 0
+        assert counter(db, "cryptorun_hot_reconnects_total", region="us-east", origin=a.region) >= 3
+        assert counter(db, "cryptorun_hot_seq_gaps_total", region="us-east", origin=a.region) == 0
 
 
 def gaps_counted(daemon: Daemon, origin: str) -> float:
-    return counter(daemon, "cryptorun_hot_seq_gaps_total", region=hot(daemon).region,
-                   origin=origin)
+    return counter(daemon, "cryptorun_hot_seq_gaps_total", region=hot(daemon).region, origin=origin)
 
 
 async def test_outage_longer_than_buffer_resumes_from_the_journal_without_a_gap(
@@ -244,9 +256,12 @@ async def test_outage_longer_than_buffer_resumes_from_the_journal_without_a_gap(
     """B away while A ingests far more than its 100-record buffer holds (but A's journal keeps
     it all, across several segments): B resumes from A's journal and then its buffer, with
     every record exactly once, in order, byte-identical, and no gap recorded."""
-    async with pair(tmp_path, a_feeds=[synthetic(1000)], proxy=True,
-                    hot_a={"buffer_records": 100, "segment_bytes": 65536}) as (
-            da, db, a, _b, relay):
+    async with pair(
+        tmp_path,
+        a_feeds=[synthetic(1000)],
+        proxy=True,
+        hot_a={"buffer_records": 100, "segment_bytes": 65536},
+    ) as (da, db, a, _b, relay):
         assert relay is not None
         await wait_for(lambda: applied(db, a.region) >= 100, what="first records")
         relay.down()
@@ -271,16 +286,27 @@ async def test_outage_longer_than_buffer_and_journal_is_an_explicit_counted_gap(
     """When B is away until A has sealed and deleted the journal segments holding B's position
     (tiny segments, 1 s partitions), the range is gone from buffer and journal: B records an
     explicit evicted gap (status + metric) whose records are in neither, then continues."""
-    sealing = {"buffer_records": 300, "segment_bytes": 4096, "partition_length": "1s",
-               "seal_grace": "300ms"}
+    sealing = {
+        "buffer_records": 300,
+        "segment_bytes": 4096,
+        "partition_length": "1s",
+        "seal_grace": "300ms",
+    }
     async with pair(tmp_path, a_feeds=[synthetic(1000)], proxy=True, hot_a=sealing) as (
-            da, db, a, _b, relay):
+        da,
+        db,
+        a,
+        _b,
+        relay,
+    ):
         assert relay is not None
         await wait_for(lambda: applied(db, a.region) >= 100, what="first records")
         relay.down()
         before = applied(db, a.region)
-        await wait_for(lambda: hot(da).server.backlog.available_from() > before + 1,
-                       what="A seals and deletes the segments past B's position")
+        await wait_for(
+            lambda: hot(da).server.backlog.available_from() > before + 1,
+            what="A seals and deletes the segments past B's position",
+        )
         relay.up = True
         await wait_for(lambda: applied(db, a.region) > before + 1000, what="B resumes")
         status = hot(db).status(tier="hot", region=a.region)["tiers"]["hot"]["stream"]
@@ -314,18 +340,24 @@ async def test_origin_restart_keeps_replid_and_a_wiped_journal_is_a_gap(tmp_path
             assert hot(da).log.seq >= seq_before
             await wait_for(lambda: applied(db, a.region) > seq_before + 50, what="continues")
             assert assert_exact_prefix(da, db, a.region) > seq_before
-        gaps_before = counter(db, "cryptorun_hot_seq_gaps_total", region="us-east",
-                              origin=a.region)
+        gaps_before = counter(db, "cryptorun_hot_seq_gaps_total", region="us-east", origin=a.region)
         shutil.rmtree(a.storage_root / "_state" / "hot" / "journal")
         async with run_daemon(a_path, extra_components=hot_factories()) as da:
             assert hot(da).log.replid != replid
-            await wait_for(lambda: hot(db).log.position(a.region).replid  # type: ignore[union-attr]
-                           == hot(da).log.replid, what="B adopts the new replid")
+            await wait_for(
+                lambda: (
+                    hot(db).log.position(a.region).replid  # type: ignore[union-attr]
+                    == hot(da).log.replid
+                ),
+                what="B adopts the new replid",
+            )
             gap = hot(db).clients[a.region].follower.status()["last_gap"]
             assert gap["reason"] == "replid_changed"
             assert gap["replid"] == replid
-            assert counter(db, "cryptorun_hot_seq_gaps_total", region="us-east",
-                           origin=a.region) == gaps_before + 1
+            assert (
+                counter(db, "cryptorun_hot_seq_gaps_total", region="us-east", origin=a.region)
+                == gaps_before + 1
+            )
 
 
 async def test_slow_consumer_cannot_grow_origin_memory_and_catches_up_from_journal(
@@ -359,10 +391,15 @@ async def test_slow_consumer_cannot_grow_origin_memory_and_catches_up_from_journ
 
 async def test_active_active_records_never_ping_pong(tmp_path: Path) -> None:
     """Both regions ingest; each holds the other's records once and never re-serves them."""
-    async with pair(tmp_path, a_feeds=[synthetic(300, venue="venue-a")],
-                    b_feeds=[synthetic(300, venue="venue-b")]) as (da, db, a, b, _):
-        await wait_for(lambda: applied(db, a.region) >= 300 and applied(da, b.region) >= 300,
-                       what="both directions flowing")
+    async with pair(
+        tmp_path,
+        a_feeds=[synthetic(300, venue="venue-a")],
+        b_feeds=[synthetic(300, venue="venue-b")],
+    ) as (da, db, a, b, _):
+        await wait_for(
+            lambda: applied(db, a.region) >= 300 and applied(da, b.region) >= 300,
+            what="both directions flowing",
+        )
         assert_exact_prefix(da, db, a.region)
         assert_exact_prefix(db, da, b.region)
         # Each region's own stream holds only records it ingested itself.
@@ -371,22 +408,26 @@ async def test_active_active_records_never_ping_pong(tmp_path: Path) -> None:
                 for _, line in iter_lines(segment.path):
                     body = json.loads(line)
                     if "ctl" not in body and body["o"] == region:
-                        assert body["f"]["venue"] == ("venue-a" if region == a.region
-                                                      else "venue-b")
-        async with aiohttp.ClientSession() as session, session.ws_connect(
-            f"{a.base_url}/v1/hot/stream", headers=auth_headers()
-        ) as ws:
+                        assert body["f"]["venue"] == (
+                            "venue-a" if region == a.region else "venue-b"
+                        )
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"{a.base_url}/v1/hot/stream", headers=auth_headers()) as ws,
+        ):
             await ws.send_str(json.dumps({"origin": b.region, "replid": None, "from_seq": 1}))
             msg = await ws.receive(timeout=10)
             assert msg.type == aiohttp.WSMsgType.CLOSE
             assert ws.close_code == 4404
 
 
-async def _close_code(url: str, send: Callable[[aiohttp.ClientWebSocketResponse],
-                                               Awaitable[None]]) -> int | None:
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        url, headers=auth_headers(), max_msg_size=0
-    ) as ws:
+async def _close_code(
+    url: str, send: Callable[[aiohttp.ClientWebSocketResponse], Awaitable[None]]
+) -> int | None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url, headers=auth_headers(), max_msg_size=0) as ws,
+    ):
         await send(ws)
         while True:
             msg = await ws.receive(timeout=10)
@@ -423,8 +464,10 @@ async def test_bad_frames_close_with_clear_codes_and_server_keeps_serving(tmp_pa
         assert await _close_code(url, oversized) == 1009
         assert await _close_code(url, garbage_after_subscribe) == 1007
         for reason, at_least in (("bad_subscribe", 2), ("malformed", 2), ("oversized", 1)):
-            assert counter(da, "cryptorun_hot_protocol_errors_total", region=a.region,
-                           reason=reason) >= at_least
+            assert (
+                counter(da, "cryptorun_hot_protocol_errors_total", region=a.region, reason=reason)
+                >= at_least
+            )
         async with aiohttp.ClientSession() as session, session.get(url) as resp:
             assert resp.status == 401
         mark = applied(db, a.region)
@@ -432,18 +475,23 @@ async def test_bad_frames_close_with_clear_codes_and_server_keeps_serving(tmp_pa
         # B's own stream was never closed for a protocol error (a reconnect after a stall
         # on a loaded machine would be legitimate, so the connection count is not pinned).
         assert hot(db).clients[a.region].last_close_code not in {1007, 1009, 4400}
-        assert not any(counter(db, "cryptorun_hot_protocol_errors_total", region=b.region,
-                               reason=r) for r in ("bad_subscribe", "malformed", "oversized"))
+        assert not any(
+            counter(db, "cryptorun_hot_protocol_errors_total", region=b.region, reason=r)
+            for r in ("bad_subscribe", "malformed", "oversized")
+        )
 
 
 async def test_stream_is_refused_until_the_hot_log_has_recovered(tmp_path: Path) -> None:
     """The admin server is up before the hot log has recovered its replid and seq: until then
     /v1/hot/stream answers 503 (the client backs off and retries) instead of announcing an
     empty replid; once the log is open the same request gets a hello with the real replid."""
-    hot_log = HotLog("eu", Journal(tmp_path, segment_bytes=1 << 20, fsync_interval=1,
-                                   fsync_records=100), ReplayBuffer(10, 1 << 20), Metrics())
-    server = MirrorServer(hot_log, hot_log.metrics, heartbeat_interval=0.2,
-                          max_frame_bytes=65536)
+    hot_log = HotLog(
+        "eu",
+        Journal(tmp_path, segment_bytes=1 << 20, fsync_interval=1, fsync_records=100),
+        ReplayBuffer(10, 1 << 20),
+        Metrics(),
+    )
+    server = MirrorServer(hot_log, hot_log.metrics, heartbeat_interval=0.2, max_frame_bytes=65536)
     app = web.Application()
     app.router.add_get("/v1/hot/stream", server.handle)
     runner = web.AppRunner(app)
@@ -468,17 +516,26 @@ async def test_stream_is_refused_until_the_hot_log_has_recovered(tmp_path: Path)
         hot_log.close()
 
 
-def _trade(start_ns: int, trade_id: int, *, side: str = "buy", price: float | None = None,
-           qty: float = 1.0) -> dict[str, Any]:
-    return {"ts": start_ns + trade_id, "venue": "kraken", "symbol": "BTC/USD", "side": side,
-            "price": 100.0 + trade_id if price is None else price, "qty": qty,
-            "trade_id": trade_id}
+def _trade(
+    start_ns: int, trade_id: int, *, side: str = "buy", price: float | None = None, qty: float = 1.0
+) -> dict[str, Any]:
+    return {
+        "ts": start_ns + trade_id,
+        "venue": "kraken",
+        "symbol": "BTC/USD",
+        "side": side,
+        "price": 100.0 + trade_id if price is None else price,
+        "qty": qty,
+        "trade_id": trade_id,
+    }
 
 
 def _replay_file(path: Path, start_ns: int) -> None:
     """Trades 1..40 at ``start_ns``, replayed right away."""
-    lines = [{"recv_ns": 0, "dataset": "trade", "fields": _trade(start_ns, trade_id)}
-             for trade_id in range(1, 41)]
+    lines = [
+        {"recv_ns": 0, "dataset": "trade", "fields": _trade(start_ns, trade_id)}
+        for trade_id in range(1, 41)
+    ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
@@ -495,20 +552,35 @@ async def test_sealing_dedupes_trades_across_sources_and_keeps_late_records(
     a.sections["hot"] = {**HOT, **sealing}
     b.sections["hot"] = {**HOT, **sealing}
     for spec, name in ((a, "a.jsonl"), (b, "b.jsonl")):
-        spec.feeds = [{"kind": "replay", "name": "rec", "venue": "kraken",
-                       "symbols": ["BTC/USD"], "path": str(tmp_path / name)}]
-    async with run_daemon(a.write(), extra_components=hot_factories()) as da, \
-            run_daemon(b.write(), extra_components=hot_factories()) as db:
+        spec.feeds = [
+            {
+                "kind": "replay",
+                "name": "rec",
+                "venue": "kraken",
+                "symbols": ["BTC/USD"],
+                "path": str(tmp_path / name),
+            }
+        ]
+    async with (
+        run_daemon(a.write(), extra_components=hot_factories()) as da,
+        run_daemon(b.write(), extra_components=hot_factories()) as db,
+    ):
         await wait_for(lambda: applied(da, b.region) >= 40, what="B's trades at A")
         sealer = hot(da).sealer
         window = start // 1_000_000_000 * 1_000_000_000
         await wait_for(lambda: window in sealer.sealed, timeout=30, what="the window sealed")
         # Ingested after the seal, for the sealed window: two new trades and a duplicate.
-        for late in (_trade(start, 1000, side="sell", price=99.0, qty=2.0),
-                     _trade(start, 1001, side="sell", price=99.0, qty=2.0), _trade(start, 5)):
+        for late in (
+            _trade(start, 1000, side="sell", price=99.0, qty=2.0),
+            _trade(start, 1001, side="sell", price=99.0, qty=2.0),
+            _trade(start, 5),
+        ):
             assert hot(da).log.append_local(MarketRecord("trade", late)) is not None
-        await wait_for(lambda: counter(da, "cryptorun_hot_late_records_total",
-                                       region=a.region) >= 2, timeout=30, what="late fill")
+        await wait_for(
+            lambda: counter(da, "cryptorun_hot_late_records_total", region=a.region) >= 2,
+            timeout=30,
+            what="late fill",
+        )
         partitions = list((a.storage_root / "warm" / "trade").rglob("_SUCCESS"))
         assert len(partitions) == 1
         directory = partitions[0].parent
@@ -539,11 +611,17 @@ async def test_silent_peer_is_presumed_gone_and_lag_keeps_growing(tmp_path: Path
         await wait_for(lambda: applied(db, a.region) >= 100, what="progress")
         connections = client.connections
         relay.pause()  # origin → subscriber frames stop; the TCP connection stays open
-        await wait_for(lambda: client.connections > connections or not client.connected,
-                       timeout=30, what="silence detected")
+        await wait_for(
+            lambda: client.connections > connections or not client.connected,
+            timeout=30,
+            what="silence detected",
+        )
         lag = "cryptorun_replication_lag_seconds"
-        await wait_for(lambda: counter(db, lag, tier="hot", region="us-east",
-                                       source=a.region) > 1.0, timeout=30, what="lag grows")
+        await wait_for(
+            lambda: counter(db, lag, tier="hot", region="us-east", source=a.region) > 1.0,
+            timeout=30,
+            what="lag grows",
+        )
         relay.resume()
         head = hot(da).log.seq
         await wait_for(lambda: applied(db, a.region) >= head, timeout=30, what="catch up")

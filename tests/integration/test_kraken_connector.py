@@ -126,8 +126,9 @@ async def test_subscribes_and_emits_checksummed_books_and_trades(
     assert isinstance(feed, Feed)
     async with consuming(feed) as consumer:
         await wait_until(
-            lambda: all(len(consumer.of("book", s)) >= 30 and consumer.of("trade", s)
-                        for s in SYMBOLS),
+            lambda: all(
+                len(consumer.of("book", s)) >= 30 and consumer.of("trade", s) for s in SYMBOLS
+            ),
             "books and trades for every symbol",
         )
         status = consumer.status
@@ -201,8 +202,10 @@ async def test_silence_triggers_ping_then_reconnect_and_full_resubscribe(
         await wait_until(lambda: server.connections_total >= 2, "a second connection")
         resumed_from = len(consumer.records)
         await wait_until(
-            lambda: {r.fields["symbol"] for r in consumer.records[resumed_from:]
-                     if r.dataset == "book"} == set(SYMBOLS),
+            lambda: (
+                {r.fields["symbol"] for r in consumer.records[resumed_from:] if r.dataset == "book"}
+                == set(SYMBOLS)
+            ),
             "books for every symbol after the reconnect",
         )
         status = consumer.status
@@ -233,16 +236,22 @@ async def test_corrupted_checksum_resubscribes_that_symbol_and_marks_suspect(
     async with consuming(make_feed(server, metrics)) as consumer:
         await wait_until(lambda: len(consumer.of("book", "BTC/USD")) >= 5, "BTC/USD books")
         server.corrupt_next_checksum("BTC/USD")
-        await wait_until(lambda: any(b["suspect"] for b in consumer.of("book", "BTC/USD")),
-                         "a suspect BTC/USD book")
-        await wait_until(lambda: not consumer.of("book", "BTC/USD")[-1]["suspect"],
-                         "a repaired BTC/USD book")
+        await wait_until(
+            lambda: any(b["suspect"] for b in consumer.of("book", "BTC/USD")),
+            "a suspect BTC/USD book",
+        )
+        await wait_until(
+            lambda: not consumer.of("book", "BTC/USD")[-1]["suspect"], "a repaired BTC/USD book"
+        )
         status = consumer.status
     assert sample(metrics, "cryptorun_ingest_checksum_failures_total", symbol="BTC/USD") == 1
     assert status["symbols"]["BTC/USD"]["book_resubscribes"] == 1
     assert status["symbols"]["BTC/USD"]["book_suspect"] is False
-    book_requests = [(r["method"], r["params"]["symbol"]) for r in requests_on(server, 1)
-                     if r["params"]["channel"] == "book"]
+    book_requests = [
+        (r["method"], r["params"]["symbol"])
+        for r in requests_on(server, 1)
+        if r["params"]["channel"] == "book"
+    ]
     assert book_requests[1:] == [("unsubscribe", ["BTC/USD"]), ("subscribe", ["BTC/USD"])]
     for other in ("ETH/USD", "SOL/USD"):
         assert not any(b["suspect"] for b in consumer.of("book", other))
@@ -283,8 +292,10 @@ async def test_non_json_frame_is_counted_and_tolerated(
     async with consuming(make_feed(server, metrics)) as consumer:
         await wait_until(lambda: len(consumer.records) >= 5, "first records")
         await server.send_raw("<html><body>502 Bad Gateway</body></html>")
-        await wait_until(lambda: sample(metrics, "cryptorun_ingest_errors_total",
-                                        kind="non_json") >= 1, "the frame counted")
+        await wait_until(
+            lambda: sample(metrics, "cryptorun_ingest_errors_total", kind="non_json") >= 1,
+            "the frame counted",
+        )
         seen = len(consumer.records)
         await wait_until(lambda: len(consumer.records) >= seen + 20, "records after the frame")
         status = consumer.status
@@ -303,8 +314,10 @@ async def test_closed_connection_reconnects_and_dedups_the_trade_snapshot(
         await server.close_connections()
         await wait_until(lambda: server.connections_total >= 2, "a second connection")
         await wait_until(
-            lambda: all(consumer.status["symbols"][s]["subscribed"].get("trade") for s in SYMBOLS)
-            and consumer.status["connected"],
+            lambda: (
+                all(consumer.status["symbols"][s]["subscribed"].get("trade") for s in SYMBOLS)
+                and consumer.status["connected"]
+            ),
             "trades resubscribed",
         )
         seen = len(consumer.of("trade"))
@@ -326,8 +339,13 @@ async def test_refused_connections_retry_forever_until_the_server_appears(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    feed = KrakenFeed(feed_config(), metrics, url=f"ws://127.0.0.1:{port}/v2",
-                      backoff_initial=0.02, backoff_max=0.1)
+    feed = KrakenFeed(
+        feed_config(),
+        metrics,
+        url=f"ws://127.0.0.1:{port}/v2",
+        backoff_initial=0.02,
+        backoff_max=0.1,
+    )
     async with consuming(feed) as consumer:
         await wait_until(lambda: consumer.status["reconnects"]["refused"] >= 3, "three refusals")
         assert consumer.status["connected"] is False

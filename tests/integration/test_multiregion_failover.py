@@ -67,8 +67,10 @@ ROWS = 200
 
 
 def _regions(tmp: Path, backend: str, etcd_url: str | None) -> tuple[RegionSpec, RegionSpec]:
-    rules = [{"tier": tier, "from": A, "to": [B], "lag_slo": f"{SLO_SECONDS:g}s"}
-             for tier in ("warm", "cold")]
+    rules = [
+        {"tier": tier, "from": A, "to": [B], "lag_slo": f"{SLO_SECONDS:g}s"}
+        for tier in ("warm", "cold")
+    ]
     a, b = two_regions(tmp, rules=rules)
     prefix = f"/failover-{uuid.uuid4().hex[:8]}"  # one shared truth for both regions
     for spec in (a, b):
@@ -76,40 +78,56 @@ def _regions(tmp: Path, backend: str, etcd_url: str | None) -> tuple[RegionSpec,
         spec.sections["log"] = {"format": "json"}
         if backend == "etcd":
             assert etcd_url is not None
-            spec.sections["state"] = {"backend": "etcd", "etcd_endpoints": [etcd_url],
-                                      "etcd_prefix": prefix,
-                                      "lease_ttl": "2s"}
+            spec.sections["state"] = {
+                "backend": "etcd",
+                "etcd_endpoints": [etcd_url],
+                "etcd_prefix": prefix,
+                "lease_ttl": "2s",
+            }
     return a, b
 
 
 def _key(tier: str, moment: datetime) -> PartitionKey:
-    return PartitionKey(day=moment.date(), hour=None if tier == "cold" else moment.hour,
-                        tier=tier, dataset="trade", venue="kraken",  # type: ignore[arg-type]
-                        symbol="BTC-USD")
+    return PartitionKey(
+        day=moment.date(),
+        hour=None if tier == "cold" else moment.hour,
+        tier=tier,
+        dataset="trade",
+        venue="kraken",  # type: ignore[arg-type]
+        symbol="BTC-USD",
+    )
 
 
 def _sealed(root: Path, tier: str) -> dict[str, bytes]:
     """Partition path → manifest bytes of every sealed partition of ``tier`` under ``root``."""
-    return {m.partition: (root / tier / m.partition / "_manifest.json").read_bytes()
-            for m in Catalog(root).sealed_manifests(tier)}  # type: ignore[arg-type]
+    return {
+        m.partition: (root / tier / m.partition / "_manifest.json").read_bytes()
+        for m in Catalog(root).sealed_manifests(tier)
+    }  # type: ignore[arg-type]
 
 
 async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the real console entry point in a subprocess (exit code, stdout, stderr)."""
     return await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "cryptorun_daemon", *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        subprocess.run,
+        [sys.executable, "-m", "cryptorun_daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={**os.environ, "CRYPTORUN_ADMIN_TOKEN": TOKEN},
     )
 
 
-async def _metric(http: aiohttp.ClientSession, base_url: str, name: str,
-                  labels: dict[str, str]) -> float:
+async def _metric(
+    http: aiohttp.ClientSession, base_url: str, name: str, labels: dict[str, str]
+) -> float:
     return await scrape_metric(http, base_url, name, labels) or 0.0
 
 
-async def _finding_counts(http: aiohttp.ClientSession, base_url: str,
-                          labels: dict[str, str]) -> dict[str, float]:
+async def _finding_counts(
+    http: aiohttp.ClientSession, base_url: str, labels: dict[str, str]
+) -> dict[str, float]:
     """The validation counters the injection step compares before and after."""
     consistency = "cryptorun_data_consistency_errors_total"
     quarantine = "cryptorun_quarantine_total"
@@ -121,24 +139,31 @@ async def _finding_counts(http: aiohttp.ClientSession, base_url: str,
     }
 
 
-async def _json(http: aiohttp.ClientSession, method: str, url: str,
-                body: Any = None) -> tuple[int, Any]:
+async def _json(
+    http: aiohttp.ClientSession, method: str, url: str, body: Any = None
+) -> tuple[int, Any]:
     async with http.request(method, url, json=body, headers=auth_headers()) as resp:
         return resp.status, await resp.json(content_type=None)
 
 
-async def _sync(http: aiohttp.ClientSession, base_url: str, tier: str, source: str,
-                kind: str = "pull") -> dict[str, Any]:
+async def _sync(
+    http: aiohttp.ClientSession, base_url: str, tier: str, source: str, kind: str = "pull"
+) -> dict[str, Any]:
     """Run one pass of one link now (direct API) and return its report."""
-    code, doc = await _json(http, "POST", f"{base_url}/v1/replication/sync",
-                            {"tier": tier, "from": source, "kind": kind})
+    code, doc = await _json(
+        http,
+        "POST",
+        f"{base_url}/v1/replication/sync",
+        {"tier": tier, "from": source, "kind": kind},
+    )
     assert code == 200, doc
     [report] = doc["passes"]
     return dict(report)
 
 
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str,
-                      timeout: float = 30.0) -> None:
+async def _eventually(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
@@ -168,16 +193,33 @@ def _skewed_and_broken_partition(root: Path, key: PartitionKey) -> Path:
     """Two files: rows with ingest_ts 10 min after ts (stale), and a file missing ``qty``."""
     directory = key.directory(root)
     directory.mkdir(parents=True, exist_ok=True)
-    table = trade_table(ROWS, start=key.start, span=key.end - key.start, venue=key.venue,
-                        symbol=key.symbol, origin=B, seed=77)
+    table = trade_table(
+        ROWS,
+        start=key.start,
+        span=key.end - key.start,
+        venue=key.venue,
+        symbol=key.symbol,
+        origin=B,
+        seed=77,
+    )
     ts = table.column("ts").cast(pa.int64()).to_numpy()
     ingest = ts.copy()
     ingest[:5] = ts[:5] + 600 * 1_000_000_000
-    stale = table.set_column(table.schema.get_field_index("ingest_ts"), "ingest_ts",
-                             pa.array(ingest).cast(pa.timestamp("ns", tz="UTC")))
+    stale = table.set_column(
+        table.schema.get_field_index("ingest_ts"),
+        "ingest_ts",
+        pa.array(ingest).cast(pa.timestamp("ns", tz="UTC")),
+    )
     pq.write_table(stale, directory / "part-0000.parquet")
-    broken = trade_table(ROWS, start=key.start, span=key.end - key.start, venue=key.venue,
-                         symbol=key.symbol, origin=B, seed=78).drop_columns(["qty"])
+    broken = trade_table(
+        ROWS,
+        start=key.start,
+        span=key.end - key.start,
+        venue=key.venue,
+        symbol=key.symbol,
+        origin=B,
+        seed=78,
+    ).drop_columns(["qty"])
     pq.write_table(broken, directory / "part-0001.parquet")
     return directory
 
@@ -195,7 +237,8 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str | None]:
 
 
 async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
-    tmp_path: Path, backend: tuple[str, str | None],
+    tmp_path: Path,
+    backend: tuple[str, str | None],
 ) -> None:
     """Sync by plan; SIGKILL A; racing promotions of B (one wins); B writes at epoch 2;
     A comes back fenced (seal refused and counted, sources refuse to serve), its
@@ -208,11 +251,13 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
 
     # Day D at A: 24 warm hours and 2 cold days; B holds all but the last N hours.
     seed_partitions(a.storage_root, tier="warm", start=DAY, count=24, rows=ROWS, region=A)
-    seed_partitions(a.storage_root, tier="cold", start=DAY - timedelta(days=1), count=2,
-                    rows=ROWS, region=A)
-    for _tier, keys in (("warm", [_key("warm", DAY + timedelta(hours=h))
-                                 for h in range(24 - BEHIND_HOURS)]),
-                       ("cold", [_key("cold", DAY - timedelta(days=1))])):
+    seed_partitions(
+        a.storage_root, tier="cold", start=DAY - timedelta(days=1), count=2, rows=ROWS, region=A
+    )
+    for _tier, keys in (
+        ("warm", [_key("warm", DAY + timedelta(hours=h)) for h in range(24 - BEHIND_HOURS)]),
+        ("cold", [_key("cold", DAY - timedelta(days=1))]),
+    ):
         for key in keys:
             shutil.copytree(key.directory(a.storage_root), key.directory(b.storage_root))
 
@@ -223,8 +268,10 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         db = await stack.enter_async_context(_daemon(b))
 
         async def first_passes_failed() -> bool:
-            statuses = [(await _tier_status(http, b.base_url, t))["sources"].get(A)
-                        for t in ("warm", "cold")]
+            statuses = [
+                (await _tier_status(http, b.base_url, t))["sources"].get(A)
+                for t in ("warm", "cold")
+            ]
             return all(s is not None and s["last_error_at"] is not None for s in statuses)
 
         await _eventually(first_passes_failed, "B's first scheduled passes to fail (A is down)")
@@ -233,18 +280,41 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
             await wait_until_ready(a.base_url, proc=a_proc, log_path=a_config.with_suffix(".log"))
 
             # --- 1. simulate (CLI), then execute the plan (direct API) ---------------
-            sim = await _cli("replication", "simulate", "--from", A, "--to", B, "--tier",
-                             "warm", "--window", "2025-09-01T00:00:00Z/2025-09-02T00:00:00Z",
-                             "--admin-url", a.base_url, "--json")
+            sim = await _cli(
+                "replication",
+                "simulate",
+                "--from",
+                A,
+                "--to",
+                B,
+                "--tier",
+                "warm",
+                "--window",
+                "2025-09-01T00:00:00Z/2025-09-02T00:00:00Z",
+                "--admin-url",
+                a.base_url,
+                "--json",
+            )
             assert sim.returncode == 0, sim.stderr
             plan = json.loads(sim.stdout)
             assert plan["summary"]["partitions"] == BEHIND_HOURS
             assert plan["summary"]["in_sync"] == 24 - BEHIND_HOURS
             assert {p["action"] for s in plan["steps"] for p in s["partitions"]} == {"copy"}
-            cold_sim = await _cli("replication", "simulate", "--from", A, "--to", B, "--tier",
-                                  "cold", "--window",
-                                  "2025-08-31T00:00:00Z/2025-09-02T00:00:00Z",
-                                  "--admin-url", b.base_url, "--json")
+            cold_sim = await _cli(
+                "replication",
+                "simulate",
+                "--from",
+                A,
+                "--to",
+                B,
+                "--tier",
+                "cold",
+                "--window",
+                "2025-08-31T00:00:00Z/2025-09-02T00:00:00Z",
+                "--admin-url",
+                b.base_url,
+                "--json",
+            )
             assert cold_sim.returncode == 0, cold_sim.stderr
             assert json.loads(cold_sim.stdout)["summary"]["partitions"] == 1
 
@@ -254,8 +324,12 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
             assert (cold_pass["ok"], cold_pass["partitions_committed"]) == (True, 1)
             for tier in ("warm", "cold"):
                 assert _sealed(b.storage_root, tier) == _sealed(a.storage_root, tier)
-                lag = await _metric(http, b.base_url, "cryptorun_replication_lag_seconds",
-                                    {"tier": tier, "region": B, "source": A})
+                lag = await _metric(
+                    http,
+                    b.base_url,
+                    "cryptorun_replication_lag_seconds",
+                    {"tier": tier, "region": B, "source": A},
+                )
                 assert lag == 0.0 <= SLO_SECONDS
         finally:
             # --- 2. region A is lost ------------------------------------------------
@@ -266,15 +340,42 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         delta = _key("warm", NEXT)
         seed_partitions(a.storage_root, tier="warm", start=NEXT, count=1, rows=ROWS, region=A)
 
-        race = await asyncio.gather(*(
-            _cli("replication", "failover", "--config", str(b_config), "--tier", "warm",
-                 "--promote", B, "--demote", A, "--dry-run=false") for _ in range(2)))
+        race = await asyncio.gather(
+            *(
+                _cli(
+                    "replication",
+                    "failover",
+                    "--config",
+                    str(b_config),
+                    "--tier",
+                    "warm",
+                    "--promote",
+                    B,
+                    "--demote",
+                    A,
+                    "--dry-run=false",
+                )
+                for _ in range(2)
+            )
+        )
         assert sorted(r.returncode for r in race) == [0, 1], [r.stderr for r in race]
         loser = next(r for r in race if r.returncode == 1)
         assert "409 conflict" in loser.stderr
         assert "us-east is already primary" in loser.stderr
-        cold = await _cli("replication", "failover", "--config", str(b_config), "--tier",
-                          "cold", "--promote", B, "--demote", A, "--dry-run=false", "--json")
+        cold = await _cli(
+            "replication",
+            "failover",
+            "--config",
+            str(b_config),
+            "--tier",
+            "cold",
+            "--promote",
+            B,
+            "--demote",
+            A,
+            "--dry-run=false",
+            "--json",
+        )
         assert cold.returncode == 0, cold.stderr
         assert (json.loads(cold.stdout)["epoch"], json.loads(cold.stdout)["primary"]) == (2, B)
         for tier in ("warm", "cold"):
@@ -285,8 +386,15 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         new_b = [_key("warm", NEXT + timedelta(hours=h)) for h in (1, 2)] + [_key("cold", NEXT)]
         for index, key in enumerate(new_b):
             write_trade_partition(b.storage_root, key, rows=ROWS, origin=B, seed=500 + index)
-        sealed = await _cli("partitions", "seal", "--config", str(b_config), "--epoch", "2",
-                            *(str(k.directory(b.storage_root)) for k in new_b))
+        sealed = await _cli(
+            "partitions",
+            "seal",
+            "--config",
+            str(b_config),
+            "--epoch",
+            "2",
+            *(str(k.directory(b.storage_root)) for k in new_b),
+        )
         assert sealed.returncode == 0, sealed.stdout + sealed.stderr
         assert sealed.stdout.count("epoch 2") == 3
 
@@ -306,53 +414,98 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         # Fenced from sealing: the CLI exits 1, the storage API answers 409 and counts it.
         attempt = _key("warm", NEXT + timedelta(hours=4))
         write_trade_partition(a.storage_root, attempt, rows=ROWS, origin=A, seed=950)
-        refused = await _cli("partitions", "seal", "--config", str(a_config), "--epoch", "1",
-                             str(attempt.directory(a.storage_root)))
+        refused = await _cli(
+            "partitions",
+            "seal",
+            "--config",
+            str(a_config),
+            "--epoch",
+            "1",
+            str(attempt.directory(a.storage_root)),
+        )
         assert refused.returncode == 1
         assert "seal refused" in refused.stderr
         assert "us-east at epoch 2" in refused.stderr
-        code, doc = await _json(http, "POST", f"{a.base_url}/v1/partitions/seal",
-                                {"tier": "warm", "partition": attempt.relpath})
+        code, doc = await _json(
+            http,
+            "POST",
+            f"{a.base_url}/v1/partitions/seal",
+            {"tier": "warm", "partition": attempt.relpath},
+        )
         assert (code, doc["error"]) == (409, "fenced"), doc
         assert not (attempt.directory(a.storage_root) / "_SUCCESS").exists()
-        assert await _metric(http, da.base_url, "cryptorun_fenced_total",
-                             {"tier": "warm", "operation": "seal"}) == 1.0
+        assert (
+            await _metric(
+                http, da.base_url, "cryptorun_fenced_total", {"tier": "warm", "operation": "seal"}
+            )
+            == 1.0
+        )
 
         # Its sources refuse to serve as a primary (listing and files), counted too.
-        for url in (f"{a.base_url}/v1/partitions?tier=warm&purpose=source",
-                    f"{a.base_url}/v1/partitions?tier=warm",
-                    f"{a.base_url}/v1/partitions/warm/{delta.relpath}/part-0000.parquet"):
+        for url in (
+            f"{a.base_url}/v1/partitions?tier=warm&purpose=source",
+            f"{a.base_url}/v1/partitions?tier=warm",
+            f"{a.base_url}/v1/partitions/warm/{delta.relpath}/part-0000.parquet",
+        ):
             code, doc = await _json(http, "GET", url)
             assert (code, doc["error"]) == (409, "fenced"), (url, doc)
-        assert await _metric(http, da.base_url, "cryptorun_fenced_total",
-                             {"tier": "warm", "operation": "serve"}) == 3.0
+        assert (
+            await _metric(
+                http, da.base_url, "cryptorun_fenced_total", {"tier": "warm", "operation": "serve"}
+            )
+            == 3.0
+        )
 
         # Its post-promotion writes were set aside, whole, under _divergent/epoch=1/.
         async def set_aside() -> bool:
-            return await _metric(http, da.base_url, "cryptorun_reconciled_partitions_total",
-                                 {"tier": "warm", "action": "divergent"}) == 2.0
+            return (
+                await _metric(
+                    http,
+                    da.base_url,
+                    "cryptorun_reconciled_partitions_total",
+                    {"tier": "warm", "action": "divergent"},
+                )
+                == 2.0
+            )
 
         await _eventually(set_aside, "A's divergent partitions set aside")
         for key in divergent:
             aside = a.storage_root / "warm" / "_divergent" / "epoch=1" / key.relpath
             assert (aside / "part-0000.parquet").is_file()
             assert (aside / "_SUCCESS").is_file()
-        assert await _metric(http, da.base_url, "cryptorun_reconciled_partitions_total",
-                             {"tier": "warm", "action": "divergent"}) == 2.0
+        assert (
+            await _metric(
+                http,
+                da.base_url,
+                "cryptorun_reconciled_partitions_total",
+                {"tier": "warm", "action": "divergent"},
+            )
+            == 2.0
+        )
         record = (await _tier_status(http, a.base_url, "warm"))["reconciliation"]
         assert record["divergent"] == 2
         assert {d["partition"] for d in record["paths"]["divergent"]} == {
-            k.relpath for k in divergent}
+            k.relpath for k in divergent
+        }
 
         # Its unreplicated delta reaches B (validated there) through reconciliation.
         # (A background reconcile pass may have pulled it first on a slow machine, so
         # the totals below, not this pass's count, prove it was pulled exactly once.)
         report = await _sync(http, db.base_url, "warm", A, kind="reconcile")
         assert report["ok"], report
-        assert (_sealed(b.storage_root, "warm")[delta.relpath]
-                == _sealed(a.storage_root, "warm")[delta.relpath])
-        assert await _metric(http, db.base_url, "cryptorun_reconciled_partitions_total",
-                             {"tier": "warm", "action": "pulled"}) == 1.0
+        assert (
+            _sealed(b.storage_root, "warm")[delta.relpath]
+            == _sealed(a.storage_root, "warm")[delta.relpath]
+        )
+        assert (
+            await _metric(
+                http,
+                db.base_url,
+                "cryptorun_reconciled_partitions_total",
+                {"tier": "warm", "action": "pulled"},
+            )
+            == 1.0
+        )
         record = (await _tier_status(http, b.base_url, "warm"))["reconciliation"]
         assert record["pulled"] == 1
         assert record["paths"]["pulled"] == [f"{delta.relpath} (from {A})"]
@@ -364,8 +517,12 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
             report = await _sync(http, a.base_url, tier, B)
             assert report["ok"], report
             assert _sealed(a.storage_root, tier) == _sealed(b.storage_root, tier)
-            lag = await _metric(http, a.base_url, "cryptorun_replication_lag_seconds",
-                                {"tier": tier, "region": A, "source": B})
+            lag = await _metric(
+                http,
+                a.base_url,
+                "cryptorun_replication_lag_seconds",
+                {"tier": tier, "region": A, "source": B},
+            )
             assert lag == 0.0 <= SLO_SECONDS
         assert (a.storage_root / "warm" / divergent[0].relpath / "_SUCCESS").is_file()
 
@@ -375,8 +532,9 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         bad = _key("warm", NEXT + timedelta(hours=5))
         _skewed_and_broken_partition(b.storage_root, bad)
         # No --epoch: the CLI stamps the tier's current epoch from B's fence.
-        sealed = await _cli("partitions", "seal", "--config", str(b_config),
-                            str(bad.directory(b.storage_root)))
+        sealed = await _cli(
+            "partitions", "seal", "--config", str(b_config), str(bad.directory(b.storage_root))
+        )
         assert sealed.returncode == 0, sealed.stdout + sealed.stderr
         assert "epoch 2" in sealed.stdout
         await _sync(http, a.base_url, "warm", B)
@@ -390,12 +548,19 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         # A file-level failure keeps the partition uncommitted even when not strict ...
         assert not (bad.directory(a.storage_root) / "_SUCCESS").exists()
         validation_failures = await _metric(
-            http, a.base_url, "cryptorun_replication_step_failures_total",
-            {"tier": "warm", "from": B, "to": A, "reason": "validation"})
+            http,
+            a.base_url,
+            "cryptorun_replication_step_failures_total",
+            {"tier": "warm", "from": B, "to": A, "reason": "validation"},
+        )
         assert validation_failures >= 1
         # ... and the same bad bytes are not fetched and quarantined again on the next pass.
         again = await _sync(http, a.base_url, "warm", B)
         assert not again["ok"]
-        assert await _metric(http, a.base_url, "cryptorun_quarantine_total",
-                             {**labels, "kind": "file"}) == after["file"]
+        assert (
+            await _metric(
+                http, a.base_url, "cryptorun_quarantine_total", {**labels, "kind": "file"}
+            )
+            == after["file"]
+        )
         assert not (bad.directory(a.storage_root) / "_SUCCESS").exists()

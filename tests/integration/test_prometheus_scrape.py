@@ -92,20 +92,26 @@ async def run_prometheus(config_path: Path, tmp_path: Path) -> AsyncIterator[Pro
     log_path = tmp_path / "prometheus.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [binary,
-             f"--config.file={config_path}",
-             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}",
-             "--log.level=info"],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path,
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=info",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
     server = PrometheusServer(f"http://127.0.0.1:{port}", process, log_path)
     try:
         async with aiohttp.ClientSession() as http:
+
             async def ready() -> bool:
                 if process.poll() is not None:
-                    pytest.fail(f"prometheus exited with {process.returncode}:\n"
-                                f"{server.log_tail()}")
+                    pytest.fail(
+                        f"prometheus exited with {process.returncode}:\n{server.log_tail()}"
+                    )
                 try:
                     async with http.get(f"{server.base_url}/-/ready") as resp:
                         return resp.status == 200
@@ -118,20 +124,27 @@ async def run_prometheus(config_path: Path, tmp_path: Path) -> AsyncIterator[Pro
         await asyncio.to_thread(stop_process, process, 15.0)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str,
-                     server: PrometheusServer, last: Callable[[], Any] = lambda: None) -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    what: str,
+    server: PrometheusServer,
+    last: Callable[[], Any] = lambda: None,
+) -> None:
     """Poll ``check`` until true; after ``DEADLINE`` fail naming ``what``, the last answer
     and the tail of Prometheus' log."""
     deadline = time.monotonic() + DEADLINE
     while not await check():
         if time.monotonic() > deadline:
-            pytest.fail(f"not within {DEADLINE}s: {what}\nlast answer: {last()}\n"
-                        f"prometheus log:\n{server.log_tail()}")
+            pytest.fail(
+                f"not within {DEADLINE}s: {what}\nlast answer: {last()}\n"
+                f"prometheus log:\n{server.log_tail()}"
+            )
         await asyncio.sleep(0.25)
 
 
-async def api_get(http: aiohttp.ClientSession, server: PrometheusServer, path: str,
-                  **params: str) -> Any:
+async def api_get(
+    http: aiohttp.ClientSession, server: PrometheusServer, path: str, **params: str
+) -> Any:
     """``data`` of a Prometheus API answer; fails the test on an API error."""
     async with http.get(f"{server.base_url}{path}", params=params) as resp:
         body = await resp.json()
@@ -139,8 +152,12 @@ async def api_get(http: aiohttp.ClientSession, server: PrometheusServer, path: s
     return body["data"]
 
 
-async def query_until(http: aiohttp.ClientSession, server: PrometheusServer, promql: str,
-                      holds: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+async def query_until(
+    http: aiohttp.ClientSession,
+    server: PrometheusServer,
+    promql: str,
+    holds: Callable[[list[dict[str, Any]]], bool],
+) -> list[dict[str, Any]]:
     """The instant-query result of ``promql`` once ``holds(result)`` is true."""
     result: list[dict[str, Any]] = []
 
@@ -162,8 +179,9 @@ def both_regions(result: list[dict[str, Any]]) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def two_daemons_scraped(tmp_path: Path) -> AsyncIterator[
-        tuple[PrometheusServer, RegionSpec, RegionSpec]]:
+async def two_daemons_scraped(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[PrometheusServer, RegionSpec, RegionSpec]]:
     """Two daemons with the default rules (warm/cold/hot from eu-central to us-east) and a
     Prometheus scraping both with the shipped config and rules."""
     eu, us = two_regions(tmp_path)
@@ -179,33 +197,43 @@ async def test_contract_series_arrive_with_region_labels_for_both_regions(
     """Prometheus stores the contract's series from both daemons, labelled by region."""
     async with two_daemons_scraped(tmp_path) as (server, eu, us), aiohttp.ClientSession() as http:
         up = await query_until(http, server, 'up{job="cryptorun"} == 1', both_regions)
-        assert {s["metric"]["instance"] for s in up} == {f"127.0.0.1:{eu.port}",
-                                                         f"127.0.0.1:{us.port}"}
+        assert {s["metric"]["instance"] for s in up} == {
+            f"127.0.0.1:{eu.port}",
+            f"127.0.0.1:{us.port}",
+        }
 
         build = await query_until(http, server, "cryptorun_build_info", both_regions)
         assert {s["metric"]["version"] for s in build} == {"0.1.0"}
 
         corrupt = await query_until(
-            http, server, 'cryptorun_data_consistency_errors_total{check="corrupt"}', both_regions)
+            http, server, 'cryptorun_data_consistency_errors_total{check="corrupt"}', both_regions
+        )
         assert {s["value"][1] for s in corrupt} == {"0"}
 
-        quarantine = await query_until(http, server, "cryptorun_quarantine_total",
-                                       lambda r: len(r) == 2 * 3 * 3)
-        assert {(s["metric"]["region"], s["metric"]["tier"], s["metric"]["kind"])
-                for s in quarantine} == {(region, tier, kind) for region in REGIONS
-                                         for tier in ("hot", "warm", "cold")
-                                         for kind in ("row", "file", "fenced")}
+        quarantine = await query_until(
+            http, server, "cryptorun_quarantine_total", lambda r: len(r) == 2 * 3 * 3
+        )
+        assert {
+            (s["metric"]["region"], s["metric"]["tier"], s["metric"]["kind"]) for s in quarantine
+        } == {
+            (region, tier, kind)
+            for region in REGIONS
+            for tier in ("hot", "warm", "cold")
+            for kind in ("row", "file", "fenced")
+        }
 
-        hot = await query_until(http, server, "cryptorun_hot_records_total",
-                                lambda r: len(r) == 4)
+        hot = await query_until(http, server, "cryptorun_hot_records_total", lambda r: len(r) == 4)
         assert {(s["metric"]["region"], s["metric"]["origin"]) for s in hot} == {
-            (region, origin) for region in REGIONS for origin in REGIONS}
+            (region, origin) for region in REGIONS for origin in REGIONS
+        }
 
         # The destination daemon reports lag; its own region label survives the scrape.
         lag = await query_until(
-            http, server,
+            http,
+            server,
             'cryptorun_replication_lag_seconds{tier="warm",region="us-east",source="eu-central"}',
-            lambda r: len(r) == 1)
+            lambda r: len(r) == 1,
+        )
         assert lag[0]["metric"]["instance"] == f"127.0.0.1:{us.port}"
         assert "exported_region" not in lag[0]["metric"]
 
@@ -213,8 +241,9 @@ async def test_contract_series_arrive_with_region_labels_for_both_regions(
         assert len(ready) == 2
 
         # Both daemons export the us-east SLOs: labels keep the rule's destination.
-        slo = await query_until(http, server, 'cryptorun_replication_slo_seconds{tier="warm"}',
-                                lambda r: len(r) == 2)
+        slo = await query_until(
+            http, server, 'cryptorun_replication_slo_seconds{tier="warm"}', lambda r: len(r) == 2
+        )
         assert regions_in(slo) == {"us-east"}
         assert {s["value"][1] for s in slo} == {"60"}
 
@@ -238,28 +267,38 @@ async def test_rules_load_and_evaluate_against_real_series(tmp_path: Path) -> No
             rules = [rule for group in groups for rule in group["rules"]]
             return bool(rules) and all(rule["health"] != "unknown" for rule in rules)
 
-        await eventually(all_rules_evaluated, "every rule evaluated once", server,
-                         lambda: groups)
+        await eventually(all_rules_evaluated, "every rule evaluated once", server, lambda: groups)
         loaded = {group["name"]: [rule["name"] for rule in group["rules"]] for group in groups}
         assert loaded == shipped
-        errors = [(rule["name"], rule.get("lastError"))
-                  for group in groups for rule in group["rules"] if rule["health"] != "ok"]
+        errors = [
+            (rule["name"], rule.get("lastError"))
+            for group in groups
+            for rule in group["rules"]
+            if rule["health"] != "ok"
+        ]
         assert not errors
         assert {Path(group["file"]).name for group in groups} == {"recording.yml", "alerts.yml"}
 
         ratio = await query_until(
-            http, server, 'cryptorun:replication_lag_over_slo:ratio{region="us-east"}',
-            lambda r: len(r) == 3)
+            http,
+            server,
+            'cryptorun:replication_lag_over_slo:ratio{region="us-east"}',
+            lambda r: len(r) == 3,
+        )
         assert {s["metric"]["tier"] for s in ratio} == {"hot", "warm", "cold"}
         assert {s["metric"]["source"] for s in ratio} == {"eu-central"}
 
         dashboard = json.loads(DASHBOARD.read_text())
-        panels = dashboard["panels"] + [nested for panel in dashboard["panels"]
-                                        for nested in panel.get("panels", [])]
+        panels = dashboard["panels"] + [
+            nested for panel in dashboard["panels"] for nested in panel.get("panels", [])
+        ]
         expressions = [target["expr"] for panel in panels for target in panel.get("targets", [])]
         expressions += [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
         assert len(expressions) > 20
         for expr in expressions:
-            promql = (expr.replace("$__rate_interval", "1m")
-                      .replace("$region", ".*").replace("$tier", ".*"))
+            promql = (
+                expr.replace("$__rate_interval", "1m")
+                .replace("$region", ".*")
+                .replace("$tier", ".*")
+            )
             await api_get(http, server, "/api/v1/query", query=promql)

@@ -117,9 +117,7 @@ async def test_client_unreachable_endpoints_are_a_store_error() -> None:
 
 
 @pytest.mark.needs_etcd
-async def test_client_fails_over_to_a_working_endpoint(
-    etcd: EtcdServer, etcd_prefix: str
-) -> None:
+async def test_client_fails_over_to_a_working_endpoint(etcd: EtcdServer, etcd_prefix: str) -> None:
     """A dead first endpoint is skipped; the call succeeds on the next one."""
     dead = f"http://127.0.0.1:{free_port()}"
     client = EtcdClient([dead, etcd.client_url], timeout=2.0)

@@ -63,9 +63,10 @@ async def _metric(base_url: str, name: str, labels: dict[str, str]) -> float | N
 
 async def _sync(base_url: str) -> dict[str, Any]:
     """Run one pass now through the admin API and return its report."""
-    async with aiohttp.ClientSession(headers=auth_headers()) as session, session.post(
-        f"{base_url}/v1/replication/sync", json={"tier": "warm", "from": A}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession(headers=auth_headers()) as session,
+        session.post(f"{base_url}/v1/replication/sync", json={"tier": "warm", "from": A}) as resp,
+    ):
         assert resp.status == 200, await resp.text()
         doc = await resp.json()
     return dict(doc["passes"][0])
@@ -81,9 +82,10 @@ async def _eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: 
 
 
 async def _require_component(base_url: str) -> None:
-    async with aiohttp.ClientSession(headers=auth_headers()) as session, session.get(
-        f"{base_url}/v1/partitions", params={"tier": "warm"}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession(headers=auth_headers()) as session,
+        session.get(f"{base_url}/v1/partitions", params={"tier": "warm"}) as resp,
+    ):
         if resp.status == 404:
             pytest.fail("WarmColdComponent is not wired into cryptorun_daemon/components.py")
 
@@ -99,10 +101,16 @@ async def test_24_partitions_replicate_identically_and_rerun_moves_nothing(tmp_p
         await _require_component(da.base_url)
 
         async def in_sync() -> bool:
-            lag = await _metric(db.base_url, "cryptorun_replication_lag_seconds",
-                                {"tier": "warm", "region": B, "source": A})
-            pending = await _metric(db.base_url, "cryptorun_replication_pending_partitions",
-                                    {"tier": "warm", "region": B, "source": A})
+            lag = await _metric(
+                db.base_url,
+                "cryptorun_replication_lag_seconds",
+                {"tier": "warm", "region": B, "source": A},
+            )
+            pending = await _metric(
+                db.base_url,
+                "cryptorun_replication_pending_partitions",
+                {"tier": "warm", "region": B, "source": A},
+            )
             return lag == 0 and pending == 0 and len(_tree(b.storage_root)) == 24 * 3
 
         await _eventually(in_sync, "B to hold all 24 partitions")
@@ -122,8 +130,9 @@ async def test_24_partitions_replicate_identically_and_rerun_moves_nothing(tmp_p
             assert source["lag_seconds"] == 0
             assert source["last_success"] is not None
             hour0 = "trade/venue=kraken/symbol=BTC-USD/date=2025-09-01/hour=00"
-            async with session.get(f"{da.base_url}/v1/partitions/warm/{hour0}/part-0000.parquet"
-                                   ) as resp:
+            async with session.get(
+                f"{da.base_url}/v1/partitions/warm/{hour0}/part-0000.parquet"
+            ) as resp:
                 assert resp.status == 401
             (a.directory / "outside.txt").write_text("secret")
             for raw in (
@@ -167,14 +176,17 @@ class StallingProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        for coro in (self._pipe(reader, up_writer, None), self._pipe(up_reader, writer,
-                                                                     self.stall_after)):
+        for coro in (
+            self._pipe(reader, up_writer, None),
+            self._pipe(up_reader, writer, self.stall_after),
+        ):
             task = asyncio.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
-                    limit: int | None) -> None:
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, limit: int | None
+    ) -> None:
         sent = 0
         try:
             while data := await src.read(65536):
@@ -255,8 +267,11 @@ async def test_byte_flipped_at_source_fails_corrupt_and_commits_nothing(tmp_path
         await _require_component(da.base_url)
 
         async def failed_corrupt() -> bool:
-            value = await _metric(db.base_url, "cryptorun_replication_step_failures_total",
-                                  {**LINK, "reason": "corrupt"})
+            value = await _metric(
+                db.base_url,
+                "cryptorun_replication_step_failures_total",
+                {**LINK, "reason": "corrupt"},
+            )
             return bool(value)
 
         await _eventually(failed_corrupt, "a corrupt step failure")
@@ -265,14 +280,16 @@ async def test_byte_flipped_at_source_fails_corrupt_and_commits_nothing(tmp_path
         assert report["partitions_committed"] == 0
         assert report["pending_partitions"] == 1
         assert {f["reason"] for f in report["failures"]} == {"corrupt"}
-        assert await _metric(db.base_url, "cryptorun_data_consistency_errors_total",
-                             {"check": "corrupt"})
+        assert await _metric(
+            db.base_url, "cryptorun_data_consistency_errors_total", {"check": "corrupt"}
+        )
     dest = b.storage_root / "warm" / relpath
     assert not (dest / "_SUCCESS").exists()
     assert not (dest / "part-0000.parquet").exists()
     for good in (dirs[0], dirs[2]):
-        assert (b.storage_root / "warm" / good.relative_to(a.storage_root / "warm")
-                / "_SUCCESS").exists()
+        assert (
+            b.storage_root / "warm" / good.relative_to(a.storage_root / "warm") / "_SUCCESS"
+        ).exists()
     quarantined = list((b.storage_root / "_quarantine" / "warm" / B).rglob("*.partial"))
     assert quarantined
 
@@ -286,16 +303,20 @@ async def test_simulate_reports_the_plan_and_transfers_nothing(tmp_path: Path) -
     async with run_daemon_process(a.write()) as da, run_daemon_process(b.write()) as db:
         await _require_component(da.base_url)
         async with aiohttp.ClientSession(headers=auth_headers(TOKEN)) as session:
-            async with session.post(f"{db.base_url}/v1/replication/simulate", json={
-                "from": A, "to": B, "tier": "warm", "strict": False,
-                "window": "2025-09-01T00:00:00Z/2025-09-01T06:00:00Z",
-            }) as resp:
+            async with session.post(
+                f"{db.base_url}/v1/replication/simulate",
+                json={
+                    "from": A,
+                    "to": B,
+                    "tier": "warm",
+                    "strict": False,
+                    "window": "2025-09-01T00:00:00Z/2025-09-01T06:00:00Z",
+                },
+            ) as resp:
                 assert resp.status == 200
                 plan = await resp.json()
         assert plan["dry_run"] is True
         assert plan["summary"]["partitions"] == 6
-        assert plan["steps"][0]["window"] == (
-            "2025-09-01T00:00:00Z/2025-09-01T01:00:00Z"
-        )
+        assert plan["steps"][0]["window"] == ("2025-09-01T00:00:00Z/2025-09-01T01:00:00Z")
     with contextlib.suppress(FileNotFoundError):
         assert _tree(b.storage_root) == {}

@@ -53,10 +53,16 @@ def test_paths_outside_the_layout_are_counted_not_fatal(tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     os.symlink(outside, warm / "trade" / "venue=kraken" / "symbol=BTC-USD" / "date=2025-09-02")
-    (warm / "trade" / "venue=kraken" / "symbol=BTC-USD" / "date=2025-09-01" / "hour=01"
-     ).mkdir()
-    (warm / "trade" / "venue=kraken" / "symbol=BTC-USD" / "date=2025-09-01" / "hour=01"
-     / "nested").mkdir()
+    (warm / "trade" / "venue=kraken" / "symbol=BTC-USD" / "date=2025-09-01" / "hour=01").mkdir()
+    (
+        warm
+        / "trade"
+        / "venue=kraken"
+        / "symbol=BTC-USD"
+        / "date=2025-09-01"
+        / "hour=01"
+        / "nested"
+    ).mkdir()
     metrics = Metrics(CollectorRegistry())
     entries = Catalog(tmp_path, metrics=metrics).scan("warm")
     assert [str(e.key) for e in entries if e.sealed] == [

@@ -27,16 +27,38 @@ from tests.harness.daemons import free_port
 def test_boolean_flags_accept_bare_and_valued_forms(argv: list[str], expected: bool) -> None:
     """--dry-run and --dry-run=false both work, as the A3 spec writes them."""
     args = build_parser().parse_args(
-        ["replication", "failover", "--tier", "warm", "--promote", "us-east", "--demote",
-         "eu-central", *argv]
+        [
+            "replication",
+            "failover",
+            "--tier",
+            "warm",
+            "--promote",
+            "us-east",
+            "--demote",
+            "eu-central",
+            *argv,
+        ]
     )
     assert args.dry_run is expected
 
 
 def test_bad_boolean_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     """--strict=maybe exits 2 and says what a boolean is."""
-    code = main(["replication", "simulate", "--from", "a", "--to", "b", "--tier", "warm",
-                 "--window", "x/y", "--strict=maybe"])
+    code = main(
+        [
+            "replication",
+            "simulate",
+            "--from",
+            "a",
+            "--to",
+            "b",
+            "--tier",
+            "warm",
+            "--window",
+            "x/y",
+            "--strict=maybe",
+        ]
+    )
     assert code == 2
     assert "is not a boolean" in capsys.readouterr().err
 
@@ -57,7 +79,9 @@ def test_check_invalid_config_lists_every_problem_and_exits_two(tmp_path: Path) 
     path.write_text('region = "A"\nextra = 1\n[storage]\nroot = 5\n')
     result = subprocess.run(
         [sys.executable, "-m", "cryptorun_daemon", "daemon", "--config", str(path), "--check"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert f"{path}: region: 'A' must match" in result.stderr

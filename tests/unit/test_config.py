@@ -58,7 +58,11 @@ def test_valid_config_loads_into_typed_values(tmp_path: Path) -> None:
     assert dict(config.peers) == {"us-east": "http://127.0.0.1:9200"}
     (rule,) = config.rules
     assert (rule.tier, rule.mode, rule.from_region, rule.to_regions, rule.lag_slo) == (
-        "warm", "active-passive", "eu-central", ("us-east",), 60.0
+        "warm",
+        "active-passive",
+        "eu-central",
+        ("us-east",),
+        60.0,
     )
     assert config.regions == ("eu-central", "us-east")
 

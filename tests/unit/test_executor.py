@@ -42,8 +42,12 @@ class Pair:
 
     def executor(self, **kwargs: object) -> WarmColdExecutor:
         args: dict[str, object] = {
-            "root": self.dst_root, "region": "us-east", "source": self.peer,
-            "metrics": self.metrics, "retry_backoff": 0.0, "hash_cache": HashCache(),
+            "root": self.dst_root,
+            "region": "us-east",
+            "source": self.peer,
+            "metrics": self.metrics,
+            "retry_backoff": 0.0,
+            "hash_cache": HashCache(),
         }
         args.update(kwargs)
         return WarmColdExecutor(**args)  # type: ignore[arg-type]
@@ -64,7 +68,10 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     src, dst = tmp_path / "src", tmp_path / "dst"
     seed_partitions(src, start=T0, count=2, rows=20_000, files=2)
     server = PartitionServer(
-        root=src, region="eu-central", catalog=Catalog(src), epoch_provider=lambda _t: 1,
+        root=src,
+        region="eu-central",
+        catalog=Catalog(src),
+        epoch_provider=lambda _t: 1,
         now=lambda: datetime.now(UTC),
     )
     app = web.Application(middlewares=[error_middleware])
@@ -81,7 +88,8 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
 def _tree(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
-        for p in sorted((root / "warm").rglob("*")) if p.is_file()
+        for p in sorted((root / "warm").rglob("*"))
+        if p.is_file()
     }
 
 
@@ -138,8 +146,12 @@ async def test_corrupt_source_fails_step_and_quarantines(pair: Pair) -> None:
     from cryptorun_daemon.replication.rules import TimeRange
 
     plan = plan_replication(
-        tier="warm", from_region="eu-central", to_region="us-east",
-        window=TimeRange(T0, datetime.now(UTC)), source=listed([manifest]), destination={},
+        tier="warm",
+        from_region="eu-central",
+        to_region="us-east",
+        window=TimeRange(T0, datetime.now(UTC)),
+        source=listed([manifest]),
+        destination={},
         now=datetime.now(UTC),
     )
     [step] = plan.steps
@@ -151,20 +163,28 @@ async def test_corrupt_source_fails_step_and_quarantines(pair: Pair) -> None:
     assert not (directory / manifest.files[1].name).exists()
     # Both bad copies (one per attempt) are kept, each with its own error record.
     kept = pair.dst_root / "_quarantine" / "warm" / "us-east"
-    quarantined = sorted(p for p in kept.rglob(f".{manifest.files[1].name}.partial*")
-                         if not p.name.endswith(".error.json"))
+    quarantined = sorted(
+        p
+        for p in kept.rglob(f".{manifest.files[1].name}.partial*")
+        if not p.name.endswith(".error.json")
+    )
     assert len(quarantined) == 2
     assert all(p.read_bytes() == bytes(data) for p in quarantined)
     records = [json.loads(p.with_name(p.name + ".error.json").read_text()) for p in quarantined]
-    assert sorted(r["errors"][0]["value"][-11:] for r in records) == ["(attempt 1)",
-                                                                      "(attempt 2)"]
+    assert sorted(r["errors"][0]["value"][-11:] for r in records) == ["(attempt 1)", "(attempt 2)"]
     sample = pair.metrics.registry.get_sample_value
-    assert sample("cryptorun_replication_step_failures_total",
-                  {"tier": "warm", "from": "eu-central", "to": "us-east",
-                   "reason": "corrupt"}) == 1
+    assert (
+        sample(
+            "cryptorun_replication_step_failures_total",
+            {"tier": "warm", "from": "eu-central", "to": "us-east", "reason": "corrupt"},
+        )
+        == 1
+    )
     assert sample("cryptorun_data_consistency_errors_total", {"check": "corrupt"}) == 2
-    assert sample("cryptorun_quarantine_total",
-                  {"tier": "warm", "region": "us-east", "kind": "file"}) == 2
+    assert (
+        sample("cryptorun_quarantine_total", {"tier": "warm", "region": "us-east", "kind": "file"})
+        == 2
+    )
 
 
 async def test_superseded_version_is_moved_aside_not_overwritten(pair: Pair) -> None:
@@ -221,8 +241,9 @@ async def test_listing_honours_the_window(pair: Pair) -> None:
         "warm", TimeRange.parse("2025-09-01T00:00:00Z/2025-09-01T01:00:00Z")
     )
     assert [m.key.hour for m in listing.manifests] == [0]
-    async with pair.session.get(f"{pair.base_url}/v1/partitions",
-                                params={"tier": "warm", "start": "2025-09-01T00:00:00"}) as resp:
+    async with pair.session.get(
+        f"{pair.base_url}/v1/partitions", params={"tier": "warm", "start": "2025-09-01T00:00:00"}
+    ) as resp:
         assert resp.status == 400
         assert set(json.loads(await resp.text())) == {"error", "detail"}
 

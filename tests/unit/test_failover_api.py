@@ -38,8 +38,9 @@ def failover_of(daemon: Daemon) -> FailoverComponent:
     return component
 
 
-async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool],
-                     timeout: float = 15.0) -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 15.0
+) -> None:
     """Poll ``check`` until it is true, failing after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -68,8 +69,9 @@ async def both(regions: tuple[RegionSpec, RegionSpec]) -> AsyncIterator[tuple[Da
         yield da, db
 
 
-async def post(http: aiohttp.ClientSession, url: str, body: Any,
-               *, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+async def post(
+    http: aiohttp.ClientSession, url: str, body: Any, *, raw: bytes | None = None
+) -> tuple[int, dict[str, Any]]:
     kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
     async with http.post(url, headers=auth_headers(), **kwargs) as resp:
         return resp.status, await resp.json()
@@ -141,8 +143,9 @@ async def test_failover_persists_the_epoch_and_notifies_the_peer(
     a, b = regions
     async with both(regions) as (da, db), aiohttp.ClientSession() as http:
         seen: list[tuple[int, int | None]] = []
-        failover_of(db).add_listener(lambda new, old: seen.append(
-            (new.epoch, old.epoch if old else None)))
+        failover_of(db).add_listener(
+            lambda new, old: seen.append((new.epoch, old.epoch if old else None))
+        )
         waiter = asyncio.ensure_future(failover_of(db).wait_for_change("warm", newer_than=1))
         assert failover_of(db).is_primary("warm", EU)
         code, doc = await post(http, f"{a.base_url}/v1/failover", failover_body())
@@ -166,7 +169,12 @@ async def test_failover_persists_the_epoch_and_notifies_the_peer(
         status = await get_json(http, f"{a.base_url}/v1/status?tier=warm")
         assert status["tiers"]["warm"]["role"] == "replica"
         assert status["tiers"]["warm"]["history"][-1] | {"at": None} == {
-            "epoch": 2, "at": None, "kind": "promotion", "promoted": US, "demoted": EU}
+            "epoch": 2,
+            "at": None,
+            "kind": "promotion",
+            "promoted": US,
+            "demoted": EU,
+        }
 
 
 @pytest.mark.parametrize(
@@ -185,7 +193,10 @@ async def test_failover_persists_the_epoch_and_notifies_the_peer(
     ],
 )
 async def test_malformed_requests_are_400_with_a_detail(
-    regions: tuple[RegionSpec, RegionSpec], body: Any, raw: bytes | None, detail: str,
+    regions: tuple[RegionSpec, RegionSpec],
+    body: Any,
+    raw: bytes | None,
+    detail: str,
 ) -> None:
     """Every malformed body is refused with 400 JSON naming the problem; nothing changes."""
     a, _ = regions
@@ -231,8 +242,13 @@ async def test_notify_applies_only_newer_epochs_and_refuses_divergence(
             assert resp.status == 401
         code, doc = await post(http, url, {"from": EU, "state": current.to_json()})
         assert (code, doc["applied"], doc["epoch"]) == (200, False, 1)
-        divergent = TierState(tier="warm", primary="ap-south", epoch=1,
-                              updated_at=current.updated_at, history=current.history)
+        divergent = TierState(
+            tier="warm",
+            primary="ap-south",
+            epoch=1,
+            updated_at=current.updated_at,
+            history=current.history,
+        )
         code, doc = await post(http, url, {"from": EU, "state": divergent.to_json()})
         assert code == 409
         assert "divergent state at epoch 1" in doc["detail"]
@@ -321,8 +337,9 @@ async def test_an_unreadable_store_answers_503_state_store_and_the_fence_follows
         assert {(f.epoch, f.primary) for f in fences() if f} == {(2, US)}
         assert len({f.ended_at(1) for f in fences() if f}) == 1
         (b.storage_root / "_state" / "roles.json").write_text("{not json")
-        code, doc = await post(http, f"{b.base_url}/v1/failover",
-                               failover_body(promote=EU, demote=US))
+        code, doc = await post(
+            http, f"{b.base_url}/v1/failover", failover_body(promote=EU, demote=US)
+        )
         assert code == 503
         assert doc["error"] == "state_store"
         assert "corrupt JSON" in doc["detail"]
@@ -343,8 +360,9 @@ async def test_a_restarted_old_primary_does_not_seal_until_it_has_compared_epoch
     b_store = FileStateStore(b.storage_root)
     await b_store.initialise("warm", EU)
     await b_store.promote("warm", US, EU, 1)
-    key = PartitionKey(day=date(2025, 9, 1), hour=3, tier="warm", dataset="trade",
-                       venue="kraken", symbol="BTC-USD")
+    key = PartitionKey(
+        day=date(2025, 9, 1), hour=3, tier="warm", dataset="trade", venue="kraken", symbol="BTC-USD"
+    )
     write_trade_partition(a.storage_root, key, rows=50, origin=EU)
     seal_url = f"{a.base_url}/v1/partitions/seal"
     body = {"tier": "warm", "partition": key.relpath}
@@ -368,8 +386,7 @@ async def test_a_restarted_old_primary_does_not_seal_until_it_has_compared_epoch
             await eventually(lambda: component.epoch("warm") == 2)
             assert not component.is_primary("warm")
             warm = (await get_json(http, f"{a.base_url}/v1/status?tier=warm"))["tiers"]["warm"]
-            assert (warm["primary"], warm["role"], warm["write_refusal"]) == (
-                US, "replica", None)
+            assert (warm["primary"], warm["role"], warm["write_refusal"]) == (US, "replica", None)
             code, doc = await post(http, seal_url, body)
             assert (code, doc["error"]) == (409, "fenced"), doc
         assert not is_sealed(key.directory(a.storage_root))

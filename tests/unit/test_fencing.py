@@ -34,31 +34,45 @@ PROMOTED = T0 + timedelta(hours=10)
 
 
 def key(hour: int) -> PartitionKey:
-    return PartitionKey(day=T0.date(), hour=hour, tier="warm", dataset="trade",
-                        venue="kraken", symbol="BTC-USD")
+    return PartitionKey(
+        day=T0.date(), hour=hour, tier="warm", dataset="trade", venue="kraken", symbol="BTC-USD"
+    )
 
 
 def fence_at_epoch_2(root: Path) -> Fence:
     """eu-central primary at epoch 1 from T0, us-east promoted at epoch 2 at T0+10h."""
-    return advance_fence(root, "warm", epoch=2, primary=US, updated_at=PROMOTED,
-                         transitions=[(1, T0, EU), (2, PROMOTED, US)])
+    return advance_fence(
+        root,
+        "warm",
+        epoch=2,
+        primary=US,
+        updated_at=PROMOTED,
+        transitions=[(1, T0, EU), (2, PROMOTED, US)],
+    )
 
 
-def sealed(root: Path, hour: int, *, region: str, epoch: int, at: datetime,
-           seed: int = 1) -> Manifest:
+def sealed(
+    root: Path, hour: int, *, region: str, epoch: int, at: datetime, seed: int = 1
+) -> Manifest:
     directory = write_trade_partition(root, key(hour), rows=50, origin=region, seed=seed)
-    return seal_partition(directory, writer_region=region, epoch=epoch, sealed_at=at,
-                          cache=HashCache())
+    return seal_partition(
+        directory, writer_region=region, epoch=epoch, sealed_at=at, cache=HashCache()
+    )
 
 
 def test_fence_only_moves_forward_and_keeps_the_earliest_epoch_start(tmp_path: Path) -> None:
     """A lower epoch never lowers the fence; a later record of an epoch's start (a replayed
     promotion) does not move it; epoch 1 ends where epoch 2 starts."""
     fence_at_epoch_2(tmp_path)
-    advance_fence(tmp_path, "warm", epoch=1, primary=EU, updated_at=T0,
-                  transitions=[(1, T0, EU)])
-    advance_fence(tmp_path, "warm", epoch=2, primary=US, updated_at=PROMOTED,
-                  transitions=[(2, PROMOTED + timedelta(minutes=5), US)])
+    advance_fence(tmp_path, "warm", epoch=1, primary=EU, updated_at=T0, transitions=[(1, T0, EU)])
+    advance_fence(
+        tmp_path,
+        "warm",
+        epoch=2,
+        primary=US,
+        updated_at=PROMOTED,
+        transitions=[(2, PROMOTED + timedelta(minutes=5), US)],
+    )
     fence = read_fence(tmp_path, "warm")
     assert fence is not None
     assert (fence.epoch, fence.primary) == (2, US)
@@ -110,8 +124,13 @@ async def source(tmp_path: Path) -> AsyncIterator[tuple[Path, str, aiohttp.Clien
     root = tmp_path / "src"
     sealed(root, 1, region=EU, epoch=1, at=PROMOTED - timedelta(hours=1), seed=1)
     sealed(root, 2, region=EU, epoch=1, at=PROMOTED + timedelta(minutes=1), seed=2)
-    server = PartitionServer(root=root, region=EU, catalog=Catalog(root),
-                             epoch_provider=lambda _t: 1, now=lambda: datetime.now(UTC))
+    server = PartitionServer(
+        root=root,
+        region=EU,
+        catalog=Catalog(root),
+        epoch_provider=lambda _t: 1,
+        now=lambda: datetime.now(UTC),
+    )
     app = web.Application(middlewares=[error_middleware])
     app.add_routes(server.routes())
     test_server = TestServer(app, host="127.0.0.1", port=0)
@@ -122,7 +141,8 @@ async def source(tmp_path: Path) -> AsyncIterator[tuple[Path, str, aiohttp.Clien
 
 
 async def test_replica_quarantines_a_fenced_manifest_instead_of_applying_it(
-    tmp_path: Path, source: tuple[Path, str, aiohttp.ClientSession],
+    tmp_path: Path,
+    source: tuple[Path, str, aiohttp.ClientSession],
 ) -> None:
     """A replica whose fence knows epoch 1 ended applies the pre-promotion partition and
     refuses the one sealed after: it is kept under _quarantine as fenced and counted once
@@ -132,8 +152,9 @@ async def test_replica_quarantines_a_fenced_manifest_instead_of_applying_it(
     fence_at_epoch_2(dst)
     metrics = Metrics(CollectorRegistry())
     peer = HttpPeer(session, EU, url, headers={})
-    executor = WarmColdExecutor(root=dst, region=US, source=peer, metrics=metrics,
-                                retry_backoff=0.0, hash_cache=HashCache())
+    executor = WarmColdExecutor(
+        root=dst, region=US, source=peer, metrics=metrics, retry_backoff=0.0, hash_cache=HashCache()
+    )
     listing = await peer.list_partitions("warm")
     by_hour = {m.key.hour: m for m in listing.manifests}
     assert [m.key.hour for m in executor.accepted(list(listing.manifests))] == [1]
@@ -148,8 +169,9 @@ async def test_replica_quarantines_a_fenced_manifest_instead_of_applying_it(
     assert len(kept) == 1
     assert kept[0].with_name(kept[0].name + ".error.json").is_file()
     sample = metrics.registry.get_sample_value
-    assert sample("cryptorun_quarantine_total",
-                  {"tier": "warm", "region": US, "kind": "fenced"}) == 1
+    assert (
+        sample("cryptorun_quarantine_total", {"tier": "warm", "region": US, "kind": "fenced"}) == 1
+    )
     assert sample("cryptorun_fenced_total", {"tier": "warm", "operation": "apply"}) == 1
 
 

@@ -31,7 +31,8 @@ def test_stale_local_fails_over_to_first_fresh_peer_and_back() -> None:
     assert auth.current[("kraken", "BTC/USD")] == "eu"
     assert auth.switch_count == 2
     value = metrics.registry.get_sample_value(
-        "cryptorun_hot_source_switches_total", {"region": "eu", "venue": "kraken"})
+        "cryptorun_hot_source_switches_total", {"region": "eu", "venue": "kraken"}
+    )
     assert value == 2
     assert auth.source_at("kraken", "BTC/USD", 11 * S) == "us"
     assert auth.source_at("kraken", "BTC/USD", 12 * S) == "eu"

@@ -50,7 +50,10 @@ def test_compaction_keeps_seq_indexing_correct() -> None:
     for seq in range(1, 5001):
         buffer.append(rec(seq))  # type: ignore[arg-type]
     assert [r.seq for r in buffer.read_from(4995, max_records=3, max_bytes=1 << 20)] == [
-        4995, 4996, 4997]
+        4995,
+        4996,
+        4997,
+    ]
 
 
 def test_rejects_non_contiguous_seq() -> None:

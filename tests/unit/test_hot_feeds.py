@@ -13,9 +13,15 @@ from cryptorun_daemon.hot.feeds_builtin import ReplayFeed, SyntheticFeed
 
 
 def config(**overrides: object) -> FeedConfig:
-    base: dict[str, object] = {"name": "f", "kind": "synthetic", "venue": "synthetic",
-                               "symbols": ("BTC/USD", "ETH/USD"), "rate": 100.0, "seed": 7,
-                               "book_depth": 3}
+    base: dict[str, object] = {
+        "name": "f",
+        "kind": "synthetic",
+        "venue": "synthetic",
+        "symbols": ("BTC/USD", "ETH/USD"),
+        "rate": 100.0,
+        "seed": 7,
+        "book_depth": 3,
+    }
     base.update(overrides)
     return FeedConfig(**base)  # type: ignore[arg-type]
 
@@ -77,8 +83,9 @@ async def test_replay_honours_recorded_gaps_scaled_by_speed(tmp_path: Path) -> N
         slept.append(seconds)
         now[0] += int(seconds * 1e9)
 
-    feed = ReplayFeed(config(kind="replay", path=path, speed=4.0), clock_ns=lambda: now[0],
-                      sleep=sleep)
+    feed = ReplayFeed(
+        config(kind="replay", path=path, speed=4.0), clock_ns=lambda: now[0], sleep=sleep
+    )
     got = [r async for r in feed.records()]
     assert [r.dataset for r in got] == ["trade", "book"]
     assert slept == [0.5]

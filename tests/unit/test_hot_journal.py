@@ -15,14 +15,14 @@ from cryptorun_daemon.metrics import Metrics
 
 
 def make_log(directory: Path, *, segment_bytes: int = 1 << 20, buffer_records: int = 100) -> HotLog:
-    journal = Journal(directory, segment_bytes=segment_bytes, fsync_interval=0.1,
-                      fsync_records=10)
+    journal = Journal(directory, segment_bytes=segment_bytes, fsync_interval=0.1, fsync_records=10)
     return HotLog("eu", journal, ReplayBuffer(buffer_records, 1 << 20), Metrics())
 
 
 def trade(i: int) -> MarketRecord:
-    return MarketRecord("trade", {"ts": i, "venue": "v", "symbol": "A/B", "trade_id": i,
-                                  "ingest_ts": 1_000 + i})
+    return MarketRecord(
+        "trade", {"ts": i, "venue": "v", "symbol": "A/B", "trade_id": i, "ingest_ts": 1_000 + i}
+    )
 
 
 def test_clean_restart_keeps_replid_seq_and_buffer(tmp_path: Path) -> None:

@@ -22,8 +22,7 @@ from cryptorun_daemon.metrics import Metrics
 
 
 def make_log(directory: Path, *, segment_bytes: int = 4096, buffer_records: int = 10) -> HotLog:
-    journal = Journal(directory, segment_bytes=segment_bytes, fsync_interval=1,
-                      fsync_records=1000)
+    journal = Journal(directory, segment_bytes=segment_bytes, fsync_interval=1, fsync_records=1000)
     return HotLog("eu", journal, ReplayBuffer(buffer_records, 1 << 20), Metrics())
 
 
@@ -49,12 +48,19 @@ def fill(log: HotLog, count: int, *, mirrored_every: int = 0) -> dict[int, bytes
     return lines
 
 
-def read(log: HotLog, seq: int, *, stop: int, max_records: int = 1000,
-         position: ReadPosition | None = None) -> ReadResult:
+def read(
+    log: HotLog,
+    seq: int,
+    *,
+    stop: int,
+    max_records: int = 1000,
+    position: ReadPosition | None = None,
+) -> ReadResult:
     start, segments = log.journal.local_read_plan(seq, position)
     assert start is not None
-    return read_local_records(segments, "eu", start, stop_seq=stop, max_records=max_records,
-                              max_bytes=1 << 20)
+    return read_local_records(
+        segments, "eu", start, stop_seq=stop, max_records=max_records, max_bytes=1 << 20
+    )
 
 
 def test_range_read_crosses_segments_skipping_checkpoints_and_other_origins(
@@ -104,13 +110,20 @@ def test_partial_trailing_line_is_not_read_until_its_newline_lands(tmp_path: Pat
     sixth = encode_record("eu", 6, 1_006, "trade", {"venue": "v", "symbol": "A/B"}).line
     with segment.open("ab") as handle:
         handle.write(sixth[:20])
-    first = read_local_records([(1, segment)], "eu", ReadPosition(1, 1, 0), stop_seq=100,
-                               max_records=100, max_bytes=1 << 20)
+    first = read_local_records(
+        [(1, segment)],
+        "eu",
+        ReadPosition(1, 1, 0),
+        stop_seq=100,
+        max_records=100,
+        max_bytes=1 << 20,
+    )
     assert [r.seq for r in first.records] == [1, 2, 3, 4, 5]
     with segment.open("ab") as handle:
         handle.write(sixth[20:] + b"\n")
-    second = read_local_records([(1, segment)], "eu", first.position, stop_seq=100,
-                                max_records=100, max_bytes=1 << 20)
+    second = read_local_records(
+        [(1, segment)], "eu", first.position, stop_seq=100, max_records=100, max_bytes=1 << 20
+    )
     assert [r.seq for r in second.records] == [6]
 
 
@@ -200,8 +213,9 @@ def test_a_read_holds_one_chunk_and_one_batch_not_the_segment(tmp_path: Path) ->
     assert start is not None
     tracemalloc.start()
     try:
-        result = read_local_records(segments, "eu", start, stop_seq=40_001, max_records=100,
-                                    max_bytes=1 << 20)
+        result = read_local_records(
+            segments, "eu", start, stop_seq=40_001, max_records=100, max_bytes=1 << 20
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -18,9 +18,12 @@ from cryptorun_daemon.metrics import Metrics
 
 
 def records(first: int, count: int, origin: str = "eu") -> list[HotRecord]:
-    return [encode_record(origin, s, 1_000 + s, "trade",
-                          {"venue": "kraken", "symbol": "BTC/USD", "trade_id": s})
-            for s in range(first, first + count)]
+    return [
+        encode_record(
+            origin, s, 1_000 + s, "trade", {"venue": "kraken", "symbol": "BTC/USD", "trade_id": s}
+        )
+        for s in range(first, first + count)
+    ]
 
 
 def test_records_frame_round_trips() -> None:
@@ -32,23 +35,32 @@ def test_records_frame_round_trips() -> None:
     assert header.latest == [("kraken", "BTC/USD", 1_007)]
 
 
-@pytest.mark.parametrize("frame", [b"X{}\n1", b"R{not json\n1", b"R{}\n1",
-                                   protocol.encode_records("r", records(1, 2), 2)[:-30]
-                                   + b"\n"])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"X{}\n1",
+        b"R{not json\n1",
+        b"R{}\n1",
+        protocol.encode_records("r", records(1, 2), 2)[:-30] + b"\n",
+    ],
+)
 def test_malformed_records_frames_are_protocol_errors(frame: bytes) -> None:
     """Wrong tag, bad header or a line count that disagrees never gets applied."""
     with pytest.raises(ProtocolError):
         protocol.decode_records(frame)
 
 
-@pytest.mark.parametrize("message", [
-    {"origin": "eu", "replid": None},
-    {"origin": "", "replid": None, "from_seq": 1},
-    {"origin": "eu", "replid": 5, "from_seq": 1},
-    {"origin": "eu", "replid": None, "from_seq": 0},
-    {"origin": "eu", "replid": None, "from_seq": True},
-    {"type": "ping", "origin": "eu", "from_seq": 1},
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"origin": "eu", "replid": None},
+        {"origin": "", "replid": None, "from_seq": 1},
+        {"origin": "eu", "replid": 5, "from_seq": 1},
+        {"origin": "eu", "replid": None, "from_seq": 0},
+        {"origin": "eu", "replid": None, "from_seq": True},
+        {"type": "ping", "origin": "eu", "from_seq": 1},
+    ],
+)
 def test_bad_subscribe_requests_are_rejected(message: dict[str, object]) -> None:
     """Every subscribe field is validated; the error names what is wrong."""
     with pytest.raises(ProtocolError):
@@ -77,7 +89,11 @@ def test_new_subscriber_adopts_replid_and_applies_in_order(follower: OriginFollo
     status = follower.status()
     assert (status["replid"], status["applied_seq"], status["recent_gaps"]) == ("r1", 5, 0)
     assert json.loads(follower.subscribe_request()) == {
-        "type": "subscribe", "origin": "eu", "replid": "r1", "from_seq": 6}
+        "type": "subscribe",
+        "origin": "eu",
+        "replid": "r1",
+        "from_seq": 6,
+    }
 
 
 def test_duplicates_are_dropped_and_counted(follower: OriginFollower) -> None:

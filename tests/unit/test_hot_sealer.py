@@ -23,31 +23,65 @@ T0 = 1_756_684_800 * S  # 2025-09-01T00:00:00Z
 
 def setup(tmp_path: Path, *, primary: bool = True) -> tuple[HotLog, HotSealer, Metrics]:
     metrics = Metrics()
-    journal = Journal(tmp_path / "journal", segment_bytes=4096, fsync_interval=1,
-                      fsync_records=1000)
+    journal = Journal(
+        tmp_path / "journal", segment_bytes=4096, fsync_interval=1, fsync_records=1000
+    )
     log = HotLog("eu", journal, ReplayBuffer(1000, 1 << 20), metrics)
     log.open()
     authority = SourceAuthority("eu", ["eu", "us"], gate_seconds=5, metrics=metrics)
-    sealer = HotSealer(region="eu", root=tmp_path / "root", journal=journal, authority=authority,
-                       partition_length=3600, seal_grace=30, is_warm_primary=lambda: primary,
-                       epoch=lambda: 3, metrics=metrics)
+    sealer = HotSealer(
+        region="eu",
+        root=tmp_path / "root",
+        journal=journal,
+        authority=authority,
+        partition_length=3600,
+        seal_grace=30,
+        is_warm_primary=lambda: primary,
+        epoch=lambda: 3,
+        metrics=metrics,
+    )
     return log, sealer, metrics
 
 
 def trade(ts: int, trade_id: int, price: float = 100.0) -> MarketRecord:
-    return MarketRecord("trade", {"ts": ts, "venue": "kraken", "symbol": "BTC/USD",
-                                  "side": "buy", "price": price, "qty": 1.0,
-                                  "trade_id": trade_id, "ingest_ts": ts + 1000})
+    return MarketRecord(
+        "trade",
+        {
+            "ts": ts,
+            "venue": "kraken",
+            "symbol": "BTC/USD",
+            "side": "buy",
+            "price": price,
+            "qty": 1.0,
+            "trade_id": trade_id,
+            "ingest_ts": ts + 1000,
+        },
+    )
 
 
 def mirror(log: HotLog, seqs: range, trade_ids: list[int], ts: int) -> None:
     """Apply a peer's copies of the same trades as origin 'us'."""
     if log.position("us") is None:
         log.adopt_replid("us", "peer", 0)
-    lines = [encode_record("us", s, ts + 2000, "trade", {
-        "ts": ts + i, "venue": "kraken", "symbol": "BTC/USD", "side": "buy", "price": 100.0,
-        "qty": 1.0, "trade_id": tid, "ingest_ts": ts + 2000}).line
-        for i, (s, tid) in enumerate(zip(seqs, trade_ids, strict=True))]
+    lines = [
+        encode_record(
+            "us",
+            s,
+            ts + 2000,
+            "trade",
+            {
+                "ts": ts + i,
+                "venue": "kraken",
+                "symbol": "BTC/USD",
+                "side": "buy",
+                "price": 100.0,
+                "qty": 1.0,
+                "trade_id": tid,
+                "ingest_ts": ts + 2000,
+            },
+        ).line
+        for i, (s, tid) in enumerate(zip(seqs, trade_ids, strict=True))
+    ]
     log.apply_mirrored("us", lines, seqs[-1], ts + 2000, [])
 
 
@@ -101,8 +135,9 @@ async def test_late_records_go_to_a_late_fill_file_and_are_counted(tmp_path: Pat
     assert len(late) == 1
     assert pq.read_table(late[0]).column("trade_id").to_pylist() == [20]
     assert (directory / "_SUCCESS").is_file()
-    assert metrics.registry.get_sample_value(
-        "cryptorun_hot_late_records_total", {"region": "eu"}) == 1
+    assert (
+        metrics.registry.get_sample_value("cryptorun_hot_late_records_total", {"region": "eu"}) == 1
+    )
     again = await sealer.round(T0 + HOUR + 50 * S)
     assert again.late_rows == 0  # each late record is filled exactly once
 
@@ -138,9 +173,17 @@ async def test_sealer_state_survives_restart(tmp_path: Path) -> None:
     log, sealer, _ = setup(tmp_path)
     log.append_local(trade(T0 + S, 1))
     await sealer.round(T0 + HOUR + 31 * S)
-    reborn = HotSealer(region="eu", root=tmp_path / "root", journal=log.journal,
-                       authority=sealer.authority, partition_length=3600, seal_grace=30,
-                       is_warm_primary=lambda: True, epoch=lambda: 3, metrics=Metrics())
+    reborn = HotSealer(
+        region="eu",
+        root=tmp_path / "root",
+        journal=log.journal,
+        authority=sealer.authority,
+        partition_length=3600,
+        seal_grace=30,
+        is_warm_primary=lambda: True,
+        epoch=lambda: 3,
+        metrics=Metrics(),
+    )
     result = await reborn.round(T0 + HOUR + 60 * S)
     assert result.windows_sealed == []
     assert result.late_rows == 0

@@ -74,7 +74,10 @@ def test_trade_message() -> None:
     assert isinstance(message, TradeMessage)
     (trade,) = message.trades
     assert (trade.side, trade.price, trade.qty, trade.trade_id) == (
-        "buy", D("0.5147"), D("6423.46326"), 4665846
+        "buy",
+        D("0.5147"),
+        D("6423.46326"),
+        4665846,
     )
 
 
@@ -93,21 +96,30 @@ def test_instrument_snapshot_gives_precisions() -> None:
 
 def test_acks_errors_status_heartbeat_and_pong() -> None:
     """Method replies, status, heartbeat and unknown channels decode to their own types."""
-    ack = decode_frame('{"method":"subscribe","result":{"channel":"book","depth":10,'
-                       '"snapshot":true,"symbol":"ALGO/USD"},"success":true,"req_id":7}')
-    assert ack == MethodReply(method="subscribe", success=True, channel="book",
-                              symbol="ALGO/USD", error=None, req_id=7)
-    error = decode_frame('{"error":"Currency pair not supported XBT/USDC","method":"subscribe",'
-                         '"req_id":8,"success":false,"symbol":"XBT/USDC"}')
+    ack = decode_frame(
+        '{"method":"subscribe","result":{"channel":"book","depth":10,'
+        '"snapshot":true,"symbol":"ALGO/USD"},"success":true,"req_id":7}'
+    )
+    assert ack == MethodReply(
+        method="subscribe", success=True, channel="book", symbol="ALGO/USD", error=None, req_id=7
+    )
+    error = decode_frame(
+        '{"error":"Currency pair not supported XBT/USDC","method":"subscribe",'
+        '"req_id":8,"success":false,"symbol":"XBT/USDC"}'
+    )
     assert isinstance(error, MethodReply)
     assert (error.success, error.symbol, error.error) == (
-        False, "XBT/USDC", "Currency pair not supported XBT/USDC"
+        False,
+        "XBT/USDC",
+        "Currency pair not supported XBT/USDC",
     )
     pong = decode_frame('{"method":"pong","req_id":101,"time_in":"2023-09-24T14:10:23.799685Z"}')
     assert isinstance(pong, MethodReply)
     assert pong.success
-    status = decode_frame('{"channel":"status","type":"update","data":[{"api_version":"v2",'
-                          '"connection_id":13834774380200032777,"system":"online"}]}')
+    status = decode_frame(
+        '{"channel":"status","type":"update","data":[{"api_version":"v2",'
+        '"connection_id":13834774380200032777,"system":"online"}]}'
+    )
     assert status == StatusUpdate(system="online", connection_id=13834774380200032777)
     assert decode_frame('{"channel":"heartbeat"}') == Heartbeat()
     assert decode_frame('{"channel":"ticker","type":"update","data":[]}') == OtherMessage("ticker")
@@ -122,16 +134,23 @@ def test_acks_errors_status_heartbeat_and_pong() -> None:
         (b"\xff\xfe", "non_json"),
         ('{"foo": 1}', "malformed"),
         ('{"channel":"book","type":"update","data":[]}', "malformed"),
-        ('{"channel":"book","type":"update","data":[{"symbol":"A/B","checksum":-1}]}',
-         "malformed"),
-        ('{"channel":"book","type":"update","data":[{"symbol":"A/B","checksum":1,'
-         '"bids":[{"price":-1,"qty":1}]}]}', "malformed"),
-        ('{"channel":"trade","type":"update","data":[{"symbol":"A/B","side":"up",'
-         '"price":1,"qty":1,"trade_id":1,"timestamp":"x"}]}', "malformed"),
-        ('{"channel":"trade","type":"update","data":[{"symbol":"A/B","side":"buy",'
-         '"price":1,"qty":1,"trade_id":1.5,"timestamp":"x"}]}', "malformed"),
-        ('{"channel":"book","type":"delta","data":[{"symbol":"A/B","checksum":1}]}',
-         "malformed"),
+        ('{"channel":"book","type":"update","data":[{"symbol":"A/B","checksum":-1}]}', "malformed"),
+        (
+            '{"channel":"book","type":"update","data":[{"symbol":"A/B","checksum":1,'
+            '"bids":[{"price":-1,"qty":1}]}]}',
+            "malformed",
+        ),
+        (
+            '{"channel":"trade","type":"update","data":[{"symbol":"A/B","side":"up",'
+            '"price":1,"qty":1,"trade_id":1,"timestamp":"x"}]}',
+            "malformed",
+        ),
+        (
+            '{"channel":"trade","type":"update","data":[{"symbol":"A/B","side":"buy",'
+            '"price":1,"qty":1,"trade_id":1.5,"timestamp":"x"}]}',
+            "malformed",
+        ),
+        ('{"channel":"book","type":"delta","data":[{"symbol":"A/B","checksum":1}]}', "malformed"),
     ],
 )
 def test_bad_frames_raise_frame_error_with_a_bounded_kind(frame: str | bytes, kind: str) -> None:
@@ -178,10 +197,14 @@ def test_request_shapes() -> None:
         "req_id": 3,
     }
     assert json.loads(subscribe_request("instrument", 1)) == {
-        "method": "subscribe", "params": {"channel": "instrument"}, "req_id": 1
+        "method": "subscribe",
+        "params": {"channel": "instrument"},
+        "req_id": 1,
     }
     assert json.loads(unsubscribe_request("book", 4, ["ETH/USD"], depth=25))["params"] == {
-        "channel": "book", "symbol": ["ETH/USD"], "depth": 25
+        "channel": "book",
+        "symbol": ["ETH/USD"],
+        "depth": 25,
     }
     assert json.loads(ping_request(9)) == {"method": "ping", "req_id": 9}
 
@@ -210,10 +233,16 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return metrics.registry.get_sample_value(name, {"venue": "kraken", **labels}) or 0.0
 
 
-def book_frame(kind: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]],
-               checksum: int, symbol: str = "BTC/USD") -> str:
+def book_frame(
+    kind: str,
+    bids: list[tuple[str, str]],
+    asks: list[tuple[str, str]],
+    checksum: int,
+    symbol: str = "BTC/USD",
+) -> str:
     def side(levels: list[tuple[str, str]]) -> list[dict[str, Any]]:
         return [{"price": float(p), "qty": float(q)} for p, q in levels]
+
     return json.dumps({"channel": "book", "type": kind, "data": [{
         "symbol": symbol, "bids": side(bids), "asks": side(asks), "checksum": checksum,
         "timestamp": TS}]})  # fmt: skip
@@ -228,6 +257,7 @@ def trade_frame(kind: str, ids: list[int], symbol: str = "BTC/USD") -> str:
 def crc(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
     def dec(levels: list[tuple[str, str]]) -> list[tuple[Decimal, Decimal]]:
         return [(D(p), D(q)) for p, q in levels]
+
     return book_checksum(dec(asks), dec(bids), price_precision=1, qty_precision=8)
 
 
@@ -255,21 +285,24 @@ def test_session_subscribes_instrument_and_trades_then_books(handler: KrakenHand
     """A new session asks for instrument and trades; books follow once precisions are known."""
     first = [json.loads(r) for r in handler.take_requests(0.0)]
     assert [(r["params"]["channel"], r["params"].get("snapshot")) for r in first] == [
-        ("instrument", True), ("trade", True)
+        ("instrument", True),
+        ("trade", True),
     ]
     assert first[1]["params"]["symbol"] == ["BTC/USD", "ETH/USD"]
     feed(handler, INSTRUMENT)
     (book,) = [json.loads(r) for r in handler.take_requests(0.0)]
-    assert book["params"] == {"channel": "book", "symbol": ["BTC/USD"], "depth": 10,
-                              "snapshot": True}
+    assert book["params"] == {
+        "channel": "book",
+        "symbol": ["BTC/USD"],
+        "depth": 10,
+        "snapshot": True,
+    }
     handler.start_session()
     again = [json.loads(r)["params"]["channel"] for r in handler.take_requests(0.0)]
     assert again == ["instrument", "trade", "book"], "known precisions: books at once"
 
 
-def test_instrument_without_a_symbol_is_reported(
-    handler: KrakenHandler, metrics: Metrics
-) -> None:
+def test_instrument_without_a_symbol_is_reported(handler: KrakenHandler, metrics: Metrics) -> None:
     """A configured symbol missing from the instrument snapshot is a counted error."""
     feed(handler, INSTRUMENT)
     assert sample(metrics, "cryptorun_ingest_errors_total", kind="unknown_symbol") == 1
@@ -291,13 +324,16 @@ def test_checksum_mismatch_marks_suspect_and_resubscribes_only_that_symbol(
     assert sample(metrics, "cryptorun_ingest_checksum_failures_total", symbol="BTC/USD") == 1
     requests = [json.loads(r) for r in handler.take_requests(1.2)]
     assert [(r["method"], r["params"]["symbol"]) for r in requests] == [
-        ("unsubscribe", ["BTC/USD"]), ("subscribe", ["BTC/USD"])
+        ("unsubscribe", ["BTC/USD"]),
+        ("subscribe", ["BTC/USD"]),
     ]
     (fresh,) = feed(handler, book_frame("snapshot", bids, asks, crc(bids, asks)))
     assert fresh.fields["suspect"] is False
     status = handler.status()["symbols"]["BTC/USD"]
     assert (status["checksum_failures"], status["book_suspect"], status["suspect_records"]) == (
-        1, False, 2
+        1,
+        False,
+        2,
     )
 
 
@@ -340,19 +376,35 @@ def test_trades_gap_counted_and_replayed_snapshot_deduplicated(
     replay = feed(handler, trade_frame("snapshot", [4, 5, 6, 7]))
     assert [r.fields["trade_id"] for r in replay] == [7]
     status = handler.status()["symbols"]["BTC/USD"]
-    assert (status["last_trade_id"], status["trade_id_gaps"], status["missing_trade_ids"],
-            status["duplicate_trades_dropped"]) == (7, 1, 2, 3)
+    assert (
+        status["last_trade_id"],
+        status["trade_id_gaps"],
+        status["missing_trade_ids"],
+        status["duplicate_trades_dropped"],
+    ) == (7, 1, 2, 3)
 
 
 def test_error_ack_and_garbage_are_counted_not_raised(
     handler: KrakenHandler, metrics: Metrics
 ) -> None:
     """Error replies and non-JSON frames produce no records, only counted errors."""
-    assert feed(handler, '{"error":"Currency pair not supported ETH/USD","method":"subscribe",'
-                         '"success":false,"symbol":"ETH/USD","req_id":2}') == []
+    assert (
+        feed(
+            handler,
+            '{"error":"Currency pair not supported ETH/USD","method":"subscribe",'
+            '"success":false,"symbol":"ETH/USD","req_id":2}',
+        )
+        == []
+    )
     assert feed(handler, "upstream proxy says hello") == []
-    assert feed(handler, '{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD",'
-                         '"side":"buy","price":1,"qty":1,"trade_id":1,"timestamp":"never"}]}') == []
+    assert (
+        feed(
+            handler,
+            '{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD",'
+            '"side":"buy","price":1,"qty":1,"trade_id":1,"timestamp":"never"}]}',
+        )
+        == []
+    )
     assert sample(metrics, "cryptorun_ingest_errors_total", kind="subscribe_error") == 1
     assert sample(metrics, "cryptorun_ingest_errors_total", kind="non_json") == 1
     assert sample(metrics, "cryptorun_ingest_errors_total", kind="malformed") == 1

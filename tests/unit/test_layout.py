@@ -84,8 +84,13 @@ def test_resolve_finds_a_real_file_inside_the_root(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [f"{WARM}/../../../../etc/passwd", f"{WARM}/_SUCCESS", f"{WARM}/.part-0.parquet.partial",
-     "/etc/passwd", WARM],
+    [
+        f"{WARM}/../../../../etc/passwd",
+        f"{WARM}/_SUCCESS",
+        f"{WARM}/.part-0.parquet.partial",
+        "/etc/passwd",
+        WARM,
+    ],
 )
 def test_resolve_rejects_hostile_paths(tmp_path: Path, path: str) -> None:
     """Traversal, markers, partials and partition-only paths are 400-class errors."""

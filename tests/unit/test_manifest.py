@@ -26,8 +26,9 @@ def _write(root: Path, key: PartitionKey = KEY, rows: int = 500, files: int = 2)
 def test_seal_writes_manifest_and_success(tmp_path: Path) -> None:
     """Sealing records files, bytes, rows, per-file xxh3-128, window, schema, writer, epoch."""
     directory = _write(tmp_path)
-    manifest = seal_partition(directory, writer_region="eu-central", epoch=3,
-                              sealed_at=SEALED_AT, cache=HashCache())
+    manifest = seal_partition(
+        directory, writer_region="eu-central", epoch=3, sealed_at=SEALED_AT, cache=HashCache()
+    )
     assert is_sealed(directory)
     doc = json.loads((directory / "_manifest.json").read_text())
     assert doc["window"] == {"start": "2025-09-01T00:00:00Z", "end": "2025-09-01T01:00:00Z"}
@@ -78,9 +79,13 @@ def test_hash_cache_never_rehashes_unchanged_files(tmp_path: Path) -> None:
 
 def test_canonical_bytes_round_trip(tmp_path: Path) -> None:
     """A manifest's bytes parse back to an equal manifest and re-serialise identically."""
-    manifest = seal_partition(_write(tmp_path), writer_region="eu-central", epoch=1,
-                              sources=[{"venue": "kraken", "origin": "eu-central"}],
-                              worst_freshness_seconds=1.5)
+    manifest = seal_partition(
+        _write(tmp_path),
+        writer_region="eu-central",
+        epoch=1,
+        sources=[{"venue": "kraken", "origin": "eu-central"}],
+        worst_freshness_seconds=1.5,
+    )
     again = Manifest.from_bytes(manifest.to_bytes())
     assert again == manifest
     assert again.to_bytes() == manifest.to_bytes()
@@ -118,7 +123,13 @@ def test_identical_content_has_equal_hash_regardless_of_writer(tmp_path: Path) -
     """content_hash ignores seal time, writer region and epoch: it is about the bytes."""
     directory = _write(tmp_path)
     a = seal_partition(directory, writer_region="eu-central", epoch=1)
-    b = Manifest(tier=a.tier, partition=a.partition, files=a.files,
-                 schema_fingerprint=a.schema_fingerprint, writer_region="us-east", epoch=7,
-                 sealed_at=SEALED_AT)
+    b = Manifest(
+        tier=a.tier,
+        partition=a.partition,
+        files=a.files,
+        schema_fingerprint=a.schema_fingerprint,
+        writer_region="us-east",
+        epoch=7,
+        sealed_at=SEALED_AT,
+    )
     assert a.content_hash == b.content_hash

@@ -29,15 +29,32 @@ class Part:
     manifest: Manifest | None
 
 
-def make(hour_offset: int, *, symbol: str = "BTC-USD", sealed: bool = True, tier: str = "warm",
-         content: str = "a", epoch: int = 1, size: int = 100) -> Part:
+def make(
+    hour_offset: int,
+    *,
+    symbol: str = "BTC-USD",
+    sealed: bool = True,
+    tier: str = "warm",
+    content: str = "a",
+    epoch: int = 1,
+    size: int = 100,
+) -> Part:
     start = T0 + hour_offset * (timedelta(days=1) if tier == "cold" else HOUR)
-    key = PartitionKey(start.date(), None if tier == "cold" else start.hour, tier,  # type: ignore[arg-type]
-                       "trade", "kraken", symbol)
+    key = PartitionKey(
+        start.date(),
+        None if tier == "cold" else start.hour,
+        tier,  # type: ignore[arg-type]
+        "trade",
+        "kraken",
+        symbol,
+    )
     manifest = Manifest(
-        tier=key.tier, partition=key.relpath,
+        tier=key.tier,
+        partition=key.relpath,
         files=(FileEntry("part-0.parquet", size, f"xxh3_128:{content}"),),
-        schema_fingerprint=None, writer_region="eu-central", epoch=epoch,
+        schema_fingerprint=None,
+        writer_region="eu-central",
+        epoch=epoch,
         sealed_at=key.end + timedelta(seconds=30),
     )
     return Part(key, sealed, manifest if sealed else None)
@@ -45,8 +62,13 @@ def make(hour_offset: int, *, symbol: str = "BTC-USD", sealed: bool = True, tier
 
 def plan(source: list[Part], window: TimeRange, **kwargs: object):  # type: ignore[no-untyped-def]
     args: dict[str, object] = {
-        "tier": "warm", "from_region": "eu-central", "to_region": "us-east", "window": window,
-        "source": source, "destination": {}, "now": NOW,
+        "tier": "warm",
+        "from_region": "eu-central",
+        "to_region": "us-east",
+        "window": window,
+        "source": source,
+        "destination": {},
+        "now": NOW,
     }
     args.update(kwargs)
     return plan_replication(**args)  # type: ignore[arg-type]
@@ -124,8 +146,11 @@ def test_steps_are_hourly_windows_oldest_first_and_bounded() -> None:
 
 def test_cold_steps_are_daily() -> None:
     """Cold partitions are planned one day per step."""
-    result = plan([make(0, tier="cold"), make(1, tier="cold")],
-                  TimeRange(T0, T0 + timedelta(days=2)), tier="cold")
+    result = plan(
+        [make(0, tier="cold"), make(1, tier="cold")],
+        TimeRange(T0, T0 + timedelta(days=2)),
+        tier="cold",
+    )
     assert [str(s.window) for s in result.steps] == [
         "2025-09-01T00:00:00Z/2025-09-02T00:00:00Z",
         "2025-09-02T00:00:00Z/2025-09-03T00:00:00Z",
@@ -134,8 +159,9 @@ def test_cold_steps_are_daily() -> None:
 
 def test_unhealthy_peer_gives_no_steps_and_a_reason() -> None:
     """With the peer down the plan is empty and says why."""
-    result = plan([make(0)], TimeRange(T0, T0 + HOUR),
-                  peer=PeerHealth(False, "peer eu-central unreachable"))
+    result = plan(
+        [make(0)], TimeRange(T0, T0 + HOUR), peer=PeerHealth(False, "peer eu-central unreachable")
+    )
     assert result.steps == ()
     assert result.reason == "peer eu-central unreachable"
     assert result.problems() == ["peer eu-central unreachable"]
@@ -206,8 +232,9 @@ def test_partition_sealed_before_its_hour_ends_is_planned_by_its_seal_time() -> 
     now = T0 + 10 * HOUR + timedelta(minutes=6)
     early = make(10)
     assert early.manifest is not None
-    sealed_early = Part(early.key, True,
-                        replace(early.manifest, sealed_at=T0 + 10 * HOUR + timedelta(minutes=5)))
+    sealed_early = Part(
+        early.key, True, replace(early.manifest, sealed_at=T0 + 10 * HOUR + timedelta(minutes=5))
+    )
     result = plan([sealed_early], TimeRange(T0, T0 + 11 * HOUR), now=now)
     assert paths(result) == [early.key.relpath]
     # A window ending inside the hour excludes it even though its data ends before the cut.

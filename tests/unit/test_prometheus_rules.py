@@ -36,19 +36,21 @@ DASHBOARD = REPO / "deploy" / "grafana" / "cryptorun-replication.json"
 
 RUNBOOK = "https://github.com/cryptorun/cryptorun-daemon/blob/main/docs/DATA_MULTI_REGION.md"
 # The playbook headings the lead guarantees; an alert may link to no other.
-RUNBOOK_ANCHORS = frozenset({
-    "replication-lag-over-slo",
-    "replica-not-recovering",
-    "step-failures",
-    "corrupt-or-fenced",
-    "quarantine-spike",
-    "hot-sequence-gaps",
-    "peer-down",
-    "epoch-changed",
-    "daemon-not-ready",
-    "worker-restart-loop",
-    "ingest-checksum-failures",
-})
+RUNBOOK_ANCHORS = frozenset(
+    {
+        "replication-lag-over-slo",
+        "replica-not-recovering",
+        "step-failures",
+        "corrupt-or-fenced",
+        "quarantine-spike",
+        "hot-sequence-gaps",
+        "peer-down",
+        "epoch-changed",
+        "daemon-not-ready",
+        "worker-restart-loop",
+        "ingest-checksum-failures",
+    }
+)
 # Every alert issue 8 asks for, and the playbook section it belongs to.
 EXPECTED_ALERTS = {
     "CryptorunReplicationLagOverSLO": "replication-lag-over-slo",
@@ -69,35 +71,39 @@ EXPECTED_ALERTS = {
 }
 # State alerts, where one bad scrape must not page: they need a `for:`.
 # (Counter alerts already look back over a window and fire at once.)
-ALERTS_NEEDING_FOR = frozenset({
-    "CryptorunReplicationLagOverSLO",
-    "CryptorunReplicaNotRecovering",
-    "CryptorunReplicationStepFailures",
-    "CryptorunRegionDown",
-    "CryptorunPeerDown",
-    "CryptorunDaemonNotReady",
-})
+ALERTS_NEEDING_FOR = frozenset(
+    {
+        "CryptorunReplicationLagOverSLO",
+        "CryptorunReplicaNotRecovering",
+        "CryptorunReplicationStepFailures",
+        "CryptorunRegionDown",
+        "CryptorunPeerDown",
+        "CryptorunDaemonNotReady",
+    }
+)
 SEVERITIES = frozenset({"critical", "warning", "info"})
-EXPECTED_PANELS = frozenset({
-    "Lag vs SLO — $tier",
-    "Lag / SLO ratio",
-    "Pending at destination",
-    "Replication throughput",
-    "Step duration p95",
-    "Hot records applied",
-    "Step failures by reason",
-    "Consistency errors by check",
-    "Quarantined items",
-    "Hot sequence gaps",
-    "Replay buffer",
-    "Region roles",
-    "Fencing epoch",
-    "Daemons scraped",
-    "Ready",
-    "Peers reachable",
-    "Worker restarts",
-    "Fenced operations",
-})
+EXPECTED_PANELS = frozenset(
+    {
+        "Lag vs SLO — $tier",
+        "Lag / SLO ratio",
+        "Pending at destination",
+        "Replication throughput",
+        "Step duration p95",
+        "Hot records applied",
+        "Step failures by reason",
+        "Consistency errors by check",
+        "Quarantined items",
+        "Hot sequence gaps",
+        "Replay buffer",
+        "Region roles",
+        "Fencing epoch",
+        "Daemons scraped",
+        "Ready",
+        "Peers reachable",
+        "Worker restarts",
+        "Fenced operations",
+    }
+)
 # Series that exist without the daemon exporting them: Prometheus' own per-target health.
 SCRAPE_SERIES = frozenset({"up"})
 
@@ -110,8 +116,10 @@ def load_yaml(path: Path) -> Any:
     try:
         import yaml
     except ImportError:
-        pytest.fail("PyYAML is needed to read the Prometheus rule files: "
-                    "it belongs in the [test] extras of pyproject.toml")
+        pytest.fail(
+            "PyYAML is needed to read the Prometheus rule files: "
+            "it belongs in the [test] extras of pyproject.toml"
+        )
     return yaml.safe_load(path.read_text())
 
 
@@ -134,35 +142,65 @@ def exported_series_names() -> set[str]:
         if family.type == "counter":
             names |= {f"{family.name}_total", f"{family.name}_created"}
         elif family.type == "histogram":
-            names |= {f"{family.name}{suffix}"
-                      for suffix in ("_bucket", "_sum", "_count", "_created")}
+            names |= {
+                f"{family.name}{suffix}" for suffix in ("_bucket", "_sum", "_count", "_created")
+            }
         elif family.type == "summary":
-            names |= {family.name, f"{family.name}_sum", f"{family.name}_count",
-                      f"{family.name}_created"}
+            names |= {
+                family.name,
+                f"{family.name}_sum",
+                f"{family.name}_count",
+                f"{family.name}_created",
+            }
         else:
             names.add(family.name)
     return names
 
 
-_PROMQL_KEYWORDS = frozenset({
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "offset", "bool", "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk",
-    "bottomk", "quantile", "count_values", "group", "inf", "nan",
-})
+_PROMQL_KEYWORDS = frozenset(
+    {
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "bool",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
+        "inf",
+        "nan",
+    }
+)
 
 
 def metric_names(expr: str) -> set[str]:
     """The metric names an expression selects: identifiers that are not label names,
     label values, range durations, functions, aggregations or keywords."""
     expr = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)  # label values
-    expr = re.sub(r"\{[^}]*\}", "", expr)                              # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)                             # ranges, subqueries
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ",
-                  expr)                                                # label lists
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges, subqueries
+    expr = re.sub(
+        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr
+    )  # label lists
     names = set()
     for match in re.finditer(r"(?<![\w.$])[a-zA-Z_:][\w:]*", expr):
         name = match.group(0)
-        followed_by_call = expr[match.end():].lstrip().startswith("(")
+        followed_by_call = expr[match.end() :].lstrip().startswith("(")
         if name.lower() in _PROMQL_KEYWORDS or followed_by_call:
             continue
         names.add(name)
@@ -195,8 +233,14 @@ def dashboard_expressions(node: Any) -> Iterator[str]:
 
 def run_promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
     promtool = require_binary("promtool", "prometheus")
-    return subprocess.run([promtool, *map(str, args)], capture_output=True, text=True,
-                          timeout=120, check=False, cwd=REPO)
+    return subprocess.run(
+        [promtool, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
+    )
 
 
 # --- promtool ------------------------------------------------------------------------------
@@ -283,8 +327,9 @@ def test_lag_alerts_compare_against_the_exported_slo_per_tier() -> None:
     lag_rules = [r for r in alert_rules() if r["alert"] == "CryptorunReplicationLagOverSLO"]
     assert sorted(r["labels"]["tier"] for r in lag_rules) == ["cold", "hot", "warm"]
     for rule in lag_rules:
-        assert f'cryptorun_replication_lag_seconds{{tier="{rule["labels"]["tier"]}"}}' in rule[
-            "expr"]
+        assert (
+            f'cryptorun_replication_lag_seconds{{tier="{rule["labels"]["tier"]}"}}' in rule["expr"]
+        )
         assert re.search(r"on \(tier, region\) group_left", rule["expr"])
     not_recovering = next(r for r in alert_rules() if r["alert"] == "CryptorunReplicaNotRecovering")
     assert "predict_linear(cryptorun_replication_lag_seconds[" in not_recovering["expr"]
@@ -294,10 +339,12 @@ def test_lag_alerts_compare_against_the_exported_slo_per_tier() -> None:
 
 
 def alert_test_cases() -> list[dict[str, Any]]:
-    return [case
-            for path in RULE_TESTS
-            for group in load_yaml(path)["tests"]
-            for case in group.get("alert_rule_test", [])]
+    return [
+        case
+        for path in RULE_TESTS
+        for group in load_yaml(path)["tests"]
+        for case in group.get("alert_rule_test", [])
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ALERTS))
@@ -316,10 +363,12 @@ def test_every_alert_has_a_firing_and_a_quiet_promtool_case(name: str) -> None:
 
 def test_every_recording_rule_has_a_promtool_case() -> None:
     """Each recorded series is checked by a promql_expr_test with its expected labels."""
-    tested = {case["expr"]
-              for path in RULE_TESTS
-              for group in load_yaml(path)["tests"]
-              for case in group.get("promql_expr_test", [])}
+    tested = {
+        case["expr"]
+        for path in RULE_TESTS
+        for group in load_yaml(path)["tests"]
+        for case in group.get("promql_expr_test", [])
+    }
     assert recording_names() <= tested
 
 
@@ -334,9 +383,11 @@ def test_recording_rule_names_follow_the_naming_convention() -> None:
 
 def test_metric_name_extraction_finds_selectors_only() -> None:
     """The extractor used below sees metric names, not labels, values, functions or durations."""
-    expr = ('sum by (tier, from) (rate(cryptorun_x_total{reason=~"corrupt|up"}[5m])) '
-            '> on (tier) group_left () level:y:rate5m offset 15m or up == 0 '
-            'and changes(cryptorun_z[10m:1m]) > 30 * 60 and $region_var')
+    expr = (
+        'sum by (tier, from) (rate(cryptorun_x_total{reason=~"corrupt|up"}[5m])) '
+        "> on (tier) group_left () level:y:rate5m offset 15m or up == 0 "
+        "and changes(cryptorun_z[10m:1m]) > 30 * 60 and $region_var"
+    )
     assert metric_names(expr) == {"cryptorun_x_total", "level:y:rate5m", "up", "cryptorun_z"}
 
 

@@ -39,19 +39,27 @@ PROMOTED = T0 + timedelta(hours=10)
 
 
 def key(hour: int) -> PartitionKey:
-    return PartitionKey(day=T0.date(), hour=hour, tier="warm", dataset="trade",
-                        venue="kraken", symbol="BTC-USD")
+    return PartitionKey(
+        day=T0.date(), hour=hour, tier="warm", dataset="trade", venue="kraken", symbol="BTC-USD"
+    )
 
 
 def fence(root: Path) -> None:
-    advance_fence(root, "warm", epoch=2, primary=US, updated_at=PROMOTED,
-                  transitions=[(1, T0, EU), (2, PROMOTED, US)])
+    advance_fence(
+        root,
+        "warm",
+        epoch=2,
+        primary=US,
+        updated_at=PROMOTED,
+        transitions=[(1, T0, EU), (2, PROMOTED, US)],
+    )
 
 
 def seal(root: Path, hour: int, *, at: datetime, region: str = EU, epoch: int = 1) -> Manifest:
     directory = write_trade_partition(root, key(hour), rows=50, origin=region, seed=hour)
-    return seal_partition(directory, writer_region=region, epoch=epoch, sealed_at=at,
-                          cache=HashCache())
+    return seal_partition(
+        directory, writer_region=region, epoch=epoch, sealed_at=at, cache=HashCache()
+    )
 
 
 def old_primary_root(root: Path) -> None:
@@ -71,8 +79,11 @@ def test_divergent_partitions_move_whole_under_divergent_epoch(tmp_path: Path) -
     assert [(m["partition"], m["epoch"]) for m in moved] == [(key(2).relpath, 1)]
     aside = tmp_path / "warm" / "_divergent" / "epoch=1" / key(2).relpath
     assert moved[0]["moved_to"] == str(aside.relative_to(tmp_path))
-    assert sorted(p.name for p in aside.iterdir()) == ["_SUCCESS", "_manifest.json",
-                                                      "part-0000.parquet"]
+    assert sorted(p.name for p in aside.iterdir()) == [
+        "_SUCCESS",
+        "_manifest.json",
+        "part-0000.parquet",
+    ]
     assert not key(2).directory(tmp_path).exists()
     assert key(1).directory(tmp_path).is_dir()
     catalog = Catalog(tmp_path)
@@ -89,9 +100,14 @@ async def test_new_primary_pulls_only_the_legitimate_delta(tmp_path: Path) -> No
     old_primary_root(src)
     fence(src)
     fence(dst)
-    server = PartitionServer(root=src, region=EU, catalog=Catalog(src),
-                             epoch_provider=lambda _t: 2, now=lambda: datetime.now(UTC),
-                             serve_guard=lambda _tier, **_kw: (409, "fenced", "not primary"))
+    server = PartitionServer(
+        root=src,
+        region=EU,
+        catalog=Catalog(src),
+        epoch_provider=lambda _t: 2,
+        now=lambda: datetime.now(UTC),
+        serve_guard=lambda _tier, **_kw: (409, "fenced", "not primary"),
+    )
     app = web.Application(middlewares=[error_middleware])
     app.add_routes(server.routes())
     test_server = TestServer(app, host="127.0.0.1", port=0)
@@ -103,13 +119,25 @@ async def test_new_primary_pulls_only_the_legitimate_delta(tmp_path: Path) -> No
             peer = HttpPeer(session, EU, str(test_server.make_url("")).rstrip("/"), headers={})
 
             def executor(source: ReconcileSource) -> WarmColdExecutor:
-                return WarmColdExecutor(root=dst, region=US, source=source, metrics=metrics,
-                                        retry_backoff=0.0, hash_cache=HashCache())
+                return WarmColdExecutor(
+                    root=dst,
+                    region=US,
+                    source=source,
+                    metrics=metrics,
+                    retry_backoff=0.0,
+                    hash_cache=HashCache(),
+                )
 
             link = ReconcileLink(
-                rule=Rule("warm", "active-passive", EU, (US,), 60.0), region=US, peer=peer,
-                catalog=Catalog(dst), make_executor=executor, metrics=metrics,
-                clock=SystemClock(), epoch_provider=lambda _t: 2, record=record,
+                rule=Rule("warm", "active-passive", EU, (US,), 60.0),
+                region=US,
+                peer=peer,
+                catalog=Catalog(dst),
+                make_executor=executor,
+                metrics=metrics,
+                clock=SystemClock(),
+                epoch_provider=lambda _t: 2,
+                record=record,
                 step_max_partitions=24,
             )
             first = await link.run_pass()
@@ -119,8 +147,12 @@ async def test_new_primary_pulls_only_the_legitimate_delta(tmp_path: Path) -> No
     assert (first.ok, first.partitions_committed) == (True, 1)
     assert (second.ok, second.partitions_committed) == (True, 0)
     assert [m.key.hour for m in Catalog(dst).sealed_manifests("warm")] == [1]
-    assert metrics.registry.get_sample_value(
-        "cryptorun_reconciled_partitions_total", {"tier": "warm", "action": "pulled"}) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "cryptorun_reconciled_partitions_total", {"tier": "warm", "action": "pulled"}
+        )
+        == 1
+    )
     doc = record.to_json()
     assert (doc["pulled"], doc["epoch"]) == (1, 2)
     assert doc["paths"]["pulled"] == [f"{key(1).relpath} (from {EU})"]

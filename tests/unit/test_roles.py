@@ -230,9 +230,7 @@ def test_check_writer_fences_everyone_but_the_current_primary_and_epoch() -> Non
 
 def test_snapshot_json_lists_tiers_and_sorted_regions() -> None:
     """The snapshot's JSON view is deterministic (sorted), for status output."""
-    snap = Snapshot(
-        tiers={"warm": _warm()}, drained=frozenset({"b", "a"}), alive=frozenset({"c"})
-    )
+    snap = Snapshot(tiers={"warm": _warm()}, drained=frozenset({"b", "a"}), alive=frozenset({"c"}))
     doc = snap.to_json()
     assert list(doc["tiers"]) == ["warm"]
     assert doc["drained"] == ["a", "b"]

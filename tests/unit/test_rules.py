@@ -88,17 +88,33 @@ def test_plan_round_trips_through_json() -> None:
         window=TimeRange(T0, T0 + timedelta(hours=1)),
         validators=("schema",),
         partitions=(
-            PlannedPartition("trade/venue=kraken/symbol=BTC-USD/date=2025-09-01/hour=00",
-                             "xxh3_128:00", 1, 10, "2025-09-01T01:00:00Z", 1),
+            PlannedPartition(
+                "trade/venue=kraken/symbol=BTC-USD/date=2025-09-01/hour=00",
+                "xxh3_128:00",
+                1,
+                10,
+                "2025-09-01T01:00:00Z",
+                1,
+            ),
         ),
     )
     plan = Plan(
-        "warm", "eu-central", "us-east", TimeRange(T0, T0 + timedelta(days=1)),
-        steps=(step,), in_sync=3, skipped=(SkippedPartition("x", "unsealed"),),
+        "warm",
+        "eu-central",
+        "us-east",
+        TimeRange(T0, T0 + timedelta(days=1)),
+        steps=(step,),
+        in_sync=3,
+        skipped=(SkippedPartition("x", "unsealed"),),
     )
     doc = plan.to_json()
     assert doc["summary"] == {
-        "steps": 1, "partitions": 1, "files": 1, "bytes": 10, "in_sync": 3, "skipped": 1,
+        "steps": 1,
+        "partitions": 1,
+        "files": 1,
+        "bytes": 10,
+        "in_sync": 3,
+        "skipped": 1,
     }
     assert Plan.from_json(doc) == plan
 

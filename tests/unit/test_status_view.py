@@ -24,18 +24,47 @@ STATUS = {
             "role": "replica",
             "state_problem": "stored primary differs from config",
             "write_refusal": "epochs not compared with us-east",
-            "rules": [{"mode": "active-passive", "from": "eu-central", "to": ["us-east"],
-                       "lag_slo_seconds": 60.0}],
-            "sources": {"eu-central": {"lag_seconds": 12.5, "lag_slo_seconds": 60.0,
-                                       "pending_partitions": 2, "last_success": "T1",
-                                       "last_error": None}},
+            "rules": [
+                {
+                    "mode": "active-passive",
+                    "from": "eu-central",
+                    "to": ["us-east"],
+                    "lag_slo_seconds": 60.0,
+                }
+            ],
+            "sources": {
+                "eu-central": {
+                    "lag_seconds": 12.5,
+                    "lag_slo_seconds": 60.0,
+                    "pending_partitions": 2,
+                    "last_success": "T1",
+                    "last_error": None,
+                }
+            },
         },
-        "hot": {"stream": {"origins": {"eu-central": {
-            "replid": "abc", "head_seq": 10, "applied_seq": 9, "connected": True,
-            "last_gap": None}}}},
+        "hot": {
+            "stream": {
+                "origins": {
+                    "eu-central": {
+                        "replid": "abc",
+                        "head_seq": 10,
+                        "applied_seq": 9,
+                        "connected": True,
+                        "last_gap": None,
+                    }
+                }
+            }
+        },
     },
-    "peers_health": {"eu-central": {"up": True, "reachable": True, "last_ok": "T2",
-                                    "down_since": None, "last_error": None}},
+    "peers_health": {
+        "eu-central": {
+            "up": True,
+            "reachable": True,
+            "last_ok": "T2",
+            "down_since": None,
+            "last_error": None,
+        }
+    },
     "quarantine": {"warm": {"files": 1, "rows": 7}},
 }
 
@@ -64,14 +93,18 @@ async def test_quarantine_counts_reach_status(tmp_path: Path) -> None:
     (qdir / "part-0.parquet.error.json").write_text("{}")
     part = root / "warm/trade/venue=kraken/symbol=BTC-USD/date=2025-09-01/hour=00"
     part.mkdir(parents=True)
-    sidecar = {"version": 1, "files": {"part-0.parquet": {"region": "eu-central",
-                                                          "flagged_rows": 4}}}
+    sidecar = {
+        "version": 1,
+        "files": {"part-0.parquet": {"region": "eu-central", "flagged_rows": 4}},
+    }
     (part / "_quarantine.json").write_text(json.dumps(sidecar))
     async with run_daemon(config_path) as daemon:
         view = daemon.ctx.components["quarantine"]
         assert isinstance(view, QuarantineStatus)
         await view.refresh()
-        async with aiohttp.ClientSession() as http, \
-                http.get(f"{spec.base_url}/v1/status?tier=warm") as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{spec.base_url}/v1/status?tier=warm") as resp,
+        ):
             doc = await resp.json()
     assert doc["quarantine"] == {"warm": {"files": 1, "rows": 4}}

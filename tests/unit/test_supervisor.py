@@ -36,7 +36,9 @@ async def test_crashing_worker_is_restarted_and_counted() -> None:
     assert runs == 3
     assert restarts(metrics, "flaky") == 2
     assert supervisor.workers()["flaky"] == {
-        "running": True, "restarts": 2, "last_error": "RuntimeError: boom 2"
+        "running": True,
+        "restarts": 2,
+        "last_error": "RuntimeError: boom 2",
     }
     assert await supervisor.stop(timeout=1) == []
 

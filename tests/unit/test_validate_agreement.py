@@ -127,8 +127,13 @@ def price_paths(draw: st.DrawFn) -> tuple[list[float], list[float]]:
     st.sampled_from([128, 7, 3, 1]),
 )
 def test_anomaly_forms_agree(
-    path: tuple[list[float], list[float]], window: int, min_samples: int, horizon: int,
-    level_shifts: bool, tick: float, baseline_samples: int,
+    path: tuple[list[float], list[float]],
+    window: int,
+    min_samples: int,
+    horizon: int,
+    level_shifts: bool,
+    tick: float,
+    baseline_samples: int,
 ) -> None:
     """The stateful per-record check and the batch flag the same rows for the same reason.
 
@@ -139,13 +144,25 @@ def test_anomaly_forms_agree(
     n = len(prices)
     params = AnomalyParams(
         AnomalyConfig(window=window, min_samples=min_samples, min_relative_move=0.0005),
-        spike_horizon=horizon, flag_level_shifts=level_shifts, tick_size=tick,
-        volume_min_ratio=100.0, baseline_samples=baseline_samples,
+        spike_horizon=horizon,
+        flag_level_shifts=level_shifts,
+        tick_size=tick,
+        volume_min_ratio=100.0,
+        baseline_samples=baseline_samples,
     )
     rows = [
-        {"venue": "kraken", "symbol": "BTC/USD" if i % 3 else "ETH/USD", "price": p, "qty": q,
-         "ts": T0 + i, "ingest_ts": T0 + i, "side": "buy", "trade_id": i, "origin": "eu-central",
-         "seq": i}
+        {
+            "venue": "kraken",
+            "symbol": "BTC/USD" if i % 3 else "ETH/USD",
+            "price": p,
+            "qty": q,
+            "ts": T0 + i,
+            "ingest_ts": T0 + i,
+            "side": "buy",
+            "trade_id": i,
+            "origin": "eu-central",
+            "seq": i,
+        }
         for i, (p, q) in enumerate(zip(prices, qty, strict=True))
     ]
     table = pa.Table.from_pylist(rows, schema=arrow_schema("trade"))
@@ -189,24 +206,38 @@ def test_anomaly_forms_agree_on_chunked_partitions_with_default_windows(
     names = np.array(["BTC/USD", "ETH/USD", "SOL/USD"])[rng.integers(0, symbols, n)]
     ts = T0 + np.arange(n, dtype=np.int64)
     whole = pa.table(
-        {"ts": pa.array(ts, pa.timestamp("ns", tz="UTC")), "venue": ["kraken"] * n,
-         "symbol": names, "side": ["buy"] * n, "price": price, "qty": qty,
-         "trade_id": np.arange(n), "ingest_ts": pa.array(ts, pa.timestamp("ns", tz="UTC")),
-         "origin": ["eu-central"] * n, "seq": np.arange(n)},
+        {
+            "ts": pa.array(ts, pa.timestamp("ns", tz="UTC")),
+            "venue": ["kraken"] * n,
+            "symbol": names,
+            "side": ["buy"] * n,
+            "price": price,
+            "qty": qty,
+            "trade_id": np.arange(n),
+            "ingest_ts": pa.array(ts, pa.timestamp("ns", tz="UTC")),
+            "origin": ["eu-central"] * n,
+            "seq": np.arange(n),
+        },
         schema=arrow_schema("trade"),
     )
     # Record batches of uneven sizes, as a Parquet reader hands them back.
     cuts = sorted(rng.integers(1, n, 4).tolist())
     chunked = pa.Table.from_batches(
-        [b for a, b_ in zip([0, *cuts], [*cuts, n], strict=True)
-         for b in whole.slice(a, b_ - a).to_batches()]
+        [
+            b
+            for a, b_ in zip([0, *cuts], [*cuts, n], strict=True)
+            for b in whole.slice(a, b_ - a).to_batches()
+        ]
     )
     params = AnomalyParams()
     result = anomaly_batch(chunked, params)
     batch = {(int(row), g.field, g.reason) for g in result.groups for row in g.rows.tolist()}
     assert batch == _per_record_findings(whole, params)
-    assert batch == {(int(row), g.field, g.reason)
-                     for g in anomaly_batch(whole, params).groups for row in g.rows.tolist()}
+    assert batch == {
+        (int(row), g.field, g.reason)
+        for g in anomaly_batch(whole, params).groups
+        for row in g.rows.tolist()
+    }
 
 
 @settings(max_examples=100, deadline=None)
@@ -222,8 +253,14 @@ def test_detector_run_equals_push(
 ) -> None:
     """Driving the detector over an array (in one piece or two) equals pushing one by one."""
     raws = np.exp(np.cumsum(np.asarray(returns)))
-    params = DetectorParams(window=window, min_samples=min_samples, threshold=3.5,
-                            guard=0.0005, floor=1e-4, baseline_samples=baseline_samples)
+    params = DetectorParams(
+        window=window,
+        min_samples=min_samples,
+        threshold=3.5,
+        guard=0.0005,
+        floor=1e-4,
+        baseline_samples=baseline_samples,
+    )
     batch = SeriesDetector(params, "return").run(raws)
     pieces = SeriesDetector(params, "return")
     cut = min(cut, len(raws))

@@ -53,8 +53,9 @@ def flagged(table: pa.Table, params: AnomalyParams | None = None) -> dict[int, t
     return {row: (g.field, g.reason) for row, g in result.first_group_per_row().items()}
 
 
-def noisy(n: int, *, price: float = 60_000.0, sigma: float = 3.0, tick: float = 0.1,
-          seed: int = 7) -> np.ndarray:
+def noisy(
+    n: int, *, price: float = 60_000.0, sigma: float = 3.0, tick: float = 0.1, seed: int = 7
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.round((price + rng.normal(0.0, sigma, n)) / tick) * tick
 
@@ -220,11 +221,18 @@ def test_book_mid_price_spike() -> None:
     ts = pa.array(T0 + np.arange(n, dtype=np.int64), pa.timestamp("ns", tz="UTC"))
     table = pa.table(
         {
-            "ts": ts, "venue": ["kraken"] * n, "symbol": ["BTC/USD"] * n,
-            "bids_px": [[m - 0.5, m - 1.0] for m in mids], "bids_qty": [[1.0, 1.0]] * n,
-            "asks_px": [[m + 0.5, m + 1.0] for m in mids], "asks_qty": [[1.0, 1.0]] * n,
-            "checksum": pa.nulls(n, pa.int64()), "suspect": [False] * n, "ingest_ts": ts,
-            "origin": ["eu-central"] * n, "seq": np.arange(n),
+            "ts": ts,
+            "venue": ["kraken"] * n,
+            "symbol": ["BTC/USD"] * n,
+            "bids_px": [[m - 0.5, m - 1.0] for m in mids],
+            "bids_qty": [[1.0, 1.0]] * n,
+            "asks_px": [[m + 0.5, m + 1.0] for m in mids],
+            "asks_qty": [[1.0, 1.0]] * n,
+            "checksum": pa.nulls(n, pa.int64()),
+            "suspect": [False] * n,
+            "ingest_ts": ts,
+            "origin": ["eu-central"] * n,
+            "seq": np.arange(n),
         },
         schema=arrow_schema("book"),
     )

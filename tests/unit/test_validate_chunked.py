@@ -27,9 +27,7 @@ def _table(n: int, seed: int, defects: list[tuple[str, int]], symbols: int) -> p
     qty = rng.lognormal(0.0, 1.0, n)
     side = np.where(rng.random(n) < 0.5, "buy", "sell").astype(object)
     venue = np.full(n, "kraken", dtype=object)
-    symbol = np.array(["BTC/USD", "ETH/USD", "SOL/USD"], dtype=object)[
-        rng.integers(0, symbols, n)
-    ]
+    symbol = np.array(["BTC/USD", "ETH/USD", "SOL/USD"], dtype=object)[rng.integers(0, symbols, n)]
     seq = np.arange(n, dtype=np.int64)
     for kind, at in defects:
         row = at % n
@@ -55,10 +53,16 @@ def _table(n: int, seed: int, defects: list[tuple[str, int]], symbols: int) -> p
             price[row] *= 1.05
     return pa.table(
         {
-            "ts": pa.array(ts, pa.timestamp("ns", tz="UTC")), "venue": venue.tolist(),
-            "symbol": symbol.tolist(), "side": side.tolist(), "price": price, "qty": qty,
-            "trade_id": seq.copy(), "ingest_ts": pa.array(ingest, pa.timestamp("ns", tz="UTC")),
-            "origin": ["eu-central"] * n, "seq": seq,
+            "ts": pa.array(ts, pa.timestamp("ns", tz="UTC")),
+            "venue": venue.tolist(),
+            "symbol": symbol.tolist(),
+            "side": side.tolist(),
+            "price": price,
+            "qty": qty,
+            "trade_id": seq.copy(),
+            "ingest_ts": pa.array(ingest, pa.timestamp("ns", tz="UTC")),
+            "origin": ["eu-central"] * n,
+            "seq": seq,
         },
         schema=arrow_schema("trade"),
     )
@@ -82,8 +86,18 @@ def _findings(report: TableReport) -> tuple[list[bool], list[tuple[str, str, str
 
 
 defect_kinds = st.sampled_from(
-    ["nan_price", "neg_qty", "zero_qty", "inf_price", "bad_side", "bad_venue", "neg_seq",
-     "stale", "drift", "spike"]
+    [
+        "nan_price",
+        "neg_qty",
+        "zero_qty",
+        "inf_price",
+        "bad_side",
+        "bad_venue",
+        "neg_seq",
+        "stale",
+        "drift",
+        "spike",
+    ]
 )
 
 
@@ -97,7 +111,11 @@ defect_kinds = st.sampled_from(
     st.integers(min_value=-1, max_value=700),
 )
 def test_chunked_dictionary_table_gives_the_findings_of_one_plain_chunk(
-    n: int, seed: int, defects: list[tuple[str, int]], symbols: int, row_group: int,
+    n: int,
+    seed: int,
+    defects: list[tuple[str, int]],
+    symbols: int,
+    row_group: int,
     batch: int,
 ) -> None:
     """Whatever the chunking and wherever a defect sits, every check flags the same rows."""
@@ -113,8 +131,9 @@ def test_staleness_with_misaligned_chunks_falls_back_to_the_full_check() -> None
     plain = _table(1_000, 3, [("stale", 10), ("drift", 700)], 1)
     ts = plain.column("ts")
     shifted = plain.set_column(
-        0, "ts", pa.chunked_array([ts.slice(0, 333).combine_chunks(),
-                                   ts.slice(333).combine_chunks()])
+        0,
+        "ts",
+        pa.chunked_array([ts.slice(0, 333).combine_chunks(), ts.slice(333).combine_chunks()]),
     )
     assert [c.num_chunks for c in (shifted.column("ts"), shifted.column("ingest_ts"))] == [2, 1]
     assert _findings(validate_table(shifted, dataset="trade", tier="warm")) == _findings(
@@ -142,9 +161,7 @@ def test_rows_with_a_null_symbol_are_left_out_of_every_stream() -> None:
     symbols[eth[500]] = None
     table = plain.set_column(
         plain.schema.get_field_index("price"), "price", pa.array(price)
-    ).set_column(
-        plain.schema.get_field_index("symbol"), "symbol", pa.array(symbols, pa.string())
-    )
+    ).set_column(plain.schema.get_field_index("symbol"), "symbol", pa.array(symbols, pa.string()))
     chunked = pa.Table.from_batches(table.to_batches(max_chunksize=700))
     found = {
         (g.check, g.field, g.reason): g.rows.tolist()

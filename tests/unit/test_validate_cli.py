@@ -16,15 +16,21 @@ T0 = 1_756_684_800_000_000_000
 S = 1_000_000_000
 
 
-def write(
-    folder: Path, n: int = 20, stale_rows: tuple[int, ...] = (), skew: int = 120 * S
-) -> Path:
+def write(folder: Path, n: int = 20, stale_rows: tuple[int, ...] = (), skew: int = 120 * S) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     data: list[dict[str, Any]] = [
-        {"ts": T0 + i * S, "venue": "kraken", "symbol": "BTC/USD", "side": "sell",
-         "price": 100.0, "qty": 1.0, "trade_id": i,
-         "ingest_ts": T0 + i * S + (skew if i in stale_rows else 0),
-         "origin": "eu-central", "seq": i}
+        {
+            "ts": T0 + i * S,
+            "venue": "kraken",
+            "symbol": "BTC/USD",
+            "side": "sell",
+            "price": 100.0,
+            "qty": 1.0,
+            "trade_id": i,
+            "ingest_ts": T0 + i * S + (skew if i in stale_rows else 0),
+            "origin": "eu-central",
+            "seq": i,
+        }
         for i in range(n)
     ]
     path = folder / "part-000.parquet"

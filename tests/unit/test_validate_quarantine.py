@@ -35,9 +35,18 @@ def rows(n: int = 200) -> list[dict[str, Any]]:
     rng = np.random.default_rng(1)
     prices = np.round(60_000 + rng.normal(0, 3, n), 1)
     return [
-        {"ts": T0 + i * S, "venue": "kraken", "symbol": "BTC/USD", "side": "buy",
-         "price": float(prices[i]), "qty": 1.0, "trade_id": i, "ingest_ts": T0 + i * S + 1000,
-         "origin": "eu-central", "seq": i}
+        {
+            "ts": T0 + i * S,
+            "venue": "kraken",
+            "symbol": "BTC/USD",
+            "side": "buy",
+            "price": float(prices[i]),
+            "qty": 1.0,
+            "trade_id": i,
+            "ingest_ts": T0 + i * S + 1000,
+            "origin": "eu-central",
+            "seq": i,
+        }
         for i in range(n)
     ]
 
@@ -57,8 +66,14 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 
 def run(path: Path, root: Path, metrics: Metrics, **kwargs: Any) -> Any:
     return validate_partition_file(
-        path, dataset="trade", tier="warm", region="us-east", config=ValidationConfig(),
-        metrics=metrics, storage_root=root, **kwargs,
+        path,
+        dataset="trade",
+        tier="warm",
+        region="us-east",
+        config=ValidationConfig(),
+        metrics=metrics,
+        storage_root=root,
+        **kwargs,
     )
 
 
@@ -71,8 +86,10 @@ def test_clean_file_is_left_alone(tmp_path: Path) -> None:
     assert verdict.committable
     assert verdict.fingerprint == fingerprint("trade")
     assert not (path.parent / SIDECAR_NAME).exists()
-    assert sample(metrics, "cryptorun_quarantine_total", tier="warm", region="us-east",
-                  kind="row") == 0
+    assert (
+        sample(metrics, "cryptorun_quarantine_total", tier="warm", region="us-east", kind="row")
+        == 0
+    )
 
 
 def test_row_findings_write_a_sidecar_and_keep_the_bytes(tmp_path: Path) -> None:
@@ -137,11 +154,21 @@ def test_wrong_schema_moves_the_file_with_an_error_record(tmp_path: Path) -> Non
     assert record["errors"][0]["reason"] == "missing"
     assert record["source"] == "eu-central"
     assert record["original_path"] == str(path)
-    assert sample(metrics, "cryptorun_quarantine_total", tier="warm", region="us-east",
-                  kind="file") == 1
+    assert (
+        sample(metrics, "cryptorun_quarantine_total", tier="warm", region="us-east", kind="file")
+        == 1
+    )
     assert sample(metrics, "cryptorun_data_consistency_errors_total", check="schema") == 1
-    assert sample(metrics, "cryptorun_validation_errors_total", check="schema", tier="warm",
-                  region="us-east") == 1
+    assert (
+        sample(
+            metrics,
+            "cryptorun_validation_errors_total",
+            check="schema",
+            tier="warm",
+            region="us-east",
+        )
+        == 1
+    )
 
 
 def test_corrupt_file_is_quarantined_as_corrupt(tmp_path: Path) -> None:
@@ -166,7 +193,8 @@ def test_second_quarantine_of_same_path_does_not_overwrite(tmp_path: Path) -> No
         run(path, tmp_path, metrics)
     folder = tmp_path / "_quarantine" / "warm" / "us-east" / PARTITION
     assert sorted(p.name for p in folder.iterdir() if p.suffix != ".json") == [
-        "part-000.parquet", "part-000.parquet.1",
+        "part-000.parquet",
+        "part-000.parquet.1",
     ]
 
 
@@ -217,8 +245,9 @@ def test_counts_and_release(tmp_path: Path) -> None:
 
 def test_partition_validator_fits_the_copier_protocol(tmp_path: Path) -> None:
     """The bound validator takes (path, dataset, tier) and answers ok/detail."""
-    validator = partition_validator(region="us-east", config=ValidationConfig(),
-                                    metrics=Metrics(), storage_root=tmp_path)
+    validator = partition_validator(
+        region="us-east", config=ValidationConfig(), metrics=Metrics(), storage_root=tmp_path
+    )
     data = rows()
     data[5]["price"] = -1.0
     verdict = validator(write(tmp_path, data), "trade", "warm")
@@ -231,4 +260,3 @@ def test_partition_validator_fits_the_copier_protocol(tmp_path: Path) -> None:
     assert verdict.detail.startswith("corrupt failure")
     with pytest.raises(ValueError, match="unknown dataset"):
         validator(bad, "candle", "warm")
-

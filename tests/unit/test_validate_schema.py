@@ -27,8 +27,16 @@ T0 = 1_756_684_800_000_000_000
 
 def trade(**overrides: Any) -> dict[str, Any]:
     record: dict[str, Any] = {
-        "ts": T0, "venue": "kraken", "symbol": "BTC/USD", "side": "buy", "price": 60000.0,
-        "qty": 0.5, "trade_id": 1, "ingest_ts": T0 + 1_000_000, "origin": "eu-central", "seq": 7,
+        "ts": T0,
+        "venue": "kraken",
+        "symbol": "BTC/USD",
+        "side": "buy",
+        "price": 60000.0,
+        "qty": 0.5,
+        "trade_id": 1,
+        "ingest_ts": T0 + 1_000_000,
+        "origin": "eu-central",
+        "seq": 7,
     }
     record.update(overrides)
     return record
@@ -36,9 +44,18 @@ def trade(**overrides: Any) -> dict[str, Any]:
 
 def book(**overrides: Any) -> dict[str, Any]:
     record: dict[str, Any] = {
-        "ts": T0, "venue": "kraken", "symbol": "BTC/USD", "bids_px": [100.0, 99.5],
-        "bids_qty": [1.0, 2.0], "asks_px": [100.5, 101.0], "asks_qty": [1.0, 0.0],
-        "checksum": None, "suspect": False, "ingest_ts": T0, "origin": "us-east", "seq": 1,
+        "ts": T0,
+        "venue": "kraken",
+        "symbol": "BTC/USD",
+        "bids_px": [100.0, 99.5],
+        "bids_qty": [1.0, 2.0],
+        "asks_px": [100.5, 101.0],
+        "asks_qty": [1.0, 0.0],
+        "checksum": None,
+        "suspect": False,
+        "ingest_ts": T0,
+        "origin": "us-east",
+        "seq": 1,
     }
     record.update(overrides)
     return record
@@ -145,17 +162,23 @@ def test_error_is_strict_json() -> None:
     assert isinstance(error, ValidationError)
     decoded = json.loads(error.to_json())
     assert decoded == {
-        "check": "schema", "field": "price", "value": "NaN", "reason": "not_finite",
-        "expected": error.expected, "lag": 0,
+        "check": "schema",
+        "field": "price",
+        "value": "NaN",
+        "reason": "not_finite",
+        "expected": error.expected,
+        "lag": 0,
     }
 
 
 def test_file_level_errors_for_missing_wrong_and_extra_columns() -> None:
     """A table with a missing, a wrong-typed and an extra column lists all three."""
     table = pa.Table.from_pylist([trade()], schema=arrow_schema("trade"))
-    table = table.drop_columns(["qty"]).set_column(
-        table.schema.get_field_index("price") - 0, "price", pa.array(["60000"])
-    ).append_column("note", pa.array(["x"]))
+    table = (
+        table.drop_columns(["qty"])
+        .set_column(table.schema.get_field_index("price") - 0, "price", pa.array(["60000"]))
+        .append_column("note", pa.array(["x"]))
+    )
     errors = {(e.field, e.reason) for e in table_schema_errors(table.schema, get_schema("trade"))}
     assert errors == {("qty", "missing"), ("price", "wrong_type"), ("note", "extra_field")}
 
@@ -171,15 +194,23 @@ def test_dictionary_strings_and_utc_aliases_are_accepted() -> None:
 
 def test_batch_flags_the_right_rows_and_fields() -> None:
     """Row-level batch findings carry the failing rows, field and reason."""
-    rows = [trade(), trade(price=math.nan), trade(price=-5.0), trade(qty=-1.0), trade(side="x"),
-            trade(symbol="bad")]
+    rows = [
+        trade(),
+        trade(price=math.nan),
+        trade(price=-5.0),
+        trade(qty=-1.0),
+        trade(side="x"),
+        trade(symbol="bad"),
+    ]
     table = pa.Table.from_pylist(rows, schema=arrow_schema("trade"))
     result = schema_batch(table, "trade")
     assert result.mask.tolist() == [False, True, True, True, True, True]
     found = {(g.field, g.reason): g.rows.tolist() for g in result.groups}
     assert found == {
-        ("price", "not_finite"): [1], ("price", "out_of_domain"): [2],
-        ("qty", "out_of_domain"): [3], ("side", "out_of_domain"): [4],
+        ("price", "not_finite"): [1],
+        ("price", "out_of_domain"): [2],
+        ("qty", "out_of_domain"): [3],
+        ("side", "out_of_domain"): [4],
         ("symbol", "bad_format"): [5],
     }
     nan_group = next(g for g in result.groups if g.reason == "not_finite")
@@ -192,9 +223,7 @@ def test_batch_null_in_non_nullable_column() -> None:
     loose = pa.schema([f.with_nullable(True) for f in schema])
     table = pa.Table.from_pylist([trade(), trade(price=None)], schema=loose)
     result = schema_batch(table, "trade")
-    assert [(g.field, g.reason, g.rows.tolist()) for g in result.groups] == [
-        ("price", "null", [1])
-    ]
+    assert [(g.field, g.reason, g.rows.tolist()) for g in result.groups] == [("price", "null", [1])]
 
 
 def test_batch_book_lengths_and_levels() -> None:

@@ -14,8 +14,16 @@ S = 1_000_000_000
 
 def rec(ts: int, ingest_ts: int) -> dict[str, Any]:
     return {
-        "ts": ts, "venue": "kraken", "symbol": "BTC/USD", "side": "buy", "price": 1.0,
-        "qty": 1.0, "trade_id": 1, "ingest_ts": ingest_ts, "origin": "eu-central", "seq": 0,
+        "ts": ts,
+        "venue": "kraken",
+        "symbol": "BTC/USD",
+        "side": "buy",
+        "price": 1.0,
+        "qty": 1.0,
+        "trade_id": 1,
+        "ingest_ts": ingest_ts,
+        "origin": "eu-central",
+        "seq": 0,
     }
 
 
@@ -29,7 +37,10 @@ def test_skew_beyond_threshold_is_stale() -> None:
     error = staleness_check(5.0)(rec(T0, T0 + 6 * S))
     assert error is not None
     assert (error.check, error.field, error.reason, error.value) == (
-        "staleness", "ingest_ts", "stale", 6 * S,
+        "staleness",
+        "ingest_ts",
+        "stale",
+        6 * S,
     )
 
 
@@ -38,7 +49,10 @@ def test_future_timestamp_is_drift_not_staleness() -> None:
     error = staleness_check(5.0, drift_tolerance=2.0)(rec(T0 + 3 * S, T0))
     assert error is not None
     assert (error.check, error.field, error.reason, error.value) == (
-        "drift", "ts", "clock_drift", 3 * S,
+        "drift",
+        "ts",
+        "clock_drift",
+        3 * S,
     )
 
 
@@ -69,7 +83,8 @@ def test_batch_matches_per_record() -> None:
     result = staleness_batch(table, 60.0, drift_tolerance=2.0)
     assert result.mask.tolist() == [False, True, True, False]
     assert [(g.check, g.reason, g.rows.tolist()) for g in result.groups] == [
-        ("drift", "clock_drift", [2]), ("staleness", "stale", [1]),
+        ("drift", "clock_drift", [2]),
+        ("staleness", "stale", [1]),
     ]
     check = staleness_check(60.0, drift_tolerance=2.0)
     for row, group in result.first_group_per_row().items():

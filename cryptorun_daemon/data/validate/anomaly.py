@@ -166,9 +166,7 @@ class AnomalyChecker:
         index = stream.records
         stream.records += 1
         found: list[tuple[str, Event]] = []
-        price = (
-            _positive_number(record.get("price")) if self.dataset == "trade" else _mid(record)
-        )
+        price = _positive_number(record.get("price")) if self.dataset == "trade" else _mid(record)
         if price is not None:
             found += [(PRICE_FIELD[self.dataset], e) for e in stream.price.push(index, price)]
         if stream.volume is not None:
@@ -177,8 +175,9 @@ class AnomalyChecker:
                 found += [("qty", e) for e in stream.volume.push(index, qty)]
         found.sort(key=lambda item: item[1].tag)
         return [
-            ValidationError("anomaly", name, e.raw, self.params.expected(), e.reason,
-                            lag=index - e.tag)
+            ValidationError(
+                "anomaly", name, e.raw, self.params.expected(), e.reason, lag=index - e.tag
+            )
             for name, e in found
         ]
 
@@ -218,8 +217,9 @@ def _stream_rows(table: pa.Table) -> Iterator[npt.NDArray[np.int64]]:
         keys = keys.astype(np.uint16)
     order = np.argsort(keys, kind="stable")
     ends = np.cumsum(np.bincount(keys, minlength=streams + 1))
-    for start, stop in zip([0, *ends[:streams - 1].tolist()], ends[:streams].tolist(),
-                           strict=True):
+    for start, stop in zip(
+        [0, *ends[: streams - 1].tolist()], ends[:streams].tolist(), strict=True
+    ):
         if stop > start:
             yield order[start:stop].astype(np.int64, copy=False)
 
@@ -229,9 +229,7 @@ def _price_chunks(table: pa.Table, dataset: Dataset) -> list[FloatArray]:
     if dataset == "trade":
         return float_chunks(table.column("price"))
     out = np.full(table.num_rows, np.nan)
-    bids, asks = (
-        table.column(name).combine_chunks() for name in ("bids_px", "asks_px")
-    )
+    bids, asks = (table.column(name).combine_chunks() for name in ("bids_px", "asks_px"))
     best = []
     for lists in (bids, asks):
         offsets = np.asarray(lists.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
@@ -267,8 +265,10 @@ def _run_usable(
 
 
 def _series_events(
-    chunks: list[FloatArray], streams: list[npt.NDArray[np.int64]] | None,
-    params: DetectorParams, kind: SeriesKind,
+    chunks: list[FloatArray],
+    streams: list[npt.NDArray[np.int64]] | None,
+    params: DetectorParams,
+    kind: SeriesKind,
 ) -> list[Event]:
     """Events of one series; ``streams`` is ``None`` when the table is one stream."""
     if streams is None:
@@ -309,17 +309,24 @@ def anomaly_batch(
     streams = None if one_stream else list(_stream_rows(table)) if n else []
     found: list[tuple[str, Event]] = []
     price_field = PRICE_FIELD[dataset]
-    found += [(price_field, e) for e in _series_events(_price_chunks(table, dataset), streams,
-                                                       params.price(), "return")]
+    found += [
+        (price_field, e)
+        for e in _series_events(_price_chunks(table, dataset), streams, params.price(), "return")
+    ]
     if dataset == "trade" and params.check_volume:
-        found += [("qty", e) for e in _series_events(float_chunks(table.column("qty")), streams,
-                                                     params.volume(), "level")]
+        found += [
+            ("qty", e)
+            for e in _series_events(
+                float_chunks(table.column("qty")), streams, params.volume(), "level"
+            )
+        ]
     mask = np.zeros(n, dtype=np.bool_)
     groups: list[ErrorGroup] = []
     for name in (price_field, "qty"):
         for reason in ("spike", "level_shift"):
-            hits = sorted((e for f, e in found if f == name and e.reason == reason),
-                          key=lambda e: e.tag)
+            hits = sorted(
+                (e for f, e in found if f == name and e.reason == reason), key=lambda e: e.tag
+            )
             if not hits:
                 continue
             rows = np.array([e.tag for e in hits], dtype=np.int64)

@@ -47,8 +47,11 @@ Status = Literal["clean", "rows_flagged", "file_quarantined"]
 # data_consistency_errors_total has a fixed label set; drift is a staleness
 # problem there and gets its own label only in validation_errors_total.
 CONSISTENCY_LABEL: Final[Mapping[Check, str]] = {
-    "schema": "schema", "staleness": "staleness", "drift": "staleness",
-    "anomaly": "anomaly", "corrupt": "corrupt",
+    "schema": "schema",
+    "staleness": "staleness",
+    "drift": "staleness",
+    "anomaly": "anomaly",
+    "corrupt": "corrupt",
 }
 
 
@@ -86,8 +89,9 @@ def validate_table(
     schema = LATEST[dataset]
     file_errors = tuple(table_schema_errors(table.schema, schema))
     if file_errors:
-        return TableReport(dataset, schema.ref, table.num_rows, file_errors,
-                           empty_result(table.num_rows))
+        return TableReport(
+            dataset, schema.ref, table.num_rows, file_errors, empty_result(table.num_rows)
+        )
     params = anomaly or AnomalyParams(config.anomaly)
     table = encode_strings(table)
     result = merge_results(
@@ -95,7 +99,9 @@ def validate_table(
         [
             schema_batch(table, schema),
             staleness_batch(
-                table, config.staleness[tier], drift_tolerance=config.drift_tolerance,
+                table,
+                config.staleness[tier],
+                drift_tolerance=config.drift_tolerance,
                 now_ns=now_ns,
             ),
             anomaly_batch(table, params, dataset=dataset),
@@ -146,8 +152,10 @@ class FileVerdict:
         """One line for logs and step failure messages."""
         if self.file_errors:
             first = self.file_errors[0]
-            return (f"{first.check} failure ({first.reason} {first.field}); "
-                    f"quarantined at {self.quarantined_to}")
+            return (
+                f"{first.check} failure ({first.reason} {first.field}); "
+                f"quarantined at {self.quarantined_to}"
+            )
         if self.flagged_rows:
             counts = ", ".join(f"{check}={n}" for check, n in sorted(self.counts.items()))
             return f"{self.flagged_rows} of {self.rows} rows flagged ({counts}); see {self.sidecar}"
@@ -224,8 +232,13 @@ def validate_partition_file(
     def file_level(check: Check, errors: tuple[ValidationError, ...], rows: int) -> FileVerdict:
         _count(metrics, check, tier, region, 1)
         moved = quarantine_file(
-            path, storage_root=storage_root, tier=tier, region=region, errors=errors,
-            relative_to=relative_to, source=source,
+            path,
+            storage_root=storage_root,
+            tier=tier,
+            region=region,
+            errors=errors,
+            relative_to=relative_to,
+            source=source,
         )
         metrics.quarantine_total.labels(tier=tier, region=region, kind="file").inc()
         if strict:
@@ -233,14 +246,26 @@ def validate_partition_file(
                 f"{path}: {check} failure ({errors[0].reason} {errors[0].field}); "
                 f"file quarantined at {moved}"
             )
-        return FileVerdict(moved, "file_quarantined", dataset, schema.ref, fp, rows, rows,
-                           {check: 1}, errors, None, moved)
+        return FileVerdict(
+            moved,
+            "file_quarantined",
+            dataset,
+            schema.ref,
+            fp,
+            rows,
+            rows,
+            {check: 1},
+            errors,
+            None,
+            moved,
+        )
 
     try:
         table = read_partition_table(path)
     except (OSError, pa.ArrowException) as exc:
-        error = ValidationError("corrupt", "", str(exc)[:500], "a readable Parquet file",
-                                "unreadable")
+        error = ValidationError(
+            "corrupt", "", str(exc)[:500], "a readable Parquet file", "unreadable"
+        )
         return file_level("corrupt", (error,), 0)
     report = validate_table(table, dataset=dataset, tier=tier, config=config, anomaly=anomaly)
     if report.file_errors:
@@ -260,11 +285,22 @@ def validate_partition_file(
         _count(metrics, check, tier, region, amount)
     metrics.quarantine_total.labels(tier=tier, region=region, kind="row").inc(result.flagged)
     sidecar = write_sidecar(
-        path, sidecar_entry(result, schema_ref=schema.ref, fingerprint=fp, tier=tier,
-                            region=region),
+        path,
+        sidecar_entry(result, schema_ref=schema.ref, fingerprint=fp, tier=tier, region=region),
     )
-    return FileVerdict(path, "rows_flagged", dataset, schema.ref, fp, report.num_rows,
-                       result.flagged, counts, (), sidecar, None)
+    return FileVerdict(
+        path,
+        "rows_flagged",
+        dataset,
+        schema.ref,
+        fp,
+        report.num_rows,
+        result.flagged,
+        counts,
+        (),
+        sidecar,
+        None,
+    )
 
 
 def partition_validator(
@@ -285,8 +321,14 @@ def partition_validator(
         if dataset not in ("trade", "book") or tier not in TIERS:
             raise ValueError(f"unknown dataset {dataset!r} or tier {tier!r}")
         return validate_partition_file(
-            path, dataset=cast(Dataset, dataset), tier=tier, region=region,
-            config=config, metrics=metrics, storage_root=storage_root, strict=strict,
+            path,
+            dataset=cast(Dataset, dataset),
+            tier=tier,
+            region=region,
+            config=config,
+            metrics=metrics,
+            storage_root=storage_root,
+            strict=strict,
         )
 
     return validate_partition

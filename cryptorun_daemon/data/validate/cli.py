@@ -59,7 +59,8 @@ def _parquet_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     return sorted(
-        p for p in path.rglob("*.parquet")
+        p
+        for p in path.rglob("*.parquet")
         if QUARANTINE_DIR not in p.relative_to(path).parts and p.is_file()
     )
 
@@ -78,8 +79,15 @@ def _inspect(path: Path, tier: Tier, config: ValidationConfig) -> _FileOutcome:
         table = read_partition_table(path)
     except (OSError, pa.ArrowException) as exc:
         outcome.counts = {"corrupt": 1}
-        outcome.file_errors = [{"check": "corrupt", "field": "", "reason": "unreadable",
-                                "value": str(exc)[:300], "expected": "a readable Parquet file"}]
+        outcome.file_errors = [
+            {
+                "check": "corrupt",
+                "field": "",
+                "reason": "unreadable",
+                "value": str(exc)[:300],
+                "expected": "a readable Parquet file",
+            }
+        ]
         return outcome
     outcome.dataset = _dataset_of(path, table)
     report: TableReport = validate_table(table, dataset=outcome.dataset, tier=tier, config=config)
@@ -105,21 +113,31 @@ def _print_human(
     for problem in problems:
         print(f"error: {problem}", file=out)
     for outcome in outcomes:
-        print(f"\n{outcome.path}  [{outcome.dataset or '?'}]  rows={outcome.rows}  "
-              f"{outcome.status}", file=out)
+        print(
+            f"\n{outcome.path}  [{outcome.dataset or '?'}]  rows={outcome.rows}  {outcome.status}",
+            file=out,
+        )
         for error in outcome.file_errors:
-            print(f"  FILE {error['check']:<9} {error['field'] or '-':<10} {error['reason']:<14} "
-                  f"{error['value']!s:.80}  (expected {error['expected']})", file=out)
+            print(
+                f"  FILE {error['check']:<9} {error['field'] or '-':<10} {error['reason']:<14} "
+                f"{error['value']!s:.80}  (expected {error['expected']})",
+                file=out,
+            )
         if outcome.offending:
             print(f"  {'row':>9}  {'check':<9} {'field':<10} {'reason':<14} value", file=out)
             for item in outcome.offending:
-                print(f"  {item['row']:>9}  {item['check']:<9} {item['field']:<10} "
-                      f"{item['reason']:<14} {item['value']!s:.60}", file=out)
+                print(
+                    f"  {item['row']:>9}  {item['check']:<9} {item['field']:<10} "
+                    f"{item['reason']:<14} {item['value']!s:.60}",
+                    file=out,
+                )
     print("\nsummary (findings per check):", file=out)
     for check in CHECKS:
         print(f"  {check:<10} {totals.get(check, 0)}", file=out)
-    print(f"files: {len(outcomes)}, with findings: "
-          f"{sum(1 for o in outcomes if o.status != 'clean')}", file=out)
+    print(
+        f"files: {len(outcomes)}, with findings: {sum(1 for o in outcomes if o.status != 'clean')}",
+        file=out,
+    )
 
 
 def run_validate(

@@ -134,9 +134,7 @@ def baselines(samples: FloatArray, floors: FloatArray) -> tuple[FloatArray, Floa
     return _baselines_in_place(samples.copy(), floors)
 
 
-def _baselines_in_place(
-    samples: FloatArray, floors: FloatArray
-) -> tuple[FloatArray, FloatArray]:
+def _baselines_in_place(samples: FloatArray, floors: FloatArray) -> tuple[FloatArray, FloatArray]:
     """:func:`baselines` reordering a C-contiguous ``samples`` the caller gives up.
 
     Selection reorders each row deterministically, so rows equal on input
@@ -287,8 +285,9 @@ class SeriesDetector:
             return []
         x = self._value(raw)
         if not (x > self.hi or x < self.lo):
-            events = [Event(t, r, "spike") for t, r in zip(self.run_tags, self.run_raws,
-                                                            strict=True)]
+            events = [
+                Event(t, r, "spike") for t, r in zip(self.run_tags, self.run_raws, strict=True)
+            ]
             self._clear_run()
             self._accept(raw)
             return events

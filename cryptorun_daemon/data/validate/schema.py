@@ -313,7 +313,10 @@ def schema_check(schema: Schema | str) -> ValidateFn:
             extras = sorted(str(k) for k in record if k not in known)
             if extras:
                 return ValidationError(
-                    "schema", extras[0], record[extras[0]], "no field outside the schema",
+                    "schema",
+                    extras[0],
+                    record[extras[0]],
+                    "no field outside the schema",
                     "extra_field",
                 )
         return None
@@ -435,8 +438,10 @@ def _field_groups(spec: FieldSpec, table: pa.Table) -> list[tuple[BoolMask, str,
     ok = ~null
     if spec.kind == "float":
         nonfinite, bad = _domain_masks(spec, numbers(column))
-        out += [(nonfinite & ok, "not_finite", spec.domain_text()), (bad & ok, "out_of_domain",
-                                                                     spec.domain_text())]
+        out += [
+            (nonfinite & ok, "not_finite", spec.domain_text()),
+            (bad & ok, "out_of_domain", spec.domain_text()),
+        ]
     elif spec.kind in ("int", "timestamp") and spec.ge is not None:
         values = numbers(column.cast(pa.int64()))
         out.append((ok & ~(values >= spec.ge), "out_of_domain", spec.domain_text()))
@@ -444,7 +449,8 @@ def _field_groups(spec: FieldSpec, table: pa.Table) -> list[tuple[BoolMask, str,
         codes, dictionary = string_codes(column)
         bad_choice = [i for i, v in enumerate(dictionary) if spec.choices and v not in spec.choices]
         bad_format = [
-            i for i, v in enumerate(dictionary)
+            i
+            for i, v in enumerate(dictionary)
             if i not in bad_choice and spec.pattern and not re.match(spec.pattern, str(v))
         ]
         out.append((np.isin(codes, bad_choice), "out_of_domain", spec.domain_text()))
@@ -466,8 +472,10 @@ def _list_groups(
     bad = np.zeros(n, dtype=np.bool_)
     bad[parents[bad_v]] = True
     bad &= ~nonfinite
-    out = [(nonfinite & ok, "not_finite", spec.domain_text()),
-           (bad & ok, "out_of_domain", spec.domain_text())]
+    out = [
+        (nonfinite & ok, "not_finite", spec.domain_text()),
+        (bad & ok, "out_of_domain", spec.domain_text()),
+    ]
     if spec.same_length_as is not None:
         other = table.column(spec.same_length_as)
         mine_len = numbers(pc.list_value_length(column))
@@ -498,7 +506,11 @@ def schema_batch(table: pa.Table, schema: Schema | str) -> BatchResult:
         values = partial(row_values, table, spec.name)
         for field_mask, reason, expected in _field_groups(spec, table):
             group = group_from_mask(
-                field_mask, check="schema", field=spec.name, reason=reason, expected=expected,
+                field_mask,
+                check="schema",
+                field=spec.name,
+                reason=reason,
+                expected=expected,
                 values=values,
             )
             if group is not None:

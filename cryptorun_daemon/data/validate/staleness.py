@@ -44,20 +44,30 @@ def _ns(seconds: float) -> int:
 
 def _stale_error(ts: int, ingest_ts: int, max_skew_ns: int) -> ValidationError:
     return ValidationError(
-        "staleness", "ingest_ts", ingest_ts - ts,
-        f"ingest_ts - ts <= {max_skew_ns} ns", "stale",
+        "staleness",
+        "ingest_ts",
+        ingest_ts - ts,
+        f"ingest_ts - ts <= {max_skew_ns} ns",
+        "stale",
     )
 
 
 def _drift_error(ts: int, ingest_ts: int, tolerance_ns: int) -> ValidationError:
     return ValidationError(
-        "drift", "ts", ts - ingest_ts, f"ts - ingest_ts <= {tolerance_ns} ns", "clock_drift",
+        "drift",
+        "ts",
+        ts - ingest_ts,
+        f"ts - ingest_ts <= {tolerance_ns} ns",
+        "clock_drift",
     )
 
 
 def _host_drift_error(ingest_ts: int, now_ns: int, tolerance_ns: int) -> ValidationError:
     return ValidationError(
-        "drift", "ingest_ts", ingest_ts - now_ns, f"ingest_ts - now <= {tolerance_ns} ns",
+        "drift",
+        "ingest_ts",
+        ingest_ts - now_ns,
+        f"ingest_ts - now <= {tolerance_ns} ns",
         "clock_drift",
     )
 
@@ -166,18 +176,29 @@ def staleness_batch(
 
     built: list[ErrorGroup | None] = [
         group_from_mask(
-            drift, check="drift", field="ts", reason="clock_drift",
-            expected=f"ts - ingest_ts <= {tolerance_ns} ns", values=lambda r: diffs(r, 1),
+            drift,
+            check="drift",
+            field="ts",
+            reason="clock_drift",
+            expected=f"ts - ingest_ts <= {tolerance_ns} ns",
+            values=lambda r: diffs(r, 1),
         ),
         group_from_mask(
-            stale, check="staleness", field="ingest_ts", reason="stale",
-            expected=f"ingest_ts - ts <= {skew_ns} ns", values=lambda r: diffs(r, -1),
+            stale,
+            check="staleness",
+            field="ingest_ts",
+            reason="stale",
+            expected=f"ingest_ts - ts <= {skew_ns} ns",
+            values=lambda r: diffs(r, -1),
         ),
     ]
     if now_ns is not None:
         built.append(
             group_from_mask(
-                masks[2], check="drift", field="ingest_ts", reason="clock_drift",
+                masks[2],
+                check="drift",
+                field="ingest_ts",
+                reason="clock_drift",
                 expected=f"ingest_ts - now <= {tolerance_ns} ns",
                 values=lambda r: [int(v) - now_ns for v in ingest[r].tolist()],
             )

@@ -62,8 +62,7 @@ def encode_strings(table: pa.Table) -> pa.Table:
     """
     for index, column in enumerate(table.columns):
         if pa.types.is_string(column.type):
-            table = table.set_column(index, table.field(index).name,
-                                     encode_string_column(column))
+            table = table.set_column(index, table.field(index).name, encode_string_column(column))
     return table
 
 
@@ -166,5 +165,6 @@ def records_from_table(table: pa.Table) -> list[dict[str, Any]]:
         elif pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         columns[name] = column.to_pylist()
-    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(),
-                                                                      strict=True)]
+    return [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ]

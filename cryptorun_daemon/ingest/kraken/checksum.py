@@ -72,7 +72,5 @@ def book_checksum(
     qty_precision: int,
 ) -> int:
     """CRC32 (unsigned) of :func:`checksum_string`."""
-    text = checksum_string(
-        asks, bids, price_precision=price_precision, qty_precision=qty_precision
-    )
+    text = checksum_string(asks, bids, price_precision=price_precision, qty_precision=qty_precision)
     return zlib.crc32(text.encode("ascii")) & 0xFFFFFFFF

@@ -226,8 +226,9 @@ class KrakenHandler:
             if precision is None:
                 if message.type == "snapshot" and symbol not in self._unknown_reported:
                     self._unknown_reported.add(symbol)
-                    self._error("unknown_symbol", "symbol not in the instrument snapshot",
-                                symbol=symbol)
+                    self._error(
+                        "unknown_symbol", "symbol not in the instrument snapshot", symbol=symbol
+                    )
                 continue
             if self._precisions.get(symbol) != precision:
                 self._precisions[symbol] = precision
@@ -256,8 +257,14 @@ class KrakenHandler:
             kind = {"subscribe": "subscribe_error", "unsubscribe": "unsubscribe_error"}.get(
                 reply.method, "request_error"
             )
-            self._error(kind, reply.error or "request rejected", method=reply.method,
-                        channel=reply.channel, symbol=reply.symbol, req_id=reply.req_id)
+            self._error(
+                kind,
+                reply.error or "request rejected",
+                method=reply.method,
+                channel=reply.channel,
+                symbol=reply.symbol,
+                req_id=reply.req_id,
+            )
             if health is not None and reply.channel and reply.method == "subscribe":
                 health.subscribed[reply.channel] = False
                 if reply.channel == "book" and health.suspect:
@@ -277,8 +284,9 @@ class KrakenHandler:
         if message.type == "snapshot":
             precision = self._precisions.get(symbol)
             if precision is None:
-                self._error("no_precision", "book snapshot before instrument precisions",
-                            symbol=symbol)
+                self._error(
+                    "no_precision", "book snapshot before instrument precisions", symbol=symbol
+                )
                 return []
             book = OrderBook(depth=self.depth, precision=precision)
             self._books[symbol] = book
@@ -294,8 +302,9 @@ class KrakenHandler:
         matches = book.checksum() == message.checksum
         if message.type == "snapshot" and matches:
             if health.suspect:
-                log.info("kraken book repaired by a fresh snapshot", venue=self.venue,
-                         symbol=symbol)
+                log.info(
+                    "kraken book repaired by a fresh snapshot", venue=self.venue, symbol=symbol
+                )
             health.suspect = False
             health.failed_snapshots = 0
             health.resubscribe_at = None
@@ -305,8 +314,15 @@ class KrakenHandler:
             health.suspect_records += 1
         ts = rfc3339_to_ns(message.timestamp) if message.timestamp else ingest_ts
         return [
-            book_record(book, venue=self.venue, symbol=symbol, ts=ts,
-                        checksum=message.checksum, suspect=health.suspect, ingest_ts=ingest_ts)
+            book_record(
+                book,
+                venue=self.venue,
+                symbol=symbol,
+                ts=ts,
+                checksum=message.checksum,
+                suspect=health.suspect,
+                ingest_ts=ingest_ts,
+            )
         ]
 
     def _on_mismatch(
@@ -354,10 +370,14 @@ class KrakenHandler:
                 self._metrics.ingest_trade_id_gaps_total.labels(
                     venue=self.venue, symbol=trade.symbol
                 ).inc()
-                log.warning("kraken trade_id gap", venue=self.venue, symbol=trade.symbol,
-                            missing_from=health.trades.last_gap and health.trades.last_gap[0],
-                            missing_to=health.trades.last_gap and health.trades.last_gap[1],
-                            message_type=message.type)
+                log.warning(
+                    "kraken trade_id gap",
+                    venue=self.venue,
+                    symbol=trade.symbol,
+                    missing_from=health.trades.last_gap and health.trades.last_gap[0],
+                    missing_to=health.trades.last_gap and health.trades.last_gap[1],
+                    message_type=message.type,
+                )
             records.append(record)
         return records
 

@@ -244,11 +244,11 @@ class KrakenTestServer:
                         book_sent = True
                         checksum = market.checksum() ^ (0x5A5A5A5A if corrupt else 0)
                         if not drop_book:
-                            await self._send(client, _book_message(
-                                "update", symbol, update, checksum, timestamp))
+                            await self._send(
+                                client, _book_message("update", symbol, update, checksum, timestamp)
+                            )
                 if trades and symbol in client.trades and not drop_trade:
-                    await self._send(client, {"channel": "trade", "type": "update",
-                                              "data": trades})
+                    await self._send(client, {"channel": "trade", "type": "update", "data": trades})
             if book_sent:
                 self._drop["book"].discard(symbol)
                 self._corrupt.discard(symbol)
@@ -292,8 +292,15 @@ class KrakenTestServer:
             request = json.loads(frame)
             method = request["method"]
         except (ValueError, TypeError, KeyError):
-            await self._send(client, {"error": "Malformed request", "success": False,
-                                      "time_in": time_in, "time_out": time_in})
+            await self._send(
+                client,
+                {
+                    "error": "Malformed request",
+                    "success": False,
+                    "time_in": time_in,
+                    "time_out": time_in,
+                },
+            )
             return
         # Recorded even when silent, so tests can see what a client tried.
         self.requests.append({**request, "_connection": client.number})
@@ -306,22 +313,29 @@ class KrakenTestServer:
         params = request.get("params") or {}
         channel = params.get("channel")
         if method not in ("subscribe", "unsubscribe") or channel not in (
-            "instrument", "book", "trade"
+            "instrument",
+            "book",
+            "trade",
         ):
-            await self._send(client, {**_reply(method, req_id, time_in, self._clock_ns()),
-                                      "success": False, "error": "Method or channel not supported"})
+            await self._send(
+                client,
+                {
+                    **_reply(method, req_id, time_in, self._clock_ns()),
+                    "success": False,
+                    "error": "Method or channel not supported",
+                },
+            )
             return
         if channel == "instrument":
             await self._on_instrument(client, method, req_id, time_in)
             return
-        per_symbol = _Request(method=method, channel=channel, params=params, req_id=req_id,
-                              time_in=time_in)
+        per_symbol = _Request(
+            method=method, channel=channel, params=params, req_id=req_id, time_in=time_in
+        )
         for symbol in params.get("symbol") or []:
             await self._on_symbol(client, per_symbol, symbol)
 
-    async def _on_instrument(
-        self, client: _Client, method: str, req_id: Any, time_in: str
-    ) -> None:
+    async def _on_instrument(self, client: _Client, method: str, req_id: Any, time_in: str) -> None:
         reply = _reply(method, req_id, time_in, self._clock_ns())
         reply["result"] = {"channel": "instrument", "snapshot": True}
         await self._send(client, reply)
@@ -346,8 +360,7 @@ class KrakenTestServer:
         elif channel == "book" and depth not in BOOK_DEPTHS:
             error = f"Subscription depth not supported: {depth}"
         if market is None or error is not None:
-            await self._send(client, {**reply, "success": False, "error": error,
-                                      "symbol": symbol})
+            await self._send(client, {**reply, "success": False, "error": error, "symbol": symbol})
             return
         result: dict[str, Any] = {"channel": channel, "symbol": symbol}
         if channel == "book":
@@ -368,13 +381,16 @@ class KrakenTestServer:
             client.books[symbol] = view
             if snapshot:
                 levels = {side: list(view.sides[side].items()) for side in view.sides}
-                await self._send(client, _book_message(
-                    "snapshot", symbol, levels, market.checksum(), timestamp))
+                await self._send(
+                    client, _book_message("snapshot", symbol, levels, market.checksum(), timestamp)
+                )
         else:
             client.trades.add(symbol)
             if snapshot:
-                await self._send(client, {"channel": "trade", "type": "snapshot",
-                                          "data": list(market.recent_trades)})
+                await self._send(
+                    client,
+                    {"channel": "trade", "type": "snapshot", "data": list(market.recent_trades)},
+                )
 
     async def _send(self, client: _Client, message: dict[str, Any]) -> None:
         await self._send_text(client, json.dumps(message, default=_json_default))
@@ -437,8 +453,12 @@ def _book_message(
 
 
 def _reply(method: str, req_id: Any, time_in: str, now_ns: int) -> dict[str, Any]:
-    reply: dict[str, Any] = {"method": method, "success": True, "time_in": time_in,
-                             "time_out": ns_to_rfc3339(now_ns)}
+    reply: dict[str, Any] = {
+        "method": method,
+        "success": True,
+        "time_in": time_in,
+        "time_out": ns_to_rfc3339(now_ns),
+    }
     if req_id is not None:
         reply["req_id"] = req_id
     return reply
@@ -460,8 +480,9 @@ async def _serve_forever(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    server = KrakenTestServer(host=args.host, port=args.port, symbols=args.symbols,
-                              rate=args.rate, seed=args.seed)
+    server = KrakenTestServer(
+        host=args.host, port=args.port, symbols=args.symbols, rate=args.rate, seed=args.seed
+    )
     async with server:
         print(f"kraken test server: {server.url}", flush=True)
         await stop.wait()
@@ -472,11 +493,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--rate", type=float, default=10.0,
-                        help="book updates per second per symbol")
+    parser.add_argument(
+        "--rate", type=float, default=10.0, help="book updates per second per symbol"
+    )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--symbols", nargs="+", default=list(DEFAULT_INSTRUMENTS),
-                        choices=list(DEFAULT_INSTRUMENTS))
+    parser.add_argument(
+        "--symbols", nargs="+", default=list(DEFAULT_INSTRUMENTS), choices=list(DEFAULT_INSTRUMENTS)
+    )
     asyncio.run(_serve_forever(parser.parse_args(argv)))
 
 
