@@ -1,6 +1,6 @@
 """Every Prometheus metric family the daemon exports, on a per-daemon registry.
 
-The contract fixes names and label sets (``../shared/CONTRACT.md``); this module
+The contract fixes names and label sets (``docs/CONTRACT.md``); this module
 is the only place that declares them. Each daemon builds its own
 ``CollectorRegistry`` so two daemons in one test process never collide.
 
