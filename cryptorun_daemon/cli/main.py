@@ -43,6 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="validate the config and exit (0 valid, 2 invalid)"
     )
 
+    certs = commands.add_parser("certs", help="make a private CA and region certificates")
+    certs_actions = certs.add_subparsers(dest="action", required=True, parser_class=HelpfulParser)
+    certs_init = certs_actions.add_parser(
+        "init", help="write ca.pem and one certificate + key per region into --dir"
+    )
+    certs_init.add_argument("--dir", required=True, metavar="DIR", help="output folder")
+    certs_init.add_argument(
+        "--regions", required=True, metavar="R1,R2", help="comma-separated region names"
+    )
+    certs_init.add_argument(
+        "--hosts",
+        default="",
+        metavar="H1,H2",
+        help="extra DNS names or IP addresses of the admin listeners (loopback always included)",
+    )
+    certs_init.add_argument("--days", type=int, default=365, help="validity of region certs")
+    certs_init.add_argument("--force", action="store_true", help="replace existing files")
+
     demo = commands.add_parser("demo", help="run a two-region demo on loopback")
     demo.add_argument("--dir", default=None, help="where the demo keeps its data (default: temp)")
     demo.add_argument(
@@ -169,6 +187,17 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
 
         run_daemon_from_config(config)
         return EXIT_OK
+    if args.command == "certs":
+        from cryptorun_daemon.cli.cmd_certs import run_certs_init
+
+        return run_certs_init(
+            args.dir,
+            regions=args.regions,
+            hosts=args.hosts,
+            days=args.days,
+            force=args.force,
+            out=out,
+        )
     if args.command == "demo":
         from cryptorun_daemon.demo.runner import run_demo
 

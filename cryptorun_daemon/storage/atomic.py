@@ -39,8 +39,8 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably.
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``.
 
     Resource handling: the temporary file is hidden
     (``.{name}.{pid}.{random}.tmp``, created exclusively, so concurrent writers
@@ -51,8 +51,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     directory = path.parent
     tmp = directory / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
+            os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

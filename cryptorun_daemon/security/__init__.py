@@ -1,0 +1,1 @@
+"""Transport security: TLS contexts, certificates for small deployments, secret files."""
