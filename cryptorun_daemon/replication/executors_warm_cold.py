@@ -23,7 +23,7 @@ Nothing committed is ever deleted or overwritten: a superseded version
 ``{root}/{tier}/_divergent/epoch=E/…`` when this root's fence proves it was
 written by a fenced writer (a rejoining old primary's post-failover write).
 
-Fencing at the write (see :mod:`cryptorun_daemon.storage.fence`): before a
+Fencing at the write (see :mod:`cryptorun_daemon.storage.write_fence`): before a
 partition is fetched and again right before its commit point, the manifest is
 judged against this root's fence; one written by a fenced writer is never
 applied: it is kept under ``_quarantine/{tier}/{region}/…`` as ``fenced``
@@ -58,11 +58,6 @@ from cryptorun_daemon.errors import (
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.rules import Step
 from cryptorun_daemon.storage.atomic import commit_file, move_aside
-from cryptorun_daemon.storage.fence import (
-    move_divergent,
-    quarantine_fenced_manifest,
-    read_fence,
-)
 from cryptorun_daemon.storage.layout import (
     PARTIAL_SUFFIX,
     SUCCESS_MARKER,
@@ -79,6 +74,11 @@ from cryptorun_daemon.storage.manifest import (
     read_manifest,
 )
 from cryptorun_daemon.storage.seal import write_seal
+from cryptorun_daemon.storage.write_fence import (
+    move_divergent,
+    quarantine_fenced_manifest,
+    read_fence,
+)
 
 log = structlog.get_logger("cryptorun.replication")
 

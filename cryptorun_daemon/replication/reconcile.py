@@ -2,7 +2,7 @@
 and nothing it wrote after losing primacy is applied.
 
 Two halves, both driven by the persistent fence's epoch history
-(:mod:`cryptorun_daemon.storage.fence`):
+(:mod:`cryptorun_daemon.storage.write_fence`):
 
 - **On the new primary** a :class:`ReconcileLink` per other participant of
   the tier lists, with ``GET /v1/partitions?tier=T&reconcile_epoch=E``
@@ -48,8 +48,8 @@ from cryptorun_daemon.replication.rules import TimeRange
 from cryptorun_daemon.replication.transport_http import HttpPeer
 from cryptorun_daemon.runtime.clock import Clock
 from cryptorun_daemon.storage.catalog import Catalog
-from cryptorun_daemon.storage.fence import move_divergent, read_fence
 from cryptorun_daemon.storage.manifest import format_time
+from cryptorun_daemon.storage.write_fence import move_divergent, read_fence
 
 log = structlog.get_logger("cryptorun.replication.reconcile")
 

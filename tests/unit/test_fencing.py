@@ -22,11 +22,11 @@ from cryptorun_daemon.replication.executors_warm_cold import WarmColdExecutor
 from cryptorun_daemon.replication.serving import PartitionServer
 from cryptorun_daemon.replication.transport_http import HttpPeer
 from cryptorun_daemon.storage.catalog import Catalog
-from cryptorun_daemon.storage.fence import Fence, advance_fence, read_fence
 from cryptorun_daemon.storage.layout import PartitionKey
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, read_manifest
 from cryptorun_daemon.storage.seal import seal_partition
 from cryptorun_daemon.storage.testdata import write_trade_partition
+from cryptorun_daemon.storage.write_fence import Fence, advance_fence, read_fence
 
 EU, US = "eu-central", "us-east"
 T0 = datetime(2025, 9, 1, tzinfo=UTC)
