@@ -41,7 +41,7 @@ import structlog
 from cryptorun_daemon.config import Rule, Tier
 from cryptorun_daemon.errors import ReplicationError
 from cryptorun_daemon.metrics import Metrics
-from cryptorun_daemon.replication.executors_warm_cold import WarmColdExecutor
+from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.link import BEGINNING_OF_TIME, OPEN_END, PassReport
 from cryptorun_daemon.replication.planner import committed_index, listed, plan_replication
 from cryptorun_daemon.replication.rules import TimeRange
