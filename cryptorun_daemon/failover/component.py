@@ -5,7 +5,7 @@ What it does for the daemon:
 - opens the state store (``[state] backend``), seeds warm/cold from the config
   rules (``initialise`` is idempotent: a stored primary wins over config, with a
   warning), keeps this region's heartbeat, and follows ``store.changes()`` into
-  an in-memory cache, the persistent storage fence (``failover/fence.py``) and
+  an in-memory cache, the persistent storage fence (``failover/fence_keeper.py``) and
   the ``cryptorun_region_role`` / ``cryptorun_failover_epoch`` gauges;
 - probes every peer (``failover/peers.py``: ``cryptorun_peer_up{peer}``; a
   peer is *down* after ``replication.peer_down_after`` without a success);
@@ -22,7 +22,7 @@ as ``ctx.components["failover"]``):
   :meth:`~FailoverComponent.wait_for_change` awaits a newer epoch;
 - :meth:`~FailoverComponent.peer_health` and :meth:`~FailoverComponent.report_peer`
   (failed pulls count as failed probes);
-- :attr:`~FailoverComponent.fence` (:class:`~cryptorun_daemon.failover.fence.FenceKeeper`):
+- :attr:`~FailoverComponent.fence` (:class:`~cryptorun_daemon.failover.fence_keeper.FenceKeeper`):
   ``serve_refusal(tier)`` for the partition server, ``count(tier, operation)``.
 
 File backend = per-region state. Each region's file store lives under its own
@@ -48,7 +48,7 @@ from aiohttp import web
 
 from cryptorun_daemon.errors import ConflictError, StateStoreError
 from cryptorun_daemon.failover.api import FailoverApi, state_from_status
-from cryptorun_daemon.failover.fence import FenceKeeper
+from cryptorun_daemon.failover.fence_keeper import FenceKeeper
 from cryptorun_daemon.failover.peers import PeerHealth, PeerMonitor, StatusHandler, describe
 from cryptorun_daemon.failover.roles import (
     ACTIVE_PASSIVE_TIERS,

@@ -45,7 +45,7 @@ from cryptorun_daemon.errors import (
     StorageError,
     UsageError,
 )
-from cryptorun_daemon.replication.executors_warm_cold import StepValidator, WarmColdExecutor
+from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.link import PassReport, ReplicationLink
 from cryptorun_daemon.replication.planner import (
     HEALTHY,
@@ -65,6 +65,7 @@ from cryptorun_daemon.replication.rules import Plan, TimeRange, parse_tier
 from cryptorun_daemon.replication.scheduler import PassScheduler, interval_for_slo
 from cryptorun_daemon.replication.serving import PartitionServer, ServeGuard
 from cryptorun_daemon.replication.transport_http import HttpPeer, Purpose
+from cryptorun_daemon.replication.verify import StepValidator
 from cryptorun_daemon.runtime.component import DaemonContext
 from cryptorun_daemon.storage.catalog import Catalog, CatalogEntry
 from cryptorun_daemon.storage.layout import parse_partition_path

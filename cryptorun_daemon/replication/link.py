@@ -21,7 +21,7 @@ import structlog
 from cryptorun_daemon.config import Rule, Tier
 from cryptorun_daemon.errors import ReplicationError
 from cryptorun_daemon.metrics import Metrics
-from cryptorun_daemon.replication.executors_warm_cold import StepOutcome, WarmColdExecutor
+from cryptorun_daemon.replication.executor import StepOutcome, WarmColdExecutor
 from cryptorun_daemon.replication.lag import IN_SYNC, LagReport, compute_lag
 from cryptorun_daemon.replication.planner import committed_index, listed, plan_replication
 from cryptorun_daemon.replication.rules import TimeRange

@@ -2,7 +2,7 @@
 and nothing it wrote after losing primacy is applied.
 
 Two halves, both driven by the persistent fence's epoch history
-(:mod:`cryptorun_daemon.storage.fence`):
+(:mod:`cryptorun_daemon.storage.write_fence`):
 
 - **On the new primary** a :class:`ReconcileLink` per other participant of
   the tier lists, with ``GET /v1/partitions?tier=T&reconcile_epoch=E``
@@ -41,15 +41,15 @@ import structlog
 from cryptorun_daemon.config import Rule, Tier
 from cryptorun_daemon.errors import ReplicationError
 from cryptorun_daemon.metrics import Metrics
-from cryptorun_daemon.replication.executors_warm_cold import WarmColdExecutor
+from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.link import BEGINNING_OF_TIME, OPEN_END, PassReport
 from cryptorun_daemon.replication.planner import committed_index, listed, plan_replication
 from cryptorun_daemon.replication.rules import TimeRange
 from cryptorun_daemon.replication.transport_http import HttpPeer
 from cryptorun_daemon.runtime.clock import Clock
 from cryptorun_daemon.storage.catalog import Catalog
-from cryptorun_daemon.storage.fence import move_divergent, read_fence
 from cryptorun_daemon.storage.manifest import format_time
+from cryptorun_daemon.storage.write_fence import move_divergent, read_fence
 
 log = structlog.get_logger("cryptorun.replication.reconcile")
 

@@ -43,9 +43,9 @@ from cryptorun_daemon.config import Tier
 from cryptorun_daemon.errors import ConflictError, PathRejectedError, StorageError, UsageError
 from cryptorun_daemon.replication.rules import TimeRange, parse_tier
 from cryptorun_daemon.storage.catalog import Catalog
-from cryptorun_daemon.storage.fence import Fence, read_fence
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, resolve_partition_file
 from cryptorun_daemon.storage.manifest import Manifest, format_time, read_manifest
+from cryptorun_daemon.storage.write_fence import Fence, read_fence
 
 SEND_CHUNK = 4 << 20
 

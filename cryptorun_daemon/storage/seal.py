@@ -15,9 +15,9 @@ from typing import Any
 
 from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
-from cryptorun_daemon.storage.fence import check_seal, read_fence, storage_root_of
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, parse_partition_dir
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, compute_manifest, read_manifest
+from cryptorun_daemon.storage.write_fence import check_seal, read_fence, storage_root_of
 
 
 def is_sealed(partition_dir: Path) -> bool:
@@ -58,9 +58,9 @@ def seal_partition(
     see a different ``content_hash`` and move their old copy to ``_superseded/``.
 
     Fencing (warm, cold): before anything is written, the storage root's
-    persistent fence (:mod:`cryptorun_daemon.storage.fence`) must name
+    persistent fence (:mod:`cryptorun_daemon.storage.write_fence`) must name
     ``writer_region`` as the primary at exactly ``epoch`` (no fence file: no
-    check, see the fence module).
+    check, see :mod:`~cryptorun_daemon.storage.write_fence`).
 
     Blocking (hashes files); call it from a thread in async code.
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from cryptorun_daemon.admin.errors import error_middleware
 from cryptorun_daemon.metrics import Metrics
-from cryptorun_daemon.replication.executors_warm_cold import WarmColdExecutor
+from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.serving import PartitionServer
 from cryptorun_daemon.replication.transport_http import HttpPeer
 from cryptorun_daemon.storage.catalog import Catalog

@@ -23,10 +23,10 @@ from cryptorun_daemon.daemon import Daemon
 from cryptorun_daemon.failover.component import FailoverComponent
 from cryptorun_daemon.failover.roles import TierState
 from cryptorun_daemon.failover.store_file import FileStateStore
-from cryptorun_daemon.storage.fence import Fence, read_fence
 from cryptorun_daemon.storage.layout import PartitionKey
 from cryptorun_daemon.storage.seal import is_sealed
 from cryptorun_daemon.storage.testdata import write_trade_partition
+from cryptorun_daemon.storage.write_fence import Fence, read_fence
 from tests.harness.daemons import RegionSpec, auth_headers, run_daemon, two_regions
 
 EU, US = "eu-central", "us-east"

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from cryptorun_daemon.admin.errors import error_middleware
 from cryptorun_daemon.config import Rule
 from cryptorun_daemon.metrics import Metrics
-from cryptorun_daemon.replication.executors_warm_cold import WarmColdExecutor
+from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.reconcile import (
     ReconcileLink,
     ReconcileRecord,
@@ -27,11 +27,11 @@ from cryptorun_daemon.replication.serving import PartitionServer
 from cryptorun_daemon.replication.transport_http import HttpPeer
 from cryptorun_daemon.runtime.clock import SystemClock
 from cryptorun_daemon.storage.catalog import Catalog
-from cryptorun_daemon.storage.fence import advance_fence
 from cryptorun_daemon.storage.layout import PartitionKey
 from cryptorun_daemon.storage.manifest import HashCache, Manifest
 from cryptorun_daemon.storage.seal import seal_partition
 from cryptorun_daemon.storage.testdata import write_trade_partition
+from cryptorun_daemon.storage.write_fence import advance_fence
 
 EU, US = "eu-central", "us-east"
 T0 = datetime(2025, 9, 1, tzinfo=UTC)

@@ -22,7 +22,7 @@ from cryptorun_daemon.config.model import TIERS, Tier, ValidationConfig
 from cryptorun_daemon.data.validate.anomaly import Dataset
 from cryptorun_daemon.data.validate.batch import TableReport, read_partition_table, validate_table
 from cryptorun_daemon.data.validate.findings import CHECKS, json_safe
-from cryptorun_daemon.data.validate.quarantine import QUARANTINE_DIR
+from cryptorun_daemon.storage.layout import QUARANTINE_DIR
 
 MAX_ROWS_SHOWN: Final = 10
 OFFLINE_NOTE: Final = "offline inspection: nothing was moved, rewritten or quarantined"

@@ -5,8 +5,10 @@ Row-level findings leave the file where it is and describe the bad rows in a
 point-in-time reads stay intact; readers drop the listed rows with
 :func:`quarantined_rows`). A file that cannot be judged row by row (wrong
 schema, unreadable) is moved to ``{storage.root}/_quarantine/{tier}/{region}/``
-under its partition path, with ``<name>.error.json`` beside it. Nothing here
-deletes anything: a release moves the file back and renames the error record.
+under its partition path, with ``<name>.error.json`` beside it (written by the
+one record writer, :mod:`cryptorun_daemon.storage.quarantine_record`). Nothing
+here deletes anything: a release moves the file back and renames the error
+record.
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ import numpy.typing as npt
 
 from cryptorun_daemon.data.validate.findings import BatchResult, ValidationError
 from cryptorun_daemon.errors import StorageError
+from cryptorun_daemon.storage.layout import QUARANTINE_DIR
+from cryptorun_daemon.storage.quarantine_record import (
+    ERROR_SUFFIX,
+    error_record_path,
+    quarantine_folder,
+    write_quarantine_record,
+)
 
 SIDECAR_NAME: Final = "_quarantine.json"
-QUARANTINE_DIR: Final = "_quarantine"
-ERROR_SUFFIX: Final = ".error.json"
 RELEASED_SUFFIX: Final = ".released.json"
 SIDECAR_VERSION: Final = 1
 MAX_EXAMPLES: Final = 5
@@ -135,9 +142,9 @@ def quarantine_destination(
         relative = path.resolve().relative_to(base.resolve())
     except ValueError:
         relative = Path(path.name)
-    target = storage_root / QUARANTINE_DIR / tier / region / relative
+    target = quarantine_folder(storage_root, tier, region) / relative
     candidate, n = target, 0
-    while candidate.exists() or candidate.with_name(candidate.name + ERROR_SUFFIX).exists():
+    while candidate.exists() or error_record_path(candidate).exists():
         n += 1
         candidate = target.with_name(f"{target.name}.{n}")
     return candidate
@@ -166,7 +173,7 @@ def quarantine_file(
     record = {
         "kind": "file",
         "original_path": str(path),
-        "relative_path": str(target.relative_to(storage_root / QUARANTINE_DIR / tier / region)),
+        "relative_path": str(target.relative_to(quarantine_folder(storage_root, tier, region))),
         "tier": tier,
         "region": region,
         "source": source,
@@ -177,7 +184,7 @@ def quarantine_file(
         shutil.move(str(path), str(target))
     except OSError as exc:
         raise StorageError(f"cannot quarantine {path}: {exc}") from exc
-    _write_json_atomically(target.with_name(target.name + ERROR_SUFFIX), record)
+    write_quarantine_record(target, record)
     return target
 
 
@@ -188,7 +195,7 @@ def release_file(quarantined: Path, *, storage_root: Path) -> Path:
     release time. Error handling: raises ``StorageError`` when the record is
     missing or the original location is occupied (nothing is overwritten).
     """
-    record_path = quarantined.with_name(quarantined.name + ERROR_SUFFIX)
+    record_path = error_record_path(quarantined)
     if not record_path.exists():
         raise StorageError(f"{quarantined} has no {ERROR_SUFFIX} record; not a quarantined file")
     record = json.loads(record_path.read_text())
@@ -202,7 +209,7 @@ def release_file(quarantined: Path, *, storage_root: Path) -> Path:
     shutil.move(str(quarantined), str(destination))
     record["released_at"] = _now()
     record["released_to"] = str(destination)
-    _write_json_atomically(record_path, record)
+    write_quarantine_record(quarantined, record)
     # A rename, not a delete: the audit trail of the quarantine stays on disk.
     os.replace(record_path, quarantined.with_name(quarantined.name + RELEASED_SUFFIX))
     return destination

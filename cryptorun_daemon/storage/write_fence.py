@@ -47,8 +47,9 @@ from typing import Any, Final, Literal
 
 from cryptorun_daemon.errors import FencedError, StorageError
 from cryptorun_daemon.storage.atomic import atomic_write_bytes, move_aside
-from cryptorun_daemon.storage.layout import DIVERGENT_DIR, QUARANTINE_DIR
+from cryptorun_daemon.storage.layout import DIVERGENT_DIR
 from cryptorun_daemon.storage.manifest import Manifest, format_time, parse_time
+from cryptorun_daemon.storage.quarantine_record import quarantine_folder, write_quarantine_record
 
 FENCE_DIR: Final = Path("_state") / "fence"
 FENCE_VERSION: Final = 1
@@ -311,12 +312,13 @@ def quarantine_fenced_manifest(
     """Keep a refused (fenced) manifest under ``_quarantine/{tier}/{region}/{partition}/``.
 
     The manifest bytes go to ``epoch{E}-{hash}.manifest.json`` with an
-    ``.error.json`` record beside it (counted by the status quarantine counts
-    like any quarantined file). Idempotent: returns ``None`` when this exact
-    manifest was already quarantined, so a source that keeps listing it is
-    counted once.
+    ``.error.json`` record of kind ``fenced`` beside it (written by
+    :func:`~cryptorun_daemon.storage.quarantine_record.write_quarantine_record`,
+    counted by the status quarantine counts like any quarantined file).
+    Idempotent: returns ``None`` when this exact manifest was already
+    quarantined, so a source that keeps listing it is counted once.
     """
-    folder = root / QUARANTINE_DIR / manifest.tier / region / manifest.partition
+    folder = quarantine_folder(root, manifest.tier, region) / manifest.partition
     name = f"epoch{manifest.epoch}-{manifest.content_hash.rsplit(':', 1)[-1][:16]}.manifest.json"
     target = folder / name
     if target.exists():
@@ -335,10 +337,7 @@ def quarantine_fenced_manifest(
         "reason": reason,
         "quarantined_at": format_time(datetime.now(UTC)),
     }
-    atomic_write_bytes(
-        target.with_name(name + ".error.json"),
-        (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(),
-    )
+    write_quarantine_record(target, record)
     return target
 
 

@@ -1,11 +1,11 @@
 """The failover side of fencing: keep the storage fence current, and refuse to serve when fenced.
 
-The rule itself lives with the data (:mod:`cryptorun_daemon.storage.fence`):
+The rule itself lives with the data (:mod:`cryptorun_daemon.storage.write_fence`):
 storage checks the persistent fence at every seal and every replicated
 manifest. This module feeds it: :meth:`FenceKeeper.record` is called by the
 failover component for every tier state it caches (snapshot, promotion,
 adoption), before any listener runs, and writes it through
-:func:`~cryptorun_daemon.storage.fence.advance_fence` — which only moves
+:func:`~cryptorun_daemon.storage.write_fence.advance_fence` — which only moves
 forward. It also decides, for the partition server, whether this region may
 serve a tier as a replication source (only the current primary may) and
 counts refusals in ``cryptorun_fenced_total{tier,operation}``.
@@ -22,7 +22,7 @@ import structlog
 from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.failover.roles import TierState, is_active_passive
 from cryptorun_daemon.metrics import Metrics
-from cryptorun_daemon.storage.fence import Fence, advance_fence
+from cryptorun_daemon.storage.write_fence import Fence, advance_fence
 
 log = structlog.get_logger("cryptorun.failover.fence")
 

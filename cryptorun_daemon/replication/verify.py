@@ -1,0 +1,106 @@
+"""Validation of a replicated partition before its commit point.
+
+After every file of a partition is in place, the step validators (schema,
+staleness, anomalies: :mod:`cryptorun_daemon.data.validate`) look at each
+file. A partition with a rejected file is never sealed; without ``strict``
+the rejection is remembered by content, so later passes do not fetch and
+quarantine the same bytes again (a re-sealed source, with new content, is
+tried again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cryptorun_daemon.config import Tier
+from cryptorun_daemon.errors import ReplicationError, ValidationFailedError
+from cryptorun_daemon.storage.manifest import Manifest
+
+log = structlog.get_logger("cryptorun.replication")
+
+# A validator looks at one committed-to-be file: (path, dataset, tier) -> verdict.
+# A verdict of None/True passes, False fails, and an object with ``ok`` (and
+# optionally ``detail``) is read through those attributes.
+StepValidator = Callable[[Path, str, Tier], Any]
+
+
+def verdict_passed(verdict: Any) -> tuple[bool, str]:
+    """``(passed, detail)`` of one validator verdict (see :data:`StepValidator`)."""
+    if verdict is None or verdict is True:
+        return True, ""
+    if verdict is False:
+        return False, "validator returned False"
+    ok = bool(getattr(verdict, "ok", False))
+    return ok, str(getattr(verdict, "detail", "") or verdict)
+
+
+class PartitionVerifier:
+    """Runs the step validators on a partition's files and remembers refused content."""
+
+    def __init__(self, *, validators: Sequence[StepValidator] = (), strict: bool = False) -> None:
+        self.validators = tuple(validators)
+        self.strict = strict
+        # (tier, partition) → (content digest, why) of source versions refused by validation.
+        self._rejected: dict[tuple[Tier, str], tuple[str, str]] = {}
+
+    def check_not_refused(self, manifest: Manifest) -> None:
+        """Raise ``ReplicationError("validation")`` if this exact content was refused before.
+
+        The same bytes were already validated, quarantined and refused;
+        fetching them again would only quarantine a second copy.
+        """
+        rejected = self._rejected.get((manifest.tier, manifest.partition))
+        if rejected is not None and rejected[0] == manifest.content_hash:
+            raise ReplicationError(
+                f"not committed (same content refused earlier): {rejected[1]}",
+                reason="validation",
+            )
+
+    async def validate(self, manifest: Manifest, directory: Path) -> None:
+        """Run the step validators on every file before the commit point.
+
+        Error handling: a rejected file (quarantined by its validator) keeps the
+        partition uncommitted — a partition never seals with a file missing —
+        and raises :class:`ReplicationError` ``validation`` for this partition
+        only; the step's other partitions go on. Without ``strict`` the
+        rejection is remembered by content so later passes do not re-fetch the
+        same bytes; with ``strict`` the first violation fails it at once.
+        """
+        rejections: list[str] = []
+        for validator in self.validators:
+            for entry in manifest.files:
+                try:
+                    verdict = await asyncio.to_thread(
+                        validator, directory / entry.name, manifest.key.dataset, manifest.tier
+                    )
+                except ValidationFailedError as exc:  # strict mode: first violation
+                    raise ReplicationError(
+                        f"{manifest.partition}/{entry.name}: {exc}", reason="validation"
+                    ) from exc
+                except ValueError as exc:  # e.g. a dataset the validator has no schema for
+                    ok, detail = False, f"validator cannot check this file: {exc}"
+                else:
+                    ok, detail = verdict_passed(verdict)
+                if ok:
+                    continue
+                name = getattr(validator, "__name__", type(validator).__name__)
+                log.warning(
+                    "validator rejected a replicated file",
+                    validator=name,
+                    file=f"{manifest.tier}/{manifest.partition}/{entry.name}",
+                    detail=detail,
+                    strict=self.strict,
+                )
+                message = f"{name} rejected {manifest.partition}/{entry.name}: {detail}"
+                if self.strict:
+                    raise ReplicationError(message, reason="validation")
+                rejections.append(message)
+        if rejections:
+            summary = "; ".join(rejections)
+            self._rejected[(manifest.tier, manifest.partition)] = (manifest.content_hash, summary)
+            raise ReplicationError(f"not committed: {summary}", reason="validation")
