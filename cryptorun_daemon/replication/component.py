@@ -41,6 +41,7 @@ from cryptorun_daemon.errors import (
     FencedError,
     PathRejectedError,
     ReplicationError,
+    SealRefusedError,
     StateStoreError,
     StorageError,
     UsageError,
@@ -376,8 +377,9 @@ class WarmColdComponent:
         tier's current epoch, through the storage fence: a region that is not
         the current primary gets 409 ``fenced``, counted as
         ``cryptorun_fenced_total{operation="seal"}``. 400 for a path outside
-        the layout or a directory that cannot be sealed; 503 while this region
-        has not confirmed its roles with its peers (file store, after start-up).
+        the layout or a directory that cannot be sealed; 503 ``seal_refused``
+        (retry later) while this region has not confirmed its roles with its
+        peers (file store, after start-up).
         """
         body = await json_object(request)
         tier = parse_tier(str(body.get("tier", "")))
@@ -386,7 +388,7 @@ class WarmColdComponent:
         key = parse_partition_path(tier, str(body.get("partition", "")))
         refusal = self._write_refusal(tier)
         if refusal is not None:
-            raise web.HTTPServiceUnavailable(text=f"seal refused for now: {refusal}")
+            raise SealRefusedError(f"seal refused for now: {refusal}")
         epoch = self.epoch_provider(tier)
         if epoch < 1:
             # Roles not known yet (start-up): a seal stamped with epoch 0 could never
