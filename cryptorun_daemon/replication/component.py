@@ -36,7 +36,7 @@ import structlog
 from aiohttp import web
 
 from cryptorun_daemon.admin.bodies import json_object
-from cryptorun_daemon.config import Rule, Tier
+from cryptorun_daemon.config import Config, Rule, Tier
 from cryptorun_daemon.errors import (
     FencedError,
     PathRejectedError,
@@ -66,7 +66,7 @@ from cryptorun_daemon.replication.rules import Plan, TimeRange, parse_tier
 from cryptorun_daemon.replication.scheduler import PassScheduler, interval_for_slo
 from cryptorun_daemon.replication.serving import PartitionServer, ServeGuard
 from cryptorun_daemon.replication.transport_http import HttpPeer, Purpose
-from cryptorun_daemon.runtime.component import DaemonContext
+from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult, changed_sections
 from cryptorun_daemon.storage.catalog import Catalog, CatalogEntry
 from cryptorun_daemon.storage.layout import parse_partition_path
 from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, Manifest
@@ -172,6 +172,11 @@ class WarmColdComponent:
             # Roles and epochs are the failover component's part of the document.
             tiers[t] = {"sources": sources, "reconciliation": self.reconciliation[t].to_json()}
         return {"tiers": tiers}
+
+    def reload(self, new_config: Config) -> ReloadResult:
+        """Nothing live: links, schedulers and validators are built from these at start."""
+        sections = ("replication", "validation", "peers")
+        return ReloadResult(needs_restart=changed_sections(self.ctx.config, new_config, *sections))
 
     def not_ready_reasons(self) -> list[str]:
         return [] if self._started else ["warm/cold replication not started"]
