@@ -239,7 +239,7 @@ class Daemon:
         # the ones still running then are abandoned with a log line.
         stuck = await self.supervisor.stop(timeout=left_until(_WORKERS_DONE_BY))
         if stuck:
-            log.error("shutdown phase overran", phase="workers", workers=stuck)
+            log.error("shutdown phase overran", phase="workers", workers=stuck, action="abandon")
             overran.append("workers")
 
         # Phase 4, admin server: run the on_shutdown hooks and let in-flight
@@ -282,7 +282,10 @@ class Daemon:
                 )
             return True
         log.error(
-            "shutdown phase overran; cancelling it", phase=phase, timeout_seconds=round(timeout, 3)
+            "shutdown phase overran",
+            phase=phase,
+            timeout_seconds=round(timeout, 3),
+            action="cancel",
         )
         task.cancel(f"shutdown phase {phase} overran")
         loop = asyncio.get_running_loop()
