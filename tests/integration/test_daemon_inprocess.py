@@ -249,6 +249,50 @@ async def test_a_component_ignoring_cancellation_cannot_hold_shutdown_past_the_d
         await asyncio.sleep(0)
 
 
+class StubbornWorker(StopProbe):
+    """A component that stops at once but leaves a worker that swallows its cancellation."""
+
+    def __call__(self, ctx: DaemonContext) -> StubbornWorker:
+        self.ctx = ctx
+        return self
+
+    async def start(self) -> None:
+        self.ctx.supervisor.spawn("stubborn-worker", self._work)
+
+    async def _work(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+        await self.release.wait()
+
+
+async def test_a_worker_ignoring_cancellation_is_abandoned_at_its_mark(tmp_path: Path) -> None:
+    """A supervised worker that ignores the shutdown's cancellation is abandoned when the
+    workers phase reaches its mark, logged as that phase overrunning; the admin server and
+    client session are still closed."""
+    spec, _ = two_regions(tmp_path)
+    spec.sections["admin"] = {"shutdown_timeout": f"{SHUTDOWN_BUDGET}s"}
+    stubborn = StubbornWorker("stubborn-owner")
+    daemon = Daemon(
+        load_config(spec.write()), registry=CollectorRegistry(), extra_components=[stubborn]
+    )
+    await daemon.startup()
+    assert daemon.ctx.http is not None
+    try:
+        with capture_logs() as logs:
+            await asyncio.wait_for(daemon.shutdown(), HANG_GUARD)
+        assert stubborn.cancelled
+        assert daemon.shutdown_overruns == ["workers"]
+        overruns = [e for e in logs if e["event"] == "shutdown phase overran"]
+        assert [(e["phase"], e["workers"]) for e in overruns] == [("workers", ["stubborn-worker"])]
+        assert daemon.ctx.http.closed
+        assert await _port_is_closed(spec.port)
+    finally:
+        stubborn.release.set()  # let the abandoned worker end before the loop closes
+        await asyncio.sleep(0)
+
+
 @dataclass(frozen=True)
 class ConfigWithNewSection(Config):
     """The config as it would be once someone adds a section and forgets reload."""
