@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -31,7 +31,13 @@ from cryptorun_daemon.logsetup import configure_logging
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.rules import rule_to_json
 from cryptorun_daemon.runtime.clock import Clock, SystemClock
-from cryptorun_daemon.runtime.component import Component, DaemonContext
+from cryptorun_daemon.runtime.component import (
+    Component,
+    DaemonContext,
+    ReloadResult,
+    changed_sections,
+    config_sections,
+)
 from cryptorun_daemon.runtime.supervisor import Supervisor
 from cryptorun_daemon.runtime.systemd import SystemdNotifier
 
@@ -39,6 +45,16 @@ log = structlog.get_logger("cryptorun.daemon")
 ComponentFactory = Callable[[DaemonContext], Component]
 
 HEARTBEAT_INTERVAL = 1.0
+# Marks within admin.shutdown_timeout by which each shutdown phase must be done
+# (see Daemon._release): components by half of it, workers by 70 %, the admin
+# server's in-flight requests by 90 %, its connections closed by the deadline.
+# Half for components: they flush journals and park transfers, the work that
+# loses data when cut short; in-flight admin requests are retried by clients.
+_COMPONENTS_DONE_BY = 0.5
+_WORKERS_DONE_BY = 0.7
+_IN_FLIGHT_DONE_BY = 0.9
+# How long a cancelled shutdown step may take to unwind (never past the deadline).
+_CANCEL_GRACE = 0.5
 # /healthz fails when the heartbeat has not ticked for this long: the loop is wedged.
 ALIVE_WITHIN = 10.0
 
@@ -50,7 +66,7 @@ class Daemon:
     writable) raises after releasing what was acquired; once running, worker
     crashes are the supervisor's business and never stop the daemon.
     Resource handling: :meth:`shutdown` releases everything :meth:`startup`
-    acquired, in reverse order, within ``admin.shutdown_timeout``.
+    acquired, in reverse order, all of it within one ``admin.shutdown_timeout``.
     """
 
     def __init__(
@@ -90,6 +106,10 @@ class Daemon:
         self._state = "created"
         self._last_tick = self.clock.monotonic()
         self._sigint_count = 0
+        # Shutdown steps that ignored their cancellation: strong references until
+        # they end, so they are never garbage-collected mid-flight.
+        self._abandoned: set[asyncio.Future[None]] = set()
+        self.shutdown_overruns: list[str] = []
         self._apply_slo_metrics(config)
 
     @property
@@ -159,14 +179,11 @@ class Daemon:
                 self.reload()
 
     async def shutdown(self) -> None:
-        """Ordered, time-boxed shutdown.
+        """Ordered shutdown under one deadline, ``admin.shutdown_timeout`` from now.
 
-        1. mark not ready and tell systemd ``STOPPING=1``;
-        2. stop accepting new admin connections;
-        3. stop components in reverse order (the hot tier closes its
-           WebSockets with 1001; copies in flight stay resumable as partials);
-        4. cancel remaining workers under the deadline;
-        5. let aiohttp finish in-flight requests, then close client sessions.
+        Mark not ready and tell systemd ``STOPPING=1``, then run the phases of
+        :meth:`_release`. The whole stop fits the one budget (the systemd unit's
+        ``TimeoutStopSec`` is set well above it), whatever a component does.
         """
         if self._state in ("stopping", "stopped"):
             return
@@ -174,28 +191,114 @@ class Daemon:
         self.metrics.ready.set(0)
         self.notifier.stopping()
         self.notifier.status("shutting down")
-        log.info("daemon stopping")
-        await self._release()
+        log.info("daemon stopping", shutdown_timeout_seconds=self.config.admin.shutdown_timeout)
+        overran = await self._release()
         self._state = "stopped"
-        log.info("daemon stopped")
+        log.info("daemon stopped", overran=overran)
 
-    async def _release(self) -> None:
-        deadline = self.config.admin.shutdown_timeout
+    async def _release(self) -> list[str]:
+        """Release everything :meth:`startup` acquired, in phases, under one deadline.
+
+        The deadline is computed once, on the loop's monotonic clock. Each
+        phase must be done by its mark (a share of the budget); time a phase
+        does not use passes to the next ones, and a phase that reaches its mark
+        is cut off (cancelled) and logged, so the phases after it still run.
+
+        Returns the phases that overran (empty for a clean stop); also kept in
+        :attr:`shutdown_overruns`.
+        """
+        loop = asyncio.get_running_loop()
+        budget = self.config.admin.shutdown_timeout
+        started = loop.time()
+        deadline = started + budget
+
+        def left_until(share: float) -> float:
+            return max(0.0, started + budget * share - loop.time())
+
+        overran: list[str] = []
+
+        # Phase 1, stop accepting: close the listening socket so no new request
+        # or WebSocket arrives; connections already open live on until phase 4.
         if self.admin is not None:
             await self.admin.stop_accepting()
-        for component in reversed(self.components):
-            try:
-                await asyncio.wait_for(component.stop(), timeout=deadline)
-            except TimeoutError:
-                log.error("component did not stop in time", component=component.name)
-            except Exception:
-                log.error("component failed to stop", component=component.name, exc_info=True)
-        await self.supervisor.stop(timeout=deadline)
+
+        # Phase 2, components in reverse start order (the hot tier closes its
+        # WebSockets with 1001 and flushes its journal; copies in flight stay
+        # resumable as partials; failover, which the others ask, stops last).
+        # Each gets an equal part of what is left of the phase, so one that
+        # hangs in stop() cannot take the time of the ones after it.
+        remaining = list(reversed(self.components))
+        while remaining:
+            component = remaining.pop(0)
+            share = left_until(_COMPONENTS_DONE_BY) / (len(remaining) + 1)
+            if not await self._bounded(f"stop {component.name}", component.stop(), share, deadline):
+                overran.append(f"stop {component.name}")
+
+        # Phase 3, supervisor: cancel every worker still running (components
+        # should have stopped theirs) and wait for them until the phase's mark;
+        # the ones still running then are abandoned with a log line.
+        stuck = await self.supervisor.stop(timeout=left_until(_WORKERS_DONE_BY))
+        if stuck:
+            log.error("shutdown phase overran", phase="workers", workers=stuck, action="abandon")
+            overran.append("workers")
+
+        # Phase 4, admin server: run the on_shutdown hooks and let in-flight
+        # requests finish until the phase's mark, then close every connection
+        # (cut off at the deadline itself).
         if self.admin is not None:
-            await self.admin.close()
+            in_flight = left_until(_IN_FLIGHT_DONE_BY)
+            closing = self.admin.close(in_flight)
+            if not await self._bounded("admin", closing, left_until(1.0), deadline):
+                overran.append("admin")
+
+        # Phase 5, outgoing connections: close the shared client session. Not
+        # time-boxed: closing an aiohttp session only closes sockets, and it
+        # must run even when the phases before it used the whole budget.
         if self.ctx.http is not None:
             await self.ctx.http.close()
         self.notifier.close()
+        self.shutdown_overruns = overran
+        return overran
+
+    async def _bounded(
+        self, phase: str, step: Awaitable[None], timeout: float, deadline: float
+    ) -> bool:
+        """Run one shutdown step for at most ``timeout`` seconds; False if it overran.
+
+        Error handling: an exception from the step is logged and counts as
+        done (shutdown goes on). On timeout the step is cancelled and given
+        until ``deadline`` (at most :data:`_CANCEL_GRACE`) to unwind; a step
+        that ignores the cancellation is abandoned with a log line, its task
+        kept referenced in :attr:`_abandoned` until it ends.
+        """
+        task = asyncio.ensure_future(step)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error(
+                    "shutdown step failed",
+                    phase=phase,
+                    exc_info=task.exception(),
+                )
+            return True
+        log.error(
+            "shutdown phase overran",
+            phase=phase,
+            timeout_seconds=round(timeout, 3),
+            action="cancel",
+        )
+        task.cancel(f"shutdown phase {phase} overran")
+        loop = asyncio.get_running_loop()
+        grace = min(_CANCEL_GRACE, max(0.0, deadline - loop.time()))
+        done, _ = await asyncio.wait({task}, timeout=grace)
+        if task in done:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
+        else:
+            log.error("shutdown step ignored its cancellation; abandoned", phase=phase)
+            self._abandoned.add(task)
+            task.add_done_callback(self._abandoned.discard)
+        return False
 
     async def serve(self) -> None:
         """Run the whole lifecycle with signal handlers installed (the CLI entry)."""
@@ -246,50 +349,78 @@ class Daemon:
 
     # --- reload ----------------------------------------------------------------------
 
-    def reload(self) -> tuple[list[str], list[str]]:
-        """Re-read the config file and apply what is safe to change live.
+    def reload(self) -> ReloadResult:
+        """Re-read the config file (SIGHUP) and apply what is safe to change live.
 
-        Returns ``(applied, needs_restart)``. Log level/format and rule SLOs are
-        applied; anything else that changed is reported as needing a restart. An
-        invalid new config is rejected whole and the running config stays.
+        An invalid new config is rejected whole and the running config stays
+        (an empty result). Otherwise see :meth:`apply_config`.
         """
-        old = self.config
         try:
-            new = load_config(old.source)
+            new = load_config(self.config.source)
         except ConfigError as exc:
             log.error("reload rejected: config invalid", problems=[str(p) for p in exc.problems])
-            return [], []
+            return ReloadResult()
+        return self.apply_config(new)
+
+    def apply_config(self, new: Config) -> ReloadResult:
+        """Apply ``new`` as far as the daemon and each component can, Patroni style.
+
+        The daemon applies log level/format and rule SLOs itself and claims the
+        sections only a restart changes for everyone (``region``, ``admin``,
+        ``storage``, the shape of ``rules``); every component then answers for
+        the sections it reads (:meth:`Component.reload`). A changed top-level
+        section nobody claimed is reported as needing a restart with a
+        warning, so a section added to :class:`Config` is never silently
+        ignored. Only what the daemon applied replaces the running config.
+        """
+        old = self.config
+        result = self._reload_own(old, new)
+        for component in self.components:
+            try:
+                result = result.merged(component.reload(new))
+            except Exception:
+                # One component's bug must not stop the others from seeing the config.
+                log.error("component failed to reload", component=component.name, exc_info=True)
+        unclaimed = tuple(
+            section
+            for section in changed_sections(old, new, *config_sections(new))
+            if not result.claims(section)
+        )
+        if unclaimed:
+            log.warning(
+                "changed config sections that no component reloads; restart to apply them",
+                sections=list(unclaimed),
+            )
+            result = result.merged(ReloadResult(needs_restart=unclaimed))
+        rules = new.rules if "rules.lag_slo" in result.applied else old.rules
+        self.ctx.config = replace(old, log=new.log, rules=rules)
+        self._apply_slo_metrics(self.ctx.config)
+        log.info(
+            "config reloaded",
+            applied=list(result.applied),
+            needs_restart=list(result.needs_restart),
+        )
+        if result.needs_restart:
+            log.warning(
+                "some changes need a restart to take effect", sections=list(result.needs_restart)
+            )
+        return result
+
+    def _reload_own(self, old: Config, new: Config) -> ReloadResult:
+        """The daemon's own sections: log and rule SLOs live; the rest at restart."""
         applied: list[str] = []
         needs_restart: list[str] = []
         if new.log != old.log:
             configure_logging(new.log.level, new.log.format)
             applied.append("log")
-        rules = old.rules
-        if _rule_shape(new.rules) == _rule_shape(old.rules):
-            if new.rules != old.rules:
-                rules = new.rules
-                applied.append("rules.lag_slo")
-        else:
+        if _rule_shape(new.rules) != _rule_shape(old.rules):
+            # Links, fences and bootstrap primaries follow the rules' shape.
             needs_restart.append("rules")
-        for section in (
-            "region",
-            "admin",
-            "storage",
-            "peers",
-            "state",
-            "replication",
-            "hot",
-            "feeds",
-            "validation",
-        ):
-            if getattr(new, section) != getattr(old, section):
-                needs_restart.append(section)
-        self.ctx.config = replace(old, log=new.log, rules=rules)
-        self._apply_slo_metrics(self.ctx.config)
-        log.info("config reloaded", applied=applied, needs_restart=needs_restart)
-        if needs_restart:
-            log.warning("some changes need a restart to take effect", sections=needs_restart)
-        return applied, needs_restart
+        elif new.rules != old.rules:
+            applied.append("rules.lag_slo")
+        # The admin listener, region identity and storage root are bound at start-up.
+        needs_restart += changed_sections(old, new, "region", "admin", "storage")
+        return ReloadResult(applied=tuple(applied), needs_restart=tuple(needs_restart))
 
     def _apply_slo_metrics(self, config: Config) -> None:
         for rule in config.rules:

@@ -2,6 +2,13 @@
 
 Errors are raised deep and mapped to exit codes (CLI) or HTTP statuses (admin
 API) only at the edges, so one concern's failures read the same everywhere.
+
+Each class carries its own answer, as aiohttp's ``web_exceptions`` do:
+``code`` is the stable machine name (the ``error`` key of an admin API error
+body) and ``http_status`` the status the admin API answers with when a handler
+raises it. The admin middleware reads both from the exception; there is no
+table from error type to status to keep in step. 500 (the default) means "a
+bug or an unexpected state": the middleware logs it with its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ class CryptorunError(Exception):
     """Root of every deliberate error. ``code`` is the stable machine name."""
 
     code = "error"
+    http_status = 500
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class UsageError(CryptorunError):
     """The command line or an API request was malformed (exit 2, HTTP 400)."""
 
     code = "bad_request"
+    http_status = 400
 
 
 class AdminClientError(CryptorunError):
@@ -65,6 +74,7 @@ class PathRejectedError(StorageError):
     """A requested path would leave ``storage.root`` or is not a partition path."""
 
     code = "bad_path"
+    http_status = 400
 
 
 class ReplicationError(CryptorunError):
@@ -111,15 +121,33 @@ class ConflictError(FailoverError):
     """Stale epoch, promotion of the current primary, or a concurrent promotion (409)."""
 
     code = "conflict"
+    http_status = 409
 
 
 class FencedError(FailoverError):
     """A writer whose epoch is no longer current tried to seal or serve (409)."""
 
     code = "fenced"
+    http_status = 409
 
 
 class StateStoreError(CryptorunError):
     """The coordination store (file or etcd) could not be read or written."""
 
     code = "state_store"
+    # The store is unreachable or unreadable: a client should retry later.
+    http_status = 503
+
+
+class SealRefusedError(FailoverError):
+    """This region holds the tier as primary but may not seal yet (503, retry later).
+
+    A file-store region that restarted trusts its stored role only once it has
+    compared epochs with its peers (``write_refusal`` in ``/v1/status``). The
+    refusal is temporary, unlike :class:`FencedError`: the same request
+    succeeds once the peers answer, or is fenced (409) if one of them was
+    promoted meanwhile.
+    """
+
+    code = "seal_refused"
+    http_status = 503

@@ -18,7 +18,8 @@ class AdminServer:
     Resource handling: :meth:`start` binds the listening socket (port 0 picks
     a free port, readable from :attr:`port`); :meth:`stop_accepting` closes it
     without touching open connections; :meth:`close` waits for in-flight
-    requests up to ``shutdown_timeout`` and then tears everything down.
+    requests up to ``shutdown_timeout`` (or the time it is given) and then
+    tears everything down.
     """
 
     def __init__(self, app: web.Application, host: str, port: int, *, shutdown_timeout: float):
@@ -50,7 +51,17 @@ class AdminServer:
             if server is not None:
                 server.close()
 
-    async def close(self) -> None:
-        """Run aiohttp's shutdown (on_shutdown hooks close WebSockets), then cleanup."""
+    async def close(self, in_flight_timeout: float | None = None) -> None:
+        """Run aiohttp's shutdown (on_shutdown hooks close WebSockets), then cleanup.
+
+        ``in_flight_timeout`` (default: the constructor's ``shutdown_timeout``)
+        bounds the wait for requests still being handled; the daemon passes
+        what is left of its one shutdown deadline.
+        """
+        if in_flight_timeout is not None:
+            # aiohttp reads the runner's timeout when cleanup() shuts the server
+            # down; it has no public setter, and the daemon only knows how much
+            # of its deadline is left at this point, not at construction.
+            self._runner._shutdown_timeout = max(0.0, in_flight_timeout)
         await self._runner.shutdown()
         await self._runner.cleanup()

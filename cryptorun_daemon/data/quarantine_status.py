@@ -13,8 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
+from cryptorun_daemon.config import Config
 from cryptorun_daemon.data.validate.quarantine import quarantine_counts
-from cryptorun_daemon.runtime.component import DaemonContext
+from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult
 
 REFRESH_SECONDS = 5.0
 
@@ -61,6 +62,10 @@ class QuarantineStatus:
             return {}
         counts = {t: c for t, c in self.counts.items() if tier is None or t == tier}
         return {"quarantine": counts}
+
+    def reload(self, new_config: Config) -> ReloadResult:
+        """Claims nothing: it reads ``storage.root`` afresh on every count (the daemon owns it)."""
+        return ReloadResult()
 
     def not_ready_reasons(self) -> list[str]:
         return []

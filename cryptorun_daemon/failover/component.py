@@ -46,6 +46,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
+from cryptorun_daemon.config import Config
 from cryptorun_daemon.errors import ConflictError, StateStoreError
 from cryptorun_daemon.failover.api import FailoverApi, state_from_status
 from cryptorun_daemon.failover.fence_keeper import FenceKeeper
@@ -59,7 +60,7 @@ from cryptorun_daemon.failover.roles import (
     is_active_passive,
 )
 from cryptorun_daemon.failover.store import StateStore, open_state_store, run_heartbeats
-from cryptorun_daemon.runtime.component import DaemonContext
+from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult, changed_sections
 
 log = structlog.get_logger("cryptorun.failover")
 
@@ -241,6 +242,13 @@ class FailoverComponent:
             await asyncio.wait(tasks, timeout=self.ctx.config.admin.shutdown_timeout)
         if self.store is not None:
             await self.store.close()
+
+    def reload(self, new_config: Config) -> ReloadResult:
+        """Nothing live: the store, peer monitor and fence are built from these at start."""
+        old = self.ctx.config
+        return ReloadResult(
+            needs_restart=changed_sections(old, new_config, "state", "peers", "replication")
+        )
 
     def not_ready_reasons(self) -> list[str]:
         reasons = []

@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from cryptorun_daemon.config import FeedConfig
+from cryptorun_daemon.config import Config, FeedConfig
 from cryptorun_daemon.errors import IngestError
 from cryptorun_daemon.hot.authority import SourceAuthority
 from cryptorun_daemon.hot.buffer import ReplayBuffer
@@ -40,7 +40,7 @@ from cryptorun_daemon.hot.mirror_client import MirrorClient
 from cryptorun_daemon.hot.mirror_server import MirrorServer
 from cryptorun_daemon.hot.sealer import HotSealer
 from cryptorun_daemon.metrics import Metrics
-from cryptorun_daemon.runtime.component import DaemonContext
+from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult, changed_sections
 
 log = structlog.get_logger("cryptorun.hot")
 GAUGE_INTERVAL = 0.5
@@ -229,6 +229,12 @@ class HotComponent:
         await self.server.close_all()
         if self._started:
             self.log.close()
+
+    def reload(self, new_config: Config) -> ReloadResult:
+        """Nothing live: the journal, feeds and mirror links are built from these at start."""
+        return ReloadResult(
+            needs_restart=changed_sections(self.ctx.config, new_config, "hot", "feeds")
+        )
 
     def not_ready_reasons(self) -> list[str]:
         return [] if self._started else ["hot log is not open"]

@@ -36,11 +36,12 @@ import structlog
 from aiohttp import web
 
 from cryptorun_daemon.admin.bodies import json_object
-from cryptorun_daemon.config import Rule, Tier
+from cryptorun_daemon.config import Config, Rule, Tier
 from cryptorun_daemon.errors import (
     FencedError,
     PathRejectedError,
     ReplicationError,
+    SealRefusedError,
     StateStoreError,
     StorageError,
     UsageError,
@@ -66,7 +67,7 @@ from cryptorun_daemon.replication.scheduler import PassScheduler, interval_for_s
 from cryptorun_daemon.replication.serving import PartitionServer, ServeGuard
 from cryptorun_daemon.replication.transport_http import HttpPeer, Purpose
 from cryptorun_daemon.replication.verify import StepValidator
-from cryptorun_daemon.runtime.component import DaemonContext
+from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult, changed_sections
 from cryptorun_daemon.storage.catalog import Catalog, CatalogEntry
 from cryptorun_daemon.storage.layout import parse_partition_path
 from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, Manifest
@@ -172,6 +173,11 @@ class WarmColdComponent:
             # Roles and epochs are the failover component's part of the document.
             tiers[t] = {"sources": sources, "reconciliation": self.reconciliation[t].to_json()}
         return {"tiers": tiers}
+
+    def reload(self, new_config: Config) -> ReloadResult:
+        """Nothing live: links, schedulers and validators are built from these at start."""
+        sections = ("replication", "validation", "peers")
+        return ReloadResult(needs_restart=changed_sections(self.ctx.config, new_config, *sections))
 
     def not_ready_reasons(self) -> list[str]:
         return [] if self._started else ["warm/cold replication not started"]
@@ -377,8 +383,9 @@ class WarmColdComponent:
         tier's current epoch, through the storage fence: a region that is not
         the current primary gets 409 ``fenced``, counted as
         ``cryptorun_fenced_total{operation="seal"}``. 400 for a path outside
-        the layout or a directory that cannot be sealed; 503 while this region
-        has not confirmed its roles with its peers (file store, after start-up).
+        the layout or a directory that cannot be sealed; 503 ``seal_refused``
+        (retry later) while this region has not confirmed its roles with its
+        peers (file store, after start-up).
         """
         body = await json_object(request)
         tier = parse_tier(str(body.get("tier", "")))
@@ -387,7 +394,7 @@ class WarmColdComponent:
         key = parse_partition_path(tier, str(body.get("partition", "")))
         refusal = self._write_refusal(tier)
         if refusal is not None:
-            raise web.HTTPServiceUnavailable(text=f"seal refused for now: {refusal}")
+            raise SealRefusedError(f"seal refused for now: {refusal}")
         epoch = self.epoch_provider(tier)
         if epoch < 1:
             # Roles not known yet (start-up): a seal stamped with epoch 0 could never

@@ -3,13 +3,14 @@
 The daemon builds a :class:`DaemonContext`, constructs each component with it,
 mounts the component's routes on the admin app, starts components in order and
 stops them in reverse order. Components spawn their long-running work through
-``ctx.supervisor`` so no task is ever unowned.
+``ctx.supervisor`` so no task is ever unowned. On SIGHUP the daemon hands the
+new config to every component's ``reload`` and merges the answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import aiohttp
@@ -43,6 +44,44 @@ class DaemonContext:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
+@dataclass(frozen=True)
+class ReloadResult:
+    """What the daemon or one component did with a new config on reload.
+
+    Entries name a top-level config section (``"hot"``) or a key inside one
+    (``"rules.lag_slo"``). ``applied``: in effect now. ``needs_restart``:
+    changed, but only a restart puts it in effect. Listing a section in either
+    *claims* it: the daemon reports a changed section nobody claims as needing
+    a restart, with a warning, so a new section is never silently ignored.
+    """
+
+    applied: tuple[str, ...] = ()
+    needs_restart: tuple[str, ...] = ()
+
+    def merged(self, other: ReloadResult) -> ReloadResult:
+        """Both results, first-seen order, no duplicates."""
+        return ReloadResult(
+            applied=tuple(dict.fromkeys((*self.applied, *other.applied))),
+            needs_restart=tuple(dict.fromkeys((*self.needs_restart, *other.needs_restart))),
+        )
+
+    def claims(self, section: str) -> bool:
+        """Whether ``section`` (top level) is named here, alone or as ``section.key``."""
+        return any(
+            entry.split(".", 1)[0] == section for entry in (*self.applied, *self.needs_restart)
+        )
+
+
+def config_sections(config: Config) -> tuple[str, ...]:
+    """Every top-level section of ``config`` (its dataclass fields but ``source``)."""
+    return tuple(f.name for f in fields(config) if f.name != "source")
+
+
+def changed_sections(old: Config, new: Config, *sections: str) -> tuple[str, ...]:
+    """Those of ``sections`` whose value differs between ``old`` and ``new``."""
+    return tuple(s for s in sections if getattr(old, s) != getattr(new, s))
+
+
 class Component(Protocol):
     """A subsystem of the daemon.
 
@@ -67,4 +106,14 @@ class Component(Protocol):
 
     def not_ready_reasons(self) -> list[str]:
         """Why this component cannot serve yet (empty when ready)."""
+        ...
+
+    def reload(self, new_config: Config) -> ReloadResult:
+        """Apply what it can of ``new_config`` (SIGHUP); ``ctx.config`` is still the old one.
+
+        Name every changed section this component reads, as applied or as
+        needing a restart (one that can apply nothing live lists them all as
+        ``needs_restart``). The daemon replaces ``ctx.config`` only with what
+        it applies itself (log, rule SLOs).
+        """
         ...

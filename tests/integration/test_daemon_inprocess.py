@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
-from cryptorun_daemon.config import load_config
-from cryptorun_daemon.runtime.component import DaemonContext
+from cryptorun_daemon.config import Config, load_config
+from cryptorun_daemon.daemon import Daemon
+from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult
 from tests.harness.daemons import run_daemon, two_regions
 
 
@@ -50,6 +54,9 @@ class CrashingComponent:
 
     async def stop(self) -> None:
         return None
+
+    def reload(self, new_config: Config) -> ReloadResult:
+        return ReloadResult()
 
     def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]:
         return {"tiers": {"warm": {"crashy_runs": self.runs}}}
@@ -112,3 +119,209 @@ async def test_readyz_reports_component_reasons_until_ready(tmp_path: Path) -> N
             assert resp.status == 200
         async with http.get(f"{spec.base_url}/v1/test/hello") as resp:
             assert resp.status == 401  # component routes are protected by default
+
+
+class StopProbe:
+    """A component whose stop() is recorded and, if asked, never returns.
+
+    ``hang="cancellable"`` waits forever but unwinds when cancelled;
+    ``hang="stubborn"`` also swallows the cancellation and keeps waiting until
+    :attr:`release` is set (a badly written component).
+    """
+
+    def __init__(self, name: str, hang: str | None = None) -> None:
+        self.name = name
+        self.hang = hang
+        self.stop_called = False
+        self.cancelled = False
+        self.release = asyncio.Event()
+
+    def __call__(self, ctx: DaemonContext) -> StopProbe:
+        return self
+
+    def routes(self) -> Sequence[web.RouteDef]:
+        return []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self.stop_called = True
+        if self.hang is None:
+            return
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            if self.hang == "cancellable":
+                raise
+        await self.release.wait()
+
+    def reload(self, new_config: Config) -> ReloadResult:
+        return ReloadResult()
+
+    def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]:
+        return {}
+
+    def not_ready_reasons(self) -> list[str]:
+        return []
+
+
+SHUTDOWN_BUDGET = 2.0
+# Only a guard against a hung test: nothing below asserts how long shutdown took.
+HANG_GUARD = SHUTDOWN_BUDGET + 30
+
+
+async def _port_is_closed(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return True
+    writer.close()
+    return False
+
+
+async def test_components_hanging_in_stop_are_cut_off_and_later_phases_still_run(
+    tmp_path: Path,
+) -> None:
+    """Two components whose stop() never returns are each cancelled at their share of the one
+    shutdown deadline and logged as the phase that overran; the first does not eat the
+    second's share (both get a share, together within the budget), the component stopped
+    after them still has stop() called, and the supervisor, admin server and client session
+    are still closed."""
+    spec, _ = two_regions(tmp_path)
+    spec.sections["admin"] = {"shutdown_timeout": f"{SHUTDOWN_BUDGET}s"}
+    after = StopProbe("after-the-hangs")
+    first, second = StopProbe("hanging-1", "cancellable"), StopProbe("hanging-2", "cancellable")
+    # Stopped in reverse: hanging-1, hanging-2, after-the-hangs, then the built-in components.
+    daemon = Daemon(
+        load_config(spec.write()),
+        registry=CollectorRegistry(),
+        extra_components=[after, second, first],
+    )
+    await daemon.startup()
+    assert daemon.ctx.http is not None
+    with capture_logs() as logs:
+        await asyncio.wait_for(daemon.shutdown(), HANG_GUARD)
+    assert (first.cancelled, second.cancelled) == (True, True)
+    assert after.stop_called
+    assert daemon.shutdown_overruns == ["stop hanging-1", "stop hanging-2"]
+    overruns = [e for e in logs if e["event"] == "shutdown phase overran"]
+    assert [e["phase"] for e in overruns] == ["stop hanging-1", "stop hanging-2"]
+    shares = [e["timeout_seconds"] for e in overruns]
+    assert all(share > 0 for share in shares), shares
+    assert sum(shares) <= SHUTDOWN_BUDGET, shares
+    assert not any(w["running"] for w in daemon.supervisor.workers().values())
+    assert daemon.ctx.http.closed
+    assert await _port_is_closed(spec.port)
+
+
+async def test_a_component_ignoring_cancellation_cannot_hold_shutdown_past_the_deadline(
+    tmp_path: Path,
+) -> None:
+    """A component that swallows the cancellation of its stop() is abandoned (logged, kept
+    referenced) instead of holding the daemon: shutdown returns, every later component and
+    phase still runs."""
+    spec, _ = two_regions(tmp_path)
+    spec.sections["admin"] = {"shutdown_timeout": f"{SHUTDOWN_BUDGET}s"}
+    after = StopProbe("after-the-hang")
+    stubborn = StopProbe("stubborn", hang="stubborn")
+    daemon = Daemon(
+        load_config(spec.write()), registry=CollectorRegistry(), extra_components=[after, stubborn]
+    )
+    await daemon.startup()
+    assert daemon.ctx.http is not None
+    try:
+        with capture_logs() as logs:
+            await asyncio.wait_for(daemon.shutdown(), HANG_GUARD)
+        assert stubborn.cancelled
+        assert after.stop_called
+        assert daemon.shutdown_overruns == ["stop stubborn"]
+        assert any(
+            e["event"] == "shutdown step ignored its cancellation; abandoned"
+            and e["phase"] == "stop stubborn"
+            for e in logs
+        )
+        assert daemon.ctx.http.closed
+        assert await _port_is_closed(spec.port)
+    finally:
+        stubborn.release.set()  # let the abandoned step end before the loop closes
+        await asyncio.sleep(0)
+
+
+class StubbornWorker(StopProbe):
+    """A component that stops at once but leaves a worker that swallows its cancellation."""
+
+    def __call__(self, ctx: DaemonContext) -> StubbornWorker:
+        self.ctx = ctx
+        return self
+
+    async def start(self) -> None:
+        self.ctx.supervisor.spawn("stubborn-worker", self._work)
+
+    async def _work(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+        await self.release.wait()
+
+
+async def test_a_worker_ignoring_cancellation_is_abandoned_at_its_mark(tmp_path: Path) -> None:
+    """A supervised worker that ignores the shutdown's cancellation is abandoned when the
+    workers phase reaches its mark, logged as that phase overrunning; the admin server and
+    client session are still closed."""
+    spec, _ = two_regions(tmp_path)
+    spec.sections["admin"] = {"shutdown_timeout": f"{SHUTDOWN_BUDGET}s"}
+    stubborn = StubbornWorker("stubborn-owner")
+    daemon = Daemon(
+        load_config(spec.write()), registry=CollectorRegistry(), extra_components=[stubborn]
+    )
+    await daemon.startup()
+    assert daemon.ctx.http is not None
+    try:
+        with capture_logs() as logs:
+            await asyncio.wait_for(daemon.shutdown(), HANG_GUARD)
+        assert stubborn.cancelled
+        assert daemon.shutdown_overruns == ["workers"]
+        overruns = [e for e in logs if e["event"] == "shutdown phase overran"]
+        assert [(e["phase"], e["workers"]) for e in overruns] == [("workers", ["stubborn-worker"])]
+        assert daemon.ctx.http.closed
+        assert await _port_is_closed(spec.port)
+    finally:
+        stubborn.release.set()  # let the abandoned worker end before the loop closes
+        await asyncio.sleep(0)
+
+
+@dataclass(frozen=True)
+class ConfigWithNewSection(Config):
+    """The config as it would be once someone adds a section and forgets reload."""
+
+    experimental: str = "off"
+
+
+async def test_a_changed_section_no_component_claims_is_reported_not_ignored(
+    tmp_path: Path,
+) -> None:
+    """On reload a top-level config section that changed but that neither the daemon nor any
+    component claims is reported as needing a restart, with a warning naming it; sections the
+    components claim are still reported by them, and the running config keeps the old values."""
+    spec, _ = two_regions(tmp_path)
+    loaded = load_config(spec.write())
+    config = ConfigWithNewSection(**{f.name: getattr(loaded, f.name) for f in fields(loaded)})
+    async with run_daemon(config) as daemon:
+        changed = replace(
+            config,
+            experimental="on",
+            replication=replace(config.replication, max_concurrency=2),
+        )
+        with capture_logs() as logs:
+            result = daemon.apply_config(changed)
+        running = daemon.config
+    assert result.applied == ()
+    assert result.needs_restart == ("replication", "experimental")
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert any(e.get("sections") == ["experimental"] for e in warnings), warnings
+    assert isinstance(running, ConfigWithNewSection)
+    assert running.experimental == "off"
+    assert running.replication == config.replication

@@ -351,7 +351,8 @@ async def test_a_restarted_old_primary_does_not_seal_until_it_has_compared_epoch
     """File store, no quorum: eu-central comes back still holding "primary at epoch 1" while
     us-east was promoted to epoch 2 meanwhile. Until it has compared epochs with us-east (or
     seen it down for peer_down_after) it is ready but does not act as primary: no hot sealing,
-    seal requests 503. Once us-east answers it adopts epoch 2 and is fenced (409)."""
+    seal requests 503 seal_refused (retry later, not "not ready"). Once us-east answers it
+    adopts epoch 2 and is fenced (409)."""
     a, b = regions
     a.sections["replication"] = {"peer_down_after": "120s"}  # the window under test
     a.write()
@@ -378,7 +379,7 @@ async def test_a_restarted_old_primary_does_not_seal_until_it_has_compared_epoch
         assert "has not confirmed its roles yet" in warm["write_refusal"]
         assert "us-east" in warm["write_refusal"]
         code, doc = await post(http, seal_url, body)
-        assert (code, doc["error"]) == (503, "not_ready"), doc
+        assert (code, doc["error"]) == (503, "seal_refused"), doc
         assert "epochs not compared with us-east" in doc["detail"]
         assert not is_sealed(key.directory(a.storage_root))
 
