@@ -123,3 +123,19 @@ class StateStoreError(CryptorunError):
     """The coordination store (file or etcd) could not be read or written."""
 
     code = "state_store"
+
+
+class WriteRefusedError(StateStoreError):
+    """This region may not write as primary right now (503, retry later).
+
+    Raised at a write's commit point when the region's hold on its role
+    cannot be vouched for: its etcd lease has no more than the safety margin
+    left, or the state store is unreachable. ``reason`` is the stable name
+    shown in status (``lease_expiring``, ``state_store_unreachable``).
+    """
+
+    code = "not_ready"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)

@@ -63,6 +63,7 @@ from cryptorun_daemon.storage.fence import (
     quarantine_fenced_manifest,
     read_fence,
 )
+from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
 from cryptorun_daemon.storage.layout import (
     PARTIAL_SUFFIX,
     SUCCESS_MARKER,
@@ -329,9 +330,16 @@ class WarmColdExecutor:
             )
 
     def _commit(self, directory: Path, manifest: Manifest) -> None:
-        """The commit point, behind a last fence check."""
-        self.check_apply(manifest)
-        write_seal(directory, manifest)
+        """The commit point, behind a last fence and write-permit check under the fence lock.
+
+        The lock is the one a fence advance takes, so the verdict still holds
+        at the rename. The permit refuses only when this region holds the tier
+        as primary without a safe lease (a replica's copies are always allowed).
+        """
+        with fence_lock(self.root, manifest.tier):
+            self.check_apply(manifest)
+            check_write_permit(self.root, manifest.tier)
+            write_seal(directory, manifest)
 
     def _already_committed(self, directory: Path, manifest: Manifest) -> bool:
         """True when an identical copy is sealed; moves a different sealed copy aside.
