@@ -17,6 +17,10 @@ as ``ctx.components["failover"]``):
 
 - :meth:`FailoverComponent.current` / :meth:`~FailoverComponent.epoch` /
   :meth:`~FailoverComponent.is_primary` read the cache (no I/O, never block);
+- :meth:`~FailoverComponent.write_refusal_reason` says why this region, though
+  primary, may not write now (with etcd: :meth:`~FailoverComponent.lease_refusal`,
+  also installed as the storage root's write permit, so every seal and commit
+  asks it at its commit point);
 - :meth:`~FailoverComponent.add_listener` registers a synchronous callback run
   on the event loop after every change (after the fence was advanced);
   :meth:`~FailoverComponent.wait_for_change` awaits a newer epoch;
@@ -339,6 +343,7 @@ class FailoverComponent:
                 else sorted({*self.ctx.config.regions, state.primary})
             )
             fence = self.fence.fences.get(name)
+            refusal = self.write_refusal_reason(name)
             tiers[name] = {
                 "primary": state.primary,
                 "epoch": state.epoch,
@@ -348,8 +353,8 @@ class FailoverComponent:
                 "history": [t.to_json() for t in state.history[-STATUS_HISTORY:]],
                 "state_problem": self._problems.get(name) or self.fence.problems.get(name),
                 "fence": fence.to_json() if fence is not None else None,
-                "write_refusal": self.write_refusal(name),
-                "write_refusal_reason": (self.write_refusal_reason(name) or (None,))[0],
+                "write_refusal": f"{refusal[0]}: {refusal[1]}" if refusal else None,
+                "write_refusal_reason": refusal[0] if refusal else None,
             }
         cfg = self.ctx.config.state
         return {

@@ -12,7 +12,9 @@ commit with a transaction guarded by ``mod_revision(tier key) == R``. If any
 other writer committed in between, the guard fails and nothing is written, so
 two concurrent promotions cannot both win. Liveness keys live on leases: a
 region that stops renewing disappears when etcd expires the lease, with no
-help from the dead process.
+help from the dead process. The store remembers when each lease it renewed
+will have expired at the latest (:meth:`EtcdStateStore.lease_health`), so a
+primary cut off from etcd can stop writing before it can be replaced.
 """
 
 from __future__ import annotations
