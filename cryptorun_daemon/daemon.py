@@ -26,6 +26,7 @@ from cryptorun_daemon.admin.server import AdminServer
 from cryptorun_daemon.components import build_components
 from cryptorun_daemon.config import Config, Rule, load_config
 from cryptorun_daemon.errors import ConfigError, StorageError
+from cryptorun_daemon.failover.component import FailoverComponent
 from cryptorun_daemon.failover.roles import format_rfc3339
 from cryptorun_daemon.logsetup import configure_logging
 from cryptorun_daemon.metrics import Metrics
@@ -450,6 +451,11 @@ class Daemon:
         for component in self.components:
             reasons.extend(component.not_ready_reasons())
         return reasons
+
+    def write_refusals(self) -> dict[str, str]:
+        """Tier → why this region holds it as primary but does not write it now (reads go on)."""
+        failover = self.ctx.components.get("failover")
+        return failover.write_refusals() if isinstance(failover, FailoverComponent) else {}
 
     def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]:
         """The ``/v1/status`` document: daemon facts merged with every component's part."""

@@ -151,3 +151,20 @@ class SealRefusedError(FailoverError):
 
     code = "seal_refused"
     http_status = 503
+
+
+class WriteRefusedError(FailoverError):
+    """This region may not write as primary right now (503, retry later).
+
+    Raised at a write's commit point when the region's hold on its role
+    cannot be vouched for: its etcd lease has no more than the safety margin
+    left, or the state store is unreachable. ``reason`` is the stable name
+    shown in status (``lease_expiring``, ``state_store_unreachable``).
+    """
+
+    code = "write_refused"
+    http_status = 503
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)

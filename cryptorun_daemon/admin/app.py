@@ -23,6 +23,8 @@ class DaemonView(Protocol):
 
     def not_ready_reasons(self) -> list[str]: ...
 
+    def write_refusals(self) -> dict[str, str]: ...
+
     def known_regions(self) -> Sequence[str]: ...
 
     def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]: ...
@@ -69,7 +71,11 @@ def build_app(
         reasons = daemon.not_ready_reasons()
         if reasons:
             return web.json_response({"status": "not_ready", "reasons": reasons}, status=503)
-        return web.json_response({"status": "ready", "reasons": []})
+        # Ready (reads, replication and the hot mirror go on) yet maybe not
+        # writing: say which tiers this region holds as primary but does not seal.
+        return web.json_response(
+            {"status": "ready", "reasons": [], "write_refusals": daemon.write_refusals()}
+        )
 
     async def status(request: web.Request) -> web.Response:
         tier = request.query.get("tier") or None

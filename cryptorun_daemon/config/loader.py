@@ -352,7 +352,16 @@ def _state(t: _Table, loader: _Loader) -> StateConfig:
     lease_ttl = t.duration("lease_ttl", d.lease_ttl)
     auto = t.boolean("auto_failover", d.auto_failover)
     min_interval = t.duration("auto_failover_min_interval", d.auto_failover_min_interval)
+    margin = t.duration("lease_safety_margin", None)
     t.finish()
+    if margin is not None and not 0 <= margin < lease_ttl * 2 / 3:
+        # Heartbeats renew every lease_ttl / 3: a margin at or above two thirds of
+        # the TTL would refuse writes between two perfectly healthy renewals.
+        loader.problem(
+            t.key("lease_safety_margin"),
+            f"must be at least 0 and below two thirds of lease_ttl ({lease_ttl * 2 / 3:g} s)",
+        )
+        margin = None
     if backend == "etcd" and not endpoints:
         loader.problem(t.key("etcd_endpoints"), "is required when state.backend = 'etcd'")
     if auto and backend != "etcd":
@@ -367,6 +376,7 @@ def _state(t: _Table, loader: _Loader) -> StateConfig:
         lease_ttl=lease_ttl,
         auto_failover=auto,
         auto_failover_min_interval=min_interval,
+        lease_safety_margin=margin,
     )
 
 

@@ -73,6 +73,21 @@ class StateConfig:
     lease_ttl: float = 10.0
     auto_failover: bool = False
     auto_failover_min_interval: float = 300.0
+    #: Seconds of this region's etcd lease that must remain for it to seal or
+    #: commit as primary; ``None``: derived, see :meth:`write_safety_margin`.
+    lease_safety_margin: float | None = None
+
+    def write_safety_margin(self) -> float:
+        """The lease time a primary must still hold to write: configured, else ``lease_ttl / 4``.
+
+        Heartbeats renew every ``lease_ttl / 3``, so a healthy lease never has
+        less than about two thirds of its TTL left; a quarter leaves room for
+        one lost beat plus a slow renewal before writes stop, and stops them
+        well before etcd can expire the lease (docs/FAILOVER_STORES.md).
+        """
+        if self.lease_safety_margin is not None:
+            return self.lease_safety_margin
+        return self.lease_ttl / 4
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ as ``ctx.components["failover"]``):
 
 - :meth:`FailoverComponent.current` / :meth:`~FailoverComponent.epoch` /
   :meth:`~FailoverComponent.is_primary` read the cache (no I/O, never block);
+- :meth:`~FailoverComponent.write_refusal_reason` says why this region, though
+  primary, may not write now (with etcd: :meth:`~FailoverComponent.lease_refusal`,
+  also installed as the storage root's write permit, so every seal and commit
+  asks it at its commit point);
 - :meth:`~FailoverComponent.add_listener` registers a synchronous callback run
   on the event loop after every change (after the fence was advanced);
   :meth:`~FailoverComponent.wait_for_change` awaits a newer epoch;
@@ -61,11 +65,14 @@ from cryptorun_daemon.failover.roles import (
 )
 from cryptorun_daemon.failover.store import StateStore, open_state_store, run_heartbeats
 from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult, changed_sections
+from cryptorun_daemon.storage.fence_lock import install_write_permit
 
 log = structlog.get_logger("cryptorun.failover")
 
 #: Called on the event loop after the cached state of a tier changed: ``(new, old)``.
 Listener = Callable[[TierState, TierState | None], None]
+#: ``(reason, detail)``: why this region may not write a tier as its primary now.
+Refusal = tuple[str, str]
 
 FIRST_LOAD_TIMEOUT: Final = 8.0
 STATUS_HISTORY: Final = 10  # transitions shown in /v1/status (enough to replay a rejoin)
@@ -102,6 +109,7 @@ class FailoverComponent:
         self._problems: dict[str, str] = {}
         self._worker_tasks: set[asyncio.Task[Any]] = set()
         self._auto_absent_since: dict[str, float] = {}
+        self._remove_permit: Callable[[], None] | None = None
         self.peers = PeerMonitor(ctx)
         self.fence = FenceKeeper(
             root=ctx.config.storage.root,
@@ -139,23 +147,42 @@ class FailoverComponent:
         return state.primary == (region or self.region)
 
     def write_refusal(self, tier: str) -> str | None:
-        """Why this region may not act as ``tier``'s primary (seal) yet; ``None`` when it may.
+        """Why this region may not act as ``tier``'s primary (seal) now; ``None`` when it may.
 
-        With the file store there is no quorum: the role loaded from the local
-        file at start-up may be stale (a failover happened while this region
-        was away). Until it has compared epochs with every peer, or seen it
-        down for ``replication.peer_down_after``, the region trusts that role
-        only after a newer epoch reached it since start-up (its own promotion
-        through the API, or one adopted from a peer). Readiness does not wait
-        for this: reads and replication go on. ``None`` for a tier this region
-        does not hold as primary: the storage fence refuses those writes.
+        The text starts with the reason of :meth:`write_refusal_reason`.
+        ``None`` for a tier this region does not hold as primary: the storage
+        fence refuses those writes.
+        """
+        refusal = self.write_refusal_reason(tier)
+        return None if refusal is None else f"{refusal[0]}: {refusal[1]}"
+
+    def write_refusal_reason(self, tier: str) -> Refusal | None:
+        """``(reason, detail)`` when this region holds ``tier`` as primary but may not write it.
+
+        Reasons, checked in this order:
+
+        - ``not_ready``: no snapshot yet (or, file store, peers not compared);
+        - ``state_store_unreachable`` / ``lease_expiring`` (etcd): see
+          :meth:`lease_refusal`;
+        - ``roles_unconfirmed`` (file store): there is no quorum, so the role
+          loaded from the local file at start-up may be stale (a failover
+          happened while this region was away). Until it has compared epochs
+          with every peer, or seen it down for ``replication.peer_down_after``,
+          the region trusts that role only after a newer epoch reached it
+          since start-up (its own promotion through the API, or one adopted
+          from a peer).
+
+        Readiness does not wait for any of these: reads and replication go on.
         """
         state = self._states.get(tier)
         if state is None or state.primary != self.region:
             return None
         reasons = self.not_ready_reasons()
         if reasons:
-            return "; ".join(reasons)
+            return "not_ready", "; ".join(reasons)
+        lease = self.lease_refusal(tier)
+        if lease is not None:
+            return lease
         if self.ctx.config.state.backend != "file" or (
             state.epoch > self._loaded_epochs.get(tier, state.epoch)
         ):
@@ -165,9 +192,58 @@ class FailoverComponent:
             return None
         down_after = self.ctx.config.replication.peer_down_after
         return (
+            "roles_unconfirmed",
             f"{self.region} has not confirmed its roles yet: epochs not compared with "
             f"{', '.join(waiting)}, which has not been down for peer_down_after "
-            f"({down_after:g} s) either; the file state store has no quorum"
+            f"({down_after:g} s) either; the file state store has no quorum",
+        )
+
+    def write_refusals(self) -> dict[str, str]:
+        """Tier → :meth:`write_refusal` for every tier this region holds but may not write."""
+        found = {tier: self.write_refusal(tier) for tier in sorted(self._states)}
+        return {tier: text for tier, text in found.items() if text is not None}
+
+    def lease_refusal(self, tier: str) -> Refusal | None:
+        """etcd: refuse writing ``tier`` as primary unless this region's lease outlives the margin.
+
+        A primary cut off from etcd cannot renew its lease; once the lease
+        lapses, another region may be promoted (automatically or by an
+        operator) without this one hearing of it. So a primary writes only
+        while the lease it last renewed has more than
+        ``state.write_safety_margin()`` seconds left, by the monotonic clock
+        (see :class:`~cryptorun_daemon.failover.store.LeaseHealth`):
+        ``state_store_unreachable`` when the latest renewal failed,
+        ``lease_expiring`` otherwise (renewals late, or the lease lost).
+        ``None`` for the file store, and for tiers this region is not primary of.
+
+        Reads memory and the clock only: the storage write permit calls it
+        from worker threads, under the fence lock, right before a rename.
+        """
+        store, state = self.store, self._states.get(tier)
+        if store is None or state is None or state.primary != self.region:
+            return None
+        health = store.lease_health(self.region)
+        if health is None:
+            return None
+        margin = self.ctx.config.state.write_safety_margin()
+        if health.expires_at is not None:
+            left = health.expires_at - self.ctx.clock.monotonic()
+            if left > margin:
+                return None
+            held = f"its lease has {max(left, 0.0):.1f} s left"
+        else:
+            held = "it holds no lease"
+        if health.last_error is not None:
+            return (
+                "state_store_unreachable",
+                f"{self.region} cannot renew its etcd lease ({health.last_error}) and {held} "
+                f"(safety margin {margin:g} s): another region may be promoted meanwhile, so "
+                "it stops writing until a renewal succeeds",
+            )
+        return (
+            "lease_expiring",
+            f"{self.region}'s etcd {held} (safety margin {margin:g} s): it stops writing "
+            "until a heartbeat renews it",
         )
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
@@ -217,6 +293,8 @@ class FailoverComponent:
         the ``failover:state`` worker keeps trying.
         """
         self.store = open_state_store(self.ctx.config, clock=self.ctx.clock, session=self.ctx.http)
+        # Every seal and commit under this root asks lease_refusal() at its commit point.
+        self._remove_permit = install_write_permit(self.ctx.config.storage.root, self.lease_refusal)
         try:
             await asyncio.wait_for(self._first_load(), timeout=FIRST_LOAD_TIMEOUT)
         except (StateStoreError, TimeoutError) as exc:
@@ -240,6 +318,9 @@ class FailoverComponent:
             task.cancel("failover component stopping")
         if tasks:
             await asyncio.wait(tasks, timeout=self.ctx.config.admin.shutdown_timeout)
+        if self._remove_permit is not None:
+            self._remove_permit()
+            self._remove_permit = None
         if self.store is not None:
             await self.store.close()
 
@@ -270,6 +351,7 @@ class FailoverComponent:
                 else sorted({*self.ctx.config.regions, state.primary})
             )
             fence = self.fence.fences.get(name)
+            refusal = self.write_refusal_reason(name)
             tiers[name] = {
                 "primary": state.primary,
                 "epoch": state.epoch,
@@ -279,7 +361,8 @@ class FailoverComponent:
                 "history": [t.to_json() for t in state.history[-STATUS_HISTORY:]],
                 "state_problem": self._problems.get(name) or self.fence.problems.get(name),
                 "fence": fence.to_json() if fence is not None else None,
-                "write_refusal": self.write_refusal(name),
+                "write_refusal": f"{refusal[0]}: {refusal[1]}" if refusal else None,
+                "write_refusal_reason": refusal[0] if refusal else None,
             }
         cfg = self.ctx.config.state
         return {
@@ -291,6 +374,7 @@ class FailoverComponent:
                 "auto_failover": cfg.auto_failover,
                 "auto_failover_min_interval_seconds": cfg.auto_failover_min_interval,
                 "lease_ttl_seconds": cfg.lease_ttl,
+                "lease_safety_margin_seconds": cfg.write_safety_margin(),
                 "alive_regions": sorted(self._alive) if cfg.backend == "etcd" else None,
             },
         }

@@ -44,7 +44,9 @@ class FenceKeeper:
     see the older fence, which refuses more, never less.
     Resource handling: one small atomic file write per new state (fsync: a few
     milliseconds on the event loop, on purpose: the fence must be durable
-    before any component acts on the new epoch).
+    before any component acts on the new epoch), under the tier's fence lock:
+    it waits for a seal or commit that is between its last check and its
+    rename (a few more fsyncs), never longer.
     """
 
     def __init__(

@@ -35,6 +35,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Self
@@ -51,6 +52,23 @@ if TYPE_CHECKING:
     from cryptorun_daemon.runtime.clock import Clock
 
 log = structlog.get_logger("cryptorun.failover.store")
+
+
+@dataclass(frozen=True)
+class LeaseHealth:
+    """What this process last confirmed about a region's liveness lease.
+
+    ``expires_at`` is a reading of the store's monotonic clock by which the
+    lease has certainly expired unless renewed again: the time the last
+    successful grant or keep-alive was *sent*, plus the TTL etcd answered
+    (etcd counts the TTL from when it handled the request, which is later, so
+    the estimate errs on the early side). ``None`` while no lease is known to
+    be held. ``last_error`` is why the latest renewal attempt failed, ``None``
+    once one succeeded.
+    """
+
+    expires_at: float | None
+    last_error: str | None = None
 
 
 class StateStore(abc.ABC):
@@ -139,6 +157,18 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def alive_regions(self) -> frozenset[str]:
         """Regions whose last heartbeat has not expired."""
+
+    def lease_health(self, region: str) -> LeaseHealth | None:
+        """The state of ``region``'s lease as this store last saw it; ``None``: no gating lease.
+
+        Only a store where another region can be promoted while this one is
+        cut off from it (etcd: by automatic failover once the lease lapses, or
+        by an operator) answers; a primary must stop writing before that lease
+        can lapse. The file store has no such lease (nothing expires remotely)
+        and answers ``None``. Reads memory
+        only, so it is safe from any thread.
+        """
+        return None
 
     # --- observing -----------------------------------------------------------------
 

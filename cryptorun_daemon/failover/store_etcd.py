@@ -12,7 +12,9 @@ commit with a transaction guarded by ``mod_revision(tier key) == R``. If any
 other writer committed in between, the guard fails and nothing is written, so
 two concurrent promotions cannot both win. Liveness keys live on leases: a
 region that stops renewing disappears when etcd expires the lease, with no
-help from the dead process.
+help from the dead process. The store remembers when each lease it renewed
+will have expired at the latest (:meth:`EtcdStateStore.lease_health`), so a
+primary cut off from etcd can stop writing before it can be replaced.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from cryptorun_daemon.failover.roles import (
     require_active_passive,
     require_region,
 )
-from cryptorun_daemon.failover.store import StateStore
+from cryptorun_daemon.failover.store import LeaseHealth, StateStore
 from cryptorun_daemon.runtime.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
@@ -91,6 +93,9 @@ class EtcdStateStore(StateStore):
         self.resync_interval = resync_interval
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._leases: dict[str, Lease] = {}
+        # Replaced whole (never mutated) so a reader on another thread always
+        # sees one consistent record; see lease_health().
+        self._lease_health: dict[str, LeaseHealth] = {}
         self._closed = False
 
     # --- keys ---------------------------------------------------------------------------
@@ -205,13 +210,34 @@ class EtcdStateStore(StateStore):
     async def heartbeat(self, region: str) -> None:
         """Renew ``region``'s lease, or grant a new one and re-attach its alive key.
 
+        Each success moves :meth:`lease_health`'s ``expires_at`` to the time
+        the request was sent plus the TTL etcd answered; a failure keeps the
+        old expiry (the lease runs out on its own) and records the error.
+
         Error handling: :class:`StateStoreError` when etcd cannot be reached;
         the next call starts over if the lease expired meanwhile.
         """
         require_region(region)
+        try:
+            await self._renew(region)
+        except StateStoreError as exc:
+            held = self._lease_health.get(region)
+            self._lease_health[region] = LeaseHealth(
+                expires_at=held.expires_at if held is not None else None, last_error=str(exc)
+            )
+            raise
+
+    async def _renew(self, region: str) -> None:
         lease = self._leases.get(region)
-        if lease is not None and await self.client.lease_keepalive(lease.id) > 0:
-            return
+        if lease is not None:
+            sent = self._clock.monotonic()
+            ttl = await self.client.lease_keepalive(lease.id)
+            if ttl > 0:
+                self._lease_health[region] = LeaseHealth(expires_at=sent + ttl)
+                return
+            # etcd expired it (we were cut off, or paused, for longer than the TTL).
+            self._lease_health[region] = LeaseHealth(expires_at=None)
+        sent = self._clock.monotonic()
         lease = await self.client.lease_grant(self.lease_ttl)
         value = _encode({"since": format_rfc3339(self._clock.now()), "lease": lease.id})
         try:
@@ -221,6 +247,11 @@ class EtcdStateStore(StateStore):
                 await self.client.lease_revoke(lease.id)
             raise
         self._leases[region] = lease
+        self._lease_health[region] = LeaseHealth(expires_at=sent + lease.ttl)
+
+    def lease_health(self, region: str) -> LeaseHealth:
+        """``region``'s lease as last confirmed here; no lease yet reads as expired (``None``)."""
+        return self._lease_health.get(region, LeaseHealth(expires_at=None))
 
     async def alive_regions(self) -> frozenset[str]:
         found = await self.client.range_prefix(f"{self.prefix}/alive/".encode())
@@ -292,6 +323,7 @@ class EtcdStateStore(StateStore):
                     except StateStoreError as exc:
                         log.warning("lease_revoke_failed", region=region, error=str(exc))
             self._leases.clear()
+            self._lease_health.clear()
         finally:
             await self.client.close()
 

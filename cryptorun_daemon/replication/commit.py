@@ -24,6 +24,7 @@ from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.apply_policy import ApplyPolicy
 from cryptorun_daemon.storage.atomic import move_aside
+from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
 from cryptorun_daemon.storage.layout import SUCCESS_MARKER, SUPERSEDED_DIR
 from cryptorun_daemon.storage.manifest import Manifest, data_file_names, read_manifest
 from cryptorun_daemon.storage.seal import write_seal
@@ -48,9 +49,16 @@ class PartitionCommitter:
         self.policy = policy
 
     def commit(self, directory: Path, manifest: Manifest) -> None:
-        """The commit point, behind a last fence check (a fence advanced meanwhile wins)."""
-        self.policy.check_apply(manifest)
-        write_seal(directory, manifest)
+        """The commit point, behind a last fence and write-permit check under the fence lock.
+
+        The lock is the one a fence advance takes, so the verdict still holds
+        at the rename. The permit refuses only when this region holds the tier
+        as primary without a safe lease (a replica's copies are always allowed).
+        """
+        with fence_lock(self.root, manifest.tier):
+            self.policy.check_apply(manifest)
+            check_write_permit(self.root, manifest.tier)
+            write_seal(directory, manifest)
 
     def already_committed(self, directory: Path, manifest: Manifest) -> bool:
         """True when an identical copy is sealed; moves a different sealed copy aside.

@@ -8,6 +8,7 @@ half-sealed is ever served.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,9 +16,15 @@ from typing import Any
 
 from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
+from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, parse_partition_dir
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, compute_manifest, read_manifest
-from cryptorun_daemon.storage.write_fence import check_seal, read_fence, storage_root_of
+from cryptorun_daemon.storage.write_fence import (
+    FENCED_TIERS,
+    check_seal,
+    read_fence,
+    storage_root_of,
+)
 
 
 def is_sealed(partition_dir: Path) -> bool:
@@ -60,11 +67,16 @@ def seal_partition(
     Fencing (warm, cold): before anything is written, the storage root's
     persistent fence (:mod:`cryptorun_daemon.storage.write_fence`) must name
     ``writer_region`` as the primary at exactly ``epoch`` (no fence file: no
-    check, see :mod:`~cryptorun_daemon.storage.write_fence`).
+    check), and the root's write permit (the daemon's etcd lease,
+    :mod:`cryptorun_daemon.storage.fence_lock`) must allow it.
+    Both are checked before hashing and again at the commit point, under the
+    tier's fence lock with the fence re-read, so no promotion can be recorded
+    between the last check and the rename.
 
     Blocking (hashes files); call it from a thread in async code.
 
     Error handling: :class:`FencedError` when the fence refuses the writer;
+    :class:`WriteRefusedError` when the write permit does;
     :class:`PathRejectedError` when the directory is outside the layout,
     :class:`StorageError` when it is missing, holds no data file, holds a
     subdirectory or symlink, a Parquet file is unreadable, or the fence
@@ -75,7 +87,10 @@ def seal_partition(
         raise StorageError(f"{partition_dir} is not a directory")
     depth = 6 if key.hour is not None else 5  # the tier folder plus the partition levels
     root = storage_root_of(partition_dir, depth)
+    fenced = key.tier in FENCED_TIERS
     check_seal(root, key.tier, writer_region, epoch)
+    if fenced:
+        check_write_permit(root, key.tier)
     moment = sealed_at if sealed_at is not None else datetime.now(UTC)
     manifest = compute_manifest(
         partition_dir,
@@ -89,19 +104,23 @@ def seal_partition(
     )
     if not manifest.files:
         raise StorageError(f"{partition_dir} holds no data files; refusing to seal it empty")
-    # Hashing takes time; a promotion elsewhere may have advanced the fence
-    # meanwhile. Check again at the commit point so a demoted writer never seals.
-    check_seal(root, key.tier, writer_region, epoch)
-    success = partition_dir / SUCCESS_MARKER
-    if success.is_file():
-        try:
-            existing = read_manifest(partition_dir)
-        except StorageError:
-            existing = None
-        if existing is not None and existing.content_hash == manifest.content_hash:
-            return existing
-        success.unlink()
-    write_seal(partition_dir, manifest)
+    # Hashing takes time; a promotion elsewhere may have advanced the fence, or
+    # the lease may have run low, meanwhile. Check again at the commit point,
+    # under the lock a fence advance takes, so the answer still holds at the rename.
+    with fence_lock(root, key.tier) if fenced else contextlib.nullcontext():
+        check_seal(root, key.tier, writer_region, epoch)
+        if fenced:
+            check_write_permit(root, key.tier)
+        success = partition_dir / SUCCESS_MARKER
+        if success.is_file():
+            try:
+                existing = read_manifest(partition_dir)
+            except StorageError:
+                existing = None
+            if existing is not None and existing.content_hash == manifest.content_hash:
+                return existing
+            success.unlink()
+        write_seal(partition_dir, manifest)
     return manifest
 
 

@@ -47,11 +47,11 @@ from typing import Any, Final, Literal
 
 from cryptorun_daemon.errors import FencedError, StorageError
 from cryptorun_daemon.storage.atomic import atomic_write_bytes, move_aside
+from cryptorun_daemon.storage.fence_lock import FENCE_DIR, fence_lock
 from cryptorun_daemon.storage.layout import DIVERGENT_DIR
 from cryptorun_daemon.storage.manifest import Manifest, format_time, parse_time
 from cryptorun_daemon.storage.quarantine_record import quarantine_folder, write_quarantine_record
 
-FENCE_DIR: Final = Path("_state") / "fence"
 FENCE_VERSION: Final = 1
 FENCED_TIERS: Final = ("warm", "cold")
 
@@ -237,9 +237,34 @@ def advance_fence(
     knows but ``transitions`` no longer carry (history trimmed) are kept, and
     for an epoch known from both, the earlier start wins.
 
-    Blocking (atomic write with fsync, a few milliseconds).
+    Runs under the tier's fence lock (:mod:`~cryptorun_daemon.storage.fence_lock`),
+    so it waits for a seal or commit that is between its last fence check and
+    its rename: a promotion is never recorded in the middle of a write.
+
+    Blocking (atomic write with fsync, a few milliseconds, plus any wait for
+    the lock).
     Error handling: :class:`StorageError` when the fence cannot be read or written.
     """
+    with fence_lock(root, tier):
+        return _advance_locked(
+            root,
+            tier,
+            epoch=epoch,
+            primary=primary,
+            updated_at=updated_at,
+            transitions=transitions,
+        )
+
+
+def _advance_locked(
+    root: Path,
+    tier: str,
+    *,
+    epoch: int,
+    primary: str,
+    updated_at: datetime,
+    transitions: Sequence[tuple[int, datetime, str]],
+) -> Fence:
     current = read_fence(root, tier)
     if current is not None and epoch < current.epoch:
         return current

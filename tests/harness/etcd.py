@@ -14,8 +14,11 @@ Outside pytest fixtures: ``with run_etcd(tmp_dir) as server:`` (sync) and
 a worker thread so the event loop keeps turning).
 
 Each server gets its own data folder and free ephemeral client and peer ports
-on 127.0.0.1. A missing binary fails the test when ``CI=true`` (CI must
-exercise the real coordinator) and skips it with a clear message otherwise.
+on 127.0.0.1. Fault injection: :meth:`EtcdServer.pause` / :meth:`~EtcdServer.resume`
+(SIGSTOP / SIGCONT), :meth:`~EtcdServer.kill` (SIGKILL) and
+:meth:`~EtcdServer.restart` (same ports, same data folder). A missing binary
+fails the test when ``CI=true`` (CI must exercise the real coordinator) and
+skips it with a clear message otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -58,6 +62,39 @@ class EtcdServer:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes]
+    args: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+
+    def pause(self) -> None:
+        """SIGSTOP: etcd keeps its sockets open but answers nothing (a hung coordinator)."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL and reap: etcd disappears without any shutdown."""
+        self.process.kill()
+        self.process.wait(timeout=STOP_TIMEOUT)
+
+    def restart(self) -> None:
+        """Start etcd again on the same ports and data folder; return once healthy.
+
+        Raises ``RuntimeError`` with the log tail if it does not come up.
+        """
+        _stop(self.process)
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                self.args, stdout=log_file, stderr=subprocess.STDOUT, env=self.env
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if _healthy(self.client_url):
+                return
+            time.sleep(0.1)
+        _stop(self.process)
+        raise RuntimeError(f"etcd did not come back on {self.client_url}:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -105,6 +142,7 @@ def _healthy(client_url: str) -> bool:
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
+    process.send_signal(signal.SIGCONT)  # a paused etcd cannot act on SIGTERM
     process.terminate()
     try:
         process.wait(timeout=STOP_TIMEOUT)
@@ -155,7 +193,9 @@ def start_etcd(base_dir: Path, binary: str | None = None) -> EtcdServer:
         ]
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        server = EtcdServer(client_url, peer_url, data_dir, log_path, process)
+        server = EtcdServer(
+            client_url, peer_url, data_dir, log_path, process, args=tuple(args), env=env
+        )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and process.poll() is None:
             if _healthy(client_url):

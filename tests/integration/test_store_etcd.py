@@ -14,10 +14,16 @@ from cryptorun_daemon.config.model import AdminConfig, Config, StateConfig, Stor
 from cryptorun_daemon.errors import ConflictError, StateStoreError, UsageError
 from cryptorun_daemon.failover.etcd_client import Compare, EtcdClient, Get, Put
 from cryptorun_daemon.failover.roles import TierState
-from cryptorun_daemon.failover.store import open_state_store
+from cryptorun_daemon.failover.store import LeaseHealth, open_state_store
 from cryptorun_daemon.failover.store_etcd import EtcdStateStore
 from cryptorun_daemon.runtime.clock import FakeClock
-from tests.harness.etcd import EtcdServer, etcd_prefix, free_port, shared_etcd_server
+from tests.harness.etcd import (
+    EtcdServer,
+    etcd_prefix,
+    free_port,
+    running_etcd,
+    shared_etcd_server,
+)
 
 # Imported so pytest finds the fixtures: one etcd for the module, a key prefix per test.
 __all__ = ["etcd_prefix", "shared_etcd_server"]
@@ -287,6 +293,34 @@ async def test_heartbeat_after_expiry_re_registers(
 
 
 @pytest.mark.needs_etcd
+async def test_lease_health_keeps_the_last_confirmed_expiry_and_the_renewal_error(
+    tmp_path: Path,
+) -> None:
+    """lease_health(): no lease reads as expired; each grant or keep-alive moves the expiry to
+    the monotonic time it was sent plus the TTL etcd answered; a failed renewal (etcd
+    killed) keeps that expiry and records why, so writers can stop before it passes."""
+    clock = FakeClock()
+    async with running_etcd(tmp_path) as server:
+        store = EtcdStateStore([server.client_url], lease_ttl=3.0, clock=clock, request_timeout=2.0)
+        try:
+            assert store.lease_health("eu-central") == LeaseHealth(expires_at=None)
+            await store.heartbeat("eu-central")  # grant, sent at monotonic 0
+            assert store.lease_health("eu-central") == LeaseHealth(expires_at=3.0)
+            clock.advance(1.0)
+            await store.heartbeat("eu-central")  # keep-alive, sent at 1
+            assert store.lease_health("eu-central") == LeaseHealth(expires_at=4.0)
+            server.kill()
+            clock.advance(1.0)
+            with pytest.raises(StateStoreError):
+                await store.heartbeat("eu-central")
+            after = store.lease_health("eu-central")
+            assert after.expires_at == 4.0
+            assert after.last_error is not None
+            assert "unreachable" in after.last_error
+        finally:
+            await store.close(revoke_leases=False)
+
+
 async def test_close_revokes_leases_so_liveness_drops_at_once(
     make_store: Callable[..., EtcdStateStore],
 ) -> None:

@@ -105,6 +105,20 @@ def test_bad_durations_are_reported(tmp_path: Path) -> None:
     assert any(f.startswith("rules[0].lag_slo:") and "greater than zero" in f for f in found)
 
 
+def test_lease_safety_margin_defaults_to_a_quarter_of_the_ttl_and_must_stay_below_two_thirds(
+    tmp_path: Path,
+) -> None:
+    """[state] lease_safety_margin: absent, a primary must hold a quarter of lease_ttl to write;
+    set, it is used as given; at or above two thirds of the TTL (heartbeats renew every
+    third) it would refuse writes between healthy renewals and is reported."""
+    state = '\n[state]\nlease_ttl = "8s"\n'
+    assert load_config(write(tmp_path, VALID + state)).state.write_safety_margin() == 2.0
+    chosen = load_config(write(tmp_path, VALID + state + 'lease_safety_margin = "3s"\n'))
+    assert chosen.state.write_safety_margin() == 3.0
+    found = problems(tmp_path, VALID + state + 'lease_safety_margin = "6s"\n')
+    assert any(f.startswith("state.lease_safety_margin: must be") for f in found), found
+
+
 def test_unknown_regions_in_rules_are_reported(tmp_path: Path) -> None:
     """A rule may only name this region and its peers."""
     found = problems(tmp_path, VALID.replace('to = ["us-east"]', 'to = ["mars"]'))
