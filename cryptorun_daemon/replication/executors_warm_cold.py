@@ -79,6 +79,7 @@ from cryptorun_daemon.storage.manifest import (
     read_manifest,
 )
 from cryptorun_daemon.storage.seal import write_seal
+from cryptorun_daemon.timefmt import format_compact
 
 log = structlog.get_logger("cryptorun.replication")
 
@@ -361,7 +362,7 @@ class WarmColdExecutor:
                 to=str(moved_to),
             )
             return False
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = format_compact(datetime.now(UTC), precision="microseconds")
         label = f"epoch{held.epoch}-{held.content_hash[-16:]}" if held else "unreadable"
         target = (
             self.root / SUPERSEDED_DIR / manifest.tier / manifest.partition / f"{stamp}-{label}"
@@ -374,7 +375,7 @@ class WarmColdExecutor:
         """Visible files the manifest does not list (an aborted other version) move aside."""
         wanted = {f.name for f in manifest.files}
         strays = [n for n in data_file_names(directory) if n not in wanted]
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = format_compact(datetime.now(UTC), precision="microseconds")
         for name in strays:
             target = (
                 self.root
@@ -472,7 +473,7 @@ class WarmColdExecutor:
             return False
         if facts.size == entry.bytes and facts.hash == entry.hash:
             return True
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = format_compact(datetime.now(UTC), precision="microseconds")
         move_aside(
             final,
             self.root

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cryptorun_daemon.config import REGION_NAME_PATTERN
 from cryptorun_daemon.data.validate.findings import (
     BatchResult,
     BoolMask,
@@ -132,7 +133,7 @@ class Schema:
 
 
 # Region names follow the contract; symbols are normalised BASE/QUOTE.
-_REGION_RE: Final = r"^[a-z][a-z0-9-]*$"
+_REGION_RE: Final = f"^{REGION_NAME_PATTERN}$"
 _SYMBOL_RE: Final = r"^[A-Za-z0-9]+/[A-Za-z0-9]+$"
 _VENUE_RE: Final = r"^[a-z0-9][a-z0-9_.-]*$"
 
