@@ -79,7 +79,7 @@ from cryptorun_daemon.storage.manifest import (
     read_manifest,
 )
 from cryptorun_daemon.storage.seal import write_seal
-from cryptorun_daemon.timefmt import format_compact
+from cryptorun_daemon.timefmt import format_compact, format_rfc3339
 
 log = structlog.get_logger("cryptorun.replication")
 
@@ -294,7 +294,7 @@ class WarmColdExecutor:
             return False
         reason = (
             f"epoch {manifest.epoch} by {manifest.writer_region} sealed at "
-            f"{manifest.sealed_at.isoformat()} is not a legitimate write under the "
+            f"{format_rfc3339(manifest.sealed_at)} is not a legitimate write under the "
             f"fence (epoch {fence.epoch}, primary {fence.primary})"
         )
         kept = quarantine_fenced_manifest(

@@ -272,7 +272,7 @@ def _field_error(spec: FieldSpec, record: Record) -> ValidationError | None:
             return _err(spec, value, "wrong_type")
         if spec.choices and value not in spec.choices:
             return _err(spec, value, "out_of_domain")
-        if spec.pattern and not re.match(spec.pattern, value):
+        if spec.pattern and not re.fullmatch(spec.pattern, value):
             return _err(spec, value, "bad_format")
         return None
     # float_list: a real sequence whose every element is in the domain.
@@ -423,7 +423,7 @@ def _surely_clean(spec: FieldSpec, column: pa.ChunkedArray) -> bool:
 def _string_ok(spec: FieldSpec, value: Any) -> bool:
     if spec.choices and value not in spec.choices:
         return False
-    return not (spec.pattern and not re.match(spec.pattern, str(value)))
+    return not (spec.pattern and not re.fullmatch(spec.pattern, str(value)))
 
 
 def _field_groups(spec: FieldSpec, table: pa.Table) -> list[tuple[BoolMask, str, str]]:
@@ -452,7 +452,7 @@ def _field_groups(spec: FieldSpec, table: pa.Table) -> list[tuple[BoolMask, str,
         bad_format = [
             i
             for i, v in enumerate(dictionary)
-            if i not in bad_choice and spec.pattern and not re.match(spec.pattern, str(v))
+            if i not in bad_choice and spec.pattern and not re.fullmatch(spec.pattern, str(v))
         ]
         out.append((np.isin(codes, bad_choice), "out_of_domain", spec.domain_text()))
         out.append((np.isin(codes, bad_format), "bad_format", spec.domain_text()))
