@@ -22,6 +22,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from cryptorun_daemon.config import TIERS
 from cryptorun_daemon.data.validate.findings import BatchResult, ValidationError
 from cryptorun_daemon.errors import StorageError
 
@@ -223,7 +224,7 @@ def quarantine_counts(
     cache the answer for a few seconds.
     """
     counts: dict[str, dict[str, int]] = {}
-    for tier in ("hot", "warm", "cold"):
+    for tier in TIERS:
         files = 0
         qdir = storage_root / QUARANTINE_DIR / tier
         if qdir.is_dir():
