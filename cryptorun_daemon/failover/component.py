@@ -10,7 +10,10 @@ What it does for the daemon:
 - probes every peer (``failover/peers.py``: ``cryptorun_peer_up{peer}``; a
   peer is *down* after ``replication.peer_down_after`` without a success);
 - serves ``POST /v1/failover`` and the peer endpoint ``POST /v1/failover/notify``
-  (``failover/api.py``).
+  (``failover/api.py``);
+- with ``[state] auto_failover`` (etcd), promotes this region when the
+  primary's lease is gone long enough, and otherwise records which guard held
+  (``failover/auto.py``: ``tiers.<tier>.auto_failover`` in ``/v1/status``).
 
 Interface for replication and fencing (stable; other components find this one
 as ``ctx.components["failover"]``):
