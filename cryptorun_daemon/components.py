@@ -26,9 +26,8 @@ def build_components(ctx: DaemonContext) -> list[Component]:
         state = failover.current(tier)
         if state is not None:
             return state.primary
-        # Before the first snapshot: the config's rule names the bootstrap primary
-        # (None for a tier no rule mentions).
-        return next((r.from_region for r in config.rules if r.tier == tier), None)
+        # Before the first snapshot: the primary the config names (None for hot).
+        return config.bootstrap_primary(tier)
 
     validate = partition_validator(
         region=config.region,

@@ -24,10 +24,9 @@ from cryptorun_daemon import __version__
 from cryptorun_daemon.admin.app import build_app
 from cryptorun_daemon.admin.server import AdminServer
 from cryptorun_daemon.components import build_components
-from cryptorun_daemon.config import Config, Rule, load_config
+from cryptorun_daemon.config import TIERS, Config, Rule, load_config
 from cryptorun_daemon.errors import ConfigError, StorageError
 from cryptorun_daemon.failover.component import FailoverComponent
-from cryptorun_daemon.failover.roles import format_rfc3339
 from cryptorun_daemon.logsetup import configure_logging
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.rules import rule_to_json
@@ -41,6 +40,7 @@ from cryptorun_daemon.runtime.component import (
 )
 from cryptorun_daemon.runtime.supervisor import Supervisor
 from cryptorun_daemon.runtime.systemd import SystemdNotifier
+from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.daemon")
 ComponentFactory = Callable[[DaemonContext], Component]
@@ -461,7 +461,7 @@ class Daemon:
         """The ``/v1/status`` document: daemon facts merged with every component's part."""
         cfg = self.config
         tiers: dict[str, Any] = {}
-        for t in ("hot", "warm", "cold"):
+        for t in TIERS:
             if tier is not None and t != tier:
                 continue
             rules = [rule_to_json(r) for r in cfg.rules_for(t)]

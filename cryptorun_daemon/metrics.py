@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from cryptorun_daemon import __version__
+from cryptorun_daemon.config.model import TIERS
 
-TIERS: Final = ("hot", "warm", "cold")
 CONSISTENCY_CHECKS: Final = ("schema", "staleness", "anomaly", "corrupt")
 VALIDATION_CHECKS: Final = ("schema", "staleness", "drift", "anomaly", "corrupt")
 QUARANTINE_KINDS: Final = ("row", "file", "fenced")
@@ -307,16 +307,16 @@ class Metrics:
                 self.hot_duplicates_total.labels(region=region, origin=origin)
                 self.hot_reconnects_total.labels(region=region, origin=origin)
         self.hot_late_records_total.labels(region=region)
-        for tier, src, dst in replication_pairs:
-            self.replication_plan_steps_total.labels(tier=tier, **{"from": src, "to": dst})
+        for pair_tier, src, dst in replication_pairs:
+            self.replication_plan_steps_total.labels(tier=pair_tier, **{"from": src, "to": dst})
             # Failure series exist from the start at 0 so increase() sees the first one.
             for reason in STEP_FAILURE_REASONS:
                 self.replication_step_failures_total.labels(
-                    tier=tier, reason=reason, **{"from": src, "to": dst}
+                    tier=pair_tier, reason=reason, **{"from": src, "to": dst}
                 )
-            self.replication_bytes_total.labels(tier=tier, **{"from": src, "to": dst})
+            self.replication_bytes_total.labels(tier=pair_tier, **{"from": src, "to": dst})
             if dst == region:
-                self.replication_lag_seconds.labels(tier=tier, region=dst, source=src).set(0)
+                self.replication_lag_seconds.labels(tier=pair_tier, region=dst, source=src).set(0)
         for tier in TIERS:
             self.replication_step_seconds.labels(tier=tier)
             for operation in FENCED_OPERATIONS:

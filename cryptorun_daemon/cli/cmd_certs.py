@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
-from cryptorun_daemon.config.loader import REGION_NAME
+from cryptorun_daemon.config import is_region_name
 from cryptorun_daemon.errors import UsageError
 from cryptorun_daemon.security.certs import init_certs
 
@@ -20,7 +20,7 @@ def run_certs_init(
     """Write the files and print what goes where in each region's config."""
     names = _split(regions)
     for name in names:
-        if not REGION_NAME.match(name):
+        if not is_region_name(name):
             raise UsageError(f"--regions: {name!r} must match [a-z][a-z0-9-]*")
     if days <= 0:
         raise UsageError("--days must be positive")

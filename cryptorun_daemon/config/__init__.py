@@ -3,7 +3,10 @@
 from cryptorun_daemon.config.durations import format_duration, parse_duration
 from cryptorun_daemon.config.loader import load_config
 from cryptorun_daemon.config.model import (
+    ACTIVE_PASSIVE_TIERS,
+    REGION_NAME_PATTERN,
     TIERS,
+    ActivePassiveTier,
     AdminConfig,
     AnomalyConfig,
     Config,
@@ -17,10 +20,15 @@ from cryptorun_daemon.config.model import (
     StorageConfig,
     Tier,
     ValidationConfig,
+    is_active_passive,
+    is_region_name,
 )
 
 __all__ = [
+    "ACTIVE_PASSIVE_TIERS",
+    "REGION_NAME_PATTERN",
     "TIERS",
+    "ActivePassiveTier",
     "AdminConfig",
     "AnomalyConfig",
     "Config",
@@ -35,6 +43,8 @@ __all__ = [
     "Tier",
     "ValidationConfig",
     "format_duration",
+    "is_active_passive",
+    "is_region_name",
     "load_config",
     "parse_duration",
 ]

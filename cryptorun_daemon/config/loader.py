@@ -7,7 +7,6 @@ wrong. Unknown keys are errors so a typo never silently becomes a default.
 from __future__ import annotations
 
 import ipaddress
-import re
 import tomllib
 from pathlib import Path
 from typing import Any, cast, get_args
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit
 from cryptorun_daemon.config.durations import parse_duration
 from cryptorun_daemon.config.model import (
     DEFAULT_MODE,
+    REGION_NAME_PATTERN,
     TIERS,
     AdminConfig,
     AnomalyConfig,
@@ -34,10 +34,10 @@ from cryptorun_daemon.config.model import (
     StorageConfig,
     Tier,
     ValidationConfig,
+    is_region_name,
 )
 from cryptorun_daemon.errors import ConfigError, ConfigProblem
 
-REGION_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 _MISSING = object()
 
 
@@ -172,8 +172,8 @@ def load_config(path: str | Path) -> Config:
 
     top = _Table(loader, data, "")
     region = top.string("region")
-    if isinstance(region, str) and not REGION_NAME.match(region):
-        loader.problem("region", f"{region!r} must match [a-z][a-z0-9-]*")
+    if isinstance(region, str) and not is_region_name(region):
+        loader.problem("region", f"{region!r} must match {REGION_NAME_PATTERN}")
 
     admin = _admin(top.table("admin"), loader)
     storage_table = top.table("storage")
@@ -260,8 +260,8 @@ def _peers(t: _Table, loader: _Loader, region: Any) -> dict[str, str]:
     for name in list(t.data):
         url = t.string(name)
         key = t.key(name)
-        if not REGION_NAME.match(name):
-            loader.problem(key, f"peer region name {name!r} must match [a-z][a-z0-9-]*")
+        if not is_region_name(name):
+            loader.problem(key, f"peer region name {name!r} must match {REGION_NAME_PATTERN}")
             continue
         if name == region:
             loader.problem(key, "a region cannot be its own peer")

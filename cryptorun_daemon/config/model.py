@@ -7,23 +7,45 @@ config file's folder.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal, TypeGuard, get_args
 
+# --- the names every module shares (the one definition of each) ------------------
+
+#: The storage tiers. Hot is active-active (every region ingests its own feeds);
+#: warm and cold are active-passive (one primary region, a fencing epoch).
 Tier = Literal["hot", "warm", "cold"]
+ActivePassiveTier = Literal["warm", "cold"]
+TIERS: Final[tuple[Tier, ...]] = get_args(Tier)
+ACTIVE_PASSIVE_TIERS: Final[tuple[ActivePassiveTier, ...]] = get_args(ActivePassiveTier)
+
+#: What a region name looks like, everywhere: config, state stores, the API, the
+#: ``origin`` field of records. Short lowercase labels, safe in paths and metric labels.
+REGION_NAME_PATTERN: Final = "[a-z][a-z0-9-]*"
+_REGION_NAME: Final = re.compile(REGION_NAME_PATTERN)
+
+
+def is_active_passive(tier: object) -> TypeGuard[ActivePassiveTier]:
+    """True for the tiers that have a primary (warm, cold)."""
+    return tier in ACTIVE_PASSIVE_TIERS
+
+
+def is_region_name(name: object) -> TypeGuard[str]:
+    """True when ``name`` is a string matching :data:`REGION_NAME_PATTERN` in full."""
+    return isinstance(name, str) and _REGION_NAME.fullmatch(name) is not None
+
+
 Mode = Literal["active-active", "active-passive"]
 FeedKind = Literal["synthetic", "replay", "kraken"]
 StateBackend = Literal["file", "etcd"]
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
-TIERS: tuple[Tier, ...] = ("hot", "warm", "cold")
-DEFAULT_MODE: dict[Tier, Mode] = {
-    "hot": "active-active",
-    "warm": "active-passive",
-    "cold": "active-passive",
+DEFAULT_MODE: Final[dict[Tier, Mode]] = {
+    tier: "active-passive" if is_active_passive(tier) else "active-active" for tier in TIERS
 }
 
 
@@ -174,6 +196,20 @@ class Config:
 
     def rules_for(self, tier: Tier) -> tuple[Rule, ...]:
         return tuple(rule for rule in self.rules if rule.tier == tier)
+
+    def bootstrap_primary(self, tier: str) -> str | None:
+        """The region the config names as primary of ``tier`` before any failover.
+
+        The rule: the ``from`` of the first ``[[rules]]`` entry for an
+        active-passive tier (warm, cold). ``None`` for hot (active-active: no
+        primary) and for a tier no rule names. The loader refuses two
+        active-passive rules of one tier with different ``from``, so "the first"
+        is "the only one" in a loaded config. Once the state store holds the
+        tier, its primary wins over this value (see ``failover/component.py``).
+        """
+        if not is_active_passive(tier):
+            return None
+        return next((r.from_region for r in self.rules if r.tier == tier), None)
 
     def replication_pairs(self) -> tuple[tuple[Tier, str, str], ...]:
         """Every ``(tier, from, to)`` the rules name."""

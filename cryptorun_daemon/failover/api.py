@@ -1,11 +1,14 @@
 """The failover HTTP API: ``POST /v1/failover`` and the peer endpoint ``POST /v1/failover/notify``.
 
 Request parsing, the per-region views (epoch, lag) gathered before a
-promotion, peer notification, and the before/after topology and action list
-of the answer. The component (:mod:`cryptorun_daemon.failover.component`)
-owns the store and the cache; this module only drives them. Store failures
-are :class:`~cryptorun_daemon.errors.StateStoreError`, which the admin error
-middleware answers with 503 ``state_store``.
+promotion, and the before/after topology and action list of the answer. The
+component (:mod:`cryptorun_daemon.failover.component`) owns the store and the
+cache; this module only drives them, through the :class:`FailoverHost`
+protocol, so it never imports the component (the component imports it). Peer
+notification lives in :mod:`~cryptorun_daemon.failover.peers`, reading a
+peer's status document in :mod:`~cryptorun_daemon.failover.roles`. Store
+failures are :class:`~cryptorun_daemon.errors.StateStoreError`, which the
+admin error middleware answers with 503 ``state_store``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
@@ -22,19 +25,35 @@ from aiohttp import web
 from cryptorun_daemon.admin.bodies import json_object
 from cryptorun_daemon.admin.errors import json_error
 from cryptorun_daemon.errors import StateStoreError, UsageError
-from cryptorun_daemon.failover.peers import PEER_CALL_TIMEOUT, describe
-from cryptorun_daemon.failover.roles import (
-    TierState,
-    Transition,
-    format_rfc3339,
-    parse_rfc3339,
-    require_active_passive,
-)
-
-if TYPE_CHECKING:
-    from cryptorun_daemon.failover.component import FailoverComponent
+from cryptorun_daemon.failover.peers import PeerMonitor, describe
+from cryptorun_daemon.failover.roles import Snapshot, TierState, require_active_passive
+from cryptorun_daemon.failover.store import StateStore
+from cryptorun_daemon.runtime.component import DaemonContext
+from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.failover")
+
+
+class FailoverHost(Protocol):
+    """What the handlers need from the failover component (which implements it)."""
+
+    ctx: DaemonContext
+    region: str
+    peers: PeerMonitor
+
+    def not_ready_reasons(self) -> list[str]: ...
+
+    def require_store(self) -> StateStore: ...
+
+    def current(self, tier: str) -> TierState | None: ...
+
+    def apply(self, state: TierState) -> None: ...
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    async def adopt(self, remote: TierState, *, source: str) -> bool: ...
+
+    def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -75,9 +94,9 @@ class FailoverRequest:
 
 
 class FailoverApi:
-    """Request handlers bound to one :class:`FailoverComponent`."""
+    """Request handlers bound to one failover component."""
 
-    def __init__(self, component: FailoverComponent) -> None:
+    def __init__(self, component: FailoverHost) -> None:
         self.component = component
         self.ctx = component.ctx
         self.region = component.region
@@ -122,7 +141,7 @@ class FailoverApi:
                 demoted=previous,
                 epoch=after.epoch,
             )
-            acked = await self.notify_peers(after, warnings)
+            acked = await self.component.peers.notify(after, warnings)
         after_views = {r: dict(v, epoch=acked.get(r, v.get("epoch"))) for r, v in views.items()}
         if not req.dry_run:
             after_views[self.region]["epoch"] = after.epoch
@@ -231,48 +250,6 @@ class FailoverApi:
             warnings.append(f"{req.promote} lags {lag:.1f}s behind {req.demote} (SLO {slo:g}s)")
         return warnings
 
-    async def notify_peers(self, state: TierState, warnings: list[str]) -> dict[str, int | None]:
-        """POST the new state to every peer; returns the epoch each acknowledged."""
-        acked: dict[str, int | None] = {}
-        http = self.ctx.http
-        peers = self.component.peers
-        timeout = aiohttp.ClientTimeout(total=PEER_CALL_TIMEOUT)
-        body = {"from": self.region, "state": state.to_json()}
-
-        async def notify(peer: str, url: str) -> None:
-            try:
-                if http is None:
-                    raise aiohttp.ClientError("daemon HTTP session not open")
-                async with http.post(
-                    f"{url}/v1/failover/notify",
-                    json=body,
-                    timeout=timeout,
-                    headers=self.ctx.peer_headers(),
-                ) as resp:
-                    reply = await resp.json(content_type=None)
-                    if resp.status != 200:
-                        detail = reply.get("detail") if isinstance(reply, dict) else reply
-                        warnings.append(
-                            f"peer {peer} refused the new state ({resp.status}): {detail}"
-                        )
-                        return
-                acked[peer] = reply.get("epoch") if isinstance(reply, dict) else None
-                peers.report(peer, True)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                peers.report(peer, False, describe(exc))
-                learns = (
-                    "through the etcd watch"
-                    if self.ctx.config.state.backend == "etcd"
-                    else f"from {self.region}'s /v1/status when it is back"
-                )
-                warnings.append(
-                    f"could not notify {peer} ({describe(exc)}); it learns epoch "
-                    f"{state.epoch} {learns}"
-                )
-
-        await asyncio.gather(*(notify(p, u) for p, u in sorted(self.ctx.config.peers.items())))
-        return acked
-
     def _actions(
         self,
         req: FailoverRequest,
@@ -327,21 +304,6 @@ class FailoverApi:
 
 
 # --- module helpers -------------------------------------------------------------------
-
-
-def state_from_status(doc: Any, tier: str) -> TierState | None:
-    """A peer's tier state rebuilt from its ``/v1/status`` (``None`` when absent or bad)."""
-    try:
-        info = doc["tiers"][tier]
-        return TierState(
-            tier=require_active_passive(tier),
-            primary=info["primary"],
-            epoch=info["epoch"],
-            updated_at=parse_rfc3339(info["updated_at"]),
-            history=tuple(Transition.from_json(t) for t in info["history"]),
-        )
-    except (KeyError, TypeError, ValueError, StateStoreError, UsageError):
-        return None
 
 
 def _view_from_status(doc: Any, tier: str, *, reachable: bool) -> dict[str, Any]:

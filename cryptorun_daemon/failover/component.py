@@ -10,7 +10,10 @@ What it does for the daemon:
 - probes every peer (``failover/peers.py``: ``cryptorun_peer_up{peer}``; a
   peer is *down* after ``replication.peer_down_after`` without a success);
 - serves ``POST /v1/failover`` and the peer endpoint ``POST /v1/failover/notify``
-  (``failover/api.py``).
+  (``failover/api.py``);
+- with ``[state] auto_failover`` (etcd), promotes this region when the
+  primary's lease is gone long enough, and otherwise records which guard held
+  (``failover/auto.py``: ``tiers.<tier>.auto_failover`` in ``/v1/status``).
 
 Interface for replication and fencing (stable; other components find this one
 as ``ctx.components["failover"]``):
@@ -50,22 +53,22 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from cryptorun_daemon.config import Config
+from cryptorun_daemon.config import ACTIVE_PASSIVE_TIERS, Config
 from cryptorun_daemon.errors import ConflictError, StateStoreError
-from cryptorun_daemon.failover.api import FailoverApi, state_from_status
+from cryptorun_daemon.failover.api import FailoverApi
+from cryptorun_daemon.failover.auto import AutoDecision, AutoFailover
 from cryptorun_daemon.failover.fence_keeper import FenceKeeper
 from cryptorun_daemon.failover.peers import PeerHealth, PeerMonitor, StatusHandler, describe
 from cryptorun_daemon.failover.roles import (
-    ACTIVE_PASSIVE_TIERS,
     Snapshot,
     TierState,
     export_role_metrics,
-    format_rfc3339,
-    is_active_passive,
+    state_from_status,
 )
 from cryptorun_daemon.failover.store import StateStore, open_state_store, run_heartbeats
 from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult, changed_sections
 from cryptorun_daemon.storage.fence_lock import install_write_permit
+from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.failover")
 
@@ -108,8 +111,8 @@ class FailoverComponent:
         self._adopt_lock = asyncio.Lock()
         self._problems: dict[str, str] = {}
         self._worker_tasks: set[asyncio.Task[Any]] = set()
-        self._auto_absent_since: dict[str, float] = {}
         self._remove_permit: Callable[[], None] | None = None
+        self.auto = AutoFailover(self.region, ctx.config.state)
         self.peers = PeerMonitor(ctx)
         self.fence = FenceKeeper(
             root=ctx.config.storage.root,
@@ -363,6 +366,7 @@ class FailoverComponent:
                 "fence": fence.to_json() if fence is not None else None,
                 "write_refusal": f"{refusal[0]}: {refusal[1]}" if refusal else None,
                 "write_refusal_reason": refusal[0] if refusal else None,
+                "auto_failover": self.auto.status(name),
             }
         cfg = self.ctx.config.state
         return {
@@ -514,7 +518,10 @@ class FailoverComponent:
 
     async def _seed(self, store: StateStore) -> None:
         """Initialise warm/cold from the config rules; the stored primary wins (warned)."""
-        for tier, primary in _configured_primaries(self.ctx.config.rules).items():
+        for tier in ACTIVE_PASSIVE_TIERS:
+            primary = self.ctx.config.bootstrap_primary(tier)
+            if primary is None:  # no rule names this tier: it is not replicated here
+                continue
             stored = await store.initialise(tier, primary)
             if stored.primary != primary:
                 log.warning(
@@ -568,61 +575,48 @@ class FailoverComponent:
     async def _auto_failover(self) -> None:
         """etcd only: promote this region when the primary's lease is gone long enough.
 
-        Guards: this daemon has seen the primary alive since it started (so a
-        cluster restart where the primary is merely slow to come up never
-        triggers it); the primary has been absent from the alive set (its lease
-        expired) for a further ``lease_ttl`` as seen here; this region holds its
-        own lease; the tier's last transition is older than
-        ``auto_failover_min_interval``; and this region is the first alive
-        candidate in sorted order, so regions do not race (if they do, the CAS
-        lets exactly one win).
+        Every ``lease_ttl / 4`` seconds, :meth:`check_auto_failover`. The
+        guards and their reason codes are in :mod:`cryptorun_daemon.failover.auto`
+        (and docs/FAILOVER.md).
+
+        Error handling: a lost CAS is a decision (``lost_race``), not an
+        error; a store failure raises and the supervisor restarts the worker.
         """
         cfg = self.ctx.config.state
         while True:
             await asyncio.sleep(max(0.2, cfg.lease_ttl / 4))
-            mono = self.ctx.clock.monotonic()
-            for tier, state in list(self._states.items()):
-                if (
-                    state.primary in self._alive
-                    or state.primary not in self._ever_alive
-                    or self.region not in self._alive
-                ):
-                    self._auto_absent_since.pop(tier, None)
-                    continue
-                since = self._auto_absent_since.setdefault(tier, mono)
-                age = (self.ctx.clock.now() - state.updated_at).total_seconds()
-                candidates = sorted(self._alive - {state.primary})
-                if (
-                    mono - since < cfg.lease_ttl
-                    or age < cfg.auto_failover_min_interval
-                    or not candidates
-                    or candidates[0] != self.region
-                ):
-                    continue
-                log.warning("auto_failover", tier=tier, demote=state.primary, epoch=state.epoch)
-                try:
-                    after = await self.require_store().promote(
-                        tier, self.region, state.primary, state.epoch
-                    )
-                except ConflictError as exc:
-                    log.info("auto_failover_lost", tier=tier, detail=str(exc))
-                    continue
-                self.apply(after)
-                await self.api.notify_peers(after, [])
+            await self.check_auto_failover()
 
+    async def check_auto_failover(self) -> None:
+        """One round of automatic failover over every known tier.
 
-def _configured_primaries(rules: Sequence[Any]) -> dict[str, str]:
-    """Tier → configured primary (the ``from`` of its first active-passive rule)."""
-    primaries: dict[str, str] = {}
-    for rule in rules:
-        if rule.mode != "active-passive" or not is_active_passive(rule.tier):
-            continue
-        chosen = primaries.setdefault(rule.tier, rule.from_region)
-        if chosen != rule.from_region:
-            log.warning(
-                "conflicting_active_passive_rules",
-                tier=rule.tier,
-                using=chosen,
-                ignored=rule.from_region,
+        Each tier's outcome (which guard held, or the promotion) is recorded
+        in :attr:`auto` (logged once per change of reason, shown in
+        ``/v1/status``). When every guard passes this region promotes itself
+        with ``expected_epoch`` = the epoch it saw, so if regions race, the
+        CAS lets exactly one win.
+        """
+        for state in list(self._states.values()):
+            now = self.ctx.clock.now()
+            decision = self.auto.check(
+                state,
+                alive=self._alive,
+                ever_alive=self._ever_alive,
+                now=now,
+                monotonic=self.ctx.clock.monotonic(),
             )
-    return primaries
+            if decision.decision != "promote":
+                continue
+            tier = state.tier
+            log.warning("auto_failover", tier=tier, demote=state.primary, epoch=state.epoch)
+            try:
+                after = await self.require_store().promote(
+                    tier, self.region, state.primary, state.epoch
+                )
+            except ConflictError as exc:
+                log.info("auto_failover_lost", tier=tier, detail=str(exc))
+                lost = AutoDecision("lost", "lost_race", f"another region won the CAS: {exc}")
+                self.auto.record(tier, lost, now=now)
+                continue
+            self.apply(after)
+            await self.peers.notify(after, [])

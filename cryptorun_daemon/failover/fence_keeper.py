@@ -19,8 +19,9 @@ from typing import Final
 
 import structlog
 
+from cryptorun_daemon.config import is_active_passive
 from cryptorun_daemon.errors import StorageError
-from cryptorun_daemon.failover.roles import TierState, is_active_passive
+from cryptorun_daemon.failover.roles import TierState
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.storage.write_fence import Fence, advance_fence
 

@@ -1,5 +1,8 @@
 """Peer health: heartbeats by probing each peer's ``/healthz``, plus every other peer call.
 
+Also the one outgoing failover call, :meth:`PeerMonitor.notify` (``POST
+/v1/failover/notify`` to every peer after a promotion).
+
 A peer is *up* until ``replication.peer_down_after`` passed without any
 success (probe, replication pull, status read or notify); for a peer never
 reached that counts from the start of probing. ``cryptorun_peer_up{peer}`` is
@@ -24,8 +27,9 @@ from typing import Any, Final
 import aiohttp
 import structlog
 
-from cryptorun_daemon.failover.roles import format_rfc3339
+from cryptorun_daemon.failover.roles import TierState
 from cryptorun_daemon.runtime.component import DaemonContext
+from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.failover.peers")
 
@@ -173,6 +177,54 @@ class PeerMonitor:
             if resp.status != 200:
                 raise aiohttp.ClientError(f"{url} answered {resp.status}")
             return await resp.json(content_type=None)
+
+    async def notify(self, state: TierState, warnings: list[str]) -> dict[str, int | None]:
+        """POST ``state`` to every peer's ``/v1/failover/notify``; the epoch each acknowledged.
+
+        Error handling: never raises for a peer; a refusal or an unreachable
+        peer appends a line to ``warnings`` (and counts as a failed call in its
+        health), because the new epoch is already persisted and each peer
+        learns it later anyway (etcd watch, or this region's ``/v1/status``).
+        """
+        acked: dict[str, int | None] = {}
+        http = self.ctx.http
+        timeout = aiohttp.ClientTimeout(total=PEER_CALL_TIMEOUT)
+        region = self.ctx.config.region
+        body = {"from": region, "state": state.to_json()}
+
+        async def notify(peer: str, url: str) -> None:
+            try:
+                if http is None:
+                    raise aiohttp.ClientError("daemon HTTP session not open")
+                async with http.post(
+                    f"{url}/v1/failover/notify",
+                    json=body,
+                    timeout=timeout,
+                    headers=self.ctx.peer_headers(),
+                ) as resp:
+                    reply = await resp.json(content_type=None)
+                    if resp.status != 200:
+                        detail = reply.get("detail") if isinstance(reply, dict) else reply
+                        warnings.append(
+                            f"peer {peer} refused the new state ({resp.status}): {detail}"
+                        )
+                        return
+                acked[peer] = reply.get("epoch") if isinstance(reply, dict) else None
+                self.report(peer, True)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                self.report(peer, False, describe(exc))
+                learns = (
+                    "through the etcd watch"
+                    if self.ctx.config.state.backend == "etcd"
+                    else f"from {region}'s /v1/status when it is back"
+                )
+                warnings.append(
+                    f"could not notify {peer} ({describe(exc)}); it learns epoch "
+                    f"{state.epoch} {learns}"
+                )
+
+        await asyncio.gather(*(notify(p, u) for p, u in sorted(self.ctx.config.peers.items())))
+        return acked
 
     async def run(self, on_status: StatusHandler | None) -> None:
         """Probe every peer forever, every :attr:`probe_interval` seconds.

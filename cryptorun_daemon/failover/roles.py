@@ -15,34 +15,31 @@ stores (``store_file``, ``store_etcd``) persist these values and apply
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Final, Literal, TypeGuard
+from datetime import datetime
+from typing import Any, Final, Literal
 
+from cryptorun_daemon.config import (
+    REGION_NAME_PATTERN,
+    ActivePassiveTier,
+    is_active_passive,
+    is_region_name,
+)
 from cryptorun_daemon.errors import ConflictError, FencedError, StateStoreError, UsageError
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.timefmt import format_rfc3339, parse_rfc3339
 
-ActivePassiveTier = Literal["warm", "cold"]
 Role = Literal["primary", "replica"]
 TransitionKind = Literal["bootstrap", "promotion"]
 
-ACTIVE_PASSIVE_TIERS: Final[tuple[ActivePassiveTier, ...]] = ("warm", "cold")
 # Enough to answer "what happened this week" in status output, small enough that
 # the whole tier state stays one small JSON value (etcd keys, one file write).
 HISTORY_LIMIT: Final = 32
 SCHEMA_VERSION: Final = 1
 
-_REGION_RE: Final = re.compile(r"[a-z][a-z0-9-]*")
-
 
 # --- validation helpers -------------------------------------------------------
-
-
-def is_active_passive(tier: str) -> TypeGuard[ActivePassiveTier]:
-    """True for the tiers that have a primary (warm, cold)."""
-    return tier in ACTIVE_PASSIVE_TIERS
 
 
 def require_active_passive(tier: str) -> ActivePassiveTier:
@@ -59,48 +56,13 @@ def require_active_passive(tier: str) -> ActivePassiveTier:
 
 
 def require_region(region: str) -> str:
-    """Return ``region`` if it is a contract region name (``[a-z][a-z0-9-]*``).
+    """Return ``region`` if it matches :data:`~cryptorun_daemon.config.REGION_NAME_PATTERN`.
 
     Error handling: raises :class:`UsageError` naming the bad value.
     """
-    if not isinstance(region, str) or not _REGION_RE.fullmatch(region):
-        raise UsageError(f"invalid region name {region!r} (expected [a-z][a-z0-9-]*)")
+    if not is_region_name(region):
+        raise UsageError(f"invalid region name {region!r} (expected {REGION_NAME_PATTERN})")
     return region
-
-
-# --- RFC 3339 ------------------------------------------------------------------
-
-
-def format_rfc3339(moment: datetime) -> str:
-    """``moment`` in UTC as RFC 3339 with a ``Z`` suffix.
-
-    Whole seconds print without a fraction (``2025-09-01T00:00:00Z``); otherwise
-    microseconds are kept so a value survives a JSON round trip unchanged.
-
-    Error handling: raises :class:`ValueError` for a naive datetime, because
-    guessing its zone is exactly the bug UTC-everywhere prevents.
-    """
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: timestamps must be timezone-aware UTC")
-    moment = moment.astimezone(UTC)
-    spec = "seconds" if moment.microsecond == 0 else "microseconds"
-    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
-
-
-def parse_rfc3339(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp with ``Z`` or a numeric offset into UTC.
-
-    Error handling: raises :class:`ValueError` for anything without a zone.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"not an RFC 3339 timestamp: {text!r}") from None
-    if moment.tzinfo is None or "T" not in text.upper():
-        raise ValueError(f"not an RFC 3339 timestamp with a zone: {text!r}")
-    return moment.astimezone(UTC)
 
 
 # --- values -----------------------------------------------------------------------
@@ -351,9 +313,27 @@ def _epoch(value: Any, what: str) -> int:
 
 
 def _region(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _REGION_RE.fullmatch(value):
+    if not is_region_name(value):
         raise StateStoreError(f"{what}: invalid region name {value!r}")
     return value
+
+
+# --- status documents ---------------------------------------------------------------
+
+
+def state_from_status(doc: Any, tier: str) -> TierState | None:
+    """A peer's tier state rebuilt from its ``/v1/status`` (``None`` when absent or bad)."""
+    try:
+        info = doc["tiers"][tier]
+        return TierState(
+            tier=require_active_passive(tier),
+            primary=info["primary"],
+            epoch=info["epoch"],
+            updated_at=parse_rfc3339(info["updated_at"]),
+            history=tuple(Transition.from_json(t) for t in info["history"]),
+        )
+    except (KeyError, TypeError, ValueError, StateStoreError, UsageError):
+        return None
 
 
 def _timestamp(value: Any, what: str) -> datetime:

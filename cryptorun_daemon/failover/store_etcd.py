@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from cryptorun_daemon.config import ActivePassiveTier, is_active_passive
 from cryptorun_daemon.errors import ConflictError, StateStoreError
 from cryptorun_daemon.failover.etcd_client import (
     Compare,
@@ -40,16 +41,14 @@ from cryptorun_daemon.failover.etcd_client import (
     prefix_range_end,
 )
 from cryptorun_daemon.failover.roles import (
-    ActivePassiveTier,
     Snapshot,
     TierState,
-    format_rfc3339,
-    is_active_passive,
     require_active_passive,
     require_region,
 )
 from cryptorun_daemon.failover.store import LeaseHealth, StateStore
 from cryptorun_daemon.runtime.clock import Clock, SystemClock
+from cryptorun_daemon.timefmt import format_rfc3339
 
 if TYPE_CHECKING:
     import aiohttp

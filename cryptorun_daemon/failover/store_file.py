@@ -36,19 +36,18 @@ from typing import Any, Final, TypeVar
 
 import structlog
 
+from cryptorun_daemon.config import ActivePassiveTier
 from cryptorun_daemon.errors import StateStoreError
 from cryptorun_daemon.failover.roles import (
-    ActivePassiveTier,
     Snapshot,
     TierState,
-    format_rfc3339,
-    parse_rfc3339,
     require_active_passive,
     require_region,
 )
 from cryptorun_daemon.failover.store import StateStore
 from cryptorun_daemon.runtime.clock import Clock, SystemClock
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
+from cryptorun_daemon.timefmt import format_rfc3339, parse_rfc3339
 
 T = TypeVar("T")
 log = structlog.get_logger("cryptorun.failover.store_file")

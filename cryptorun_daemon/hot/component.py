@@ -11,16 +11,16 @@ Wiring (``cryptorun_daemon/components.py``)::
     from cryptorun_daemon.hot.component import HotComponent
     components.append(HotComponent(ctx))
 
-``is_warm_primary`` and ``epoch`` default to the config's warm rule (this
-region is primary when it is the rule's ``from``; epoch 0); the failover
-component should pass its live role and epoch instead.
+``is_warm_primary`` and ``epoch`` default to the config
+(:meth:`~cryptorun_daemon.config.Config.bootstrap_primary` of warm, or this
+region when no rule names warm; epoch 0); the failover component should pass
+its live role and epoch instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +39,8 @@ from cryptorun_daemon.hot.log import HotLog
 from cryptorun_daemon.hot.mirror_client import MirrorClient
 from cryptorun_daemon.hot.mirror_server import MirrorServer
 from cryptorun_daemon.hot.sealer import HotSealer
+from cryptorun_daemon.ingest.kraken.connector import KrakenFeed
+from cryptorun_daemon.ingest.kraken.handler import KrakenHandler
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult, changed_sections
 
@@ -53,40 +55,24 @@ INGEST_YIELD_EVERY = 256
 def build_feed(config: FeedConfig, metrics: Metrics) -> Feed:
     """The feed for one ``[[feeds]]`` entry.
 
-    Error handling: :class:`IngestError` when the kind needs a module that is
-    not in this build (``kraken`` before its connector lands) or the entry is
-    unusable.
+    Error handling: :class:`IngestError` when the entry is unusable.
     """
     if config.kind == "synthetic":
         return SyntheticFeed(config)
     if config.kind == "replay":
         return ReplayFeed(config, raw_handler=_raw_handler(config, metrics))
     if config.kind == "kraken":
-        module = _optional("cryptorun_daemon.ingest.kraken.connector")
-        if module is None:
-            raise IngestError(f"feed {config.name!r}: the kraken connector is not in this build")
-        feed: Feed = module.KrakenFeed(config, metrics)
-        return feed
+        return KrakenFeed(config, metrics)
     raise IngestError(f"feed {config.name!r}: unknown kind {config.kind!r}")
-
-
-def _optional(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError:
-        return None
 
 
 def _raw_handler(
     config: FeedConfig, metrics: Metrics
 ) -> Callable[[str, int], list[MarketRecord]] | None:
-    """Decode recorded raw Kraken frames with the Kraken handler when it is available."""
+    """Decode recorded raw Kraken frames with the Kraken handler (other venues: none)."""
     if config.venue != "kraken":
         return None
-    module = _optional("cryptorun_daemon.ingest.kraken.handler")
-    if module is None:
-        return None
-    handler = module.KrakenHandler(
+    handler = KrakenHandler(
         venue=config.venue, symbols=config.symbols, depth=config.book_depth, metrics=metrics
     )
     handler.start_session()
@@ -139,7 +125,8 @@ class HotComponent:
             heartbeat_interval=hot.heartbeat_interval,
             max_frame_bytes=hot.max_frame_bytes,
         )
-        warm_from = next((r.from_region for r in cfg.rules_for("warm")), cfg.region)
+        # Without a warm rule nothing replicates warm: each region seals its own hot data.
+        warm_primary = cfg.bootstrap_primary("warm") or cfg.region
         self.sealer = HotSealer(
             region=cfg.region,
             root=root,
@@ -147,7 +134,7 @@ class HotComponent:
             authority=self.authority,
             partition_length=hot.partition_length,
             seal_grace=hot.seal_grace,
-            is_warm_primary=is_warm_primary or (lambda: warm_from == cfg.region),
+            is_warm_primary=is_warm_primary or (lambda: warm_primary == cfg.region),
             epoch=epoch or (lambda: 0),
             metrics=ctx.metrics,
         )

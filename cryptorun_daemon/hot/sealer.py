@@ -23,7 +23,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from cryptorun_daemon.hot.record import decode_line
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
 from cryptorun_daemon.storage.layout import SUCCESS_MARKER
+from cryptorun_daemon.timefmt import format_compact, format_rfc3339, utc_from_ns
 
 log = structlog.get_logger("cryptorun.hot.sealer")
 Position = tuple[int, int]  # (segment index, byte offset)
@@ -286,8 +286,8 @@ class HotSealer:
 
 
 def _iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_rfc3339(utc_from_ns(ns), precision="seconds")
 
 
 def _compact(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y%m%dT%H%M%SZ")
+    return format_compact(utc_from_ns(ns), precision="seconds")

@@ -20,6 +20,7 @@ from cryptorun_daemon.errors import ReplicationError
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.storage.manifest import Manifest
 from cryptorun_daemon.storage.write_fence import quarantine_fenced_manifest, read_fence
+from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.replication")
 
@@ -61,7 +62,7 @@ class ApplyPolicy:
             return False
         reason = (
             f"epoch {manifest.epoch} by {manifest.writer_region} sealed at "
-            f"{manifest.sealed_at.isoformat()} is not a legitimate write under the "
+            f"{format_rfc3339(manifest.sealed_at)} is not a legitimate write under the "
             f"fence (epoch {fence.epoch}, primary {fence.primary})"
         )
         kept = quarantine_fenced_manifest(

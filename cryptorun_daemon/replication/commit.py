@@ -29,6 +29,7 @@ from cryptorun_daemon.storage.layout import SUCCESS_MARKER, SUPERSEDED_DIR
 from cryptorun_daemon.storage.manifest import Manifest, data_file_names, read_manifest
 from cryptorun_daemon.storage.seal import write_seal
 from cryptorun_daemon.storage.write_fence import move_divergent, read_fence
+from cryptorun_daemon.timefmt import format_compact
 
 log = structlog.get_logger("cryptorun.replication")
 
@@ -88,7 +89,7 @@ class PartitionCommitter:
                 to=str(moved_to),
             )
             return False
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = format_compact(datetime.now(UTC), precision="microseconds")
         label = f"epoch{held.epoch}-{held.content_hash[-16:]}" if held else "unreadable"
         target = (
             self.root / SUPERSEDED_DIR / manifest.tier / manifest.partition / f"{stamp}-{label}"
@@ -101,7 +102,7 @@ class PartitionCommitter:
         """Visible files the manifest does not list (an aborted other version) move aside."""
         wanted = {f.name for f in manifest.files}
         strays = [n for n in data_file_names(directory) if n not in wanted]
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = format_compact(datetime.now(UTC), precision="microseconds")
         for name in strays:
             target = (
                 self.root

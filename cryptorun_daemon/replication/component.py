@@ -36,7 +36,7 @@ import structlog
 from aiohttp import web
 
 from cryptorun_daemon.admin.bodies import json_object
-from cryptorun_daemon.config import Config, Rule, Tier
+from cryptorun_daemon.config import ACTIVE_PASSIVE_TIERS, Config, Rule, Tier
 from cryptorun_daemon.errors import (
     FencedError,
     PathRejectedError,
@@ -74,8 +74,6 @@ from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, Manifest
 from cryptorun_daemon.storage.seal import manifest_summary, seal_partition
 
 log = structlog.get_logger("cryptorun.replication")
-
-WARM_COLD_TIERS: tuple[Tier, ...] = ("warm", "cold")
 
 #: ``(kind, tier, peer)``: kind ``pull`` (from the primary) or ``reconcile`` (from an old one).
 LinkKey = tuple[str, Tier, str]
@@ -128,7 +126,9 @@ class WarmColdComponent:
         )
         self.links: dict[LinkKey, AnyLink] = {}
         self.schedulers: dict[LinkKey, PassScheduler[Any]] = {}
-        self.reconciliation = {t: ReconcileRecord(t) for t in WARM_COLD_TIERS}
+        self.reconciliation: dict[Tier, ReconcileRecord] = {
+            t: ReconcileRecord(t) for t in ACTIVE_PASSIVE_TIERS
+        }
         self._topology_changed = asyncio.Event()
         self._topology_changed.set()  # the first round runs at start
         self._own_session: aiohttp.ClientSession | None = None
@@ -147,7 +147,7 @@ class WarmColdComponent:
         ]
 
     async def start(self) -> None:
-        for tier in WARM_COLD_TIERS:
+        for tier in ACTIVE_PASSIVE_TIERS:
             (self.root / tier).mkdir(parents=True, exist_ok=True)
         await self.refresh_topology()
         self.ctx.supervisor.spawn("replication:topology", self._follow_topology)
@@ -160,7 +160,7 @@ class WarmColdComponent:
 
     def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]:
         tiers: dict[str, Any] = {}
-        for t in WARM_COLD_TIERS:
+        for t in ACTIVE_PASSIVE_TIERS:
             if tier is not None and t != tier:
                 continue
             sources = {
@@ -188,7 +188,7 @@ class WarmColdComponent:
         """Per warm/cold tier this region takes part in, the rule with the tightest SLO."""
         chosen: dict[Tier, Rule] = {}
         for rule in self.ctx.config.rules:
-            if rule.tier not in WARM_COLD_TIERS:
+            if rule.tier not in ACTIVE_PASSIVE_TIERS:
                 continue
             if self.region not in (rule.from_region, *rule.to_regions):
                 continue
@@ -209,8 +209,7 @@ class WarmColdComponent:
     def primary_of_tier(self, tier: Tier) -> str | None:
         if self._primary_provider is not None:
             return self._primary_provider(tier)
-        rule = next((r for r in self.ctx.config.rules if r.tier == tier), None)
-        return rule.from_region if rule is not None else None
+        return self.ctx.config.bootstrap_primary(tier)
 
     def primary_for(self, rule: Rule) -> str:
         primary = self._primary_provider(rule.tier) if self._primary_provider else None
@@ -389,7 +388,7 @@ class WarmColdComponent:
         """
         body = await json_object(request)
         tier = parse_tier(str(body.get("tier", "")))
-        if tier not in WARM_COLD_TIERS:
+        if tier not in ACTIVE_PASSIVE_TIERS:
             raise UsageError("sealing through the API covers the warm and cold tiers")
         key = parse_partition_path(tier, str(body.get("partition", "")))
         refusal = self._write_refusal(tier)
@@ -424,7 +423,7 @@ class WarmColdComponent:
         """``POST /v1/replication/simulate``: the plan a pass would run; transfers nothing."""
         body = await json_object(request)
         tier = parse_tier(str(body.get("tier", "")))
-        if tier not in WARM_COLD_TIERS:
+        if tier not in ACTIVE_PASSIVE_TIERS:
             raise UsageError("simulate covers the warm and cold tiers (hot replicates as a stream)")
         src, dst = str(body.get("from", "")), str(body.get("to", ""))
         known = set(self.ctx.config.regions)

@@ -45,6 +45,7 @@ from cryptorun_daemon.storage.manifest import (
     format_hash,
     new_hasher,
 )
+from cryptorun_daemon.timefmt import format_compact
 
 log = structlog.get_logger("cryptorun.replication")
 
@@ -143,7 +144,7 @@ class FileDownloader:
             return False
         if facts.size == entry.bytes and facts.hash == entry.hash:
             return True
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = format_compact(datetime.now(UTC), precision="microseconds")
         move_aside(
             final,
             self.root

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptorun_daemon.replication.planner import Committed
-from cryptorun_daemon.storage.manifest import Manifest, format_time
+from cryptorun_daemon.storage.manifest import Manifest
+from cryptorun_daemon.timefmt import format_rfc3339
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class LagReport:
             "pending_bytes": self.pending_bytes,
             "oldest_pending": self.oldest_pending,
             "oldest_pending_sealed_at": (
-                format_time(self.oldest_pending_sealed_at)
+                format_rfc3339(self.oldest_pending_sealed_at)
                 if self.oldest_pending_sealed_at is not None
                 else None
             ),

@@ -28,7 +28,7 @@ from cryptorun_daemon.replication.rules import TimeRange
 from cryptorun_daemon.replication.transport_http import HttpPeer
 from cryptorun_daemon.runtime.clock import Clock
 from cryptorun_daemon.storage.catalog import Catalog
-from cryptorun_daemon.storage.manifest import format_time
+from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.replication")
 
@@ -63,7 +63,7 @@ class PassReport:
         return {
             "tier": self.tier,
             "source": self.source,
-            "started_at": format_time(self.started_at),
+            "started_at": format_rfc3339(self.started_at),
             "seconds": round(self.seconds, 3),
             "ok": self.ok,
             "reason": self.reason,
@@ -238,9 +238,9 @@ class ReplicationLink:
             "lag_slo_seconds": self.rule.lag_slo,
             "within_slo": (self.lag is not None and self.lag.lag_seconds <= self.rule.lag_slo),
             "peer_healthy": self.peer_healthy,
-            "last_success": format_time(self.last_success) if self.last_success else None,
+            "last_success": format_rfc3339(self.last_success) if self.last_success else None,
             "last_error": self.last_error,
-            "last_error_at": format_time(self.last_error_at) if self.last_error_at else None,
+            "last_error_at": format_rfc3339(self.last_error_at) if self.last_error_at else None,
             "last_pass": self.last_pass.to_json() if self.last_pass else None,
         }
 

@@ -27,7 +27,8 @@ from cryptorun_daemon.replication.rules import (
     TimeRange,
 )
 from cryptorun_daemon.storage.layout import PartitionKey
-from cryptorun_daemon.storage.manifest import Manifest, format_time
+from cryptorun_daemon.storage.manifest import Manifest
+from cryptorun_daemon.timefmt import format_rfc3339
 
 
 class SourcePartition(Protocol):
@@ -148,7 +149,7 @@ def plan_replication(
                     content_hash=manifest.content_hash,
                     files=len(manifest.files),
                     bytes=manifest.total_bytes,
-                    sealed_at=format_time(manifest.sealed_at),
+                    sealed_at=format_rfc3339(manifest.sealed_at),
                     epoch=manifest.epoch,
                     action="copy" if held is None else "replace",
                 ),

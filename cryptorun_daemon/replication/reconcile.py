@@ -48,8 +48,8 @@ from cryptorun_daemon.replication.rules import TimeRange
 from cryptorun_daemon.replication.transport_http import HttpPeer
 from cryptorun_daemon.runtime.clock import Clock
 from cryptorun_daemon.storage.catalog import Catalog
-from cryptorun_daemon.storage.manifest import format_time
 from cryptorun_daemon.storage.write_fence import move_divergent, read_fence
+from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.replication.reconcile")
 
@@ -81,7 +81,7 @@ class ReconcileRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "last_run": format_time(self.last_run) if self.last_run else None,
+            "last_run": format_rfc3339(self.last_run) if self.last_run else None,
             "epoch": self.epoch,
             "pulled": self.pulled,
             "divergent": self.divergent,
@@ -124,8 +124,8 @@ def set_aside_divergent(root: Path, tier: Tier, catalog: Catalog) -> list[dict[s
             partition=manifest.partition,
             epoch=manifest.epoch,
             writer=manifest.writer_region,
-            sealed_at=format_time(manifest.sealed_at),
-            epoch_ended=format_time(ended) if ended else None,
+            sealed_at=format_rfc3339(manifest.sealed_at),
+            epoch_ended=format_rfc3339(ended) if ended else None,
             to=str(target),
         )
         moved.append(
@@ -133,7 +133,7 @@ def set_aside_divergent(root: Path, tier: Tier, catalog: Catalog) -> list[dict[s
                 "partition": manifest.partition,
                 "epoch": manifest.epoch,
                 "writer_region": manifest.writer_region,
-                "sealed_at": format_time(manifest.sealed_at),
+                "sealed_at": format_rfc3339(manifest.sealed_at),
                 "moved_to": str(target.relative_to(root)),
             }
         )
@@ -213,7 +213,7 @@ class ReconcileLink:
         self.last_pass = report
         self.record.last_run = report.started_at
         self.record.sources[self.source] = {
-            "last_pass": format_time(report.started_at),
+            "last_pass": format_rfc3339(report.started_at),
             "ok": report.ok,
             "reason": report.reason,
             "pulled": report.partitions_committed,

@@ -6,15 +6,14 @@ CLI exchange plans), so a plan can be logged, diffed and replayed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NewType
 
-from cryptorun_daemon.config import TIERS, Mode, Rule, Tier
+from cryptorun_daemon.config import REGION_NAME_PATTERN, TIERS, Mode, Rule, Tier, is_region_name
 from cryptorun_daemon.errors import UsageError
-from cryptorun_daemon.storage.manifest import format_time
+from cryptorun_daemon.timefmt import format_rfc3339, parse_rfc3339
 
 __all__ = [
     "Mode",
@@ -32,12 +31,11 @@ __all__ = [
 ]
 
 Region = NewType("Region", str)
-_REGION: Final = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
 def parse_region(text: str) -> Region:
-    if not _REGION.match(text):
-        raise UsageError(f"region {text!r} must match [a-z][a-z0-9-]*")
+    if not is_region_name(text):
+        raise UsageError(f"region {text!r} must match {REGION_NAME_PATTERN}")
     return Region(text)
 
 
@@ -59,12 +57,11 @@ def rule_to_json(rule: Rule) -> dict[str, Any]:
 
 def _parse_instant(text: str, what: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(text.strip())
+        return parse_rfc3339(text.strip())
     except ValueError:
-        raise UsageError(f"{what} {text!r} is not RFC 3339 (e.g. 2025-09-01T00:00:00Z)") from None
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise UsageError(f"{what} {text!r} has no timezone; write UTC as ...Z")
-    return moment.astimezone(UTC)
+        raise UsageError(
+            f"{what} {text!r} is not RFC 3339 with a zone (e.g. 2025-09-01T00:00:00Z)"
+        ) from None
 
 
 @dataclass(frozen=True, order=True)
@@ -85,9 +82,8 @@ class TimeRange:
         object.__setattr__(self, "start", self.start.astimezone(UTC))
         object.__setattr__(self, "end", self.end.astimezone(UTC))
         if self.end <= self.start:
-            raise UsageError(
-                f"window end {format_time(self.end)} must be after start {format_time(self.start)}"
-            )
+            end, start = format_rfc3339(self.end), format_rfc3339(self.start)
+            raise UsageError(f"window end {end} must be after start {start}")
 
     @classmethod
     def parse(cls, text: str) -> TimeRange:
@@ -109,7 +105,7 @@ class TimeRange:
         return self.end - self.start
 
     def __str__(self) -> str:
-        return f"{format_time(self.start)}/{format_time(self.end)}"
+        return f"{format_rfc3339(self.start)}/{format_rfc3339(self.end)}"
 
     def to_json(self) -> str:
         return str(self)

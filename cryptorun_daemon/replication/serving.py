@@ -44,8 +44,9 @@ from cryptorun_daemon.errors import ConflictError, PathRejectedError, StorageErr
 from cryptorun_daemon.replication.rules import TimeRange, parse_tier
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, resolve_partition_file
-from cryptorun_daemon.storage.manifest import Manifest, format_time, read_manifest
+from cryptorun_daemon.storage.manifest import Manifest, read_manifest
 from cryptorun_daemon.storage.write_fence import Fence, read_fence
+from cryptorun_daemon.timefmt import format_rfc3339
 
 SEND_CHUNK = 4 << 20
 
@@ -185,7 +186,7 @@ class PartitionServer:
             ident = (
                 f"{manifest.tier}/{manifest.partition}",
                 manifest.content_hash,
-                format_time(manifest.sealed_at),
+                format_rfc3339(manifest.sealed_at),
                 manifest.epoch,
             )
             raw = self._json.get(ident)
@@ -203,7 +204,7 @@ class PartitionServer:
                 "epoch": epoch,
                 "primary": self._primary_of(tier) if self._primary_of is not None else None,
                 "purpose": purpose,
-                "now": format_time(self._now()),
+                "now": format_rfc3339(self._now()),
                 "window": str(window) if window else None,
                 "count": len(parts),
             },

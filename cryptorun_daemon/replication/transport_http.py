@@ -20,7 +20,8 @@ from cryptorun_daemon.config import Tier
 from cryptorun_daemon.errors import ReplicationError, StorageError
 from cryptorun_daemon.replication.planner import PeerHealth
 from cryptorun_daemon.replication.rules import TimeRange
-from cryptorun_daemon.storage.manifest import Manifest, format_time
+from cryptorun_daemon.storage.manifest import Manifest
+from cryptorun_daemon.timefmt import format_rfc3339
 
 #: Why a listing is asked for: to pull from the peer, or to see what it holds.
 Purpose = Literal["source", "inventory"]
@@ -115,8 +116,8 @@ class HttpPeer:
         """
         params: dict[str, str] = {"tier": tier}
         if window is not None:
-            params["start"] = format_time(window.start)
-            params["end"] = format_time(window.end)
+            params["start"] = format_rfc3339(window.start)
+            params["end"] = format_rfc3339(window.end)
         if reconcile_epoch is None:
             params["purpose"] = purpose
         else:

@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,6 +36,7 @@ from cryptorun_daemon.storage.layout import (
     parse_partition_path,
     parse_tier,
 )
+from cryptorun_daemon.timefmt import format_rfc3339, parse_rfc3339
 
 HASH_ALGORITHM: Final = "xxh3_128"
 MANIFEST_FORMAT: Final = 1
@@ -67,20 +68,6 @@ def hash_file(path: Path, *, chunk: int = HASH_CHUNK) -> str:
                 break
             hasher.update(view[:n])
     return format_hash(hasher.hexdigest())
-
-
-def format_time(moment: datetime) -> str:
-    """RFC 3339 UTC with a ``Z`` and no sub-second noise unless present."""
-    text = moment.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> datetime:
-    """Parse RFC 3339; naive datetimes are refused (``ValueError``)."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{text!r} has no timezone; write UTC as ...Z")
-    return moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -245,7 +232,7 @@ class Manifest:
             "dataset": key.dataset,
             "venue": key.venue,
             "symbol": key.symbol,
-            "window": {"start": format_time(key.start), "end": format_time(key.end)},
+            "window": {"start": format_rfc3339(key.start), "end": format_rfc3339(key.end)},
             "files": [f.to_json() for f in self.files],
             "bytes": self.total_bytes,
             "rows": self.total_rows,
@@ -254,7 +241,7 @@ class Manifest:
             "schema_fingerprint": self.schema_fingerprint,
             "writer_region": self.writer_region,
             "epoch": self.epoch,
-            "sealed_at": format_time(self.sealed_at),
+            "sealed_at": format_rfc3339(self.sealed_at),
             "sources": [dict(s) for s in self.sources] if self.sources is not None else None,
             "worst_freshness_seconds": self.worst_freshness_seconds,
         }
@@ -298,7 +285,7 @@ class Manifest:
                 schema_fingerprint=data.get("schema_fingerprint"),
                 writer_region=str(data["writer_region"]),
                 epoch=int(data["epoch"]),
-                sealed_at=parse_time(str(data["sealed_at"])),
+                sealed_at=parse_rfc3339(str(data["sealed_at"])),
                 sources=tuple(sources) if isinstance(sources, list) else None,
                 worst_freshness_seconds=None if freshness is None else float(freshness),
             )

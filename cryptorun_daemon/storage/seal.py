@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptorun_daemon.config import ACTIVE_PASSIVE_TIERS
 from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
 from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, parse_partition_dir
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, compute_manifest, read_manifest
 from cryptorun_daemon.storage.write_fence import (
-    FENCED_TIERS,
     check_seal,
     read_fence,
     storage_root_of,
@@ -87,7 +87,7 @@ def seal_partition(
         raise StorageError(f"{partition_dir} is not a directory")
     depth = 6 if key.hour is not None else 5  # the tier folder plus the partition levels
     root = storage_root_of(partition_dir, depth)
-    fenced = key.tier in FENCED_TIERS
+    fenced = key.tier in ACTIVE_PASSIVE_TIERS
     check_seal(root, key.tier, writer_region, epoch)
     if fenced:
         check_write_permit(root, key.tier)

@@ -45,15 +45,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from cryptorun_daemon.config import is_active_passive
 from cryptorun_daemon.errors import FencedError, StorageError
 from cryptorun_daemon.storage.atomic import atomic_write_bytes, move_aside
 from cryptorun_daemon.storage.fence_lock import FENCE_DIR, fence_lock
 from cryptorun_daemon.storage.layout import DIVERGENT_DIR
-from cryptorun_daemon.storage.manifest import Manifest, format_time, parse_time
+from cryptorun_daemon.storage.manifest import Manifest
 from cryptorun_daemon.storage.quarantine_record import quarantine_folder, write_quarantine_record
+from cryptorun_daemon.timefmt import format_rfc3339, parse_rfc3339
 
 FENCE_VERSION: Final = 1
-FENCED_TIERS: Final = ("warm", "cold")
 
 #: ``current``: written by the primary of the current (or a newer) epoch;
 #: ``history``: written by the primary of an older epoch before it ended;
@@ -75,8 +76,8 @@ class EpochSpan:
         return {
             "epoch": self.epoch,
             "primary": self.primary,
-            "from": format_time(self.started),
-            "until": format_time(self.ended) if self.ended is not None else None,
+            "from": format_rfc3339(self.started),
+            "until": format_rfc3339(self.ended) if self.ended is not None else None,
         }
 
 
@@ -147,7 +148,7 @@ class Fence:
             "tier": self.tier,
             "epoch": self.epoch,
             "primary": self.primary,
-            "updated_at": format_time(self.updated_at),
+            "updated_at": format_rfc3339(self.updated_at),
             "epochs": [s.to_json() for s in self.epochs],
         }
 
@@ -161,8 +162,8 @@ class Fence:
                 EpochSpan(
                     epoch=int(item["epoch"]),
                     primary=str(item["primary"]),
-                    started=parse_time(str(item["from"])),
-                    ended=None if item.get("until") is None else parse_time(str(item["until"])),
+                    started=parse_rfc3339(str(item["from"])),
+                    ended=None if item.get("until") is None else parse_rfc3339(str(item["until"])),
                 )
                 for item in data.get("epochs", [])
             )
@@ -173,7 +174,7 @@ class Fence:
                 tier=str(data["tier"]),
                 epoch=epoch,
                 primary=str(data["primary"]),
-                updated_at=parse_time(str(data["updated_at"])),
+                updated_at=parse_rfc3339(str(data["updated_at"])),
                 epochs=epochs,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -302,7 +303,7 @@ def check_seal(root: Path, tier: str, region: str, epoch: int) -> None:
     Error handling: :class:`FencedError` when refused; :class:`StorageError`
     when the fence exists but cannot be read.
     """
-    if tier not in FENCED_TIERS:
+    if not is_active_passive(tier):
         return
     fence = read_fence(root, tier)
     if fence is not None:
@@ -358,9 +359,9 @@ def quarantine_fenced_manifest(
         "partition": manifest.partition,
         "epoch": manifest.epoch,
         "writer_region": manifest.writer_region,
-        "sealed_at": format_time(manifest.sealed_at),
+        "sealed_at": format_rfc3339(manifest.sealed_at),
         "reason": reason,
-        "quarantined_at": format_time(datetime.now(UTC)),
+        "quarantined_at": format_rfc3339(datetime.now(UTC)),
     }
     write_quarantine_record(target, record)
     return target

@@ -154,7 +154,8 @@ async def test_auto_failover_promotes_a_replica_when_the_primary_lease_is_gone(
     etcd_prefix: str,
 ) -> None:
     """With auto_failover on, stopping the primary (its lease is revoked) makes us-east
-    promote itself for warm and cold after the lease TTL grace, once, at epoch 2."""
+    promote itself for warm and cold after the lease TTL grace, once, at epoch 2. Before,
+    its status says why it does not: the primary holds its lease."""
     a, b = etcd_regions(
         tmp_path,
         shared_etcd_server,
@@ -169,10 +170,14 @@ async def test_auto_failover_promotes_a_replica_when_the_primary_lease_is_gone(
     ):
         doc = await until_primary(http, b.base_url, "warm", EU, 1)
         deadline = time.monotonic() + 15
-        while EU not in (doc["failover"]["alive_regions"] or []):
+        while (
+            EU not in (doc["failover"]["alive_regions"] or [])
+            or doc["tiers"]["warm"]["auto_failover"]["reason"] != "primary_alive"
+        ):
             assert time.monotonic() < deadline, doc
             await asyncio.sleep(0.1)
             doc = await status_of(http, b.base_url, "warm")
+        assert doc["tiers"]["warm"]["auto_failover"]["enabled"] is True
         stop_process(a_proc.proc)
         doc = await until_primary(http, b.base_url, "warm", US, 2, timeout=20)
         await until_primary(http, b.base_url, "cold", US, 2, timeout=20)

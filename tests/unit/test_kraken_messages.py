@@ -27,12 +27,12 @@ from cryptorun_daemon.ingest.kraken.messages import (
     decode_frame,
     ns_to_rfc3339,
     ping_request,
-    rfc3339_to_ns,
     subscribe_request,
     unsubscribe_request,
 )
 from cryptorun_daemon.ingest.kraken.trades import TradeSequence, TradeVerdict
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.timefmt import parse_rfc3339_ns
 
 D = Decimal
 
@@ -174,14 +174,14 @@ def test_bad_frames_raise_frame_error_with_a_bounded_kind(frame: str | bytes, ki
 )
 def test_rfc3339_to_ns(text: str, ns: int) -> None:
     """Kraken's RFC 3339 timestamps become integer nanoseconds, keeping sub-µs digits."""
-    assert rfc3339_to_ns(text) == ns
+    assert parse_rfc3339_ns(text) == ns
 
 
 def test_rfc3339_rejects_naive_and_garbage() -> None:
     """A timestamp without an offset, or not a timestamp at all, is refused."""
     for text in ("2025-09-01T00:00:00", "yesterday"):
         with pytest.raises(ValueError, match="RFC 3339"):
-            rfc3339_to_ns(text)
+            parse_rfc3339_ns(text)
 
 
 def test_ns_to_rfc3339_round_trips_microseconds() -> None:
@@ -354,7 +354,7 @@ def test_book_record_fields(handler: KrakenHandler) -> None:
     (rec,) = feed(handler, book_frame("snapshot", bids, asks, crc(bids, asks)))
     assert rec.dataset == "book"
     assert rec.fields == {
-        "ts": rfc3339_to_ns(TS), "venue": "kraken", "symbol": "BTC/USD",
+        "ts": parse_rfc3339_ns(TS), "venue": "kraken", "symbol": "BTC/USD",
         "bids_px": [100.0, 99.5], "bids_qty": [1.0, 0.5], "asks_px": [101.0],
         "asks_qty": [2.0], "checksum": crc(bids, asks), "suspect": False, "ingest_ts": 42,
     }  # fmt: skip
@@ -367,7 +367,7 @@ def test_trades_gap_counted_and_replayed_snapshot_deduplicated(
     records = feed(handler, trade_frame("snapshot", [1, 2, 3]))
     assert [r.fields["trade_id"] for r in records] == [1, 2, 3]
     assert records[0].fields == {
-        "ts": rfc3339_to_ns(TS), "venue": "kraken", "symbol": "BTC/USD", "side": "sell",
+        "ts": parse_rfc3339_ns(TS), "venue": "kraken", "symbol": "BTC/USD", "side": "sell",
         "price": 60000.5, "qty": 0.01, "trade_id": 1, "ingest_ts": 42,
     }  # fmt: skip
     feed(handler, trade_frame("update", [6]))

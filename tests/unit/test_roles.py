@@ -14,11 +14,10 @@ from cryptorun_daemon.failover.roles import (
     TierState,
     Transition,
     export_role_metrics,
-    format_rfc3339,
-    parse_rfc3339,
     require_active_passive,
 )
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.timefmt import format_rfc3339, parse_rfc3339
 
 T0 = datetime(2025, 9, 1, tzinfo=UTC)
 

@@ -24,6 +24,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from cryptorun_daemon.config import TIERS
 from cryptorun_daemon.data.validate.findings import BatchResult, ValidationError
 from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.storage.layout import QUARANTINE_DIR
@@ -33,6 +34,7 @@ from cryptorun_daemon.storage.quarantine_record import (
     quarantine_folder,
     write_quarantine_record,
 )
+from cryptorun_daemon.timefmt import format_rfc3339
 
 SIDECAR_NAME: Final = "_quarantine.json"
 RELEASED_SUFFIX: Final = ".released.json"
@@ -41,7 +43,7 @@ MAX_EXAMPLES: Final = 5
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_rfc3339(datetime.now(UTC), precision="microseconds")
 
 
 def _write_json_atomically(path: Path, document: Mapping[str, Any]) -> None:
@@ -230,7 +232,7 @@ def quarantine_counts(
     cache the answer for a few seconds.
     """
     counts: dict[str, dict[str, int]] = {}
-    for tier in ("hot", "warm", "cold"):
+    for tier in TIERS:
         files = 0
         qdir = storage_root / QUARANTINE_DIR / tier
         if qdir.is_dir():

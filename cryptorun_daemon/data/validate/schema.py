@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cryptorun_daemon.config import REGION_NAME_PATTERN
 from cryptorun_daemon.data.validate.findings import (
     BatchResult,
     BoolMask,
@@ -132,7 +133,7 @@ class Schema:
 
 
 # Region names follow the contract; symbols are normalised BASE/QUOTE.
-_REGION_RE: Final = r"^[a-z][a-z0-9-]*$"
+_REGION_RE: Final = f"^{REGION_NAME_PATTERN}$"
 _SYMBOL_RE: Final = r"^[A-Za-z0-9]+/[A-Za-z0-9]+$"
 _VENUE_RE: Final = r"^[a-z0-9][a-z0-9_.-]*$"
 
@@ -271,7 +272,7 @@ def _field_error(spec: FieldSpec, record: Record) -> ValidationError | None:
             return _err(spec, value, "wrong_type")
         if spec.choices and value not in spec.choices:
             return _err(spec, value, "out_of_domain")
-        if spec.pattern and not re.match(spec.pattern, value):
+        if spec.pattern and not re.fullmatch(spec.pattern, value):
             return _err(spec, value, "bad_format")
         return None
     # float_list: a real sequence whose every element is in the domain.
@@ -422,7 +423,7 @@ def _surely_clean(spec: FieldSpec, column: pa.ChunkedArray) -> bool:
 def _string_ok(spec: FieldSpec, value: Any) -> bool:
     if spec.choices and value not in spec.choices:
         return False
-    return not (spec.pattern and not re.match(spec.pattern, str(value)))
+    return not (spec.pattern and not re.fullmatch(spec.pattern, str(value)))
 
 
 def _field_groups(spec: FieldSpec, table: pa.Table) -> list[tuple[BoolMask, str, str]]:
@@ -451,7 +452,7 @@ def _field_groups(spec: FieldSpec, table: pa.Table) -> list[tuple[BoolMask, str,
         bad_format = [
             i
             for i, v in enumerate(dictionary)
-            if i not in bad_choice and spec.pattern and not re.match(spec.pattern, str(v))
+            if i not in bad_choice and spec.pattern and not re.fullmatch(spec.pattern, str(v))
         ]
         out.append((np.isin(codes, bad_choice), "out_of_domain", spec.domain_text()))
         out.append((np.isin(codes, bad_format), "bad_format", spec.domain_text()))

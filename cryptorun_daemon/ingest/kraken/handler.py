@@ -39,13 +39,13 @@ from cryptorun_daemon.ingest.kraken.messages import (
     StatusUpdate,
     TradeMessage,
     decode_frame,
-    rfc3339_to_ns,
     subscribe_request,
     unsubscribe_request,
 )
 from cryptorun_daemon.ingest.kraken.normalise import book_record, trade_record
 from cryptorun_daemon.ingest.kraken.trades import TradeSequence, TradeVerdict
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.timefmt import parse_rfc3339_ns
 
 log = structlog.get_logger("cryptorun.ingest.kraken")
 
@@ -312,7 +312,7 @@ class KrakenHandler:
             self._on_mismatch(symbol, health, message, book, now=now)
         if health.suspect:
             health.suspect_records += 1
-        ts = rfc3339_to_ns(message.timestamp) if message.timestamp else ingest_ts
+        ts = parse_rfc3339_ns(message.timestamp) if message.timestamp else ingest_ts
         return [
             book_record(
                 book,

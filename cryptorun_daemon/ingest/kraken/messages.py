@@ -18,15 +18,14 @@ Shapes (Kraken v2 API reference, ``wss://ws.kraken.com/v2``):
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final, Literal
 
 from cryptorun_daemon.ingest.kraken.book import Precision
 from cryptorun_daemon.ingest.kraken.checksum import Level
+from cryptorun_daemon.timefmt import format_rfc3339, utc_from_ns
 
 MessageType = Literal["snapshot", "update"]
 Side = Literal["buy", "sell"]
@@ -301,32 +300,10 @@ def _precision(value: Any) -> int:
 
 # --- timestamps ------------------------------------------------------------------
 
-_RFC3339: Final = re.compile(
-    r"(\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)"
-)
-
-
-def rfc3339_to_ns(text: str) -> int:
-    """Nanoseconds since the epoch for Kraken's ``2023-09-25T07:48:36.925533Z``.
-
-    ``datetime`` keeps only microseconds, so the fraction is read separately
-    and kept to nanoseconds. Error handling: raises ``ValueError`` for text that
-    is not RFC 3339 with a ``Z`` or numeric offset.
-    """
-    match = _RFC3339.fullmatch(text)
-    if match is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
-    head, fraction, offset = match.groups()
-    moment = datetime.fromisoformat(head + ("+00:00" if offset in ("Z", "z") else offset))
-    nanos = int((fraction or "").ljust(9, "0")[:9])
-    return int(moment.timestamp()) * 1_000_000_000 + nanos
-
 
 def ns_to_rfc3339(ns: int) -> str:
-    """``ns`` since the epoch as Kraken writes it (microseconds, ``Z``)."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{rest // 1000:06d}Z"
+    """``ns`` since the epoch as Kraken writes it (always six fraction digits, ``Z``)."""
+    return format_rfc3339(utc_from_ns(ns), precision="microseconds")
 
 
 # --- requests --------------------------------------------------------------------

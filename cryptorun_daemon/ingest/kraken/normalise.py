@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from cryptorun_daemon.hot.feed import MarketRecord
 from cryptorun_daemon.ingest.kraken.book import OrderBook
-from cryptorun_daemon.ingest.kraken.messages import Trade, rfc3339_to_ns
+from cryptorun_daemon.ingest.kraken.messages import Trade
+from cryptorun_daemon.timefmt import parse_rfc3339_ns
 
 
 def trade_record(trade: Trade, *, venue: str, ingest_ts: int) -> MarketRecord:
@@ -23,7 +24,7 @@ def trade_record(trade: Trade, *, venue: str, ingest_ts: int) -> MarketRecord:
     return MarketRecord(
         dataset="trade",
         fields={
-            "ts": rfc3339_to_ns(trade.timestamp),
+            "ts": parse_rfc3339_ns(trade.timestamp),
             "venue": venue,
             "symbol": trade.symbol,
             "side": trade.side,
