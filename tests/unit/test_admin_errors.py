@@ -36,6 +36,8 @@ def _instance(cls: type[CryptorunError]) -> CryptorunError:
         return errors.ConfigError([errors.ConfigProblem("f.toml", "k", "bad")])
     if cls is errors.ReplicationError:
         return errors.ReplicationError("boom", reason="test")
+    if cls is errors.WriteRefusedError:
+        return errors.WriteRefusedError("boom", reason="lease_expiring")
     return cls("boom")
 
 
@@ -88,6 +90,7 @@ def test_statuses_clients_depend_on_are_kept() -> None:
             errors.FencedError,
             errors.StateStoreError,
             errors.SealRefusedError,
+            errors.WriteRefusedError,
             errors.StorageError,
         )
     }
@@ -98,5 +101,6 @@ def test_statuses_clients_depend_on_are_kept() -> None:
         "FencedError": (409, "fenced"),
         "StateStoreError": (503, "state_store"),
         "SealRefusedError": (503, "seal_refused"),
+        "WriteRefusedError": (503, "write_refused"),
         "StorageError": (500, "storage"),
     }
