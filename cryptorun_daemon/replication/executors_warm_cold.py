@@ -242,7 +242,8 @@ class WarmColdExecutor:
         """
         counter = counter if counter is not None else _Counter()
         tier = manifest.tier
-        directory = self.root / tier / manifest.partition
+        # Built from the manifest's checked key, never by joining its raw partition text.
+        directory = manifest.key.directory(self.root)
         rejected = self._rejected.get((tier, manifest.partition))
         if rejected is not None and rejected[0] == manifest.content_hash:
             # The same bytes were already validated, quarantined and refused; fetching

@@ -47,7 +47,7 @@ from typing import Any, Final, Literal
 
 from cryptorun_daemon.errors import FencedError, StorageError
 from cryptorun_daemon.storage.atomic import atomic_write_bytes, move_aside
-from cryptorun_daemon.storage.layout import DIVERGENT_DIR, QUARANTINE_DIR
+from cryptorun_daemon.storage.layout import DIVERGENT_DIR, quarantine_dir
 from cryptorun_daemon.storage.manifest import Manifest, format_time, parse_time
 
 FENCE_DIR: Final = Path("_state") / "fence"
@@ -316,7 +316,7 @@ def quarantine_fenced_manifest(
     manifest was already quarantined, so a source that keeps listing it is
     counted once.
     """
-    folder = root / QUARANTINE_DIR / manifest.tier / region / manifest.partition
+    folder = quarantine_dir(root, manifest.tier, region, manifest.key)
     name = f"epoch{manifest.epoch}-{manifest.content_hash.rsplit(':', 1)[-1][:16]}.manifest.json"
     target = folder / name
     if target.exists():

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from cryptorun_daemon.data.validate.findings import BatchResult, ValidationError
 from cryptorun_daemon.errors import StorageError
+from cryptorun_daemon.storage.layout import quarantine_dir
 
 SIDECAR_NAME: Final = "_quarantine.json"
 QUARANTINE_DIR: Final = "_quarantine"
@@ -135,7 +136,8 @@ def quarantine_destination(
         relative = path.resolve().relative_to(base.resolve())
     except ValueError:
         relative = Path(path.name)
-    target = storage_root / QUARANTINE_DIR / tier / region / relative
+    # The layout checks tier and region; ``relative`` comes from resolved paths (no '..').
+    target = quarantine_dir(storage_root, tier, region, None) / relative
     candidate, n = target, 0
     while candidate.exists() or candidate.with_name(candidate.name + ERROR_SUFFIX).exists():
         n += 1
