@@ -131,6 +131,7 @@ class HotComponent:
             [cfg.region, *cfg.peers],
             gate_seconds=hot.freshness_gate,
             metrics=ctx.metrics,
+            max_markets=hot.max_tracked_markets,
         )
         self.log.observers.append(self.authority.observe)
         self.server = MirrorServer(
@@ -138,6 +139,8 @@ class HotComponent:
             ctx.metrics,
             heartbeat_interval=hot.heartbeat_interval,
             max_frame_bytes=hot.max_frame_bytes,
+            max_subscribers=hot.max_subscribers,
+            subscriber_timeout=hot.subscriber_timeout,
         )
         warm_from = next((r.from_region for r in cfg.rules_for("warm")), cfg.region)
         self.sealer = HotSealer(

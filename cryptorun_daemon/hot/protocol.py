@@ -36,6 +36,7 @@ CLOSE_MALFORMED = 1007
 CLOSE_TOO_BIG = 1009
 CLOSE_BAD_SUBSCRIBE = 4400
 CLOSE_WRONG_ORIGIN = 4404
+CLOSE_TOO_MANY_SUBSCRIBERS = 4429  # the origin's hot.max_subscribers streams are open
 
 _DUMPS = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
