@@ -400,8 +400,6 @@ def _hot(t: _Table) -> HotConfig:
         max_subscribers=t.integer("max_subscribers", d.max_subscribers, minimum=1),
         subscriber_timeout=t.duration("subscriber_timeout", d.subscriber_timeout),
     )
-    if cfg.subscriber_timeout <= 0:
-        t.loader.problem(t.key("subscriber_timeout"), "must be longer than 0s")
     t.finish()
     return cfg
 
