@@ -23,13 +23,14 @@ Each failure names a bounded reason, the ``reason`` label of
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
-from cryptorun_daemon.data.validate.schema import INT64_MAX, INT64_MIN, LATEST, FieldSpec
+from cryptorun_daemon.data.validate.schema import INT64_MAX, INT64_MIN, LATEST, FieldKind
 from cryptorun_daemon.errors import PathRejectedError, ProtocolError
 from cryptorun_daemon.hot.record import origin_prefix
 from cryptorun_daemon.storage.layout import check_segment, symbol_segment
@@ -66,9 +67,13 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every line: json.loads(..., parse_constant=...) would build a new one per call.
+_DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def _decode(line: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(line, parse_constant=_refuse_constant)
+        value = _DECODER.decode(line.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"not a JSON line: {exc}", reason="line_not_json") from None
     if not isinstance(value, dict):
@@ -77,49 +82,56 @@ def _decode(line: bytes) -> dict[str, Any]:
 
 
 def _is_int64(value: Any) -> TypeGuard[int]:
-    return (
-        isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX
-    )
+    # Decoded JSON holds exact builtin types, so ``type() is`` suffices (and excludes bool).
+    return type(value) is int and INT64_MIN <= value <= INT64_MAX
 
 
 def _is_number(value: Any) -> bool:
-    if isinstance(value, float):
+    if type(value) is float:
         return math.isfinite(value)  # json turns 1e400 into inf
     return _is_int64(value)
 
 
-def _type_fits(spec: FieldSpec, value: Any) -> bool:
-    """Whether the Arrow column of ``spec`` can hold ``value`` (null always can).
+def _is_number_list(value: Any) -> bool:
+    if type(value) is not list:
+        return False
+    # Book levels are hundreds of floats per record: check them with C-level maps.
+    kinds = set(map(type, value))
+    if kinds <= {float}:
+        return all(map(math.isfinite, value))
+    return kinds <= {float, int} and all(map(_is_number, value))
 
-    Only types, never value domains: a price of 0 is a data-quality finding
-    for validation, not a reason to refuse a peer's stream.
-    """
-    if value is None:
-        return True
-    kind = spec.kind
-    if kind in ("timestamp", "int"):
-        return _is_int64(value)
-    if kind == "float":
-        return _is_number(value)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "string":
-        return isinstance(value, str)
-    return isinstance(value, list) and all(_is_number(item) for item in value)
+
+# Whether an Arrow column of each kind can hold a decoded JSON value. Only types,
+# never value domains: a price of 0 is a data-quality finding for validation, not
+# a reason to refuse a peer's stream.
+_FITS: Final[dict[FieldKind, Callable[[Any], bool]]] = {
+    "timestamp": _is_int64,
+    "int": _is_int64,
+    "float": _is_number,
+    "bool": lambda value: type(value) is bool,
+    "string": lambda value: type(value) is str,
+    "float_list": _is_number_list,
+}
+# Per dataset: (field, kind, check) for every field a record carries (not the stamped ones).
+_FIELD_CHECKS: Final = {
+    dataset: [(f.name, f.kind, _FITS[f.kind]) for f in schema.fields if f.name not in _STAMPED]
+    for dataset, schema in LATEST.items()
+}
 
 
 def _check_fields(dataset: str, fields: dict[str, Any]) -> tuple[str, str]:
-    schema = LATEST.get(dataset)
-    if schema is None:
-        raise ProtocolError(f"unknown dataset {dataset!r}", reason="line_dataset")
+    checks = _FIELD_CHECKS.get(dataset)
+    if checks is None:
+        raise ProtocolError(f"unknown dataset {dataset!r:.40}", reason="line_dataset")
     for name in _REQUIRED:
         if fields.get(name) is None:
             raise ProtocolError(f"{dataset} record lacks {name!r}", reason="line_field_type")
-    for spec in schema.fields:
-        if spec.name not in _STAMPED and not _type_fits(spec, fields.get(spec.name)):
+    for name, kind, fits in checks:
+        value = fields.get(name)
+        if value is not None and not fits(value):  # null fits every column
             raise ProtocolError(
-                f"{dataset}.{spec.name} = {fields.get(spec.name)!r:.60} is not {spec.kind}",
-                reason="line_field_type",
+                f"{dataset}.{name} = {value!r:.60} is not {kind}", reason="line_field_type"
             )
     venue, symbol = fields["venue"], fields["symbol"]
     try:
@@ -129,6 +141,11 @@ def _check_fields(dataset: str, fields: dict[str, Any]) -> tuple[str, str]:
     except PathRejectedError as exc:
         raise ProtocolError(str(exc), reason="line_path_segment") from None
     return venue, symbol
+
+
+@functools.lru_cache(maxsize=64)
+def _prefix(origin: str) -> bytes:
+    return origin_prefix(origin)
 
 
 def check_line(line: bytes, *, origin: str, seq: int) -> CheckedLine:
@@ -152,7 +169,7 @@ def check_line(line: bytes, *, origin: str, seq: int) -> CheckedLine:
         raise ProtocolError(f"record seq {stamped!r:.30} where {seq} was due", reason="line_seq")
     # The journal reader recognises an origin's records by this prefix without decoding;
     # it must agree with the decoded origin and seq (a duplicate "o" key could split them).
-    if not line.startswith(origin_prefix(origin) + str(seq).encode() + b',"i":'):
+    if not line.startswith(b'%s%d,"i":' % (_prefix(origin), seq)):
         raise ProtocolError("record line is not in canonical form", reason="line_malformed")
     ingest_ns, dataset, fields = body.get("i"), body.get("d"), body.get("f")
     if not _is_int64(ingest_ns) or not isinstance(dataset, str) or not isinstance(fields, dict):
