@@ -192,6 +192,7 @@ async def test_bad_mirrored_line_writes_nothing_closes_1007_counts_and_reconnect
             "cryptorun_hot_protocol_errors_total", {"region": LOCAL, "reason": reason}
         )
         assert counted == 1
+        await wait_for(lambda: peer.connections[1].subscribe is not None, what="re-subscribe")
         assert peer.connections[1].subscribe == {
             "type": "subscribe",
             "origin": PEER,
