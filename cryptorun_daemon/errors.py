@@ -100,9 +100,17 @@ class HotTierError(CryptorunError):
 
 
 class ProtocolError(HotTierError):
-    """A peer or exchange sent a frame that violates the protocol."""
+    """A peer or exchange sent a frame that violates the protocol.
+
+    ``reason`` is the bounded ``cryptorun_hot_protocol_errors_total`` label
+    (``malformed`` unless the raiser knows better, e.g. ``line_origin``).
+    """
 
     code = "protocol"
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class IngestError(CryptorunError):

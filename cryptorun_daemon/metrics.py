@@ -239,6 +239,19 @@ class Metrics:
             ["region", "venue"],
             registry=r,
         )
+        self.hot_untracked_markets_total = Counter(
+            "cryptorun_hot_untracked_markets_total",
+            "Freshness observations dropped because hot.max_tracked_markets (venue, symbol) "
+            "pairs are already tracked, by the origin that sent them.",
+            ["region", "origin"],
+            registry=r,
+        )
+        self.hot_subscribers_dropped_total = Counter(
+            "cryptorun_hot_subscribers_dropped_total",
+            "Mirror subscribers dropped (ping_timeout) or refused (over_cap) by this origin.",
+            ["region", "reason"],
+            registry=r,
+        )
         self.hot_clock_skew_seconds = Gauge(
             "cryptorun_hot_clock_skew_seconds",
             "Estimated origin clock minus local clock, from heartbeat round trips.",

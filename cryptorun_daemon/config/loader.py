@@ -406,6 +406,9 @@ def _hot(t: _Table) -> HotConfig:
         heartbeat_interval=t.duration("heartbeat_interval", d.heartbeat_interval),
         max_frame_bytes=t.integer("max_frame_bytes", d.max_frame_bytes, minimum=1024),
         freshness_gate=t.duration("freshness_gate", d.freshness_gate),
+        max_tracked_markets=t.integer("max_tracked_markets", d.max_tracked_markets, minimum=1),
+        max_subscribers=t.integer("max_subscribers", d.max_subscribers, minimum=1),
+        subscriber_timeout=t.duration("subscriber_timeout", d.subscriber_timeout),
     )
     t.finish()
     return cfg

@@ -134,6 +134,10 @@ class HotConfig:
     heartbeat_interval: float = 1.0
     max_frame_bytes: int = 4 << 20
     freshness_gate: float = 5.0
+    # Bounds on state peers can make this region hold (issue 12, item 7).
+    max_tracked_markets: int = 10_000
+    max_subscribers: int = 16
+    subscriber_timeout: float = 15.0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,13 @@ peer takes over, and when it recovers authority returns. Each change is
 logged, counted in ``cryptorun_hot_source_switches_total{region,venue}`` and
 kept on a timeline that the sealer reads to pick, record by record, the source
 that was authoritative at that moment.
+
+Peers decide which (venue, symbol) pairs they send, so the pairs tracked are
+capped (``hot.max_tracked_markets``): once the cap is reached, a new pair from
+a peer is not tracked — counted in ``cryptorun_hot_untracked_markets_total``
+and dropped — while pairs of the local feeds (bounded by this region's own
+config) are always tracked. The label set of the switch counter grows only
+with tracked pairs.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ class SourceAuthority:
 
     Error handling: none needed; unknown sources (not in the list) are
     ranked after the configured ones in order of first appearance.
+    Resource handling: at most ``max_markets`` pairs from peers (see the
+    module docstring); a timeline keeps at most ``TIMELINE_LIMIT`` entries.
     """
 
     def __init__(
@@ -42,8 +51,11 @@ class SourceAuthority:
         gate_seconds: float,
         metrics: Metrics | None = None,
         now_ns: Callable[[], int] = time.time_ns,
+        max_markets: int = 10_000,
     ) -> None:
         self.region = region
+        self.max_markets = max_markets
+        self.untracked = 0  # observations dropped at the cap
         self.sources = list(dict.fromkeys(sources))
         self.gate_ns = int(gate_seconds * 1e9)
         self.metrics = metrics
@@ -67,6 +79,13 @@ class SourceAuthority:
         key = (venue, symbol)
         seen = self._seen.get(key)
         if seen is None:
+            if len(self._seen) >= self.max_markets and source != self.region:
+                self.untracked += 1
+                if self.metrics is not None:
+                    self.metrics.hot_untracked_markets_total.labels(
+                        region=self.region, origin=source
+                    ).inc()
+                return
             seen = self._seen[key] = {}
         if ingest_ns > seen.get(source, 0):
             seen[source] = ingest_ns
@@ -138,6 +157,9 @@ class SourceAuthority:
             "sources": list(self.sources),
             "freshness_gate_seconds": self.gate_ns / 1e9,
             "switches": self.switch_count,
+            "tracked_markets": len(self._seen),
+            "max_tracked_markets": self.max_markets,
+            "untracked_observations": self.untracked,
             "recent_switches": list(self.switches)[-10:],
             "pairs": pairs,
         }

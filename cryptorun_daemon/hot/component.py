@@ -117,6 +117,7 @@ class HotComponent:
             [cfg.region, *cfg.peers],
             gate_seconds=hot.freshness_gate,
             metrics=ctx.metrics,
+            max_markets=hot.max_tracked_markets,
         )
         self.log.observers.append(self.authority.observe)
         self.server = MirrorServer(
@@ -124,6 +125,8 @@ class HotComponent:
             ctx.metrics,
             heartbeat_interval=hot.heartbeat_interval,
             max_frame_bytes=hot.max_frame_bytes,
+            max_subscribers=hot.max_subscribers,
+            subscriber_timeout=hot.subscriber_timeout,
         )
         # Without a warm rule nothing replicates warm: each region seals its own hot data.
         warm_primary = cfg.bootstrap_primary("warm") or cfg.region

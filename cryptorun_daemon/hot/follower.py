@@ -4,7 +4,9 @@ Pure protocol logic, no sockets (``mirror_client`` owns the connection): accept
 seq = last + 1, drop duplicates (seq <= last, counted), treat a jump (seq >
 last + 1) as a gap to re-request, and when the peer says the range is gone
 (``gap`` frame) or its replid changed, record an unfillable gap for warm
-backfill instead of silently restarting.
+backfill instead of silently restarting. Every line of a records frame is
+checked (``line_check``) before any of it is journaled; per-source freshness
+comes from those checked lines, never from the header's ``latest`` summary.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from cryptorun_daemon.errors import ProtocolError
 from cryptorun_daemon.hot import protocol
+from cryptorun_daemon.hot.line_check import check_batch
 from cryptorun_daemon.hot.log import HotLog
 from cryptorun_daemon.metrics import Metrics
 
@@ -26,7 +29,8 @@ class OriginFollower:
     """Applies one peer origin's stream to the local hot log.
 
     Error handling: a frame that contradicts the protocol (records for an
-    unknown replid, a malformed header) raises :class:`ProtocolError`; the
+    unknown replid, a malformed header, any line that fails ``line_check``)
+    raises :class:`ProtocolError` before anything of it is written; the
     client closes with 1007 and reconnects from the last applied seq.
     """
 
@@ -165,13 +169,17 @@ class OriginFollower:
     def on_records(self, frame: bytes) -> str | None:
         """Apply a records frame; returns a re-subscribe message when it reveals a jump.
 
-        Error handling: :class:`ProtocolError` for a malformed frame or one
-        under a replid this follower has not adopted.
+        Error handling: :class:`ProtocolError` for a malformed frame, one
+        under a replid this follower has not adopted, or one with any line
+        that fails ``line_check`` (its ``reason`` says which check); in every
+        case nothing of the frame is written.
         """
         header, lines = protocol.decode_records(frame)
         position = self.log.position(self.peer)
         if position is None or header.replid != position.replid:
             raise ProtocolError("records frame for a replid the subscriber has not adopted")
+        # All or nothing, before the dedupe below looks at a single line.
+        checked = check_batch(lines, origin=self.peer, first_seq=header.first_seq)
         self.head_seq = max(self.head_seq, header.head_seq)
         last = position.applied_seq
         first = header.first_seq
@@ -193,12 +201,22 @@ class OriginFollower:
             skip = last - first + 1
             self.duplicates += skip
             self._dupes.inc(skip)
-            lines = lines[skip:]
-        self.log.apply_mirrored(self.peer, lines, end, header.last_ingest_ns, header.latest)
+            checked = checked[skip:]
+        latest: dict[tuple[str, str], int] = {}
+        for record in checked:
+            latest[(record.venue, record.symbol)] = record.ingest_ns
+        last_ingest_ns = checked[-1].ingest_ns
+        self.log.apply_mirrored(
+            self.peer,
+            [record.line for record in checked],
+            end,
+            last_ingest_ns,
+            [(venue, symbol, ns) for (venue, symbol), ns in latest.items()],
+        )
         now = self.now_ns()
         # The oldest record of the batch waited longest: an upper bound for every record in it.
-        self.latencies_ns.append(now - header.first_ingest_ns)
-        self._lag.set(0 if end >= self.head_seq else max(0.0, (now - header.last_ingest_ns) / 1e9))
+        self.latencies_ns.append(now - checked[0].ingest_ns)
+        self._lag.set(0 if end >= self.head_seq else max(0.0, (now - last_ingest_ns) / 1e9))
         return None
 
     # ----------------------------------------------------------------- status

@@ -151,16 +151,19 @@ class MirrorClient:
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     follower.on_text(msg.data)
                 elif msg.type == aiohttp.WSMsgType.ERROR:
-                    reason = (
-                        "oversized"
-                        if isinstance(msg.data, aiohttp.WebSocketError)
-                        and (msg.data.code == protocol.CLOSE_TOO_BIG)
-                        else "malformed"
+                    too_big = isinstance(msg.data, aiohttp.WebSocketError) and (
+                        msg.data.code == protocol.CLOSE_TOO_BIG
                     )
-                    self._count(reason)
-                    raise ProtocolError(f"peer frame rejected: {msg.data}")
+                    raise ProtocolError(
+                        f"peer frame rejected: {msg.data}",
+                        reason="oversized" if too_big else "malformed",
+                    )
             except ProtocolError as exc:
-                self._count("malformed")
+                # Counted once, by the reason the check that failed gave (bounded set).
+                self._count(exc.reason)
+                log.warning(
+                    "hot mirror frame refused", peer=self.peer, reason=exc.reason, error=str(exc)
+                )
                 await ws.close(code=protocol.CLOSE_MALFORMED, message=str(exc)[:120].encode())
                 raise
 

@@ -8,6 +8,13 @@ and journal (segments deleted after sealing) gives an explicit ``gap`` frame,
 after which streaming continues from the oldest record still held. Only the
 local origin is served; asking for any other origin closes with 4404, which is
 what makes active-active mirroring loop-free.
+
+Peers cannot make the origin hold more than it chose to: at most
+``max_subscribers`` streams are open at once (the next one is closed with
+4429 and counted), and a subscriber that sends nothing — not even a pong to
+the WebSocket pings sent after two thirds of ``subscriber_timeout`` of silence
+— is dropped once ``subscriber_timeout`` has passed, its socket aborted
+rather than left to drain into a peer that no longer reads.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class Subscriber:
     echo: int | None = None
     resubscribe: int | None = None
     gaps_sent: int = 0
+    timed_out: bool = False
 
 
 class MirrorServer:
@@ -53,7 +61,10 @@ class MirrorServer:
     subscriber, or an oversized frame closes that one connection with a
     specific code and counts ``cryptorun_hot_protocol_errors_total{reason}``;
     other subscribers are unaffected. Resource handling: every accepted socket
-    is tracked until its handler returns; :meth:`close_all` closes them.
+    is tracked until its handler returns; :meth:`close_all` closes them; at
+    most ``max_subscribers`` are open; a silent one is dropped after
+    ``subscriber_timeout`` (module docstring), counted in
+    ``cryptorun_hot_subscribers_dropped_total{reason}``.
     """
 
     def __init__(
@@ -64,8 +75,12 @@ class MirrorServer:
         heartbeat_interval: float,
         max_frame_bytes: int,
         batch_records: int = 4096,
+        max_subscribers: int = 16,
+        subscriber_timeout: float = 15.0,
     ) -> None:
         self.log = hot_log
+        self.max_subscribers = max_subscribers
+        self.subscriber_timeout = subscriber_timeout
         self.metrics = metrics
         self.heartbeat_interval = heartbeat_interval
         self.max_frame_bytes = max_frame_bytes
@@ -78,6 +93,10 @@ class MirrorServer:
 
     def _error(self, reason: str) -> None:
         self.metrics.hot_protocol_errors_total.labels(region=self.log.region, reason=reason).inc()
+
+    def _dropped(self, reason: str) -> None:
+        labels = {"region": self.log.region, "reason": reason}
+        self.metrics.hot_subscribers_dropped_total.labels(**labels).inc()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/hot/stream``: upgrade, read the subscribe request, stream.
@@ -92,22 +111,40 @@ class MirrorServer:
             # The admin server starts before the hot log has recovered its replid and seq;
             # a hello sent now would announce an empty replid. The client retries.
             raise web.HTTPServiceUnavailable(text="hot log is still recovering")
-        ws = web.WebSocketResponse(max_msg_size=self.max_frame_bytes, compress=False, autoping=True)
+        ws = web.WebSocketResponse(
+            max_msg_size=self.max_frame_bytes,
+            compress=False,
+            autoping=True,
+            # aiohttp pings after this much silence and gives up when no pong came
+            # within half of it: 2/3 + 1/3 of subscriber_timeout in all.
+            heartbeat=self.subscriber_timeout * 2 / 3,
+        )
         await ws.prepare(request)
+        if len(self._sockets) >= self.max_subscribers:
+            self._dropped("over_cap")
+            log.warning("hot stream refused: subscriber cap", remote=request.remote)
+            reason = f"too many subscribers (hot.max_subscribers={self.max_subscribers})"
+            await ws.close(code=protocol.CLOSE_TOO_MANY_SUBSCRIBERS, message=reason.encode())
+            return ws
         subscriber = Subscriber(remote=request.remote or "?")
         self._sockets[ws] = subscriber
         try:
-            request_msg = await self._read_subscribe(ws)
-            if request_msg is None:
-                return ws
-            await self._stream(ws, subscriber, request_msg)
+            request_msg = await self._read_subscribe(ws, subscriber)
+            if request_msg is not None:
+                await self._stream(ws, subscriber, request_msg)
         finally:
             self._sockets.pop(ws, None)
-            if not ws.closed:
+            if subscriber.timed_out and request.transport is not None:
+                # A close would wait for buffered frames to drain into a peer that no
+                # longer reads; abort frees the socket and its buffer now.
+                request.transport.abort()
+            elif not ws.closed:
                 await ws.close()
         return ws
 
-    async def _read_subscribe(self, ws: web.WebSocketResponse) -> protocol.Subscribe | None:
+    async def _read_subscribe(
+        self, ws: web.WebSocketResponse, sub: Subscriber
+    ) -> protocol.Subscribe | None:
         try:
             msg = await ws.receive(timeout=SUBSCRIBE_TIMEOUT)
         except TimeoutError:
@@ -115,7 +152,7 @@ class MirrorServer:
             await ws.close(code=protocol.CLOSE_BAD_SUBSCRIBE, message=b"no subscribe request")
             return None
         if msg.type != aiohttp.WSMsgType.TEXT:
-            await self._reject_frame(ws, msg)
+            await self._reject_frame(ws, sub, msg)
             return None
         try:
             request = protocol.parse_subscribe(protocol.parse_text(msg.data))
@@ -133,13 +170,24 @@ class MirrorServer:
             return None
         return request
 
-    async def _reject_frame(self, ws: web.WebSocketResponse, msg: aiohttp.WSMessage) -> None:
-        """Close on an unacceptable frame; a peer's own close is not an error."""
+    async def _reject_frame(
+        self, ws: web.WebSocketResponse, sub: Subscriber, msg: aiohttp.WSMessage
+    ) -> None:
+        """Close on an unacceptable frame; a peer's own close is not an error.
+
+        An ``ERROR`` carrying a timeout is aiohttp's heartbeat giving up on a
+        subscriber that answered no ping: counted as a drop, not a protocol error.
+        """
         if msg.type in (
             aiohttp.WSMsgType.CLOSE,
             aiohttp.WSMsgType.CLOSING,
             aiohttp.WSMsgType.CLOSED,
         ):
+            return
+        if msg.type == aiohttp.WSMsgType.ERROR and isinstance(msg.data, TimeoutError):
+            sub.timed_out = True
+            self._dropped("ping_timeout")
+            log.warning("hot stream subscriber timed out", remote=sub.remote, error=str(msg.data))
             return
         if msg.type == aiohttp.WSMsgType.ERROR:
             too_big = isinstance(msg.data, aiohttp.WebSocketError) and (
@@ -162,7 +210,7 @@ class MirrorServer:
         try:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
-                    await self._reject_frame(ws, msg)
+                    await self._reject_frame(ws, sub, msg)
                     break
                 try:
                     body = protocol.parse_text(msg.data)

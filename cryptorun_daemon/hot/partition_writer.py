@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from cryptorun_daemon.data.validate.schema import arrow_schema
 from cryptorun_daemon.errors import StorageError
-from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER
+from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, hourly_key
 from cryptorun_daemon.storage.manifest import read_manifest
 from cryptorun_daemon.storage.seal import seal_partition
 
@@ -60,17 +60,14 @@ class Row:
 
 
 def partition_dir(root: Path, dataset: str, venue: str, symbol: str, ts_ns: int) -> Path:
-    """``{root}/warm/{dataset}/venue=/symbol=BASE-QUOTE/date=/hour=`` for a timestamp."""
+    """``{root}/warm/{dataset}/venue=/symbol=BASE-QUOTE/date=/hour=`` for a timestamp.
+
+    Built through the layout's :class:`PartitionKey`, so a dataset, venue or
+    symbol that breaks the segment rules (``../..``, separators) raises
+    :class:`PathRejectedError` instead of naming a directory outside ``root``.
+    """
     moment = datetime.fromtimestamp(ts_ns / 1e9, UTC)
-    return (
-        root
-        / "warm"
-        / dataset
-        / f"venue={venue}"
-        / f"symbol={symbol.replace('/', '-')}"
-        / f"date={moment:%Y-%m-%d}"
-        / f"hour={moment:%H}"
-    )
+    return hourly_key("warm", dataset, venue, symbol, moment).directory(root)
 
 
 def select_rows(rows: Iterable[Row], source_at: SourceAt, rank: Rank) -> list[Row]:

@@ -10,8 +10,8 @@ The header is ``{"replid", "first_seq", "count", "first_ingest_ns",
 "last_ingest_ns", "head_seq", "latest"}``; the lines are the origin's journal
 lines (``cryptorun_daemon.hot.record``) for seqs ``first_seq .. first_seq +
 count - 1``, contiguous. ``latest`` lists ``[venue, symbol, ingest_ns]`` of the
-newest record per pair in the batch, so a subscriber can track source
-freshness without decoding records.
+newest record per pair in the batch (informational: a subscriber checks every
+line with ``line_check`` and takes freshness from the checked lines).
 
 Client → server: ``{"type": "subscribe", "origin", "replid", "from_seq"}``
 (``type`` may be omitted on the first message) and ``{"type": "ping", "t"}``.
@@ -36,6 +36,7 @@ CLOSE_MALFORMED = 1007
 CLOSE_TOO_BIG = 1009
 CLOSE_BAD_SUBSCRIBE = 4400
 CLOSE_WRONG_ORIGIN = 4404
+CLOSE_TOO_MANY_SUBSCRIBERS = 4429  # the origin's hot.max_subscribers streams are open
 
 _DUMPS = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 

@@ -2,8 +2,8 @@
 
 A record is encoded exactly once, when the origin stamps it: the same bytes go
 to the origin's journal, its replay buffer, every mirror frame and every
-subscriber's journal. Mirror clients therefore never re-encode and, for the
-common path, never decode a record at all.
+subscriber's journal. Mirror clients therefore never re-encode a record; they
+decode each one only to check it (``line_check``) before journaling its bytes.
 
 Line format (one JSON object, no newline inside)::
 

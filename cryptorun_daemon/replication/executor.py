@@ -191,7 +191,8 @@ class WarmColdExecutor:
         """
         counter = counter if counter is not None else ByteCounter()
         tier = manifest.tier
-        directory = self.root / tier / manifest.partition
+        # Built from the manifest's checked key, never by joining its raw partition text.
+        directory = manifest.key.directory(self.root)
         self.verifier.check_not_refused(manifest)
         await asyncio.to_thread(self.policy.check_apply, manifest)
         if await asyncio.to_thread(self.committer.already_committed, directory, manifest):

@@ -10,6 +10,14 @@ arguments) goes through :func:`parse_partition_path` or
 :func:`resolve_partition_file`, which accept only names the layout can produce:
 no ``..``, no absolute paths, no separators or ``%`` inside a segment, no hidden
 names, and no symlink anywhere between ``root`` and the file.
+
+Writers build paths the other way round, from record fields (a mirrored
+trade's ``venue``, a manifest's partition, a region name): every such path is
+built from a :class:`PartitionKey` (or :func:`quarantine_dir`), and both check
+each value with :func:`check_segment` — the one rule for what a dataset,
+venue, symbol or region may look like — so a value such as
+``../../escaped`` is refused with :class:`PathRejectedError` by whichever
+writer meets it first, wherever it came from.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from cryptorun_daemon.config import TIERS, Tier
 from cryptorun_daemon.errors import PathRejectedError
@@ -34,14 +42,44 @@ PARTIAL_SUFFIX: Final = ".partial"
 
 HOURLY_TIERS: Final[frozenset[Tier]] = frozenset({"hot", "warm"})
 
-_DATASET = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_VENUE = re.compile(r"^venue=([a-z0-9][a-z0-9_-]{0,63})$")
-_SYMBOL = re.compile(r"^symbol=([A-Z0-9]{1,20}-[A-Z0-9]{1,20})$")
+SegmentKind = Literal["dataset", "venue", "symbol", "region"]
+# The one rule per path segment; fullmatch, so a trailing newline never slips through.
+_SEGMENT_RULES: Final[dict[SegmentKind, tuple[re.Pattern[str], str]]] = {
+    "dataset": (re.compile(r"[a-z][a-z0-9_]{0,63}"), "[a-z][a-z0-9_]*, at most 64 characters"),
+    "venue": (re.compile(r"[a-z0-9][a-z0-9_-]{0,63}"), "[a-z0-9][a-z0-9_-]*, at most 64"),
+    "symbol": (re.compile(r"[A-Z0-9]{1,20}-[A-Z0-9]{1,20}"), "BASE-QUOTE in [A-Z0-9]"),
+    # The config loader's region rule (config/loader.py REGION_NAME).
+    "region": (re.compile(r"[a-z][a-z0-9-]*"), "[a-z][a-z0-9-]*"),
+}
 _DATE = re.compile(r"^date=(\d{4})-(\d{2})-(\d{2})$")
 _HOUR = re.compile(r"^hour=(\d{2})$")
 # Data file names a writer may produce: no leading dot or underscore (those are
 # our markers and temp files), no separators, nothing exotic.
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
+
+
+def check_segment(kind: SegmentKind, value: object) -> str:
+    """Return ``value`` when it is a valid ``kind`` path segment, else refuse it.
+
+    This is the only definition of what a dataset, venue, symbol (in its path
+    form ``BASE-QUOTE``) or region may look like in a path; parsing, building
+    and the hot mirror's line checks all call it. Error handling:
+    :class:`PathRejectedError` naming the kind, the value and the rule.
+    """
+    pattern, rule = _SEGMENT_RULES[kind]
+    if not isinstance(value, str) or pattern.fullmatch(value) is None:
+        raise PathRejectedError(f"{kind} {value!r} is not a valid path segment ({rule})")
+    return value
+
+
+def symbol_segment(symbol: object) -> str:
+    """The path form of an exchange symbol (``BTC/USD`` → ``BTC-USD``), checked.
+
+    Error handling: :class:`PathRejectedError` when the result breaks the symbol rule.
+    """
+    if not isinstance(symbol, str):
+        raise PathRejectedError(f"symbol {symbol!r} is not a string")
+    return check_segment("symbol", symbol.replace("/", "-"))
 
 
 def is_tier(text: str) -> bool:
@@ -63,7 +101,10 @@ def is_data_file_name(name: str) -> bool:
 class PartitionKey:
     """Which partition: ordered oldest first, then by dataset, venue and symbol.
 
-    ``hour`` is ``None`` exactly for daily (cold) partitions.
+    ``hour`` is ``None`` exactly for daily (cold) partitions. Construction
+    checks tier, dataset, venue and symbol with :func:`check_segment`, so a
+    key — and every path built from it — never holds a value that could leave
+    its tier directory. Error handling: :class:`PathRejectedError`.
     """
 
     day: date
@@ -72,6 +113,14 @@ class PartitionKey:
     dataset: str
     venue: str
     symbol: str
+
+    def __post_init__(self) -> None:
+        parse_tier(self.tier)
+        check_segment("dataset", self.dataset)
+        check_segment("venue", self.venue)
+        check_segment("symbol", self.symbol)
+        if self.hour is not None and not 0 <= self.hour <= 23:
+            raise PathRejectedError(f"hour {self.hour!r} is not 0..23")
 
     @property
     def start(self) -> datetime:
@@ -114,14 +163,9 @@ def parse_partition_parts(tier: Tier, parts: list[str]) -> PartitionKey:
         shape = "dataset/venue=/symbol=/date=" + ("/hour=" if hourly else "")
         raise PathRejectedError(f"{'/'.join(parts)!r} is not a {tier} partition ({shape})")
     dataset, venue_part, symbol_part, date_part = parts[:4]
-    if not _DATASET.match(dataset):
-        raise PathRejectedError(f"dataset {dataset!r} must match [a-z][a-z0-9_]*")
-    venue = _VENUE.match(venue_part)
-    if venue is None:
-        raise PathRejectedError(f"{venue_part!r} is not venue=<lowercase name>")
-    symbol = _SYMBOL.match(symbol_part)
-    if symbol is None:
-        raise PathRejectedError(f"{symbol_part!r} is not symbol=BASE-QUOTE")
+    check_segment("dataset", dataset)
+    venue = check_segment("venue", _strip_label("venue", venue_part))
+    symbol = check_segment("symbol", _strip_label("symbol", symbol_part))
     day_match = _DATE.match(date_part)
     if day_match is None:
         raise PathRejectedError(f"{date_part!r} is not date=YYYY-MM-DD")
@@ -135,9 +179,40 @@ def parse_partition_parts(tier: Tier, parts: list[str]) -> PartitionKey:
         if hour_match is None or int(hour_match[1]) > 23:
             raise PathRejectedError(f"{parts[4]!r} is not hour=00..23")
         hour = int(hour_match[1])
+    return PartitionKey(day=day, hour=hour, tier=tier, dataset=dataset, venue=venue, symbol=symbol)
+
+
+def _strip_label(label: str, part: str) -> str:
+    if not part.startswith(f"{label}="):
+        raise PathRejectedError(f"{part!r} is not {label}=<value>")
+    return part[len(label) + 1 :]
+
+
+def hourly_key(tier: Tier, dataset: str, venue: str, symbol: str, moment: datetime) -> PartitionKey:
+    """The hourly partition of ``moment`` (UTC) for a record's dataset, venue and symbol.
+
+    ``symbol`` may be in exchange form (``BTC/USD``). Error handling:
+    :class:`PathRejectedError` when a value breaks its segment rule.
+    """
+    moment = moment.astimezone(UTC)
     return PartitionKey(
-        day=day, hour=hour, tier=tier, dataset=dataset, venue=venue[1], symbol=symbol[1]
+        day=moment.date(),
+        hour=moment.hour,
+        tier=tier,
+        dataset=dataset,
+        venue=venue,
+        symbol=symbol_segment(symbol),
     )
+
+
+def quarantine_dir(root: Path, tier: str, region: str, partition: PartitionKey | None) -> Path:
+    """``{root}/_quarantine/{tier}/{region}[/{partition}]``, every segment checked.
+
+    Error handling: :class:`PathRejectedError` for a tier or region that breaks
+    the layout rules (the partition is checked by its key's construction).
+    """
+    folder = root / QUARANTINE_DIR / parse_tier(tier) / check_segment("region", region)
+    return folder / partition.relpath if partition is not None else folder
 
 
 def split_wire_path(path: str) -> list[str]:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
-from cryptorun_daemon.storage.layout import QUARANTINE_DIR
 
 ERROR_SUFFIX: Final = ".error.json"
 
@@ -35,11 +34,6 @@ QuarantineKind = Literal["file", "fenced"]
 
 #: Keys every record carries, whatever its kind (the rest depends on the kind).
 REQUIRED_KEYS: Final = ("kind", "tier", "region", "source", "quarantined_at")
-
-
-def quarantine_folder(root: Path, tier: str, region: str) -> Path:
-    """``{root}/_quarantine/{tier}/{region}``: what ``region`` set aside for ``tier``."""
-    return root / QUARANTINE_DIR / tier / region
 
 
 def error_record_path(quarantined: Path) -> Path:

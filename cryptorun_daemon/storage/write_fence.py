@@ -49,9 +49,9 @@ from cryptorun_daemon.config import is_active_passive
 from cryptorun_daemon.errors import FencedError, StorageError
 from cryptorun_daemon.storage.atomic import atomic_write_bytes, move_aside
 from cryptorun_daemon.storage.fence_lock import FENCE_DIR, fence_lock
-from cryptorun_daemon.storage.layout import DIVERGENT_DIR
+from cryptorun_daemon.storage.layout import DIVERGENT_DIR, quarantine_dir
 from cryptorun_daemon.storage.manifest import Manifest
-from cryptorun_daemon.storage.quarantine_record import quarantine_folder, write_quarantine_record
+from cryptorun_daemon.storage.quarantine_record import write_quarantine_record
 from cryptorun_daemon.timefmt import format_rfc3339, parse_rfc3339
 
 FENCE_VERSION: Final = 1
@@ -344,7 +344,7 @@ def quarantine_fenced_manifest(
     Idempotent: returns ``None`` when this exact manifest was already
     quarantined, so a source that keeps listing it is counted once.
     """
-    folder = quarantine_folder(root, manifest.tier, region) / manifest.partition
+    folder = quarantine_dir(root, manifest.tier, region, manifest.key)
     name = f"epoch{manifest.epoch}-{manifest.content_hash.rsplit(':', 1)[-1][:16]}.manifest.json"
     target = folder / name
     if target.exists():

@@ -228,3 +228,19 @@ def test_shipped_region_configs_are_valid_and_consistent(tmp_path: Path) -> None
     assert eu.admin.port != us.admin.port
     assert eu.storage.root != us.storage.root
     assert eu.rules == us.rules
+
+
+def test_hot_bounds_on_peer_fed_state_load_with_defaults_and_overrides(tmp_path: Path) -> None:
+    """[hot] max_tracked_markets, max_subscribers and subscriber_timeout have defaults, load
+    when set, and a cap below 1 is reported."""
+    defaults = load_config(write(tmp_path, VALID)).hot
+    assert (defaults.max_tracked_markets, defaults.max_subscribers) == (10_000, 16)
+    assert defaults.subscriber_timeout == 15.0
+    text = (
+        VALID
+        + '\n[hot]\nmax_tracked_markets = 50\nmax_subscribers = 2\nsubscriber_timeout = "3s"\n'
+    )
+    hot = load_config(write(tmp_path, text)).hot
+    assert (hot.max_tracked_markets, hot.max_subscribers, hot.subscriber_timeout) == (50, 2, 3.0)
+    found = problems(tmp_path, VALID + "\n[hot]\nmax_subscribers = 0\n")
+    assert any(f.startswith("hot.max_subscribers:") for f in found)

@@ -55,3 +55,22 @@ def test_status_lists_freshness_in_preference_order() -> None:
     pair = auth.status()["pairs"][0]
     assert list(pair["freshness_seconds"]) == ["eu", "us"]
     assert pair["freshness_seconds"]["us"] == 1.0
+
+
+def test_pairs_from_peers_beyond_the_cap_are_counted_and_dropped() -> None:
+    """Once max_markets pairs are tracked, a peer's new pair is not tracked (no dict entry,
+    no switch-counter label) but counted per origin; local pairs are still tracked."""
+    metrics = Metrics()
+    auth = SourceAuthority("eu", ["eu", "us"], gate_seconds=5, metrics=metrics, max_markets=2)
+    for n in range(1000):
+        auth.observe("us", f"venue{n}", "BTC/USD", 1 * S)
+    auth.observe("eu", "local", "ETH/USD", 1 * S)
+    auth.evaluate(100 * S)
+    tracked = {(p["venue"], p["symbol"]) for p in auth.status()["pairs"]}
+    assert tracked == {("venue0", "BTC/USD"), ("venue1", "BTC/USD"), ("local", "ETH/USD")}
+    assert auth.source_at("venue999", "BTC/USD", 1 * S) is None
+    dropped = metrics.registry.get_sample_value(
+        "cryptorun_hot_untracked_markets_total", {"region": "eu", "origin": "us"}
+    )
+    assert dropped == 998
+    assert auth.status()["untracked_observations"] == 998

@@ -7,13 +7,20 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cryptorun_daemon.data.validate.quarantine import quarantine_destination
 from cryptorun_daemon.errors import PathRejectedError
+from cryptorun_daemon.hot.partition_writer import partition_dir
 from cryptorun_daemon.storage.layout import (
     PartitionKey,
+    check_segment,
     parse_partition_dir,
     parse_partition_path,
+    quarantine_dir,
     resolve_partition_file,
+    symbol_segment,
 )
 
 WARM = "trade/venue=kraken/symbol=BTC-USD/date=2025-09-01/hour=03"
@@ -129,3 +136,94 @@ def test_parse_partition_dir_reads_the_tail_of_any_root(tmp_path: Path) -> None:
     assert parse_partition_dir(directory).relpath == WARM
     with pytest.raises(PathRejectedError):
         parse_partition_dir(tmp_path)
+
+
+# --- the one segment rule, and the writers that build paths with it -----------------
+
+SEGMENT_CASES = [
+    ("venue", "kraken", True),
+    ("venue", "binance-us_2", True),
+    ("venue", "../../../../escaped", False),
+    ("venue", "Kraken", False),
+    ("venue", "kraken\n", False),
+    ("venue", "", False),
+    ("venue", "a/b", False),
+    ("symbol", "BTC-USD", True),
+    ("symbol", "BTC/USD", False),
+    ("symbol", "../BTC-USD", False),
+    ("dataset", "trade", True),
+    ("dataset", "trade/..", False),
+    ("region", "eu-central", True),
+    ("region", "../eu", False),
+]
+
+
+@pytest.mark.parametrize(("kind", "value", "ok"), SEGMENT_CASES)
+def test_check_segment_is_the_single_rule_for_path_segments(
+    kind: str, value: str, ok: bool
+) -> None:
+    """Valid names pass unchanged; separators, dot-dot, case and trailing newlines do not."""
+    if ok:
+        assert check_segment(kind, value) == value  # type: ignore[arg-type]
+    else:
+        with pytest.raises(PathRejectedError):
+            check_segment(kind, value)  # type: ignore[arg-type]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    kind=st.sampled_from(["dataset", "venue", "symbol", "region"]),
+    value=st.text(max_size=30) | st.sampled_from(["..", ".", "a/..", "/", "\\", "x\x00"]),
+)
+def test_an_accepted_segment_never_leaves_its_directory(kind: str, value: str) -> None:
+    """Whatever the value, if the rule accepts it, root/value is a direct child of root."""
+    try:
+        check_segment(kind, value)  # type: ignore[arg-type]
+    except PathRejectedError:
+        return
+    root = Path("/srv/root")
+    child = Path(os.path.normpath(root / value))
+    assert child.parent == root
+    assert child.name == value
+
+
+def test_partition_keys_cannot_hold_a_bad_segment() -> None:
+    """A PartitionKey — and so every directory built from it — refuses hostile values."""
+    with pytest.raises(PathRejectedError):
+        PartitionKey(date(2025, 9, 1), 3, "warm", "trade", "../../../../escaped", "BTC-USD")
+    with pytest.raises(PathRejectedError):
+        PartitionKey(date(2025, 9, 1), 3, "warm", "trade", "kraken", "../x")
+    with pytest.raises(PathRejectedError):
+        PartitionKey(date(2025, 9, 1), 24, "warm", "trade", "kraken", "BTC-USD")
+    with pytest.raises(PathRejectedError):
+        PartitionKey(date(2025, 9, 1), 3, "lukewarm", "trade", "kraken", "BTC-USD")  # type: ignore[arg-type]
+
+
+def test_hot_partition_writer_refuses_a_venue_that_escapes_the_root(tmp_path: Path) -> None:
+    """The hot sealer's directory builder raises instead of naming a path outside the root,
+    whatever journal line the venue came from."""
+    ts = 1_756_695_600_000_000_000  # 2025-09-01T03:00:00Z
+    good = partition_dir(tmp_path, "trade", "kraken", "BTC/USD", ts)
+    assert good == tmp_path / "warm" / WARM
+    for venue, symbol in (("../../../../escaped", "BTC/USD"), ("kraken", "../../x/y")):
+        with pytest.raises(PathRejectedError):
+            partition_dir(tmp_path, "trade", venue, symbol, ts)
+    with pytest.raises(PathRejectedError):
+        partition_dir(tmp_path, "../trade", "kraken", "BTC/USD", ts)
+    assert symbol_segment("ETH/USD") == "ETH-USD"
+
+
+def test_quarantine_paths_refuse_bad_tier_and_region(tmp_path: Path) -> None:
+    """Both quarantine writers build ``_quarantine/{tier}/{region}`` through the layout."""
+    key = parse_partition_path("warm", WARM)
+    assert quarantine_dir(tmp_path, "warm", "us-east", key) == (
+        tmp_path / "_quarantine" / "warm" / "us-east" / WARM
+    )
+    with pytest.raises(PathRejectedError):
+        quarantine_dir(tmp_path, "warm", "../../etc", key)
+    with pytest.raises(PathRejectedError):
+        quarantine_dir(tmp_path, "../warm", "us-east", None)
+    with pytest.raises(PathRejectedError):
+        quarantine_destination(
+            tmp_path / "warm" / "x.parquet", storage_root=tmp_path, tier="warm", region="../x"
+        )

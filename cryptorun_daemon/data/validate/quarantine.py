@@ -27,11 +27,10 @@ import numpy.typing as npt
 from cryptorun_daemon.config import TIERS
 from cryptorun_daemon.data.validate.findings import BatchResult, ValidationError
 from cryptorun_daemon.errors import StorageError
-from cryptorun_daemon.storage.layout import QUARANTINE_DIR
+from cryptorun_daemon.storage.layout import QUARANTINE_DIR, quarantine_dir
 from cryptorun_daemon.storage.quarantine_record import (
     ERROR_SUFFIX,
     error_record_path,
-    quarantine_folder,
     write_quarantine_record,
 )
 from cryptorun_daemon.timefmt import format_rfc3339
@@ -144,7 +143,8 @@ def quarantine_destination(
         relative = path.resolve().relative_to(base.resolve())
     except ValueError:
         relative = Path(path.name)
-    target = quarantine_folder(storage_root, tier, region) / relative
+    # The layout checks tier and region; ``relative`` comes from resolved paths (no '..').
+    target = quarantine_dir(storage_root, tier, region, None) / relative
     candidate, n = target, 0
     while candidate.exists() or error_record_path(candidate).exists():
         n += 1
@@ -175,7 +175,7 @@ def quarantine_file(
     record = {
         "kind": "file",
         "original_path": str(path),
-        "relative_path": str(target.relative_to(quarantine_folder(storage_root, tier, region))),
+        "relative_path": str(target.relative_to(quarantine_dir(storage_root, tier, region, None))),
         "tier": tier,
         "region": region,
         "source": source,

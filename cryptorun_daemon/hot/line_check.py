@@ -1,0 +1,195 @@
+"""Checks each mirrored record line before a subscriber journals any of them.
+
+The subscriber appends a peer's lines to its own journal byte for byte, and
+everything downstream trusts that journal: recovery rebuilds positions from
+it, the mirror server serves the lines that start with the local origin's
+prefix, and the sealer turns ``dataset``/``venue``/``symbol`` into partition
+directories. So every line of a records frame must be a record the followed
+origin itself could have stamped, or none of the frame is applied:
+
+* strict JSON object (no ``NaN``/``Infinity``, no empty line), not a control
+  line (``{"ctl": …}`` lines are this region's own bookkeeping);
+* starts with the followed origin's canonical prefix ``{"o":<origin>,"s":<seq>,``
+  and decodes to the same origin and seq, seq contiguous with the frame header
+  (so no duplicate key can make the journal reader and the JSON decoder
+  disagree about whose record it is);
+* a known dataset, typed fields that the dataset's Arrow schema accepts, and
+  ``dataset``/``venue``/``symbol`` valid path segments by the layout's
+  :func:`~cryptorun_daemon.storage.layout.check_segment`.
+
+Each failure names a bounded reason, the ``reason`` label of
+``cryptorun_hot_protocol_errors_total``: see :data:`LINE_REASONS`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeGuard
+
+from cryptorun_daemon.data.validate.schema import INT64_MAX, INT64_MIN, LATEST, FieldKind
+from cryptorun_daemon.errors import PathRejectedError, ProtocolError
+from cryptorun_daemon.hot.record import origin_prefix
+from cryptorun_daemon.storage.layout import check_segment, symbol_segment
+
+LINE_REASONS: Final = (
+    "line_not_json",  # empty, not JSON, NaN/Infinity, nested too deep, not an object
+    "line_control",  # a {"ctl": ...} journal control line
+    "line_malformed",  # not the origin's record shape: keys missing, mistyped, not canonical
+    "line_origin",  # a record of another origin (a forged local record, a third region)
+    "line_seq",  # seq not contiguous with the frame header
+    "line_dataset",  # a dataset with no schema
+    "line_field_type",  # a field value the dataset's Arrow schema cannot hold
+    "line_path_segment",  # dataset, venue or symbol breaks the layout's segment rules
+)
+# Stamped by the hot log or the sealer, never part of a record's fields.
+_STAMPED: Final = frozenset({"origin", "seq"})
+# The sealer derives the partition directory from these: present, not null. (A
+# missing ``ts`` falls back to the ingest time, as it does for local records.)
+_REQUIRED: Final = ("venue", "symbol")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedLine:
+    """A mirrored line that passed every check, with what the follower needs from it."""
+
+    seq: int
+    ingest_ns: int
+    venue: str
+    symbol: str
+    line: bytes
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for every line: json.loads(..., parse_constant=...) would build a new one per call.
+_DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def _decode(line: bytes) -> dict[str, Any]:
+    try:
+        value = _DECODER.decode(line.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"not a JSON line: {exc}", reason="line_not_json") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("line is not a JSON object", reason="line_not_json")
+    return value
+
+
+def _is_int64(value: Any) -> TypeGuard[int]:
+    # Decoded JSON holds exact builtin types, so ``type() is`` suffices (and excludes bool).
+    return type(value) is int and INT64_MIN <= value <= INT64_MAX
+
+
+def _is_number(value: Any) -> bool:
+    if type(value) is float:
+        return math.isfinite(value)  # json turns 1e400 into inf
+    return _is_int64(value)
+
+
+def _is_number_list(value: Any) -> bool:
+    if type(value) is not list:
+        return False
+    # Book levels are hundreds of floats per record: check them with C-level maps.
+    kinds = set(map(type, value))
+    if kinds <= {float}:
+        return all(map(math.isfinite, value))
+    return kinds <= {float, int} and all(map(_is_number, value))
+
+
+# Whether an Arrow column of each kind can hold a decoded JSON value. Only types,
+# never value domains: a price of 0 is a data-quality finding for validation, not
+# a reason to refuse a peer's stream.
+_FITS: Final[dict[FieldKind, Callable[[Any], bool]]] = {
+    "timestamp": _is_int64,
+    "int": _is_int64,
+    "float": _is_number,
+    "bool": lambda value: type(value) is bool,
+    "string": lambda value: type(value) is str,
+    "float_list": _is_number_list,
+}
+# Per dataset: (field, kind, check) for every field a record carries (not the stamped ones).
+_FIELD_CHECKS: Final = {
+    dataset: [(f.name, f.kind, _FITS[f.kind]) for f in schema.fields if f.name not in _STAMPED]
+    for dataset, schema in LATEST.items()
+}
+
+
+def _check_fields(dataset: str, fields: dict[str, Any]) -> tuple[str, str]:
+    checks = _FIELD_CHECKS.get(dataset)
+    if checks is None:
+        raise ProtocolError(f"unknown dataset {dataset!r:.40}", reason="line_dataset")
+    for name in _REQUIRED:
+        if fields.get(name) is None:
+            raise ProtocolError(f"{dataset} record lacks {name!r}", reason="line_field_type")
+    for name, kind, fits in checks:
+        value = fields.get(name)
+        if value is not None and not fits(value):  # null fits every column
+            raise ProtocolError(
+                f"{dataset}.{name} = {value!r:.60} is not {kind}", reason="line_field_type"
+            )
+    venue, symbol = fields["venue"], fields["symbol"]
+    try:
+        check_segment("dataset", dataset)
+        check_segment("venue", venue)
+        symbol_segment(symbol)
+    except PathRejectedError as exc:
+        raise ProtocolError(str(exc), reason="line_path_segment") from None
+    return venue, symbol
+
+
+@functools.lru_cache(maxsize=64)
+def _prefix(origin: str) -> bytes:
+    return origin_prefix(origin)
+
+
+def check_line(line: bytes, *, origin: str, seq: int) -> CheckedLine:
+    """Check one line that must be ``origin``'s record number ``seq``.
+
+    Error handling: :class:`ProtocolError` whose ``reason`` is one of
+    :data:`LINE_REASONS`.
+    """
+    body = _decode(line)
+    if "ctl" in body:
+        raise ProtocolError("a peer sent a journal control line", reason="line_control")
+    claimed = body.get("o")
+    if not isinstance(claimed, str):
+        raise ProtocolError("record line has no origin", reason="line_malformed")
+    if claimed != origin:
+        raise ProtocolError(
+            f"record of origin {claimed!r:.40} on the stream of {origin!r}", reason="line_origin"
+        )
+    stamped = body.get("s")
+    if not _is_int64(stamped) or stamped != seq:
+        raise ProtocolError(f"record seq {stamped!r:.30} where {seq} was due", reason="line_seq")
+    # The journal reader recognises an origin's records by this prefix without decoding;
+    # it must agree with the decoded origin and seq (a duplicate "o" key could split them).
+    if not line.startswith(b'%s%d,"i":' % (_prefix(origin), seq)):
+        raise ProtocolError("record line is not in canonical form", reason="line_malformed")
+    ingest_ns, dataset, fields = body.get("i"), body.get("d"), body.get("f")
+    if not _is_int64(ingest_ns) or not isinstance(dataset, str) or not isinstance(fields, dict):
+        raise ProtocolError("record line has missing or mistyped i/d/f", reason="line_malformed")
+    venue, symbol = _check_fields(dataset, fields)
+    return CheckedLine(seq=seq, ingest_ns=ingest_ns, venue=venue, symbol=symbol, line=line)
+
+
+def check_batch(lines: Sequence[bytes], *, origin: str, first_seq: int) -> list[CheckedLine]:
+    """Check every line of a records frame (seqs ``first_seq`` onward), all or nothing.
+
+    Error handling: the first bad line raises :class:`ProtocolError` (reason
+    in :data:`LINE_REASONS`, message naming its seq); nothing is returned for
+    the lines before it, so the caller writes none of the frame.
+    """
+    checked = []
+    for offset, line in enumerate(lines):
+        seq = first_seq + offset
+        try:
+            checked.append(check_line(line, origin=origin, seq=seq))
+        except ProtocolError as exc:
+            raise ProtocolError(f"line for seq {seq}: {exc}", reason=exc.reason) from None
+    return checked

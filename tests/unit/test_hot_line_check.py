@@ -1,0 +1,159 @@
+"""The mirrored-line checks: what a subscriber accepts from a peer, and why it refuses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cryptorun_daemon.errors import ProtocolError
+from cryptorun_daemon.hot.line_check import LINE_REASONS, check_batch, check_line
+from cryptorun_daemon.hot.record import encode_control, encode_record
+
+PEER = "eu-central"
+NS = 1_767_225_600_000_000_000
+
+TRADE = {
+    "ts": NS,
+    "venue": "kraken",
+    "symbol": "BTC/USD",
+    "side": "buy",
+    "price": 100.5,
+    "qty": 0.25,
+    "trade_id": 7,
+    "ingest_ts": NS,
+}
+BOOK = {
+    "ts": NS,
+    "venue": "kraken",
+    "symbol": "ETH/USD",
+    "bids_px": [10.0, 9],
+    "bids_qty": [1.0, 2.0],
+    "asks_px": [11.0],
+    "asks_qty": [1],
+    "checksum": None,
+    "suspect": False,
+    "ingest_ts": NS,
+}
+
+
+def line(seq: int = 1, *, origin: str = PEER, dataset: str = "trade", **fields: Any) -> bytes:
+    base = TRADE if dataset != "book" else BOOK
+    return encode_record(origin, seq, NS + seq, dataset, {**base, **fields}).line
+
+
+def reason_of(raw: bytes, seq: int = 1) -> str:
+    with pytest.raises(ProtocolError) as info:
+        check_line(raw, origin=PEER, seq=seq)
+    return info.value.reason
+
+
+def test_records_the_origin_encoder_writes_pass_with_their_market() -> None:
+    """Trades and books as the origin stamps them pass; the checked line is the same bytes."""
+    for dataset in ("trade", "book"):
+        raw = line(3, dataset=dataset)
+        checked = check_line(raw, origin=PEER, seq=3)
+        assert checked.line == raw
+        assert (checked.seq, checked.ingest_ns) == (3, NS + 3)
+    assert check_line(line(), origin=PEER, seq=1).symbol == "BTC/USD"
+
+
+def test_missing_optional_fields_and_nulls_pass_like_local_records() -> None:
+    """Only types are checked: absent or null optional fields are what local ingest also
+    allows (data quality is validation's job), so they never break the mirror."""
+    fields = {"venue": "kraken", "symbol": "BTC/USD", "price": None}
+    raw = encode_record(PEER, 1, NS, "trade", fields).line
+    assert check_line(raw, origin=PEER, seq=1).venue == "kraken"
+    assert check_line(line(price=0), origin=PEER, seq=1).seq == 1  # out of domain, right type
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", "line_not_json"),
+        (b"not json", "line_not_json"),
+        (b"[1, 2]", "line_not_json"),
+        (line().replace(b"100.5", b"NaN"), "line_not_json"),
+        (line().replace(b"100.5", b"Infinity"), "line_not_json"),
+        (b"[" * 100_000, "line_not_json"),
+        (b'{"x":1}', "line_malformed"),
+        (encode_control({"ctl": "replid", "o": PEER, "r": "x", "s": 1}), "line_control"),
+        (line(origin="us-east"), "line_origin"),
+        (line(origin="ap-south"), "line_origin"),
+        (line(2), "line_seq"),
+        (line().replace(b'"s":1,', b'"s":true,'), "line_seq"),
+        (line()[:-1] + b',"o":"us-east"}', "line_origin"),
+        (line(origin="us-east")[:-1] + b',"o":"eu-central"}', "line_malformed"),
+        (b'{"s":1,"o":"eu-central","i":1,"d":"trade","f":{}}', "line_malformed"),
+        (line().replace(b'"i":', b'"i":"x","j":'), "line_malformed"),
+        (line(dataset="candles"), "line_dataset"),
+        (line(price="cheap"), "line_field_type"),
+        (line().replace(b'"price":100.5', b'"price":1e400'), "line_field_type"),
+        (line(trade_id=2**70), "line_field_type"),
+        (line(trade_id=True), "line_field_type"),
+        (line(ts=1.5), "line_field_type"),
+        (line(venue=None), "line_field_type"),
+        (line(venue=7), "line_field_type"),
+        (line(dataset="book", suspect="no"), "line_field_type"),
+        (line(dataset="book", bids_px=[1.0, "x"]), "line_field_type"),
+        (line(venue="../../../../escaped"), "line_path_segment"),
+        (line(venue="Kraken"), "line_path_segment"),
+        (line(symbol="../x"), "line_path_segment"),
+        (line(symbol="BTC/USD\n"), "line_path_segment"),
+        (line(dataset="bad/../trade"), "line_dataset"),
+    ],
+)
+def test_each_kind_of_bad_line_is_refused_with_its_reason(raw: bytes, reason: str) -> None:
+    """Every defect maps to one bounded reason (the protocol-error metric label)."""
+    assert reason in LINE_REASONS
+    assert reason_of(raw) == reason
+
+
+def test_a_batch_is_all_or_nothing_and_names_the_bad_seq() -> None:
+    """check_batch returns every line or raises for the first bad one, naming its seq."""
+    good = [line(5), line(6), line(7)]
+    assert [c.seq for c in check_batch(good, origin=PEER, first_seq=5)] == [5, 6, 7]
+    with pytest.raises(ProtocolError, match="seq 6") as info:
+        check_batch([line(5), b"{}", line(7)], origin=PEER, first_seq=5)
+    assert info.value.reason == "line_malformed"
+    with pytest.raises(ProtocolError) as info:
+        check_batch([line(5), line(7)], origin=PEER, first_seq=5)
+    assert info.value.reason == "line_seq"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_pass_and_always_give_a_bounded_reason(raw: bytes) -> None:
+    """Random bytes are refused with a reason from the bounded set, never another exception."""
+    with pytest.raises(ProtocolError) as info:
+        check_line(raw, origin=PEER, seq=1)
+    assert info.value.reason in LINE_REASONS
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    venue=st.text(max_size=12),
+    symbol=st.text(max_size=12),
+)
+def test_a_line_passes_only_when_its_market_makes_safe_path_segments(
+    venue: str, symbol: str
+) -> None:
+    """Whatever venue and symbol a peer sends, an accepted line's values form path segments
+    with no separator, dot-dot or control character in them."""
+    raw = line(venue=venue, symbol=symbol)
+    reason = None
+    try:
+        checked = check_line(raw, origin=PEER, seq=1)
+    except ProtocolError as exc:
+        reason = exc.reason
+    if reason is not None:
+        assert reason == "line_path_segment"
+        return
+    for value in (checked.venue, checked.symbol.replace("/", "-")):
+        assert ".." not in value
+        assert "\\" not in value
+        assert all(ch.isalnum() or ch in "-_" for ch in value)
+    assert json.loads(raw)["f"]["venue"] == checked.venue
