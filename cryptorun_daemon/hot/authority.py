@@ -8,6 +8,11 @@ peer takes over, and when it recovers authority returns. Each change is
 logged, counted in ``cryptorun_hot_source_switches_total{region,venue}`` and
 kept on a timeline that the sealer reads to pick, record by record, the source
 that was authoritative at that moment.
+
+A source can be *suspended* (the local one while its journal refuses writes):
+it is then never elected while another source has the market, however fresh
+its last record, so the peers' copies take over at once rather than after the
+freshness gate; resuming it re-elects immediately.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class SourceAuthority:
         self._timeline: dict[Key, tuple[list[int], list[str]]] = {}
         self.switches: deque[dict[str, Any]] = deque(maxlen=100)
         self.switch_count = 0
+        self.suspended: dict[str, str] = {}  # source -> why
 
     def rank(self, source: str) -> int:
         """Preference of a source: 0 = local, then peers in config order."""
@@ -79,12 +85,27 @@ class SourceAuthority:
         for key in self._seen:
             self._elect(key, now)
 
+    def suspend(self, source: str, reason: str) -> None:
+        """Take authority from ``source`` wherever another source has the market."""
+        if self.suspended.get(source) == reason:
+            return
+        self.suspended[source] = reason
+        log.warning("hot source suspended", source=source, reason=reason)
+        self.evaluate()
+
+    def resume(self, source: str) -> None:
+        """Let ``source`` be elected again (re-elects every market now)."""
+        if self.suspended.pop(source, None) is not None:
+            log.warning("hot source resumed", source=source)
+            self.evaluate()
+
     def _elect(self, key: Key, now: int) -> None:
         seen = self._seen[key]
         ranked = sorted(seen, key=self.rank)
-        fresh = [s for s in ranked if now - seen[s] <= self.gate_ns]
+        usable = [s for s in ranked if s not in self.suspended] or ranked
+        fresh = [s for s in usable if now - seen[s] <= self.gate_ns]
         # Nobody fresh: keep the least stale source rather than flapping.
-        choice = fresh[0] if fresh else max(ranked, key=lambda s: seen[s])
+        choice = fresh[0] if fresh else max(usable, key=lambda s: seen[s])
         previous = self.current.get(key)
         if choice == previous:
             return
@@ -138,6 +159,7 @@ class SourceAuthority:
             "sources": list(self.sources),
             "freshness_gate_seconds": self.gate_ns / 1e9,
             "switches": self.switch_count,
+            "suspended": dict(self.suspended),
             "recent_switches": list(self.switches)[-10:],
             "pairs": pairs,
         }
