@@ -35,6 +35,7 @@ from cryptorun_daemon.hot.feed import Feed, MarketRecord
 from cryptorun_daemon.hot.feeds_builtin import ReplayFeed, SyntheticFeed
 from cryptorun_daemon.hot.follower import OriginFollower
 from cryptorun_daemon.hot.journal import Journal
+from cryptorun_daemon.hot.journal_repair import journal_directory
 from cryptorun_daemon.hot.log import HotLog
 from cryptorun_daemon.hot.mirror_client import MirrorClient
 from cryptorun_daemon.hot.mirror_server import MirrorServer
@@ -118,7 +119,7 @@ class HotComponent:
         self.region = cfg.region
         root = cfg.storage.root
         journal = Journal(
-            root / "_state" / "hot" / "journal",
+            journal_directory(root),
             segment_bytes=hot.segment_bytes,
             fsync_interval=hot.fsync_interval,
             fsync_records=hot.fsync_records,

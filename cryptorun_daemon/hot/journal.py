@@ -181,6 +181,13 @@ class Journal:
         make_durable_dirs(self.directory)
         if self._lock_fd is None:
             self._lock_fd = acquire_lock(self.directory)
+        try:
+            return self._recover(local_origin, tail_records, tail_bytes)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _recover(self, local_origin: str, tail_records: int, tail_bytes: int) -> Recovery:
         self.local_origin = local_origin
         self.local_index.reset(0)
         self._local_replid = None

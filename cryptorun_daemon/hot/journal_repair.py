@@ -40,6 +40,16 @@ LOCK_NAME = ".lock"
 CONTROL_KINDS = frozenset({"replid", "gap", "close"})
 
 
+def journal_directory(storage_root: Path) -> Path:
+    """Where a region's hot journal lives under ``storage.root``."""
+    return storage_root / "_state" / "hot" / "journal"
+
+
+def quarantine_directory(storage_root: Path) -> Path:
+    """Where ``journal salvage`` keeps what it moved aside (never deleted)."""
+    return storage_root / "_quarantine" / "journal"
+
+
 def segment_path(directory: Path, index: int) -> Path:
     return directory / f"{index:010d}{SUFFIX}"
 
