@@ -151,6 +151,7 @@ class Journal:
         self.failure: str | None = None
         # A failed fsync: the unsynced chunks must be written again before an fsync counts.
         self._rewrite_needed = False
+        self._episode = False
         self.failures = 0
         # Called after a roll: control lines that make the new segment self-describing
         # (current replid and seq of every origin), so deleting old segments never
@@ -396,7 +397,9 @@ class Journal:
         return True
 
     def _fail(self, operation: str, exc: OSError) -> None:
-        if self.failure is None:
+        if not self._episode:
+            # Logged and counted once per episode, not on every failed retry.
+            self._episode = True
             self.failures += 1
             log.error(
                 "hot journal failed; appends refused until it recovers",
@@ -500,6 +503,7 @@ class Journal:
             self._roll()
             if self._failed():
                 return False
+        self._episode = False
         log.warning("hot journal writes resumed", path=str(self._path(self._index)))
         self._sync_wanted.set()
         return True
