@@ -152,6 +152,7 @@ class Journal:
         # A failed fsync: the unsynced chunks must be written again before an fsync counts.
         self._rewrite_needed = False
         self._episode = False
+        self._opened = 0  # bumped by close(): a sync that spans a close is void
         self.failures = 0
         # Called after a roll: control lines that make the new segment self-describing
         # (current replid and seq of every origin), so deleting old segments never
@@ -443,14 +444,21 @@ class Journal:
         retired = list(self._retired)
         fds = [fd for _, fd in retired] + [self._fd]
         dir_dirty, self._dir_dirty = self._dir_dirty, False
+        opened = self._opened
         try:
             await asyncio.to_thread(_fsync_all, fds, self.directory if dir_dirty else None)
         except OSError as exc:
+            if opened != self._opened:
+                return  # closed meanwhile (see below)
             # The kernel may have dropped the pages it failed to write and will
             # report success next time: only a rewrite makes a later fsync count.
             self._dir_dirty = self._dir_dirty or dir_dirty
             self._rewrite_needed = True
             self._fail("fsync", exc)
+            return
+        if opened != self._opened:
+            # close() ran while the fsync thread worked: its descriptors are gone
+            # (their numbers may be reused), so nothing here may touch them again.
             return
         self._forget_synced(pending, chunks, retired)
 
@@ -459,9 +467,10 @@ class Journal:
         self.synced_records += records
         self._unsynced_bytes -= sum(len(c) for _, _, c in self._unsynced_chunks[:chunks])
         del self._unsynced_chunks[:chunks]
-        self._retired = [r for r in self._retired if r not in retired]
-        for _, fd in retired:
-            os.close(fd)
+        for entry in retired:
+            if entry in self._retired:  # close() may already have closed it
+                self._retired.remove(entry)
+                os.close(entry[1])
 
     async def retry(self) -> bool:
         """Try to leave the failed state; True when appends are accepted again.
@@ -473,12 +482,15 @@ class Journal:
         """
         if self.failure is None:
             return True
+        if self._lock_fd is None:
+            return False  # closed (or never recovered): nothing to reopen
         if self._rewrite_needed:
             paths = {index: self._path(index) for index, _ in self._retired}
             paths[self._index] = self._path(self._index)
             pending = self._unsynced
             chunks = len(self._unsynced_chunks)
             retired = list(self._retired)
+            opened = self._opened
             try:
                 await asyncio.to_thread(
                     _rewrite_and_fsync, paths, list(self._unsynced_chunks), self.directory
@@ -486,6 +498,8 @@ class Journal:
             except OSError as exc:
                 self.failure = f"fsync: {exc}"
                 return False
+            if opened != self._opened:
+                return False  # closed meanwhile
             self._rewrite_needed = False
             self._dir_dirty = False
             self._forget_synced(pending, chunks, retired)
@@ -565,6 +579,7 @@ class Journal:
                 os.close(self._fd)
             self._retired = []
             self._fd = None
+            self._opened += 1
             self._pending.clear()
             self._release_lock()
 
