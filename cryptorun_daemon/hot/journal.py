@@ -38,27 +38,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from cryptorun_daemon.errors import JournalUnavailableError, StorageError
+from cryptorun_daemon.hot.durable import fsync_all, make_durable_dirs, rewrite_and_fsync
 from cryptorun_daemon.hot.journal_reader import LocalIndex, ReadPosition, complete_lines
-from cryptorun_daemon.hot.journal_repair import (
-    SUFFIX,
-    Tail,
-    acquire_lock,
-    fsync_dir,
-    make_durable_dirs,
-    scan_segment,
-    segment_indexes,
-    segment_path,
-)
-from cryptorun_daemon.hot.record import HotRecord, encode_control
+from cryptorun_daemon.hot.journal_recovery import OriginState, Recovery, read_journal
+from cryptorun_daemon.hot.journal_repair import SUFFIX, acquire_lock, segment_path
+from cryptorun_daemon.hot.record import encode_control
 
 log = structlog.get_logger("cryptorun.hot.journal")
 __all__ = ["SUFFIX", "Journal", "OriginState", "Recovery", "Segment", "iter_lines"]
@@ -68,31 +60,6 @@ WRITE_BUFFER_BYTES = 64 << 10
 UNSYNCED_LIMIT_BYTES = 64 << 20
 # How often a failed journal tries again (also bounded below by fsync_interval).
 RETRY_INTERVAL = 0.5
-
-
-@dataclass
-class OriginState:
-    """What the journal says about one origin: its current replid and last seq."""
-
-    replid: str
-    last_seq: int = 0
-
-
-@dataclass
-class Recovery:
-    """The state rebuilt from the journal at start-up.
-
-    ``clean`` is true when the last line written was a clean-close marker; a
-    local log recovered from an unclean journal must take a new replid because
-    peers may hold records this region lost in the unsynced window.
-    """
-
-    origins: dict[str, OriginState] = field(default_factory=dict)
-    tail: list[HotRecord] = field(default_factory=list)
-    gaps: list[dict[str, Any]] = field(default_factory=list)
-    clean: bool = False
-    empty: bool = True
-    torn_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -183,85 +150,22 @@ class Journal:
         make_durable_dirs(self.directory)
         if self._lock_fd is None:
             self._lock_fd = acquire_lock(self.directory)
+        self.local_origin = local_origin
         try:
-            return self._recover(local_origin, tail_records, tail_bytes)
+            result = read_journal(
+                self.directory,
+                local_origin=local_origin,
+                local_index=self.local_index,
+                tail_records=tail_records,
+                tail_bytes=tail_bytes,
+                gaps_kept=self._gaps_kept,
+            )
         except BaseException:
             self._release_lock()
             raise
-
-    def _recover(self, local_origin: str, tail_records: int, tail_bytes: int) -> Recovery:
-        self.local_origin = local_origin
-        self.local_index.reset(0)
-        self._local_replid = None
-        local_index = self.local_index
-        result = Recovery()
-        tail: deque[HotRecord] = deque()
-        tail_size = 0
-        last_was_close = False
-        indexes = segment_indexes(self.directory)
-        for position, index in enumerate(indexes):
-            path = self._path(index)
-            newest = position == len(indexes) - 1
-            # Streamed in chunks: recovery never holds a whole segment in memory.
-            segment_tail = Tail()
-            for line_start, _line, body, record in scan_segment(
-                path, newest=newest, tail=segment_tail
-            ):
-                result.empty = False
-                ctl = body.get("ctl")
-                last_was_close = ctl == "close"
-                if ctl == "replid":
-                    origin, replid = str(body["o"]), str(body["r"])
-                    known = result.origins.get(origin)
-                    if known is not None and known.replid == replid:
-                        # A checkpoint at a segment start: same stream, nothing resets.
-                        known.last_seq = max(known.last_seq, int(body.get("s", 0)))
-                        continue
-                    result.origins[origin] = OriginState(replid, int(body.get("s", 0)))
-                    if origin == local_origin:
-                        tail.clear()
-                        tail_size = 0
-                        local_index.reset(int(body.get("s", 0)))
-                        self._local_replid = replid
-                elif ctl == "gap":
-                    gap = {k: v for k, v in body.items() if k != "ctl"}
-                    result.gaps.append(gap)
-                    del result.gaps[: -self._gaps_kept]
-                    missing_to = gap.get("missing_to")
-                    if gap.get("origin") == local_origin and isinstance(missing_to, int):
-                        # Seqs of a salvaged (lost) range are never handed out again.
-                        local = result.origins.setdefault(local_origin, OriginState(""))
-                        local.last_seq = max(local.last_seq, missing_to)
-                elif record is not None:
-                    state = result.origins.get(record.origin)
-                    if state is None:
-                        state = result.origins[record.origin] = OriginState("")
-                    state.last_seq = max(state.last_seq, record.seq)
-                    if record.origin == local_origin:
-                        local_index.note(record.seq, index, line_start)
-                        tail.append(record)
-                        tail_size += record.size
-                        while len(tail) > 1 and (
-                            len(tail) > tail_records or tail_size > tail_bytes
-                        ):
-                            tail_size -= tail.popleft().size
-            self._sizes[index] = path.stat().st_size
-            if segment_tail.torn is not None:
-                result.torn_bytes = self._sizes[index] - segment_tail.end
-                log.warning(
-                    "truncating torn journal tail",
-                    path=str(path),
-                    offset=segment_tail.end,
-                    bytes=result.torn_bytes,
-                    reason=segment_tail.torn,
-                )
-                with path.open("r+b") as handle:
-                    handle.truncate(segment_tail.end)
-                    os.fsync(handle.fileno())
-                self._sizes[index] = segment_tail.end
-        result.clean = last_was_close
-        result.tail = list(tail)
-        self._index = indexes[-1] if indexes else 1
+        self._local_replid = result.local_replid
+        self._sizes = dict(result.sizes)
+        self._index = max(result.sizes) if result.sizes else 1
         self._open_active()
         return result
 
@@ -446,7 +350,7 @@ class Journal:
         dir_dirty, self._dir_dirty = self._dir_dirty, False
         opened = self._opened
         try:
-            await asyncio.to_thread(_fsync_all, fds, self.directory if dir_dirty else None)
+            await asyncio.to_thread(fsync_all, fds, self.directory if dir_dirty else None)
         except OSError as exc:
             if opened != self._opened:
                 return  # closed meanwhile (see below)
@@ -493,7 +397,7 @@ class Journal:
             opened = self._opened
             try:
                 await asyncio.to_thread(
-                    _rewrite_and_fsync, paths, list(self._unsynced_chunks), self.directory
+                    rewrite_and_fsync, paths, list(self._unsynced_chunks), self.directory
                 )
             except OSError as exc:
                 self.failure = f"fsync: {exc}"
@@ -569,7 +473,7 @@ class Journal:
                 fds = [fd for _, fd in self._retired]
                 if self._fd is not None:
                     fds.append(self._fd)
-                _fsync_all(fds, self.directory if self._dir_dirty else None)
+                fsync_all(fds, self.directory if self._dir_dirty else None)
         except (OSError, JournalUnavailableError) as exc:
             log.error("hot journal closed uncleanly", error=str(exc))
         finally:
@@ -656,40 +560,3 @@ def iter_lines(
             if stop is not None and end > stop:
                 return
             yield end, line
-
-
-def _fsync_all(fds: list[int], directory: Path | None) -> None:
-    """fsync the files, then (after a roll created a name) their directory."""
-    for fd in fds:
-        os.fsync(fd)
-    if directory is not None:
-        fsync_dir(directory)
-
-
-def _rewrite_and_fsync(
-    paths: dict[int, Path], chunks: list[tuple[int, int, bytes]], directory: Path
-) -> None:
-    """Write every unsynced chunk again at its offset, then fsync files and directory.
-
-    After a failed fsync the kernel may have marked the unwritten pages clean
-    (or dropped them); rewriting makes them dirty with the right bytes, so the
-    next fsync really writes them. Each file is opened anew without O_APPEND
-    (Linux ignores pwrite's offset on an O_APPEND descriptor). Segments the
-    sealer deleted meanwhile are skipped.
-    """
-    for index, path in paths.items():
-        try:
-            fd = os.open(path, os.O_WRONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            for chunk_index, offset, data in chunks:
-                if chunk_index != index:
-                    continue
-                done = 0
-                while done < len(data):
-                    done += os.pwrite(fd, data[done:], offset + done)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fsync_dir(directory)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptorun_daemon.errors import JournalDamagedError, ProtocolError, StorageError
+from cryptorun_daemon.hot.durable import fsync_dir, make_durable_dirs
 from cryptorun_daemon.hot.journal_reader import complete_lines
 from cryptorun_daemon.hot.record import HotRecord, decode_line, encode_control, record_from_line
 
@@ -321,25 +322,3 @@ def _max_seqs(paths: list[Path]) -> dict[str, int]:
                     continue
                 seen[record.origin] = max(seen.get(record.origin, 0), record.seq)
     return seen
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory, so the names created or removed in it survive a power loss."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_durable_dirs(directory: Path) -> None:
-    """``mkdir -p`` that fsyncs the parent of every directory it creates."""
-    missing: list[Path] = []
-    probe = directory
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            path.mkdir()
-        fsync_dir(path.parent)
