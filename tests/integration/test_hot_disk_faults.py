@@ -7,8 +7,9 @@
   exits 2 naming the segment and byte, and ``cryptorun journal salvage`` makes
   the next start succeed without deleting a byte.
 
-The tmpfs test mounts a file system, so it needs root; where ``mount`` fails
-it is skipped, except in CI (``CI=true``) where that is a failure.
+The tmpfs test mounts a file system, so it needs root (or password-less sudo);
+where ``mount`` fails it is skipped, except in CI (``CI=true``) where that is
+a failure.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -36,7 +38,7 @@ from tests.harness.daemons import (
     two_regions,
     wait_until_ready,
 )
-from tests.harness.tools import missing_tool
+from tests.harness.tools import missing_tool, require_binary
 
 pytestmark = pytest.mark.slow
 
@@ -62,18 +64,21 @@ REGION = "eu-central"
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``path`` for the block (needs root)."""
     path.mkdir(parents=True, exist_ok=True)
+    # Not root: sudo without a password prompt (CI runners), else skip/fail below.
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    options = f"size={size},uid={os.getuid()},gid={os.getgid()},mode=0700"
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        [*prefix, "mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
         capture_output=True,
         text=True,
         check=False,
     )
     if mounted.returncode != 0:
-        missing_tool(f"cannot mount a tmpfs (root needed): {mounted.stderr.strip()}")
+        missing_tool(f"cannot mount a tmpfs (root or sudo needed): {mounted.stderr.strip()}")
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+        subprocess.run([*prefix, "umount", "-l", str(path)], check=False, capture_output=True)
 
 
 def fill(path: Path) -> int:
@@ -267,3 +272,75 @@ async def test_damaged_journal_exits_2_and_salvage_lets_it_start(tmp_path: Path)
         assert local["head_seq"] >= report["gaps"][0]["missing_from"]
     finally:
         stop_process(proc)
+
+
+ROLL_PROBE = """
+import asyncio, sys
+from pathlib import Path
+from cryptorun_daemon.hot.buffer import ReplayBuffer
+from cryptorun_daemon.hot.feed import MarketRecord
+from cryptorun_daemon.hot.journal import Journal
+from cryptorun_daemon.hot.log import HotLog
+from cryptorun_daemon.metrics import Metrics
+
+async def main():
+    journal = Journal(Path(sys.argv[1]), segment_bytes=4096, fsync_interval=1,
+                      fsync_records=10**6)
+    log = HotLog("eu", journal, ReplayBuffer(1000, 1 << 20), Metrics())
+    log.open()
+    await journal.sync()
+    i = 0
+    while len(journal.segments()) < 2:
+        i += 1
+        log.append_local(MarketRecord("trade", {"ts": i, "venue": "v", "symbol": "A/B",
+                                                "trade_id": i, "ingest_ts": i}))
+    await journal.sync()
+    print("SYNCED", flush=True)
+    log.close()
+
+asyncio.run(main())
+"""
+
+
+def test_segment_roll_and_new_journal_directory_are_fsynced(tmp_path: Path) -> None:
+    """Seen in the system calls of a real process (strace): creating the journal directory
+    fsyncs its parent, and after a segment roll the next sync fsyncs the journal directory
+    (so the new segment's name survives a power loss) before the sync completes."""
+    strace = require_binary("strace", "strace")
+    journal_dir = tmp_path / "state" / "journal"
+    trace = tmp_path / "syscalls.txt"
+    probe = tmp_path / "probe.py"
+    probe.write_text(ROLL_PROBE)
+    subprocess.run(
+        [
+            strace,
+            "-f",
+            "-y",
+            "-e",
+            "trace=openat,fsync,write",
+            "-o",
+            str(trace),
+            sys.executable,
+            str(probe),
+            str(journal_dir),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    lines = trace.read_text().splitlines()
+    fsynced = [i for i, line in enumerate(lines) if "fsync(" in line]
+
+    def fsync_of(directory: Path, after: int, before: int) -> bool:
+        return any(
+            f"<{directory}>)" in lines[i] and lines[i].rstrip().endswith("= 0")
+            for i in fsynced
+            if after < i < before
+        )
+
+    created = next(
+        i for i, line in enumerate(lines) if "0000000002.jsonl" in line and "O_CREAT" in line
+    )
+    synced = next(i for i, line in enumerate(lines) if '"SYNCED"' in line)
+    assert fsync_of(journal_dir.parent, -1, created), "journal directory creation not fsynced"
+    assert fsync_of(journal_dir, created, synced), "no directory fsync after the segment roll"
