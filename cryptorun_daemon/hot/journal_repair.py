@@ -222,6 +222,8 @@ def salvage_journal(
     copy is fsynced in the quarantine folder).
     Resource handling: holds the journal lock for the whole operation.
     """
+    if not directory.is_dir():
+        return SalvageReport(None)
     with journal_lock(directory):
         report = check_journal(directory)
         damage = report.damage
