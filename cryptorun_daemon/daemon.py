@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -490,6 +491,14 @@ class Daemon:
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # Writable but full: start anyway (not ready, hot records dropped and
+                # counted) so the region resumes by itself once space returns instead
+                # of crash-looping under systemd.
+                with contextlib.suppress(OSError):
+                    probe.unlink()
+                log.warning("storage.root is full", root=str(root), error=str(exc))
+                return
             raise StorageError(f"storage.root {root} is not writable: {exc}") from exc
 
 

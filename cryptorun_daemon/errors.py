@@ -70,6 +70,29 @@ class StorageError(CryptorunError):
     code = "storage"
 
 
+class JournalDamagedError(StorageError):
+    """Recovery cannot read the hot journal: a bad line that is not a torn tail.
+
+    ``path`` and ``offset`` name the first damaged byte; ``cryptorun journal
+    salvage`` moves everything from there aside. The CLI exits 2 on it (a
+    restart cannot fix it, an operator must).
+    """
+
+    code = "journal_damaged"
+
+    def __init__(self, path: object, offset: int, reason: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"{path}: unreadable journal line at byte {offset}: {reason}")
+
+
+class JournalUnavailableError(StorageError):
+    """The hot journal refuses appends for now (a write or fsync failed; retried)."""
+
+    code = "journal_unavailable"
+
+
 class PathRejectedError(StorageError):
     """A requested path would leave ``storage.root`` or is not a partition path."""
 

@@ -34,6 +34,8 @@ STEP_FAILURE_REASONS: Final = (
 # Buckets bracket the warm (60 s) and cold (5 min) lag SLOs so a histogram
 # quantile can tell "well inside" from "about to breach".
 FENCED_OPERATIONS: Final = ("seal", "serve", "apply")
+# Why a locally ingested hot record was not taken (disk: the journal refused appends).
+HOT_DROP_REASONS: Final = ("disk",)
 STEP_SECONDS_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -209,6 +211,13 @@ class Metrics:
             ["region", "reason"],
             registry=r,
         )
+        self.hot_dropped_total = Counter(
+            "cryptorun_hot_dropped_total",
+            "Locally ingested hot records not taken into the log, by reason (disk: the "
+            "journal refused appends after a failed write or fsync).",
+            ["region", "reason"],
+            registry=r,
+        )
         self.hot_buffer_records = Gauge(
             "cryptorun_hot_buffer_records",
             "Records held in the local replay buffer.",
@@ -320,6 +329,8 @@ class Metrics:
                 self.hot_duplicates_total.labels(region=region, origin=origin)
                 self.hot_reconnects_total.labels(region=region, origin=origin)
         self.hot_late_records_total.labels(region=region)
+        for reason in HOT_DROP_REASONS:
+            self.hot_dropped_total.labels(region=region, reason=reason)
         for pair_tier, src, dst in replication_pairs:
             self.replication_plan_steps_total.labels(tier=pair_tier, **{"from": src, "to": dst})
             # Failure series exist from the start at 0 so increase() sees the first one.

@@ -6,7 +6,8 @@ need — ``--dry-run`` and ``--dry-run=false`` on the same flag — is one small
 ``type`` function (see ``flags.py``).
 
 Typed errors raised anywhere below are mapped to exit codes only here:
-0 done, 1 refused or failed, 2 usage or config error.
+0 done, 1 refused or failed, 2 usage or config error, or a damaged hot journal
+(an operator must run ``cryptorun journal salvage``; restarting cannot help).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cryptorun_daemon.errors import (
     AdminClientError,
     ConfigError,
     CryptorunError,
+    JournalDamagedError,
     UsageError,
 )
 
@@ -145,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="writer epoch (default: the tier's current epoch from the fence)",
     )
 
+    journal = commands.add_parser("journal", help="check or salvage the hot journal on disk")
+    jrn = journal.add_subparsers(dest="action", required=True, parser_class=HelpfulParser)
+    for action, text in (
+        ("check", "report damage the daemon would refuse to start on (exit 1 if any)"),
+        ("salvage", "move a damaged journal tail aside (kept) and record the gap"),
+    ):
+        sub = jrn.add_parser(action, help=text)
+        sub.add_argument("--config", required=True, metavar="PATH", help="region TOML config")
+        sub.add_argument("--json", action="store_true", help="print one JSON document")
+
     validate = commands.add_parser("validate", help="validate partitions or Parquet files offline")
     validate.add_argument("paths", nargs="+", metavar="PATH")
     validate.add_argument("--tier", default="warm", choices=TIERS)
@@ -169,6 +181,20 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return EXIT_USAGE
     except UsageError as exc:
         sys.stderr.write(f"cryptorun: error: {exc}\n")
+        return EXIT_USAGE
+    except JournalDamagedError as exc:
+        # Exit 2, like a config error: restarting cannot fix it (systemd's
+        # RestartPreventExitStatus=2 stops the loop), an operator command can.
+        from cryptorun_daemon.cli.cmd_journal import fix_hint
+
+        config_path = getattr(args, "config", None) or "PATH"
+        sys.stderr.write(
+            f"cryptorun: hot journal damaged: segment {exc.path}, byte {exc.offset}: "
+            f"{exc.reason}\n"
+            f"cryptorun: inspect with `cryptorun journal check --config {config_path}`; "
+            f"fix with `{fix_hint(config_path)}` (moves the damaged tail aside, "
+            "deletes nothing)\n"
+        )
         return EXIT_USAGE
     except (AdminClientError, CryptorunError) as exc:
         sys.stderr.write(f"cryptorun: {exc}\n")
@@ -215,6 +241,13 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         if region is None:
             raise UsageError("partitions seal needs --region REGION or --config PATH")
         return run_seal(args.dirs, region=region, epoch=args.epoch, out=out)
+    if args.command == "journal":
+        from cryptorun_daemon.cli.cmd_journal import run_check, run_salvage
+
+        config = load_config(args.config)
+        if args.action == "check":
+            return run_check(config, config_path=args.config, as_json=args.json, out=out)
+        return run_salvage(config, as_json=args.json, out=out)
     if args.command == "replication":
         return asyncio.run(_replication(args, out))
     raise UsageError(f"unknown command {args.command!r}")

@@ -35,6 +35,7 @@ from cryptorun_daemon.hot.feed import Feed, MarketRecord
 from cryptorun_daemon.hot.feeds_builtin import ReplayFeed, SyntheticFeed
 from cryptorun_daemon.hot.follower import OriginFollower
 from cryptorun_daemon.hot.journal import Journal
+from cryptorun_daemon.hot.journal_repair import journal_directory
 from cryptorun_daemon.hot.log import HotLog
 from cryptorun_daemon.hot.mirror_client import MirrorClient
 from cryptorun_daemon.hot.mirror_server import MirrorServer
@@ -104,7 +105,7 @@ class HotComponent:
         self.region = cfg.region
         root = cfg.storage.root
         journal = Journal(
-            root / "_state" / "hot" / "journal",
+            journal_directory(root),
             segment_bytes=hot.segment_bytes,
             fsync_interval=hot.fsync_interval,
             fsync_records=hot.fsync_records,
@@ -205,9 +206,18 @@ class HotComponent:
                 await records.aclose()  # type: ignore[attr-defined]
 
     async def _gauges(self) -> None:
-        """Refresh buffer/journal gauges and re-elect sources against the freshness gate."""
+        """Refresh gauges, follow the journal's health and re-elect sources.
+
+        While the journal refuses appends the local source is suspended, so
+        the peers' copies of the same markets are authoritative (and sealed);
+        it is resumed as soon as the journal takes records again.
+        """
         while True:
             self.log.update_gauges()
+            if self.log.journal.writable:
+                self.authority.resume(self.region)
+            else:
+                self.authority.suspend(self.region, "disk")
             self.authority.evaluate()
             await asyncio.sleep(GAUGE_INTERVAL)
 
@@ -227,7 +237,13 @@ class HotComponent:
         )
 
     def not_ready_reasons(self) -> list[str]:
-        return [] if self._started else ["hot log is not open"]
+        """``disk: ...`` while the journal refuses appends; ready again once it takes them."""
+        if not self._started:
+            return ["hot log is not open"]
+        journal = self.log.journal
+        if not journal.writable:
+            return [f"disk: hot journal refuses appends ({journal.failure or 'fsync behind'})"]
+        return []
 
     def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]:
         if tier not in (None, "hot"):
@@ -239,7 +255,7 @@ class HotComponent:
                 "head_seq": self.log.seq,
                 "applied_seq": self.log.seq,
                 "connected": True,
-                "last_gap": None,
+                "last_gap": self.log.local_gaps[-1] if self.log.local_gaps else None,
                 "available_from": self.server.backlog.available_from(),
             },
         }
@@ -268,11 +284,15 @@ class HotComponent:
                 "first_local_seq": self.log.journal.local_index.first_seq,
                 "served_records": self.server.backlog.journal_records_served,
                 "read_errors": self.server.backlog.journal_read_errors,
+                "writable": self.log.journal.writable,
+                "failure": self.log.journal.failure,
+                "failures": self.log.journal.failures,
             },
             "subscribers": self.server.status(),
             "authority": self.authority.status(),
             "sealer": self.sealer.status(),
             "feeds": {name: feed.status() for name, feed in self.feeds.items()},
             "ingest_errors": self.ingest_errors,
+            "dropped": self.log.dropped,
         }
         return {"tiers": {"hot": {"stream": stream}}}

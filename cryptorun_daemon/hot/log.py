@@ -5,6 +5,11 @@ record gets ``(origin=region, seq)`` with seq contiguous from 1 under a random
 replication id created with the log. Mirrored records keep their origin and
 seq; they are journaled like local ones but never re-served (the mirror server
 only streams this region's own origin, so active-active cannot loop).
+
+A seq is handed out only to a record the journal has taken: while the journal
+refuses appends (a full or failing disk), local records are dropped and
+counted in ``cryptorun_hot_dropped_total{region,reason="disk"}``, and the seq
+does not move, so the stream stays contiguous when the disk comes back.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from cryptorun_daemon.errors import JournalUnavailableError
 from cryptorun_daemon.hot.buffer import ReplayBuffer
 from cryptorun_daemon.hot.feed import MarketRecord
 from cryptorun_daemon.hot.journal import Journal
@@ -65,6 +71,10 @@ class HotLog:
         self.observers: list[FreshnessObserver] = []
         self._waiters: set[asyncio.Event] = set()
         self._local_records = metrics.hot_records_total.labels(region=region, origin=region)
+        self._dropped_disk = metrics.hot_dropped_total.labels(region=region, reason="disk")
+        self.dropped = 0
+        # Unfillable gaps in this region's own stream (a salvaged journal), newest last.
+        self.local_gaps: deque[dict[str, Any]] = deque(maxlen=20)
         self.recovered_clean = False
         self.recovered_torn_bytes = 0
         self.opened = False
@@ -107,6 +117,9 @@ class HotLog:
         for origin, state in recovery.origins.items():
             self.origins[origin] = OriginPosition(state.replid, state.last_seq)
         for entry in recovery.gaps:
+            if entry.get("origin") == self.region:
+                self.local_gaps.append(entry)
+                continue
             position = self.origins.get(str(entry.get("origin")))
             if position is not None:
                 position.gaps.append(entry)
@@ -139,11 +152,16 @@ class HotLog:
     def append_local(self, record: MarketRecord, now_ns: int | None = None) -> HotRecord | None:
         """Stamp, journal, buffer and announce one locally ingested record.
 
-        Returns ``None`` (record not taken) once the log is closed for shutdown.
+        Returns ``None`` (record not taken) once the log is closed for shutdown,
+        and while the journal refuses appends (the record is counted as dropped
+        with reason ``disk``; the seq is not consumed).
         Error handling: ``ValueError`` for a record whose fields JSON cannot
         encode; nothing is written and the seq is not consumed.
         """
         if self.closed:
+            return None
+        if not self.journal.writable:
+            self._drop()
             return None
         fields = record.fields
         ingest_ns = fields.get("ingest_ts")
@@ -151,8 +169,13 @@ class HotLog:
             ingest_ns = now_ns if now_ns is not None else time.time_ns()
             fields = {**fields, "ingest_ts": ingest_ns}
         hot = encode_record(self.region, self.seq + 1, ingest_ns, record.dataset, fields)
-        self.seq += 1
-        self.journal.write_local(hot.line, hot.seq)
+        try:
+            self.journal.write_local(hot.line, hot.seq)
+        except JournalUnavailableError:
+            self._drop()
+            return None
+        # The journal has the record (in its buffer at least): only now is the seq used.
+        self.seq = hot.seq
         self.buffer.append(hot)
         self._local_records.inc()
         for observe in self.observers:
@@ -160,6 +183,10 @@ class HotLog:
         for event in self._waiters:
             event.set()
         return hot
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._dropped_disk.inc()
 
     def waiter(self) -> asyncio.Event:
         """An event set whenever a local record is appended (one per subscriber)."""
@@ -175,16 +202,20 @@ class HotLog:
         return self.origins.get(origin)
 
     def adopt_replid(self, origin: str, replid: str, applied_seq: int) -> OriginPosition:
-        """Start following ``origin`` under ``replid`` with ``applied_seq`` as applied."""
+        """Start following ``origin`` under ``replid`` with ``applied_seq`` as applied.
+
+        Error handling: :class:`JournalUnavailableError` (nothing adopted) while
+        the journal refuses appends; the mirror client reconnects later.
+        """
+        if not self.closed:
+            self.journal.write_control(
+                {"ctl": "replid", "o": origin, "r": replid, "s": applied_seq}
+            )
         position = self.origins.get(origin)
         if position is None:
             position = self.origins[origin] = OriginPosition(replid)
         position.replid = replid
         position.applied_seq = applied_seq
-        if not self.closed:
-            self.journal.write_control(
-                {"ctl": "replid", "o": origin, "r": replid, "s": applied_seq}
-            )
         return position
 
     def apply_mirrored(
@@ -198,6 +229,9 @@ class HotLog:
         """Journal contiguous mirrored records ending at ``last_seq`` (already deduplicated).
 
         After :meth:`close` nothing is applied, so the next start resumes from here.
+        Error handling: :class:`JournalUnavailableError` (nothing applied) while
+        the journal refuses appends; the mirror client reconnects and resumes
+        from the last applied seq once it takes them again.
         """
         if self.closed:
             return
