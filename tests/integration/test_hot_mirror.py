@@ -309,8 +309,19 @@ async def test_outage_longer_than_buffer_and_journal_is_an_explicit_counted_gap(
         )
         relay.up = True
         await wait_for(lambda: applied(db, a.region) > before + 1000, what="B resumes")
-        status = hot(db).status(tier="hot", region=a.region)["tiers"]["hot"]["stream"]
-        gap = status["origins"][a.region]["last_gap"]
+
+        def last_gap() -> dict[str, Any] | None:
+            status = hot(db).status(tier="hot", region=a.region)["tiers"]["hot"]["stream"]
+            gap: dict[str, Any] | None = status["origins"][a.region]["last_gap"]
+            return gap
+
+        # Recording the gap moves B's position to its end at once, so wait until
+        # records after the gap have been applied too before reading B's journal.
+        await wait_for(
+            lambda: (g := last_gap()) is not None and applied(db, a.region) > g["missing_to"] + 1,
+            what="B applies records after the gap",
+        )
+        gap = last_gap()
         assert gap is not None
         assert gap["reason"] == "evicted"
         assert gap["missing_from"] > before  # records in flight at the cut may still land
