@@ -47,8 +47,9 @@ import aiohttp
 import pytest
 
 from cryptorun_daemon.cli.main import build_parser
-from cryptorun_daemon.storage.testdata import seed_partitions
-from tests.harness.daemons import free_port, start_daemon_process, stop_process, wait_until_ready
+from tests.harness.daemons import start_daemon_process, stop_process, wait_until_ready
+from tests.harness.net import free_port
+from tests.harness.testdata import seed_partitions
 from tests.harness.tools import require_binary
 
 pytestmark = pytest.mark.slow
