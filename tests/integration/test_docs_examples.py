@@ -1,4 +1,5 @@
-"""Docs that stay true: the shell examples in README.md and docs/*.md are checked.
+"""Docs that stay true: the shell examples in README.md, CONTRIBUTING.md and docs/*.md
+are checked.
 
 Every fenced shell block (```sh, ```bash, ```shell, ```console, ```zsh) carries a
 marker comment on the line right before its opening fence (the convention is
@@ -55,7 +56,7 @@ from tests.harness.tools import require_binary
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-DOC_FILES = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
+DOC_FILES = (REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md")))
 PLAYBOOK = REPO / "docs" / "DATA_MULTI_REGION.md"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 
