@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from cryptorun_daemon.hot import protocol  # noqa: E402
 from cryptorun_daemon.hot.feeds_builtin import SyntheticFeed  # noqa: E402
 from cryptorun_daemon.hot.record import encode_record  # noqa: E402
+from tests.harness.net import free_port  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 
@@ -61,14 +62,6 @@ def serve(config_path: str) -> None:
         await daemon.serve()
 
     asyncio.run(main())
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(

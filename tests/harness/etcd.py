@@ -29,7 +29,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.net import free_port
 from tests.harness.tools import missing_tool
 
 START_TIMEOUT = 20.0
@@ -123,12 +123,6 @@ def require_etcd() -> str:
         "(apt-get install etcd-server) or set CRYPTORUN_ETCD_BIN"
     )
     missing_tool(message)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _healthy(client_url: str) -> bool:

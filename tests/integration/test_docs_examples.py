@@ -1,4 +1,5 @@
-"""Docs that stay true: the shell examples in README.md and docs/*.md are checked.
+"""Docs that stay true: the shell examples in README.md, CONTRIBUTING.md and docs/*.md
+are checked.
 
 Every fenced shell block (```sh, ```bash, ```shell, ```console, ```zsh) carries a
 marker comment on the line right before its opening fence (the convention is
@@ -47,14 +48,15 @@ import aiohttp
 import pytest
 
 from cryptorun_daemon.cli.main import build_parser
-from cryptorun_daemon.storage.testdata import seed_partitions
-from tests.harness.daemons import free_port, start_daemon_process, stop_process, wait_until_ready
+from tests.harness.daemons import start_daemon_process, stop_process, wait_until_ready
+from tests.harness.net import free_port
+from tests.harness.testdata import seed_partitions
 from tests.harness.tools import require_binary
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-DOC_FILES = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
+DOC_FILES = (REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md")))
 PLAYBOOK = REPO / "docs" / "DATA_MULTI_REGION.md"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 
@@ -393,9 +395,43 @@ def test_every_shell_block_in_the_docs_is_marked() -> None:
             elif not MARKER.match(line):
                 orphans.append(f"{doc.relative_to(REPO)}:{number} (malformed marker)")
     assert not orphans, f"markers not directly above a code fence: {orphans}"
-    for block in RUNNABLE:
-        assert block.expected_exit >= 0  # raises with the block's name on a bad option
     assert RUNNABLE, "no runnable examples found; the marker parser is broken"
+    # The exit code each runnable block is held to is the one its marker line names
+    # (read here from the raw line, apart from the parser), and 0 when it names none.
+    bad_options, wrong_exit = [], []
+    for block in RUNNABLE:
+        raw = block.path.read_text(encoding="utf-8").splitlines()[block.line - 2]
+        named = re.search(r"exit=(\d+)", raw)
+        try:
+            expected = block.expected_exit
+        except ValueError as exc:
+            bad_options.append(str(exc))
+            continue
+        if expected != (int(named[1]) if named else 0):
+            wrong_exit.append(f"{block.ident}: marker {raw.strip()!r}, parsed exit={expected}")
+    assert not bad_options, bad_options
+    assert not wrong_exit, wrong_exit
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [("", 0), (" ", 0), ("exit=1", 1), (" exit=22 ", 22)],
+)
+def test_a_runnable_marker_names_the_exit_code_its_block_must_return(
+    options: str, expected: int
+) -> None:
+    """``<!-- runnable -->`` holds a block to exit 0 and ``<!-- runnable: exit=N -->`` to N."""
+    block = DocBlock(REPO / "README.md", 2, 4, "sh", "true\n", "runnable", options)
+    assert block.expected_exit == expected
+
+
+@pytest.mark.parametrize("options", ["exit=", "exit=-1", "exit=1 slow", "timeout=5"])
+def test_an_unknown_runnable_option_is_an_error_naming_the_block(options: str) -> None:
+    """A marker option other than ``exit=N`` fails with the block's file and line, so a typo
+    cannot silently turn into "expect exit 0"."""
+    block = DocBlock(REPO / "README.md", 2, 4, "sh", "true\n", "runnable", options)
+    with pytest.raises(ValueError, match=r"README\.md:2: unknown runnable option"):
+        _ = block.expected_exit
 
 
 def github_anchor(heading: str) -> str:

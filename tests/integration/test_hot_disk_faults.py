@@ -14,7 +14,6 @@ a failure.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import json
@@ -22,8 +21,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from tests.harness.daemons import (
     wait_until_ready,
 )
 from tests.harness.tools import missing_tool, require_binary
+from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -103,15 +102,6 @@ def origin_spec(tmp_path: Path) -> RegionSpec:
     return spec
 
 
-async def poll(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0) -> None:
-    """Wait until ``check`` passes, failing with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def hot_stream(session: aiohttp.ClientSession, spec: RegionSpec) -> dict[str, Any]:
     async with session.get(f"{spec.base_url}/v1/status?tier=hot") as resp:
         assert resp.status == 200
@@ -158,7 +148,7 @@ async def test_full_disk_drops_and_counts_then_resumes_without_restart(tmp_path:
                         above
                     )
 
-                await poll(lambda: ingesting(200), "ingest before the fault")
+                await eventually(lambda: ingesting(200), "ingest before the fault")
                 filler = spec.storage_root / "filler"
                 fill(filler)
 
@@ -173,7 +163,9 @@ async def test_full_disk_drops_and_counts_then_resumes_without_restart(tmp_path:
                         and suspended == {REGION: "disk"}
                     )
 
-                await poll(failing, "dropped records, /readyz 503 disk, local source suspended")
+                await eventually(
+                    failing, "dropped records, /readyz 503 disk, local source suspended"
+                )
                 stream = await hot_stream(session, spec)
                 assert stream["journal"]["writable"] is False
                 seq_at_fault = int(stream["origins"][REGION]["head_seq"])
@@ -184,13 +176,16 @@ async def test_full_disk_drops_and_counts_then_resumes_without_restart(tmp_path:
                 async def ready_again() -> bool:
                     return (await readiness(session, spec))[0] == 200
 
-                await poll(ready_again, "/readyz 200 after space returned")
-                await poll(lambda: ingesting(seq_at_fault + 200), "ingest after space returned")
+                await eventually(ready_again, "/readyz 200 after space returned")
+                await eventually(
+                    lambda: ingesting(seq_at_fault + 200), "ingest after space returned"
+                )
 
                 async def resumed() -> bool:
-                    return (await hot_stream(session, spec))["authority"]["suspended"] == {}
+                    suspended = (await hot_stream(session, spec))["authority"]["suspended"]
+                    return bool(suspended == {})
 
-                await poll(resumed, "the local source resumed")
+                await eventually(resumed, "the local source resumed")
                 stream = await hot_stream(session, spec)
                 assert stream["journal"]["writable"] is True
                 assert stream["journal"]["failures"] >= 1
@@ -235,7 +230,7 @@ async def test_damaged_journal_exits_2_and_salvage_lets_it_start(tmp_path: Path)
             async def enough_segments() -> bool:
                 return int((await hot_stream(session, spec))["journal"]["segments"]) >= 4
 
-            await poll(enough_segments, "four journal segments")
+            await eventually(enough_segments, "four journal segments")
     finally:
         assert stop_process(proc) == 0
     segment = sorted(journal_dir.glob("*.jsonl"))[1]

@@ -19,8 +19,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness.daemons import (
-    RegionSpec,
-    free_port,
-    run_daemon_process,
-    stop_process,
-    two_regions,
-)
+from tests.harness.daemons import RegionSpec, run_daemon_process, stop_process, two_regions
+from tests.harness.net import free_port
 from tests.harness.tools import require_binary
+from tests.harness.wait import eventually
 
 pytestmark = [pytest.mark.needs_prometheus, pytest.mark.slow]
 
@@ -118,28 +113,23 @@ async def run_prometheus(config_path: Path, tmp_path: Path) -> AsyncIterator[Pro
                 except aiohttp.ClientError:
                     return False
 
-            await eventually(ready, "prometheus answers /-/ready", server)
+            await eventually(
+                ready,
+                "prometheus answers /-/ready",
+                timeout=DEADLINE,
+                interval=0.25,
+                detail=prometheus_state(server),
+            )
         yield server
     finally:
         await asyncio.to_thread(stop_process, process, 15.0)
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]],
-    what: str,
-    server: PrometheusServer,
-    last: Callable[[], Any] = lambda: None,
-) -> None:
-    """Poll ``check`` until true; after ``DEADLINE`` fail naming ``what``, the last answer
-    and the tail of Prometheus' log."""
-    deadline = time.monotonic() + DEADLINE
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"not within {DEADLINE}s: {what}\nlast answer: {last()}\n"
-                f"prometheus log:\n{server.log_tail()}"
-            )
-        await asyncio.sleep(0.25)
+def prometheus_state(
+    server: PrometheusServer, last: Callable[[], object] = lambda: None
+) -> Callable[[], str]:
+    """What a failed wait reports: the last answer seen and the tail of Prometheus' log."""
+    return lambda: f"last answer: {last()}\nprometheus log:\n{server.log_tail()}"
 
 
 async def api_get(
@@ -166,7 +156,13 @@ async def query_until(
         result = (await api_get(http, server, "/api/v1/query", query=promql))["result"]
         return holds(result)
 
-    await eventually(check, f"query {promql!r}", server, lambda: result)
+    await eventually(
+        check,
+        f"query {promql!r}",
+        timeout=DEADLINE,
+        interval=0.25,
+        detail=prometheus_state(server, lambda: result),
+    )
     return result
 
 
@@ -267,7 +263,13 @@ async def test_rules_load_and_evaluate_against_real_series(tmp_path: Path) -> No
             rules = [rule for group in groups for rule in group["rules"]]
             return bool(rules) and all(rule["health"] != "unknown" for rule in rules)
 
-        await eventually(all_rules_evaluated, "every rule evaluated once", server, lambda: groups)
+        await eventually(
+            all_rules_evaluated,
+            "every rule evaluated once",
+            timeout=DEADLINE,
+            interval=0.25,
+            detail=prometheus_state(server, lambda: groups),
+        )
         loaded = {group["name"]: [rule["name"] for rule in group["rules"]] for group in groups}
         assert loaded == shipped
         errors = [

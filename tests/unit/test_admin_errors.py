@@ -72,9 +72,10 @@ async def test_every_error_answers_with_its_own_status_and_code(
         for cls in classes:
             async with http.get(base + cls.__name__) as resp:
                 body = await resp.json()
+                error = to_raise[cls.__name__]
                 assert (resp.status, body) == (
-                    cls.http_status,
-                    {"error": cls.code, "detail": str(to_raise[cls.__name__])},
+                    error.http_status,
+                    {"error": error.code, "detail": str(error)},
                 ), cls
 
 

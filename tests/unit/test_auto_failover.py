@@ -10,7 +10,7 @@ same compare-and-swap rule as etcd (``TierState.promoted``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ def auto_status(failover: FailoverComponent) -> dict[str, Any]:
     return dict(result["auto_failover"])
 
 
-def skipped(logs: list[dict[str, Any]]) -> list[str]:
+def skipped(logs: Sequence[Mapping[str, Any]]) -> list[str]:
     return [e["reason"] for e in logs if e["event"] == "auto_failover_skipped"]
 
 

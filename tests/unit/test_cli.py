@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cryptorun_daemon.cli.main import build_parser, main
-from tests.harness.daemons import free_port
+from tests.harness.net import free_port
 
 
 @pytest.mark.parametrize(

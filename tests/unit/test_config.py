@@ -97,6 +97,27 @@ def test_wrong_types_are_reported(tmp_path: Path) -> None:
     assert "rules[0].to: must be a list of strings, got a string" in found
 
 
+def test_values_keep_their_toml_type_and_a_boolean_is_never_a_number(tmp_path: Path) -> None:
+    """An integer where a number belongs is read as a float; true/false where an integer
+    or a number belongs, 1 where true/false belongs, and a list mixing strings with
+    numbers are each reported with their key."""
+    typed = VALID + "\n[validation.anomaly]\nthreshold = 4\n"
+    config = load_config(write(tmp_path, typed))
+    assert config.validation.anomaly.threshold == 4.0
+    assert isinstance(config.validation.anomaly.threshold, float)
+    wrong = (
+        VALID.replace('to = ["us-east"]', 'to = ["us-east", 3]')
+        + "\n[replication]\nmax_concurrency = true\n"
+        + "\n[state]\nauto_failover = 1\n"
+        + "\n[validation.anomaly]\nthreshold = false\n"
+    )
+    found = problems(tmp_path, wrong)
+    assert "rules[0].to: must be a list of strings" in found
+    assert "replication.max_concurrency: must be an integer, got a boolean" in found
+    assert "state.auto_failover: must be true or false, got an integer" in found
+    assert "validation.anomaly.threshold: must be a number, got a boolean" in found
+
+
 def test_bad_durations_are_reported(tmp_path: Path) -> None:
     """'60 seconds' and '0s' are not durations; the message shows the accepted forms."""
     found = problems(tmp_path, VALID.replace('"60s"', '"60 seconds"'))

@@ -208,7 +208,8 @@ def metric_names(expr: str) -> set[str]:
 
 
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    doc: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return doc
 
 
 def all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
