@@ -29,6 +29,7 @@ import structlog
 from cryptorun_daemon.errors import ProtocolError, StorageError
 from cryptorun_daemon.hot.journal_reader import LocalIndex, ReadPosition, complete_lines
 from cryptorun_daemon.hot.record import HotRecord, decode_line, encode_control, record_from_line
+from cryptorun_daemon.runtime.failpoints import failpoint
 
 log = structlog.get_logger("cryptorun.hot.journal")
 SUFFIX = ".jsonl"
@@ -268,10 +269,12 @@ class Journal:
             self._retired.append(self._file)  # fsynced and closed by the next sync
         self._index += 1
         self._open_active()
+        failpoint("journal.roll.after_open")
         self._sync_wanted.set()
         if self.on_roll is not None:
             for body in self.on_roll():
                 self.write_control(body)
+        failpoint("journal.roll.after_checkpoint")
 
     # ------------------------------------------------------------------- syncs
     async def sync(self) -> None:

@@ -57,6 +57,7 @@ from cryptorun_daemon.errors import (
 )
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.rules import Step
+from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import commit_file, move_aside
 from cryptorun_daemon.storage.fence import (
     move_divergent,
@@ -259,6 +260,7 @@ class WarmColdExecutor:
         await asyncio.gather(
             *(self._fetch_file(manifest, directory, entry, counter) for entry in manifest.files)
         )
+        failpoint("replica.after_fetch")
         await asyncio.to_thread(self._set_aside_strays, directory, manifest)
         await self._validate(manifest, directory)
         await asyncio.to_thread(self._commit, directory, manifest)
@@ -331,7 +333,9 @@ class WarmColdExecutor:
     def _commit(self, directory: Path, manifest: Manifest) -> None:
         """The commit point, behind a last fence check."""
         self.check_apply(manifest)
+        failpoint("replica.before_commit")
         write_seal(directory, manifest)
+        failpoint("replica.after_commit")
 
     def _already_committed(self, directory: Path, manifest: Manifest) -> bool:
         """True when an identical copy is sealed; moves a different sealed copy aside.
