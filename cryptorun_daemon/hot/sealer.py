@@ -42,6 +42,11 @@ content a run without the crash writes; docs/HOT_TIER.md, fail points in
    previous manifest, so re-sealing after a crash does not count rows twice.
 5. The in-memory state moves only together with the saved state: a round
    that fails without a crash is redone in full as well.
+6. No round runs while the region's warm role is not confirmed yet
+   (``role_settled``; right after a start the file store has not compared
+   epochs with the peers): a round run as replica passes late records on to
+   the primary and marks as sealed every window the partitions show sealed,
+   which a primary that is merely unconfirmed must not do with its own work.
 """
 
 from __future__ import annotations
@@ -121,6 +126,7 @@ class HotSealer:
         metrics: Metrics,
         now_ns: Callable[[], int] = time.time_ns,
         check_interval: float = 1.0,
+        role_settled: Callable[[], bool] = lambda: True,
     ) -> None:
         self.region = region
         self.root = root
@@ -129,6 +135,7 @@ class HotSealer:
         self.length_ns = int(partition_length * 1e9)
         self.grace_ns = int(seal_grace * 1e9)
         self.is_warm_primary = is_warm_primary
+        self.role_settled = role_settled
         self.epoch = epoch
         self.metrics = metrics
         self.now_ns = now_ns
@@ -186,6 +193,8 @@ class HotSealer:
     async def run(self) -> None:
         """Run a round whenever another window has closed or the role changed (and at start).
 
+        Waits while ``role_settled()`` is false (invariant 6 in the module docstring).
+
         Error handling: see the class docstring. Resource handling: owns no
         open files between rounds.
         """
@@ -195,7 +204,7 @@ class HotSealer:
             # A change of role counts too: a region that became primary after
             # a round it ran as replica must not wait for the next window.
             due = (self.closed_limit(now) // self.length_ns, self.is_warm_primary())
-            if due != done_through:
+            if due != done_through and self.role_settled():
                 try:
                     await self.round(now)
                     done_through = due
@@ -349,6 +358,7 @@ class HotSealer:
             "partition_length_seconds": self.length_ns / 1e9,
             "seal_grace_seconds": self.grace_ns / 1e9,
             "primary": self.is_warm_primary(),
+            "role_settled": self.role_settled(),
             "rounds": self.rounds,
             "windows_sealed": len(self.sealed),
             "last_sealed_window": _iso(max(self.sealed)) if self.sealed else None,
