@@ -41,7 +41,7 @@ import pytest
 from cryptorun_daemon.config import FeedConfig
 from cryptorun_daemon.hot.feeds_builtin import SyntheticFeed
 from cryptorun_daemon.hot.record import encode_control, encode_record
-from cryptorun_daemon.runtime.failpoints import ENV_VAR, EXIT_CODE
+from cryptorun_daemon.runtime.failpoints import ENV_VAR, EXIT_CODE, KNOWN
 from tests.harness.daemons import (
     RegionSpec,
     free_port,
@@ -309,3 +309,9 @@ async def test_crash_while_late_filling_converges_after_restart(
     await node.crash_at(failpoint)
     await node.run_one_round()
     assert partitions(node.root) == reference.after_late_fill
+
+
+def test_the_matrices_cover_every_fail_point() -> None:
+    """No registered fail point is left out of a crash test (here or in the replica one)."""
+    replica = {name for name in KNOWN if name.startswith("replica.")}
+    assert set(PHASE_1) | set(PHASE_2) | replica == set(KNOWN)
