@@ -6,7 +6,10 @@ the source that was authoritative when it was ingested (else the best-ranked
 source); books come only from the source that was authoritative at the
 record's ingest time. Each partition's manifest lists the sources it used and
 the worst freshness among them (the largest gap between consecutive records of
-a used source: "worst-feed-wins").
+a used source: "worst-feed-wins"), derived from the per-file summaries its data
+files carry, so a repeated seal never counts a row twice.
+
+Writes are crash-safe and idempotent (the invariants are in ``hot/sealer.py``).
 
 Blocking (Parquet I/O and hashing): call from a worker thread.
 """
@@ -142,8 +145,9 @@ def write_file(directory: Path, name: str, rows: list[Row]) -> int:
     """Put ``rows`` in ``directory/name`` crash-safely; returns the row count.
 
     The per-source summary of the rows goes into the file's Parquet metadata
-    (``cryptorun.sources``), so a seal derives the manifest's source list from
-    the files alone (see :func:`seal`). The bytes are a pure function of the
+    (``cryptorun.sources``, per file: a table read across several files shows
+    one file's), so a seal derives the manifest's source list from the files
+    alone (see :func:`seal`). The bytes are a pure function of the
     rows, so writing the same rows again is a no-op: the file is first written
     as ``.name.partial``; when ``name`` already holds the same bytes the partial
     is dropped. Otherwise, if the partition is sealed, ``_SUCCESS`` is unlinked

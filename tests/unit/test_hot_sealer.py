@@ -231,3 +231,25 @@ async def test_replica_tracks_each_sub_hour_window_on_its_own(tmp_path: Path) ->
     await primary.round(T0 + 1200 * S + 31 * S)
     again = await replica.round(T0 + 1200 * S + 32 * S)
     assert again.windows_sealed == [T0 + 600 * S]
+
+
+async def test_a_seal_redone_after_a_crash_counts_each_row_once(tmp_path: Path) -> None:
+    """When the process died after sealing a window but before saving the sealer state,
+    the restarted sealer seals the window again from the journal (now with one more record):
+    the manifest's source rows equal the rows in the files, nothing is counted twice."""
+    log, sealer, _ = setup(tmp_path)
+    for i in range(1, 11):
+        log.append_local(trade(T0 + i * S, i))
+    await sealer.round(T0 + HOUR + 31 * S)
+    sealer.state_path.unlink()  # the crash: the seal is on disk, the state is not
+    log.append_local(trade(T0 + 20 * S, 20))
+    reborn = sealer_on(tmp_path / "root", log, primary=True)
+    result = await reborn.round(T0 + HOUR + 40 * S)
+    assert result.windows_sealed == [T0]
+    directory = trade_dir(tmp_path / "root")
+    assert (directory / "_SUCCESS").is_file()
+    manifest = json.loads((directory / "_manifest.json").read_text())
+    assert manifest["rows"] == 11
+    assert [(s["source"], s["rows"], s["late_rows"]) for s in manifest["sources"]] == [
+        ("eu", 11, 0)
+    ]
