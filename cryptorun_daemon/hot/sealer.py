@@ -47,6 +47,9 @@ content a run without the crash writes; docs/HOT_TIER.md, fail points in
    epochs with the peers): a round run as replica passes late records on to
    the primary and marks as sealed every window the partitions show sealed,
    which a primary that is merely unconfirmed must not do with its own work.
+7. A window's file is never rewritten once the window has left the state
+   (kept for a week): a record for it that shows up later, with the window's
+   file sealed on disk, is a late record like any other.
 """
 
 from __future__ import annotations
@@ -243,6 +246,8 @@ class HotSealer:
     ) -> RoundResult:
         result = RoundResult(at_ns=now, primary=primary)
         length, limit = self.length_ns, self.closed_limit(now)
+        forgotten = now - STATE_KEEP_NS  # windows before this are dropped from the state
+        on_disk: dict[Path, frozenset[str]] = {}
         to_seal: dict[int, list[pw.Row]] = defaultdict(list)
         late: list[pw.Row] = []
         still_open: set[int] = set()
@@ -260,6 +265,12 @@ class HotSealer:
                 sealed_at = self.sealed.get(window)
                 if sealed_at is not None:
                     if here > sealed_at and here > self.late_through:
+                        late.append(row)
+                elif window < forgotten and self._window_on_disk(row, window, on_disk):
+                    # Older than the state remembers, but sealed on disk: never
+                    # rewrite its window file (the rows already in it may have
+                    # left the journal); a record not yet handled is late.
+                    if here > self.late_through:
                         late.append(row)
                 elif window + length <= limit:
                     to_seal[window].append(row)
@@ -304,6 +315,20 @@ class HotSealer:
             directory = pw.partition_dir(self.root, row.dataset, row.venue, row.symbol, row.ts)
             groups[directory].append(row)
         return groups
+
+    def _window_on_disk(self, row: pw.Row, window: int, cache: dict[Path, frozenset[str]]) -> bool:
+        """Whether ``row``'s partition is sealed with ``window``'s file in its manifest."""
+        directory = pw.partition_dir(self.root, row.dataset, row.venue, row.symbol, row.ts)
+        files = cache.get(directory)
+        if files is None:
+            files = frozenset()
+            if (directory / SUCCESS_MARKER).is_file():
+                try:
+                    files = frozenset(f.name for f in read_manifest(directory).files)
+                except StorageError:
+                    pass
+            cache[directory] = files
+        return _window_file(window) in files
 
     def _replicated(self, window: int, rows: list[pw.Row]) -> bool:
         """Whether the primary's seal of ``window`` reached every partition its rows touch.

@@ -253,3 +253,20 @@ async def test_a_seal_redone_after_a_crash_counts_each_row_once(tmp_path: Path) 
     assert [(s["source"], s["rows"], s["late_rows"]) for s in manifest["sources"]] == [
         ("eu", 11, 0)
     ]
+
+
+async def test_a_record_older_than_the_state_keeps_is_late_not_a_new_seal(tmp_path: Path) -> None:
+    """A record for a window the sealer state no longer remembers (sealed more than a week
+    ago) goes to a late-fill file; the window's sealed file keeps its rows."""
+    log, sealer, _ = setup(tmp_path)
+    for i in range(1, 6):
+        log.append_local(trade(T0 + i * S, i))
+    await sealer.round(T0 + HOUR + 31 * S)
+    await sealer.round(T0 + 8 * 24 * HOUR)  # a week later: the window leaves the state
+    assert T0 not in sealer.sealed
+    log.append_local(trade(T0 + 30 * S, 30))
+    result = await sealer.round(T0 + 8 * 24 * HOUR + S)
+    assert result.windows_sealed == []
+    assert result.late_rows == 1
+    directory = trade_dir(tmp_path / "root")
+    assert sorted(pq.read_table(directory).column("trade_id").to_pylist()) == [1, 2, 3, 4, 5, 30]
