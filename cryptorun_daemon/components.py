@@ -53,6 +53,10 @@ def build_components(ctx: DaemonContext) -> list[Component]:
         ctx,
         is_warm_primary=lambda: failover.is_primary("warm"),
         epoch=lambda: failover.epoch("warm"),
+        # No sealing round on a role not yet confirmed (it would act as replica).
+        role_settled=lambda: (
+            not failover.not_ready_reasons() and failover.write_refusal("warm") is None
+        ),
     )
     # Quarantine counts for /v1/status, recounted off the event loop.
     quarantine = QuarantineStatus(ctx)

@@ -98,6 +98,7 @@ class HotComponent:
         *,
         is_warm_primary: Callable[[], bool] | None = None,
         epoch: Callable[[], int] | None = None,
+        role_settled: Callable[[], bool] | None = None,
     ) -> None:
         self.ctx = ctx
         cfg = ctx.config
@@ -141,6 +142,7 @@ class HotComponent:
             is_warm_primary=is_warm_primary or (lambda: warm_primary == cfg.region),
             epoch=epoch or (lambda: 0),
             metrics=ctx.metrics,
+            role_settled=role_settled or (lambda: True),
         )
         self.clients: dict[str, MirrorClient] = {}
         for peer, url in cfg.peers.items():

@@ -51,6 +51,7 @@ from cryptorun_daemon.hot.journal_reader import LocalIndex, ReadPosition, comple
 from cryptorun_daemon.hot.journal_recovery import OriginState, Recovery, read_journal
 from cryptorun_daemon.hot.journal_repair import SUFFIX, acquire_lock, segment_path
 from cryptorun_daemon.hot.record import encode_control
+from cryptorun_daemon.runtime.failpoints import failpoint
 
 log = structlog.get_logger("cryptorun.hot.journal")
 __all__ = ["SUFFIX", "Journal", "OriginState", "Recovery", "Segment", "iter_lines"]
@@ -329,10 +330,12 @@ class Journal:
         except OSError as exc:
             self._fail("roll", exc)
             return
+        failpoint("journal.roll.after_open")
         self._sync_wanted.set()
         if self.on_roll is not None:
             for body in self.on_roll():
                 self._append_control(body)
+        failpoint("journal.roll.after_checkpoint")
 
     # ------------------------------------------------------------------- syncs
     async def sync(self) -> None:

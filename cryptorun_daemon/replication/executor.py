@@ -39,6 +39,7 @@ from cryptorun_daemon.replication.commit import PartitionCommitter
 from cryptorun_daemon.replication.download import CHUNK, ByteCounter, FileDownloader, FileSource
 from cryptorun_daemon.replication.rules import Step
 from cryptorun_daemon.replication.verify import PartitionVerifier, StepValidator
+from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, HashCache, Manifest
 
 log = structlog.get_logger("cryptorun.replication")
@@ -204,6 +205,7 @@ class WarmColdExecutor:
                 for entry in manifest.files
             )
         )
+        failpoint("replica.after_fetch")
         await asyncio.to_thread(self.committer.set_aside_strays, directory, manifest)
         await self.verifier.validate(manifest, directory)
         await asyncio.to_thread(self.committer.commit, directory, manifest)
