@@ -3,6 +3,10 @@
 Signal handlers only set flags (SIGTERM/SIGINT request a graceful stop, a
 second SIGINT forces exit, SIGHUP requests a reload); the ordered, time-boxed
 shutdown runs in :meth:`Daemon.shutdown`.
+
+(About 500 lines: the skeleton, the shutdown phases under one deadline and the
+reload dispatch are one lifecycle, read top to bottom; subsystem logic lives in
+the components.)
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
 """The segmented, append-only on-disk journal of the hot log.
 
+(Longer than the house's ~500 lines on purpose: the write buffer, the fsync
+bookkeeping and the failure/retry state share invariants that are easier to
+check in one place; recovery and repair already live in ``journal_recovery``
+and ``journal_repair``.)
+
 Every record the region applies (local or mirrored) is one line in the active
 segment file ``{index:010d}.jsonl``; control lines record replication-id
 changes, unfillable gaps and clean shutdowns.
