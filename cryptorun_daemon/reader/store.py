@@ -1,0 +1,327 @@
+"""The research reader's facade: ``open_store(root).read(...)`` and ``.batches(...)``.
+
+A read is planned first — partitions chosen (:mod:`.selection`), every data
+file's schema read from its footer and unified (:mod:`.unify`), the output
+schema fixed with its provenance — and then executed, either into one
+:class:`pyarrow.Table` (``read``: files decoded in parallel) or as a stream of
+record batches (``batches``: one file at a time, one row group at a time, so
+memory stays bounded by the largest row group whatever the window).
+
+Every returned schema carries ``cryptorun.read`` metadata: the request, and
+per part its tier, partition, version (``live``, ``unsealed`` or
+``_superseded/…``), manifest content hash, seal time, writer region and
+epoch; ``read`` adds each part's rows read, returned and flagged.
+
+Order: parts by partition start, then venue, symbol; rows within a part in
+file order (the writers sort each file by ``ts``). Every ``symbol`` value is
+in the canonical ``BTC-USD`` form (:mod:`.symbols`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cryptorun_daemon.errors import ReadError, UsageError
+from cryptorun_daemon.reader.quarantine import (
+    FLAG_FIELDS,
+    NO_FLAGS,
+    FileFlags,
+    apply_flags,
+    sidecar_flags,
+)
+from cryptorun_daemon.reader.request import ReadRequest
+from cryptorun_daemon.reader.selection import Selection, select_parts
+from cryptorun_daemon.reader.symbols import canonical_symbol_column
+from cryptorun_daemon.reader.unify import conform, unify_schemas
+
+METADATA_KEY: Final = b"cryptorun.read"
+DEFAULT_BATCH_ROWS: Final = 65_536
+
+Progress = Callable[[int, int], None]  # parts done, parts total
+
+
+@dataclass
+class ReadSummary:
+    """What a read did: the contract of ``cryptorun read``'s summary line."""
+
+    partitions: int = 0
+    files: int = 0
+    rows_read: int = 0
+    rows_returned: int = 0
+    rows_flagged: int = 0
+    rows_dropped: int = 0
+    tiers: dict[str, int] = field(default_factory=dict)
+    unsealed_skipped: int = 0
+    shadowed: int = 0
+    not_yet_sealed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One data file of a part, with what it needs to be read into the output schema."""
+
+    part_index: int
+    path: Path
+    columns: tuple[str, ...] | None  # present in this file; None: all
+    flags: FileFlags
+
+
+@dataclass
+class ReadPlan:
+    """A planned read: the chosen parts, the output schema, the file tasks in order."""
+
+    request: ReadRequest
+    selection: Selection
+    schema: pa.Schema
+    tasks: list[FileTask]
+
+    def summary(self) -> ReadSummary:
+        s = self.selection
+        return ReadSummary(
+            partitions=len(s.parts),
+            files=len(self.tasks),
+            tiers=s.tiers_used(),
+            unsealed_skipped=s.unsealed_skipped,
+            shadowed=s.shadowed,
+            not_yet_sealed=s.not_yet_sealed,
+            problems=list(s.problems),
+        )
+
+
+class BatchStream:
+    """Record batches of a read, in order, produced lazily; iterate once.
+
+    ``schema`` (with provenance) is known before the first batch;
+    ``summary`` is complete once the stream is exhausted. Resource handling:
+    at most one Parquet file open at a time, closed as the stream moves on or
+    when :meth:`close` is called (also by garbage collection of the generator).
+    """
+
+    def __init__(self, store: Store, plan: ReadPlan, progress: Progress | None) -> None:
+        self.plan = plan
+        self.schema = plan.schema
+        self.summary = plan.summary()
+        self._iterator = store._stream(plan, self.summary, progress)
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        return self._iterator
+
+    def close(self) -> None:
+        self._iterator.close()  # type: ignore[attr-defined]  # a generator
+
+
+class Store:
+    """Reads one storage root (``{root}/{tier}/{dataset}/…``) by the research rules.
+
+    ``read`` and ``batches`` take the arguments of :meth:`ReadRequest.build`.
+    Blocking: call from a worker thread in async code. Error handling:
+    :class:`~cryptorun_daemon.errors.UsageError`/``PathRejectedError`` for a
+    malformed request (before anything is read),
+    :class:`~cryptorun_daemon.errors.SchemaDriftError` for schemas that cannot
+    be unified, :class:`~cryptorun_daemon.errors.ReadError` for a partition
+    that cannot be read as its manifest says.
+    """
+
+    def __init__(
+        self, root: Path, *, batch_rows: int = DEFAULT_BATCH_ROWS, threads: int | None = None
+    ) -> None:
+        self.root = root
+        self.batch_rows = batch_rows
+        self.threads = threads if threads is not None else min(8, os.cpu_count() or 1)
+
+    # --- planning ----------------------------------------------------------------
+
+    def plan(self, request: ReadRequest) -> ReadPlan:
+        """Choose parts, read file footers, unify schemas, fix the output schema."""
+        selection = select_parts(self.root, request)
+        schemas: list[pa.Schema] = []
+        file_schemas: list[tuple[int, Path, pa.Schema]] = []
+        for index, part in enumerate(selection.parts):
+            for path in part.files:
+                try:
+                    schema = pq.read_schema(path)
+                except (OSError, pa.ArrowException) as exc:
+                    raise ReadError(
+                        f"{part.key}: {path.name} is not readable Parquet: {exc}"
+                    ) from exc
+                schemas.append(schema)
+                file_schemas.append((index, path, schema))
+        unified = unify_schemas(schemas, request.on_drift)
+        if request.columns is not None:
+            missing = [c for c in request.columns if unified.get_field_index(c) < 0]
+            if missing and selection.parts:
+                raise UsageError(f"no such column(s) in {request.dataset}: {', '.join(missing)}")
+            unified = pa.schema([unified.field(c) for c in request.columns if c not in missing])
+        flags_by_folder: dict[Path, dict[str, FileFlags]] = {}
+        tasks = []
+        for index, path, schema in file_schemas:
+            folder_flags = flags_by_folder.get(path.parent)
+            if folder_flags is None:
+                folder_flags = flags_by_folder[path.parent] = sidecar_flags(path.parent)
+            present = None
+            if request.columns is not None:
+                present = tuple(c for c in request.columns if schema.get_field_index(c) >= 0)
+            tasks.append(FileTask(index, path, present, folder_flags.get(path.name, NO_FLAGS)))
+        output = unified
+        if request.quarantine != "drop":
+            output = output.append(FLAG_FIELDS[0]).append(FLAG_FIELDS[1])
+        provenance = {
+            "request": request.describe(),
+            "parts": [p.provenance() for p in selection.parts],
+        }
+        output = output.with_metadata({METADATA_KEY: json.dumps(provenance).encode()})
+        return ReadPlan(request, selection, output, tasks)
+
+    # --- reading -------------------------------------------------------------------
+
+    def read(self, dataset: str, start: datetime, end: datetime, **options: Any) -> pa.Table:
+        """The whole window as one table; provenance and per-part counts in its metadata."""
+        plan = self.plan(ReadRequest.build(dataset, start, end, **options))
+        return self.read_plan(plan)[0]
+
+    def read_plan(
+        self, plan: ReadPlan, progress: Progress | None = None
+    ) -> tuple[pa.Table, ReadSummary]:
+        """Execute ``plan`` into one table (files decoded in parallel, output in plan order)."""
+        summary = plan.summary()
+        data_schema = _data_schema(plan)
+        counts = [[0, 0, 0] for _ in plan.selection.parts]  # read, returned, flagged
+
+        def load(task: FileTask) -> tuple[list[pa.RecordBatch], int, int, int]:
+            table = _read_file(task)
+            out, offset, flagged = [], 0, 0
+            for batch in table.to_batches():
+                done, n = _finish(batch, task, offset, data_schema, plan.request)
+                offset += batch.num_rows
+                flagged += n
+                if done.num_rows:
+                    out.append(done)
+            return out, table.num_rows, sum(b.num_rows for b in out), flagged
+
+        batches: list[pa.RecordBatch] = []
+        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="reader") as pool:
+            for done_count, (task, result) in enumerate(
+                zip(plan.tasks, pool.map(load, plan.tasks), strict=True), 1
+            ):
+                out, read_rows, returned, flagged = result
+                batches.extend(out)
+                counts[task.part_index][0] += read_rows
+                counts[task.part_index][1] += returned
+                counts[task.part_index][2] += flagged
+                if progress is not None:
+                    progress(done_count, len(plan.tasks))
+        for read_rows, returned, flagged in counts:
+            _count(summary, plan.request, read_rows, returned, flagged)
+        provenance = json.loads(plan.schema.metadata[METADATA_KEY])
+        for entry, (read_rows, returned, flagged) in zip(provenance["parts"], counts, strict=True):
+            entry.update(rows_read=read_rows, rows_returned=returned, rows_flagged=flagged)
+        provenance["summary"] = summary.to_json()
+        schema = plan.schema.with_metadata({METADATA_KEY: json.dumps(provenance).encode()})
+        table = pa.Table.from_batches(batches, schema=plan.schema).replace_schema_metadata(
+            schema.metadata
+        )
+        return table, summary
+
+    def batches(
+        self,
+        dataset: str,
+        start: datetime,
+        end: datetime,
+        *,
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> BatchStream:
+        """The window as a lazy stream of record batches (bounded memory)."""
+        plan = self.plan(ReadRequest.build(dataset, start, end, **options))
+        return BatchStream(self, plan, progress)
+
+    def stream_plan(self, plan: ReadPlan, progress: Progress | None = None) -> BatchStream:
+        return BatchStream(self, plan, progress)
+
+    def _stream(
+        self, plan: ReadPlan, summary: ReadSummary, progress: Progress | None
+    ) -> Iterator[pa.RecordBatch]:
+        data_schema = _data_schema(plan)
+        for done_count, task in enumerate(plan.tasks, 1):
+            read_rows = returned = flagged = 0
+            try:
+                handle = pq.ParquetFile(task.path)
+            except (OSError, pa.ArrowException) as exc:
+                raise ReadError(f"{task.path}: {exc}") from exc
+            with handle:
+                columns = list(task.columns) if task.columns is not None else None
+                for batch in handle.iter_batches(
+                    batch_size=self.batch_rows, columns=columns, use_threads=True
+                ):
+                    done, n = _finish(batch, task, read_rows, data_schema, plan.request)
+                    read_rows += batch.num_rows
+                    flagged += n
+                    returned += done.num_rows
+                    if done.num_rows:
+                        yield done
+            _count(summary, plan.request, read_rows, returned, flagged)
+            if progress is not None:
+                progress(done_count, len(plan.tasks))
+
+
+def open_store(root: str | Path, **options: Any) -> Store:
+    """A :class:`Store` over a storage root (``storage.root`` of a region's config)."""
+    path = Path(root)
+    if not path.is_dir():
+        raise UsageError(f"storage root {path} is not a directory")
+    return Store(path, **options)
+
+
+def _data_schema(plan: ReadPlan) -> pa.Schema:
+    """The output schema without the quarantine columns (what files are conformed to)."""
+    schema = plan.schema.remove_metadata()
+    if plan.request.quarantine != "drop":
+        schema = pa.schema(list(schema)[: -len(FLAG_FIELDS)])
+    return schema
+
+
+def _read_file(task: FileTask) -> pa.Table:
+    try:
+        with pq.ParquetFile(task.path) as handle:
+            columns = list(task.columns) if task.columns is not None else None
+            return handle.read(columns=columns, use_threads=True)
+    except (OSError, pa.ArrowException) as exc:
+        raise ReadError(f"{task.path}: {exc}") from exc
+
+
+def _finish(
+    batch: pa.RecordBatch, task: FileTask, offset: int, schema: pa.Schema, request: ReadRequest
+) -> tuple[pa.RecordBatch, int]:
+    """One decoded batch → output: conformed, canonical symbols, quarantine applied."""
+    batch = canonical_symbol_column(conform(batch, schema))
+    if task.flags.count == 0 and request.quarantine == "drop":
+        return batch, 0
+    if task.flags.count == 0 and request.quarantine == "only":
+        return batch.slice(0, 0), 0  # fast path; the schema below is fixed by apply_flags
+    return apply_flags(batch, task.flags, offset, request.quarantine)
+
+
+def _count(
+    summary: ReadSummary, request: ReadRequest, read_rows: int, returned: int, flagged: int
+) -> None:
+    summary.rows_read += read_rows
+    summary.rows_returned += returned
+    summary.rows_flagged += flagged
+    if request.quarantine == "drop":
+        summary.rows_dropped += flagged
+    elif request.quarantine == "only":
+        summary.rows_dropped += read_rows - returned
