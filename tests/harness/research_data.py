@@ -123,7 +123,7 @@ def flag_rows(
     *,
     rows: int,
 ) -> None:
-    """Write a ``_quarantine.json`` entry for ``file_name``: (check, reason, [start, stop) ranges)."""
+    """Write a ``_quarantine.json`` entry for ``file_name``: (check, reason, row ranges)."""
     entry = {
         "schema": "trade@1",
         "fingerprint": "test",

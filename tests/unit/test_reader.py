@@ -68,7 +68,7 @@ def test_window_on_exact_day_edges_reads_whole_cold_days_only(tmp_path: Path) ->
 
 
 def test_partition_crossing_end_is_excluded(tmp_path: Path) -> None:
-    """An hour that begins before `end` but ends after it is never read: nothing at or after `end`."""
+    """An hour beginning before `end` but ending after it is never read: nothing at or after end."""
     write_part(tmp_path, key("warm", hour=3), 5, first=300)
     write_part(tmp_path, key("warm", hour=2), 5, first=200)
     table = open_store(tmp_path).read("trade", at(2), at(3, minute=30))
@@ -147,7 +147,7 @@ def test_as_of_with_a_version_whose_file_is_gone_fails_loudly(tmp_path: Path) ->
     (directory / "part-0000.parquet").unlink()
     write_part(tmp_path, partition, 2, first=5, name="part-0001.parquet", seal=False)
     seal_partition(directory, writer_region="eu-central", epoch=1, sealed_at=at(4))
-    with pytest.raises(ReadError, match="part-0000.parquet"):
+    with pytest.raises(ReadError, match=r"part-0000\.parquet"):
         open_store(tmp_path).read("trade", at(0), at(6), as_of=at(3))
 
 
@@ -225,7 +225,8 @@ def test_day_in_cold_and_warm_is_read_once_from_cold(tmp_path: Path) -> None:
     for hour in range(24):
         write_part(tmp_path, key("warm", hour=hour), 1, first=hour)  # the same day, hourly
     for hour in range(2):
-        write_part(tmp_path, key("warm", hour=hour, day=DAY + timedelta(days=1)), 1, first=1000 + hour)
+        next_day = key("warm", hour=hour, day=DAY + timedelta(days=1))
+        write_part(tmp_path, next_day, 1, first=1000 + hour)
     store = open_store(tmp_path)
     stream = store.batches("trade", at(0), at(26))
     table = pa.Table.from_batches(list(stream), schema=stream.schema)
@@ -251,7 +252,7 @@ def _drifted(table: pa.Table) -> pa.Table:
 
 
 def test_schema_drift_is_unified_losslessly(tmp_path: Path) -> None:
-    """Different fingerprints read as one table: missing columns null, float32 widened to float64."""
+    """Different fingerprints read as one table: missing columns null, float32 widened."""
     write_part(tmp_path, key("warm", hour=0), 2)
     partition = key("warm", hour=1)
     write_rows(tmp_path, partition, _drifted(trade_rows(partition, 2, first=10)))
@@ -354,7 +355,7 @@ def test_hostile_request_values_are_refused(
 
 
 def test_symlinked_folders_are_never_followed(tmp_path: Path) -> None:
-    """A sealed partition reachable only through a symlink (pointing outside the root) is not read."""
+    """A sealed partition reachable only through a symlink (to outside the root) is not read."""
     outside = tmp_path / "outside"
     root = tmp_path / "root"
     write_part(outside, key("warm", hour=0, symbol="ETH-USD"), 3)
