@@ -94,21 +94,33 @@ def _file_flags(entry: dict[str, object]) -> FileFlags:
 
 def apply_flags(
     batch: pa.RecordBatch, flags: FileFlags, offset: int, mode: QuarantineMode
-) -> tuple[pa.RecordBatch, int]:
-    """``batch`` (rows ``offset…`` of its file) after ``mode``; also how many rows were flagged."""
+) -> tuple[list[pa.RecordBatch], int]:
+    """``batch`` (rows ``offset…`` of its file) after ``mode``; also how many rows were flagged.
+
+    ``drop`` returns zero-copy slices between the flagged rows (flags are
+    sparse and come in runs, so this is a handful of slices, never a copy).
+    """
     lo, hi = np.searchsorted(flags.rows, [offset, offset + batch.num_rows])
     local = flags.rows[lo:hi] - offset
     flagged = int(local.size)
     if mode == "drop":
         if flagged == 0:
-            return batch, 0
-        keep = np.ones(batch.num_rows, dtype=bool)
-        keep[local] = False
-        return batch.filter(pa.array(keep)), flagged
+            return [batch], 0
+        # Kept runs: from after one flagged run to the start of the next.
+        breaks = np.flatnonzero(np.diff(local) != 1) + 1
+        run_starts = np.concatenate([local[:1], local[breaks]])
+        run_stops = np.concatenate([local[breaks - 1], local[-1:]]) + 1
+        kept_starts = np.concatenate([[0], run_stops])
+        kept_stops = np.concatenate([run_starts, [batch.num_rows]])
+        return [
+            batch.slice(int(a), int(b - a))
+            for a, b in zip(kept_starts, kept_stops, strict=True)
+            if b > a
+        ], flagged
     if mode == "only":
         chosen = batch.take(pa.array(local))
         flag = pa.array(np.ones(flagged, dtype=bool))
-        return _with_columns(chosen, flag, flags.reasons.slice(lo, hi - lo)), flagged
+        return [_with_columns(chosen, flag, flags.reasons.slice(lo, hi - lo))], flagged
     flag_np = np.zeros(batch.num_rows, dtype=bool)
     flag_np[local] = True
     if flagged:
@@ -118,7 +130,7 @@ def apply_flags(
         reason = taken.take(pa.array(positions, mask=positions < 0))
     else:
         reason = pa.nulls(batch.num_rows, type=pa.string())
-    return _with_columns(batch, pa.array(flag_np), reason), flagged
+    return [_with_columns(batch, pa.array(flag_np), reason)], flagged
 
 
 def _with_columns(batch: pa.RecordBatch, flag: pa.Array, reason: pa.Array) -> pa.RecordBatch:

@@ -41,7 +41,12 @@ from cryptorun_daemon.reader.quarantine import (
 )
 from cryptorun_daemon.reader.request import ReadRequest
 from cryptorun_daemon.reader.selection import Selection, select_parts
-from cryptorun_daemon.reader.symbols import canonical_symbol_column
+from cryptorun_daemon.reader.symbols import (
+    SYMBOL_COLUMN,
+    canonical_symbol_column,
+    constant_symbol_array,
+    file_holds_only,
+)
 from cryptorun_daemon.reader.unify import conform, unify_schemas
 
 METADATA_KEY: Final = b"cryptorun.read"
@@ -76,8 +81,11 @@ class FileTask:
 
     part_index: int
     path: Path
-    columns: tuple[str, ...] | None  # present in this file; None: all
+    columns: tuple[str, ...]  # to decode from this file
     flags: FileFlags
+    # The partition's market when the footer proves the column holds only it:
+    # the column is then built from this instead of decoded (see symbols.py).
+    symbol: str | None = None
 
 
 @dataclass
@@ -149,17 +157,19 @@ class Store:
         """Choose parts, read file footers, unify schemas, fix the output schema."""
         selection = select_parts(self.root, request)
         schemas: list[pa.Schema] = []
-        file_schemas: list[tuple[int, Path, pa.Schema]] = []
+        file_schemas: list[tuple[int, Path, pa.Schema, bool]] = []
         for index, part in enumerate(selection.parts):
             for path in part.files:
                 try:
-                    schema = pq.read_schema(path)
+                    metadata = pq.read_metadata(path)
+                    schema = metadata.schema.to_arrow_schema()
                 except (OSError, pa.ArrowException) as exc:
                     raise ReadError(
                         f"{part.key}: {path.name} is not readable Parquet: {exc}"
                     ) from exc
                 schemas.append(schema)
-                file_schemas.append((index, path, schema))
+                constant = file_holds_only(metadata, part.key.symbol)
+                file_schemas.append((index, path, schema, constant))
         unified = unify_schemas(schemas, request.on_drift)
         if request.columns is not None:
             missing = [c for c in request.columns if unified.get_field_index(c) < 0]
@@ -168,14 +178,19 @@ class Store:
             unified = pa.schema([unified.field(c) for c in request.columns if c not in missing])
         flags_by_folder: dict[Path, dict[str, FileFlags]] = {}
         tasks = []
-        for index, path, schema in file_schemas:
+        for index, path, schema, constant in file_schemas:
             folder_flags = flags_by_folder.get(path.parent)
             if folder_flags is None:
                 folder_flags = flags_by_folder[path.parent] = sidecar_flags(path.parent)
-            present = None
-            if request.columns is not None:
-                present = tuple(c for c in request.columns if schema.get_field_index(c) >= 0)
-            tasks.append(FileTask(index, path, present, folder_flags.get(path.name, NO_FLAGS)))
+            wanted = request.columns if request.columns is not None else tuple(schema.names)
+            present = tuple(c for c in wanted if schema.get_field_index(c) >= 0)
+            symbol = None
+            # (At least one column is always decoded: it gives the batches their length.)
+            if constant and SYMBOL_COLUMN in present and len(present) > 1:
+                symbol = selection.parts[index].key.symbol
+                present = tuple(c for c in present if c != SYMBOL_COLUMN)
+            flags = folder_flags.get(path.name, NO_FLAGS)
+            tasks.append(FileTask(index, path, present, flags, symbol))
         output = unified
         if request.quarantine != "drop":
             output = output.append(FLAG_FIELDS[0]).append(FLAG_FIELDS[1])
@@ -203,13 +218,13 @@ class Store:
 
         def load(task: FileTask) -> tuple[list[pa.RecordBatch], int, int, int]:
             table = _read_file(task)
-            out, offset, flagged = [], 0, 0
+            out: list[pa.RecordBatch] = []
+            offset = flagged = 0
             for batch in table.to_batches():
                 done, n = _finish(batch, task, offset, data_schema, plan.request)
                 offset += batch.num_rows
                 flagged += n
-                if done.num_rows:
-                    out.append(done)
+                out.extend(b for b in done if b.num_rows)
             return out, table.num_rows, sum(b.num_rows for b in out), flagged
 
         batches: list[pa.RecordBatch] = []
@@ -263,16 +278,16 @@ class Store:
             except (OSError, pa.ArrowException) as exc:
                 raise ReadError(f"{task.path}: {exc}") from exc
             with handle:
-                columns = list(task.columns) if task.columns is not None else None
                 for batch in handle.iter_batches(
-                    batch_size=self.batch_rows, columns=columns, use_threads=True
+                    batch_size=self.batch_rows, columns=list(task.columns), use_threads=True
                 ):
                     done, n = _finish(batch, task, read_rows, data_schema, plan.request)
                     read_rows += batch.num_rows
                     flagged += n
-                    returned += done.num_rows
-                    if done.num_rows:
-                        yield done
+                    for piece in done:
+                        if piece.num_rows:
+                            returned += piece.num_rows
+                            yield piece
             _count(summary, plan.request, read_rows, returned, flagged)
             if progress is not None:
                 progress(done_count, len(plan.tasks))
@@ -297,21 +312,28 @@ def _data_schema(plan: ReadPlan) -> pa.Schema:
 def _read_file(task: FileTask) -> pa.Table:
     try:
         with pq.ParquetFile(task.path) as handle:
-            columns = list(task.columns) if task.columns is not None else None
-            return handle.read(columns=columns, use_threads=True)
+            return handle.read(columns=list(task.columns), use_threads=True)
     except (OSError, pa.ArrowException) as exc:
         raise ReadError(f"{task.path}: {exc}") from exc
 
 
 def _finish(
-    batch: pa.RecordBatch, task: FileTask, offset: int, schema: pa.Schema, request: ReadRequest
-) -> tuple[pa.RecordBatch, int]:
-    """One decoded batch → output: conformed, canonical symbols, quarantine applied."""
-    batch = canonical_symbol_column(conform(batch, schema))
+    batch: pa.RecordBatch,
+    task: FileTask,
+    offset: int,
+    schema: pa.Schema,
+    request: ReadRequest,
+) -> tuple[list[pa.RecordBatch], int]:
+    """One decoded batch → output pieces: conformed, canonical symbols, quarantine applied."""
+    if task.symbol is not None:
+        column = constant_symbol_array(task.symbol, batch.num_rows)
+        batch = conform(batch.append_column(SYMBOL_COLUMN, column), schema)
+    else:
+        batch = canonical_symbol_column(conform(batch, schema))
     if task.flags.count == 0 and request.quarantine == "drop":
-        return batch, 0
+        return [batch], 0
     if task.flags.count == 0 and request.quarantine == "only":
-        return batch.slice(0, 0), 0  # fast path; the schema below is fixed by apply_flags
+        return [], 0
     return apply_flags(batch, task.flags, offset, request.quarantine)
 
 
