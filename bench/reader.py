@@ -158,12 +158,12 @@ def main() -> None:
         root = Path(tmp)
         seconds, files = timed(lambda: build(root, args.rows_per_hour))
         size_mb = sum(f.stat().st_size for f in files) / 2**20
-        print(
-            f"built 24 hourly partitions, {24 * args.rows_per_hour:,} rows, {size_mb:.0f} MB in {seconds:.1f}s"
-        )
+        rows = 24 * args.rows_per_hour
+        print(f"built 24 hourly partitions, {rows:,} rows, {size_mb:.0f} MB in {seconds:.1f}s")
         clean = compare(root, files, args.repeat)
         print(
-            f"clean:      plain {clean['plain_s']}s  reader {clean['reader_s']}s  ratio {clean['ratio']}x (target >= 0.9)"
+            f"clean: plain {clean['plain_s']}s  reader {clean['reader_s']}s  "
+            f"ratio {clean['ratio']}x (target >= 0.9)"
         )
         flagged = quarantine(files, 0.001)
         dirty = compare(root, files, args.repeat)
