@@ -378,3 +378,19 @@ def test_malformed_window_is_refused(tmp_path: Path) -> None:
         store.read("trade", at(0).replace(tzinfo=None), at(1))
     with pytest.raises(UsageError, match="exclude"):
         store.read("trade", at(0), at(1), as_of=at(1), include_unsealed=True)
+
+
+def test_symbol_column_not_provably_constant_is_rewritten_value_by_value(tmp_path: Path) -> None:
+    """A file whose footer cannot prove one market still comes out in the BTC-USD spelling."""
+    partition = key("warm", hour=0)
+    table = trade_rows(partition, 2)
+    table = table.set_column(2, "symbol", pa.array(["BTC/USD", "BTC-USD"]))
+    write_rows(tmp_path, partition, table)
+    store = open_store(tmp_path)
+    assert store.read("trade", at(0), at(1)).column("symbol").to_pylist() == ["BTC-USD"] * 2
+    only_symbol = store.read("trade", at(0), at(1), columns=["symbol"])
+    assert only_symbol.column_names == ["symbol"]
+    assert only_symbol.column("symbol").to_pylist() == ["BTC-USD"] * 2
+    write_part(tmp_path, key("warm", hour=1), 3)
+    constant = store.read("trade", at(1), at(2), columns=["symbol"])
+    assert constant.column("symbol").to_pylist() == ["BTC-USD"] * 3
