@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from cryptorun_daemon.cli.cmd_read import run_read
 from cryptorun_daemon.cli.main import main
 from cryptorun_daemon.reader import METADATA_KEY, open_store
 from tests.harness.research_data import at, flag_rows, key, write_part
@@ -99,3 +101,26 @@ def test_bad_requests_exit_2_with_a_reason(
     assert "symbol" in capsys.readouterr().err
     missing = ["read", "trade", "--root", str(store_root / "nope"), "--format", "csv"]
     assert main([*missing, "--start", START, "--end", END], out=io.StringIO()) == 2
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so the progress bar is drawn."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_and_none_when_piped(store_root: Path) -> None:
+    """A terminal's stderr gets a bar that reaches every file; a pipe gets the summary only."""
+    values = {"start": [START], "end": [END]}
+    common: dict[str, Any] = {"root": str(store_root), "config": None, "values": values}
+    terminal = _Terminal()
+    assert run_read("trade", **common, output_format="csv", output=None, limit=5,
+                    progress=True, out=io.StringIO(), err=terminal) == 0  # fmt: skip
+    assert "] 3/3 files" in terminal.getvalue()
+    assert terminal.getvalue().splitlines()[-1].startswith("read 3 partitions")
+    piped = io.StringIO()
+    assert run_read("trade", **common, output_format="csv", output=None, limit=5,
+                    progress=True, out=io.StringIO(), err=piped) == 0  # fmt: skip
+    assert "files" in piped.getvalue()
+    assert "[" not in piped.getvalue()

@@ -85,9 +85,11 @@ def test_reader_output_has_one_spelling_in_both_hive_modes(
     assert main([*argv, "-o", str(target)], out=io.StringIO()) == 0
     flag = "true" if hive else "false"
     glob = f"{tmp_path}/export/**/*.parquet"
-    spelled = duckdb.sql(
-        f"SELECT DISTINCT symbol FROM read_parquet('{glob}', hive_partitioning={flag})"
-    ).fetchall()
+    spelled = (
+        duckdb.connect()
+        .execute(f"SELECT DISTINCT symbol FROM read_parquet('{glob}', hive_partitioning={flag})")
+        .fetchall()
+    )
     assert spelled == [("BTC-USD",)]
     dataset = ds.dataset(
         tmp_path / "export", format="parquet", partitioning="hive" if hive else None
