@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cryptorun_daemon.errors import ReadError, UsageError
+from cryptorun_daemon.reader.ordering import ORDER_COLUMN, merge_by_time, slots
 from cryptorun_daemon.reader.quarantine import (
     FLAG_FIELDS,
     NO_FLAGS,
@@ -94,8 +95,14 @@ class ReadPlan:
 
     request: ReadRequest
     selection: Selection
-    schema: pa.Schema
+    schema: pa.Schema  # the output, with provenance metadata
     tasks: list[FileTask]
+    # What decoded batches are conformed to: the output's data columns, plus
+    # ``ts`` when the output leaves it out but time order needs it.
+    work_schema: pa.Schema
+    # Groups of task indices merged by ``ts`` (see ordering.py); one task per
+    # group when the files' time spans do not overlap.
+    slots: list[list[int]]
 
     def summary(self) -> ReadSummary:
         s = self.selection
@@ -171,6 +178,9 @@ class Store:
                 constant = file_holds_only(metadata, part.key.symbol)
                 file_schemas.append((index, path, schema, constant))
         unified = unify_schemas(schemas, request.on_drift)
+        # Time order needs ``ts`` in every file (a drifted file without it cannot be placed).
+        ordered = all(s.get_field_index(ORDER_COLUMN) >= 0 for s in schemas) and bool(schemas)
+        order_field = unified.field(ORDER_COLUMN) if ordered else None
         if request.columns is not None:
             missing = [c for c in request.columns if unified.get_field_index(c) < 0]
             if missing and selection.parts:
@@ -183,6 +193,8 @@ class Store:
             if folder_flags is None:
                 folder_flags = flags_by_folder[path.parent] = sidecar_flags(path.parent)
             wanted = request.columns if request.columns is not None else tuple(schema.names)
+            if ordered and ORDER_COLUMN not in wanted:
+                wanted = (*wanted, ORDER_COLUMN)
             present = tuple(c for c in wanted if schema.get_field_index(c) >= 0)
             symbol = None
             # (At least one column is always decoded: it gives the batches their length.)
@@ -191,6 +203,9 @@ class Store:
                 present = tuple(c for c in present if c != SYMBOL_COLUMN)
             flags = folder_flags.get(path.name, NO_FLAGS)
             tasks.append(FileTask(index, path, present, flags, symbol))
+        work = unified
+        if order_field is not None and unified.get_field_index(ORDER_COLUMN) < 0:
+            work = unified.append(order_field)
         output = unified
         if request.quarantine != "drop":
             output = output.append(FLAG_FIELDS[0]).append(FLAG_FIELDS[1])
@@ -199,7 +214,10 @@ class Store:
             "parts": [p.provenance() for p in selection.parts],
         }
         output = output.with_metadata({METADATA_KEY: json.dumps(provenance).encode()})
-        return ReadPlan(request, selection, output, tasks)
+        spans = [(p.key.start, p.key.end) for p in selection.parts]
+        owners = [t.part_index for t in tasks]
+        groups = slots(spans, owners) if ordered else [[i] for i in range(len(tasks))]
+        return ReadPlan(request, selection, output, tasks, work, groups)
 
     # --- reading -------------------------------------------------------------------
 
@@ -211,9 +229,8 @@ class Store:
     def read_plan(
         self, plan: ReadPlan, progress: Progress | None = None
     ) -> tuple[pa.Table, ReadSummary]:
-        """Execute ``plan`` into one table (files decoded in parallel, output in plan order)."""
+        """Execute ``plan`` into one table: files decoded in parallel, slots merged by time."""
         summary = plan.summary()
-        data_schema = _data_schema(plan)
         counts = [[0, 0, 0] for _ in plan.selection.parts]  # read, returned, flagged
 
         def load(task: FileTask) -> tuple[list[pa.RecordBatch], int, int, int]:
@@ -221,24 +238,31 @@ class Store:
             out: list[pa.RecordBatch] = []
             offset = flagged = 0
             for batch in table.to_batches():
-                done, n = _finish(batch, task, offset, data_schema, plan.request)
+                done, n = _finish(batch, task, offset, plan)
                 offset += batch.num_rows
                 flagged += n
                 out.extend(b for b in done if b.num_rows)
             return out, table.num_rows, sum(b.num_rows for b in out), flagged
 
-        batches: list[pa.RecordBatch] = []
+        loaded: list[list[pa.RecordBatch]] = []
         with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="reader") as pool:
             for done_count, (task, result) in enumerate(
                 zip(plan.tasks, pool.map(load, plan.tasks), strict=True), 1
             ):
                 out, read_rows, returned, flagged = result
-                batches.extend(out)
+                loaded.append(out)
                 counts[task.part_index][0] += read_rows
                 counts[task.part_index][1] += returned
                 counts[task.part_index][2] += flagged
                 if progress is not None:
                     progress(done_count, len(plan.tasks))
+        batches: list[pa.RecordBatch] = []
+        for group in plan.slots:
+            if len(group) == 1:
+                batches.extend(_output(b, plan) for b in loaded[group[0]])
+            else:
+                merged = merge_by_time([iter(loaded[i]) for i in group])
+                batches.extend(_output(b, plan) for b in merged)
         for read_rows, returned, flagged in counts:
             _count(summary, plan.request, read_rows, returned, flagged)
         provenance = json.loads(plan.schema.metadata[METADATA_KEY])
@@ -270,8 +294,9 @@ class Store:
     def _stream(
         self, plan: ReadPlan, summary: ReadSummary, progress: Progress | None
     ) -> Iterator[pa.RecordBatch]:
-        data_schema = _data_schema(plan)
-        for done_count, task in enumerate(plan.tasks, 1):
+        done = [0]
+
+        def file_batches(task: FileTask) -> Iterator[pa.RecordBatch]:
             read_rows = returned = flagged = 0
             try:
                 handle = pq.ParquetFile(task.path)
@@ -281,16 +306,23 @@ class Store:
                 for batch in handle.iter_batches(
                     batch_size=self.batch_rows, columns=list(task.columns), use_threads=True
                 ):
-                    done, n = _finish(batch, task, read_rows, data_schema, plan.request)
+                    pieces, n = _finish(batch, task, read_rows, plan)
                     read_rows += batch.num_rows
                     flagged += n
-                    for piece in done:
+                    for piece in pieces:
                         if piece.num_rows:
                             returned += piece.num_rows
                             yield piece
             _count(summary, plan.request, read_rows, returned, flagged)
+            done[0] += 1
             if progress is not None:
-                progress(done_count, len(plan.tasks))
+                progress(done[0], len(plan.tasks))
+
+        for group in plan.slots:
+            streams = [file_batches(plan.tasks[i]) for i in group]
+            merged = streams[0] if len(streams) == 1 else merge_by_time(streams)
+            for batch in merged:
+                yield _output(batch, plan)
 
 
 def open_store(root: str | Path, **options: Any) -> Store:
@@ -301,12 +333,13 @@ def open_store(root: str | Path, **options: Any) -> Store:
     return Store(path, **options)
 
 
-def _data_schema(plan: ReadPlan) -> pa.Schema:
-    """The output schema without the quarantine columns (what files are conformed to)."""
-    schema = plan.schema.remove_metadata()
-    if plan.request.quarantine != "drop":
-        schema = pa.schema(list(schema)[: -len(FLAG_FIELDS)])
-    return schema
+def _output(batch: pa.RecordBatch, plan: ReadPlan) -> pa.RecordBatch:
+    """A worked batch in the output's columns (drops ``ts`` kept only for ordering)."""
+    if batch.num_columns == len(plan.schema):
+        return batch
+    return pa.RecordBatch.from_arrays(
+        [batch.column(name) for name in plan.schema.names], schema=plan.schema.remove_metadata()
+    )
 
 
 def _read_file(task: FileTask) -> pa.Table:
@@ -318,13 +351,10 @@ def _read_file(task: FileTask) -> pa.Table:
 
 
 def _finish(
-    batch: pa.RecordBatch,
-    task: FileTask,
-    offset: int,
-    schema: pa.Schema,
-    request: ReadRequest,
+    batch: pa.RecordBatch, task: FileTask, offset: int, plan: ReadPlan
 ) -> tuple[list[pa.RecordBatch], int]:
-    """One decoded batch → output pieces: conformed, canonical symbols, quarantine applied."""
+    """One decoded batch → pieces: conformed, canonical symbols, quarantine applied."""
+    schema, request = plan.work_schema, plan.request
     if task.symbol is not None:
         column = constant_symbol_array(task.symbol, batch.num_rows)
         batch = conform(batch.append_column(SYMBOL_COLUMN, column), schema)

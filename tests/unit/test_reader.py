@@ -394,3 +394,68 @@ def test_symbol_column_not_provably_constant_is_rewritten_value_by_value(tmp_pat
     write_part(tmp_path, key("warm", hour=1), 3)
     constant = store.read("trade", at(1), at(2), columns=["symbol"])
     assert constant.column("symbol").to_pylist() == ["BTC-USD"] * 3
+
+
+# --- time order ------------------------------------------------------------------------
+
+
+def _at_seconds(partition_start: Any, table: pa.Table, seconds: list[float]) -> pa.Table:
+    """``table`` with ``ts`` = partition start + ``seconds`` (sorted, as writers write)."""
+    base = int(partition_start.timestamp()) * 1_000_000_000
+    stamps = pa.array([base + int(s * 1e9) for s in seconds], type=pa.timestamp("ns", tz="UTC"))
+    return table.set_column(0, "ts", stamps)
+
+
+@pytest.mark.parametrize("batch_rows", [2, 65_536])
+def test_markets_sharing_hours_come_out_in_time_order(tmp_path: Path, batch_rows: int) -> None:
+    """Two markets in the same hours are merged by ts, in the table and in small batches."""
+    for hour in range(2):
+        for offset, symbol in ((0.0, "BTC-USD"), (0.5, "ETH-USD")):
+            partition = key("warm", hour=hour, symbol=symbol)
+            first = hour * 100 + (0 if symbol == "BTC-USD" else 50)
+            rows = _at_seconds(partition.start, trade_rows(partition, 5, first=first),
+                               [i + offset for i in range(5)])  # fmt: skip
+            write_rows(tmp_path, partition, rows)
+    expected = [h * 100 + base + i for h in (0, 1) for i in range(5) for base in (0, 50)]
+    store = open_store(tmp_path, batch_rows=batch_rows)
+    table = store.read("trade", at(0), at(2))
+    assert ids(table) == expected
+    stream = store.batches("trade", at(0), at(2), columns=["trade_id", "symbol"])
+    streamed = pa.Table.from_batches(list(stream), schema=stream.schema)
+    assert streamed.column_names == ["trade_id", "symbol"]
+    assert ids(streamed) == expected
+    assert streamed.column("symbol").to_pylist()[:2] == ["BTC-USD", "ETH-USD"]
+
+
+def test_late_fill_rows_are_merged_into_their_hour(tmp_path: Path) -> None:
+    """A late-fill file's rows come out at their ts, not after the hour's first file."""
+    partition = key("warm", hour=0)
+    first = _at_seconds(partition.start, trade_rows(partition, 4), [0, 1, 2, 3])
+    write_rows(tmp_path, partition, first, seal=False)
+    late = _at_seconds(partition.start, trade_rows(partition, 2, first=10), [0.5, 2.5])
+    write_rows(tmp_path, partition, late, name="late-fill-1.parquet")
+    table = open_store(tmp_path, batch_rows=1).read("trade", at(0), at(1))
+    assert ids(table) == [0, 10, 1, 2, 11, 3]
+    stream = open_store(tmp_path, batch_rows=1).batches("trade", at(0), at(1))
+    assert [int(v) for b in stream for v in b.column("trade_id").to_pylist()] == [
+        0,
+        10,
+        1,
+        2,
+        11,
+        3,
+    ]
+
+
+def test_cold_day_and_another_markets_warm_hours_interleave(tmp_path: Path) -> None:
+    """A cold day of one market and warm hours of another overlap: merged by ts."""
+    cold = key("cold", symbol="BTC-USD")
+    write_rows(tmp_path, cold, _at_seconds(cold.start, trade_rows(cold, 3), [0, 7200, 14400]))
+    for hour in range(3):
+        warm = key("warm", hour=hour, symbol="ETH-USD")
+        write_rows(
+            tmp_path, warm, _at_seconds(warm.start, trade_rows(warm, 1, first=100 + hour), [60])
+        )
+    stream = open_store(tmp_path).batches("trade", at(0), at(24))
+    table = pa.Table.from_batches(list(stream), schema=stream.schema)
+    assert ids(table) == [0, 100, 101, 1, 102, 2]
