@@ -12,9 +12,11 @@ per part its tier, partition, version (``live``, ``unsealed`` or
 ``_superseded/…``), manifest content hash, seal time, writer region and
 epoch; ``read`` adds each part's rows read, returned and flagged.
 
-Order: parts by partition start, then venue, symbol; rows within a part in
-file order (the writers sort each file by ``ts``). Every ``symbol`` value is
-in the canonical ``BTC-USD`` form (:mod:`.symbols`).
+Order: by ``ts``. Parts are read oldest first; the files of parts whose
+spans overlap (several markets in one hour, a late-fill file, a cold day
+beside another market's hours) are merged by ``ts`` (:mod:`.ordering`), one
+batch per file in memory. Every ``symbol`` value is in the canonical
+``BTC-USD`` form (:mod:`.symbols`).
 """
 
 from __future__ import annotations
@@ -122,8 +124,10 @@ class BatchStream:
 
     ``schema`` (with provenance) is known before the first batch;
     ``summary`` is complete once the stream is exhausted. Resource handling:
-    at most one Parquet file open at a time, closed as the stream moves on or
-    when :meth:`close` is called (also by garbage collection of the generator).
+    Parquet files are open only while their slot is being merged (one file
+    at a time when spans do not overlap), each holding one row group and one
+    batch in memory; all are closed as the stream moves on or when
+    :meth:`close` is called (also by garbage collection of the generator).
     """
 
     def __init__(self, store: Store, plan: ReadPlan, progress: Progress | None) -> None:
