@@ -11,8 +11,9 @@ for batch in store.batches("trade", start, end):  # bounded memory
 
 Modules: :mod:`.request` (the checked request), :mod:`.selection` (which
 partition versions), :mod:`.unify` (one schema), :mod:`.quarantine`
-(sidecars), :mod:`.symbols` (one spelling per market), :mod:`.store` (the
-facade), :mod:`.output` (files for the CLI), :mod:`.http` (``GET /v1/read``).
+(sidecars), :mod:`.symbols` (one spelling per market), :mod:`.ordering`
+(time order across overlapping parts), :mod:`.store` (the facade),
+:mod:`.http` (``GET /v1/read``). The command is ``cli/cmd_read.py``.
 The rules are explained for researchers in ``docs/DATA_FACADE.md``.
 """
 
