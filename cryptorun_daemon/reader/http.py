@@ -56,8 +56,8 @@ class ReaderComponent:
 
     Error handling: request problems answer 400/409/503 before anything is
     streamed; a failure after the 200 (a partition unreadable mid-read) is
-    logged and the connection closed without the Arrow end-of-stream marker,
-    so the client's reader raises instead of returning a short table.
+    logged and the connection closed before the chunked body's last chunk,
+    so the client's read fails instead of returning a short table.
     Resource handling: each read runs its Parquet decoding in one worker
     thread owned by the request (awaited before the handler returns, also on
     disconnect or cancellation); at most :data:`MAX_CONCURRENT_READS` at once.
@@ -117,7 +117,7 @@ class ReaderComponent:
             except Exception:
                 log.error("read failed mid-stream", dataset=read.dataset, exc_info=True)
                 if request.transport is not None:
-                    request.transport.close()  # no end-of-stream marker: the client sees the cut
+                    request.transport.close()  # no final chunk: the client sees the cut
                 return response
             await response.write_eof()
             return response

@@ -307,9 +307,7 @@ class Store:
             except (OSError, pa.ArrowException) as exc:
                 raise ReadError(f"{task.path}: {exc}") from exc
             with handle:
-                for batch in handle.iter_batches(
-                    batch_size=self.batch_rows, columns=list(task.columns), use_threads=True
-                ):
+                for batch in _decoded(handle, task, self.batch_rows):
                     pieces, n = _finish(batch, task, read_rows, plan)
                     read_rows += batch.num_rows
                     flagged += n
@@ -330,7 +328,13 @@ class Store:
 
 
 def open_store(root: str | Path, **options: Any) -> Store:
-    """A :class:`Store` over a storage root (``storage.root`` of a region's config)."""
+    """A :class:`Store` over a storage root (``storage.root`` of a region's config).
+
+    Error handling: :class:`UsageError` for a bucket URL (object storage is
+    not supported yet) or a path that is not a directory.
+    """
+    if "://" in str(root):
+        raise UsageError(f"{root}: bucket URLs are not supported yet; give a local storage root")
     path = Path(root)
     if not path.is_dir():
         raise UsageError(f"storage root {path} is not a directory")
@@ -344,6 +348,21 @@ def _output(batch: pa.RecordBatch, plan: ReadPlan) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         [batch.column(name) for name in plan.schema.names], schema=plan.schema.remove_metadata()
     )
+
+
+def _decoded(handle: Any, task: FileTask, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """``handle``'s batches; a decoding failure becomes :class:`ReadError` naming the file."""
+    batches = handle.iter_batches(
+        batch_size=batch_rows, columns=list(task.columns), use_threads=True
+    )
+    while True:
+        try:
+            batch = next(batches, None)
+        except (OSError, pa.ArrowException) as exc:
+            raise ReadError(f"{task.path}: cannot decode: {exc}") from exc
+        if batch is None:
+            return
+        yield batch
 
 
 def _read_file(task: FileTask) -> pa.Table:

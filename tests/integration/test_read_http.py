@@ -175,3 +175,27 @@ async def test_concurrent_reads_beyond_the_limit_answer_503(tmp_path: Path) -> N
                 await third.read()
     finally:
         await server.close()
+
+
+async def test_failure_mid_stream_cuts_the_response_instead_of_ending_it(tmp_path: Path) -> None:
+    """A file that cannot be decoded after the 200 leaves the body unfinished: the client fails."""
+    root = tmp_path / "root"
+    write_part(root, key("warm", hour=0), 50)
+    directory = write_part(root, key("warm", hour=1), 50, first=100)
+    with (directory / "part-0000.parquet").open("r+b") as handle:
+        handle.seek(4)
+        handle.write(b"\xff" * 64)  # size and footer intact: planning succeeds
+    component = ReaderComponent(lambda: root)
+    app = build_app(_View(), token=None, max_request_bytes=1 << 20, extra_routes=component.routes())
+    server = AdminServer(app, "127.0.0.1", 0, shutdown_timeout=5.0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{server.port}/v1/read"
+            async with http.get(url, params={**WINDOW, "end": "2025-09-01T02:00:00Z"}) as resp:
+                assert resp.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()
+        assert component.active == 0
+    finally:
+        await server.close()

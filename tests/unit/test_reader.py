@@ -459,3 +459,28 @@ def test_cold_day_and_another_markets_warm_hours_interleave(tmp_path: Path) -> N
     stream = open_store(tmp_path).batches("trade", at(0), at(24))
     table = pa.Table.from_batches(list(stream), schema=stream.schema)
     assert ids(table) == [0, 100, 101, 1, 102, 2]
+
+
+def _corrupt_data_pages(path: Path) -> None:
+    """Overwrite the start of the column data, keeping the size and the footer intact."""
+    with path.open("r+b") as handle:
+        handle.seek(4)
+        handle.write(b"\xff" * 64)
+
+
+def test_undecodable_file_fails_the_read_naming_it(tmp_path: Path) -> None:
+    """A file whose pages cannot be decoded raises ReadError naming it, streamed or not."""
+    write_part(tmp_path, key("warm", hour=0), 50)
+    directory = write_part(tmp_path, key("warm", hour=1), 50, first=100)
+    _corrupt_data_pages(directory / "part-0000.parquet")
+    store = open_store(tmp_path)
+    with pytest.raises(ReadError, match=r"hour=01/part-0000\.parquet"):
+        store.read("trade", at(0), at(2))
+    with pytest.raises(ReadError, match=r"hour=01/part-0000\.parquet"):
+        list(store.batches("trade", at(0), at(2)))
+
+
+def test_bucket_urls_are_refused_for_now(tmp_path: Path) -> None:
+    """open_store takes a local root; an object-storage URL is a clear UsageError."""
+    with pytest.raises(UsageError, match="bucket URLs"):
+        open_store("s3://research-bucket/eu-central")
