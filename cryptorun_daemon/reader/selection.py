@@ -27,6 +27,7 @@ listings, manifest reads): run in a worker thread from async code.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -107,35 +108,42 @@ def select_parts(root: Path, request: ReadRequest) -> Selection:
     (the read would be silently incomplete otherwise).
     """
     selection = Selection()
+    # Per market, the spans already served by earlier tiers: sorted, never overlapping.
     served: dict[tuple[str, str], list[tuple[datetime, datetime]]] = {}
     for tier in request.tiers:
         chosen: list[Part] = []
+        seen: set[PartitionKey] = set()
         for key, directory in _partition_dirs(root / tier, tier, request):
+            seen.add(key)
             part = _choose_version(root, key, directory, request, selection)
             if part is not None:
                 chosen.append(part)
         if request.as_of is not None:
             # A partition moved wholly aside (no live folder) may still have been current then.
-            live = {p.key for p in chosen}
             for key, directory in _partition_dirs(root / SUPERSEDED_DIR / tier, tier, request):
-                if key not in live:
+                if key not in seen:
                     part = _choose_version(root, key, None, request, selection, versions=directory)
                     if part is not None:
                         chosen.append(part)
+        accepted = []
         for part in chosen:
-            earlier = served.get((part.key.venue, part.key.symbol), [])
-            if any(part.key.start < end and start < part.key.end for start, end in earlier):
+            if _overlaps(served.get((part.key.venue, part.key.symbol), []), part.key):
                 selection.shadowed += 1
-                continue
-            selection.parts.append(part)
+            else:
+                accepted.append(part)
         # Only after the whole tier: parts of one tier never overlap each other.
-        for part in chosen:
-            if part in selection.parts:
-                served.setdefault((part.key.venue, part.key.symbol), []).append(
-                    (part.key.start, part.key.end)
-                )
+        for part in accepted:
+            spans = served.setdefault((part.key.venue, part.key.symbol), [])
+            bisect.insort(spans, (part.key.start, part.key.end))
+        selection.parts.extend(accepted)
     selection.parts.sort(key=lambda p: (p.key.start, p.key.venue, p.key.symbol, p.key.tier))
     return selection
+
+
+def _overlaps(spans: list[tuple[datetime, datetime]], key: PartitionKey) -> bool:
+    """Whether ``key``'s span overlaps one of ``spans`` (sorted, non-overlapping)."""
+    index = bisect.bisect_left(spans, (key.end,))  # spans starting before key.end
+    return index > 0 and spans[index - 1][1] > key.start
 
 
 def _choose_version(

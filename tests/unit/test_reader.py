@@ -484,3 +484,15 @@ def test_bucket_urls_are_refused_for_now(tmp_path: Path) -> None:
     """open_store takes a local root; an object-storage URL is a clear UsageError."""
     with pytest.raises(UsageError, match="bucket URLs"):
         open_store("s3://research-bucket/eu-central")
+
+
+def test_as_of_finds_a_version_whose_live_folder_is_gone(tmp_path: Path) -> None:
+    """A partition kept only under _superseded/ (live folder moved away) was still current then."""
+    partition = key("warm", hour=4)
+    old_dir = write_part(tmp_path, partition, 2, first=40, sealed_at=at(5))
+    target = superseded_version_dir(tmp_path, manifest_of(old_dir))
+    target.parent.mkdir(parents=True)
+    shutil.move(str(old_dir), str(target))
+    store = open_store(tmp_path)
+    assert ids(store.read("trade", at(0), at(6), as_of=at(6))) == [40, 41]
+    assert store.read("trade", at(0), at(6)).num_rows == 0
