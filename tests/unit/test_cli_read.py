@@ -14,6 +14,7 @@ import pytest
 from cryptorun_daemon.cli.cmd_read import run_read
 from cryptorun_daemon.cli.main import main
 from cryptorun_daemon.reader import METADATA_KEY, open_store
+from tests.harness.daemons import two_regions
 from tests.harness.research_data import at, flag_rows, key, write_part
 
 START, END = "2025-09-01T00:00:00Z", "2025-09-01T04:00:00Z"
@@ -124,3 +125,16 @@ def test_progress_bar_on_a_terminal_and_none_when_piped(store_root: Path) -> Non
                     progress=True, out=io.StringIO(), err=piped) == 0  # fmt: skip
     assert "files" in piped.getvalue()
     assert "[" not in piped.getvalue()
+
+
+def test_config_gives_the_storage_root(tmp_path: Path) -> None:
+    """--config PATH reads the region's storage.root; --root and --config together are refused."""
+    spec, _ = two_regions(tmp_path)
+    write_part(spec.storage_root, key("warm", hour=0), 4)
+    config = spec.write()
+    out = io.StringIO()
+    argv = ["read", "trade", "--start", START, "--end", END, "--format", "csv"]
+    assert main([*argv, "--config", str(config), "--column", "trade_id"], out=out) == 0
+    assert out.getvalue().split() == ['"trade_id"', "0", "1", "2", "3"]
+    both = [*argv, "--config", str(config), "--root", str(spec.storage_root)]
+    assert main(both, out=io.StringIO()) == 2
