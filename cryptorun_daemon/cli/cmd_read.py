@@ -79,7 +79,7 @@ def run_read(
 
 
 def summary_line(summary: ReadSummary, request: ReadRequest) -> str:
-    """``read 24 partitions (warm 24) in 24 files: 10000 rows read, … dropped``."""
+    """``read 24 partitions (warm 24) in 24 files; 10000 rows read; … dropped (…)``."""
     tiers = ", ".join(f"{tier} {count}" for tier, count in summary.tiers.items()) or "none"
     parts = [
         f"read {summary.partitions} partitions ({tiers}) in {summary.files} files",
