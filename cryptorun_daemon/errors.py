@@ -199,3 +199,31 @@ class WriteRefusedError(FailoverError):
     def __init__(self, message: str, *, reason: str) -> None:
         self.reason = reason
         super().__init__(message)
+
+
+class ReadError(CryptorunError):
+    """A research read could not be served (a partition unreadable mid-read)."""
+
+    code = "read"
+
+
+class SchemaDriftError(ReadError):
+    """Partitions in one read have schemas that cannot be unified losslessly (409).
+
+    ``fingerprints`` names both schema fingerprints so the caller can find the
+    partitions on each side (their manifests record the same fingerprint).
+    """
+
+    code = "schema_drift"
+    http_status = 409
+
+    def __init__(self, message: str, *, fingerprints: tuple[str, str]) -> None:
+        self.fingerprints = fingerprints
+        super().__init__(message)
+
+
+class ReadBusyError(ReadError):
+    """Every concurrent-read slot of the admin server is taken (503, retry later)."""
+
+    code = "read_busy"
+    http_status = 503

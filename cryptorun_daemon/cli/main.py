@@ -157,6 +157,34 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", required=True, metavar="PATH", help="region TOML config")
         sub.add_argument("--json", action="store_true", help="print one JSON document")
 
+    read = commands.add_parser(
+        "read", help="read a window of sealed data (point-in-time, as-of, quarantine-aware)"
+    )
+    read.add_argument("dataset", metavar="DATASET", help="trade, book, ...")
+    source = read.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", default=None, metavar="PATH", help="storage root to read")
+    source.add_argument(
+        "--config", default=None, metavar="PATH", help="region config (its storage.root)"
+    )
+    read.add_argument("--start", required=True, metavar="RFC3339", help="window start (inclusive)")
+    read.add_argument("--end", required=True, metavar="RFC3339", help="window end (exclusive)")
+    read.add_argument("--venue", action="append", metavar="VENUE", help="repeatable")
+    read.add_argument("--symbol", action="append", metavar="BASE-QUOTE", help="repeatable")
+    read.add_argument("--column", action="append", metavar="NAME", help="repeatable (default: all)")
+    read.add_argument(
+        "--tier", action="append", choices=TIERS, help="cascade order (default: cold, warm)"
+    )
+    read.add_argument("--as-of", default=None, metavar="RFC3339", help="knowledge time")
+    read.add_argument("--quarantine", default=None, choices=("drop", "keep", "only"))
+    read.add_argument("--on-drift", default=None, choices=("unify", "refuse"))
+    read.add_argument(
+        "--include-unsealed", action="store_true", help="also read unsealed partitions"
+    )
+    read.add_argument("--format", required=True, choices=("parquet", "csv", "arrow", "table"))
+    read.add_argument("-o", "--output", default=None, metavar="FILE", help="default: stdout")
+    read.add_argument("--limit", type=int, default=20, help="rows shown by --format table")
+    read.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
     validate = commands.add_parser("validate", help="validate partitions or Parquet files offline")
     validate.add_argument("paths", nargs="+", metavar="PATH")
     validate.add_argument("--tier", default="warm", choices=TIERS)
@@ -234,6 +262,20 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         from cryptorun_daemon.data.validate.cli import run_validate
 
         return run_validate(args.paths, tier=args.tier, as_json=args.json, out=out)
+    if args.command == "read":
+        from cryptorun_daemon.cli.cmd_read import read_values, run_read
+
+        return run_read(
+            args.dataset,
+            root=args.root,
+            config=args.config,
+            values=read_values(args),
+            output_format=args.format,
+            output=args.output,
+            limit=args.limit,
+            progress=not args.no_progress,
+            out=out,
+        )
     if args.command == "partitions":
         from cryptorun_daemon.cli.cmd_partitions import run_seal
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cryptorun_daemon.data.validate.schema import arrow_schema
+from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import commit_file, fsync_dir
 from cryptorun_daemon.storage.layout import (
@@ -37,8 +38,9 @@ from cryptorun_daemon.storage.layout import (
     SUCCESS_MARKER,
     hourly_key,
 )
-from cryptorun_daemon.storage.manifest import data_file_names
+from cryptorun_daemon.storage.manifest import data_file_names, read_manifest
 from cryptorun_daemon.storage.seal import seal_partition
+from cryptorun_daemon.storage.superseded import keep_superseded_manifest
 
 SourceAt = Callable[[str, str, int], str | None]  # venue, symbol, ingest_ns -> source
 Rank = Callable[[str], int]
@@ -175,11 +177,29 @@ def write_file(directory: Path, name: str, rows: list[Row]) -> int:
         return len(rows)
     success = directory / SUCCESS_MARKER
     if success.is_file():
+        _keep_sealed_version(directory)
         success.unlink()
         fsync_dir(directory)
         failpoint("reseal.after_unseal")
     commit_file(partial, final)
     return len(rows)
+
+
+def _keep_sealed_version(directory: Path) -> None:
+    """Keep the manifest of the sealed version about to change under ``_superseded/``.
+
+    The re-seal that follows replaces the manifest; a research read "as of" a
+    time before it must still find what was sealed then
+    (:func:`~cryptorun_daemon.storage.superseded.keep_superseded_manifest`).
+    A crash after this and before the unlink keeps it twice on the redo,
+    which reads the same.
+    """
+    try:
+        held = read_manifest(directory)
+    except StorageError:
+        return  # nothing readable was sealed: nothing to keep
+    root = directory.parents[len(held.key.relpath.split("/"))]
+    keep_superseded_manifest(root, held)
 
 
 def _file_sources(path: Path) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from cryptorun_daemon.storage.atomic import atomic_write_bytes
 from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, parse_partition_dir
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, compute_manifest, read_manifest
+from cryptorun_daemon.storage.superseded import keep_superseded_manifest
 from cryptorun_daemon.storage.write_fence import (
     check_seal,
     read_fence,
@@ -120,6 +121,9 @@ def seal_partition(
                 existing = None
             if existing is not None and existing.content_hash == manifest.content_hash:
                 return existing
+            if existing is not None:
+                # A research read "as of" before this re-seal must still find what was sealed.
+                keep_superseded_manifest(root, existing)
             success.unlink()
         write_seal(partition_dir, manifest, after_manifest="seal.after_manifest")
     failpoint("seal.after_success")

@@ -38,6 +38,8 @@ def _instance(cls: type[CryptorunError]) -> CryptorunError:
         return errors.ReplicationError("boom", reason="test")
     if cls is errors.WriteRefusedError:
         return errors.WriteRefusedError("boom", reason="lease_expiring")
+    if cls is errors.SchemaDriftError:
+        return errors.SchemaDriftError("boom", fingerprints=("xxh3_128:a", "xxh3_128:b"))
     return cls("boom")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,6 +16,8 @@ from cryptorun_daemon.hot.log import HotLog
 from cryptorun_daemon.hot.record import encode_record
 from cryptorun_daemon.hot.sealer import HotSealer
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.reader import open_store
+from cryptorun_daemon.timefmt import parse_rfc3339
 
 S = 1_000_000_000
 HOUR = 3600 * S
@@ -140,6 +143,30 @@ async def test_late_records_go_to_a_late_fill_file_and_are_counted(tmp_path: Pat
     )
     again = await sealer.round(T0 + HOUR + 50 * S)
     assert again.late_rows == 0  # each late record is filled exactly once
+
+
+async def test_a_late_fill_keeps_the_version_it_replaces_for_as_of_reads(tmp_path: Path) -> None:
+    """A late fill re-seals a sealed hour; the manifest it replaces is kept under
+    ``_superseded/``, so a research read "as of" before the fill sees the first seal."""
+    log, sealer, _ = setup(tmp_path)
+    for i in range(1, 11):
+        log.append_local(trade(T0 + i * S, i))
+    await sealer.round(T0 + HOUR + 31 * S)
+    root = tmp_path / "root"
+    first = json.loads((trade_dir(root) / "_manifest.json").read_text())
+    log.append_local(trade(T0 + 20 * S, 20))
+    await sealer.round(T0 + HOUR + 40 * S)
+    kept = list((root / "_superseded/warm").rglob("_manifest.json"))
+    assert [json.loads(p.read_text())["content_hash"] for p in kept] == [first["content_hash"]]
+    store = open_store(root)
+    start = datetime.fromtimestamp(T0 // S, UTC)
+    end = start + timedelta(hours=1)
+    before = store.read(
+        "trade", start, end, tiers=("warm",), as_of=parse_rfc3339(first["sealed_at"])
+    )
+    now = store.read("trade", start, end, tiers=("warm",))
+    assert sorted(before.column("trade_id").to_pylist()) == list(range(1, 11))
+    assert sorted(now.column("trade_id").to_pylist()) == [*range(1, 11), 20]
 
 
 async def test_fully_sealed_segments_are_deleted_and_others_kept(tmp_path: Path) -> None:
