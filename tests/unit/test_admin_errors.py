@@ -40,6 +40,8 @@ def _instance(cls: type[CryptorunError]) -> CryptorunError:
         return errors.WriteRefusedError("boom", reason="lease_expiring")
     if cls is errors.SchemaDriftError:
         return errors.SchemaDriftError("boom", fingerprints=("xxh3_128:a", "xxh3_128:b"))
+    if cls is errors.JournalDamagedError:
+        return errors.JournalDamagedError("journal/0000000001.jsonl", 42, "not JSON")
     return cls("boom")
 
 
