@@ -10,31 +10,12 @@ worker thread when the event loop must not wait.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
+from cryptorun_daemon.storage.atomic import fsync_dir, make_durable_dirs
 
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory, so the names created or removed in it survive a power loss."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_durable_dirs(directory: Path) -> None:
-    """``mkdir -p`` that fsyncs the parent of every directory it creates."""
-    missing: list[Path] = []
-    probe = directory
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            path.mkdir()
-        fsync_dir(path.parent)
+__all__ = ["fsync_all", "fsync_dir", "make_durable_dirs", "rewrite_and_fsync"]
 
 
 def fsync_all(fds: list[int], directory: Path | None) -> None:

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from cryptorun_daemon.data.validate.schema import arrow_schema
 from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.runtime.failpoints import failpoint
-from cryptorun_daemon.storage.atomic import commit_file, fsync_dir
+from cryptorun_daemon.storage.atomic import commit_file, fsync_dir, make_durable_dirs
 from cryptorun_daemon.storage.layout import (
     PARTIAL_SUFFIX,
     SUCCESS_MARKER,
@@ -165,8 +165,7 @@ def write_file(directory: Path, name: str, rows: list[Row]) -> int:
     records = [{**row.fields, "origin": row.origin, "seq": row.seq} for row in rows]
     table = pa.Table.from_pylist(records, schema=schema)
     if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True)
-        fsync_dir(directory.parent)
+        make_durable_dirs(directory)
     final = directory / name
     # Hidden, so a crash that leaves it behind never blocks a seal (data_file_names
     # refuses unknown visible names); the redo overwrites it.
