@@ -46,6 +46,8 @@ def toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. [admin] tokens = { ... }
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -61,10 +63,14 @@ class RegionSpec:
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     feeds: list[dict[str, Any]] = field(default_factory=list)
     token: str | None = TOKEN
+    #: "https": the admin listener and every peer URL use TLS (set the files in
+    #: ``sections["admin"]`` and ``peer_tls``); ``peer_tls``: [peers] ca_file/cert/key.
+    scheme: str = "http"
+    peer_tls: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def storage_root(self) -> Path:
@@ -76,11 +82,15 @@ class RegionSpec:
         lines.append(f'listen = "127.0.0.1:{self.port}"')
         if self.token is not None:
             (self.directory / "admin.token").write_text(self.token + "\n")
+            (self.directory / "admin.token").chmod(0o600)  # the daemon refuses a loose secret
             lines.append('token_file = "admin.token"')
         for key, value in self.sections.get("admin", {}).items():
             lines.append(f"{key} = {toml_value(value)}")
         lines += ["", "[storage]", 'root = "data"', "", "[peers]"]
-        lines += [f'{name} = "http://127.0.0.1:{port}"' for name, port in self.peers.items()]
+        lines += [
+            f'{name} = "{self.scheme}://127.0.0.1:{port}"' for name, port in self.peers.items()
+        ]
+        lines += [f"{key} = {toml_value(value)}" for key, value in self.peer_tls.items()]
         for name, values in self.sections.items():
             if name == "admin":
                 continue
