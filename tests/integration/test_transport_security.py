@@ -491,3 +491,43 @@ def test_a_secret_readable_by_others_refuses_to_start(tmp_path: Path, secret: st
     assert f"{loose} has mode 0644" in result.stderr
     assert "s3cret-token-value" not in result.stderr + result.stdout
     assert READ not in result.stderr + result.stdout
+
+
+async def test_cli_reaches_a_mutual_tls_daemon_with_the_operator_token(tmp_path: Path) -> None:
+    """``cryptorun replication status/failover --config`` finds the https URL, verifies the
+    daemon against [peers] ca_file, presents the region's certificate and the operator
+    token; with the read token instead, the failover is refused (403, exit 1)."""
+    pki = _pki(tmp_path / "pki")
+    a, _b = two_regions(tmp_path)
+    _secure(a, pki)
+    config = a.write()
+
+    def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cryptorun_daemon",
+                "replication",
+                *args,
+                "--config",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, **(env or {})},
+        )
+
+    failover = ("failover", "--tier", "warm", "--promote", B, "--demote", A, "--dry-run", "--json")
+    async with run_daemon(config):
+        status = await asyncio.to_thread(cli, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["region"] == A
+        done = await asyncio.to_thread(cli, *failover)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["dry_run"] is True
+        refused = await asyncio.to_thread(cli, *failover, env={"CRYPTORUN_ADMIN_TOKEN": READ})
+        assert refused.returncode == 1
+        assert "403" in refused.stderr or "forbidden" in refused.stderr
