@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -152,10 +153,15 @@ async def wait_until_ready(
     timeout: float = 30.0,
     proc: subprocess.Popen[bytes] | None = None,
     log_path: Path | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Poll ``/readyz`` until 200; fail with the daemon's log if it dies or times out."""
+    """Poll ``/readyz`` until 200; fail with the daemon's log if it dies or times out.
+
+    ``ssl_context`` verifies an ``https://`` daemon (its CA).
+    """
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
+    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True)
+    async with aiohttp.ClientSession(connector=connector) as session:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 log = log_path.read_text(errors="replace") if log_path else ""
@@ -186,16 +192,22 @@ def start_daemon_process(
 
 @contextlib.asynccontextmanager
 async def run_daemon_process(
-    config_path: Path, *, env: Mapping[str, str] | None = None, ready_timeout: float = 30.0
+    config_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[DaemonProcess]:
     """Run a daemon subprocess until the block ends, then SIGTERM it (SIGKILL after 15 s)."""
     config = load_config(config_path)
-    base_url = f"http://127.0.0.1:{config.admin.port}"
+    base_url = f"{config.admin.scheme}://127.0.0.1:{config.admin.port}"
     log_path = config_path.parent / f"{config_path.stem}.log"
     proc = start_daemon_process(config_path, env=env)
     handle = DaemonProcess(proc, base_url, config_path, log_path)
     try:
-        await wait_until_ready(base_url, timeout=ready_timeout, proc=proc, log_path=log_path)
+        await wait_until_ready(
+            base_url, timeout=ready_timeout, proc=proc, log_path=log_path, ssl_context=ssl_context
+        )
         yield handle
     finally:
         stop_process(proc)

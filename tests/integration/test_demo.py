@@ -103,7 +103,8 @@ def test_demo_configs_load_as_valid_region_configs(tmp_path: Path) -> None:
         assert config.region == region
         assert config.peers == {peer: layout.admin_url(peer)}
         assert layout.admin_url(peer).startswith("https://")
-        assert config.admin.tls and not config.admin.open_reads
+        assert config.admin.tls
+        assert not config.admin.open_reads
         assert config.peer_tls.ca_file == (tmp_path / "tls" / "ca.pem").resolve()
         assert config.hot.partition_length == PARTITION_LENGTH
         assert [(f.kind, f.url) for f in config.feeds] == [("kraken", layout.kraken_url)]
