@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cryptorun_daemon.daemon import Daemon
+from cryptorun_daemon.failover.component import FailoverComponent
 from cryptorun_daemon.security.certs import IssuedFiles, init_certs, issue_region_certificate
 from cryptorun_daemon.security.tls import client_context
 from cryptorun_daemon.storage.catalog import Catalog
@@ -531,3 +532,29 @@ async def test_cli_reaches_a_mutual_tls_daemon_with_the_operator_token(tmp_path:
         refused = await asyncio.to_thread(cli, *failover, env={"CRYPTORUN_ADMIN_TOKEN": READ})
         assert refused.returncode == 1
         assert "403" in refused.stderr or "forbidden" in refused.stderr
+
+
+async def test_a_peer_certificate_cannot_notify_in_another_regions_name(tmp_path: Path) -> None:
+    """Under mutual TLS a failover notification whose "from" differs from the client
+    certificate's region is refused (403 forbidden) and adopts nothing; the same state sent
+    in the certificate's own name is adopted."""
+    pki = _pki(tmp_path / "pki")
+    a, _b = two_regions(tmp_path)
+    _secure(a, pki)
+    async with (
+        run_daemon(a.write()) as da,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=pki.client(B))) as http,
+    ):
+        failover = da.ctx.components["failover"]
+        assert isinstance(failover, FailoverComponent)
+        current = failover.current("warm")
+        assert current is not None
+        promoted = current.promoted(B, A, expected_epoch=None, at=datetime.now(UTC)).to_json()
+        url = a.base_url + "/v1/failover/notify"
+        status, doc = await _request(http, "POST", url, body={"from": A, "state": promoted})
+        assert (status, doc["error"]) == (403, "forbidden")
+        assert "certificate says 'us-east'" in doc["detail"]
+        assert failover.current("warm") == current
+        status, doc = await _request(http, "POST", url, body={"from": B, "state": promoted})
+        assert status == 200, doc
+        assert (doc["applied"], doc["primary"], doc["epoch"]) == (True, B, current.epoch + 1)
