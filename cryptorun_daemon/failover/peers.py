@@ -10,9 +10,10 @@ the last attempt's answer. With the file state store each probe round also
 reads the peer's ``/v1/status`` and hands it to the failover component, which
 adopts newer epochs from it (that is how a rejoining region learns them) —
 but only over an authenticated channel (:func:`authenticated_channel`: an
-``https://`` peer, verified against ``[peers] ca_file``, or one on loopback):
-an epoch read over plaintext across a network could come from anyone in the
-middle.
+``https://`` peer, verified against ``[peers] ca_file``, or one on loopback).
+Over plaintext across a network (``admin.allow_plaintext``) the handler is
+told the answer is untrusted: it may compare epochs, never adopt one, since
+the answer could come from anyone in the middle.
 
 :meth:`PeerMonitor.unconfirmed` names the peers this region has neither
 compared epochs with nor seen down for ``peer_down_after``: with the file
@@ -44,9 +45,10 @@ log = structlog.get_logger("cryptorun.failover.peers")
 PEER_CALL_TIMEOUT: Final = 2.0
 PROBE_INTERVAL_MAX: Final = 2.0
 
-#: Called with ``(peer, its /v1/status document)`` after a successful probe;
-#: answers whether the epochs were compared (false: not yet possible, retry).
-StatusHandler = Callable[[str, Any], Awaitable[bool]]
+#: Called with ``(peer, its /v1/status document, trusted)`` after a successful
+#: probe (``trusted``: read over an authenticated channel); answers whether the
+#: epochs were compared (false: not yet possible, retry).
+StatusHandler = Callable[[str, Any, bool], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -256,13 +258,13 @@ class PeerMonitor:
             self.report(peer, False, describe(exc))
             return
         self.report(peer, True)
-        if on_status is None or not authenticated_channel(url):
+        if on_status is None:
             return
         try:
             doc = await self.get_json(f"{url}/v1/status")
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return  # healthz answered; status may be briefly unavailable
-        if await on_status(peer, doc):
+        if await on_status(peer, doc, authenticated_channel(url)):
             self._status_compared.add(peer)
 
 

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cryptorun_daemon.daemon import Daemon
 from cryptorun_daemon.failover.component import FailoverComponent
+from cryptorun_daemon.failover.peers import authenticated_channel
 from cryptorun_daemon.security.certs import IssuedFiles, init_certs, issue_region_certificate
 from cryptorun_daemon.security.tls import client_context
 from cryptorun_daemon.storage.catalog import Catalog
@@ -558,3 +559,32 @@ async def test_a_peer_certificate_cannot_notify_in_another_regions_name(tmp_path
         status, doc = await _request(http, "POST", url, body={"from": B, "state": promoted})
         assert status == 200, doc
         assert (doc["applied"], doc["primary"], doc["epoch"]) == (True, B, current.epoch + 1)
+
+
+async def test_an_epoch_read_over_plaintext_across_a_network_is_never_adopted(
+    tmp_path: Path,
+) -> None:
+    """The prober's status handler (file store) adopts a peer's newer epoch only when the
+    answer came over an authenticated channel (https, or loopback); read over plaintext
+    across a network it is refused and shown as the tier's state problem."""
+    assert authenticated_channel("https://10.0.2.10:9200")
+    assert authenticated_channel("http://127.0.0.1:9200")
+    assert not authenticated_channel("http://10.0.2.10:9200")
+    a, _b = two_regions(tmp_path)
+    async with run_daemon(a.write()) as da:
+        failover = da.ctx.components["failover"]
+        assert isinstance(failover, FailoverComponent)
+        current = failover.current("warm")
+        assert current is not None
+        newer = current.promoted(B, A, expected_epoch=None, at=datetime.now(UTC))
+        doc = {"failover": {"ready": True}, "tiers": {"warm": newer.to_json()}}
+        learn = failover._status_handler()
+        assert learn is not None
+        assert await learn(B, doc, False) is False
+        assert failover.current("warm") == current
+        warm = da.status(tier="warm", region=None)["tiers"]["warm"]
+        assert "over plaintext; not adopted" in (warm["state_problem"] or "")
+        await learn(B, doc, True)
+        adopted = failover.current("warm")
+        assert adopted is not None
+        assert (adopted.primary, adopted.epoch) == (B, current.epoch + 1)
