@@ -188,6 +188,9 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "daemon":
         config = load_config(args.config)
         if args.check:
+            from cryptorun_daemon.security.transport import check_transport_files
+
+            check_transport_files(config)  # secrets private, certificates loadable
             out.write(f"{args.config}: ok (region {config.region}, {len(config.rules)} rules)\n")
             return EXIT_OK
         from cryptorun_daemon.daemon import run_daemon_from_config

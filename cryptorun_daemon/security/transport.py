@@ -21,6 +21,8 @@ from cryptorun_daemon.config import Config
 from cryptorun_daemon.errors import ConfigError, ConfigProblem
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.runtime.component import ReloadResult
+from cryptorun_daemon.security.credentials import load_credentials
+from cryptorun_daemon.security.etcd_access import etcd_access
 from cryptorun_daemon.security.handshake import count_refusals
 from cryptorun_daemon.security.tls import ServerTLS, ServerTLSFiles, client_context
 
@@ -99,3 +101,18 @@ class TransportSecurity:
             needs_restart.append("peer_tls")
         self._config = replace(self._config, admin=new.admin, peer_tls=new.peer_tls)
         return ReloadResult(applied=tuple(applied), needs_restart=tuple(needs_restart))
+
+
+def check_transport_files(config: Config) -> None:
+    """Everything the daemon checks at start-up about secrets and certificates, without
+    starting (``cryptorun daemon --check``): token files and keys private, certificates
+    and keys loadable, the etcd password readable.
+
+    Error handling: :class:`ConfigError` (exit 2) naming each problem.
+    """
+    load_credentials(config)
+    files = _server_files(config)
+    if files is not None:
+        ServerTLS(files, source=str(config.source))
+    _peer_context(config)
+    etcd_access(config)

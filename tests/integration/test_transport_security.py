@@ -468,8 +468,9 @@ async def test_sighup_swaps_the_certificate_while_a_hot_stream_stays_up(tmp_path
 
 @pytest.mark.parametrize("secret", ["admin.token_file", "admin.tokens.read_file", "admin.tls_key"])
 def test_a_secret_readable_by_others_refuses_to_start(tmp_path: Path, secret: str) -> None:
-    """A token file or private key with group/other permissions: the real process exits 2
-    naming the setting, the file and its mode (like ssh), and never prints the secret."""
+    """A token file or private key with group/other permissions: the real process (and
+    `daemon --check`) exits 2 naming the setting, the file and its mode (like ssh), and
+    never prints the secret."""
     pki = _pki(tmp_path / "pki")
     a, _b = two_regions(tmp_path)
     if secret == "admin.token_file":
@@ -481,18 +482,19 @@ def test_a_secret_readable_by_others_refuses_to_start(tmp_path: Path, secret: st
         config = a.write()
         loose = a.directory / "read.token" if secret == "admin.tokens.read_file" else pki.pair(A)[1]
     loose.chmod(0o644)
-    result = subprocess.run(
-        [sys.executable, "-m", "cryptorun_daemon", "daemon", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 2, result.stderr
-    assert secret in result.stderr
-    assert f"{loose} has mode 0644" in result.stderr
-    assert "s3cret-token-value" not in result.stderr + result.stdout
-    assert READ not in result.stderr + result.stdout
+    for check in ((), ("--check",)):  # the same verdict from `daemon --check`
+        result = subprocess.run(
+            [sys.executable, "-m", "cryptorun_daemon", "daemon", "--config", str(config), *check],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert secret in result.stderr
+        assert f"{loose} has mode 0644" in result.stderr
+        assert "s3cret-token-value" not in result.stderr + result.stdout
+        assert READ not in result.stderr + result.stdout
 
 
 async def test_cli_reaches_a_mutual_tls_daemon_with_the_operator_token(tmp_path: Path) -> None:
