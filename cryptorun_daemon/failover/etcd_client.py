@@ -43,9 +43,10 @@ CompareResult = Literal["EQUAL", "GREATER", "LESS", "NOT_EQUAL"]
 
 # gRPC status NOT_FOUND, which etcd uses for "requested lease not found".
 GRPC_NOT_FOUND: Final = 5
-# gRPC UNAUTHENTICATED and etcd's messages for a token it no longer accepts.
-GRPC_UNAUTHENTICATED: Final = 16
-_TOKEN_REJECTED: Final = ("invalid auth token", "user name is empty")
+# etcd's messages for a token it no longer accepts: expired (--auth-token-ttl
+# idle seconds), dropped (auth disabled and enabled again), or issued before a
+# change to users or roles (the auth revision clientv3 also retries on).
+_TOKEN_REJECTED: Final = ("invalid auth token", "revision of auth store is old")
 # A watch frame is one JSON document per line; ours are a few KiB. The cap
 # turns a runaway or non-etcd stream into a clear error instead of memory growth.
 MAX_WATCH_FRAME: Final = 4 << 20

@@ -176,7 +176,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=STOP_TIMEOUT)
 
 
-def start_etcd(base_dir: Path, binary: str | None = None, tls: EtcdTLS | None = None) -> EtcdServer:
+def start_etcd(
+    base_dir: Path,
+    binary: str | None = None,
+    tls: EtcdTLS | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> EtcdServer:
     """Start etcd under ``base_dir`` and return once ``/health`` says true.
 
     Raises ``RuntimeError`` with the tail of etcd's log if it does not come up.
@@ -226,6 +231,7 @@ def start_etcd(base_dir: Path, binary: str | None = None, tls: EtcdTLS | None = 
                 "--key-file",
                 str(tls.key),
             ]
+        args += extra_args
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         server = EtcdServer(
@@ -275,14 +281,17 @@ def enable_auth(server: EtcdServer, password: str) -> None:
 
 @contextlib.asynccontextmanager
 async def running_etcd(
-    base_dir: Path | None = None, *, tls: EtcdTLS | None = None
+    base_dir: Path | None = None,
+    *,
+    tls: EtcdTLS | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> AsyncIterator[EtcdServer]:
     """Async twin of :func:`run_etcd`; start and stop run in a worker thread."""
     binary = require_etcd()  # skip/fail here, in the test's own frame
     with contextlib.ExitStack() as stack:
         if base_dir is None:
             base_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="etcd-")))
-        server = await asyncio.to_thread(start_etcd, base_dir, binary, tls)
+        server = await asyncio.to_thread(start_etcd, base_dir, binary, tls, extra_args)
         try:
             yield server
         finally:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from cryptorun_daemon.config import load_config
@@ -114,3 +115,40 @@ async def test_etcd_store_logs_in_when_etcd_auth_is_enabled(tmp_path: Path) -> N
         with pytest.raises(ConfigError, match=r"etcd\.password has mode 0644") as caught:
             Daemon(config)
         assert PASSWORD not in str(caught.value)
+
+
+async def test_etcd_client_logs_in_again_when_etcd_voids_its_token(tmp_path: Path) -> None:
+    """etcd with auth: once etcd no longer accepts the client's token (here: auth turned off
+    and on again, which drops every token, as an expired --auth-token-ttl does), the next
+    call authenticates again and succeeds; no error reaches the caller."""
+    async with running_etcd(tmp_path / "etcd") as etcd:
+        await asyncio.to_thread(enable_auth, etcd, PASSWORD)
+        client = EtcdClient([etcd.client_url], timeout=3.0, user="root", password=PASSWORD)
+        try:
+            await client.put(b"/auth/a", b"1")
+            first = client._auth_token
+            assert first is not None
+            async with aiohttp.ClientSession() as http:
+                async with http.post(
+                    f"{etcd.client_url}/v3/auth/authenticate",
+                    json={"name": "root", "password": PASSWORD},
+                ) as resp:
+                    admin_token = (await resp.json())["token"]
+                # Turning auth off and on again drops every token etcd issued.
+                for step, headers in (("disable", {"Authorization": admin_token}), ("enable", {})):
+                    async with http.post(
+                        f"{etcd.client_url}/v3/auth/{step}", json={}, headers=headers
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+                async with http.post(
+                    f"{etcd.client_url}/v3/kv/put",
+                    json={"key": "L2F1dGgvYQ==", "value": "Mg=="},
+                    headers={"Authorization": first},
+                ) as resp:
+                    assert "invalid auth token" in await resp.text()
+            await client.put(b"/auth/a", b"3")
+            result = await client.range(b"/auth/a")
+            assert [kv.value for kv in result.kvs] == [b"3"]
+            assert client._auth_token not in (None, first)
+        finally:
+            await client.close()
