@@ -45,6 +45,9 @@ from cryptorun_daemon.runtime.component import (
 )
 from cryptorun_daemon.runtime.supervisor import Supervisor
 from cryptorun_daemon.runtime.systemd import SystemdNotifier
+from cryptorun_daemon.security.credentials import load_credentials
+from cryptorun_daemon.security.peer_errors import PeerErrors
+from cryptorun_daemon.security.transport import TransportSecurity
 from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.daemon")
@@ -93,15 +96,16 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.notifier = notifier or SystemdNotifier()
         self.supervisor = Supervisor(self.metrics)
-        token = None
-        if config.admin.token_file is not None:
-            token = config.admin.token_file.read_text(encoding="utf-8").strip()
+        # Secrets and certificates are checked before anything starts: a loose
+        # mode or a broken key is a ConfigError (exit 2) naming file and mode.
+        self.security = TransportSecurity(config, self.metrics)
         self.ctx = DaemonContext(
             config=config,
             metrics=self.metrics,
             clock=self.clock,
             supervisor=self.supervisor,
-            token=token,
+            credentials=load_credentials(config),
+            peer_errors=PeerErrors(self.metrics, config.peers),
         )
         self._extra_components = list(extra_components)
         self.components: list[Component] = []
@@ -133,7 +137,10 @@ class Daemon:
         self._check_storage_writable()
         self.ctx.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.replication.request_timeout),
-            connector=aiohttp.TCPConnector(limit=64),
+            # Every peer call verifies the peer against [peers] ca_file; the
+            # scheme of its URL alone decides TLS, nothing falls back to plaintext.
+            connector=aiohttp.TCPConnector(limit=64, ssl=self.security.client),
+            trace_configs=[self.ctx.peer_errors.trace_config()] if self.ctx.peer_errors else None,
         )
         try:
             self.components = [
@@ -145,7 +152,8 @@ class Daemon:
             routes = [route for c in self.components for route in c.routes()]
             app = build_app(
                 self,
-                token=self.ctx.token,
+                credentials=self.ctx.credentials,
+                open_reads=self.config.admin.open_reads,
                 max_request_bytes=self.config.admin.max_request_bytes,
                 extra_routes=routes,
             )
@@ -154,6 +162,7 @@ class Daemon:
                 self.config.admin.host,
                 self.config.admin.port,
                 shutdown_timeout=self.config.admin.shutdown_timeout,
+                ssl_context=self.security.server_context,
             )
             await self.admin.start()
             for component in self.components:
@@ -162,8 +171,8 @@ class Daemon:
         except BaseException:
             await self._release()
             raise
-        if self.ctx.token is None:
-            log.warning("no admin.token_file: mutating and peer endpoints are open on loopback")
+        if self.ctx.credentials.open:
+            log.warning("no admin token configured: every endpoint is open on loopback")
         self._state = "running"
         self.metrics.ready.set(1 if not self.not_ready_reasons() else 0)
         self.notifier.ready()
@@ -171,7 +180,7 @@ class Daemon:
         log.info(
             "daemon started",
             version=__version__,
-            admin=f"http://{self.config.admin.host}:{self.admin_port}",
+            admin=f"{self.config.admin.scheme}://{self.config.admin.host}:{self.admin_port}",
             components=[c.name for c in self.components],
         )
 
@@ -424,9 +433,13 @@ class Daemon:
             needs_restart.append("rules")
         elif new.rules != old.rules:
             applied.append("rules.lag_slo")
-        # The admin listener, region identity and storage root are bound at start-up.
-        needs_restart += changed_sections(old, new, "region", "admin", "storage")
-        return ReloadResult(applied=tuple(applied), needs_restart=tuple(needs_restart))
+        # The admin listener, region identity and storage root are bound at start-up;
+        # certificates are re-read in place (same paths or new ones).
+        needs_restart += changed_sections(
+            _without_tls_files(old), _without_tls_files(new), "region", "admin", "storage"
+        )
+        own = ReloadResult(applied=tuple(applied), needs_restart=tuple(needs_restart))
+        return own.merged(self.security.reload(new))
 
     def _apply_slo_metrics(self, config: Config) -> None:
         for rule in config.rules:
@@ -504,6 +517,11 @@ class Daemon:
                 log.warning("storage.root is full", root=str(root), error=str(exc))
                 return
             raise StorageError(f"storage.root {root} is not writable: {exc}") from exc
+
+
+def _without_tls_files(config: Config) -> Config:
+    """``config`` with the admin certificate paths blanked (they reload live)."""
+    return replace(config, admin=replace(config.admin, tls_cert=None, tls_key=None))
 
 
 def _rule_shape(rules: Sequence[Rule]) -> list[tuple[str, str, str, tuple[str, ...]]]:

@@ -36,6 +36,10 @@ STEP_FAILURE_REASONS: Final = (
 FENCED_OPERATIONS: Final = ("seal", "serve", "apply")
 # Why a locally ingested hot record was not taken (disk: the journal refused appends).
 HOT_DROP_REASONS: Final = ("disk",)
+# Why a call to a peer failed (security/peer_errors.py classifies).
+PEER_ERROR_REASONS: Final = ("tls", "connect", "timeout", "protocol")
+# Why the admin listener refused a TLS handshake (security/handshake.py classifies).
+TLS_REFUSAL_REASONS: Final = ("plaintext", "client_certificate", "handshake")
 STEP_SECONDS_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -170,6 +174,19 @@ class Metrics:
         self.admin_rejected_total = Counter(
             "cryptorun_admin_rejected_total",
             "Admin API requests rejected, by bounded reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.peer_errors_total = Counter(
+            "cryptorun_peer_errors_total",
+            "Failed calls to a peer region, by bounded reason (tls: its certificate "
+            "failed verification or the handshake failed; never downgraded to plaintext).",
+            ["peer", "reason"],
+            registry=r,
+        )
+        self.admin_tls_refused_total = Counter(
+            "cryptorun_admin_tls_refused_total",
+            "Connections the admin listener refused during the TLS handshake, by bounded reason.",
             ["reason"],
             registry=r,
         )
@@ -341,6 +358,12 @@ class Metrics:
             self.replication_bytes_total.labels(tier=pair_tier, **{"from": src, "to": dst})
             if dst == region:
                 self.replication_lag_seconds.labels(tier=pair_tier, region=dst, source=src).set(0)
+        for refusal in TLS_REFUSAL_REASONS:
+            self.admin_tls_refused_total.labels(reason=refusal)
+        for peer in regions:
+            if peer != region:
+                for peer_reason in PEER_ERROR_REASONS:
+                    self.peer_errors_total.labels(peer=peer, reason=peer_reason)
         for tier in TIERS:
             self.replication_step_seconds.labels(tier=tier)
             for operation in FENCED_OPERATIONS:

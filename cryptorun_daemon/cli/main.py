@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help="bearer token file (env CRYPTORUN_ADMIN_TOKEN)",
         )
+        p.add_argument(
+            "--cacert",
+            default=None,
+            metavar="PATH",
+            help="CA bundle verifying an https daemon (env CRYPTORUN_ADMIN_CA; "
+            "default: the config's [peers] ca_file, else the system store)",
+        )
         p.add_argument("--json", action="store_true", help="print one JSON document")
 
     simulate = rep.add_parser("simulate", help="show the replication plan for a window")
@@ -235,6 +242,9 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "daemon":
         config = load_config(args.config)
         if args.check:
+            from cryptorun_daemon.security.transport import check_transport_files
+
+            check_transport_files(config)  # secrets private, certificates loadable
             out.write(f"{args.config}: ok (region {config.region}, {len(config.rules)} rules)\n")
             return EXIT_OK
         from cryptorun_daemon.daemon import run_daemon_from_config
@@ -297,7 +307,7 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _replication(args: argparse.Namespace, out: TextIO) -> int:
     target = resolve_target(args)
-    async with AdminClient(target.url, target.token) as client:
+    async with AdminClient(target.url, target.token, ssl_context=target.ssl_context) as client:
         if args.action == "status":
             from cryptorun_daemon.cli.cmd_status import run_status
 

@@ -12,6 +12,14 @@ from pathlib import Path
 from typing import get_args
 from urllib.parse import urlsplit
 
+from cryptorun_daemon.config.loader_security import (
+    PEER_TLS_KEYS,
+    check_admin_exposure,
+    check_peer_url,
+    read_admin_security,
+    read_etcd_security,
+    read_peer_tls,
+)
 from cryptorun_daemon.config.model import (
     DEFAULT_MODE,
     REGION_NAME_PATTERN,
@@ -72,7 +80,16 @@ def load_config(path: str | Path) -> Config:
     storage_table = top.table("storage")
     root = storage_table.string("root")
     storage_table.finish()
-    peers = _peers(top.table("peers"), loader, region)
+    peers_table = top.table("peers")
+    peer_tls = read_peer_tls(peers_table, loader)
+    peers = _peers(peers_table, loader, region)
+    for name, url in peers.items():
+        check_peer_url(
+            peers_table.key(name),
+            url,
+            loader,
+            allow_plaintext=bool(admin and admin.allow_plaintext),
+        )
     known_regions = {r for r in (region, *peers) if isinstance(r, str)}
     rules = _rules(top.raw("rules"), loader, known_regions)
     log = _log(top.table("log"))
@@ -100,6 +117,7 @@ def load_config(path: str | Path) -> Config:
         hot=hot,
         feeds=feeds,
         validation=validation,
+        peer_tls=peer_tls,
     )
 
 
@@ -108,6 +126,7 @@ def _admin(t: Table, loader: Problems) -> AdminConfig | None:
     token_file = t.string("token_file", None)
     max_request_bytes = t.integer("max_request_bytes", 1 << 20, minimum=1024)
     shutdown_timeout = t.duration("shutdown_timeout", 10.0)
+    security = read_admin_security(t, loader)
     t.finish()
     host_port = _split_listen(listen, t.key("listen"), loader) if isinstance(listen, str) else None
     token_path = loader.resolve(token_file) if isinstance(token_file, str) else None
@@ -118,7 +137,8 @@ def _admin(t: Table, loader: Problems) -> AdminConfig | None:
     if host_port is None:
         return None
     host, port = host_port
-    if token_path is None and not _is_loopback(host):
+    open_reads = check_admin_exposure(t, loader, host, listen, security)
+    if token_path is None and not security.tokens.by_scope() and not _is_loopback(host):
         loader.problem(
             t.key("token_file"),
             f"is required when admin.listen ({listen}) is not a loopback address",
@@ -129,6 +149,12 @@ def _admin(t: Table, loader: Problems) -> AdminConfig | None:
         token_file=token_path,
         max_request_bytes=max_request_bytes,
         shutdown_timeout=shutdown_timeout,
+        tls_cert=security.tls_cert,
+        tls_key=security.tls_key,
+        tls_client_ca=security.tls_client_ca,
+        allow_plaintext=security.allow_plaintext,
+        open_reads=open_reads,
+        tokens=security.tokens,
     )
 
 
@@ -153,6 +179,8 @@ def _is_loopback(host: str) -> bool:
 def _peers(t: Table, loader: Problems, region: str | None) -> dict[str, str]:
     peers: dict[str, str] = {}
     for name in list(t.data):
+        if name in PEER_TLS_KEYS:
+            continue  # TLS settings, read by read_peer_tls
         url = t.string(name)
         key = t.key(name)
         if not is_region_name(name):
@@ -240,6 +268,7 @@ def _state(t: Table, loader: Problems) -> StateConfig:
     auto = t.boolean("auto_failover", d.auto_failover)
     min_interval = t.duration("auto_failover_min_interval", d.auto_failover_min_interval)
     margin = t.duration("lease_safety_margin", None)
+    etcd_security = read_etcd_security(t, loader)
     t.finish()
     if margin is not None and not 0 <= margin < lease_ttl * 2 / 3:
         # Heartbeats renew every lease_ttl / 3: a margin at or above two thirds of
@@ -264,6 +293,11 @@ def _state(t: Table, loader: Problems) -> StateConfig:
         auto_failover=auto,
         auto_failover_min_interval=min_interval,
         lease_safety_margin=margin,
+        etcd_ca_file=etcd_security.ca_file,
+        etcd_cert=etcd_security.cert,
+        etcd_key=etcd_security.key,
+        etcd_user=etcd_security.user,
+        etcd_password_file=etcd_security.password_file,
     )
 
 

@@ -537,12 +537,15 @@ class FailoverComponent:
         if self.ctx.config.state.backend != "file":
             return None
 
-        async def learn(peer: str, doc: Any) -> bool:
+        async def learn(peer: str, doc: Any, trusted: bool) -> bool:
             """Adopt what is newer; answer whether every tier was compared.
 
             A peer that is not ready yet may not have loaded its own roles, so
             its answer does not count as a comparison (a ready peer without a
-            tier simply takes no part in it).
+            tier simply takes no part in it). An untrusted answer (plaintext
+            across a network) is never adopted: a newer epoch in it leaves the
+            tier unconfirmed until the peer's notification (which needs the
+            peer credential) or an https probe brings it.
             """
             failover = doc.get("failover") if isinstance(doc, dict) else None
             compared = isinstance(failover, dict) and failover.get("ready") is True
@@ -557,6 +560,14 @@ class FailoverComponent:
                     or remote.epoch < local.epoch
                     or (remote.epoch == local.epoch and remote.primary == local.primary)
                 ):
+                    continue
+                if not trusted:
+                    compared = False
+                    self._note_problem(
+                        tier,
+                        f"{peer} reports epoch {remote.epoch} over plaintext; not adopted "
+                        "(waiting for its notification; use https:// peers)",
+                    )
                     continue
                 try:
                     await self.adopt(remote, source=peer)

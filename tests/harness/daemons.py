@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -56,6 +57,8 @@ def toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. [admin] tokens = { ... }
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -71,10 +74,14 @@ class RegionSpec:
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     feeds: list[dict[str, Any]] = field(default_factory=list)
     token: str | None = TOKEN
+    #: "https": the admin listener and every peer URL use TLS (set the files in
+    #: ``sections["admin"]`` and ``peer_tls``); ``peer_tls``: [peers] ca_file/cert/key.
+    scheme: str = "http"
+    peer_tls: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def storage_root(self) -> Path:
@@ -86,11 +93,15 @@ class RegionSpec:
         lines.append(f'listen = "127.0.0.1:{self.port}"')
         if self.token is not None:
             (self.directory / "admin.token").write_text(self.token + "\n")
+            (self.directory / "admin.token").chmod(0o600)  # the daemon refuses a loose secret
             lines.append('token_file = "admin.token"')
         for key, value in self.sections.get("admin", {}).items():
             lines.append(f"{key} = {toml_value(value)}")
         lines += ["", "[storage]", 'root = "data"', "", "[peers]"]
-        lines += [f'{name} = "http://127.0.0.1:{port}"' for name, port in self.peers.items()]
+        lines += [
+            f'{name} = "{self.scheme}://127.0.0.1:{port}"' for name, port in self.peers.items()
+        ]
+        lines += [f"{key} = {toml_value(value)}" for key, value in self.peer_tls.items()]
         for name, values in self.sections.items():
             if name == "admin":
                 continue
@@ -152,13 +163,18 @@ async def wait_until_ready(
     timeout: float = 30.0,
     proc: subprocess.Popen[bytes] | None = None,
     log_path: Path | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Poll ``/readyz`` until 200; fail with the daemon's log if it dies or times out."""
+    """Poll ``/readyz`` until 200; fail with the daemon's log if it dies or times out.
+
+    ``ssl_context`` verifies an ``https://`` daemon (its CA).
+    """
 
     def log() -> str:
         return log_path.read_text(errors="replace") if log_path and log_path.exists() else ""
 
-    async with aiohttp.ClientSession() as session:
+    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True)
+    async with aiohttp.ClientSession(connector=connector) as session:
 
         async def ready() -> bool:
             if proc is not None and proc.poll() is not None:
@@ -189,16 +205,22 @@ def start_daemon_process(
 
 @contextlib.asynccontextmanager
 async def run_daemon_process(
-    config_path: Path, *, env: Mapping[str, str] | None = None, ready_timeout: float = 30.0
+    config_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[DaemonProcess]:
     """Run a daemon subprocess until the block ends, then SIGTERM it (SIGKILL after 15 s)."""
     config = load_config(config_path)
-    base_url = f"http://127.0.0.1:{config.admin.port}"
+    base_url = f"{config.admin.scheme}://127.0.0.1:{config.admin.port}"
     log_path = config_path.parent / f"{config_path.stem}.log"
     proc = start_daemon_process(config_path, env=env)
     handle = DaemonProcess(proc, base_url, config_path, log_path)
     try:
-        await wait_until_ready(base_url, timeout=ready_timeout, proc=proc, log_path=log_path)
+        await wait_until_ready(
+            base_url, timeout=ready_timeout, proc=proc, log_path=log_path, ssl_context=ssl_context
+        )
         yield handle
     finally:
         stop_process(proc)

@@ -3,10 +3,13 @@
 Two daemons (eu-central, us-east) run as subprocesses; a real ``prometheus``
 (Debian package ``prometheus``) is started on 127.0.0.1 with an ephemeral port
 and a temporary TSDB, using ``deploy/prometheus/prometheus.yml`` with only the
-targets (the daemons' ports) and the intervals (1 s) changed, and loading the
+targets (the daemons' ports), the intervals (1 s) and the paths of the CA and
+the read token changed, and loading the
 shipped ``recording.yml`` and ``alerts.yml``. The tests then ask Prometheus'
 HTTP API for the contract's series, expecting the right labels for both
-regions, and check that every rule loads and evaluates without error.
+regions, and check that every rule loads and evaluates without error. The
+daemons serve TLS from a private CA and want the read token on ``/metrics``
+(``open_reads = false``), exactly as the shipped scrape config expects.
 
 A missing binary skips locally and fails in CI. Nothing is timed: each check
 polls until it holds or a generous deadline passes, and then reports what
@@ -27,6 +30,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cryptorun_daemon.security.certs import init_certs
+from cryptorun_daemon.security.tls import client_context
 from tests.harness.daemons import RegionSpec, run_daemon_process, stop_process, two_regions
 from tests.harness.net import free_port
 from tests.harness.tools import require_binary
@@ -56,8 +61,17 @@ class PrometheusServer:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def write_test_config(tmp_path: Path, ports: dict[str, int]) -> Path:
-    """The shipped prometheus.yml, pointed at the test daemons and scraping every second."""
+@dataclass(frozen=True)
+class ScrapeSecrets:
+    """The CA that signed the daemons' certificates and the read token Prometheus presents."""
+
+    ca_file: Path
+    read_token_file: Path
+
+
+def write_test_config(tmp_path: Path, ports: dict[str, int], secrets: ScrapeSecrets) -> Path:
+    """The shipped prometheus.yml, pointed at the test daemons and their CA and read token,
+    scraping every second."""
     import yaml  # PyYAML: in the [test] extras (the unit rule tests read YAML too)
 
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
@@ -66,6 +80,10 @@ def write_test_config(tmp_path: Path, ports: dict[str, int]) -> Path:
     config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
     (job,) = config["scrape_configs"]
     job["scrape_timeout"] = "1s"
+    assert job["scheme"] == "https"
+    assert job["authorization"]["type"] == "Bearer"
+    job["tls_config"]["ca_file"] = str(secrets.ca_file)
+    job["authorization"]["credentials_file"] = str(secrets.read_token_file)
     for static in job["static_configs"]:
         region = static["labels"]["region"]
         assert static["targets"] == [SHIPPED_TARGETS[region]]
@@ -181,8 +199,27 @@ async def two_daemons_scraped(
     """Two daemons with the default rules (warm/cold/hot from eu-central to us-east) and a
     Prometheus scraping both with the shipped config and rules."""
     eu, us = two_regions(tmp_path)
-    async with run_daemon_process(eu.write()), run_daemon_process(us.write()):
-        config = write_test_config(tmp_path, {eu.region: eu.port, us.region: us.port})
+    issued = init_certs(tmp_path / "pki", REGIONS)
+    read_token = tmp_path / "read.token"
+    read_token.write_text("read-token-for-prometheus\n")
+    read_token.chmod(0o600)
+    for spec in (eu, us):
+        cert, key = issued.regions[spec.region]
+        spec.scheme = "https"
+        spec.sections["admin"] = {
+            "tls_cert": str(cert),
+            "tls_key": str(key),
+            "open_reads": False,
+            "tokens": {"read_file": str(read_token)},
+        }
+        spec.peer_tls = {"ca_file": str(issued.ca_cert)}
+    ready_ssl = client_context(issued.ca_cert)
+    async with (
+        run_daemon_process(eu.write(), ssl_context=ready_ssl),
+        run_daemon_process(us.write(), ssl_context=ready_ssl),
+    ):
+        secrets = ScrapeSecrets(issued.ca_cert, read_token)
+        config = write_test_config(tmp_path, {eu.region: eu.port, us.region: us.port}, secrets)
         async with run_prometheus(config, tmp_path) as server:
             yield server, eu, us
 

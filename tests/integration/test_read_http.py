@@ -19,6 +19,7 @@ from cryptorun_daemon.admin.app import build_app
 from cryptorun_daemon.admin.server import AdminServer
 from cryptorun_daemon.reader import METADATA_KEY, open_store
 from cryptorun_daemon.reader.http import ARROW_STREAM, ReaderComponent
+from cryptorun_daemon.security.credentials import Credentials
 from cryptorun_daemon.storage.seal import seal_partition
 from tests.harness.daemons import RegionSpec, auth_headers, run_daemon, two_regions
 from tests.harness.research_data import at, flag_rows, key, write_part
@@ -155,7 +156,11 @@ async def test_concurrent_reads_beyond_the_limit_answer_503(tmp_path: Path) -> N
     seal_partition(directory, writer_region="eu-central", epoch=1)
     component = ReaderComponent(lambda: root, max_concurrent=1, batch_rows=4096)
     app: web.Application = build_app(
-        _View(), token=None, max_request_bytes=1 << 20, extra_routes=component.routes()
+        _View(),
+        credentials=Credentials(),
+        open_reads=True,
+        max_request_bytes=1 << 20,
+        extra_routes=component.routes(),
     )
     server = AdminServer(app, "127.0.0.1", 0, shutdown_timeout=5.0)
     await server.start()
@@ -186,7 +191,13 @@ async def test_failure_mid_stream_cuts_the_response_instead_of_ending_it(tmp_pat
         handle.seek(4)
         handle.write(b"\xff" * 64)  # size and footer intact: planning succeeds
     component = ReaderComponent(lambda: root)
-    app = build_app(_View(), token=None, max_request_bytes=1 << 20, extra_routes=component.routes())
+    app = build_app(
+        _View(),
+        credentials=Credentials(),
+        open_reads=True,
+        max_request_bytes=1 << 20,
+        extra_routes=component.routes(),
+    )
     server = AdminServer(app, "127.0.0.1", 0, shutdown_timeout=5.0)
     await server.start()
     try:

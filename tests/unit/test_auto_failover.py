@@ -66,9 +66,7 @@ def component(
     config = load_config(spec.write())
     metrics = Metrics()
     clock = FakeClock()
-    ctx = DaemonContext(
-        config=config, metrics=metrics, clock=clock, supervisor=Supervisor(metrics), token=None
-    )
+    ctx = DaemonContext(config=config, metrics=metrics, clock=clock, supervisor=Supervisor(metrics))
     return FailoverComponent(ctx), clock
 
 

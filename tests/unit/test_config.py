@@ -9,6 +9,7 @@ import pytest
 
 from cryptorun_daemon.config import format_duration, load_config, parse_duration
 from cryptorun_daemon.errors import ConfigError
+from cryptorun_daemon.security.certs import init_certs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -238,12 +239,16 @@ def test_invalid_durations_are_rejected(text: str) -> None:
 
 
 def test_shipped_region_configs_are_valid_and_consistent(tmp_path: Path) -> None:
-    """config/eu-central.toml and config/us-east.toml load and point at each other."""
+    """config/eu-central.toml and config/us-east.toml load, speak TLS and point at each other."""
     shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("secrets"))
-    (tmp_path / "config/secrets").mkdir()
-    (tmp_path / "config/secrets/admin.token").write_text("t0ken\n")
+    init_certs(tmp_path / "config/secrets/tls", ["eu-central", "us-east"])
+    for scope in ("operator", "peer", "read"):
+        (tmp_path / f"config/secrets/{scope}.token").write_text(f"{scope}-t0ken\n")
     eu = load_config(tmp_path / "config/eu-central.toml")
     us = load_config(tmp_path / "config/us-east.toml")
+    assert eu.admin.tls
+    assert us.admin.tls
+    assert eu.peers["us-east"].startswith("https://")
     assert eu.peers["us-east"].endswith(f":{us.admin.port}")
     assert us.peers["eu-central"].endswith(f":{eu.admin.port}")
     assert eu.admin.port != us.admin.port
