@@ -6,7 +6,6 @@ wrong. Unknown keys are errors so a typo never silently becomes a default.
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from pathlib import Path
 from typing import get_args
@@ -16,6 +15,7 @@ from cryptorun_daemon.config.loader_security import (
     PEER_TLS_KEYS,
     check_admin_exposure,
     check_peer_url,
+    is_loopback,
     read_admin_security,
     read_etcd_security,
     read_peer_tls,
@@ -138,7 +138,7 @@ def _admin(t: Table, loader: Problems) -> AdminConfig | None:
         return None
     host, port = host_port
     open_reads = check_admin_exposure(t, loader, host, listen, security)
-    if token_path is None and not security.tokens.by_scope() and not _is_loopback(host):
+    if token_path is None and not security.tokens.by_scope() and not is_loopback(host):
         loader.problem(
             t.key("token_file"),
             f"is required when admin.listen ({listen}) is not a loopback address",
@@ -165,15 +165,6 @@ def _split_listen(listen: str, key: str, loader: Problems) -> tuple[str, int] | 
         loader.problem(key, f"{listen!r} must be host:port, e.g. 127.0.0.1:9100")
         return None
     return host, int(port_text)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _peers(t: Table, loader: Problems, region: str | None) -> dict[str, str]:
