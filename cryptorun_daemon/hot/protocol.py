@@ -148,10 +148,11 @@ def parse_subscribe(message: dict[str, Any]) -> Subscribe:
 
 def encode_records(replid: str, records: list[HotRecord], head_seq: int) -> bytes:
     """One records frame for a contiguous run of records (at least one)."""
-    return encode_lines(
+    return encode_run(
         replid,
         records[0].seq,
-        [r.line for r in records],
+        len(records),
+        b"\n".join(r.line for r in records),
         first_ingest_ns=records[0].ingest_ns,
         last_ingest_ns=records[-1].ingest_ns,
         head_seq=head_seq,
@@ -166,25 +167,25 @@ def _latest(records: list[HotRecord]) -> list[tuple[str, str, int]]:
     return [(venue, symbol, ns) for (venue, symbol), ns in latest.items()]
 
 
-def encode_lines(
+def encode_run(
     replid: str,
     first_seq: int,
-    lines: list[bytes],
+    count: int,
+    body: bytes,
     *,
     first_ingest_ns: int,
     last_ingest_ns: int,
     head_seq: int,
     latest: list[tuple[str, str, int]],
 ) -> bytes:
-    """One records frame from record lines as they are (seqs ``first_seq`` onward).
+    """One records frame from ``count`` record lines already joined by newlines (``body``).
 
-    The journal catch-up path uses this directly: it forwards lines it never
-    decoded, so its ``latest`` may be empty (the field is informational).
+    The journal catch-up path sends runs of lines sliced from segments this
+    way without decoding them, so its ``latest`` is empty (the field is
+    informational: subscribers take freshness from the lines they check).
     """
-    header = _Header(
-        replid, first_seq, len(lines), first_ingest_ns, last_ingest_ns, head_seq, latest
-    )
-    return b"".join((RECORDS_TAG, codec.encode(header), b"\n", b"\n".join(lines)))
+    header = _Header(replid, first_seq, count, first_ingest_ns, last_ingest_ns, head_seq, latest)
+    return b"".join((RECORDS_TAG, codec.encode(header), b"\n", body))
 
 
 def decode_records(frame: bytes) -> tuple[RecordsHeader, list[bytes]]:
