@@ -13,7 +13,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness.daemons import start_daemon_process, two_regions, wait_until_ready
+from tests.harness.daemons import (
+    sample_value,
+    start_daemon_process,
+    two_regions,
+    wait_until_ready,
+)
 
 # Far above admin.shutdown_timeout (10 s): only a hung process gets near it.
 HANG_GUARD = 90.0
@@ -33,7 +38,8 @@ async def test_sigterm_at_a_high_ingest_rate_exits_zero_on_either_loop(
 ) -> None:
     """With the synthetic feed asked for more than the box can ingest, SIGTERM still ends
     the process with exit code 0 (before the test's generous hang guard); the loop the
-    daemon ran on is the one chosen, shown in /v1/status and in its start-up log line."""
+    daemon ran on is the one chosen, shown in /v1/status and in its start-up log line; the
+    feed's ingest lag is published in status and as cryptorun_hot_ingest_lag_seconds."""
     region, _ = two_regions(tmp_path)
     region.feeds = [
         {
@@ -61,6 +67,15 @@ async def test_sigterm_at_a_high_ingest_rate_exits_zero_on_either_loop(
                 await asyncio.sleep(0.05)
             else:
                 raise AssertionError("the synthetic feed never reached 50,000 records")
+            # Backpressure is visible: the feed's ingest lag, in status and as a gauge.
+            ingest = stream["feeds"]["syn"]["ingest"]
+            assert ingest["records"] > 0
+            assert ingest["batches"] > 0
+            assert {"lag_seconds", "max_lag_seconds", "behind"} <= set(ingest)
+            async with http.get(f"{region.base_url}/metrics") as resp:
+                exposition = await resp.text()
+            labels = {"region": region.region, "feed": "syn"}
+            assert sample_value(exposition, "cryptorun_hot_ingest_lag_seconds", labels) is not None
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, HANG_GUARD)
     finally:
