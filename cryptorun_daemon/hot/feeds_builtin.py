@@ -60,8 +60,12 @@ class SyntheticFeed:
         self._chunk = -1
         self._rng = random.Random()
         self._walk: dict[str, float] = {}
+        self._anchors: dict[str, float] = {}  # per chunk: _anchor() of every symbol
         self._next_k_in_chunk = 0
         self._lag_ns = 0
+        # Book sizes do not depend on the event: computed once, copied per record.
+        self._level_qty = [round(0.5 + 0.1 * i, 4) for i in range(self.depth)]
+        self._levels = tuple(range(1, self.depth + 1))
 
     def event(self, k: int) -> MarketRecord:
         """The ``k``-th event of this feed (deterministic; events must be asked in order)."""
@@ -76,6 +80,7 @@ class SyntheticFeed:
         self._chunk = chunk
         self._rng = random.Random(f"{self.seed}:{self.venue}:{chunk}")
         self._walk = dict.fromkeys(self.symbols, 0.0)
+        self._anchors = {symbol: self._anchor(symbol) for symbol in self.symbols}
         self._next_k_in_chunk = chunk * CHUNK
 
     def _anchor(self, symbol: str) -> float:
@@ -94,7 +99,7 @@ class SyntheticFeed:
         self._next_k_in_chunk = k + 1
         if not build:
             return None
-        price = round(self._anchor(symbol) * math.exp(x), 2)
+        price = round(self._anchors[symbol] * math.exp(x), 2)
         ts = k * self.period_ns
         if is_trade:
             return MarketRecord(
@@ -116,10 +121,10 @@ class SyntheticFeed:
                 "ts": ts,
                 "venue": self.venue,
                 "symbol": symbol,
-                "bids_px": [round(price - tick * (i + 1), 2) for i in range(self.depth)],
-                "bids_qty": [round(0.5 + 0.1 * i, 4) for i in range(self.depth)],
-                "asks_px": [round(price + tick * (i + 1), 2) for i in range(self.depth)],
-                "asks_qty": [round(0.5 + 0.1 * i, 4) for i in range(self.depth)],
+                "bids_px": [round(price - tick * i, 2) for i in self._levels],
+                "bids_qty": self._level_qty.copy(),
+                "asks_px": [round(price + tick * i, 2) for i in self._levels],
+                "asks_qty": self._level_qty.copy(),
                 "checksum": 0,
                 "suspect": False,
             },
