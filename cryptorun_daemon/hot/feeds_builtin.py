@@ -148,10 +148,11 @@ class SyntheticFeed:
         while True:
             now = self._clock_ns()
             due = now // self.period_ns
+            # Measured before a skip, so a feed that had to skip shows how far behind it was.
+            self._lag_ns = max(0, now - next_k * self.period_ns)
             if due - next_k > self.rate * MAX_BURST_SECONDS:
                 self.skipped += due - next_k
                 next_k = due
-            self._lag_ns = max(0, now - next_k * self.period_ns)
             while next_k <= due:
                 stop = min(due + 1, next_k + BATCH_MAX)
                 ingest_ts = self._clock_ns()
@@ -165,7 +166,7 @@ class SyntheticFeed:
             await self._sleep(max(0.0005, wait_ns / 1e9))
 
     def ingest_lag_seconds(self) -> float:
-        """How far behind its time grid the feed was at its last burst."""
+        """How far behind its time grid the feed was at its last burst (before any skip)."""
         return self._lag_ns / 1e9
 
     def status(self) -> dict[str, Any]:

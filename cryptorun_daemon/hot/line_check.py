@@ -185,6 +185,11 @@ class _FastLine(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _FAST_LINE: Final = msgspec.json.Decoder(_FastLine)
+# (dataset, venue, symbol) triples that passed the path-segment checks: those checks are a
+# pure function of the strings and were a fifth of a subscriber's CPU when run per line.
+# Bounded like the authority's market table; cleared (not evicted) when full.
+_SAFE_MARKETS: Final[set[tuple[str, str, str]]] = set()
+_SAFE_MARKETS_MAX: Final = 4096
 # Per dataset: a decoder of the fields struct (unknown fields ignored, as the reference does).
 _FAST_FIELDS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     dataset: msgspec.json.Decoder(
@@ -215,12 +220,17 @@ def _check_line_fast(line: bytes, origin: str, seq: int) -> CheckedLine | None:
     venue, symbol = fields.venue, fields.symbol
     if venue is None or symbol is None:
         return None
-    try:
-        check_segment("dataset", body.d)
-        check_segment("venue", venue)
-        symbol_segment(symbol)
-    except PathRejectedError:
-        return None
+    market = (body.d, venue, symbol)
+    if market not in _SAFE_MARKETS:
+        try:
+            check_segment("dataset", body.d)
+            check_segment("venue", venue)
+            symbol_segment(symbol)
+        except PathRejectedError:
+            return None
+        if len(_SAFE_MARKETS) >= _SAFE_MARKETS_MAX:
+            _SAFE_MARKETS.clear()
+        _SAFE_MARKETS.add(market)
     return CheckedLine(seq=seq, ingest_ns=body.i, venue=venue, symbol=symbol, line=line)
 
 
