@@ -190,12 +190,15 @@ _FAST_LINE: Final = msgspec.json.Decoder(_FastLine)
 # Bounded like the authority's market table; cleared (not evicted) when full.
 _SAFE_MARKETS: Final[set[tuple[str, str, str]]] = set()
 _SAFE_MARKETS_MAX: Final = 4096
-# Per dataset: a decoder of the fields struct (unknown fields ignored, as the reference does).
+# Per dataset: a decoder of the fields struct. Unknown fields are refused here (the
+# reference path then decides): msgspec skips an unknown field's value without checking
+# all of it (invalid UTF-8 in its key passes), where the reference decodes every byte.
 _FAST_FIELDS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     dataset: msgspec.json.Decoder(
         msgspec.defstruct(
             f"_{dataset.title()}Fields",
             [(f.name, _FAST_TYPES[f.kind], None) for f in schema.fields if f.name not in _STAMPED],
+            forbid_unknown_fields=True,
         )
     )
     for dataset, schema in LATEST.items()
@@ -204,6 +207,11 @@ _FAST_FIELDS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
 
 def _check_line_fast(line: bytes, origin: str, seq: int) -> CheckedLine | None:
     """The checked line, or ``None`` when the reference path must decide."""
+    if not line.isascii():
+        try:
+            line.decode("utf-8")  # the reference refuses any line that is not UTF-8
+        except UnicodeDecodeError:
+            return None
     try:
         body = _FAST_LINE.decode(line)
     except DECODE_ERRORS:
