@@ -214,8 +214,7 @@ class HotComponent:
     async def _ingest(self, feed: Feed) -> None:
         """Append every record a feed yields to the hot log, in batches when it offers them.
 
-        After each batch (or every :data:`INGEST_YIELD_EVERY` records of a
-        per-record feed) the feed's ingest lag is published
+        After each batch or record the feed's ingest lag is published
         (``cryptorun_hot_ingest_lag_seconds``, feed status), so a region that
         cannot keep up says so instead of silently skipping.
         Error handling: a record JSON cannot encode is counted and skipped; a
@@ -238,12 +237,12 @@ class HotComponent:
                 except ValueError:
                     self.ingest_errors += 1
                 stats.records += 1
+                ingest_ts = record.fields.get("ingest_ts")
+                if isinstance(ingest_ts, int):
+                    stats.set_lag(max(0.0, (time.time_ns() - ingest_ts) / 1e9), gauge)
                 since_yield += 1
                 if since_yield >= INGEST_YIELD_EVERY:
                     since_yield = 0
-                    ingest_ts = record.fields.get("ingest_ts")
-                    if isinstance(ingest_ts, int):
-                        stats.set_lag(max(0.0, (time.time_ns() - ingest_ts) / 1e9), gauge)
                     await asyncio.sleep(0)
         finally:
             with contextlib.suppress(Exception):
