@@ -249,6 +249,13 @@ class HotComponent:
                 await records.aclose()  # type: ignore[attr-defined]
 
     async def _ingest_batches(self, feed: BatchFeed, stats: IngestStats, gauge: Gauge) -> None:
+        """Append each batch a :class:`BatchFeed` yields in one go (``append_local_batch``).
+
+        Error handling: records JSON cannot encode are counted in
+        ``ingest_errors`` and skipped, the rest of their batch is taken; a feed
+        that raises crashes the worker (the supervisor restarts it).
+        Resource handling: the feed's iterator is closed when this worker ends.
+        """
         batches = feed.batches()
         try:
             async for batch in batches:
