@@ -35,6 +35,7 @@ from cryptorun_daemon.failover.component import FailoverComponent
 from cryptorun_daemon.logsetup import configure_logging
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.rules import rule_to_json
+from cryptorun_daemon.runtime import event_loop
 from cryptorun_daemon.runtime.clock import Clock, SystemClock
 from cryptorun_daemon.runtime.component import (
     Component,
@@ -489,6 +490,7 @@ class Daemon:
         doc: dict[str, Any] = {
             "region": cfg.region,
             "version": __version__,
+            "event_loop": event_loop.running_loop_name(),
             "started_at": format_rfc3339(self.started_at) if self.started_at else None,
             "ready": not self.not_ready_reasons(),
             "not_ready_reasons": self.not_ready_reasons(),
@@ -537,6 +539,13 @@ def _deep_merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 def run_daemon_from_config(config: Config) -> None:
-    """Run a daemon to completion on a fresh event loop (used by ``cryptorun daemon``)."""
+    """Run a daemon to completion on a fresh event loop (used by ``cryptorun daemon``).
+
+    The loop is uvloop unless it is missing or ``CRYPTORUN_EVENT_LOOP=asyncio``
+    (``runtime/event_loop.py``); the choice is logged here and shown in status.
+    Error handling: :class:`ConfigError` for an unusable ``CRYPTORUN_EVENT_LOOP``.
+    """
     configure_logging(config.log.level, config.log.format)
-    asyncio.run(Daemon(config).serve())
+    choice = event_loop.choose_loop()
+    log.info("event loop", loop=choice.name, reason=choice.reason)
+    event_loop.run(Daemon(config).serve(), choice)

@@ -278,6 +278,13 @@ class Metrics:
             ["region", "reason"],
             registry=r,
         )
+        self.hot_ingest_lag_seconds = Gauge(
+            "cryptorun_hot_ingest_lag_seconds",
+            "How far the hot log's appends trail a local feed: a synthetic or replay feed's "
+            "delay behind its schedule, else receive-to-append time of its newest record.",
+            ["region", "feed"],
+            registry=r,
+        )
         self.hot_clock_skew_seconds = Gauge(
             "cryptorun_hot_clock_skew_seconds",
             "Estimated origin clock minus local clock, from heartbeat round trips.",

@@ -223,6 +223,31 @@ class Journal:
         self.local_index.note(seq, self._index, self._size)
         self._append(line + b"\n", 1)
 
+    def write_local_lines(self, lines: list[bytes], first_seq: int) -> int:
+        """Append a batch of local record lines (seqs ``first_seq`` onward); how many it took.
+
+        All of them, unless a segment roll inside the batch fails: then the
+        lines up to the roll are taken (as single appends would have been) and
+        the rest are not — the caller hands out seqs only to the lines taken.
+        Error handling: :class:`JournalUnavailableError` (nothing appended,
+        nothing indexed) while the journal is not :attr:`writable`.
+        """
+        self._check_writable()
+        note = self.local_index.note
+        start, offset = 0, self._size
+        for at, line in enumerate(lines):
+            note(first_seq + at, self._index, offset)
+            offset += len(line) + 1
+            if offset >= self.segment_bytes:
+                # Segments roll where single appends would roll them: at the line that fills one.
+                self._append(b"\n".join(lines[start : at + 1]) + b"\n", at + 1 - start)
+                start, offset = at + 1, self._size
+                if self._failed():
+                    return start
+        if start < len(lines):
+            self._append(b"\n".join(lines[start:]) + b"\n", len(lines) - start)
+        return len(lines)
+
     def write_control(self, body: dict[str, Any]) -> None:
         """Append a control line (``ctl`` = replid, gap or close).
 

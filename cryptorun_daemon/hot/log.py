@@ -18,7 +18,7 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,9 +184,71 @@ class HotLog:
             event.set()
         return hot
 
-    def _drop(self) -> None:
-        self.dropped += 1
-        self._dropped_disk.inc()
+    def append_local_batch(
+        self, records: Sequence[MarketRecord], now_ns: int | None = None
+    ) -> tuple[int, int]:
+        """Stamp, journal, buffer and announce a batch of local records in one go.
+
+        The per-record work is only the encoding: the journal takes the batch in
+        one append, the buffer in one extend, observers hear the newest record
+        of each market once and subscribers are woken once.
+        Returns ``(taken, refused)``: records that got a seq, and records whose
+        fields JSON cannot encode (skipped, no seq consumed). Nothing is taken
+        once the log is closed; while the journal refuses appends the whole
+        batch is dropped and counted (reason ``disk``).
+        """
+        if self.closed or not records:
+            return 0, 0
+        if not self.journal.writable:
+            self._drop(len(records))
+            return 0, 0
+        now = now_ns if now_ns is not None else time.time_ns()
+        region, seq = self.region, self.seq
+        hots: list[HotRecord] = []
+        refused = 0
+        for record in records:
+            fields = record.fields
+            ingest_ns = fields.get("ingest_ts")
+            if not isinstance(ingest_ns, int):
+                ingest_ns = now
+                fields = {**fields, "ingest_ts": now}
+            try:
+                hot = encode_record(region, seq + 1, ingest_ns, record.dataset, fields)
+            except ValueError:
+                refused += 1
+                continue
+            seq += 1
+            hots.append(hot)
+        if not hots:
+            return 0, refused
+        try:
+            taken = self.journal.write_local_lines([hot.line for hot in hots], hots[0].seq)
+        except JournalUnavailableError:
+            self._drop(len(hots))
+            return 0, refused
+        if taken < len(hots):  # a segment roll failed inside the batch
+            self._drop(len(hots) - taken)
+            hots = hots[:taken]
+            if not hots:
+                return 0, refused
+        # The journal has the records (in its buffer at least): only now are the seqs used.
+        self.seq = hots[-1].seq
+        self.buffer.extend(hots)
+        self._local_records.inc(len(hots))
+        if self.observers:
+            latest: dict[tuple[str, str], int] = {}
+            for hot in hots:
+                latest[(hot.venue, hot.symbol)] = hot.ingest_ns
+            for (venue, symbol), ingest_ns in latest.items():
+                for observe in self.observers:
+                    observe(region, venue, symbol, ingest_ns)
+        for event in self._waiters:
+            event.set()
+        return len(hots), refused
+
+    def _drop(self, count: int = 1) -> None:
+        self.dropped += count
+        self._dropped_disk.inc(count)
 
     def waiter(self) -> asyncio.Event:
         """An event set whenever a local record is appended (one per subscriber)."""
