@@ -35,6 +35,8 @@ STEP_FAILURE_REASONS: Final = (
 # quantile can tell "well inside" from "about to breach".
 FENCED_OPERATIONS: Final = ("seal", "serve", "apply")
 STEP_SECONDS_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Event-loop lateness: the 50 ms target sits between two buckets of its own.
+LOOP_LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class Metrics:
@@ -80,6 +82,18 @@ class Metrics:
             "cryptorun_replication_bytes_total",
             "Bytes transferred by replication.",
             ["tier", "from", "to"],
+            registry=r,
+        )
+        self.replication_repairs_total = Counter(
+            "cryptorun_replication_repairs_total",
+            "Partitions repaired by anti-entropy, by tier and reason (missing, content).",
+            ["tier", "reason"],
+            registry=r,
+        )
+        self.event_loop_lag_seconds = Histogram(
+            "cryptorun_event_loop_lag_seconds",
+            "How late the event loop's periodic lag tick woke up.",
+            buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
         self.data_consistency_errors_total = Counter(

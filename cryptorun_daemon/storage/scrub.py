@@ -1,0 +1,81 @@
+"""Scrub: bring a root's change-feed index back in line with its disk.
+
+The feed records what goes through this codebase (seals, replica commits,
+supersedes). Some changes do not: a partition sealed while the feed could not
+be written, a tree copied or renamed in by another tool, a file deleted by
+hand, a root restored from a backup. The scrub walks ``{root}/{tier}``
+(through the :class:`~cryptorun_daemon.storage.catalog.Catalog`, never
+following symlinks) and compares it with the index:
+
+- a sealed, complete partition the index lacks or records with another
+  content hash is recorded ``sealed`` (a replica of this root will pull it);
+- an indexed partition that is gone, unsealed, or missing a file or bytes the
+  manifest lists is recorded ``lost`` (the index forgets it, so this root's
+  digests differ from its source's and anti-entropy repairs it).
+
+Cost: O(partitions) ``stat`` calls (manifests are cached by file identity),
+so it runs in a worker thread on a slow schedule (``replication.scrub_interval``)
+and on demand; the digest comparison itself never needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptorun_daemon.config import Tier
+from cryptorun_daemon.storage.catalog import Catalog
+from cryptorun_daemon.storage.change_feed import ChangeFeed, ChangeKind
+from cryptorun_daemon.storage.layout import PartitionKey, parse_partition_path
+from cryptorun_daemon.storage.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class ScrubReport:
+    """What one scrub of one tier found (and recorded)."""
+
+    tier: Tier
+    partitions: int
+    discovered: int
+    lost: int
+
+
+def files_complete(directory: Path, manifest: Manifest) -> bool:
+    """Every file ``manifest`` lists is in ``directory`` with its listed size (a ``stat`` each)."""
+    for item in manifest.files:
+        try:
+            if os.stat(directory / item.name).st_size != item.bytes:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def scrub_tier(catalog: Catalog, feed: ChangeFeed, tier: Tier) -> ScrubReport:
+    """Compare ``tier`` on disk with the index and record the differences (blocking).
+
+    Error handling: per-partition problems are the catalog's (counted and
+    skipped); a feed that cannot be written raises
+    :class:`~cryptorun_daemon.errors.StorageError`.
+    """
+    on_disk: dict[str, Manifest] = {}
+    for entry in catalog.scan(tier):
+        if (
+            entry.sealed
+            and entry.manifest is not None
+            and files_complete(entry.directory, entry.manifest)
+        ):
+            on_disk[entry.key.relpath] = entry.manifest
+    indexed = feed.all_held(tier)
+    found: list[tuple[PartitionKey, ChangeKind, Manifest | None]] = []
+    for path, manifest in on_disk.items():
+        held = indexed.get(path)
+        if held is None or held.content_hash != manifest.content_hash:
+            found.append((manifest.key, "sealed", manifest))
+    discovered = len(found)
+    for path in indexed.keys() - on_disk.keys():
+        found.append((parse_partition_path(tier, path), "lost", None))
+    if found:
+        feed.record_many(found)
+    return ScrubReport(tier, len(on_disk), discovered, len(found) - discovered)
