@@ -86,7 +86,8 @@ class Metrics:
         )
         self.replication_repairs_total = Counter(
             "cryptorun_replication_repairs_total",
-            "Partitions repaired by anti-entropy, by tier and reason (missing, content).",
+            "Partitions copied by anti-entropy by tier and reason "
+            "(missing, content, resync, initial).",
             ["tier", "reason"],
             registry=r,
         )

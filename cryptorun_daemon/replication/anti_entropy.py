@@ -26,7 +26,7 @@ from cryptorun_daemon.replication.transport_http import HttpPeer
 from cryptorun_daemon.storage.change_feed import ChangeFeed
 from cryptorun_daemon.storage.manifest import Manifest
 
-#: Why a partition is repaired: this region lacks it, or holds other content.
+#: What a comparison found: this region lacks the partition, or holds other content.
 RepairReason = Literal["missing", "content"]
 
 

@@ -283,7 +283,10 @@ class ReplicationLink:
         found = await compare(self.peer, self.feed, self.tier)
         if self._fenced(report, found.epoch):
             return False
-        reasons = {d.manifest.partition: d.reason for d in found.differences}
+        # What a repair is counted as: the difference found, unless the whole
+        # comparison ran because there was no usable feed position.
+        why = "initial" if self._position is None else "resync" if report.resync else None
+        reasons = {d.manifest.partition: why or d.reason for d in found.differences}
         committed = await self._apply([d.manifest for d in found.differences], report)
         for path in committed:
             reason = reasons.get(path)

@@ -51,8 +51,6 @@ log = structlog.get_logger("cryptorun.feed")
 FEED_FILE: Final = "feed.sqlite3"
 #: Entries kept by default: about three weeks of 100 markets x 2 datasets hourly.
 DEFAULT_RETENTION: Final = 100_000
-# Pruning runs every this many appends (a DELETE over an index range, cheap).
-_PRUNE_EVERY: Final = 1_000
 
 #: ``sealed``: this root now holds the manifest's content; ``superseded``: a
 #: committed version was moved aside; ``quarantined``: a manifest was refused
@@ -162,7 +160,6 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._feed_id: str | None = None
-        self._appends = 0
 
     # --- connection ----------------------------------------------------------------
 
@@ -278,9 +275,15 @@ class ChangeFeed:
                             self._index(db, key, content_hash, epoch)
                         elif kind in ("superseded", "lost"):
                             self._unindex(db, key)
-                        self._appends += 1
-                        if self._appends % _PRUNE_EVERY == 0:
-                            self._prune(db)
+                    pruned = int(
+                        db.execute("SELECT value FROM meta WHERE key='pruned_through'").fetchone()[
+                            0
+                        ]
+                    )
+                    # Prune in batches of a tenth of the retention: amortised, and
+                    # whichever process appends (daemon, CLI) keeps the bound.
+                    if position - pruned > self.retention + self.retention // 10:
+                        self._prune(db)
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
@@ -352,7 +355,7 @@ class ChangeFeed:
         )
 
     def prune(self) -> None:
-        """Drop entries older than the newest ``retention`` (also done every 1,000 appends)."""
+        """Drop entries older than the newest ``retention`` (appends do it as they go)."""
         with self._lock:
             db = self._conn()
             try:

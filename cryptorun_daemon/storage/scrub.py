@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptorun_daemon.config import Tier
+from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.change_feed import ChangeFeed, ChangeKind
-from cryptorun_daemon.storage.layout import PartitionKey, parse_partition_path
-from cryptorun_daemon.storage.manifest import Manifest
+from cryptorun_daemon.storage.layout import SUCCESS_MARKER, PartitionKey, parse_partition_path
+from cryptorun_daemon.storage.manifest import Manifest, read_manifest
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ def scrub_tier(catalog: Catalog, feed: ChangeFeed, tier: Tier) -> ScrubReport:
     skipped); a feed that cannot be written raises
     :class:`~cryptorun_daemon.errors.StorageError`.
     """
+    # The index first, then the disk: a seal landing in between is on disk but
+    # not in the snapshot, and is merely recorded twice (harmless).
+    indexed = feed.all_held(tier)
     on_disk: dict[str, Manifest] = {}
     for entry in catalog.scan(tier):
         if (
@@ -67,7 +71,6 @@ def scrub_tier(catalog: Catalog, feed: ChangeFeed, tier: Tier) -> ScrubReport:
             and files_complete(entry.directory, entry.manifest)
         ):
             on_disk[entry.key.relpath] = entry.manifest
-    indexed = feed.all_held(tier)
     found: list[tuple[PartitionKey, ChangeKind, Manifest | None]] = []
     for path, manifest in on_disk.items():
         held = indexed.get(path)
@@ -75,7 +78,21 @@ def scrub_tier(catalog: Catalog, feed: ChangeFeed, tier: Tier) -> ScrubReport:
             found.append((manifest.key, "sealed", manifest))
     discovered = len(found)
     for path in indexed.keys() - on_disk.keys():
-        found.append((parse_partition_path(tier, path), "lost", None))
+        key = parse_partition_path(tier, path)
+        # Looked at again just before recording: a repair may have committed it
+        # since the walk passed by.
+        if not _complete_now(key.directory(catalog.root)):
+            found.append((key, "lost", None))
     if found:
         feed.record_many(found)
     return ScrubReport(tier, len(on_disk), discovered, len(found) - discovered)
+
+
+def _complete_now(directory: Path) -> bool:
+    if not (directory / SUCCESS_MARKER).is_file():
+        return False
+    try:
+        manifest = read_manifest(directory)
+    except StorageError:
+        return False
+    return files_complete(directory, manifest)
