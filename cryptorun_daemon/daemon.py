@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,6 +39,7 @@ from cryptorun_daemon.runtime.component import (
     changed_sections,
     config_sections,
 )
+from cryptorun_daemon.runtime.loop_lag import measure_loop_lag
 from cryptorun_daemon.runtime.supervisor import Supervisor
 from cryptorun_daemon.runtime.systemd import SystemdNotifier
 from cryptorun_daemon.timefmt import format_rfc3339
@@ -154,6 +156,9 @@ class Daemon:
             for component in self.components:
                 await component.start()
             self.supervisor.spawn("heartbeat", self._heartbeat)
+            self.supervisor.spawn(
+                "loop_lag", functools.partial(measure_loop_lag, self.metrics.event_loop_lag_seconds)
+            )
         except BaseException:
             await self._release()
             raise
