@@ -156,16 +156,19 @@ class HttpPeer:
                         f"GET {url} answered {resp.status}: {body}",
                         reason="fenced" if resp.status == 409 and '"fenced"' in body else "http",
                     )
-                data = await resp.json()
+                raw = await resp.read()
         except ReplicationError:
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _failure(exc, f"listing {tier} partitions of {self.region}") from exc
+        # A listing grows with history: parsed in a worker thread, never on the loop.
+        try:
+            data = await asyncio.to_thread(json.loads, raw)
         except ValueError as exc:
             raise ReplicationError(
                 f"GET {url} returned invalid JSON: {exc}", reason="http"
             ) from exc
-        return self._parse_listing(tier, data)
+        return await asyncio.to_thread(self._parse_listing, tier, data)
 
     def _parse_listing(self, tier: Tier, data: Any) -> Listing:
         try:

@@ -13,14 +13,18 @@ following symlinks) and compares it with the index:
   manifest lists is recorded ``lost`` (the index forgets it, so this root's
   digests differ from its source's and anti-entropy repairs it).
 
-Cost: O(partitions) ``stat`` calls (manifests are cached by file identity),
-so it runs in a worker thread on a slow schedule (``replication.scrub_interval``)
-and on demand; the digest comparison itself never needs it.
+Cost: O(partitions) ``stat`` calls and manifest reads, in flat memory (the
+walk yields one partition at a time into a temporary SQLite table; only the
+differences come back), so it runs in a worker thread on a slow schedule
+(``replication.scrub_interval``) and on demand; the digest comparison itself
+never needs it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,30 +66,59 @@ def scrub_tier(catalog: Catalog, feed: ChangeFeed, tier: Tier) -> ScrubReport:
     """
     # The index first, then the disk: a seal landing in between is on disk but
     # not in the snapshot, and is merely recorded twice (harmless).
-    indexed = feed.all_held(tier)
-    on_disk: dict[str, Manifest] = {}
-    for entry in catalog.scan(tier):
-        if (
-            entry.sealed
-            and entry.manifest is not None
-            and files_complete(entry.directory, entry.manifest)
-        ):
-            on_disk[entry.key.relpath] = entry.manifest
+    counted = [0]
+
+    def complete_on_disk() -> Iterator[tuple[str, str]]:
+        for key, directory, raw in catalog.iter_sealed(tier):
+            facts = _quick_facts(raw)
+            # An unreadable manifest or a missing or short file: not committed here.
+            if facts is not None and _sizes_match(directory, facts[1]):
+                counted[0] += 1
+                yield key.relpath, facts[0]
+
+    differing, unseen = feed.diff_against(tier, complete_on_disk())
     found: list[tuple[PartitionKey, ChangeKind, Manifest | None]] = []
-    for path, manifest in on_disk.items():
-        held = indexed.get(path)
-        if held is None or held.content_hash != manifest.content_hash:
-            found.append((manifest.key, "sealed", manifest))
-    discovered = len(found)
-    for path in indexed.keys() - on_disk.keys():
+    for path in differing:
         key = parse_partition_path(tier, path)
-        # Looked at again just before recording: a repair may have committed it
-        # since the walk passed by.
+        try:
+            manifest = read_manifest(key.directory(catalog.root))
+        except StorageError:
+            continue  # changed since the walk; the next scrub looks again
+        if manifest.key == key:
+            found.append((key, "sealed", manifest))
+    discovered = len(found)
+    for path in unseen:
+        key = parse_partition_path(tier, path)
+        # Looked at again just before recording: a seal or repair may have
+        # committed it since the walk passed by.
         if not _complete_now(key.directory(catalog.root)):
             found.append((key, "lost", None))
     if found:
         feed.record_many(found)
-    return ScrubReport(tier, len(on_disk), discovered, len(found) - discovered)
+    return ScrubReport(tier, counted[0], discovered, len(found) - discovered)
+
+
+def _quick_facts(raw: bytes) -> tuple[str, list[tuple[str, int]]] | None:
+    """Content hash and ``(name, bytes)`` per file, without a full manifest check.
+
+    The walk only needs these to compare with the index; a manifest that
+    differs from the index is then parsed and checked in full.
+    """
+    try:
+        doc = json.loads(raw)
+        return str(doc["content_hash"]), [(str(f["name"]), int(f["bytes"])) for f in doc["files"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _sizes_match(directory: Path, files: list[tuple[str, int]]) -> bool:
+    for name, size in files:
+        try:
+            if os.stat(directory / name).st_size != size:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def _complete_now(directory: Path) -> bool:
