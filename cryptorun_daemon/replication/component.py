@@ -88,9 +88,10 @@ class WarmColdComponent:
     """Warm and cold tier replication for one region's daemon.
 
     Resource handling: ``start`` spawns the topology worker (which spawns one
-    supervised scheduler per link) and opens a client session only if the
-    daemon did not provide one; ``stop`` closes that session (the supervisor
-    cancels the schedulers).
+    supervised scheduler per link) and the scrub worker, and opens a client
+    session only if the daemon did not provide one; ``stop`` closes that
+    session and the change feed's connection (the supervisor cancels the
+    workers).
     """
 
     name = "warm_cold"
@@ -170,6 +171,8 @@ class WarmColdComponent:
         self._started = True
 
     async def stop(self) -> None:
+        # The feed reopens on next use; closing releases its file handles now.
+        await asyncio.to_thread(self.feed.close)
         if self._own_session is not None:
             await self._own_session.close()
             self._own_session = None

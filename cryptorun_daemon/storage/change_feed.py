@@ -487,51 +487,6 @@ class ChangeFeed:
                 found.update({str(r[0]): Held(str(r[0]), str(r[1]), int(r[2])) for r in rows})
         return found
 
-    def diff_against(
-        self, tier: Tier, seen: Iterable[tuple[str, str]]
-    ) -> tuple[list[str], list[str]]:
-        """Compare ``(partition, content hash)`` pairs found on disk with the index.
-
-        Returns ``(differing, unseen)``: paths seen with no or another indexed
-        hash, and indexed paths never seen. Runs on a connection of its own
-        (a temporary table takes the pairs in batches), so memory stays flat
-        and seals are not held up while the walk feeding ``seen`` runs.
-        """
-        self.feed_id  # noqa: B018 - creates the database and schema when missing
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            db.execute("PRAGMA temp_store=FILE")
-            db.execute("CREATE TEMP TABLE seen (partition TEXT PRIMARY KEY, content_hash TEXT)")
-            batch: list[tuple[str, str]] = []
-            for pair in seen:
-                batch.append(pair)
-                if len(batch) >= 10_000:
-                    db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", batch)
-                    batch.clear()
-            db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", batch)
-            differing = [
-                str(r[0])
-                for r in db.execute(
-                    "SELECT s.partition FROM seen s LEFT JOIN current c "
-                    "ON c.tier=? AND c.partition=s.partition "
-                    "WHERE c.content_hash IS NULL OR c.content_hash != s.content_hash",
-                    (tier,),
-                )
-            ]
-            unseen = [
-                str(r[0])
-                for r in db.execute(
-                    "SELECT c.partition FROM current c WHERE c.tier=? AND NOT EXISTS "
-                    "(SELECT 1 FROM seen s WHERE s.partition=c.partition)",
-                    (tier,),
-                )
-            ]
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot compare the disk with {self.path}: {exc}") from exc
-        finally:
-            db.close()
-        return differing, unseen
-
     def held_days(self, tier: Tier) -> Iterator[str]:
         """Every day of ``tier`` the index holds something of, oldest first."""
         with self._lock:

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def scrub_tier(catalog: Catalog, feed: ChangeFeed, tier: Tier) -> ScrubReport:
                 counted[0] += 1
                 yield key.relpath, facts[0]
 
-    differing, unseen = feed.diff_against(tier, complete_on_disk())
+    differing, unseen = diff_against(feed, tier, complete_on_disk())
     found: list[tuple[PartitionKey, ChangeKind, Manifest | None]] = []
     for path in differing:
         key = parse_partition_path(tier, path)
@@ -129,3 +130,49 @@ def _complete_now(directory: Path) -> bool:
     except StorageError:
         return False
     return files_complete(directory, manifest)
+
+
+def diff_against(
+    feed: ChangeFeed, tier: Tier, seen: Iterable[tuple[str, str]]
+) -> tuple[list[str], list[str]]:
+    """Compare ``(partition, content hash)`` pairs found on disk with the index.
+
+    Returns ``(differing, unseen)``: paths seen with no or another indexed
+    hash, and indexed paths never seen. Runs on a connection of its own
+    (a temporary table takes the pairs in batches), so memory stays flat
+    and seals are not held up while the walk feeding ``seen`` runs.
+    """
+    feed.head()  # creates the database and its schema when missing
+    db = sqlite3.connect(feed.path, timeout=30.0, isolation_level=None)
+    try:
+        db.execute("PRAGMA temp_store=FILE")
+        db.execute("CREATE TEMP TABLE seen (partition TEXT PRIMARY KEY, content_hash TEXT)")
+        batch: list[tuple[str, str]] = []
+        for pair in seen:
+            batch.append(pair)
+            if len(batch) >= 10_000:
+                db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", batch)
+                batch.clear()
+        db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?)", batch)
+        differing = [
+            str(r[0])
+            for r in db.execute(
+                "SELECT s.partition FROM seen s LEFT JOIN current c "
+                "ON c.tier=? AND c.partition=s.partition "
+                "WHERE c.content_hash IS NULL OR c.content_hash != s.content_hash",
+                (tier,),
+            )
+        ]
+        unseen = [
+            str(r[0])
+            for r in db.execute(
+                "SELECT c.partition FROM current c WHERE c.tier=? AND NOT EXISTS "
+                "(SELECT 1 FROM seen s WHERE s.partition=c.partition)",
+                (tier,),
+            )
+        ]
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot compare the disk with {feed.path}: {exc}") from exc
+    finally:
+        db.close()
+    return differing, unseen
