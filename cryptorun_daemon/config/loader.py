@@ -392,6 +392,7 @@ def _replication(t: _Table) -> ReplicationConfig:
         feed_poll_interval=t.duration("feed_poll_interval", d.feed_poll_interval),
         anti_entropy_interval=t.duration("anti_entropy_interval", d.anti_entropy_interval),
         scrub_interval=t.duration("scrub_interval", d.scrub_interval),
+        max_validations=t.integer("max_validations", d.max_validations, minimum=1),
     )
     t.finish()
     return cfg

@@ -125,6 +125,8 @@ class ReplicationConfig:
     feed_poll_interval: float = 0.5
     anti_entropy_interval: float = 600.0
     scrub_interval: float = 3600.0
+    # Partitions validated at once (validators decode whole Parquet files).
+    max_validations: int = 2
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ per such day and pass, and are reported in ``extra_days``.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from cryptorun_daemon.config import Tier
@@ -47,11 +48,23 @@ class Comparison:
     differing_days: int = 0
     differing_hours: int = 0
     extra_days: int = 0
-    differences: list[Difference] = field(default_factory=list)
+    differences: int = 0
 
 
-async def compare(peer: HttpPeer, feed: ChangeFeed, tier: Tier) -> Comparison:
+async def compare(
+    peer: HttpPeer,
+    feed: ChangeFeed,
+    tier: Tier,
+    repair: Callable[[list[Difference]], Awaitable[None]],
+    admit: Callable[[int], bool] = lambda _epoch: True,
+) -> Comparison:
     """Compare the source's digests of ``tier`` with this root's, top-down.
+
+    ``repair`` is awaited with the differences of each differing hour (cold:
+    day) as soon as they are known, so memory holds one hour's manifests at a
+    time however much differs (a fresh replica of a year's history included).
+    ``admit(epoch)`` sees the source's epoch first: when it says no (a fenced
+    source), nothing is compared or repaired.
 
     Error handling: :class:`~cryptorun_daemon.errors.ReplicationError` from the
     peer propagates (the pass records it); local SQLite errors propagate as
@@ -60,6 +73,8 @@ async def compare(peer: HttpPeer, feed: ChangeFeed, tier: Tier) -> Comparison:
     top = await peer.digest_days(tier)
     local_days = await asyncio.to_thread(feed.day_digests, tier)
     found = Comparison(feed_id=top.feed_id, head=top.head, epoch=top.epoch, days=len(top.days))
+    if not admit(top.epoch):
+        return found
     found.extra_days = len(local_days.keys() - top.days.keys())
     for day, digest in sorted(top.days.items()):
         if local_days.get(day) == digest:
@@ -73,10 +88,14 @@ async def compare(peer: HttpPeer, feed: ChangeFeed, tier: Tier) -> Comparison:
             found.differing_hours += 1
             manifests = await peer.digest_partitions(tier, day, hour)
             held = await asyncio.to_thread(feed.lookup, tier, (m.partition for m in manifests))
+            batch = []
             for manifest in manifests:
                 mine = held.get(manifest.partition)
                 if mine is None:
-                    found.differences.append(Difference(manifest, "missing"))
+                    batch.append(Difference(manifest, "missing"))
                 elif mine.content_hash != manifest.content_hash:
-                    found.differences.append(Difference(manifest, "content"))
+                    batch.append(Difference(manifest, "content"))
+            if batch:
+                found.differences += len(batch)
+                await repair(batch)
     return found

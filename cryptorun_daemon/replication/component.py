@@ -394,6 +394,7 @@ class WarmColdComponent:
             retry_attempts=self.ctx.config.replication.retry_attempts,
             validators=self.validators,
             strict=self.ctx.config.validation.strict,
+            max_validations=self.ctx.config.replication.max_validations,
         )
 
     # --- handlers --------------------------------------------------------------------

@@ -23,7 +23,7 @@ import structlog
 from cryptorun_daemon.config import Rule, Tier
 from cryptorun_daemon.errors import ReplicationError, ResyncNeededError
 from cryptorun_daemon.metrics import Metrics
-from cryptorun_daemon.replication.anti_entropy import compare
+from cryptorun_daemon.replication.anti_entropy import Difference, compare
 from cryptorun_daemon.replication.executor import StepOutcome, WarmColdExecutor
 from cryptorun_daemon.replication.feed_position import FeedPosition, PositionStore
 from cryptorun_daemon.replication.lag import IN_SYNC, LagReport, compute_lag
@@ -280,19 +280,31 @@ class ReplicationLink:
     async def _anti_entropy(self, report: PassReport, check: Check) -> bool:
         """Compare digests with the source and repair the differences; False when fenced."""
         started = time.monotonic()
-        found = await compare(self.peer, self.feed, self.tier)
-        if self._fenced(report, found.epoch):
-            return False
         # What a repair is counted as: the difference found, unless the whole
         # comparison ran because there was no usable feed position.
         why = "initial" if self._position is None else "resync" if report.resync else None
-        reasons = {d.manifest.partition: why or d.reason for d in found.differences}
-        committed = await self._apply([d.manifest for d in found.differences], report)
-        for path in committed:
-            reason = reasons.get(path)
-            if reason is not None:
-                self.metrics.replication_repairs_total.labels(tier=self.tier, reason=reason).inc()
-        report.repaired += sum(1 for p in committed if p in reasons)
+
+        async def repair(batch: list[Difference]) -> None:
+            reasons = {d.manifest.partition: why or d.reason for d in batch}
+            committed = await self._apply([d.manifest for d in batch], report)
+            for path in committed:
+                reason = reasons.get(path)
+                if reason is not None:
+                    report.repaired += 1
+                    self.metrics.replication_repairs_total.labels(
+                        tier=self.tier, reason=reason
+                    ).inc()
+
+        # The source's epoch is checked before anything it lists is applied.
+        found = await compare(
+            self.peer,
+            self.feed,
+            self.tier,
+            repair,
+            admit=lambda epoch: not self._fenced(report, epoch),
+        )
+        if report.reason is not None:
+            return False
         self._last_anti_entropy = time.monotonic()
         self.last_anti_entropy = {
             "at": format_rfc3339(self.clock.now()),
@@ -303,7 +315,7 @@ class ReplicationLink:
             "differing_days": found.differing_days,
             "differing_hours": found.differing_hours,
             "extra_days": found.extra_days,
-            "differences": len(found.differences),
+            "differences": found.differences,
             "repaired": report.repaired,
         }
         report.anti_entropy = self.last_anti_entropy
