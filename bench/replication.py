@@ -244,6 +244,22 @@ async def bench_history(work: Path, count: int, concurrency: int, template: Path
             f"(max {max(passes) * 1000:.1f}) in the daemon, HTTP round trip median "
             f"{statistics.median(trips) * 1000:.1f} ms  (target < 50 ms, flat in history)"
         )
+        # Baseline from the same run: the full listing every pass fetched before
+        # the feed (the source scanned its catalog and rendered every manifest).
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
+            listings = []
+            for _ in range(2):
+                t = time.monotonic()
+                async with session.get(
+                    f"{a.base_url}/v1/partitions", params={"tier": "warm", "purpose": "source"}
+                ) as resp:
+                    size = len(await resp.read())
+                listings.append(time.monotonic() - t)
+        print(
+            f"baseline, the full listing a pass fetched before the feed: {size / 1e6:.1f} MB "
+            f"in {listings[0]:.2f}s cold, {listings[1]:.2f}s warm (before parsing and "
+            f"scanning the replica's own catalog)"
+        )
         report, trip = await sync(b.base_url, "warm", "digest")
         ae = report["anti_entropy"]
         print(
