@@ -144,6 +144,8 @@ class WarmColdComponent:
         self.reconciliation: dict[Tier, ReconcileRecord] = {
             t: ReconcileRecord(t) for t in ACTIVE_PASSIVE_TIERS
         }
+        # Set after the first scrub round: links compare digests only from then on.
+        self._index_ready = asyncio.Event()
         self._topology_changed = asyncio.Event()
         self._topology_changed.set()  # the first round runs at start
         self._own_session: aiohttp.ClientSession | None = None
@@ -208,21 +210,28 @@ class WarmColdComponent:
 
         The first round runs at start, so partitions written while the daemon
         was down (or by tools that bypass the feed) are in the index before
-        replicas compare digests. Error handling: an exception propagates to
-        the supervisor, which logs, counts and restarts this worker. Resource
-        handling: each tier is scrubbed in one worker-thread call; the event
-        loop only waits for it.
+        this region's links compare digests (they wait for ``_index_ready``).
+
+        Error handling: an exception propagates to the supervisor, which logs,
+        counts and restarts this worker (the links are released anyway).
+        Resource handling: each tier is scrubbed in one worker-thread call; the
+        event loop only waits for it.
         """
         while True:
-            for tier in self._tier_rules():
-                found = await asyncio.to_thread(scrub_tier, self.catalog, self.feed, tier)
-                if found.discovered or found.lost:
-                    log.info(
-                        "scrub recorded differences between disk and index",
-                        tier=tier,
-                        discovered=found.discovered,
-                        lost=found.lost,
-                    )
+            try:
+                for tier in self._tier_rules():
+                    found = await asyncio.to_thread(scrub_tier, self.catalog, self.feed, tier)
+                    if found.discovered or found.lost:
+                        log.info(
+                            "scrub recorded differences between disk and index",
+                            tier=tier,
+                            discovered=found.discovered,
+                            lost=found.lost,
+                        )
+            finally:
+                # Even a failed round releases the links: a broken scrub must
+                # not stop replication, only make its repairs less exact.
+                self._index_ready.set()
             await asyncio.sleep(self.ctx.config.replication.scrub_interval)
 
     # --- topology ------------------------------------------------------------------
@@ -338,6 +347,7 @@ class WarmColdComponent:
                 step_max_partitions=rep.step_max_partitions,
                 max_concurrency=rep.max_concurrency,
                 anti_entropy_interval=rep.anti_entropy_interval,
+                index_ready=self._index_ready,
                 peer_reporter=self._peer_reporter,
             )
             name = f"replication:{tier}:{peer}"

@@ -143,6 +143,7 @@ class ReplicationLink:
         step_max_partitions: int,
         max_concurrency: int,
         anti_entropy_interval: float = 600.0,
+        index_ready: asyncio.Event | None = None,
         peer_reporter: Callable[[str, bool, str | None], None] | None = None,
     ) -> None:
         self.rule = rule
@@ -159,6 +160,9 @@ class ReplicationLink:
         self._step_max = step_max_partitions
         self._step_slots = asyncio.Semaphore(max_concurrency)
         self._anti_entropy_interval = anti_entropy_interval
+        # Set once this root's first scrub has brought the index in line with
+        # the disk: comparing digests before would "repair" what is already here.
+        self._index_ready = index_ready
         self._positions = PositionStore(catalog.root, self.tier, self.source)
         # None until loaded from disk on the first pass; then what is durable.
         self._position: FeedPosition | None = None
@@ -279,6 +283,8 @@ class ReplicationLink:
 
     async def _anti_entropy(self, report: PassReport, check: Check) -> bool:
         """Compare digests with the source and repair the differences; False when fenced."""
+        if self._index_ready is not None:
+            await self._index_ready.wait()
         started = time.monotonic()
         # What a repair is counted as: the difference found, unless the whole
         # comparison ran because there was no usable feed position.
