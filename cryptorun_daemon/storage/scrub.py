@@ -36,6 +36,9 @@ from cryptorun_daemon.storage.change_feed import ChangeFeed, ChangeKind
 from cryptorun_daemon.storage.layout import SUCCESS_MARKER, PartitionKey, parse_partition_path
 from cryptorun_daemon.storage.manifest import Manifest, read_manifest
 
+# Findings recorded per feed transaction.
+_BATCH = 1000
+
 
 @dataclass(frozen=True)
 class ScrubReport:
@@ -79,6 +82,7 @@ def scrub_tier(catalog: Catalog, feed: ChangeFeed, tier: Tier) -> ScrubReport:
 
     differing, unseen = diff_against(feed, tier, complete_on_disk())
     found: list[tuple[PartitionKey, ChangeKind, Manifest | None]] = []
+    discovered = lost = 0
     for path in differing:
         key = parse_partition_path(tier, path)
         try:
@@ -87,16 +91,20 @@ def scrub_tier(catalog: Catalog, feed: ChangeFeed, tier: Tier) -> ScrubReport:
             continue  # changed since the walk; the next scrub looks again
         if manifest.key == key:
             found.append((key, "sealed", manifest))
-    discovered = len(found)
+            discovered += 1
+        if len(found) >= _BATCH:  # a root found full of unindexed partitions stays flat
+            feed.record_many(found)
+            found.clear()
     for path in unseen:
         key = parse_partition_path(tier, path)
         # Looked at again just before recording: a seal or repair may have
         # committed it since the walk passed by.
         if not _complete_now(key.directory(catalog.root)):
             found.append((key, "lost", None))
+            lost += 1
     if found:
         feed.record_many(found)
-    return ScrubReport(tier, counted[0], discovered, len(found) - discovered)
+    return ScrubReport(tier, counted[0], discovered, lost)
 
 
 def _quick_facts(raw: bytes) -> tuple[str, list[tuple[str, int]]] | None:
