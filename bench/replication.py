@@ -133,9 +133,12 @@ def p99_between(before: dict[float, float], after: dict[float, float]) -> tuple[
     return p99, worst, int(total)
 
 
-def configure(a: RegionSpec, b: RegionSpec, concurrency: int) -> None:
+def configure(a: RegionSpec, b: RegionSpec, concurrency: int, validations: int = 2) -> None:
     for spec in (a, b):
-        spec.sections["replication"] = {"max_concurrency": concurrency}
+        spec.sections["replication"] = {
+            "max_concurrency": concurrency,
+            "max_validations": validations,
+        }
         spec.sections["log"] = {"level": "warning"}
 
 
@@ -328,7 +331,7 @@ async def bench_history(work: Path, count: int, concurrency: int, template: Path
 # --- copy ---------------------------------------------------------------------------------
 
 
-async def bench_copy(work: Path, size_mb: int, concurrency: int) -> None:
+async def bench_copy(work: Path, size_mb: int, concurrency: int, validations: int) -> None:
     print(f"\n== verified copy of ~{size_mb} MB of hourly Parquet ==")
     staged = work / "staged"
     t = time.monotonic()
@@ -363,7 +366,8 @@ async def bench_copy(work: Path, size_mb: int, concurrency: int) -> None:
     a, b = two_regions(
         work / "regions", rules=[{"tier": "warm", "from": A, "to": [B], "lag_slo": "1h"}]
     )
-    configure(a, b, concurrency)
+    configure(a, b, concurrency, validations)
+    print(f"replication.max_validations = {validations}")
     # The timed pass below is the one that copies: the replica polls hourly here.
     b.sections["replication"]["feed_poll_interval"] = "1h"
     procs = [start(a.write()), start(b.write())]
@@ -429,6 +433,9 @@ async def main() -> None:
         "--concurrency", type=int, default=8, help="replication.max_concurrency of the daemons"
     )
     parser.add_argument(
+        "--validations", type=int, default=2, help="replication.max_validations (copy part)"
+    )
+    parser.add_argument(
         "--dir", type=Path, default=None, help="work directory (default: the system temp dir)"
     )
     args = parser.parse_args()
@@ -442,7 +449,7 @@ async def main() -> None:
         for count in (int(c) for c in args.history.split(",") if c.strip()):
             await bench_history(work, count, args.concurrency, template)
         if args.size_mb > 0:
-            await bench_copy(work, args.size_mb, args.concurrency)
+            await bench_copy(work, args.size_mb, args.concurrency, args.validations)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
