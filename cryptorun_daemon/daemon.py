@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,6 +45,7 @@ from cryptorun_daemon.runtime.component import (
     changed_sections,
     config_sections,
 )
+from cryptorun_daemon.runtime.loop_lag import measure_loop_lag
 from cryptorun_daemon.runtime.supervisor import Supervisor
 from cryptorun_daemon.runtime.systemd import SystemdNotifier
 from cryptorun_daemon.security.credentials import load_credentials
@@ -169,6 +171,9 @@ class Daemon:
             for component in self.components:
                 await component.start()
             self.supervisor.spawn("heartbeat", self._heartbeat)
+            self.supervisor.spawn(
+                "loop_lag", functools.partial(measure_loop_lag, self.metrics.event_loop_lag_seconds)
+            )
         except BaseException:
             await self._release()
             raise

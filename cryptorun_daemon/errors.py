@@ -110,6 +110,22 @@ class ReplicationError(CryptorunError):
         super().__init__(message)
 
 
+class ResyncNeededError(ReplicationError):
+    """A change-feed position the feed cannot answer from (409 ``resync_needed``).
+
+    The position belongs to another feed incarnation (a new primary, a
+    recreated or restored feed), lies beyond the head, or its entries were
+    pruned. The reader must run a full digest-driven repair, then continue
+    from the head it was given; it must never skip ahead silently.
+    """
+
+    code = "resync_needed"
+    http_status = 409
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="resync_needed")
+
+
 class ValidationFailedError(CryptorunError):
     """Data failed validation in strict mode (the step fails with ``validation``)."""
 

@@ -41,6 +41,8 @@ PEER_ERROR_REASONS: Final = ("tls", "connect", "timeout", "protocol")
 # Why the admin listener refused a TLS handshake (security/handshake.py classifies).
 TLS_REFUSAL_REASONS: Final = ("plaintext", "client_certificate", "handshake")
 STEP_SECONDS_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Event-loop lateness: the 50 ms target sits between two buckets of its own.
+LOOP_LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class Metrics:
@@ -86,6 +88,19 @@ class Metrics:
             "cryptorun_replication_bytes_total",
             "Bytes transferred by replication.",
             ["tier", "from", "to"],
+            registry=r,
+        )
+        self.replication_repairs_total = Counter(
+            "cryptorun_replication_repairs_total",
+            "Partitions copied by anti-entropy by tier and reason "
+            "(missing, content, resync, initial).",
+            ["tier", "reason"],
+            registry=r,
+        )
+        self.event_loop_lag_seconds = Histogram(
+            "cryptorun_event_loop_lag_seconds",
+            "How late the event loop's periodic lag tick woke up.",
+            buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
         self.data_consistency_errors_total = Counter(

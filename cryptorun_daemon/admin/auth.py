@@ -35,6 +35,8 @@ ROUTE_SCOPES: Final[dict[tuple[str, str], frozenset[Scope]]] = {
     ("GET", "/metrics"): _READ,
     ("GET", "/v1/status"): frozenset({"read", "peer"}),
     ("GET", "/v1/partitions"): frozenset({"read", "peer"}),
+    ("GET", "/v1/partitions/changes"): frozenset({"read", "peer"}),
+    ("GET", "/v1/partitions/digest"): frozenset({"read", "peer"}),
     ("GET", "/v1/partitions/{tier}/{path}"): frozenset({"read", "peer"}),
     ("GET", "/v1/hot/stream"): frozenset({"peer"}),
     ("GET", "/v1/read"): _READ,

@@ -300,6 +300,11 @@ def _replication(t: Table) -> ReplicationConfig:
         request_timeout=t.duration("request_timeout", d.request_timeout),
         peer_down_after=t.duration("peer_down_after", d.peer_down_after),
         retry_attempts=t.integer("retry_attempts", d.retry_attempts, minimum=1),
+        feed_retention=t.integer("feed_retention", d.feed_retention, minimum=1),
+        feed_poll_interval=t.duration("feed_poll_interval", d.feed_poll_interval),
+        anti_entropy_interval=t.duration("anti_entropy_interval", d.anti_entropy_interval),
+        scrub_interval=t.duration("scrub_interval", d.scrub_interval),
+        max_validations=t.integer("max_validations", d.max_validations, minimum=1),
     )
     t.finish()
     return cfg

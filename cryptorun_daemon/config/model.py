@@ -187,6 +187,13 @@ class ReplicationConfig:
     request_timeout: float = 30.0
     peer_down_after: float = 30.0
     retry_attempts: int = 3
+    # Change feed and anti-entropy (docs/WARM_COLD.md#change-feed).
+    feed_retention: int = 100_000
+    feed_poll_interval: float = 0.5
+    anti_entropy_interval: float = 600.0
+    scrub_interval: float = 3600.0
+    # Partitions validated at once (validators decode whole Parquet files).
+    max_validations: int = 2
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import structlog
 
 from cryptorun_daemon.errors import ReplicationError
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.storage.change_feed import note_quarantined
 from cryptorun_daemon.storage.manifest import Manifest
 from cryptorun_daemon.storage.write_fence import quarantine_fenced_manifest, read_fence
 from cryptorun_daemon.timefmt import format_rfc3339
@@ -73,6 +74,7 @@ class ApplyPolicy:
             reason=reason,
         )
         if kept is not None:
+            note_quarantined(self.root, manifest)
             self.metrics.quarantine_total.labels(
                 tier=manifest.tier, region=self.region, kind="fenced"
             ).inc()

@@ -25,9 +25,11 @@ from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.apply_policy import ApplyPolicy
 from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import move_aside
+from cryptorun_daemon.storage.change_feed import note_removed
 from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
 from cryptorun_daemon.storage.layout import SUCCESS_MARKER, SUPERSEDED_DIR
 from cryptorun_daemon.storage.manifest import Manifest, data_file_names, read_manifest
+from cryptorun_daemon.storage.scrub import files_complete
 from cryptorun_daemon.storage.seal import write_seal
 from cryptorun_daemon.storage.write_fence import move_divergent, read_fence
 from cryptorun_daemon.timefmt import format_compact
@@ -77,10 +79,19 @@ class PartitionCommitter:
         except StorageError:
             held = None
         if held is not None and held.content_hash == manifest.content_hash:
-            return True
+            if files_complete(directory, held):
+                return True
+            # Sealed but a listed file is gone or short (deleted by hand, a bad
+            # restore): unseal it so nobody reads it half-there, and let the
+            # downloader fetch what is missing (files that still match are kept).
+            (directory / SUCCESS_MARKER).unlink()
+            note_removed(self.root, manifest.key, "lost", held)
+            log.warning("incomplete partition unsealed for repair", partition=manifest.partition)
+            return False
         fence = read_fence(self.root, manifest.tier) if held is not None else None
         if held is not None and fence is not None and fence.classify(held) == "divergent":
             moved_to = move_divergent(self.root, directory, held)
+            note_removed(self.root, manifest.key, "superseded", held)
             self.metrics.reconciled_partitions_total.labels(
                 tier=manifest.tier, action="divergent"
             ).inc()
@@ -98,6 +109,7 @@ class PartitionCommitter:
             self.root / SUPERSEDED_DIR / manifest.tier / manifest.partition / f"{stamp}-{label}"
         )
         moved = move_aside(directory, target)
+        note_removed(self.root, manifest.key, "superseded", held)
         log.warning("superseded partition moved aside", partition=manifest.partition, to=str(moved))
         return False
 

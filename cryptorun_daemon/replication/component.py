@@ -28,6 +28,7 @@ compared with a source's epoch before pulling), ``primary_provider(tier)``,
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,7 +48,8 @@ from cryptorun_daemon.errors import (
     UsageError,
 )
 from cryptorun_daemon.replication.executor import WarmColdExecutor
-from cryptorun_daemon.replication.link import PassReport, ReplicationLink
+from cryptorun_daemon.replication.feed_serving import FeedServer
+from cryptorun_daemon.replication.link import CHECKS, PassReport, ReplicationLink
 from cryptorun_daemon.replication.planner import (
     HEALTHY,
     PeerHealth,
@@ -69,8 +71,10 @@ from cryptorun_daemon.replication.transport_http import HttpPeer, Purpose
 from cryptorun_daemon.replication.verify import StepValidator
 from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult, changed_sections
 from cryptorun_daemon.storage.catalog import Catalog, CatalogEntry
+from cryptorun_daemon.storage.change_feed import feed_for
 from cryptorun_daemon.storage.layout import parse_partition_path
 from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, Manifest
+from cryptorun_daemon.storage.scrub import scrub_tier
 from cryptorun_daemon.storage.seal import manifest_summary, seal_partition
 
 log = structlog.get_logger("cryptorun.replication")
@@ -84,9 +88,10 @@ class WarmColdComponent:
     """Warm and cold tier replication for one region's daemon.
 
     Resource handling: ``start`` spawns the topology worker (which spawns one
-    supervised scheduler per link) and opens a client session only if the
-    daemon did not provide one; ``stop`` closes that session (the supervisor
-    cancels the schedulers).
+    supervised scheduler per link) and the scrub worker, and opens a client
+    session only if the daemon did not provide one; ``stop`` closes that
+    session and the change feed's connection (the supervisor cancels the
+    workers).
     """
 
     name = "warm_cold"
@@ -115,6 +120,16 @@ class WarmColdComponent:
         self.catalog = Catalog(
             self.root, metrics=ctx.metrics, hash_cache=DEFAULT_HASH_CACHE, clock=ctx.clock.now
         )
+        self.feed = feed_for(self.root)
+        self.feed.retention = config.replication.feed_retention
+        self.feed_server = FeedServer(
+            root=self.root,
+            region=self.region,
+            feed=self.feed,
+            epoch_provider=self.epoch_provider,
+            serve_guard=serve_guard,
+            primary_of=self.primary_of_tier,
+        )
         self.server = PartitionServer(
             root=self.root,
             region=self.region,
@@ -129,6 +144,8 @@ class WarmColdComponent:
         self.reconciliation: dict[Tier, ReconcileRecord] = {
             t: ReconcileRecord(t) for t in ACTIVE_PASSIVE_TIERS
         }
+        # Set after the first scrub round: links compare digests only from then on.
+        self._index_ready = asyncio.Event()
         self._topology_changed = asyncio.Event()
         self._topology_changed.set()  # the first round runs at start
         self._own_session: aiohttp.ClientSession | None = None
@@ -140,6 +157,7 @@ class WarmColdComponent:
 
     def routes(self) -> Sequence[web.RouteDef]:
         return [
+            *self.feed_server.routes(),
             *self.server.routes(),
             web.post("/v1/replication/simulate", self.handle_simulate),
             web.post("/v1/replication/sync", self.handle_sync),
@@ -151,9 +169,12 @@ class WarmColdComponent:
             (self.root / tier).mkdir(parents=True, exist_ok=True)
         await self.refresh_topology()
         self.ctx.supervisor.spawn("replication:topology", self._follow_topology)
+        self.ctx.supervisor.spawn("replication:scrub", self._scrub_forever)
         self._started = True
 
     async def stop(self) -> None:
+        # The feed reopens on next use; closing releases its file handles now.
+        await asyncio.to_thread(self.feed.close)
         if self._own_session is not None:
             await self._own_session.close()
             self._own_session = None
@@ -181,6 +202,37 @@ class WarmColdComponent:
 
     def not_ready_reasons(self) -> list[str]:
         return [] if self._started else ["warm/cold replication not started"]
+
+    # --- scrub ----------------------------------------------------------------------
+
+    async def _scrub_forever(self) -> None:
+        """Worker: scrub every warm/cold tier this region holds, then every ``scrub_interval``.
+
+        The first round runs at start, so partitions written while the daemon
+        was down (or by tools that bypass the feed) are in the index before
+        this region's links compare digests (they wait for ``_index_ready``).
+
+        Error handling: an exception propagates to the supervisor, which logs,
+        counts and restarts this worker (the links are released anyway).
+        Resource handling: each tier is scrubbed in one worker-thread call; the
+        event loop only waits for it.
+        """
+        while True:
+            try:
+                for tier in self._tier_rules():
+                    found = await asyncio.to_thread(scrub_tier, self.catalog, self.feed, tier)
+                    if found.discovered or found.lost:
+                        log.info(
+                            "scrub recorded differences between disk and index",
+                            tier=tier,
+                            discovered=found.discovered,
+                            lost=found.lost,
+                        )
+            finally:
+                # Even a failed round releases the links: a broken scrub must
+                # not stop replication, only make its repairs less exact.
+                self._index_ready.set()
+            await asyncio.sleep(self.ctx.config.replication.scrub_interval)
 
     # --- topology ------------------------------------------------------------------
 
@@ -287,15 +339,21 @@ class WarmColdComponent:
                 region=self.region,
                 peer=self._peer(peer),
                 catalog=self.catalog,
+                feed=self.feed,
                 executor=self._executor(self._peer(peer)),
                 metrics=self.ctx.metrics,
                 clock=self.ctx.clock,
                 epoch_provider=self.epoch_provider,
                 step_max_partitions=rep.step_max_partitions,
                 max_concurrency=rep.max_concurrency,
+                anti_entropy_interval=rep.anti_entropy_interval,
+                index_ready=self._index_ready,
                 peer_reporter=self._peer_reporter,
             )
             name = f"replication:{tier}:{peer}"
+            # Following the feed costs one indexed query at the source, so a pull
+            # link polls often: a new seal arrives within about one poll.
+            interval = min(interval_for_slo(rule.lag_slo), rep.feed_poll_interval)
         else:
             link = ReconcileLink(
                 rule=rule,
@@ -310,9 +368,8 @@ class WarmColdComponent:
                 step_max_partitions=rep.step_max_partitions,
             )
             name = f"reconcile:{tier}:{peer}"
-        scheduler: PassScheduler[PassReport] = PassScheduler(
-            name, interval_for_slo(rule.lag_slo), link.run_pass
-        )
+            interval = interval_for_slo(rule.lag_slo)
+        scheduler: PassScheduler[PassReport] = PassScheduler(name, interval, link.run_pass)
         self.links[key] = link
         self.schedulers[key] = scheduler
         self.ctx.supervisor.spawn(scheduler.name, scheduler.run_forever)
@@ -347,19 +404,26 @@ class WarmColdComponent:
             retry_attempts=self.ctx.config.replication.retry_attempts,
             validators=self.validators,
             strict=self.ctx.config.validation.strict,
+            max_validations=self.ctx.config.replication.max_validations,
         )
 
     # --- handlers --------------------------------------------------------------------
 
     async def handle_sync(self, request: web.Request) -> web.Response:
-        """``POST /v1/replication/sync`` ``{"tier"?, "from"?, "kind"?}``: run passes now.
+        """``POST /v1/replication/sync`` ``{"tier"?, "from"?, "kind"?, "check"?}``: run passes now.
 
         Runs one pass of every current link matching the filters (``kind``:
         ``pull`` or ``reconcile``) and answers their reports, each with its
         ``kind``; 400 when no link matches (e.g. this region is the primary).
+        ``check`` (pull links): ``feed`` (follow the change feed only),
+        ``digest`` (default: also compare digests with the source and repair)
+        or ``full`` (scrub this region's disk first, then as ``digest``).
         """
         body = await json_object(request, allow_empty=True)
         tier, src, kind = body.get("tier"), body.get("from"), body.get("kind")
+        check = body.get("check", "digest")
+        if check not in CHECKS:
+            raise UsageError(f"check must be one of {list(CHECKS)}, not {check!r}")
         chosen = [
             (key, scheduler)
             for key, scheduler in sorted(self.schedulers.items())
@@ -371,7 +435,11 @@ class WarmColdComponent:
             raise UsageError(f"no warm/cold link matches tier={tier!r} from={src!r} kind={kind!r}")
         passes = []
         for key, scheduler in chosen:
-            report = await scheduler.trigger()
+            link = self.links[key]
+            if isinstance(link, ReplicationLink):
+                report = await scheduler.trigger(functools.partial(link.run_pass, check))
+            else:
+                report = await scheduler.trigger()
             passes.append({**report.to_json(), "kind": key[0]})
         return web.json_response({"passes": passes})
 

@@ -95,6 +95,7 @@ class WarmColdExecutor:
         strict: bool = False,
         hash_cache: HashCache | None = None,
         chunk_size: int = CHUNK,
+        max_validations: int = 2,
     ) -> None:
         self.root = root
         self.region = region
@@ -113,7 +114,9 @@ class WarmColdExecutor:
             hash_cache=hash_cache if hash_cache is not None else DEFAULT_HASH_CACHE,
             chunk_size=chunk_size,
         )
-        self.verifier = PartitionVerifier(validators=validators, strict=strict)
+        self.verifier = PartitionVerifier(
+            validators=validators, strict=strict, max_validations=max_validations
+        )
         self.committer = PartitionCommitter(root=root, metrics=metrics, policy=self.policy)
 
     @property

@@ -57,10 +57,11 @@ class PassScheduler(Generic[T]):
     def running(self) -> bool:
         return self._lock.locked()
 
-    async def trigger(self) -> T:
+    async def trigger(self, run_pass: Callable[[], Awaitable[T]] | None = None) -> T:
+        """Run one pass now (``run_pass`` instead of the scheduled one, if given)."""
         async with self._lock:
             self.passes += 1
-            return await self._run_pass()
+            return await (run_pass or self._run_pass)()
 
     async def run_forever(self) -> None:
         while True:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -101,8 +102,10 @@ class PartitionServer:
         self._now = now
         self._guard = serve_guard
         self._primary_of = primary_of
-        # Compact JSON per manifest, reused while the manifest is unchanged.
+        # Compact JSON per manifest, reused while the manifest is unchanged;
+        # renders run in worker threads, one at a time under the lock.
         self._json: dict[tuple[str, str, str, int], bytes] = {}
+        self._render_lock = threading.Lock()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -152,7 +155,10 @@ class PartitionServer:
             if primary == self.region and purpose != "inventory"
             else "inventory"
         )
-        body = self._render(tier, epoch, window, manifests, purpose=served_as)
+        # Grows with history: rendered in a worker thread, never on the loop.
+        body = await asyncio.to_thread(
+            self._render, tier, epoch, window, manifests, purpose=served_as
+        )
         return web.Response(body=body, content_type="application/json")
 
     def _reconcile_fence(self, tier: Tier, epoch: int) -> Fence:
@@ -179,6 +185,17 @@ class PartitionServer:
         manifests: list[Manifest],
         *,
         purpose: str = "source",
+    ) -> bytes:
+        with self._render_lock:
+            return self._render_locked(tier, epoch, window, manifests, purpose)
+
+    def _render_locked(
+        self,
+        tier: Tier,
+        epoch: int,
+        window: TimeRange | None,
+        manifests: list[Manifest],
+        purpose: str,
     ) -> bytes:
         cache: dict[tuple[str, str, str, int], bytes] = {}
         parts = []

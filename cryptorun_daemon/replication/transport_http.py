@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import aiohttp
 
 from cryptorun_daemon.config import Tier
-from cryptorun_daemon.errors import ReplicationError, StorageError
+from cryptorun_daemon.errors import ReplicationError, ResyncNeededError, StorageError
 from cryptorun_daemon.replication.planner import PeerHealth
 from cryptorun_daemon.replication.rules import TimeRange
 from cryptorun_daemon.storage.manifest import Manifest
@@ -36,6 +37,28 @@ class Listing:
     epoch: int
     manifests: tuple[Manifest, ...]
     primary: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedBatch:
+    """One page of a peer's change feed: positions seen and the sealed manifests among them."""
+
+    feed_id: str
+    epoch: int
+    head: int
+    next_after: int
+    positions: tuple[int, ...]
+    sealed: tuple[tuple[int, Manifest], ...]
+
+
+@dataclass(frozen=True)
+class DayDigests:
+    """A peer's per-day digests of a tier, and its feed head taken before them."""
+
+    feed_id: str
+    head: int
+    epoch: int
+    days: dict[str, tuple[int, str]]
 
 
 @dataclass
@@ -133,16 +156,19 @@ class HttpPeer:
                         f"GET {url} answered {resp.status}: {body}",
                         reason="fenced" if resp.status == 409 and '"fenced"' in body else "http",
                     )
-                data = await resp.json()
+                raw = await resp.read()
         except ReplicationError:
             raise
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _failure(exc, f"listing {tier} partitions of {self.region}") from exc
+        # A listing grows with history: parsed in a worker thread, never on the loop.
+        try:
+            data = await asyncio.to_thread(json.loads, raw)
         except ValueError as exc:
             raise ReplicationError(
                 f"GET {url} returned invalid JSON: {exc}", reason="http"
             ) from exc
-        return self._parse_listing(tier, data)
+        return await asyncio.to_thread(self._parse_listing, tier, data)
 
     def _parse_listing(self, tier: Tier, data: Any) -> Listing:
         try:
@@ -176,6 +202,125 @@ class HttpPeer:
             manifests=tuple(manifests),
             primary=str(primary) if primary is not None else None,
         )
+
+    # --- change feed and digests (see feed_serving.py) ----------------------------
+
+    async def changes(
+        self, tier: Tier, *, after: int, limit: int, feed_id: str | None, wait: float = 0.0
+    ) -> FeedBatch:
+        """One page of the peer's change feed of ``tier`` after ``after``.
+
+        Error handling: :class:`ResyncNeededError` when the peer cannot answer
+        from that position (the caller must repair by digest); otherwise as
+        :meth:`list_partitions`.
+        """
+        params = {"tier": tier, "after": str(after), "limit": str(limit)}
+        if feed_id is not None:
+            params["feed"] = feed_id
+        if wait > 0:
+            params["wait"] = str(wait)
+        data = await self._get_json("/v1/partitions/changes", params, f"{tier} changes")
+        return await asyncio.to_thread(self._parse_changes, tier, data)
+
+    async def digest_days(self, tier: Tier) -> DayDigests:
+        """The peer's per-day digests of ``tier`` and its feed head taken before them."""
+        data = await self._get_json("/v1/partitions/digest", {"tier": tier}, f"{tier} digests")
+        try:
+            return DayDigests(
+                feed_id=str(data["feed_id"]),
+                head=int(data["head"]),
+                epoch=int(data["epoch"]),
+                days={str(d): (int(v[0]), str(v[1])) for d, v in data["days"].items()},
+            )
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ReplicationError(
+                f"peer {self.region} sent invalid digests: {exc}", reason="http"
+            ) from exc
+
+    async def digest_hours(self, tier: Tier, day: str) -> dict[int, tuple[int, str]]:
+        """The peer's per-hour digests of one day (cold: the single bucket ``-1``)."""
+        data = await self._get_json(
+            "/v1/partitions/digest", {"tier": tier, "day": day}, f"{tier} {day} digests"
+        )
+        try:
+            return {int(h): (int(v[0]), str(v[1])) for h, v in data["hours"].items()}
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ReplicationError(
+                f"peer {self.region} sent invalid digests: {exc}", reason="http"
+            ) from exc
+
+    async def digest_partitions(self, tier: Tier, day: str, hour: int) -> list[Manifest]:
+        """The manifests of the peer's committed partitions in one hour (cold: ``-1``) of a day."""
+        data = await self._get_json(
+            "/v1/partitions/digest",
+            {"tier": tier, "day": day, "hour": str(hour)},
+            f"{tier} {day} hour {hour} partitions",
+        )
+        return await asyncio.to_thread(self._parse_manifests, tier, data.get("partitions"))
+
+    async def _get_json(self, path: str, params: dict[str, str], what: str) -> Any:
+        url = f"{self.base_url}{path}"
+        try:
+            async with self.session.get(
+                url, params=params, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    body = raw[:300].decode(errors="replace")
+                    if resp.status == 409 and '"resync_needed"' in body:
+                        raise ResyncNeededError(f"{self.region}: {body}")
+                    raise ReplicationError(
+                        f"GET {url} answered {resp.status}: {body}",
+                        reason="fenced" if resp.status == 409 and '"fenced"' in body else "http",
+                    )
+        except ReplicationError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _failure(exc, f"fetching {what} of {self.region}") from exc
+        try:
+            return await asyncio.to_thread(json.loads, raw)
+        except ValueError as exc:
+            raise ReplicationError(
+                f"GET {url} returned invalid JSON: {exc}", reason="http"
+            ) from exc
+
+    def _parse_manifests(self, tier: Tier, items: Any) -> list[Manifest]:
+        try:
+            manifests = [Manifest.from_json(item) for item in items]
+        except (KeyError, TypeError, ValueError, StorageError) as exc:
+            raise ReplicationError(
+                f"peer {self.region} sent an invalid manifest: {exc}", reason="http"
+            ) from exc
+        for manifest in manifests:
+            if manifest.tier != tier:
+                raise ReplicationError(
+                    f"peer {self.region} sent a {manifest.tier} manifest for {tier}", reason="http"
+                )
+        return manifests
+
+    def _parse_changes(self, tier: Tier, data: Any) -> FeedBatch:
+        try:
+            sealed: list[tuple[int, Manifest]] = []
+            positions = []
+            for item in data["changes"]:
+                position = int(item["position"])
+                positions.append(position)
+                if item["kind"] == "sealed" and item.get("manifest") is not None:
+                    sealed.extend(
+                        (position, m) for m in self._parse_manifests(tier, [item["manifest"]])
+                    )
+            return FeedBatch(
+                feed_id=str(data["feed_id"]),
+                epoch=int(data["epoch"]),
+                head=int(data["head"]),
+                next_after=int(data["next_after"]),
+                positions=tuple(positions),
+                sealed=tuple(sealed),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReplicationError(
+                f"peer {self.region} sent an invalid change page: {exc}", reason="http"
+            ) from exc
 
     @contextlib.asynccontextmanager
     async def open_file(

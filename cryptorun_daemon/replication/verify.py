@@ -42,9 +42,19 @@ def verdict_passed(verdict: Any) -> tuple[bool, str]:
 class PartitionVerifier:
     """Runs the step validators on a partition's files and remembers refused content."""
 
-    def __init__(self, *, validators: Sequence[StepValidator] = (), strict: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        validators: Sequence[StepValidator] = (),
+        strict: bool = False,
+        max_validations: int = 2,
+    ) -> None:
         self.validators = tuple(validators)
         self.strict = strict
+        # Validators decode whole Parquet files (tens of MB each in memory): at
+        # most this many partitions are validated at once, whatever the copy
+        # concurrency, so the copier's memory is bounded by configuration.
+        self._slots = asyncio.Semaphore(max_validations)
         # (tier, partition) → (content digest, why) of source versions refused by validation.
         self._rejected: dict[tuple[Tier, str], tuple[str, str]] = {}
 
@@ -71,6 +81,12 @@ class PartitionVerifier:
         rejection is remembered by content so later passes do not re-fetch the
         same bytes; with ``strict`` the first violation fails it at once.
         """
+        if not self.validators:
+            return
+        async with self._slots:
+            await self._validate(manifest, directory)
+
+    async def _validate(self, manifest: Manifest, directory: Path) -> None:
         rejections: list[str] = []
         for validator in self.validators:
             for entry in manifest.files:

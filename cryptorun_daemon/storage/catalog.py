@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -146,11 +146,34 @@ class Catalog:
             if e.sealed and e.manifest is not None
         ]
 
+    def iter_sealed(self, tier: Tier) -> Iterator[tuple[PartitionKey, Path, bytes]]:
+        """Every sealed partition of ``tier`` with its raw manifest bytes, as the walk finds it.
+
+        Unlike :meth:`scan` nothing is cached or collected: memory stays flat
+        however many partitions the tier holds (the scrub's walk). Partitions
+        whose manifest cannot be read are yielded with empty bytes.
+        """
+        tier_dir = self.root / tier
+        if not tier_dir.is_dir():
+            return
+        for parts, directory in self._walk(tier, tier_dir, None, None):
+            try:
+                key = parse_partition_parts(tier, parts)
+            except PathRejectedError as exc:
+                self._ignore(tier, directory, str(exc))
+                continue
+            if not (directory / SUCCESS_MARKER).is_file():
+                continue
+            try:
+                raw = (directory / MANIFEST_NAME).read_bytes()
+            except OSError:
+                raw = b""
+            yield key, directory, raw
+
     def _walk(
         self, tier: Tier, tier_dir: Path, start: datetime | None, end: datetime | None
-    ) -> list[tuple[list[str], Path]]:
+    ) -> Iterator[tuple[list[str], Path]]:
         depth = 5 if tier in HOURLY_TIERS else 4
-        found: list[tuple[list[str], Path]] = []
         stack: list[tuple[list[str], Path]] = [([], tier_dir)]
         while stack:
             parts, directory = stack.pop()
@@ -173,10 +196,9 @@ class Catalog:
                     if len(child) == 4 and not _date_may_overlap(item.name, start, end):
                         continue
                     if len(child) == depth:
-                        found.append((child, path))
+                        yield child, path
                     else:
                         stack.append((child, path))
-        return found
 
     def _entry(
         self,

@@ -18,6 +18,7 @@ from cryptorun_daemon.config import ACTIVE_PASSIVE_TIERS
 from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
+from cryptorun_daemon.storage.change_feed import note_sealed
 from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, parse_partition_dir
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, compute_manifest, read_manifest
@@ -136,11 +137,16 @@ def write_seal(
     """The commit point: manifest atomically, then ``_SUCCESS`` atomically.
 
     ``after_manifest`` names the fail point between the two writes (the
-    sealer's and the replica's commits are told apart).
+    sealer's and the replica's commits are told apart). A warm/cold seal is
+    then recorded in the storage root's change feed
+    (:mod:`cryptorun_daemon.storage.change_feed`), which replicas follow.
     """
     atomic_write_bytes(partition_dir / MANIFEST_NAME, manifest.to_bytes())
     failpoint(after_manifest)
     atomic_write_bytes(partition_dir / SUCCESS_MARKER, b"")
+    if manifest.tier in ACTIVE_PASSIVE_TIERS:
+        depth = 6 if manifest.key.hour is not None else 5
+        note_sealed(storage_root_of(partition_dir, depth), manifest)
 
 
 def manifest_summary(manifest: Manifest) -> Mapping[str, Any]:

@@ -73,7 +73,13 @@ def _regions(tmp: Path, backend: str, etcd_url: str | None) -> tuple[RegionSpec,
     a, b = two_regions(tmp, rules=rules)
     prefix = f"/failover-{uuid.uuid4().hex[:8]}"  # one shared truth for both regions
     for spec in (a, b):
-        spec.sections["replication"] = {"peer_down_after": "2s", "retry_attempts": 2}
+        # Pull links poll the change feed every feed_poll_interval (0.5 s by
+        # default); a minute here keeps the passes the test's own.
+        spec.sections["replication"] = {
+            "peer_down_after": "2s",
+            "retry_attempts": 2,
+            "feed_poll_interval": "60s",
+        }
         spec.sections["log"] = {"format": "json"}
         if backend == "etcd":
             assert etcd_url is not None
