@@ -100,6 +100,7 @@ from cryptorun_daemon.timefmt import format_compact, format_rfc3339, utc_from_ns
 log = structlog.get_logger("cryptorun.hot.sealer")
 Position = tuple[int, int]  # (segment index, byte offset)
 STATE_KEEP_NS = 7 * 86400 * 10**9
+HOUR_NS = 3600 * 10**9  # warm partitions are hourly
 # Rows decoded per staging batch: bounds the rows held as Python objects.
 BATCH_ROWS = 20_000
 # Between window closes a round runs (and stages) at most this often when the
@@ -394,6 +395,7 @@ class HotSealer:
         on_disk: dict[Path, frozenset[str]] = {}
         late: list[pw.Row] = []
         batch: dict[tuple[int, Path], list[pw.Row]] = defaultdict(list)
+        directories: dict[tuple[str, str, str, int], Path] = {}
         batch_rows = 0
         batch_start = here = start
         for segment in segments:
@@ -418,9 +420,13 @@ class HotSealer:
                     if here > self.late_through:
                         late.append(row)
                 else:
-                    directory = pw.partition_dir(
-                        self.root, row.dataset, row.venue, row.symbol, row.ts
-                    )
+                    # Building a checked path per row costs more than decoding it.
+                    key = (row.dataset, row.venue, row.symbol, row.ts // HOUR_NS)
+                    directory = directories.get(key)
+                    if directory is None:
+                        directory = directories[key] = pw.partition_dir(
+                            self.root, row.dataset, row.venue, row.symbol, row.ts
+                        )
                     batch[(window, directory)].append(row)
                     segment_windows.setdefault(segment.index, set()).add(window)
                     batch_rows += 1
