@@ -135,6 +135,7 @@ async def run_mode(args: argparse.Namespace) -> list[dict[str, Any]]:
                 )
             k += 1
         journal.write_lines(lines)
+        await journal.sync()  # the syncer's job in the daemon (fsync once a second)
         journaled += len(lines)
         clock["now"] = until
         closes = (until - S) // window_ns != (until - S - S) // window_ns
