@@ -2,7 +2,7 @@
 
 The etcd ``gofail`` idea: a call such as ``failpoint("seal.after_data")`` sits
 between two steps of every multi-step write whose crash-safety matters
-(sealing, late fill, re-seal, replica commit, journal segment roll). It is
+(sealing, staging, late fill, re-seal, replica commit, journal segment roll). It is
 compiled in and **inert** unless the environment variable
 ``CRYPTORUN_FAILPOINTS`` names it when the process starts::
 
