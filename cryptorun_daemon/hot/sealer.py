@@ -67,16 +67,20 @@ content a run without the crash writes; docs/HOT_TIER.md, fail points in
    position past its range is saved, it is named by the journal range it
    holds, and every staged file whose range starts at or after the saved
    ``read_through`` (a round that never saved) is removed before the next
-   round stages anything. No staged row is ever counted twice.
+   round stages anything. No staged row is ever counted twice. The position
+   is saved only after the segments read are fsynced (a power loss never
+   leaves the journal shorter than it), and a journal that ends before it
+   fails the round loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +90,7 @@ import structlog
 from cryptorun_daemon.errors import FencedError, StorageError
 from cryptorun_daemon.hot import partition_writer as pw
 from cryptorun_daemon.hot.authority import SourceAuthority
+from cryptorun_daemon.hot.durable import fsync_dir
 from cryptorun_daemon.hot.journal import Journal, Segment, iter_lines
 from cryptorun_daemon.hot.record import decode_line
 from cryptorun_daemon.hot.staged_seal import write_window_file
@@ -313,6 +318,13 @@ class HotSealer:
         self, now: int, position: Position, segments: list[Segment], primary: bool, epoch: int
     ) -> RoundResult:
         result = RoundResult(at_ns=now, primary=primary, read_through=position)
+        if position < self.read_through:
+            # Reading on would skip every record appended until the journal grows
+            # past the old position: say so instead of sealing nothing in silence.
+            raise StorageError(
+                f"the hot journal ends at {list(position)}, before the sealer's read "
+                f"position {list(self.read_through)}: it was replaced or lost bytes"
+            )
         if self._staging_dirty:
             self.staging.truncate(self.read_through)
             self._staging_dirty = False
@@ -320,6 +332,10 @@ class HotSealer:
         # a round that fails halfway is redone in full by the next one.
         segment_windows = {s: set(ws) for s, ws in self.segment_windows.items()}
         late = self._read_new(now, position, segments, segment_windows, result)
+        # The position is saved only over journal bytes on stable storage, so that
+        # after a power loss the journal still holds everything before it and new
+        # records are appended after it, never inside the range already read.
+        _fsync_segments(s.path for s in segments if self.read_through[0] <= s.index)
         sealed = dict(self.sealed)
         limit = self.closed_limit(now)
         for window in self.staging.windows():
@@ -531,6 +547,24 @@ class HotSealer:
             "last_round": self.last_round.to_json() if self.last_round else None,
             "last_error": self.last_error,
         }
+
+
+def _fsync_segments(paths: Iterable[Path]) -> None:
+    """fsync journal segment files (and their directory) through descriptors of our own.
+
+    An fsync covers the file, whichever descriptor wrote its pages, and never
+    touches the journal's own bookkeeping of what it has synced.
+    """
+    directory = None
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        directory = path.parent
+    if directory is not None:
+        fsync_dir(directory)
 
 
 def _iso(ns: int) -> str:

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 
 from cryptorun_daemon.config import FeedConfig
+from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.hot import partition_writer as pw
 from cryptorun_daemon.hot.authority import SourceAuthority
 from cryptorun_daemon.hot.feeds_builtin import SyntheticFeed
@@ -327,4 +329,25 @@ async def test_a_state_saved_before_streaming_is_read_from_the_journal_start(
     reference = tmp_path / "reference"
     old_sealer_files(lines, reference, authority(), until=T0 + 2 * WINDOW)
     assert sealed_rows(tmp_path / "root") == sealed_rows(reference)
+    journal.close()
+
+
+async def test_a_journal_that_ends_before_the_read_position_fails_the_round_loudly(
+    tmp_path: Path,
+) -> None:
+    """When the journal holds fewer bytes than the sealer has read (it was replaced), a
+    round fails with a StorageError naming both positions instead of silently skipping
+    every record appended until the journal grows past the old position."""
+    journal = open_journal(tmp_path / "journal")
+    write_events(journal, T0, T0 + 30 * S, {})
+    one = sealer(tmp_path / "root", journal, auth=authority())
+    await one.round(T0 + 30 * S)
+    journal.close()
+    state = json.loads(one.state_path.read_text())
+    state["read_through"] = [state["read_through"][0] + 5, 0]
+    one.state_path.write_text(json.dumps(state))
+    journal = open_journal(tmp_path / "journal")
+    reborn = sealer(tmp_path / "root", journal, auth=authority())
+    with pytest.raises(StorageError, match="before the sealer's read position"):
+        await reborn.round(T0 + 40 * S)
     journal.close()
