@@ -1,5 +1,9 @@
 """Hot → warm sealing: closed windows of the hot journal become sealed warm partitions.
 
+(Past the house's ~500 lines, mostly docstring: the round's steps and the
+crash-safety invariants below are checked together; staging and the columnar
+seal already live in ``hot/staging.py`` and ``hot/staged_seal.py``.)
+
 Windows are ``hot.partition_length`` long (an hour by default; the demo uses
 minutes) and aligned to the Unix epoch; a window is *closed* ``hot.seal_grace``
 after its end. Only the region that is warm primary writes: each closed window
