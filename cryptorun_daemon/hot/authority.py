@@ -159,6 +159,15 @@ class SourceAuthority:
         index = bisect.bisect_right(times, at_ns) - 1
         return names[index] if index >= 0 else names[0]
 
+    def timeline(self, venue: str, symbol: str) -> tuple[list[int], list[str]] | None:
+        """Copies of (election times, sources) for (venue, symbol), for bulk ``source_at``.
+
+        :func:`source_at` at ``t`` is ``sources[bisect_right(times, t) - 1]``
+        (the first source for a time before every election); None when unknown.
+        """
+        held = self._timeline.get((venue, symbol))
+        return None if held is None else (list(held[0]), list(held[1]))
+
     def status(self) -> dict[str, Any]:
         now = self.now_ns()
         pairs = []

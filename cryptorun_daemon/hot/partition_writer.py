@@ -144,36 +144,50 @@ def existing_trade_ids(directory: Path, *, exclude: Collection[str] = ()) -> set
     return ids
 
 
+def file_schema(dataset: str, summary: list[dict[str, Any]]) -> pa.Schema:
+    """A data file's Arrow schema: the dataset's, carrying the per-source ``summary``."""
+    return arrow_schema(dataset).with_metadata(
+        {SOURCES_KEY: json.dumps(summary, sort_keys=True).encode()}
+    )
+
+
 def write_file(directory: Path, name: str, rows: list[Row]) -> int:
     """Put ``rows`` in ``directory/name`` crash-safely; returns the row count.
 
     The per-source summary of the rows goes into the file's Parquet metadata
     (``cryptorun.sources``, per file: a table read across several files shows
     one file's), so a seal derives the manifest's source list from the files
-    alone (see :func:`seal`). The bytes are a pure function of the
-    rows, so writing the same rows again is a no-op: the file is first written
-    as ``.name.partial``; when ``name`` already holds the same bytes the partial
+    alone (see :func:`seal`). The bytes are a pure function of the rows; the
+    commit is :func:`put_file`'s.
+    """
+    schema = file_schema(rows[0].dataset, source_summary(rows))
+    records = [{**row.fields, "origin": row.origin, "seq": row.seq} for row in rows]
+    table = pa.Table.from_pylist(records, schema=schema)
+    put_file(directory, name, lambda partial: pq.write_table(table, partial, compression="zstd"))
+    return len(rows)
+
+
+def put_file(directory: Path, name: str, write: Callable[[Path], None]) -> None:
+    """Commit the file ``write`` produces as ``directory/name``, crash-safely.
+
+    ``write`` must produce bytes that are a pure function of the rows, so
+    writing the same rows again is a no-op: the file is first written as
+    ``.name.partial``; when ``name`` already holds the same bytes the partial
     is dropped. Otherwise, if the partition is sealed, ``_SUCCESS`` is unlinked
     first (fail point ``reseal.after_unseal``) so that no reader ever pairs the
     old seal with the new data, and then the file replaces ``name`` (fsync of
     file and directory). The caller re-seals.
     """
-    dataset = rows[0].dataset
-    schema = arrow_schema(dataset).with_metadata(
-        {SOURCES_KEY: json.dumps(source_summary(rows), sort_keys=True).encode()}
-    )
-    records = [{**row.fields, "origin": row.origin, "seq": row.seq} for row in rows]
-    table = pa.Table.from_pylist(records, schema=schema)
     if not directory.is_dir():
         make_durable_dirs(directory)
     final = directory / name
     # Hidden, so a crash that leaves it behind never blocks a seal (data_file_names
     # refuses unknown visible names); the redo overwrites it.
     partial = directory / f".{name}{PARTIAL_SUFFIX}"
-    pq.write_table(table, partial, compression="zstd")
+    write(partial)
     if final.is_file() and filecmp.cmp(partial, final, shallow=False):
         partial.unlink()
-        return len(rows)
+        return
     success = directory / SUCCESS_MARKER
     if success.is_file():
         _keep_sealed_version(directory)
@@ -181,7 +195,6 @@ def write_file(directory: Path, name: str, rows: list[Row]) -> int:
         fsync_dir(directory)
         failpoint("reseal.after_unseal")
     commit_file(partial, final)
-    return len(rows)
 
 
 def _keep_sealed_version(directory: Path) -> None:

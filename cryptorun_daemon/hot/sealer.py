@@ -1,5 +1,9 @@
 """Hot → warm sealing: closed windows of the hot journal become sealed warm partitions.
 
+(Past the house's ~500 lines, mostly docstring: the round's steps and the
+crash-safety invariants below are checked together; staging and the columnar
+seal already live in ``hot/staging.py`` and ``hot/staged_seal.py``.)
+
 Windows are ``hot.partition_length`` long (an hour by default; the demo uses
 minutes) and aligned to the Unix epoch; a window is *closed* ``hot.seal_grace``
 after its end. Only the region that is warm primary writes: each closed window
@@ -10,21 +14,34 @@ window was sealed are *late*: the next round writes them to a
 ``late-fill-<round>.parquet`` file in their own hour partition, re-seals it and
 counts them in ``cryptorun_hot_late_records_total`` — they are never dropped.
 
+Streaming: the sealer reads each journal byte once. ``read_through`` (saved in
+the state) is where the next round starts reading; rows of windows not sealed
+yet are staged on disk batch by batch (``hot/staging.py``,
+``{root}/_state/staging/<region>/``), and a closed window is sealed from its
+staged files in columnar form (``hot/staged_seal.py``). Memory is therefore
+one batch of decoded rows (``BATCH_ROWS``) plus the selection keys of one
+partition's window, whatever the window length and the rate. Between window
+closes a round runs every ``STAGE_INTERVAL`` seconds while the journal grows.
+
 A replica writes nothing; it treats a window as sealed once warm replication
 has delivered, in every partition the window touches, a sealed manifest that
 lists that window's own file (an hour sealed for an earlier window does not
-count). Journal segments are deleted only when every record in them belongs to
-a sealed window.
+count). A journal segment is deleted once it is read and every window its
+records were staged for is sealed (``segment_windows`` in the state), so a
+replica trims its journal window by window as replication covers it.
 
 Crash-safety invariants (a kill at any point, then a restart, converges to the
 content a run without the crash writes; docs/HOT_TIER.md, fail points in
 ``runtime/failpoints.py``):
 
 1. The state file (``_state/hot/sealer.json``: sealed windows with the journal
-   position each was sealed at, ``late_through``, ``late_intent``) is saved
-   only after every partition write of the round is complete, and journal
-   segments are deleted only after that save. Whatever a crashed round did is
-   therefore still described by the journal, and the next round redoes it.
+   position each was sealed at, ``read_through``, ``segment_windows``,
+   ``late_through``, ``late_intent``) is saved only after every staging and
+   partition write of the round is complete, and journal segments and the
+   staging of sealed windows are deleted only after that save. Whatever a
+   crashed round did is therefore still described by the journal from
+   ``read_through`` on plus the staged files before it, and the next round
+   redoes it.
 2. Every step is idempotent. A window's rows go to a file named by the window
    (``part-<start>``) and a data file's bytes are a pure function of its rows,
    so a redo replaces the file with a superset of the same rows (or leaves it
@@ -50,15 +67,24 @@ content a run without the crash writes; docs/HOT_TIER.md, fail points in
 7. A window's file is never rewritten once the window has left the state
    (kept for a week): a record for it that shows up later, with the window's
    file sealed on disk, is a late record like any other.
+8. Staging is idempotent under redo: a staged file is durable before the
+   position past its range is saved, it is named by the journal range it
+   holds, and every staged file whose range starts at or after the saved
+   ``read_through`` (a round that never saved) is removed before the next
+   round stages anything. No staged row is ever counted twice. The position
+   is saved only after the segments read are fsynced (a power loss never
+   leaves the journal shorter than it), and a journal that ends before it
+   fails the round loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +94,11 @@ import structlog
 from cryptorun_daemon.errors import FencedError, StorageError
 from cryptorun_daemon.hot import partition_writer as pw
 from cryptorun_daemon.hot.authority import SourceAuthority
+from cryptorun_daemon.hot.durable import fsync_dir
 from cryptorun_daemon.hot.journal import Journal, Segment, iter_lines
 from cryptorun_daemon.hot.record import decode_line
+from cryptorun_daemon.hot.staged_seal import write_window_file
+from cryptorun_daemon.hot.staging import StagingArea
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
@@ -80,6 +109,12 @@ from cryptorun_daemon.timefmt import format_compact, format_rfc3339, utc_from_ns
 log = structlog.get_logger("cryptorun.hot.sealer")
 Position = tuple[int, int]  # (segment index, byte offset)
 STATE_KEEP_NS = 7 * 86400 * 10**9
+HOUR_NS = 3600 * 10**9  # warm partitions are hourly
+# Rows decoded per staging batch: bounds the rows held as Python objects.
+BATCH_ROWS = 20_000
+# Between window closes a round runs (and stages) at most this often when the
+# journal has grown; a window close or a role change starts one at once.
+STAGE_INTERVAL = 5.0
 
 
 @dataclass
@@ -92,6 +127,8 @@ class RoundResult:
     partitions: list[str] = field(default_factory=list)
     rows: int = 0
     late_rows: int = 0
+    rows_staged: int = 0
+    read_through: Position = (0, 0)
     deletable_segments: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -102,6 +139,8 @@ class RoundResult:
             "partitions": self.partitions,
             "rows": self.rows,
             "late_rows": self.late_rows,
+            "rows_staged": self.rows_staged,
+            "read_through": list(self.read_through),
             "segments_deleted": self.deletable_segments,
         }
 
@@ -144,8 +183,18 @@ class HotSealer:
         self.now_ns = now_ns
         self.check_interval = check_interval
         self.state_path = root / "_state" / "hot" / "sealer.json"
+        self.staging = StagingArea(root, region)
         self.sealed: dict[int, Position] = {}
+        # Records at or before this position in a window that is sealed were
+        # handled (sealed or late-filled); only a state written before the
+        # streaming sealer has it behind ``read_through``.
         self.late_through: Position = (0, 0)
+        # Every journal byte before this position has been read: staged, or
+        # late-filled, or found already handled. Reads start here.
+        self.read_through: Position = (0, 0)
+        # Segment index -> the windows its staged records belong to; a segment
+        # is deleted once it is read and all of them are sealed.
+        self.segment_windows: dict[int, set[int]] = {}
         # The late-fill file a round has committed to (saved before it is written).
         self.late_intent: str | None = None
         self.late_total = 0
@@ -153,6 +202,9 @@ class HotSealer:
         self.last_round: RoundResult | None = None
         self.last_error: str | None = None
         self._late = metrics.hot_late_records_total.labels(region=region)
+        # Staged files past ``read_through`` may exist (a crash, a failed round):
+        # they are removed before the next round stages anything.
+        self._staging_dirty = True
         self._load()
 
     # ----------------------------------------------------------------- state
@@ -163,6 +215,14 @@ class HotSealer:
             return
         self.sealed = {int(k): (int(v[0]), int(v[1])) for k, v in data["sealed"].items()}
         self.late_through = (int(data["late_through"][0]), int(data["late_through"][1]))
+        # A state from before the streaming sealer has no read position: its
+        # open windows were never staged, so the journal is read from its start
+        # (records of sealed windows up to ``late_through`` are skipped).
+        read = data.get("read_through", [0, 0])
+        self.read_through = (int(read[0]), int(read[1]))
+        self.segment_windows = {
+            int(k): {int(w) for w in v} for k, v in data.get("segment_windows", {}).items()
+        }
         self.late_total = int(data.get("late_total", 0))
         intent = data.get("late_intent")
         self.late_intent = str(intent) if isinstance(intent, str) else None
@@ -172,7 +232,9 @@ class HotSealer:
         now: int,
         late_total: int,
         sealed: dict[int, Position],
-        late_through: Position,
+        read_through: Position,
+        *,
+        segment_windows: dict[int, set[int]],
         late_intent: str | None = None,
     ) -> None:
         kept = {w: p for w, p in sealed.items() if w >= now - STATE_KEEP_NS}
@@ -180,7 +242,11 @@ class HotSealer:
         sealed.update(kept)
         body: dict[str, Any] = {
             "sealed": {str(w): list(p) for w, p in sorted(kept.items())},
-            "late_through": list(late_through),
+            "late_through": list(read_through),
+            "read_through": list(read_through),
+            "segment_windows": {
+                str(s): sorted(ws) for s, ws in sorted(segment_windows.items()) if ws
+            },
             "late_total": late_total,
         }
         if late_intent is not None:
@@ -194,7 +260,8 @@ class HotSealer:
 
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
-        """Run a round whenever another window has closed or the role changed (and at start).
+        """Run a round whenever another window has closed or the role changed (and at start),
+        and every ``STAGE_INTERVAL`` while the journal grows (staging its new records).
 
         Waits while ``role_settled()`` is false (invariant 6 in the module docstring).
 
@@ -202,12 +269,18 @@ class HotSealer:
         open files between rounds.
         """
         done_through: tuple[int, bool] | None = None
+        last_start = 0.0
         while True:
             now = self.now_ns()
             # A change of role counts too: a region that became primary after
             # a round it ran as replica must not wait for the next window.
             due = (self.closed_limit(now) // self.length_ns, self.is_warm_primary())
-            if due != done_through and self.role_settled():
+            grown = (
+                time.monotonic() - last_start >= STAGE_INTERVAL
+                and self.journal.position() != self.read_through
+            )
+            if (due != done_through or grown) and self.role_settled():
+                last_start = time.monotonic()
                 try:
                     await self.round(now)
                     done_through = due
@@ -218,7 +291,7 @@ class HotSealer:
             await asyncio.sleep(self.check_interval)
 
     async def round(self, now: int | None = None) -> RoundResult:
-        """One sealing round over everything journaled so far."""
+        """One round: stage the journal's new records, seal closed windows, late-fill."""
         now = self.now_ns() if now is None else now
         position = self.journal.position()
         segments = self.journal.segments()
@@ -229,6 +302,10 @@ class HotSealer:
             # The storage fence refused the seal (primacy lost between the role
             # check and the write): counted, and the round is retried as usual.
             self.metrics.fenced_total.labels(tier="warm", operation="seal").inc()
+            self._staging_dirty = True
+            raise
+        except BaseException:
+            self._staging_dirty = True
             raise
         for index in result.deletable_segments:
             self.journal.delete_segment(index)
@@ -244,48 +321,35 @@ class HotSealer:
     def _round(
         self, now: int, position: Position, segments: list[Segment], primary: bool, epoch: int
     ) -> RoundResult:
-        result = RoundResult(at_ns=now, primary=primary)
-        length, limit = self.length_ns, self.closed_limit(now)
-        forgotten = now - STATE_KEEP_NS  # windows before this are dropped from the state
-        on_disk: dict[Path, frozenset[str]] = {}
-        to_seal: dict[int, list[pw.Row]] = defaultdict(list)
-        late: list[pw.Row] = []
-        still_open: set[int] = set()
-        for segment in segments:
-            if segment.index > position[0]:
-                continue
-            stop = position[1] if segment.index == position[0] else None
-            for end, line in iter_lines(segment.path, stop=stop):
-                if line.startswith(b'{"ctl"'):
-                    continue
-                body = decode_line(line)
-                row = pw.Row(body["o"], body["s"], body["i"], body["d"], body["f"])
-                window = row.ts // length * length
-                here = (segment.index, end)
-                sealed_at = self.sealed.get(window)
-                if sealed_at is not None:
-                    if here > sealed_at and here > self.late_through:
-                        late.append(row)
-                elif window < forgotten and self._window_on_disk(row, window, on_disk):
-                    # Older than the state remembers, but sealed on disk: never
-                    # rewrite its window file (the rows already in it may have
-                    # left the journal); a record not yet handled is late.
-                    if here > self.late_through:
-                        late.append(row)
-                elif window + length <= limit:
-                    to_seal[window].append(row)
-                else:
-                    still_open.add(segment.index)
-        # Work on a copy: the in-memory state moves only with the saved state, so
+        result = RoundResult(at_ns=now, primary=primary, read_through=position)
+        if position < self.read_through:
+            # Reading on would skip every record appended until the journal grows
+            # past the old position: say so instead of sealing nothing in silence.
+            raise StorageError(
+                f"the hot journal ends at {list(position)}, before the sealer's read "
+                f"position {list(self.read_through)}: it was replaced or lost bytes"
+            )
+        if self._staging_dirty:
+            self.staging.truncate(self.read_through)
+            self._staging_dirty = False
+        # Work on copies: the in-memory state moves only with the saved state, so
         # a round that fails halfway is redone in full by the next one.
+        segment_windows = {s: set(ws) for s, ws in self.segment_windows.items()}
+        late = self._read_new(now, position, segments, segment_windows, result)
+        # The position is saved only over journal bytes on stable storage, so that
+        # after a power loss the journal still holds everything before it and new
+        # records are appended after it, never inside the range already read.
+        _fsync_segments(s.path for s in segments if self.read_through[0] <= s.index)
         sealed = dict(self.sealed)
-        for window in sorted(to_seal):
-            if primary:
-                self._seal_window(window, to_seal[window], epoch, result)
-            elif not self._replicated(window, to_seal[window]):
-                # A replica waits for warm replication before forgetting its copy.
-                still_open.update(s.index for s in segments)
+        limit = self.closed_limit(now)
+        for window in self.staging.windows():
+            if window in sealed or window + self.length_ns > limit:
                 continue
+            partitions = self.staging.partitions(window)
+            if primary:
+                self._seal_window(window, partitions, epoch, result)
+            elif not self._replicated(window, list(partitions)):
+                continue  # a replica keeps its copy until warm replication delivered
             sealed[window] = position
             result.windows_sealed.append(window)
         if primary and late:
@@ -294,20 +358,106 @@ class HotSealer:
                 # it is written, so a redo after a crash replaces that file
                 # instead of adding a second copy of its rows.
                 intent = f"{pw.LATE_FILL_PREFIX}{_compact(now)}-{now % 10**9:09d}.parquet"
-                self._save(now, self.late_total, dict(self.sealed), self.late_through, intent)
+                self._save(
+                    now,
+                    self.late_total,
+                    dict(self.sealed),
+                    self.read_through,
+                    segment_windows=self.segment_windows,
+                    late_intent=intent,
+                )
                 self.late_intent = intent
                 failpoint("late.after_intent")
             self._late_fill(late, self.late_intent, epoch, result)
             failpoint("late.after_seal")
         # ``late_total`` and the counter move together on the event loop (in
         # ``round``), so nobody observes one ahead of the other.
-        self._save(now, self.late_total + result.late_rows, sealed, position)
+        present = {s.index for s in segments}
+        segment_windows = {s: ws for s, ws in segment_windows.items() if s in present}
+        self._save(
+            now,
+            self.late_total + result.late_rows,
+            sealed,
+            position,
+            segment_windows=segment_windows,
+        )
         self.sealed, self.late_through, self.late_intent = sealed, position, None
+        self.read_through, self.segment_windows = position, segment_windows
         failpoint("sealer.after_state")
+        if self.staging.drop(w for w in self.staging.windows() if w in sealed):
+            failpoint("staging.after_drop")
+        forgotten = now - STATE_KEEP_NS
         result.deletable_segments = [
-            s.index for s in segments if s.index < position[0] and s.index not in still_open
+            s.index
+            for s in segments
+            if s.index < position[0]
+            and all(w in sealed or w < forgotten for w in segment_windows.get(s.index, ()))
         ]
         return result
+
+    def _read_new(
+        self,
+        now: int,
+        position: Position,
+        segments: list[Segment],
+        segment_windows: dict[int, set[int]],
+        result: RoundResult,
+    ) -> list[pw.Row]:
+        """Read the journal from ``read_through`` to ``position``; stage, return late rows.
+
+        Rows of windows not sealed yet are staged in batches of ``BATCH_ROWS``
+        (fail point ``stage.after_batch`` after each); rows of sealed windows
+        not handled before are late and returned (late rows are rare: they are
+        held in memory until the round's late fill).
+        """
+        length, start = self.length_ns, self.read_through
+        forgotten = now - STATE_KEEP_NS  # windows before this are dropped from the state
+        on_disk: dict[Path, frozenset[str]] = {}
+        late: list[pw.Row] = []
+        batch: dict[tuple[int, Path], list[pw.Row]] = defaultdict(list)
+        directories: dict[tuple[str, str, str, int], Path] = {}
+        batch_rows = 0
+        batch_start = here = start
+        for segment in segments:
+            if segment.index < start[0] or segment.index > position[0]:
+                continue
+            begin = start[1] if segment.index == start[0] else 0
+            stop = position[1] if segment.index == position[0] else None
+            for end, line in iter_lines(segment.path, start=begin, stop=stop):
+                here = (segment.index, end)
+                if line.startswith(b'{"ctl"'):
+                    continue
+                body = decode_line(line)
+                row = pw.Row(body["o"], body["s"], body["i"], body["d"], body["f"])
+                window = row.ts // length * length
+                if window in self.sealed:
+                    if here > self.late_through:
+                        late.append(row)
+                elif window < forgotten and self._window_on_disk(row, window, on_disk):
+                    # Older than the state remembers, but sealed on disk: never
+                    # rewrite its window file (the rows already in it may have
+                    # left the journal); a record not yet handled is late.
+                    if here > self.late_through:
+                        late.append(row)
+                else:
+                    # Building a checked path per row costs more than decoding it.
+                    key = (row.dataset, row.venue, row.symbol, row.ts // HOUR_NS)
+                    directory = directories.get(key)
+                    if directory is None:
+                        directory = directories[key] = pw.partition_dir(
+                            self.root, row.dataset, row.venue, row.symbol, row.ts
+                        )
+                    batch[(window, directory)].append(row)
+                    segment_windows.setdefault(segment.index, set()).add(window)
+                    batch_rows += 1
+                    if batch_rows >= BATCH_ROWS:
+                        result.rows_staged += self.staging.stage(batch, batch_start, here)
+                        failpoint("stage.after_batch")
+                        batch, batch_rows, batch_start = defaultdict(list), 0, here
+        if batch:
+            result.rows_staged += self.staging.stage(batch, batch_start, here)
+            failpoint("stage.after_batch")
+        return late
 
     def _groups(self, rows: list[pw.Row]) -> dict[Path, list[pw.Row]]:
         groups: dict[Path, list[pw.Row]] = defaultdict(list)
@@ -330,7 +480,7 @@ class HotSealer:
             cache[directory] = files
         return _window_file(window) in files
 
-    def _replicated(self, window: int, rows: list[pw.Row]) -> bool:
+    def _replicated(self, window: int, partitions: list[Path]) -> bool:
         """Whether the primary's seal of ``window`` reached every partition its rows touch.
 
         Each window is checked on its own: with windows shorter than an hour,
@@ -338,7 +488,7 @@ class HotSealer:
         one, so the sealed manifest must list this window's file.
         """
         name = _window_file(window)
-        for directory in self._groups(rows):
+        for directory in partitions:
             if not (directory / SUCCESS_MARKER).is_file():
                 return False
             try:
@@ -350,14 +500,22 @@ class HotSealer:
         return True
 
     def _seal_window(
-        self, window: int, rows: list[pw.Row], epoch: int, result: RoundResult
+        self, window: int, partitions: dict[Path, list[Path]], epoch: int, result: RoundResult
     ) -> None:
         name = _window_file(window)
-        for directory, group in sorted(self._groups(rows).items()):
-            chosen = pw.select_rows(group, self.authority.source_at, self.authority.rank)
-            if not chosen:
+        for directory, files in sorted(partitions.items()):
+            dataset = directory.relative_to(self.root).parts[1]
+            written = write_window_file(
+                directory,
+                name,
+                files,
+                dataset=dataset,
+                timeline=self.authority.timeline,
+                rank=self.authority.rank,
+            )
+            if not written:
                 continue
-            result.rows += pw.write_file(directory, name, chosen)
+            result.rows += written
             failpoint("seal.after_data")
             pw.seal(directory, writer_region=self.region, epoch=epoch)
             result.partitions.append(str(directory.relative_to(self.root)))
@@ -386,11 +544,31 @@ class HotSealer:
             "role_settled": self.role_settled(),
             "rounds": self.rounds,
             "windows_sealed": len(self.sealed),
+            "read_through": list(self.read_through),
+            "staged_windows": [_iso(w) for w in self.staging.windows()],
             "last_sealed_window": _iso(max(self.sealed)) if self.sealed else None,
             "late_records": self.late_total,
             "last_round": self.last_round.to_json() if self.last_round else None,
             "last_error": self.last_error,
         }
+
+
+def _fsync_segments(paths: Iterable[Path]) -> None:
+    """fsync journal segment files (and their directory) through descriptors of our own.
+
+    An fsync covers the file, whichever descriptor wrote its pages, and never
+    touches the journal's own bookkeeping of what it has synced.
+    """
+    directory = None
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        directory = path.parent
+    if directory is not None:
+        fsync_dir(directory)
 
 
 def _iso(ns: int) -> str:

@@ -11,6 +11,14 @@ Nothing committed is ever deleted or overwritten: a superseded version
 written by a fenced writer (a rejoining old primary's post-failover write).
 Visible files the manifest does not list (an aborted other version) move to
 ``_superseded/`` too before the commit.
+
+A new version that only *adds* files to the held one (the hot sealer's
+sub-hour windows and late fills add a file to the hour partition, and never
+rewrite one) is applied in place: the held manifest is kept under
+``_superseded/`` (its files stay in the live partition, where the research
+reader's ``as_of`` finds them, as for a writer's re-seal in place), ``_SUCCESS``
+is removed, and the downloader skips every file whose hash already matches,
+so only the added files cross the network.
 """
 
 from __future__ import annotations
@@ -24,13 +32,14 @@ from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.apply_policy import ApplyPolicy
 from cryptorun_daemon.runtime.failpoints import failpoint
-from cryptorun_daemon.storage.atomic import move_aside
+from cryptorun_daemon.storage.atomic import fsync_dir, move_aside
 from cryptorun_daemon.storage.change_feed import note_removed
 from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
 from cryptorun_daemon.storage.layout import SUCCESS_MARKER, SUPERSEDED_DIR
 from cryptorun_daemon.storage.manifest import Manifest, data_file_names, read_manifest
 from cryptorun_daemon.storage.scrub import files_complete
 from cryptorun_daemon.storage.seal import write_seal
+from cryptorun_daemon.storage.superseded import keep_superseded_manifest
 from cryptorun_daemon.storage.write_fence import move_divergent, read_fence
 from cryptorun_daemon.timefmt import format_compact
 
@@ -69,6 +78,9 @@ class PartitionCommitter:
     def already_committed(self, directory: Path, manifest: Manifest) -> bool:
         """True when an identical copy is sealed; moves a different sealed copy aside.
 
+        A sealed copy the new version only adds files to is unsealed in place
+        instead (its manifest kept under ``_superseded/``), so its files are
+        not fetched again.
         A held copy that the fence proves divergent goes to ``_divergent/``
         (counted as reconciled ``divergent``), any other to ``_superseded/``.
         """
@@ -103,6 +115,17 @@ class PartitionCommitter:
                 to=str(moved_to),
             )
             return False
+        if held is not None and only_adds_files(held, manifest):
+            keep_superseded_manifest(self.root, held)
+            (directory / SUCCESS_MARKER).unlink()
+            fsync_dir(directory)
+            log.info(
+                "partition grows in place",
+                partition=manifest.partition,
+                kept_files=len(held.files),
+                added_files=len(manifest.files) - len(held.files),
+            )
+            return False
         stamp = format_compact(datetime.now(UTC), precision="microseconds")
         label = f"epoch{held.epoch}-{held.content_hash[-16:]}" if held else "unreadable"
         target = (
@@ -128,3 +151,12 @@ class PartitionCommitter:
                 / name
             )
             move_aside(directory / name, target)
+
+
+def only_adds_files(held: Manifest, manifest: Manifest) -> bool:
+    """Whether ``manifest`` lists every file of ``held`` unchanged (same name, size, hash)."""
+    for entry in held.files:
+        same = manifest.file(entry.name)
+        if same is None or same.hash != entry.hash or same.bytes != entry.bytes:
+            return False
+    return held.key == manifest.key

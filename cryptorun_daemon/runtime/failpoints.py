@@ -2,7 +2,7 @@
 
 The etcd ``gofail`` idea: a call such as ``failpoint("seal.after_data")`` sits
 between two steps of every multi-step write whose crash-safety matters
-(sealing, late fill, re-seal, replica commit, journal segment roll). It is
+(sealing, staging, late fill, re-seal, replica commit, journal segment roll). It is
 compiled in and **inert** unless the environment variable
 ``CRYPTORUN_FAILPOINTS`` names it when the process starts::
 
@@ -62,6 +62,9 @@ KNOWN: Final[dict[str, str]] = {
     "late.after_data": "a late-fill file is in place, the partition not yet re-sealed",
     "late.after_seal": "the partition is re-sealed, late_through not yet saved",
     "sealer.after_state": "the sealer state is saved, fully sealed segments not yet deleted",
+    # Streaming staging (hot/sealer.py, hot/staging.py).
+    "stage.after_batch": "a batch of unsealed rows is staged, the read position not yet saved",
+    "staging.after_drop": "sealed windows' staging is removed, journal segments not yet deleted",
     # Replica commit (replication/, storage/seal.py).
     "replica.after_fetch": "every file of a partition is fetched, not yet validated",
     "replica.before_commit": "the files are validated, the manifest not yet written",

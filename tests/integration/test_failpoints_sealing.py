@@ -66,11 +66,13 @@ HOT = {
 PHASE_1 = (
     "journal.roll.after_open",
     "journal.roll.after_checkpoint",
+    "stage.after_batch",
     "seal.after_data",
     "seal.after_manifest",
     "seal.after_success",
     "reseal.after_unseal",
     "sealer.after_state",
+    "staging.after_drop",
 )
 PHASE_2 = (
     "late.after_intent",

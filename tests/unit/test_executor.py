@@ -295,3 +295,27 @@ async def test_validator_exceptions_fail_only_their_partition(pair: Pair) -> Non
     assert caught.value.reason == "validation"
     assert "cannot check this file" in str(caught.value)
     assert not is_sealed(pair.dst_root / "warm" / manifest.partition)
+
+
+async def test_a_version_that_only_adds_a_file_fetches_only_that_file(pair: Pair) -> None:
+    """When the source re-seals a partition with one more file (a sub-hour window or a late
+    fill), the replica keeps the files it has (same inode, not fetched again), pulls only
+    the new one, and keeps the previous manifest under _superseded/ for as-of reads."""
+    manifest = (await pair.manifests())[0]
+    await pair.executor().replicate_partition(manifest)
+    directory = manifest.key.directory(pair.dst_root)
+    inodes = {e.name: (directory / e.name).stat().st_ino for e in manifest.files}
+    before = pair.transferred()
+    source_dir = manifest.key.directory(pair.src_root)
+    added = source_dir / "part-0099.parquet"
+    added.write_bytes((source_dir / manifest.files[0].name).read_bytes())
+    (source_dir / "_SUCCESS").unlink()
+    seal_partition(source_dir, writer_region="eu-central", epoch=1)
+    grown = next(m for m in await pair.manifests() if m.key == manifest.key)
+    assert len(grown.files) == len(manifest.files) + 1
+    await pair.executor().replicate_partition(grown)
+    assert is_sealed(directory)
+    assert pair.transferred() - before == added.stat().st_size
+    assert {e.name: (directory / e.name).stat().st_ino for e in manifest.files} == inodes
+    kept = list((pair.dst_root / "_superseded").rglob("_manifest.json"))
+    assert [json.loads(p.read_text())["content_hash"] for p in kept] == [manifest.content_hash]
