@@ -57,6 +57,8 @@ class Recovery:
     clean: bool = False
     empty: bool = True
     torn_bytes: int = 0
+    # Highest local seq ever reserved (``reserve`` lines): no seq up to it may be reissued.
+    reserved: int = 0
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class Journal:
                         tail_size = 0
                         local_index.reset(int(body.get("s", 0)))
                         self._local_replid = replid
+                elif ctl == "reserve" and body.get("o") == local_origin:
+                    result.reserved = max(result.reserved, int(body.get("s", 0)))
                 elif ctl == "gap":
                     result.gaps.append({k: v for k, v in body.items() if k != "ctl"})
                     del result.gaps[: -self._gaps_kept]
@@ -247,6 +251,20 @@ class Journal:
             self._local_replid = str(body.get("r"))
             self.local_index.reset(int(body.get("s", 0)))
         self._write(encode_control(body) + b"\n", 0)
+
+    def write_control_durable(self, body: dict[str, Any]) -> None:
+        """Append a control line and fsync the active segment before returning.
+
+        Blocks the event loop for one fsync; used only for seq reservations
+        (once per ``SEQ_RESERVE_BLOCK`` local records), whose whole point is to
+        be on disk before any record they cover can leave this process.
+        """
+        self.write_control(body)
+        handle = self._file
+        if handle is None:
+            raise StorageError("journal is not open")
+        handle.flush()
+        os.fsync(handle.fileno())
 
     def _write(self, data: bytes, records: int) -> None:
         handle = self._file
