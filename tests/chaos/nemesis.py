@@ -134,7 +134,7 @@ class Nemesis:
         history: History,
         primary: Callable[[], str | None],
         *,
-        echo: Callable[[str], None] = print,
+        echo: Callable[[str], None] = lambda line: print(line, flush=True),
     ) -> None:
         self.cluster = cluster
         self.history = history
