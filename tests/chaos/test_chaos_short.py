@@ -35,7 +35,7 @@ def test_seeded_chaos_run_passes_every_invariant(tmp_path: Path) -> None:
     if missing:
         missing_tool("chaos suite cannot run: " + "; ".join(missing))
     out = tmp_path / "run"
-    proc = subprocess.run(  # noqa: S603 - our own interpreter and module
+    proc = subprocess.run(
         [
             sys.executable,
             "-m",
