@@ -33,6 +33,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -434,9 +436,6 @@ format = "json"
 
 def http_ready(region: str) -> bool:
     """GET /readyz → 200, from the root namespace over the observer link."""
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(f"{admin_url(region)}/readyz", timeout=1) as resp:
             return bool(resp.status == 200)

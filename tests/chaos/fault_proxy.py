@@ -36,6 +36,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 CHUNK = 16384
 QUEUE_CHUNKS = 64  # bytes held per direction while stalled/slowed: ≤ 1 MiB, then backpressure
@@ -56,12 +57,12 @@ class LinkState:
     half_open: bool = False
     connections: set[Connection] = field(default_factory=set)
 
-    def apply(self, change: dict[str, object]) -> None:
+    def apply(self, change: dict[str, Any]) -> None:
         """Apply a control message (missing keys keep their value)."""
         if "latency" in change:
-            self.latency = max(0.0, float(change["latency"]))  # type: ignore[arg-type]
+            self.latency = max(0.0, float(change["latency"]))
         if "bandwidth" in change:
-            self.bandwidth = max(0.0, float(change["bandwidth"]))  # type: ignore[arg-type]
+            self.bandwidth = max(0.0, float(change["bandwidth"]))
         if "stall" in change:
             if change["stall"]:
                 self.open_flow.clear()

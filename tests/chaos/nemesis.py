@@ -259,15 +259,15 @@ class Nemesis:
     async def _isolate(self, fault: Fault, region: str) -> Callable[[], None]:
         node = node_of(region)
         pairs = [(node, node_of(r)) for r in REGIONS if r != region] + [(node, netns.ETCD_NODE)]
-        return await asyncio.to_thread(self._links_down, [tuple(sorted(p)) for p in pairs])  # type: ignore[misc]
+        return await asyncio.to_thread(self._links_down, [_pair(*p) for p in pairs])
 
     async def _isolate_etcd(self, fault: Fault, region: str) -> Callable[[], None]:
-        return await asyncio.to_thread(self._links_down, [(netns.ETCD_NODE, node_of(region))])
+        return await asyncio.to_thread(self._links_down, [_pair(netns.ETCD_NODE, node_of(region))])
 
     async def _split(self, fault: Fault, region: str) -> Callable[[], None]:
         node = node_of(region)
-        pairs = [tuple(sorted((node, node_of(r)))) for r in REGIONS if r != region]
-        return await asyncio.to_thread(self._links_down, pairs)  # type: ignore[arg-type]
+        pairs = [_pair(node, node_of(r)) for r in REGIONS if r != region]
+        return await asyncio.to_thread(self._links_down, pairs)
 
     async def _proxy(self, region: str, link: str, change: dict[str, Any]) -> None:
         path = str(self.cluster.proxy_socket(region))
@@ -399,6 +399,11 @@ async def operator_failover(
     return history.append(
         "op", op="failover", phase=phase, via=via, status=status, response=doc, **body
     )
+
+
+def _pair(a: int, b: int) -> tuple[int, int]:
+    """A link's key: its two nodes, lower first (so overlapping faults share a count)."""
+    return (min(a, b), max(a, b))
 
 
 def _fill(path: Any) -> int:
