@@ -63,6 +63,19 @@ def fault_spans(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return spans
 
 
+def epoch_changes(history: list[dict[str, Any]]) -> dict[str, int]:
+    """Warm epoch changes seen in etcd: by an acknowledged operator failover, or not (automatic
+    failovers, and operator requests whose answer was lost)."""
+    operator = {
+        (e.get("response") or {}).get("epoch")
+        for e in history
+        if e.get("kind") == "op" and e.get("phase") == "ok"
+    }
+    epochs = [e["epoch"] for e in history if e.get("event") == "etcd_tier"][1:]
+    by_operator = sum(1 for epoch in epochs if epoch in operator)
+    return {"total": len(epochs), "operator": by_operator, "automatic": len(epochs) - by_operator}
+
+
 def write_report(out: Path, verdicts: list[Verdict]) -> None:
     """``report.json`` (verdicts, fault counts, timings) and ``timeline.png``."""
     history = list(read_history(out / "history.jsonl"))
