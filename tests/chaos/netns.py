@@ -22,7 +22,9 @@ idempotent and safe to call from ``atexit`` and ``--cleanup``.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -107,13 +109,22 @@ def set_link(a: int, b: int, *, up: bool) -> None:
 
 
 def cleanup_namespaces() -> list[str]:
-    """Delete every namespace with our prefix (their veth ends go with them)."""
+    """Kill what still runs in our namespaces (a killed harness's children), then delete them.
+
+    Only processes inside namespaces with our prefix are signalled: the harness
+    started every one of them.
+    """
     names = [
         line.split()[0]
         for line in _run("ip", "netns", "list", check=False).stdout.splitlines()
         if line.startswith(PREFIX)
     ]
     for name in names:
+        for pid in _run("ip", "netns", "pids", name, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
         _run("ip", "netns", "del", name, check=False)
     return names
 

@@ -76,6 +76,16 @@ def epoch_changes(history: list[dict[str, Any]]) -> dict[str, int]:
     return {"total": len(epochs), "operator": by_operator, "automatic": len(epochs) - by_operator}
 
 
+def max_overlap(spans: list[dict[str, Any]]) -> int:
+    """The most faults in effect at one moment."""
+    edges = sorted([(s["start"], 1) for s in spans] + [(s["end"], -1) for s in spans])
+    current = best = 0
+    for _, step in edges:
+        current += step
+        best = max(best, current)
+    return best
+
+
 def write_report(out: Path, verdicts: list[Verdict]) -> None:
     """``report.json`` (verdicts, fault counts, timings) and ``timeline.png``."""
     history = list(read_history(out / "history.jsonl"))

@@ -32,6 +32,7 @@ import atexit
 import base64
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -206,7 +207,7 @@ def run(seed: int, duration: float, out: Path) -> int:
     """One whole run; returns the exit status."""
     missing = missing_capabilities()
     if missing:
-        print("chaos: missing capabilities: " + "; ".join(missing), file=sys.stderr)
+        print("chaos: missing capabilities: " + "; ".join(missing), flush=True)
         return EXIT_MISSING
     out.mkdir(parents=True, exist_ok=True)
     history = History(out / "history.jsonl")
@@ -218,6 +219,8 @@ def run(seed: int, duration: float, out: Path) -> int:
         netns.cleanup()
 
     atexit.register(teardown)
+    # SIGTERM (a CI time-out, `kill`) unwinds like Ctrl-C, so the finally below cleans up.
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     print(f"chaos: seed {seed}, {duration:g} s of faults, output in {out}", flush=True)
     try:
@@ -240,6 +243,10 @@ def run(seed: int, duration: float, out: Path) -> int:
         teardown()
         history.close()
     return judge(out)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def filesystem_listing(cluster: Cluster) -> dict[str, list[str]]:

@@ -35,25 +35,21 @@ def test_seeded_chaos_run_passes_every_invariant(tmp_path: Path) -> None:
     if missing:
         missing_tool("chaos suite cannot run: " + "; ".join(missing))
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.chaos.run",
-            f"--seed={SEED}",
-            f"--duration={DURATION}",
-            f"--out={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    command = [sys.executable, "-m", "tests.chaos.run"]
+    args = [f"--seed={SEED}", f"--duration={DURATION}", f"--out={out}"]
+    with subprocess.Popen([*command, *args], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, _ = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # the run cleans up namespaces and mounts on SIGTERM
+            stdout, _ = proc.communicate(timeout=60)
+            subprocess.run([*command, "--cleanup"], check=False)
+            pytest.fail(f"chaos run exceeded {TIMEOUT} s:\n{stdout[-3000:]}")
     if proc.returncode == EXIT_MISSING:
-        missing_tool(proc.stderr.strip())
+        missing_tool(stdout.strip())
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert set(report["faults_by_kind"]) == set(KINDS), report["faults_by_kind"]
     failed = [v for v in report["invariants"] if not v["passed"]]
-    assert not failed, proc.stdout[-6000:]
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not failed, stdout[-6000:]
+    assert proc.returncode == 0, stdout[-3000:]
     assert (out / "timeline.png").stat().st_size > 0
