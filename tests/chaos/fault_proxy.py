@@ -108,7 +108,9 @@ class Connection:
                 group.create_task(self._pump(reader, up_writer))
                 group.create_task(self._pump(up_reader, writer))
         except (OSError, TimeoutError, ExceptionGroup):
-            pass
+            if self.dead.is_set():
+                with contextlib.suppress(OSError):
+                    await self._hang(reader)
         finally:
             writer.transport.abort()
             if self.upstream is not None:
@@ -130,14 +132,18 @@ class Connection:
         async def write_side() -> None:
             while True:
                 due, data = await queue.get()
-                if not data:
-                    break
                 await self.link.open_flow.wait()
-                if self.dead.is_set():
-                    await asyncio.Event().wait()  # half-open: hold the client forever
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                if self.dead.is_set():
+                    # Half-open: bytes vanish and the far side is never told anything
+                    # (no EOF): this pump ends quietly when its reader does.
+                    if not data:
+                        return
+                    continue
+                if not data:
+                    break
                 writer.write(data)
                 await writer.drain()
                 if self.link.bandwidth > 0:
