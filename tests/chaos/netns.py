@@ -126,6 +126,12 @@ def cleanup_namespaces() -> list[str]:
             except (ProcessLookupError, ValueError):
                 pass
         _run("ip", "netns", "del", name, check=False)
+    # A namespace lives on while a killed process still holds it; its veths keep their
+    # root-side ends until then. Remove those ends now (our names only).
+    for line in _run("ip", "-o", "link", "show", check=False).stdout.splitlines():
+        fields = line.split(":")
+        if len(fields) > 1 and fields[1].strip().split("@")[0].startswith("ccv"):
+            _run("ip", "link", "del", fields[1].strip().split("@")[0], check=False)
     return names
 
 
