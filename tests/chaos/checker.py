@@ -459,7 +459,12 @@ def check_liveness(data: RunData) -> list[Verdict]:
     run = data.run
     heal = float(run.get("heal", 0))
     ready = [] if run.get("ready_at_end_of_settle") else [{"final_status": run.get("final_status")}]
-    exits = run.get("unexpected_exits", [])
+    every_exit = run.get("unexpected_exits", [])
+    # A daemon (re)started while its disk is full refuses to start ("storage.root is not
+    # writable"), as it should; systemd retries until the disk is freed. Those exits are
+    # the fault's effect, not a crash loop.
+    full = _fault_windows(data.history, "enospc")
+    exits = [e for e in every_exit if not _refused_on_full_disk(e, full)]
     loop: list[Any] = [e for e in exits if float(e["mono"]) >= heal]
     by_region: dict[str, list[float]] = defaultdict(list)
     for entry in exits:
@@ -481,7 +486,8 @@ def check_liveness(data: RunData) -> list[Verdict]:
         Verdict(
             "liveness.no_restart_loop",
             not loop,
-            f"{len(exits)} unexpected exits during faults",
+            f"{len(every_exit)} unexpected exits during faults"
+            f" ({len(every_exit) - len(exits)} refusals to start on a full disk)",
             [*loop, {"all_exits": exits}] if loop else [],
         ),
         Verdict(
@@ -492,6 +498,29 @@ def check_liveness(data: RunData) -> list[Verdict]:
             lag,
         ),
     ]
+
+
+def _fault_windows(history: list[dict[str, Any]], kind: str) -> list[tuple[str, float, float]]:
+    """(target, start, end) of every fault of ``kind``."""
+    starts: dict[int, dict[str, Any]] = {}
+    windows = []
+    for entry in history:
+        if entry.get("kind") != "fault" or entry.get("fault") != kind:
+            continue
+        if entry["phase"] == "start":
+            starts[entry["id"]] = entry
+        elif entry["phase"] == "end" and entry["id"] in starts:
+            start = starts.pop(entry["id"])
+            windows.append((str(start["target"]), float(start["mono"]), float(entry["mono"])))
+    return windows
+
+
+def _refused_on_full_disk(exit_entry: dict[str, Any], full: list[tuple[str, float, float]]) -> bool:
+    if "No space left on device" not in str(exit_entry.get("log_tail", "")):
+        return False
+    at = float(exit_entry["mono"])
+    # The exit is noticed by the supervisor up to half a second after it happened.
+    return any(t == exit_entry["target"] and a <= at <= b + 1.0 for t, a, b in full)
 
 
 def check_filesystem(data: RunData) -> list[Verdict]:

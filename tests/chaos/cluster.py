@@ -50,7 +50,7 @@ PROXY_PORT_BASE = 9200  # region a reaches region b at 127.0.0.1:(9200 + b) in i
 SYMBOLS = ("BTC/USD", "ETH/USD")
 KRAKEN_RATE = 4.0  # book updates per second per symbol: light load on 2 shared cores
 TMPFS_MB = 160
-RESTART_DELAY = 1.0
+RESTART_DELAY = 5.0  # as the systemd unit's RestartSec (deploy/systemd)
 FAILPOINT_EXIT_CODE = 86  # cryptorun_daemon.runtime.failpoints.EXIT_CODE (on its branch)
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 

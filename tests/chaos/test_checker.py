@@ -147,3 +147,21 @@ def test_liveness_and_filesystem_failures_are_reported(tmp_path: Path) -> None:
     assert not result["liveness.lag_recovered"]
     assert not result["liveness.no_restart_loop"]
     assert not result["fs.confined"]
+
+
+def test_refusing_to_start_on_a_full_disk_is_not_a_crash_loop(tmp_path: Path) -> None:
+    """Exits of a daemon that refused to start while an ENOSPC fault filled its disk are the
+    fault's effect; three other exits of one region within 60 s are a restart loop."""
+    refusal = "storage.root /x is not writable: [Errno 28] No space left on device"
+    full = [{"mono": m, "target": US, "code": 1, "log_tail": refusal} for m in (3.0, 6.0, 9.0)]
+    out = write_run(tmp_path / "a", everywhere(), unexpected_exits=full)
+    faults = [
+        {"kind": "fault", "fault": "enospc", "phase": "start", "id": 1, "target": US, "mono": 1},
+        {"kind": "fault", "fault": "enospc", "phase": "end", "id": 1, "target": US, "mono": 9},
+    ]
+    with (out / "history.jsonl").open("a") as handle:
+        handle.write("".join(json.dumps(f) + "\n" for f in faults))
+    assert verdicts(out)["liveness.no_restart_loop"]
+    crashes = [{"mono": m, "target": US, "code": 1, "log_tail": "boom"} for m in (3.0, 6.0, 9.0)]
+    out = write_run(tmp_path / "b", everywhere(), unexpected_exits=crashes)
+    assert not verdicts(out)["liveness.no_restart_loop"]
