@@ -418,17 +418,19 @@ def check_failover(data: RunData) -> list[Verdict]:
         acked_epoch = (op.get("response") or {}).get("epoch")
         if acked_epoch is None or int(final.get("epoch", 0)) < int(acked_epoch):
             visible.append({"op": op, "etcd_final": final.get("epoch")})
+    # After healing: the regions' last scrapes of the settle phase against etcd at that time.
+    settled = data.run.get("etcd_at_settle") or final
     for region in REGIONS:
         sample = final_status.get(region) or {}
         if (sample.get("epoch"), sample.get("primary")) != (
-            final.get("epoch"),
-            final.get("primary"),
+            settled.get("epoch"),
+            settled.get("primary"),
         ):
             visible.append(
                 {
                     "region": region,
-                    "sees": (sample.get("epoch"), sample.get("primary")),
-                    "etcd": (final.get("epoch"), final.get("primary")),
+                    "sees": (sample.get("epoch"), sample.get("primary"), sample.get("mono")),
+                    "etcd_at_settle": (settled.get("epoch"), settled.get("primary")),
                 }
             )
     ops = Counter(e.get("phase") for e in data.history if e.get("kind") == "op")

@@ -171,6 +171,8 @@ async def run_phases(
             timings[f"{key}_at_end_of_settle"] = ok
         history.append("event", event="settled", **timings)
         timings["final_status"] = {r: observer.latest_ok.get(r) for r in REGIONS}
+        # etcd as it was when those scrapes were taken: what "after healing" compares with.
+        timings["etcd_at_settle"] = await asyncio.to_thread(etcd_tier)
         print(
             f"[{history.now():8.1f}s] quiescing: feeds stopped, waiting for convergence", flush=True
         )
