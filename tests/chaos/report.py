@@ -109,6 +109,8 @@ def write_report(out: Path, verdicts: list[Verdict]) -> None:
         "failover_ops": [
             e for e in history if e.get("kind") == "op" and e.get("phase") != "invoke"
         ],
+        "epoch_changes": epoch_changes(history),
+        "max_overlapping_faults": max_overlap(spans),
         "timings": {
             k: run.get(k) for k in ("heal", "ready", "hot", "warm", "converged", "seconds")
         },
