@@ -31,13 +31,9 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cryptorun_daemon.storage.testdata import seed_partitions  # noqa: E402
-from tests.harness.daemons import (  # noqa: E402
-    auth_headers,
-    stop_process,
-    two_regions,
-    wait_until_ready,
-)
+from tests.harness.admin import auth_headers  # noqa: E402
+from tests.harness.daemons import stop_process, two_regions, wait_until_ready  # noqa: E402
+from tests.harness.testdata import seed_partitions  # noqa: E402
 
 A, B = "eu-central", "us-east"
 

@@ -7,6 +7,7 @@ from cryptorun_daemon.data.quarantine_status import QuarantineStatus
 from cryptorun_daemon.data.validate.batch import partition_validator
 from cryptorun_daemon.failover.component import FailoverComponent
 from cryptorun_daemon.hot.component import HotComponent
+from cryptorun_daemon.reader.http import ReaderComponent
 from cryptorun_daemon.replication.component import WarmColdComponent
 from cryptorun_daemon.runtime.component import Component, DaemonContext
 
@@ -53,7 +54,13 @@ def build_components(ctx: DaemonContext) -> list[Component]:
         ctx,
         is_warm_primary=lambda: failover.is_primary("warm"),
         epoch=lambda: failover.epoch("warm"),
+        # No sealing round on a role not yet confirmed (it would act as replica).
+        role_settled=lambda: (
+            not failover.not_ready_reasons() and failover.write_refusal("warm") is None
+        ),
     )
     # Quarantine counts for /v1/status, recounted off the event loop.
     quarantine = QuarantineStatus(ctx)
-    return [failover, warm_cold, hot, quarantine]
+    # GET /v1/read: research reads of this region's storage, streamed as Arrow IPC.
+    reader = ReaderComponent(lambda: ctx.config.storage.root)
+    return [failover, warm_cold, hot, quarantine, reader]

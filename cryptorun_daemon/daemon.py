@@ -3,12 +3,17 @@
 Signal handlers only set flags (SIGTERM/SIGINT request a graceful stop, a
 second SIGINT forces exit, SIGHUP requests a reload); the ordered, time-boxed
 shutdown runs in :meth:`Daemon.shutdown`.
+
+(About 500 lines: the skeleton, the shutdown phases under one deadline and the
+reload dispatch are one lifecycle, read top to bottom; subsystem logic lives in
+the components.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +35,7 @@ from cryptorun_daemon.failover.component import FailoverComponent
 from cryptorun_daemon.logsetup import configure_logging
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.rules import rule_to_json
+from cryptorun_daemon.runtime import event_loop
 from cryptorun_daemon.runtime.clock import Clock, SystemClock
 from cryptorun_daemon.runtime.component import (
     Component,
@@ -40,6 +46,9 @@ from cryptorun_daemon.runtime.component import (
 )
 from cryptorun_daemon.runtime.supervisor import Supervisor
 from cryptorun_daemon.runtime.systemd import SystemdNotifier
+from cryptorun_daemon.security.credentials import load_credentials
+from cryptorun_daemon.security.peer_errors import PeerErrors
+from cryptorun_daemon.security.transport import TransportSecurity
 from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.daemon")
@@ -88,15 +97,16 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.notifier = notifier or SystemdNotifier()
         self.supervisor = Supervisor(self.metrics)
-        token = None
-        if config.admin.token_file is not None:
-            token = config.admin.token_file.read_text(encoding="utf-8").strip()
+        # Secrets and certificates are checked before anything starts: a loose
+        # mode or a broken key is a ConfigError (exit 2) naming file and mode.
+        self.security = TransportSecurity(config, self.metrics)
         self.ctx = DaemonContext(
             config=config,
             metrics=self.metrics,
             clock=self.clock,
             supervisor=self.supervisor,
-            token=token,
+            credentials=load_credentials(config),
+            peer_errors=PeerErrors(self.metrics, config.peers),
         )
         self._extra_components = list(extra_components)
         self.components: list[Component] = []
@@ -128,7 +138,10 @@ class Daemon:
         self._check_storage_writable()
         self.ctx.http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.replication.request_timeout),
-            connector=aiohttp.TCPConnector(limit=64),
+            # Every peer call verifies the peer against [peers] ca_file; the
+            # scheme of its URL alone decides TLS, nothing falls back to plaintext.
+            connector=aiohttp.TCPConnector(limit=64, ssl=self.security.client),
+            trace_configs=[self.ctx.peer_errors.trace_config()] if self.ctx.peer_errors else None,
         )
         try:
             self.components = [
@@ -140,7 +153,8 @@ class Daemon:
             routes = [route for c in self.components for route in c.routes()]
             app = build_app(
                 self,
-                token=self.ctx.token,
+                credentials=self.ctx.credentials,
+                open_reads=self.config.admin.open_reads,
                 max_request_bytes=self.config.admin.max_request_bytes,
                 extra_routes=routes,
             )
@@ -149,6 +163,7 @@ class Daemon:
                 self.config.admin.host,
                 self.config.admin.port,
                 shutdown_timeout=self.config.admin.shutdown_timeout,
+                ssl_context=self.security.server_context,
             )
             await self.admin.start()
             for component in self.components:
@@ -157,8 +172,8 @@ class Daemon:
         except BaseException:
             await self._release()
             raise
-        if self.ctx.token is None:
-            log.warning("no admin.token_file: mutating and peer endpoints are open on loopback")
+        if self.ctx.credentials.open:
+            log.warning("no admin token configured: every endpoint is open on loopback")
         self._state = "running"
         self.metrics.ready.set(1 if not self.not_ready_reasons() else 0)
         self.notifier.ready()
@@ -166,7 +181,7 @@ class Daemon:
         log.info(
             "daemon started",
             version=__version__,
-            admin=f"http://{self.config.admin.host}:{self.admin_port}",
+            admin=f"{self.config.admin.scheme}://{self.config.admin.host}:{self.admin_port}",
             components=[c.name for c in self.components],
         )
 
@@ -419,9 +434,13 @@ class Daemon:
             needs_restart.append("rules")
         elif new.rules != old.rules:
             applied.append("rules.lag_slo")
-        # The admin listener, region identity and storage root are bound at start-up.
-        needs_restart += changed_sections(old, new, "region", "admin", "storage")
-        return ReloadResult(applied=tuple(applied), needs_restart=tuple(needs_restart))
+        # The admin listener, region identity and storage root are bound at start-up;
+        # certificates are re-read in place (same paths or new ones).
+        needs_restart += changed_sections(
+            _without_tls_files(old), _without_tls_files(new), "region", "admin", "storage"
+        )
+        own = ReloadResult(applied=tuple(applied), needs_restart=tuple(needs_restart))
+        return own.merged(self.security.reload(new))
 
     def _apply_slo_metrics(self, config: Config) -> None:
         for rule in config.rules:
@@ -471,6 +490,7 @@ class Daemon:
         doc: dict[str, Any] = {
             "region": cfg.region,
             "version": __version__,
+            "event_loop": event_loop.running_loop_name(),
             "started_at": format_rfc3339(self.started_at) if self.started_at else None,
             "ready": not self.not_ready_reasons(),
             "not_ready_reasons": self.not_ready_reasons(),
@@ -490,7 +510,20 @@ class Daemon:
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # Writable but full: start anyway (not ready, hot records dropped and
+                # counted) so the region resumes by itself once space returns instead
+                # of crash-looping under systemd.
+                with contextlib.suppress(OSError):
+                    probe.unlink()
+                log.warning("storage.root is full", root=str(root), error=str(exc))
+                return
             raise StorageError(f"storage.root {root} is not writable: {exc}") from exc
+
+
+def _without_tls_files(config: Config) -> Config:
+    """``config`` with the admin certificate paths blanked (they reload live)."""
+    return replace(config, admin=replace(config.admin, tls_cert=None, tls_key=None))
 
 
 def _rule_shape(rules: Sequence[Rule]) -> list[tuple[str, str, str, tuple[str, ...]]]:
@@ -506,6 +539,13 @@ def _deep_merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 def run_daemon_from_config(config: Config) -> None:
-    """Run a daemon to completion on a fresh event loop (used by ``cryptorun daemon``)."""
+    """Run a daemon to completion on a fresh event loop (used by ``cryptorun daemon``).
+
+    The loop is uvloop unless it is missing or ``CRYPTORUN_EVENT_LOOP=asyncio``
+    (``runtime/event_loop.py``); the choice is logged here and shown in status.
+    Error handling: :class:`ConfigError` for an unusable ``CRYPTORUN_EVENT_LOOP``.
+    """
     configure_logging(config.log.level, config.log.format)
-    asyncio.run(Daemon(config).serve())
+    choice = event_loop.choose_loop()
+    log.info("event loop", loop=choice.name, reason=choice.reason)
+    event_loop.run(Daemon(config).serve(), choice)

@@ -70,6 +70,29 @@ class StorageError(CryptorunError):
     code = "storage"
 
 
+class JournalDamagedError(StorageError):
+    """Recovery cannot read the hot journal: a bad line that is not a torn tail.
+
+    ``path`` and ``offset`` name the first damaged byte; ``cryptorun journal
+    salvage`` moves everything from there aside. The CLI exits 2 on it (a
+    restart cannot fix it, an operator must).
+    """
+
+    code = "journal_damaged"
+
+    def __init__(self, path: object, offset: int, reason: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"{path}: unreadable journal line at byte {offset}: {reason}")
+
+
+class JournalUnavailableError(StorageError):
+    """The hot journal refuses appends for now (a write or fsync failed; retried)."""
+
+    code = "journal_unavailable"
+
+
 class PathRejectedError(StorageError):
     """A requested path would leave ``storage.root`` or is not a partition path."""
 
@@ -176,3 +199,31 @@ class WriteRefusedError(FailoverError):
     def __init__(self, message: str, *, reason: str) -> None:
         self.reason = reason
         super().__init__(message)
+
+
+class ReadError(CryptorunError):
+    """A research read could not be served (a partition unreadable mid-read)."""
+
+    code = "read"
+
+
+class SchemaDriftError(ReadError):
+    """Partitions in one read have schemas that cannot be unified losslessly (409).
+
+    ``fingerprints`` names both schema fingerprints so the caller can find the
+    partitions on each side (their manifests record the same fingerprint).
+    """
+
+    code = "schema_drift"
+    http_status = 409
+
+    def __init__(self, message: str, *, fingerprints: tuple[str, str]) -> None:
+        self.fingerprints = fingerprints
+        super().__init__(message)
+
+
+class ReadBusyError(ReadError):
+    """Every concurrent-read slot of the admin server is taken (503, retry later)."""
+
+    code = "read_busy"
+    http_status = 503

@@ -34,6 +34,12 @@ STEP_FAILURE_REASONS: Final = (
 # Buckets bracket the warm (60 s) and cold (5 min) lag SLOs so a histogram
 # quantile can tell "well inside" from "about to breach".
 FENCED_OPERATIONS: Final = ("seal", "serve", "apply")
+# Why a locally ingested hot record was not taken (disk: the journal refused appends).
+HOT_DROP_REASONS: Final = ("disk",)
+# Why a call to a peer failed (security/peer_errors.py classifies).
+PEER_ERROR_REASONS: Final = ("tls", "connect", "timeout", "protocol")
+# Why the admin listener refused a TLS handshake (security/handshake.py classifies).
+TLS_REFUSAL_REASONS: Final = ("plaintext", "client_certificate", "handshake")
 STEP_SECONDS_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -171,6 +177,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.peer_errors_total = Counter(
+            "cryptorun_peer_errors_total",
+            "Failed calls to a peer region, by bounded reason (tls: its certificate "
+            "failed verification or the handshake failed; never downgraded to plaintext).",
+            ["peer", "reason"],
+            registry=r,
+        )
+        self.admin_tls_refused_total = Counter(
+            "cryptorun_admin_tls_refused_total",
+            "Connections the admin listener refused during the TLS handshake, by bounded reason.",
+            ["reason"],
+            registry=r,
+        )
         self.peer_up = Gauge(
             "cryptorun_peer_up",
             "1 when a peer region answered its last health probe, else 0.",
@@ -206,6 +225,13 @@ class Metrics:
         self.hot_protocol_errors_total = Counter(
             "cryptorun_hot_protocol_errors_total",
             "Malformed, oversized or out-of-protocol mirror frames, by reason.",
+            ["region", "reason"],
+            registry=r,
+        )
+        self.hot_dropped_total = Counter(
+            "cryptorun_hot_dropped_total",
+            "Locally ingested hot records not taken into the log, by reason (disk: the "
+            "journal refused appends after a failed write or fsync).",
             ["region", "reason"],
             registry=r,
         )
@@ -250,6 +276,13 @@ class Metrics:
             "cryptorun_hot_subscribers_dropped_total",
             "Mirror subscribers dropped (ping_timeout) or refused (over_cap) by this origin.",
             ["region", "reason"],
+            registry=r,
+        )
+        self.hot_ingest_lag_seconds = Gauge(
+            "cryptorun_hot_ingest_lag_seconds",
+            "How far the hot log's appends trail a local feed: a synthetic or replay feed's "
+            "delay behind its schedule, else receive-to-append time of its newest record.",
+            ["region", "feed"],
             registry=r,
         )
         self.hot_clock_skew_seconds = Gauge(
@@ -320,6 +353,8 @@ class Metrics:
                 self.hot_duplicates_total.labels(region=region, origin=origin)
                 self.hot_reconnects_total.labels(region=region, origin=origin)
         self.hot_late_records_total.labels(region=region)
+        for reason in HOT_DROP_REASONS:
+            self.hot_dropped_total.labels(region=region, reason=reason)
         for pair_tier, src, dst in replication_pairs:
             self.replication_plan_steps_total.labels(tier=pair_tier, **{"from": src, "to": dst})
             # Failure series exist from the start at 0 so increase() sees the first one.
@@ -330,6 +365,12 @@ class Metrics:
             self.replication_bytes_total.labels(tier=pair_tier, **{"from": src, "to": dst})
             if dst == region:
                 self.replication_lag_seconds.labels(tier=pair_tier, region=dst, source=src).set(0)
+        for refusal in TLS_REFUSAL_REASONS:
+            self.admin_tls_refused_total.labels(reason=refusal)
+        for peer in regions:
+            if peer != region:
+                for peer_reason in PEER_ERROR_REASONS:
+                    self.peer_errors_total.labels(peer=peer, reason=peer_reason)
         for tier in TIERS:
             self.replication_step_seconds.labels(tier=tier)
             for operation in FENCED_OPERATIONS:

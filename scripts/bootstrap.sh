@@ -23,6 +23,8 @@ if [ "$profile" = "test" ]; then
   command -v etcd >/dev/null || need+=(etcd-server)
   command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
   command -v systemd-analyze >/dev/null || need+=(systemd)
+  # strace shows the hot journal's fsyncs (tests/integration/test_hot_disk_faults.py).
+  command -v strace >/dev/null || need+=(strace)
   # The runnable doc examples are curl commands (tests/integration/test_docs_examples.py).
   command -v curl >/dev/null || need+=(curl)
   # Clock jumps of one region in the chaos suite (tests/chaos, libfaketime via LD_PRELOAD).

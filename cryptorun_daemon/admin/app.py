@@ -8,10 +8,11 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from cryptorun_daemon.admin.auth import bearer_middleware
+from cryptorun_daemon.admin.auth import auth_middleware
 from cryptorun_daemon.admin.errors import Handler, error_middleware, json_error
 from cryptorun_daemon.config import TIERS
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.security.credentials import Credentials
 
 
 class DaemonView(Protocol):
@@ -33,7 +34,8 @@ class DaemonView(Protocol):
 def build_app(
     daemon: DaemonView,
     *,
-    token: str | None,
+    credentials: Credentials,
+    open_reads: bool,
     max_request_bytes: int,
     extra_routes: Sequence[web.RouteDef] = (),
 ) -> web.Application:
@@ -54,7 +56,11 @@ def build_app(
         return await handler(request)
 
     app = web.Application(
-        middlewares=[error_middleware, body_limit, bearer_middleware(token, daemon.metrics)],
+        middlewares=[
+            error_middleware,
+            body_limit,
+            auth_middleware(credentials, daemon.metrics, open_reads=open_reads),
+        ],
         client_max_size=max_request_bytes,
     )
 

@@ -1,10 +1,14 @@
 """Lifecycle of the admin HTTP server (aiohttp ``AppRunner`` + ``TCPSite``).
 
 The daemon owns signal handling, so the runner is created with
-``handle_signals=False``.
+``handle_signals=False``. With an ``ssl_context`` the listener speaks only
+TLS; the context object is the one :class:`~cryptorun_daemon.security.tls.ServerTLS`
+reloads in place, so a certificate swap never closes the listener.
 """
 
 from __future__ import annotations
+
+import ssl
 
 import structlog
 from aiohttp import web
@@ -22,8 +26,17 @@ class AdminServer:
     tears everything down.
     """
 
-    def __init__(self, app: web.Application, host: str, port: int, *, shutdown_timeout: float):
+    def __init__(
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        *,
+        shutdown_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self._app = app
+        self._ssl_context = ssl_context
         self._host = host
         self._port = port
         self._runner = web.AppRunner(
@@ -34,13 +47,24 @@ class AdminServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        self._site = web.TCPSite(
+            self._runner,
+            self._host,
+            self._port,
+            reuse_address=True,
+            ssl_context=self._ssl_context,
+        )
         await self._site.start()
         # With port 0 the OS picks the port; the runner knows the bound address.
         for address in self._runner.addresses:
             self.port = int(address[1])
             break
-        log.info("admin server listening", host=self._host, port=self.port)
+        log.info(
+            "admin server listening",
+            host=self._host,
+            port=self.port,
+            tls=self._ssl_context is not None,
+        )
 
     async def stop_accepting(self) -> None:
         """Close the listening socket; existing connections continue."""

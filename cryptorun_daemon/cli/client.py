@@ -3,12 +3,16 @@
 Resolution order for where to connect: ``--admin-url`` flag, then
 ``CRYPTORUN_ADMIN_URL``, then the ``admin.listen`` of ``--config``. The token:
 ``--token-file``, then ``CRYPTORUN_ADMIN_TOKEN``, then the config's
-``admin.token_file``.
+operator token (``admin.tokens.operator_file``, else ``admin.token_file``).
+An ``https://`` daemon is verified against ``--cacert``/``CRYPTORUN_ADMIN_CA``
+or the config's ``[peers] ca_file``; under mutual TLS the config's
+``[peers] cert``/``key`` are presented (see :mod:`cryptorun_daemon.cli.target`).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 import aiohttp
@@ -25,15 +29,27 @@ class AdminClient:
     context manager; the session is closed on exit.
     """
 
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self.token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AdminClient:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self._session = aiohttp.ClientSession(timeout=self._timeout, headers=headers)
+        self._session = aiohttp.ClientSession(
+            timeout=self._timeout,
+            headers=headers,
+            connector=aiohttp.TCPConnector(ssl=self._ssl),
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -6,7 +6,8 @@ need — ``--dry-run`` and ``--dry-run=false`` on the same flag — is one small
 ``type`` function (see ``flags.py``).
 
 Typed errors raised anywhere below are mapped to exit codes only here:
-0 done, 1 refused or failed, 2 usage or config error.
+0 done, 1 refused or failed, 2 usage or config error, or a damaged hot journal
+(an operator must run ``cryptorun journal salvage``; restarting cannot help).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cryptorun_daemon.errors import (
     AdminClientError,
     ConfigError,
     CryptorunError,
+    JournalDamagedError,
     UsageError,
 )
 
@@ -99,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help="bearer token file (env CRYPTORUN_ADMIN_TOKEN)",
         )
+        p.add_argument(
+            "--cacert",
+            default=None,
+            metavar="PATH",
+            help="CA bundle verifying an https daemon (env CRYPTORUN_ADMIN_CA; "
+            "default: the config's [peers] ca_file, else the system store)",
+        )
         p.add_argument("--json", action="store_true", help="print one JSON document")
 
     simulate = rep.add_parser("simulate", help="show the replication plan for a window")
@@ -145,6 +154,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="writer epoch (default: the tier's current epoch from the fence)",
     )
 
+    journal = commands.add_parser("journal", help="check or salvage the hot journal on disk")
+    jrn = journal.add_subparsers(dest="action", required=True, parser_class=HelpfulParser)
+    for action, text in (
+        ("check", "report damage the daemon would refuse to start on (exit 1 if any)"),
+        ("salvage", "move a damaged journal tail aside (kept) and record the gap"),
+    ):
+        sub = jrn.add_parser(action, help=text)
+        sub.add_argument("--config", required=True, metavar="PATH", help="region TOML config")
+        sub.add_argument("--json", action="store_true", help="print one JSON document")
+
+    read = commands.add_parser(
+        "read", help="read a window of sealed data (point-in-time, as-of, quarantine-aware)"
+    )
+    read.add_argument("dataset", metavar="DATASET", help="trade, book, ...")
+    source = read.add_mutually_exclusive_group(required=True)
+    source.add_argument("--root", default=None, metavar="PATH", help="storage root to read")
+    source.add_argument(
+        "--config", default=None, metavar="PATH", help="region config (its storage.root)"
+    )
+    read.add_argument("--start", required=True, metavar="RFC3339", help="window start (inclusive)")
+    read.add_argument("--end", required=True, metavar="RFC3339", help="window end (exclusive)")
+    read.add_argument("--venue", action="append", metavar="VENUE", help="repeatable")
+    read.add_argument("--symbol", action="append", metavar="BASE-QUOTE", help="repeatable")
+    read.add_argument("--column", action="append", metavar="NAME", help="repeatable (default: all)")
+    read.add_argument(
+        "--tier", action="append", choices=TIERS, help="cascade order (default: cold, warm)"
+    )
+    read.add_argument("--as-of", default=None, metavar="RFC3339", help="knowledge time")
+    read.add_argument("--quarantine", default=None, choices=("drop", "keep", "only"))
+    read.add_argument("--on-drift", default=None, choices=("unify", "refuse"))
+    read.add_argument(
+        "--include-unsealed", action="store_true", help="also read unsealed partitions"
+    )
+    read.add_argument("--format", required=True, choices=("parquet", "csv", "arrow", "table"))
+    read.add_argument("-o", "--output", default=None, metavar="FILE", help="default: stdout")
+    read.add_argument("--limit", type=int, default=20, help="rows shown by --format table")
+    read.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
     validate = commands.add_parser("validate", help="validate partitions or Parquet files offline")
     validate.add_argument("paths", nargs="+", metavar="PATH")
     validate.add_argument("--tier", default="warm", choices=TIERS)
@@ -170,6 +217,20 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except UsageError as exc:
         sys.stderr.write(f"cryptorun: error: {exc}\n")
         return EXIT_USAGE
+    except JournalDamagedError as exc:
+        # Exit 2, like a config error: restarting cannot fix it (systemd's
+        # RestartPreventExitStatus=2 stops the loop), an operator command can.
+        from cryptorun_daemon.cli.cmd_journal import fix_hint
+
+        config_path = getattr(args, "config", None) or "PATH"
+        sys.stderr.write(
+            f"cryptorun: hot journal damaged: segment {exc.path}, byte {exc.offset}: "
+            f"{exc.reason}\n"
+            f"cryptorun: inspect with `cryptorun journal check --config {config_path}`; "
+            f"fix with `{fix_hint(config_path)}` (moves the damaged tail aside, "
+            "deletes nothing)\n"
+        )
+        return EXIT_USAGE
     except (AdminClientError, CryptorunError) as exc:
         sys.stderr.write(f"cryptorun: {exc}\n")
         return EXIT_FAILED
@@ -181,6 +242,9 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "daemon":
         config = load_config(args.config)
         if args.check:
+            from cryptorun_daemon.security.transport import check_transport_files
+
+            check_transport_files(config)  # secrets private, certificates loadable
             out.write(f"{args.config}: ok (region {config.region}, {len(config.rules)} rules)\n")
             return EXIT_OK
         from cryptorun_daemon.daemon import run_daemon_from_config
@@ -208,6 +272,20 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         from cryptorun_daemon.data.validate.cli import run_validate
 
         return run_validate(args.paths, tier=args.tier, as_json=args.json, out=out)
+    if args.command == "read":
+        from cryptorun_daemon.cli.cmd_read import read_values, run_read
+
+        return run_read(
+            args.dataset,
+            root=args.root,
+            config=args.config,
+            values=read_values(args),
+            output_format=args.format,
+            output=args.output,
+            limit=args.limit,
+            progress=not args.no_progress,
+            out=out,
+        )
     if args.command == "partitions":
         from cryptorun_daemon.cli.cmd_partitions import run_seal
 
@@ -215,6 +293,13 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         if region is None:
             raise UsageError("partitions seal needs --region REGION or --config PATH")
         return run_seal(args.dirs, region=region, epoch=args.epoch, out=out)
+    if args.command == "journal":
+        from cryptorun_daemon.cli.cmd_journal import run_check, run_salvage
+
+        config = load_config(args.config)
+        if args.action == "check":
+            return run_check(config, config_path=args.config, as_json=args.json, out=out)
+        return run_salvage(config, as_json=args.json, out=out)
     if args.command == "replication":
         return asyncio.run(_replication(args, out))
     raise UsageError(f"unknown command {args.command!r}")
@@ -222,7 +307,7 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _replication(args: argparse.Namespace, out: TextIO) -> int:
     target = resolve_target(args)
-    async with AdminClient(target.url, target.token) as client:
+    async with AdminClient(target.url, target.token, ssl_context=target.ssl_context) as client:
         if args.action == "status":
             from cryptorun_daemon.cli.cmd_status import run_status
 

@@ -6,13 +6,20 @@ wrong. Unknown keys are errors so a typo never silently becomes a default.
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import get_args
 from urllib.parse import urlsplit
 
-from cryptorun_daemon.config.durations import parse_duration
+from cryptorun_daemon.config.loader_security import (
+    PEER_TLS_KEYS,
+    check_admin_exposure,
+    check_peer_url,
+    is_loopback,
+    read_admin_security,
+    read_etcd_security,
+    read_peer_tls,
+)
 from cryptorun_daemon.config.model import (
     DEFAULT_MODE,
     REGION_NAME_PATTERN,
@@ -32,124 +39,18 @@ from cryptorun_daemon.config.model import (
     StateBackend,
     StateConfig,
     StorageConfig,
-    Tier,
     ValidationConfig,
     is_region_name,
 )
+from cryptorun_daemon.config.table import MISSING, Problems, Table
 from cryptorun_daemon.errors import ConfigError, ConfigProblem
 
-_MISSING = object()
-
-
-class _Table:
-    """Reads one TOML table, recording problems instead of raising.
-
-    Every key read is remembered; :meth:`finish` reports the keys never read as
-    unknown. Readers return ``default`` after recording a problem so loading
-    continues and all problems surface in one pass.
-    """
-
-    def __init__(self, loader: _Loader, data: Any, path: str) -> None:
-        self.loader = loader
-        self.path = path
-        self.seen: set[str] = set()
-        if not isinstance(data, dict):
-            loader.problem(path, f"must be a table, got {_type_name(data)}")
-            data = {}
-        self.data: dict[str, Any] = data
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def raw(self, name: str) -> Any:
-        self.seen.add(name)
-        return self.data.get(name, _MISSING)
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def _typed(self, name: str, kind: type | tuple[type, ...], label: str, default: Any) -> Any:
-        value = self.raw(name)
-        if value is _MISSING:
-            if default is _MISSING:
-                self.loader.problem(self.key(name), "is required")
-            return None if default is _MISSING else default
-        # bool is an int in Python; a config that says `port = true` is still wrong.
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            self.loader.problem(self.key(name), f"must be {label}, got a boolean")
-            return None if default is _MISSING else default
-        if not isinstance(value, kind):
-            self.loader.problem(self.key(name), f"must be {label}, got {_type_name(value)}")
-            return None if default is _MISSING else default
-        return value
-
-    def string(self, name: str, default: Any = _MISSING) -> Any:
-        return self._typed(name, str, "a string", default)
-
-    def boolean(self, name: str, default: Any = _MISSING) -> Any:
-        return self._typed(name, bool, "true or false", default)
-
-    def integer(self, name: str, default: Any = _MISSING, *, minimum: int = 0) -> Any:
-        value = self._typed(name, int, "an integer", default)
-        if isinstance(value, int) and value < minimum:
-            self.loader.problem(self.key(name), f"must be >= {minimum}, got {value}")
-            return default if default is not _MISSING else None
-        return value
-
-    def number(self, name: str, default: Any = _MISSING, *, positive: bool = True) -> Any:
-        value = self._typed(name, (int, float), "a number", default)
-        if isinstance(value, int | float) and positive and value <= 0:
-            self.loader.problem(self.key(name), f"must be greater than zero, got {value}")
-            return default if default is not _MISSING else None
-        return float(value) if isinstance(value, int | float) else value
-
-    def duration(self, name: str, default: Any = _MISSING) -> Any:
-        text = self.string(name, _MISSING if default is _MISSING else None)
-        if text is None:
-            return None if default is _MISSING else default
-        try:
-            return parse_duration(text)
-        except ValueError as exc:
-            self.loader.problem(self.key(name), str(exc))
-            return None if default is _MISSING else default
-
-    def choice(self, name: str, allowed: tuple[str, ...], default: Any = _MISSING) -> Any:
-        value = self.string(name, default)
-        if isinstance(value, str) and value not in allowed:
-            self.loader.problem(self.key(name), f"{value!r} is not one of {', '.join(allowed)}")
-            return None if default is _MISSING else default
-        return value
-
-    def strings(self, name: str, default: Any = _MISSING) -> Any:
-        value = self._typed(name, list, "a list of strings", default)
-        if isinstance(value, list):
-            bad = [item for item in value if not isinstance(item, str)]
-            if bad:
-                self.loader.problem(self.key(name), "must be a list of strings")
-                return None if default is _MISSING else default
-            return tuple(value)
-        return value
-
-    def table(self, name: str) -> _Table:
-        value = self.raw(name)
-        return _Table(self.loader, {} if value is _MISSING else value, self.key(name))
-
-    def finish(self) -> None:
-        for name in sorted(set(self.data) - self.seen):
-            self.loader.problem(self.key(name), "unknown key")
-
-
-class _Loader:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.problems: list[ConfigProblem] = []
-
-    def problem(self, key: str, message: str) -> None:
-        self.problems.append(ConfigProblem(str(self.path), key, message))
-
-    def resolve(self, value: str) -> Path:
-        candidate = Path(value).expanduser()
-        return candidate if candidate.is_absolute() else (self.path.parent / candidate).resolve()
+# The choices each Literal allows, typed as that Literal (get_args alone gives Any).
+MODES: tuple[Mode, ...] = get_args(Mode)
+FEED_KINDS: tuple[FeedKind, ...] = get_args(FeedKind)
+STATE_BACKENDS: tuple[StateBackend, ...] = get_args(StateBackend)
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
 
 
 def load_config(path: str | Path) -> Config:
@@ -160,7 +61,7 @@ def load_config(path: str | Path) -> Config:
     unknown regions, contradictory rules, missing token file).
     """
     path = Path(path)
-    loader = _Loader(path)
+    loader = Problems(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -170,7 +71,7 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigProblem(str(path), "", f"invalid TOML: {exc}")]) from None
 
-    top = _Table(loader, data, "")
+    top = Table(loader, data, "")
     region = top.string("region")
     if isinstance(region, str) and not is_region_name(region):
         loader.problem("region", f"{region!r} must match {REGION_NAME_PATTERN}")
@@ -179,7 +80,16 @@ def load_config(path: str | Path) -> Config:
     storage_table = top.table("storage")
     root = storage_table.string("root")
     storage_table.finish()
-    peers = _peers(top.table("peers"), loader, region)
+    peers_table = top.table("peers")
+    peer_tls = read_peer_tls(peers_table, loader)
+    peers = _peers(peers_table, loader, region)
+    for name, url in peers.items():
+        check_peer_url(
+            peers_table.key(name),
+            url,
+            loader,
+            allow_plaintext=bool(admin and admin.allow_plaintext),
+        )
     known_regions = {r for r in (region, *peers) if isinstance(r, str)}
     rules = _rules(top.raw("rules"), loader, known_regions)
     log = _log(top.table("log"))
@@ -190,13 +100,15 @@ def load_config(path: str | Path) -> Config:
     validation = _validation(top.table("validation"))
     top.finish()
 
-    if loader.problems:
+    # A required value is None only after its problem was recorded; the checks of
+    # None are for the type checker.
+    if loader.problems or region is None or admin is None or root is None:
         raise ConfigError(loader.problems)
     return Config(
         source=path,
-        region=cast(str, region),
-        admin=cast(AdminConfig, admin),
-        storage=StorageConfig(root=loader.resolve(cast(str, root))),
+        region=region,
+        admin=admin,
+        storage=StorageConfig(root=loader.resolve(root)),
         peers=peers,
         rules=rules,
         log=log,
@@ -205,14 +117,16 @@ def load_config(path: str | Path) -> Config:
         hot=hot,
         feeds=feeds,
         validation=validation,
+        peer_tls=peer_tls,
     )
 
 
-def _admin(t: _Table, loader: _Loader) -> AdminConfig | None:
+def _admin(t: Table, loader: Problems) -> AdminConfig | None:
     listen = t.string("listen", "127.0.0.1:9100")
     token_file = t.string("token_file", None)
     max_request_bytes = t.integer("max_request_bytes", 1 << 20, minimum=1024)
     shutdown_timeout = t.duration("shutdown_timeout", 10.0)
+    security = read_admin_security(t, loader)
     t.finish()
     host_port = _split_listen(listen, t.key("listen"), loader) if isinstance(listen, str) else None
     token_path = loader.resolve(token_file) if isinstance(token_file, str) else None
@@ -223,7 +137,8 @@ def _admin(t: _Table, loader: _Loader) -> AdminConfig | None:
     if host_port is None:
         return None
     host, port = host_port
-    if token_path is None and not _is_loopback(host):
+    open_reads = check_admin_exposure(t, loader, host, listen, security)
+    if token_path is None and not security.tokens.by_scope() and not is_loopback(host):
         loader.problem(
             t.key("token_file"),
             f"is required when admin.listen ({listen}) is not a loopback address",
@@ -234,10 +149,16 @@ def _admin(t: _Table, loader: _Loader) -> AdminConfig | None:
         token_file=token_path,
         max_request_bytes=max_request_bytes,
         shutdown_timeout=shutdown_timeout,
+        tls_cert=security.tls_cert,
+        tls_key=security.tls_key,
+        tls_client_ca=security.tls_client_ca,
+        allow_plaintext=security.allow_plaintext,
+        open_reads=open_reads,
+        tokens=security.tokens,
     )
 
 
-def _split_listen(listen: str, key: str, loader: _Loader) -> tuple[str, int] | None:
+def _split_listen(listen: str, key: str, loader: Problems) -> tuple[str, int] | None:
     host, sep, port_text = listen.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -246,18 +167,11 @@ def _split_listen(listen: str, key: str, loader: _Loader) -> tuple[str, int] | N
     return host, int(port_text)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _peers(t: _Table, loader: _Loader, region: Any) -> dict[str, str]:
+def _peers(t: Table, loader: Problems, region: str | None) -> dict[str, str]:
     peers: dict[str, str] = {}
     for name in list(t.data):
+        if name in PEER_TLS_KEYS:
+            continue  # TLS settings, read by read_peer_tls
         url = t.string(name)
         key = t.key(name)
         if not is_region_name(name):
@@ -276,8 +190,8 @@ def _peers(t: _Table, loader: _Loader, region: Any) -> dict[str, str]:
     return peers
 
 
-def _rules(raw: Any, loader: _Loader, regions: set[str]) -> tuple[Rule, ...]:
-    if raw is _MISSING:
+def _rules(raw: object, loader: Problems, regions: set[str]) -> tuple[Rule, ...]:
+    if raw is MISSING:
         return ()
     if not isinstance(raw, list):
         loader.problem("rules", "must be an array of tables ([[rules]])")
@@ -285,17 +199,17 @@ def _rules(raw: Any, loader: _Loader, regions: set[str]) -> tuple[Rule, ...]:
     rules: list[Rule] = []
     primaries: dict[str, tuple[str, int]] = {}
     for index, item in enumerate(raw):
-        t = _Table(loader, item, f"rules[{index}]")
+        t = Table(loader, item, f"rules[{index}]")
         tier = t.choice("tier", TIERS)
-        mode = t.choice("mode", ("active-active", "active-passive"), None)
+        mode = t.choice("mode", MODES, None)
         src = t.string("from")
         dst = t.strings("to")
         slo = t.duration("lag_slo")
         t.finish()
         if tier is None:
             continue
-        mode = mode or DEFAULT_MODE[cast(Tier, tier)]
-        if mode != DEFAULT_MODE[cast(Tier, tier)]:
+        mode = mode or DEFAULT_MODE[tier]
+        if mode != DEFAULT_MODE[tier]:
             loader.problem(
                 t.key("mode"),
                 f"{mode!r} makes no sense for the {tier} tier: "
@@ -323,36 +237,29 @@ def _rules(raw: Any, loader: _Loader, regions: set[str]) -> tuple[Rule, ...]:
                     "an active-passive tier has exactly one primary",
                 )
             primaries.setdefault(tier, (src, index))
-        if None in (src, dst, slo):
+        if src is None or dst is None or slo is None:
             continue
-        rules.append(
-            Rule(
-                tier=cast(Tier, tier),
-                mode=cast(Mode, mode),
-                from_region=src,
-                to_regions=tuple(dst),
-                lag_slo=slo,
-            )
-        )
+        rules.append(Rule(tier=tier, mode=mode, from_region=src, to_regions=dst, lag_slo=slo))
     return tuple(rules)
 
 
-def _log(t: _Table) -> LogConfig:
-    level = t.choice("level", get_args(LogLevel), "info")
-    fmt = t.choice("format", get_args(LogFormat), "auto")
+def _log(t: Table) -> LogConfig:
+    level = t.choice("level", LOG_LEVELS, "info")
+    fmt = t.choice("format", LOG_FORMATS, "auto")
     t.finish()
     return LogConfig(level=level, format=fmt)
 
 
-def _state(t: _Table, loader: _Loader) -> StateConfig:
+def _state(t: Table, loader: Problems) -> StateConfig:
     d = StateConfig()
-    backend = t.choice("backend", get_args(StateBackend), d.backend)
+    backend = t.choice("backend", STATE_BACKENDS, d.backend)
     endpoints = t.strings("etcd_endpoints", d.etcd_endpoints)
     prefix = t.string("etcd_prefix", d.etcd_prefix)
     lease_ttl = t.duration("lease_ttl", d.lease_ttl)
     auto = t.boolean("auto_failover", d.auto_failover)
     min_interval = t.duration("auto_failover_min_interval", d.auto_failover_min_interval)
     margin = t.duration("lease_safety_margin", None)
+    etcd_security = read_etcd_security(t, loader)
     t.finish()
     if margin is not None and not 0 <= margin < lease_ttl * 2 / 3:
         # Heartbeats renew every lease_ttl / 3: a margin at or above two thirds of
@@ -377,10 +284,15 @@ def _state(t: _Table, loader: _Loader) -> StateConfig:
         auto_failover=auto,
         auto_failover_min_interval=min_interval,
         lease_safety_margin=margin,
+        etcd_ca_file=etcd_security.ca_file,
+        etcd_cert=etcd_security.cert,
+        etcd_key=etcd_security.key,
+        etcd_user=etcd_security.user,
+        etcd_password_file=etcd_security.password_file,
     )
 
 
-def _replication(t: _Table) -> ReplicationConfig:
+def _replication(t: Table) -> ReplicationConfig:
     d = ReplicationConfig()
     cfg = ReplicationConfig(
         max_concurrency=t.integer("max_concurrency", d.max_concurrency, minimum=1),
@@ -393,7 +305,7 @@ def _replication(t: _Table) -> ReplicationConfig:
     return cfg
 
 
-def _hot(t: _Table) -> HotConfig:
+def _hot(t: Table) -> HotConfig:
     d = HotConfig()
     cfg = HotConfig(
         buffer_records=t.integer("buffer_records", d.buffer_records, minimum=1),
@@ -414,8 +326,8 @@ def _hot(t: _Table) -> HotConfig:
     return cfg
 
 
-def _feeds(raw: Any, loader: _Loader) -> tuple[FeedConfig, ...]:
-    if raw is _MISSING:
+def _feeds(raw: object, loader: Problems) -> tuple[FeedConfig, ...]:
+    if raw is MISSING:
         return ()
     if not isinstance(raw, list):
         loader.problem("feeds", "must be an array of tables ([[feeds]])")
@@ -423,8 +335,8 @@ def _feeds(raw: Any, loader: _Loader) -> tuple[FeedConfig, ...]:
     feeds: list[FeedConfig] = []
     names: set[str] = set()
     for index, item in enumerate(raw):
-        t = _Table(loader, item, f"feeds[{index}]")
-        kind = t.choice("kind", get_args(FeedKind))
+        t = Table(loader, item, f"feeds[{index}]")
+        kind = t.choice("kind", FEED_KINDS)
         name = t.string("name", f"{kind}-{index}")
         venue = t.string("venue", "kraken" if kind == "kraken" else "synthetic")
         symbols = t.strings("symbols", ("BTC/USD", "ETH/USD", "SOL/USD"))
@@ -463,7 +375,7 @@ def _feeds(raw: Any, loader: _Loader) -> tuple[FeedConfig, ...]:
     return tuple(feeds)
 
 
-def _validation(t: _Table) -> ValidationConfig:
+def _validation(t: Table) -> ValidationConfig:
     d = ValidationConfig()
     strict = t.boolean("strict", d.strict)
     stale_table = t.table("staleness")
@@ -484,15 +396,3 @@ def _validation(t: _Table) -> ValidationConfig:
     return ValidationConfig(
         strict=strict, staleness=staleness, drift_tolerance=drift, anomaly=anomaly
     )
-
-
-def _type_name(value: Any) -> str:
-    names: dict[type, str] = {
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        list: "a list",
-        dict: "a table",
-    }
-    return names.get(type(value), type(value).__name__)

@@ -49,18 +49,77 @@ DEFAULT_MODE: Final[dict[Tier, Mode]] = {
 }
 
 
+#: The credentials' roles (docs/API.md lists which endpoints each opens).
+Scope = Literal["operator", "peer", "read"]
+SCOPES: Final[tuple[Scope, ...]] = get_args(Scope)
+
+
+@dataclass(frozen=True)
+class TokenFiles:
+    """``[admin.tokens]``: one bearer-token file per scope (each optional)."""
+
+    operator_file: Path | None = None
+    peer_file: Path | None = None
+    read_file: Path | None = None
+
+    def by_scope(self) -> dict[Scope, Path]:
+        """Scope → file, for the scopes that have one."""
+        files: dict[Scope, Path | None] = {
+            "operator": self.operator_file,
+            "peer": self.peer_file,
+            "read": self.read_file,
+        }
+        return {scope: path for scope, path in files.items() if path is not None}
+
+
 @dataclass(frozen=True)
 class AdminConfig:
+    """``[admin]``: the listener, its TLS and who may call what.
+
+    ``token_file`` (the contract's one shared token) grants every scope;
+    ``tokens`` holds one file per scope. ``open_reads``: ``/metrics`` and
+    ``/v1/status`` answer without a credential (the loader allows it on a
+    loopback listener only, and defaults it to true there).
+    """
+
     host: str
     port: int
     token_file: Path | None
     max_request_bytes: int = 1 << 20
     shutdown_timeout: float = 10.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    allow_plaintext: bool = False
+    open_reads: bool = True
+    tokens: TokenFiles = field(default_factory=TokenFiles)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listener speaks TLS."""
+        return self.tls_cert is not None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def listen(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PeerTLSConfig:
+    """``[peers] ca_file / cert / key``: how this region verifies peers and proves itself.
+
+    ``ca_file`` None trusts the system store for ``https://`` peers; ``cert``
+    and ``key`` are presented to peers that require mutual TLS.
+    """
+
+    ca_file: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +154,14 @@ class StateConfig:
     lease_ttl: float = 10.0
     auto_failover: bool = False
     auto_failover_min_interval: float = 300.0
+    #: etcd over TLS: the CA that signed etcd's certificate, and this region's
+    #: client certificate for etcd's ``--client-cert-auth``.
+    etcd_ca_file: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    #: etcd's own authentication (``etcdctl auth enable``): user and password file.
+    etcd_user: str | None = None
+    etcd_password_file: Path | None = None
     #: Seconds of this region's etcd lease that must remain for it to seal or
     #: commit as primary; ``None``: derived, see :meth:`write_safety_margin`.
     lease_safety_margin: float | None = None
@@ -192,6 +259,7 @@ class Config:
     hot: HotConfig = field(default_factory=HotConfig)
     feeds: tuple[FeedConfig, ...] = ()
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    peer_tls: PeerTLSConfig = field(default_factory=PeerTLSConfig)
 
     @property
     def regions(self) -> tuple[str, ...]:

@@ -2,27 +2,43 @@
 
 Layout under the demo directory::
 
-    admin.token                      shared bearer token (0600)
-    eu-central.toml  us-east.toml    one config per region
-    data/eu-central/ data/us-east/   storage roots (hot journal, warm/, _state/ …)
+    operator.token peer.token read.token   one bearer token per scope (0600)
+    tls/ca.pem tls/{region}.pem/.key       private CA, region certificates (certs init)
+    eu-central.toml  us-east.toml          one config per region
+    data/eu-central/ data/us-east/         storage roots (hot journal, warm/, _state/ …)
 
 eu-central is the warm/cold primary and us-east its replica; hot is
 active-active (each region ingests the Kraken feed itself and mirrors its own
-stream to the other). Partitions are one minute long instead of an hour so a
-sealed, replicated partition shows up within the first ~70 seconds.
+stream to the other). Both admin listeners speak TLS (certificates from a
+private CA made on the first run) and take scoped tokens: peers call each
+other with the peer token, the demo's own checks use the operator token, and
+``curl`` commands use the read token with ``--cacert tls/ca.pem``.
+Partitions are one minute long instead of an hour so a sealed, replicated
+partition shows up within the first ~70 seconds.
 """
 
 from __future__ import annotations
 
 import secrets
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptorun_daemon.config.model import SCOPES, Scope
+from cryptorun_daemon.security.certs import init_certs
+from cryptorun_daemon.security.tls import client_context
 
 PRIMARY = "eu-central"
 REPLICA = "us-east"
 REGIONS = (PRIMARY, REPLICA)
 SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD")
-TOKEN_FILE = "admin.token"  # noqa: S105 - the token file's name, not a secret
+TLS_DIR = "tls"
+
+
+def token_file(scope: Scope) -> str:
+    """The file name of ``scope``'s token (relative to the demo directory)."""
+    return f"{scope}.token"
+
 
 # One-minute windows, sealed 5 s after they end: long enough for late trades
 # from a real exchange (timestamps a second or two behind), short enough to see.
@@ -45,7 +61,7 @@ class DemoLayout:
     kraken_url: str
 
     def admin_url(self, region: str) -> str:
-        return f"http://127.0.0.1:{self.ports[region]}"
+        return f"https://127.0.0.1:{self.ports[region]}"
 
     def config_path(self, region: str) -> Path:
         return self.directory / f"{region}.toml"
@@ -56,24 +72,35 @@ class DemoLayout:
     def storage_root(self, region: str) -> Path:
         return self.directory / "data" / region
 
-    @property
-    def token_path(self) -> Path:
-        return self.directory / TOKEN_FILE
+    def token_path(self, scope: Scope) -> Path:
+        return self.directory / token_file(scope)
 
-    def token(self) -> str:
-        return self.token_path.read_text(encoding="utf-8").strip()
+    def token(self, scope: Scope) -> str:
+        return self.token_path(scope).read_text(encoding="utf-8").strip()
+
+    @property
+    def ca_path(self) -> Path:
+        return self.directory / TLS_DIR / "ca.pem"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting the demo's CA (for the demo's own checks)."""
+        return client_context(self.ca_path)
 
 
 def write_demo_configs(layout: DemoLayout) -> dict[str, Path]:
-    """Write the token (kept if one exists) and one TOML config per region.
+    """Write the tokens and certificates (kept if they exist) and one TOML config per region.
 
     Resource handling: creates ``layout.directory``; an existing directory is
     reused, so a second run continues the first one's data.
     """
     layout.directory.mkdir(parents=True, exist_ok=True)
-    if not layout.token_path.is_file():
-        layout.token_path.write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
-    layout.token_path.chmod(0o600)
+    for scope in SCOPES:
+        path = layout.token_path(scope)
+        if not path.is_file():
+            path.write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
+        path.chmod(0o600)
+    if not layout.ca_path.is_file():
+        init_certs(layout.directory / TLS_DIR, REGIONS, force=True)
     paths: dict[str, Path] = {}
     for region in REGIONS:
         path = layout.config_path(region)
@@ -96,13 +123,22 @@ region = "{region}"
 
 [admin]
 listen = "127.0.0.1:{layout.ports[region]}"
-token_file = "{TOKEN_FILE}"
+tls_cert = "{TLS_DIR}/{region}.pem"
+tls_key = "{TLS_DIR}/{region}.key"
+# Even on loopback, status and metrics want the read token: the demo shows the real thing.
+open_reads = false
+
+[admin.tokens]
+operator_file = "{token_file("operator")}"
+peer_file = "{token_file("peer")}"
+read_file = "{token_file("read")}"
 
 [storage]
 root = "data/{region}"
 
 [peers]
 {peers}
+ca_file = "{TLS_DIR}/ca.pem"
 
 [hot]
 partition_length = "{PARTITION_LENGTH:g}s"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -118,9 +119,9 @@ def tcp_accepts(port: int) -> bool:
         return False
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, *, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback URL we built
+        with urllib.request.urlopen(url, timeout=1, context=context) as resp:  # noqa: S310 - loopback URL we built
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False

@@ -101,7 +101,8 @@ def run_demo(
     )
     try:
         write_demo_configs(layout)
-        reader = AdminReader(layout.token())
+        # The operator token: the demo also asks for a replication pass at the end.
+        reader = AdminReader(layout.token("operator"), layout.ssl_context())
     except OSError as exc:
         raise DemoError(f"cannot write the demo's configs in {base}: {exc}") from exc
     signals = _StopSignals()
@@ -209,7 +210,9 @@ class _Demo:
                 region, ["cryptorun_daemon", "daemon", "--config", str(layout.config_path(region))]
             )
         for region in REGIONS:
-            ready = functools.partial(http_ok, f"{layout.admin_url(region)}/readyz")
+            ready = functools.partial(
+                http_ok, f"{layout.admin_url(region)}/readyz", context=layout.ssl_context()
+            )
             if not wait_ready(self.children[region], ready, timeout=READY_TIMEOUT, stop=stop):
                 return False
         return True
@@ -247,14 +250,17 @@ class _Demo:
         )
         primary, replica = layout.admin_url(PRIMARY), layout.admin_url(REPLICA)
         self.say("\ntry, in another shell:")
-        self.say(f"  TOKEN=$(cat {layout.token_path})")
-        self.say(f"  curl -s {primary}/v1/status | python3 -m json.tool")
+        self.say(f"  READ=$(cat {layout.token_path('read')})")
+        self.say(f"  OPERATOR=$(cat {layout.token_path('operator')})")
+        curl = f"curl -s --cacert {layout.ca_path}"
+        read = '-H "Authorization: Bearer $READ"'
+        self.say(f"  {curl} {read} {primary}/v1/status | python3 -m json.tool")
         wanted = "^cryptorun_(hot_records|replication_lag)"
-        self.say(f"  curl -s {replica}/metrics | grep -E '{wanted}'")
-        auth = '-H "Authorization: Bearer $TOKEN"'
-        self.say(f"  curl -s {auth} '{replica}/v1/partitions?tier=warm' | python3 -m json.tool")
+        self.say(f"  {curl} {read} {replica}/metrics | grep -E '{wanted}'")
+        self.say(f"  {curl} {read} '{replica}/v1/partitions?tier=warm' | python3 -m json.tool")
+        operator = '-H "Authorization: Bearer $OPERATOR"'
         self.say(
-            f"  curl -s {auth} -X POST {primary}/v1/failover \\\n"
+            f"  {curl} {operator} -X POST {primary}/v1/failover \\\n"
             f'       -d \'{{"tier":"warm","promote":"{REPLICA}",'
             f'"demote":"{PRIMARY}","dry_run":true}}\''
         )

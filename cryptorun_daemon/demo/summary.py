@@ -9,6 +9,7 @@ reports what was really left behind.
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -27,21 +28,22 @@ Labels = Mapping[str, str]
 
 
 class AdminReader:
-    """Small synchronous client for the daemons' admin API (loopback, bearer token).
+    """Small synchronous client for the daemons' admin API (loopback, TLS, bearer token).
 
     Error handling: every method raises ``OSError`` (``urllib.error.URLError``
     included) or ``ValueError`` (bad JSON); callers decide what a failure means.
     """
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, context: ssl.SSLContext | None = None) -> None:
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.context = context
 
     def text(self, url: str, *, body: Any = None, timeout: float = HTTP_TIMEOUT) -> str:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(  # noqa: S310 - loopback URLs the demo built
             url, data=data, headers=self.headers, method="GET" if data is None else "POST"
         )
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - same
+        with urllib.request.urlopen(request, timeout=timeout, context=self.context) as resp:  # noqa: S310 - same
             return str(resp.read().decode("utf-8"))
 
     def json(self, url: str, *, body: Any = None, timeout: float = HTTP_TIMEOUT) -> Any:

@@ -29,6 +29,7 @@ from cryptorun_daemon.failover.peers import PeerMonitor, describe
 from cryptorun_daemon.failover.roles import Snapshot, TierState, require_active_passive
 from cryptorun_daemon.failover.store import StateStore
 from cryptorun_daemon.runtime.component import DaemonContext
+from cryptorun_daemon.security.tls import peer_identity
 from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.failover")
@@ -167,13 +168,24 @@ class FailoverApi:
 
         etcd: re-read the shared store now. File: adopt the carried state if
         its epoch is higher (replaying its transitions); 409 when it diverges.
+        Under mutual TLS, 403 when ``from`` is not the caller's certificate region.
         """
         body = await json_object(request)
+        sender = body.get("from")
+        transport = request.transport
+        identity = peer_identity(transport.get_extra_info("peercert")) if transport else None
+        if identity in self.ctx.config.peers and sender != identity:
+            # Under mutual TLS the certificate says who is calling; a peer must
+            # not pass its notification off as another region's.
+            return json_error(
+                403,
+                "forbidden",
+                f"notification claims to be from {sender!r}, certificate says {identity!r}",
+            )
         try:
             remote = TierState.from_json(body.get("state"))
         except StateStoreError as exc:
             raise UsageError(f"state: {exc}") from None
-        sender = body.get("from")
         store = self.component.require_store()
         if store.backend == "file":
             applied = await self.component.adopt(remote, source=str(sender))

@@ -55,6 +55,7 @@ from aiohttp import web
 
 from cryptorun_daemon.config import ACTIVE_PASSIVE_TIERS, Config
 from cryptorun_daemon.errors import ConflictError, StateStoreError
+from cryptorun_daemon.failover.adoption import PeerAdoption
 from cryptorun_daemon.failover.api import FailoverApi
 from cryptorun_daemon.failover.auto import AutoDecision, AutoFailover
 from cryptorun_daemon.failover.fence_keeper import FenceKeeper
@@ -63,9 +64,9 @@ from cryptorun_daemon.failover.roles import (
     Snapshot,
     TierState,
     export_role_metrics,
-    state_from_status,
 )
 from cryptorun_daemon.failover.store import StateStore, open_state_store, run_heartbeats
+from cryptorun_daemon.failover.write_gate import Refusal, WriteGate
 from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult, changed_sections
 from cryptorun_daemon.storage.fence_lock import install_write_permit
 from cryptorun_daemon.timefmt import format_rfc3339
@@ -75,7 +76,6 @@ log = structlog.get_logger("cryptorun.failover")
 #: Called on the event loop after the cached state of a tier changed: ``(new, old)``.
 Listener = Callable[[TierState, TierState | None], None]
 #: ``(reason, detail)``: why this region may not write a tier as its primary now.
-Refusal = tuple[str, str]
 
 FIRST_LOAD_TIMEOUT: Final = 8.0
 STATUS_HISTORY: Final = 10  # transitions shown in /v1/status (enough to replay a rejoin)
@@ -108,7 +108,6 @@ class FailoverComponent:
         self._snapshot_seen = False
         self._listeners: list[Listener] = []
         self._changed = asyncio.Event()
-        self._adopt_lock = asyncio.Lock()
         self._problems: dict[str, str] = {}
         self._worker_tasks: set[asyncio.Task[Any]] = set()
         self._remove_permit: Callable[[], None] | None = None
@@ -122,6 +121,25 @@ class FailoverComponent:
             not_ready=self.not_ready_reasons,
         )
         self.api = FailoverApi(self)
+        self.adoption = PeerAdoption(
+            region=self.region,
+            store=self.require_store,
+            current=self.current,
+            apply=self.apply,
+            snapshot_seen=lambda: self._snapshot_seen,
+            note_problem=self._note_problem,
+            clear_problem=lambda tier: self._problems.pop(tier, None),
+        )
+        self.gate = WriteGate(
+            region=self.region,
+            config=ctx.config,
+            clock=ctx.clock,
+            state=self.current,
+            store=lambda: self.store,
+            not_ready=self.not_ready_reasons,
+            loaded_epoch=self._loaded_epochs.get,
+            unconfirmed_peers=self.peers.unconfirmed,
+        )
 
     # --- interface for replication and fencing ------------------------------------
 
@@ -162,44 +180,9 @@ class FailoverComponent:
     def write_refusal_reason(self, tier: str) -> Refusal | None:
         """``(reason, detail)`` when this region holds ``tier`` as primary but may not write it.
 
-        Reasons, checked in this order:
-
-        - ``not_ready``: no snapshot yet (or, file store, peers not compared);
-        - ``state_store_unreachable`` / ``lease_expiring`` (etcd): see
-          :meth:`lease_refusal`;
-        - ``roles_unconfirmed`` (file store): there is no quorum, so the role
-          loaded from the local file at start-up may be stale (a failover
-          happened while this region was away). Until it has compared epochs
-          with every peer, or seen it down for ``replication.peer_down_after``,
-          the region trusts that role only after a newer epoch reached it
-          since start-up (its own promotion through the API, or one adopted
-          from a peer).
-
-        Readiness does not wait for any of these: reads and replication go on.
+        The rules and their order are :meth:`WriteGate.reason`'s.
         """
-        state = self._states.get(tier)
-        if state is None or state.primary != self.region:
-            return None
-        reasons = self.not_ready_reasons()
-        if reasons:
-            return "not_ready", "; ".join(reasons)
-        lease = self.lease_refusal(tier)
-        if lease is not None:
-            return lease
-        if self.ctx.config.state.backend != "file" or (
-            state.epoch > self._loaded_epochs.get(tier, state.epoch)
-        ):
-            return None
-        waiting = self.peers.unconfirmed()
-        if not waiting:
-            return None
-        down_after = self.ctx.config.replication.peer_down_after
-        return (
-            "roles_unconfirmed",
-            f"{self.region} has not confirmed its roles yet: epochs not compared with "
-            f"{', '.join(waiting)}, which has not been down for peer_down_after "
-            f"({down_after:g} s) either; the file state store has no quorum",
-        )
+        return self.gate.reason(tier)
 
     def write_refusals(self) -> dict[str, str]:
         """Tier → :meth:`write_refusal` for every tier this region holds but may not write."""
@@ -207,47 +190,8 @@ class FailoverComponent:
         return {tier: text for tier, text in found.items() if text is not None}
 
     def lease_refusal(self, tier: str) -> Refusal | None:
-        """etcd: refuse writing ``tier`` as primary unless this region's lease outlives the margin.
-
-        A primary cut off from etcd cannot renew its lease; once the lease
-        lapses, another region may be promoted (automatically or by an
-        operator) without this one hearing of it. So a primary writes only
-        while the lease it last renewed has more than
-        ``state.write_safety_margin()`` seconds left, by the monotonic clock
-        (see :class:`~cryptorun_daemon.failover.store.LeaseHealth`):
-        ``state_store_unreachable`` when the latest renewal failed,
-        ``lease_expiring`` otherwise (renewals late, or the lease lost).
-        ``None`` for the file store, and for tiers this region is not primary of.
-
-        Reads memory and the clock only: the storage write permit calls it
-        from worker threads, under the fence lock, right before a rename.
-        """
-        store, state = self.store, self._states.get(tier)
-        if store is None or state is None or state.primary != self.region:
-            return None
-        health = store.lease_health(self.region)
-        if health is None:
-            return None
-        margin = self.ctx.config.state.write_safety_margin()
-        if health.expires_at is not None:
-            left = health.expires_at - self.ctx.clock.monotonic()
-            if left > margin:
-                return None
-            held = f"its lease has {max(left, 0.0):.1f} s left"
-        else:
-            held = "it holds no lease"
-        if health.last_error is not None:
-            return (
-                "state_store_unreachable",
-                f"{self.region} cannot renew its etcd lease ({health.last_error}) and {held} "
-                f"(safety margin {margin:g} s): another region may be promoted meanwhile, so "
-                "it stops writing until a renewal succeeds",
-            )
-        return (
-            "lease_expiring",
-            f"{self.region}'s etcd {held} (safety margin {margin:g} s): it stops writing "
-            "until a heartbeat renews it",
-        )
+        """etcd: see :meth:`WriteGate.lease_refusal` (the storage write permit calls this)."""
+        return self.gate.lease_refusal(tier)
 
     def add_listener(self, callback: Listener) -> Callable[[], None]:
         """Call ``callback(new, old)`` after every change of a tier's cached state.
@@ -429,52 +373,8 @@ class FailoverComponent:
         self._changed = asyncio.Event()
 
     async def adopt(self, remote: TierState, *, source: str) -> bool:
-        """File store: replay ``remote``'s newer transitions locally; True when applied.
-
-        Error handling: :class:`ConflictError` when the states diverge (same
-        epoch, other primary; or a gap in the carried history).
-        """
-        store = self.require_store()
-        async with self._adopt_lock:
-            local = await store.get(remote.tier)
-            if remote.epoch <= local.epoch:
-                if remote.epoch == local.epoch and remote.primary != local.primary:
-                    raise ConflictError(
-                        f"tier {remote.tier}: divergent state at epoch {local.epoch}: "
-                        f"{source} says primary {remote.primary}, {self.region} says "
-                        f"{local.primary}; reconcile by hand (docs/FAILOVER.md)"
-                    )
-                return False
-            missing = [t for t in remote.history if t.epoch > local.epoch]
-            if [t.epoch for t in missing] != list(range(local.epoch + 1, remote.epoch + 1)):
-                raise ConflictError(
-                    f"tier {remote.tier}: cannot replay epochs {local.epoch + 1}..{remote.epoch} "
-                    f"from {source}: its history does not cover them"
-                )
-            for transition in missing:
-                if transition.demoted is None:
-                    raise ConflictError(
-                        f"tier {remote.tier}: {source}'s history has a "
-                        f"bootstrap at epoch {transition.epoch}"
-                    )
-                # The original time, not now: fencing compares seal times with it.
-                local = await store.promote(
-                    remote.tier,
-                    transition.promoted,
-                    transition.demoted,
-                    transition.epoch - 1,
-                    at=transition.at,
-                )
-            log.warning(
-                "adopted_peer_state",
-                tier=remote.tier,
-                source=source,
-                primary=local.primary,
-                epoch=local.epoch,
-            )
-        self._problems.pop(remote.tier, None)
-        self.apply(local)
-        return True
+        """File store: replay ``remote``'s newer transitions locally (see :class:`PeerAdoption`)."""
+        return await self.adoption.adopt(remote, source=source)
 
     # --- workers --------------------------------------------------------------------
 
@@ -536,36 +436,7 @@ class FailoverComponent:
         """File store only: learn newer epochs from each probed peer's ``/v1/status``."""
         if self.ctx.config.state.backend != "file":
             return None
-
-        async def learn(peer: str, doc: Any) -> bool:
-            """Adopt what is newer; answer whether every tier was compared.
-
-            A peer that is not ready yet may not have loaded its own roles, so
-            its answer does not count as a comparison (a ready peer without a
-            tier simply takes no part in it).
-            """
-            failover = doc.get("failover") if isinstance(doc, dict) else None
-            compared = isinstance(failover, dict) and failover.get("ready") is True
-            if not self._snapshot_seen:
-                return False
-            for tier in ACTIVE_PASSIVE_TIERS:
-                remote = state_from_status(doc, tier)
-                local = self._states.get(tier)
-                if (
-                    remote is None
-                    or local is None
-                    or remote.epoch < local.epoch
-                    or (remote.epoch == local.epoch and remote.primary == local.primary)
-                ):
-                    continue
-                try:
-                    await self.adopt(remote, source=peer)
-                except (ConflictError, StateStoreError) as exc:
-                    compared = False
-                    self._note_problem(tier, f"cannot adopt {peer}'s state: {exc}")
-            return compared
-
-        return learn
+        return self.adoption.learn_from_status
 
     def _note_problem(self, tier: str, problem: str) -> None:
         if self._problems.get(tier) != problem:

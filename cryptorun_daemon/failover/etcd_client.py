@@ -7,6 +7,16 @@ as decimal strings and fields equal to their zero value are omitted, so every
 parser below treats a missing number as 0. Why this and not a client library:
 docs/FAILOVER_STORES.md.
 
+TLS and authentication: ``ssl_context`` (built from ``[state] etcd_ca_file``,
+``etcd_cert``, ``etcd_key``) is passed on every request, so etcd is verified
+against its own CA whatever the shared session trusts for peers, and this
+region's client certificate answers etcd's ``--client-cert-auth``. With a
+user (etcd's ``auth enable``), the client calls ``/v3/auth/authenticate``
+before its first request and again when etcd says the token is no longer
+valid (simple tokens expire after ``--auth-token-ttl`` idle seconds); the
+token travels in the ``Authorization`` header. The password never appears in
+an error message.
+
 Error handling: every failure surfaces as
 :class:`~cryptorun_daemon.errors.StateStoreError` with the endpoint, the call
 and etcd's own message; connection failures move on to the next endpoint
@@ -19,6 +29,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -32,6 +43,10 @@ CompareResult = Literal["EQUAL", "GREATER", "LESS", "NOT_EQUAL"]
 
 # gRPC status NOT_FOUND, which etcd uses for "requested lease not found".
 GRPC_NOT_FOUND: Final = 5
+# etcd's messages for a token it no longer accepts: expired (--auth-token-ttl
+# idle seconds), dropped (auth disabled and enabled again), or issued before a
+# change to users or roles (the auth revision clientv3 also retries on).
+_TOKEN_REJECTED: Final = ("invalid auth token", "revision of auth store is old")
 # A watch frame is one JSON document per line; ours are a few KiB. The cap
 # turns a runaway or non-etcd stream into a clear error instead of memory growth.
 MAX_WATCH_FRAME: Final = 4 << 20
@@ -223,6 +238,9 @@ class EtcdClient:
         *,
         timeout: float = 5.0,
         session: aiohttp.ClientSession | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
         if not endpoints:
             raise StateStoreError("etcd: no endpoints configured")
@@ -232,6 +250,12 @@ class EtcdClient:
         self._owns_session = session is None
         self._preferred = 0
         self._closed = False
+        # An explicit context on every request: the shared session's default
+        # context trusts the peers' CA, not necessarily etcd's.
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._user = user
+        self._password = password
+        self._auth_token: str | None = None
 
     async def close(self) -> None:
         """Close the owned session; later calls fail instead of reopening one."""
@@ -361,9 +385,16 @@ class EtcdClient:
         )
         url = f"{self.endpoints[self._preferred]}/v3/watch"
         try:
+            headers = await self._auth_headers()
             async with self._http().post(
-                url, json={"create_request": request}, timeout=timeout
+                url,
+                json={"create_request": request},
+                timeout=timeout,
+                ssl=self._ssl,
+                headers=headers,
             ) as resp:
+                if resp.status != 200 and self._token_rejected(resp.status, await resp.text()):
+                    self._auth_token = None  # the next watch authenticates again
                 if resp.status != 200:
                     raise _reply_error("watch", url, resp.status, await resp.text())
                 async for frame in _json_lines(resp, url):
@@ -398,6 +429,39 @@ class EtcdClient:
     # --- transport ------------------------------------------------------------------------
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``path`` as the configured user (if any); see :meth:`_call_once`.
+
+        A reply saying the auth token is no longer valid authenticates again
+        and retries once.
+        """
+        try:
+            return await self._call_once(path, body, await self._auth_headers())
+        except EtcdReplyError as exc:
+            if self._user is None or not self._token_rejected(exc.status, str(exc)):
+                raise
+        self._auth_token = None
+        return await self._call_once(path, body, await self._auth_headers())
+
+    async def _auth_headers(self) -> dict[str, str]:
+        if self._user is None:
+            return {}
+        if self._auth_token is None:
+            reply = await self._call_once(
+                "/v3/auth/authenticate", {"name": self._user, "password": self._password or ""}, {}
+            )
+            token = reply.get("token")
+            if not isinstance(token, str) or not token:
+                raise StateStoreError(f"etcd authenticate as {self._user!r}: no token in reply")
+            self._auth_token = token
+        return {"Authorization": self._auth_token}
+
+    @staticmethod
+    def _token_rejected(status: int, text: str) -> bool:
+        return status == 401 or any(marker in text for marker in _TOKEN_REJECTED)
+
+    async def _call_once(
+        self, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
         """POST ``body`` to ``path``, trying each endpoint once, starting with the last good one.
 
         Error handling: an answer from etcd that is an error (any non-200, or
@@ -410,7 +474,9 @@ class EtcdClient:
             index = (self._preferred + attempt) % len(self.endpoints)
             url = f"{self.endpoints[index]}{path}"
             try:
-                async with self._http().post(url, json=body, timeout=timeout) as resp:
+                async with self._http().post(
+                    url, json=body, timeout=timeout, ssl=self._ssl, headers=headers
+                ) as resp:
                     text = await resp.text()
                     if resp.status != 200:
                         raise _reply_error(path, url, resp.status, text)

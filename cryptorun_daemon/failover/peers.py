@@ -8,7 +8,12 @@ success (probe, replication pull, status read or notify); for a peer never
 reached that counts from the start of probing. ``cryptorun_peer_up{peer}`` is
 the last attempt's answer. With the file state store each probe round also
 reads the peer's ``/v1/status`` and hands it to the failover component, which
-adopts newer epochs from it (that is how a rejoining region learns them).
+adopts newer epochs from it (that is how a rejoining region learns them) —
+but only over an authenticated channel (:func:`authenticated_channel`: an
+``https://`` peer, verified against ``[peers] ca_file``, or one on loopback).
+Over plaintext across a network (``admin.allow_plaintext``) the handler is
+told the answer is untrusted: it may compare epochs, never adopt one, since
+the answer could come from anyone in the middle.
 
 :meth:`PeerMonitor.unconfirmed` names the peers this region has neither
 compared epochs with nor seen down for ``peer_down_after``: with the file
@@ -23,10 +28,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 
+from cryptorun_daemon.config.loader_security import is_loopback
 from cryptorun_daemon.failover.roles import TierState
 from cryptorun_daemon.runtime.component import DaemonContext
 from cryptorun_daemon.timefmt import format_rfc3339
@@ -38,9 +45,10 @@ log = structlog.get_logger("cryptorun.failover.peers")
 PEER_CALL_TIMEOUT: Final = 2.0
 PROBE_INTERVAL_MAX: Final = 2.0
 
-#: Called with ``(peer, its /v1/status document)`` after a successful probe;
-#: answers whether the epochs were compared (false: not yet possible, retry).
-StatusHandler = Callable[[str, Any], Awaitable[bool]]
+#: Called with ``(peer, its /v1/status document, trusted)`` after a successful
+#: probe (``trusted``: read over an authenticated channel); answers whether the
+#: epochs were compared (false: not yet possible, retry).
+StatusHandler = Callable[[str, Any, bool], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -121,8 +129,11 @@ class PeerMonitor:
 
     def status(self, region: str | None) -> dict[str, Any]:
         me = self.ctx.config.region
+        errors = self.ctx.peer_errors
         return {
-            p: h.to_json() for p, h in self._health.items() if region is None or region in (p, me)
+            p: {**h.to_json(), "errors": errors.counts(p) if errors is not None else {}}
+            for p, h in self._health.items()
+            if region is None or region in (p, me)
         }
 
     def report(self, peer: str, ok: bool, error: str | None = None) -> None:
@@ -253,8 +264,20 @@ class PeerMonitor:
             doc = await self.get_json(f"{url}/v1/status")
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return  # healthz answered; status may be briefly unavailable
-        if await on_status(peer, doc):
+        if await on_status(peer, doc, authenticated_channel(url)):
             self._status_compared.add(peer)
+
+
+def authenticated_channel(url: str) -> bool:
+    """Whether what ``url`` answers can be trusted to come from the peer.
+
+    ``https://``: the daemon's session verified the peer's certificate. Plain
+    ``http://`` only to a loopback host (tests, one-machine demos); across a
+    network (``admin.allow_plaintext``) a peer's epoch is learnt only from its
+    notification, which needs the peer credential.
+    """
+    parts = urlsplit(url)
+    return parts.scheme == "https" or is_loopback(parts.hostname or "")
 
 
 def describe(exc: BaseException) -> str:

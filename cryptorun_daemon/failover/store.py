@@ -250,12 +250,18 @@ def open_state_store(
 
         if not config.state.etcd_endpoints:
             raise StateStoreError(f"{config.source}: state.backend is etcd but no etcd_endpoints")
+        from cryptorun_daemon.security.etcd_access import etcd_access
+
+        access = etcd_access(config)
         return EtcdStateStore(
             config.state.etcd_endpoints,
             prefix=config.state.etcd_prefix,
             lease_ttl=config.state.lease_ttl,
             clock=clock,
             session=session,
+            ssl_context=access.ssl_context,
+            user=access.user,
+            password=access.password,
         )
     from cryptorun_daemon.failover.store_file import FileStateStore
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import math
+import ssl
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -85,8 +86,18 @@ class EtcdStateStore(StateStore):
         session: aiohttp.ClientSession | None = None,
         request_timeout: float = 5.0,
         resync_interval: float = 60.0,
+        ssl_context: ssl.SSLContext | None = None,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
-        self.client = EtcdClient(endpoints, timeout=request_timeout, session=session)
+        self.client = EtcdClient(
+            endpoints,
+            timeout=request_timeout,
+            session=session,
+            ssl_context=ssl_context,
+            user=user,
+            password=password,
+        )
         self.prefix = prefix.rstrip("/")
         self.lease_ttl = max(1, math.ceil(lease_ttl))
         self.resync_interval = resync_interval

@@ -15,6 +15,11 @@ a peer is not tracked — counted in ``cryptorun_hot_untracked_markets_total``
 and dropped — while pairs of the local feeds (bounded by this region's own
 config) are always tracked. The label set of the switch counter grows only
 with tracked pairs.
+
+A source can be *suspended* (the local one while its journal refuses writes):
+it is then never elected while another source has the market, however fresh
+its last record, so the peers' copies take over at once rather than after the
+freshness gate; resuming it re-elects immediately.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class SourceAuthority:
         self._timeline: dict[Key, tuple[list[int], list[str]]] = {}
         self.switches: deque[dict[str, Any]] = deque(maxlen=100)
         self.switch_count = 0
+        self.suspended: dict[str, str] = {}  # source -> why
 
     def rank(self, source: str) -> int:
         """Preference of a source: 0 = local, then peers in config order."""
@@ -98,12 +104,27 @@ class SourceAuthority:
         for key in self._seen:
             self._elect(key, now)
 
+    def suspend(self, source: str, reason: str) -> None:
+        """Take authority from ``source`` wherever another source has the market."""
+        if self.suspended.get(source) == reason:
+            return
+        self.suspended[source] = reason
+        log.warning("hot source suspended", source=source, reason=reason)
+        self.evaluate()
+
+    def resume(self, source: str) -> None:
+        """Let ``source`` be elected again (re-elects every market now)."""
+        if self.suspended.pop(source, None) is not None:
+            log.warning("hot source resumed", source=source)
+            self.evaluate()
+
     def _elect(self, key: Key, now: int) -> None:
         seen = self._seen[key]
         ranked = sorted(seen, key=self.rank)
-        fresh = [s for s in ranked if now - seen[s] <= self.gate_ns]
+        usable = [s for s in ranked if s not in self.suspended] or ranked
+        fresh = [s for s in usable if now - seen[s] <= self.gate_ns]
         # Nobody fresh: keep the least stale source rather than flapping.
-        choice = fresh[0] if fresh else max(ranked, key=lambda s: seen[s])
+        choice = fresh[0] if fresh else max(usable, key=lambda s: seen[s])
         previous = self.current.get(key)
         if choice == previous:
             return
@@ -160,6 +181,7 @@ class SourceAuthority:
             "tracked_markets": len(self._seen),
             "max_tracked_markets": self.max_markets,
             "untracked_observations": self.untracked,
+            "suspended": dict(self.suspended),
             "recent_switches": list(self.switches)[-10:],
             "pairs": pairs,
         }

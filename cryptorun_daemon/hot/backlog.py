@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import structlog
 
 from cryptorun_daemon.errors import StorageError
-from cryptorun_daemon.hot.journal_reader import ReadPosition, read_local_records
+from cryptorun_daemon.hot.journal_reader import LineRun, ReadPosition, read_local_records
 from cryptorun_daemon.hot.log import HotLog
 from cryptorun_daemon.hot.record import HotRecord
 
@@ -47,12 +47,28 @@ class Cursor:
 class Batch:
     """The next records for a cursor, preceded by a gap when ``gap_to`` is set.
 
-    ``gap_to`` is the first seq still available after the cursor's position;
-    seqs ``cursor.seq .. gap_to - 1`` are gone from both buffer and journal.
+    From the buffer they are ``records``; from the journal a ``run`` of lines
+    as they are on disk (never decoded). ``gap_to`` is the first seq still
+    available after the cursor's position; seqs ``cursor.seq .. gap_to - 1``
+    are gone from both buffer and journal.
     """
 
     records: list[HotRecord]
     gap_to: int | None = None
+    run: LineRun | None = None
+
+    @property
+    def last_seq(self) -> int | None:
+        """The newest seq in the batch, ``None`` when it carries none."""
+        if self.run is not None:
+            return self.run.last_seq
+        return self.records[-1].seq if self.records else None
+
+    def lines(self) -> list[tuple[int, bytes]]:
+        """``(seq, line)`` of every record in the batch (tests and tools)."""
+        if self.run is not None:
+            return list(enumerate(self.run.lines(), self.run.first_seq))
+        return [(r.seq, r.line) for r in self.records]
 
 
 class Backlog:
@@ -93,20 +109,20 @@ class Backlog:
         # Behind the buffer: read the journal up to where the buffer starts now.
         stop = first if first is not None else hot.seq + 1
         cursor.source = "journal"
-        records = await self._read_journal(cursor, stop, max_records, max_bytes)
-        if not records:
+        run = await self._read_journal(cursor, stop, max_records, max_bytes)
+        if run is None:
             return Batch([], gap_to=stop)
-        if records[0].seq > cursor.seq:
-            return Batch(records, gap_to=records[0].seq)
-        return Batch(records)
+        if run.first_seq > cursor.seq:
+            return Batch([], gap_to=run.first_seq, run=run)
+        return Batch([], run=run)
 
     async def _read_journal(
         self, cursor: Cursor, stop: int, max_records: int, max_bytes: int
-    ) -> list[HotRecord]:
+    ) -> LineRun | None:
         hot = self.log
         start, segments = hot.journal.local_read_plan(cursor.seq, cursor.journal)
         if start is None:
-            return []
+            return None
         self.journal_reads += 1
         try:
             result = await asyncio.to_thread(
@@ -126,8 +142,9 @@ class Backlog:
                 seq=cursor.seq,
                 error=str(exc),
             )
-            return []
+            return None
         cursor.journal = result.position
-        cursor.journal_records += len(result.records)
-        self.journal_records_served += len(result.records)
-        return result.records
+        served = result.run.count if result.run is not None else 0
+        cursor.journal_records += served
+        self.journal_records_served += served
+        return result.run

@@ -55,6 +55,21 @@ class ReplayBuffer:
         self.bytes += record.size
         self._evict()
 
+    def extend(self, records: list[HotRecord]) -> None:
+        """Add a contiguous batch (first seq ``last_seq + 1``), evicting once at the end.
+
+        Error handling: ``ValueError`` when the batch does not continue the buffer
+        or is not contiguous itself.
+        """
+        if not records:
+            return
+        first, last = records[0].seq, self.last_seq
+        if (last is not None and first != last + 1) or records[-1].seq != first + len(records) - 1:
+            raise ValueError(f"replay buffer expects seqs from {(last or 0) + 1}, got {first}..")
+        self._items.extend(records)
+        self.bytes += sum(record.size for record in records)
+        self._evict()
+
     def _evict(self) -> None:
         items = self._items
         # Keep at least the newest record even when it alone exceeds max_bytes.

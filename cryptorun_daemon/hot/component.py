@@ -21,20 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client import Gauge
 
 from cryptorun_daemon.config import Config, FeedConfig
 from cryptorun_daemon.errors import IngestError
 from cryptorun_daemon.hot.authority import SourceAuthority
 from cryptorun_daemon.hot.buffer import ReplayBuffer
-from cryptorun_daemon.hot.feed import Feed, MarketRecord
+from cryptorun_daemon.hot.feed import BatchFeed, Feed, MarketRecord
 from cryptorun_daemon.hot.feeds_builtin import ReplayFeed, SyntheticFeed
 from cryptorun_daemon.hot.follower import OriginFollower
 from cryptorun_daemon.hot.journal import Journal
+from cryptorun_daemon.hot.journal_repair import journal_directory
 from cryptorun_daemon.hot.log import HotLog
 from cryptorun_daemon.hot.mirror_client import MirrorClient
 from cryptorun_daemon.hot.mirror_server import MirrorServer
@@ -50,6 +54,33 @@ GAUGE_INTERVAL = 0.5
 # explicit yield every few hundred records, such a burst (up to a second of records)
 # would hold the event loop and stall mirror streams, journal reads and status.
 INGEST_YIELD_EVERY = 256
+# A feed this far behind its source is reported as behind in its status (the synthetic
+# feed starts skipping events at the same point, feeds_builtin.MAX_BURST_SECONDS).
+BEHIND_AFTER_SECONDS = 1.0
+
+
+@dataclass
+class IngestStats:
+    """What the ingest loop of one feed has done, for status and the lag gauge."""
+
+    records: int = 0
+    batches: int = 0
+    lag_seconds: float = 0.0
+    max_lag_seconds: float = 0.0
+
+    def set_lag(self, seconds: float, gauge: Gauge) -> None:
+        self.lag_seconds = seconds
+        self.max_lag_seconds = max(self.max_lag_seconds, seconds)
+        gauge.set(seconds)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "batches": self.batches,
+            "lag_seconds": round(self.lag_seconds, 6),
+            "max_lag_seconds": round(self.max_lag_seconds, 6),
+            "behind": self.lag_seconds >= BEHIND_AFTER_SECONDS,
+        }
 
 
 def build_feed(config: FeedConfig, metrics: Metrics) -> Feed:
@@ -97,6 +128,7 @@ class HotComponent:
         *,
         is_warm_primary: Callable[[], bool] | None = None,
         epoch: Callable[[], int] | None = None,
+        role_settled: Callable[[], bool] | None = None,
     ) -> None:
         self.ctx = ctx
         cfg = ctx.config
@@ -104,7 +136,7 @@ class HotComponent:
         self.region = cfg.region
         root = cfg.storage.root
         journal = Journal(
-            root / "_state" / "hot" / "journal",
+            journal_directory(root),
             segment_bytes=hot.segment_bytes,
             fsync_interval=hot.fsync_interval,
             fsync_records=hot.fsync_records,
@@ -140,6 +172,7 @@ class HotComponent:
             is_warm_primary=is_warm_primary or (lambda: warm_primary == cfg.region),
             epoch=epoch or (lambda: 0),
             metrics=ctx.metrics,
+            role_settled=role_settled or (lambda: True),
         )
         self.clients: dict[str, MirrorClient] = {}
         for peer, url in cfg.peers.items():
@@ -155,6 +188,7 @@ class HotComponent:
             )
         self.feeds: dict[str, Feed] = {f.name: build_feed(f, ctx.metrics) for f in cfg.feeds}
         self.ingest_errors = 0
+        self.ingest: dict[str, IngestStats] = {}
         self._started = False
 
     def _session(self) -> Any:
@@ -180,12 +214,20 @@ class HotComponent:
         spawn("hot:sealer", self.sealer.run)
 
     async def _ingest(self, feed: Feed) -> None:
-        """Append every record a feed yields to the hot log.
+        """Append every record a feed yields to the hot log, in batches when it offers them.
 
+        After each batch or record the feed's ingest lag is published
+        (``cryptorun_hot_ingest_lag_seconds``, feed status), so a region that
+        cannot keep up says so instead of silently skipping.
         Error handling: a record JSON cannot encode is counted and skipped; a
         feed that raises crashes this worker, and the supervisor restarts it.
         Resource handling: the feed's iterator is closed when this worker ends.
         """
+        stats = self.ingest[feed.name] = IngestStats()
+        gauge = self.ctx.metrics.hot_ingest_lag_seconds.labels(region=self.region, feed=feed.name)
+        if isinstance(feed, BatchFeed):
+            await self._ingest_batches(feed, stats, gauge)
+            return
         records = feed.records()
         since_yield = 0
         try:
@@ -196,6 +238,10 @@ class HotComponent:
                     self.log.append_local(record)
                 except ValueError:
                     self.ingest_errors += 1
+                stats.records += 1
+                ingest_ts = record.fields.get("ingest_ts")
+                if isinstance(ingest_ts, int):
+                    stats.set_lag(max(0.0, (time.time_ns() - ingest_ts) / 1e9), gauge)
                 since_yield += 1
                 if since_yield >= INGEST_YIELD_EVERY:
                     since_yield = 0
@@ -204,10 +250,44 @@ class HotComponent:
             with contextlib.suppress(Exception):
                 await records.aclose()  # type: ignore[attr-defined]
 
+    async def _ingest_batches(self, feed: BatchFeed, stats: IngestStats, gauge: Gauge) -> None:
+        """Append each batch a :class:`BatchFeed` yields in one go (``append_local_batch``).
+
+        Error handling: records JSON cannot encode are counted in
+        ``ingest_errors`` and skipped, the rest of their batch is taken; a feed
+        that raises crashes the worker (the supervisor restarts it).
+        Resource handling: the feed's iterator is closed when this worker ends.
+        """
+        batches = feed.batches()
+        try:
+            async for batch in batches:
+                if self.log.closed:
+                    return
+                _, refused = self.log.append_local_batch(batch)
+                self.ingest_errors += refused
+                stats.records += len(batch)
+                stats.batches += 1
+                stats.set_lag(feed.ingest_lag_seconds(), gauge)
+                # A feed catching up hands over batch after batch without awaiting
+                # anything: yield so mirror streams, journal reads and status run.
+                await asyncio.sleep(0)
+        finally:
+            with contextlib.suppress(Exception):
+                await batches.aclose()  # type: ignore[attr-defined]
+
     async def _gauges(self) -> None:
-        """Refresh buffer/journal gauges and re-elect sources against the freshness gate."""
+        """Refresh gauges, follow the journal's health and re-elect sources.
+
+        While the journal refuses appends the local source is suspended, so
+        the peers' copies of the same markets are authoritative (and sealed);
+        it is resumed as soon as the journal takes records again.
+        """
         while True:
             self.log.update_gauges()
+            if self.log.journal.writable:
+                self.authority.resume(self.region)
+            else:
+                self.authority.suspend(self.region, "disk")
             self.authority.evaluate()
             await asyncio.sleep(GAUGE_INTERVAL)
 
@@ -227,7 +307,13 @@ class HotComponent:
         )
 
     def not_ready_reasons(self) -> list[str]:
-        return [] if self._started else ["hot log is not open"]
+        """``disk: ...`` while the journal refuses appends; ready again once it takes them."""
+        if not self._started:
+            return ["hot log is not open"]
+        journal = self.log.journal
+        if not journal.writable:
+            return [f"disk: hot journal refuses appends ({journal.failure or 'fsync behind'})"]
+        return []
 
     def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]:
         if tier not in (None, "hot"):
@@ -239,7 +325,7 @@ class HotComponent:
                 "head_seq": self.log.seq,
                 "applied_seq": self.log.seq,
                 "connected": True,
-                "last_gap": None,
+                "last_gap": self.log.local_gaps[-1] if self.log.local_gaps else None,
                 "available_from": self.server.backlog.available_from(),
             },
         }
@@ -268,11 +354,18 @@ class HotComponent:
                 "first_local_seq": self.log.journal.local_index.first_seq,
                 "served_records": self.server.backlog.journal_records_served,
                 "read_errors": self.server.backlog.journal_read_errors,
+                "writable": self.log.journal.writable,
+                "failure": self.log.journal.failure,
+                "failures": self.log.journal.failures,
             },
             "subscribers": self.server.status(),
             "authority": self.authority.status(),
             "sealer": self.sealer.status(),
-            "feeds": {name: feed.status() for name, feed in self.feeds.items()},
+            "feeds": {
+                name: {**feed.status(), "ingest": self.ingest.get(name, IngestStats()).status()}
+                for name, feed in self.feeds.items()
+            },
             "ingest_errors": self.ingest_errors,
+            "dropped": self.log.dropped,
         }
         return {"tiers": {"hot": {"stream": stream}}}

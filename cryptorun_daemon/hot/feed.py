@@ -47,3 +47,20 @@ class Feed(Protocol):
     def status(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot for ``/v1/status`` (connection, gaps, errors)."""
         ...
+
+
+@runtime_checkable
+class BatchFeed(Feed, Protocol):
+    """A feed that can also yield its records in batches (what the ingest loop prefers).
+
+    A batch is whatever the feed has ready at once (a synthetic burst, one
+    exchange message with many levels): the hot log stamps and journals it in
+    one go, so per-record async overhead does not set the ingest ceiling.
+    ``ingest_lag_seconds`` says how far the feed's output trails its source
+    right now (a synthetic feed: behind its time grid); the ingest loop
+    publishes it as ``cryptorun_hot_ingest_lag_seconds``.
+    """
+
+    def batches(self) -> AsyncIterator[list[MarketRecord]]: ...
+
+    def ingest_lag_seconds(self) -> float: ...

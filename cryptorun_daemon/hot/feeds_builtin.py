@@ -25,6 +25,7 @@ from cryptorun_daemon.hot.feed import MarketRecord
 
 CHUNK = 4096  # events per deterministic RNG chunk (bounds the fast-forward at start)
 MAX_BURST_SECONDS = 1.0  # a feed paused longer than this skips ahead instead of bursting
+BATCH_MAX = 1024  # events per batch: bounds one append's latency and the records held at once
 _BASE_PRICES = {"BTC": 60_000.0, "ETH": 3_000.0, "SOL": 150.0}
 
 
@@ -59,7 +60,12 @@ class SyntheticFeed:
         self._chunk = -1
         self._rng = random.Random()
         self._walk: dict[str, float] = {}
+        self._anchors: dict[str, float] = {}  # per chunk: _anchor() of every symbol
         self._next_k_in_chunk = 0
+        self._lag_ns = 0
+        # Book sizes do not depend on the event: computed once, copied per record.
+        self._level_qty = [round(0.5 + 0.1 * i, 4) for i in range(self.depth)]
+        self._levels = tuple(range(1, self.depth + 1))
 
     def event(self, k: int) -> MarketRecord:
         """The ``k``-th event of this feed (deterministic; events must be asked in order)."""
@@ -74,6 +80,7 @@ class SyntheticFeed:
         self._chunk = chunk
         self._rng = random.Random(f"{self.seed}:{self.venue}:{chunk}")
         self._walk = dict.fromkeys(self.symbols, 0.0)
+        self._anchors = {symbol: self._anchor(symbol) for symbol in self.symbols}
         self._next_k_in_chunk = chunk * CHUNK
 
     def _anchor(self, symbol: str) -> float:
@@ -92,7 +99,7 @@ class SyntheticFeed:
         self._next_k_in_chunk = k + 1
         if not build:
             return None
-        price = round(self._anchor(symbol) * math.exp(x), 2)
+        price = round(self._anchors[symbol] * math.exp(x), 2)
         ts = k * self.period_ns
         if is_trade:
             return MarketRecord(
@@ -114,32 +121,53 @@ class SyntheticFeed:
                 "ts": ts,
                 "venue": self.venue,
                 "symbol": symbol,
-                "bids_px": [round(price - tick * (i + 1), 2) for i in range(self.depth)],
-                "bids_qty": [round(0.5 + 0.1 * i, 4) for i in range(self.depth)],
-                "asks_px": [round(price + tick * (i + 1), 2) for i in range(self.depth)],
-                "asks_qty": [round(0.5 + 0.1 * i, 4) for i in range(self.depth)],
+                "bids_px": [round(price - tick * i, 2) for i in self._levels],
+                "bids_qty": self._level_qty.copy(),
+                "asks_px": [round(price + tick * i, 2) for i in self._levels],
+                "asks_qty": self._level_qty.copy(),
                 "checksum": 0,
                 "suspect": False,
             },
         )
 
     async def records(self) -> AsyncIterator[MarketRecord]:
-        """Yield events as their grid time passes, in small bursts at high rates."""
+        """Yield events one by one as their grid time passes (see :meth:`batches`)."""
+        async for batch in self.batches():
+            for record in batch:
+                yield record
+
+    async def batches(self) -> AsyncIterator[list[MarketRecord]]:
+        """Yield the events whose grid time has passed, at most :data:`BATCH_MAX` at a time.
+
+        ``ingest_ts`` is stamped once per batch (the moment it is handed over).
+        A feed more than :data:`MAX_BURST_SECONDS` behind its grid skips ahead
+        (counted in ``skipped``) instead of bursting; how far behind it is
+        before that is :meth:`ingest_lag_seconds`.
+        """
         next_k = self._clock_ns() // self.period_ns
         while True:
             now = self._clock_ns()
             due = now // self.period_ns
+            # Measured before a skip, so a feed that had to skip shows how far behind it was.
+            self._lag_ns = max(0, now - next_k * self.period_ns)
             if due - next_k > self.rate * MAX_BURST_SECONDS:
                 self.skipped += due - next_k
                 next_k = due
             while next_k <= due:
-                record = self.event(next_k)
-                record.fields["ingest_ts"] = self._clock_ns()
-                self.emitted += 1
-                next_k += 1
-                yield record
+                stop = min(due + 1, next_k + BATCH_MAX)
+                ingest_ts = self._clock_ns()
+                batch = [self.event(k) for k in range(next_k, stop)]
+                for record in batch:
+                    record.fields["ingest_ts"] = ingest_ts
+                self.emitted += len(batch)
+                next_k = stop
+                yield batch
             wait_ns = next_k * self.period_ns - self._clock_ns()
             await self._sleep(max(0.0005, wait_ns / 1e9))
+
+    def ingest_lag_seconds(self) -> float:
+        """How far behind its time grid the feed was at its last burst (before any skip)."""
+        return self._lag_ns / 1e9
 
     def status(self) -> dict[str, Any]:
         return {
@@ -148,6 +176,7 @@ class SyntheticFeed:
             "seed": self.seed,
             "emitted": self.emitted,
             "skipped": self.skipped,
+            "ingest_lag_seconds": round(self.ingest_lag_seconds(), 6),
         }
 
 

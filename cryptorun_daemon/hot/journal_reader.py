@@ -14,19 +14,20 @@ Two pieces:
   bytes to find its first record, and the index costs a few tuples per MiB of
   journal.
 - :func:`read_local_records`, run in a worker thread: a range read from a
-  position, across segments, in fixed-size chunks, returning at most one batch.
-  Memory per call is one chunk plus one batch, whatever the segment size.
+  position, across segments, in fixed-size chunks, returning at most one batch
+  as a :class:`LineRun` of the lines' bytes — never decoded, so the mirror
+  server forwards them as they are. Memory per call is one chunk plus one
+  batch, whatever the segment size.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptorun_daemon.errors import ProtocolError, StorageError
+from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.hot.record import HotRecord, origin_prefix, record_from_line
 
 READ_CHUNK_BYTES = 256 << 10
@@ -43,15 +44,44 @@ class ReadPosition:
 
 
 @dataclass(frozen=True, slots=True)
+class LineRun:
+    """A contiguous run of local record lines exactly as they are in the journal.
+
+    ``body`` is the lines joined by newlines (no trailing newline): whole runs of
+    lines sliced out of the segment, never decoded, so a records frame is the
+    header plus ``body`` (``protocol.encode_run``). The ingest times of the first
+    and last line are read from their canonical prefix, for the frame header.
+    """
+
+    first_seq: int
+    count: int
+    body: bytes
+    first_ingest_ns: int
+    last_ingest_ns: int
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.count - 1
+
+    def lines(self) -> list[bytes]:
+        return self.body.split(b"\n")
+
+
+@dataclass(frozen=True, slots=True)
 class ReadResult:
     """One batch read from the journal and where the next read continues.
 
-    ``records`` are contiguous, except that the *first* one may be past the
-    seq asked for: the range in between is no longer in the journal (a gap).
+    The batch is contiguous, except that its *first* seq may be past the seq
+    asked for: the range in between is no longer in the journal (a gap).
     """
 
-    records: list[HotRecord]
+    run: LineRun | None
     position: ReadPosition
+
+    @property
+    def records(self) -> list[HotRecord]:
+        """The batch decoded (tools and tests; the mirror forwards :attr:`run` as bytes)."""
+        return [] if self.run is None else [record_from_line(line) for line in self.run.lines()]
 
 
 class LocalIndex:
@@ -151,7 +181,7 @@ def read_local_records(
     max_bytes: int,
     chunk_bytes: int = READ_CHUNK_BYTES,
 ) -> ReadResult:
-    """Read ``origin``'s records from ``start.seq`` up to (not including) ``stop_seq``.
+    """Read ``origin``'s record lines from ``start.seq`` up to (not including) ``stop_seq``.
 
     Walks ``segments`` (``(index, path)``, oldest first) from ``start.segment``
     at ``start.offset``; control lines, other origins' records and local
@@ -160,47 +190,143 @@ def read_local_records(
     newest segment, or *before* a record that does not follow the previous one
     (a deleted segment in between), so every batch is contiguous.
 
+    Nothing is decoded: a local line is recognised by the origin's canonical
+    prefix ``{"o":<origin>,"s":<seq>,"i":<ingest_ns>,`` (the only thing read
+    from it), and consecutive local lines are sliced out of the chunk as one
+    piece. That is what makes catch-up cheaper than ingest.
+
     Error handling: a deleted segment is skipped (the seq check turns it into
-    a gap); a local record line that does not parse raises
+    a gap); a local line whose prefix does not parse raises
     :class:`StorageError` naming the file and offset. Resource handling: one
-    file open at a time, closed before returning; blocking, so call it in a
-    worker thread.
+    file open at a time, closed before returning; memory is one chunk plus one
+    batch; blocking, so call it in a worker thread.
     """
-    prefix = origin_prefix(origin)
-    want = start.seq
-    records: list[HotRecord] = []
-    size = 0
+    reader = _RunReader(origin, start.seq, stop_seq, max_records, max_bytes)
     segment, offset = start.segment, start.offset
     for index, path in segments:
         if index < start.segment:
             continue
         if index != start.segment:
             segment, offset = index, 0
-        lines = complete_lines(path, offset, chunk_bytes=chunk_bytes)
-        with contextlib.closing(lines):
-            try:
-                for line_start, line in lines:
-                    line_end = line_start + len(line) + 1
-                    if not line.startswith(prefix):
-                        offset = line_end
-                        continue
-                    try:
-                        record = record_from_line(line)
-                    except ProtocolError as exc:
-                        raise StorageError(
-                            f"{path}: unreadable journal record at byte {line_start}: {exc}"
-                        ) from None
-                    if record.seq < want:
-                        offset = line_end
-                        continue
-                    if record.seq >= stop_seq or (records and record.seq != want):
-                        return ReadResult(records, ReadPosition(want, segment, line_start))
-                    records.append(record)
-                    size += record.size
-                    want = record.seq + 1
-                    offset = line_end
-                    if len(records) >= max_records or size >= max_bytes:
-                        return ReadResult(records, ReadPosition(want, segment, offset))
-            except FileNotFoundError:
-                continue  # sealed and deleted meanwhile: what it held is a gap now
-    return ReadResult(records, ReadPosition(want, segment, offset))
+        try:
+            for base, buffer in _complete_chunks(path, offset, chunk_bytes):
+                stopped, offset = reader.scan(buffer, base, path)
+                if stopped:
+                    return ReadResult(reader.run(), ReadPosition(reader.want, segment, offset))
+        except FileNotFoundError:
+            continue  # sealed and deleted meanwhile: what it held is a gap now
+    return ReadResult(reader.run(), ReadPosition(reader.want, segment, offset))
+
+
+def _complete_chunks(path: Path, start: int, chunk_bytes: int) -> Generator[tuple[int, bytes]]:
+    """``(file offset, bytes)`` pieces of whole lines from byte ``start``, ``chunk_bytes`` at
+    a time; a trailing line without its newline is never part of one."""
+    with path.open("rb") as handle:
+        handle.seek(start)
+        pending = b""
+        base = start
+        while True:
+            data = handle.read(chunk_bytes)
+            if not data:
+                return
+            buffer = pending + data if pending else data
+            cut = buffer.rfind(b"\n") + 1
+            if cut:
+                yield base, buffer[:cut]
+            pending = buffer[cut:]
+            base += cut
+
+
+class _RunReader:
+    """The state of one :func:`read_local_records` call: the pieces of the run so far."""
+
+    def __init__(
+        self, origin: str, want: int, stop_seq: int, max_records: int, max_bytes: int
+    ) -> None:
+        self.prefix = origin_prefix(origin)
+        self.want = want
+        self.stop_seq = stop_seq
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.pieces: list[bytes] = []
+        self.count = 0
+        self.size = 0
+        self.first_seq = 0
+        self.first_ingest_ns = 0
+        self.last_ingest_ns = 0
+
+    def run(self) -> LineRun | None:
+        if not self.count:
+            return None
+        return LineRun(
+            self.first_seq,
+            self.count,
+            b"\n".join(self.pieces),
+            self.first_ingest_ns,
+            self.last_ingest_ns,
+        )
+
+    def scan(self, buffer: bytes, base: int, path: Path) -> tuple[bool, int]:
+        """Take the local lines of ``buffer`` (whole lines at file offset ``base``).
+
+        Returns ``(stopped, offset)``: whether the batch is complete, and the
+        file offset the next read continues from.
+        """
+        prefix, plen = self.prefix, len(self.prefix)
+        pos, size = 0, len(buffer)
+        run_start = -1  # start of the open piece (consecutive local lines), -1 when none
+        run_end = 0
+        while pos < size:
+            end = buffer.find(b"\n", pos)
+            if not buffer.startswith(prefix, pos):
+                if run_start >= 0:
+                    self.pieces.append(buffer[run_start:run_end])
+                    run_start = -1
+                pos = end + 1
+                continue
+            seq, ingest_ns = _seq_and_ingest(buffer, pos + plen, end, path, base + pos)
+            if seq < self.want:
+                if run_start >= 0:
+                    self.pieces.append(buffer[run_start:run_end])
+                    run_start = -1
+                pos = end + 1
+                continue
+            if seq >= self.stop_seq or (self.count and seq != self.want):
+                if run_start >= 0:
+                    self.pieces.append(buffer[run_start:run_end])
+                return True, base + pos
+            if not self.count:
+                self.first_seq, self.first_ingest_ns = seq, ingest_ns
+            self.last_ingest_ns = ingest_ns
+            if run_start < 0:
+                run_start = pos
+            run_end = end
+            self.count += 1
+            self.size += end - pos + 1
+            self.want = seq + 1
+            pos = end + 1
+            if self.count >= self.max_records or self.size >= self.max_bytes:
+                self.pieces.append(buffer[run_start:run_end])
+                return True, base + pos
+        if run_start >= 0:
+            self.pieces.append(buffer[run_start:run_end])
+        return False, base + size
+
+
+_INGEST_KEY = b',"i":'
+
+
+def _seq_and_ingest(buffer: bytes, at: int, end: int, path: Path, offset: int) -> tuple[int, int]:
+    """Seq and ingest time from a local line's canonical prefix (``<seq>,"i":<ns>,``).
+
+    Error handling: :class:`StorageError` naming the file and offset when the
+    prefix is not canonical (every writer of the journal writes it so).
+    """
+    comma = buffer.find(b",", at, end)
+    after = buffer.find(b",", comma + len(_INGEST_KEY), end)
+    try:
+        if comma < 0 or after < 0 or not buffer.startswith(_INGEST_KEY, comma):
+            raise ValueError("no canonical seq/ingest prefix")
+        return int(buffer[at:comma]), int(buffer[comma + len(_INGEST_KEY) : after])
+    except ValueError as exc:
+        raise StorageError(f"{path}: unreadable journal record at byte {offset}: {exc}") from None

@@ -6,6 +6,11 @@ replication id created with the log. Mirrored records keep their origin and
 seq; they are journaled like local ones but never re-served (the mirror server
 only streams this region's own origin, so active-active cannot loop).
 
+A seq is handed out only to a record the journal has taken: while the journal
+refuses appends (a full or failing disk), local records are dropped and
+counted in ``cryptorun_hot_dropped_total{region,reason="disk"}``, and the seq
+does not move, so the stream stays contiguous when the disk comes back.
+
 Seqs are reserved in blocks of :data:`SEQ_RESERVE_BLOCK`: a ``reserve``
 journal line is fsynced before the first seq of a block is issued, and a
 restart after a crash continues after the reservation. Records in the
@@ -19,12 +24,13 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from cryptorun_daemon.errors import JournalUnavailableError
 from cryptorun_daemon.hot.buffer import ReplayBuffer
 from cryptorun_daemon.hot.feed import MarketRecord
 from cryptorun_daemon.hot.journal import Journal
@@ -76,6 +82,10 @@ class HotLog:
         self.observers: list[FreshnessObserver] = []
         self._waiters: set[asyncio.Event] = set()
         self._local_records = metrics.hot_records_total.labels(region=region, origin=region)
+        self._dropped_disk = metrics.hot_dropped_total.labels(region=region, reason="disk")
+        self.dropped = 0
+        # Unfillable gaps in this region's own stream (a salvaged journal), newest last.
+        self.local_gaps: deque[dict[str, Any]] = deque(maxlen=20)
         self.recovered_clean = False
         self.recovered_torn_bytes = 0
         self.opened = False
@@ -122,6 +132,9 @@ class HotLog:
         for origin, state in recovery.origins.items():
             self.origins[origin] = OriginPosition(state.replid, state.last_seq)
         for entry in recovery.gaps:
+            if entry.get("origin") == self.region:
+                self.local_gaps.append(entry)
+                continue
             position = self.origins.get(str(entry.get("origin")))
             if position is not None:
                 position.gaps.append(entry)
@@ -136,12 +149,15 @@ class HotLog:
             clean=recovery.clean,
         )
 
-    def _reserve(self, upto: int) -> None:
-        """Durably reserve local seqs up to ``upto`` before any of them is issued.
+    def _reserve_through(self, seq: int) -> None:
+        """Durably reserve local seqs through ``seq`` (and a block beyond) before issuing them.
 
-        Error handling: an ``OSError`` (disk full) propagates before the seq is
-        consumed, like any journal write failure.
+        Error handling: :class:`JournalUnavailableError` (disk full or failing)
+        propagates before any seq is consumed, like any journal append.
         """
+        if seq <= self.reserved:
+            return
+        upto = seq - 1 + SEQ_RESERVE_BLOCK
         self.journal.write_control_durable({"ctl": "reserve", "o": self.region, "s": upto})
         self.reserved = upto
 
@@ -167,11 +183,16 @@ class HotLog:
     def append_local(self, record: MarketRecord, now_ns: int | None = None) -> HotRecord | None:
         """Stamp, journal, buffer and announce one locally ingested record.
 
-        Returns ``None`` (record not taken) once the log is closed for shutdown.
+        Returns ``None`` (record not taken) once the log is closed for shutdown,
+        and while the journal refuses appends (the record is counted as dropped
+        with reason ``disk``; the seq is not consumed).
         Error handling: ``ValueError`` for a record whose fields JSON cannot
         encode; nothing is written and the seq is not consumed.
         """
         if self.closed:
+            return None
+        if not self.journal.writable:
+            self._drop()
             return None
         fields = record.fields
         ingest_ns = fields.get("ingest_ts")
@@ -179,10 +200,14 @@ class HotLog:
             ingest_ns = now_ns if now_ns is not None else time.time_ns()
             fields = {**fields, "ingest_ts": ingest_ns}
         hot = encode_record(self.region, self.seq + 1, ingest_ns, record.dataset, fields)
-        if hot.seq > self.reserved:
-            self._reserve(hot.seq - 1 + SEQ_RESERVE_BLOCK)
-        self.seq += 1
-        self.journal.write_local(hot.line, hot.seq)
+        try:
+            self._reserve_through(hot.seq)
+            self.journal.write_local(hot.line, hot.seq)
+        except JournalUnavailableError:
+            self._drop()
+            return None
+        # The journal has the record (in its buffer at least): only now is the seq used.
+        self.seq = hot.seq
         self.buffer.append(hot)
         self._local_records.inc()
         for observe in self.observers:
@@ -190,6 +215,73 @@ class HotLog:
         for event in self._waiters:
             event.set()
         return hot
+
+    def append_local_batch(
+        self, records: Sequence[MarketRecord], now_ns: int | None = None
+    ) -> tuple[int, int]:
+        """Stamp, journal, buffer and announce a batch of local records in one go.
+
+        The per-record work is only the encoding: the journal takes the batch in
+        one append, the buffer in one extend, observers hear the newest record
+        of each market once and subscribers are woken once.
+        Returns ``(taken, refused)``: records that got a seq, and records whose
+        fields JSON cannot encode (skipped, no seq consumed). Nothing is taken
+        once the log is closed; while the journal refuses appends the whole
+        batch is dropped and counted (reason ``disk``).
+        """
+        if self.closed or not records:
+            return 0, 0
+        if not self.journal.writable:
+            self._drop(len(records))
+            return 0, 0
+        now = now_ns if now_ns is not None else time.time_ns()
+        region, seq = self.region, self.seq
+        hots: list[HotRecord] = []
+        refused = 0
+        for record in records:
+            fields = record.fields
+            ingest_ns = fields.get("ingest_ts")
+            if not isinstance(ingest_ns, int):
+                ingest_ns = now
+                fields = {**fields, "ingest_ts": now}
+            try:
+                hot = encode_record(region, seq + 1, ingest_ns, record.dataset, fields)
+            except ValueError:
+                refused += 1
+                continue
+            seq += 1
+            hots.append(hot)
+        if not hots:
+            return 0, refused
+        try:
+            self._reserve_through(hots[-1].seq)
+            taken = self.journal.write_local_lines([hot.line for hot in hots], hots[0].seq)
+        except JournalUnavailableError:
+            self._drop(len(hots))
+            return 0, refused
+        if taken < len(hots):  # a segment roll failed inside the batch
+            self._drop(len(hots) - taken)
+            hots = hots[:taken]
+            if not hots:
+                return 0, refused
+        # The journal has the records (in its buffer at least): only now are the seqs used.
+        self.seq = hots[-1].seq
+        self.buffer.extend(hots)
+        self._local_records.inc(len(hots))
+        if self.observers:
+            latest: dict[tuple[str, str], int] = {}
+            for hot in hots:
+                latest[(hot.venue, hot.symbol)] = hot.ingest_ns
+            for (venue, symbol), ingest_ns in latest.items():
+                for observe in self.observers:
+                    observe(region, venue, symbol, ingest_ns)
+        for event in self._waiters:
+            event.set()
+        return len(hots), refused
+
+    def _drop(self, count: int = 1) -> None:
+        self.dropped += count
+        self._dropped_disk.inc(count)
 
     def waiter(self) -> asyncio.Event:
         """An event set whenever a local record is appended (one per subscriber)."""
@@ -205,16 +297,20 @@ class HotLog:
         return self.origins.get(origin)
 
     def adopt_replid(self, origin: str, replid: str, applied_seq: int) -> OriginPosition:
-        """Start following ``origin`` under ``replid`` with ``applied_seq`` as applied."""
+        """Start following ``origin`` under ``replid`` with ``applied_seq`` as applied.
+
+        Error handling: :class:`JournalUnavailableError` (nothing adopted) while
+        the journal refuses appends; the mirror client reconnects later.
+        """
+        if not self.closed:
+            self.journal.write_control(
+                {"ctl": "replid", "o": origin, "r": replid, "s": applied_seq}
+            )
         position = self.origins.get(origin)
         if position is None:
             position = self.origins[origin] = OriginPosition(replid)
         position.replid = replid
         position.applied_seq = applied_seq
-        if not self.closed:
-            self.journal.write_control(
-                {"ctl": "replid", "o": origin, "r": replid, "s": applied_seq}
-            )
         return position
 
     def apply_mirrored(
@@ -228,6 +324,9 @@ class HotLog:
         """Journal contiguous mirrored records ending at ``last_seq`` (already deduplicated).
 
         After :meth:`close` nothing is applied, so the next start resumes from here.
+        Error handling: :class:`JournalUnavailableError` (nothing applied) while
+        the journal refuses appends; the mirror client reconnects and resumes
+        from the last applied seq once it takes them again.
         """
         if self.closed:
             return

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from cryptorun_daemon.errors import ProtocolError
+from cryptorun_daemon.errors import JournalUnavailableError, ProtocolError
 from cryptorun_daemon.hot import protocol
 from cryptorun_daemon.hot.follower import OriginFollower
 from cryptorun_daemon.metrics import Metrics
@@ -86,7 +86,15 @@ class MirrorClient:
             try:
                 await self._connect_once()
                 self.last_error = None
-            except (aiohttp.ClientError, OSError, TimeoutError, ProtocolError) as exc:
+            # JournalUnavailableError: our disk refuses the peer's records for now;
+            # reconnecting with backoff resumes from the last applied seq later.
+            except (
+                aiohttp.ClientError,
+                OSError,
+                TimeoutError,
+                ProtocolError,
+                JournalUnavailableError,
+            ) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 self.connected = False

@@ -281,10 +281,24 @@ class MirrorServer:
                 sub.gaps_sent += 1
                 await ws.send_str(protocol.gap(cursor.seq, batch.gap_to, hot.replid, "evicted"))
                 cursor.seq = batch.gap_to
-            records = batch.records
+            records, run = batch.records, batch.run
             if records:
                 await ws.send_bytes(protocol.encode_records(hot.replid, records, hot.seq))
                 cursor.seq = records[-1].seq + 1
+            elif run is not None:
+                # Catch-up from segments: the lines' bytes as read, never decoded.
+                frame = protocol.encode_run(
+                    hot.replid,
+                    run.first_seq,
+                    run.count,
+                    run.body,
+                    first_ingest_ns=run.first_ingest_ns,
+                    last_ingest_ns=run.last_ingest_ns,
+                    head_seq=hot.seq,
+                    latest=[],
+                )
+                await ws.send_bytes(frame)
+                cursor.seq = run.last_seq + 1
             sub.cursor, sub.source = cursor.seq, cursor.source
             sub.journal_records = cursor.journal_records
             now = time.monotonic()
@@ -292,7 +306,7 @@ class MirrorServer:
                 echo, sub.echo = sub.echo, None
                 await ws.send_str(protocol.heartbeat(time.time_ns(), hot.seq, echo))
                 last_beat = now
-            if records or batch.gap_to is not None:
+            if records or run is not None or batch.gap_to is not None:
                 # More may be ready at once; a send that did not block never yielded, so
                 # yield here or a catch-up drain would starve ingest and other streams.
                 await asyncio.sleep(0)

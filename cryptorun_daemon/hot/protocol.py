@@ -21,11 +21,13 @@ Server → client: ``hello``, ``gap`` (``from_seq``, ``available_from``,
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+import msgspec
 
 from cryptorun_daemon.errors import ProtocolError
+from cryptorun_daemon.hot import codec
 from cryptorun_daemon.hot.record import HotRecord
 
 RECORDS_TAG = b"R"
@@ -38,7 +40,20 @@ CLOSE_BAD_SUBSCRIBE = 4400
 CLOSE_WRONG_ORIGIN = 4404
 CLOSE_TOO_MANY_SUBSCRIBERS = 4429  # the origin's hot.max_subscribers streams are open
 
-_DUMPS = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+class _Header(msgspec.Struct):
+    """A records frame's header as it travels (typed: msgspec validates every field)."""
+
+    replid: str
+    first_seq: int
+    count: int
+    first_ingest_ns: int
+    last_ingest_ns: int
+    head_seq: int
+    latest: list[tuple[str, str, int]]
+
+
+_HEADER_DECODER: Final = msgspec.json.Decoder(_Header)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +76,7 @@ class RecordsHeader:
 
 def text(message: dict[str, Any]) -> str:
     """Encode one control message."""
-    return _DUMPS(message)
+    return codec.encode(message).decode("utf-8")
 
 
 def subscribe(origin: str, replid: str | None, from_seq: int) -> str:
@@ -106,8 +121,8 @@ def parse_text(data: str) -> dict[str, Any]:
     Error handling: :class:`ProtocolError` when it is not a JSON object.
     """
     try:
-        value = json.loads(data)
-    except ValueError as exc:
+        value = codec.decode(data)
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"control frame is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ProtocolError("control frame is not a JSON object")
@@ -133,21 +148,44 @@ def parse_subscribe(message: dict[str, Any]) -> Subscribe:
 
 def encode_records(replid: str, records: list[HotRecord], head_seq: int) -> bytes:
     """One records frame for a contiguous run of records (at least one)."""
+    return encode_run(
+        replid,
+        records[0].seq,
+        len(records),
+        b"\n".join(r.line for r in records),
+        first_ingest_ns=records[0].ingest_ns,
+        last_ingest_ns=records[-1].ingest_ns,
+        head_seq=head_seq,
+        latest=_latest(records),
+    )
+
+
+def _latest(records: list[HotRecord]) -> list[tuple[str, str, int]]:
     latest: dict[tuple[str, str], int] = {}
     for record in records:
         latest[(record.venue, record.symbol)] = record.ingest_ns
-    header = {
-        "replid": replid,
-        "first_seq": records[0].seq,
-        "count": len(records),
-        "first_ingest_ns": records[0].ingest_ns,
-        "last_ingest_ns": records[-1].ingest_ns,
-        "head_seq": head_seq,
-        "latest": [[venue, symbol, ns] for (venue, symbol), ns in latest.items()],
-    }
-    return b"".join(
-        (RECORDS_TAG, _DUMPS(header).encode(), b"\n", b"\n".join(r.line for r in records))
-    )
+    return [(venue, symbol, ns) for (venue, symbol), ns in latest.items()]
+
+
+def encode_run(
+    replid: str,
+    first_seq: int,
+    count: int,
+    body: bytes,
+    *,
+    first_ingest_ns: int,
+    last_ingest_ns: int,
+    head_seq: int,
+    latest: list[tuple[str, str, int]],
+) -> bytes:
+    """One records frame from ``count`` record lines already joined by newlines (``body``).
+
+    The journal catch-up path sends runs of lines sliced from segments this
+    way without decoding them, so its ``latest`` is empty (the field is
+    informational: subscribers take freshness from the lines they check).
+    """
+    header = _Header(replid, first_seq, count, first_ingest_ns, last_ingest_ns, head_seq, latest)
+    return b"".join((RECORDS_TAG, codec.encode(header), b"\n", body))
 
 
 def decode_records(frame: bytes) -> tuple[RecordsHeader, list[bytes]]:
@@ -162,25 +200,19 @@ def decode_records(frame: bytes) -> tuple[RecordsHeader, list[bytes]]:
     if cut < 0:
         raise ProtocolError("records frame has no header line")
     try:
-        raw = json.loads(frame[1:cut])
-        header = RecordsHeader(
-            replid=str(raw["replid"]),
-            first_seq=_int(raw["first_seq"]),
-            count=_int(raw["count"]),
-            first_ingest_ns=_int(raw["first_ingest_ns"]),
-            last_ingest_ns=_int(raw["last_ingest_ns"]),
-            head_seq=_int(raw["head_seq"]),
-            latest=[(str(v), str(s), _int(ns)) for v, s, ns in raw["latest"]],
-        )
-    except (ValueError, KeyError, TypeError) as exc:
+        raw = _HEADER_DECODER.decode(frame[1:cut])
+    except codec.DECODE_ERRORS as exc:
         raise ProtocolError(f"records header is malformed: {exc}") from None
+    header = RecordsHeader(
+        replid=raw.replid,
+        first_seq=raw.first_seq,
+        count=raw.count,
+        first_ingest_ns=raw.first_ingest_ns,
+        last_ingest_ns=raw.last_ingest_ns,
+        head_seq=raw.head_seq,
+        latest=raw.latest,
+    )
     lines = frame[cut + 1 :].split(b"\n")
     if header.count < 1 or len(lines) != header.count or header.first_seq < 1:
         raise ProtocolError(f"records frame announces {header.count} records, carries {len(lines)}")
     return header, lines
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{value!r} is not an integer")
-    return value

@@ -9,18 +9,34 @@ Line format (one JSON object, no newline inside)::
 
     {"o": origin, "s": seq, "i": ingest_ns, "d": dataset, "f": {...fields}}
 
-Control lines in the journal carry ``"ctl"`` instead of ``"s"``.
+Control lines in the journal carry ``"ctl"`` instead of ``"s"``. The bytes
+come from :mod:`~cryptorun_daemon.hot.codec` (msgspec); lines written by the
+standard ``json`` module before it (ASCII escapes, ``1e-05`` floats) are the
+same JSON values and read the same.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+import msgspec
 
 from cryptorun_daemon.errors import ProtocolError
+from cryptorun_daemon.hot import codec
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+class RecordLine(msgspec.Struct):
+    """A record line's JSON object; field order is the line's key order (see module doc)."""
+
+    o: str
+    s: int
+    i: int
+    d: str
+    f: dict[str, Any]
+
+
+_LINE_DECODER: Final = msgspec.json.Decoder(RecordLine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +83,7 @@ def encode_record(
     Error handling: raises ``ValueError`` for fields JSON cannot carry (NaN,
     infinities, non-serialisable objects) so a bad feed value never reaches disk.
     """
-    body = {"o": origin, "s": seq, "i": ingest_ns, "d": dataset, "f": fields}
-    line = _ENCODER.encode(body).encode("ascii")
+    line = codec.encode(RecordLine(origin, seq, ingest_ns, dataset, fields))
     return _record(origin, seq, ingest_ns, dataset, fields, line=line)
 
 
@@ -78,12 +93,12 @@ def origin_prefix(origin: str) -> bytes:
     :func:`encode_record` writes keys in a fixed order, so a journal reader can
     pick one origin's records out of a mixed segment without decoding the others.
     """
-    return b'{"o":' + _ENCODER.encode(origin).encode("ascii") + b',"s":'
+    return b'{"o":' + codec.encode(origin) + b',"s":'
 
 
 def encode_control(body: dict[str, Any]) -> bytes:
     """A journal control line (replid change, recorded gap, clean close)."""
-    return _ENCODER.encode(body).encode("ascii")
+    return codec.encode(body)
 
 
 def decode_line(line: bytes) -> dict[str, Any]:
@@ -93,8 +108,8 @@ def decode_line(line: bytes) -> dict[str, Any]:
     object (a torn journal tail or a corrupt frame).
     """
     try:
-        value = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = codec.decode(line)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"not a JSON line: {exc}") from None
     if not isinstance(value, dict):
         raise ProtocolError("line is not a JSON object")
@@ -106,6 +121,14 @@ def record_from_line(line: bytes) -> HotRecord:
 
     Error handling: raises :class:`ProtocolError` when a field is missing or mistyped.
     """
+    try:
+        typed = _LINE_DECODER.decode(line)
+    except codec.DECODE_ERRORS:
+        return _record_from_body(line)  # the exact reason (or json's wider acceptance)
+    return _record(typed.o, typed.s, typed.i, typed.d, typed.f, line=line)
+
+
+def _record_from_body(line: bytes) -> HotRecord:
     body = decode_line(line)
     try:
         fields = body["f"]

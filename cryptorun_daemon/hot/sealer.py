@@ -11,8 +11,45 @@ window was sealed are *late*: the next round writes them to a
 counts them in ``cryptorun_hot_late_records_total`` — they are never dropped.
 
 A replica writes nothing; it treats a window as sealed once warm replication
-has delivered every partition it touches. Journal segments are deleted only
-when every record in them belongs to a sealed window.
+has delivered, in every partition the window touches, a sealed manifest that
+lists that window's own file (an hour sealed for an earlier window does not
+count). Journal segments are deleted only when every record in them belongs to
+a sealed window.
+
+Crash-safety invariants (a kill at any point, then a restart, converges to the
+content a run without the crash writes; docs/HOT_TIER.md, fail points in
+``runtime/failpoints.py``):
+
+1. The state file (``_state/hot/sealer.json``: sealed windows with the journal
+   position each was sealed at, ``late_through``, ``late_intent``) is saved
+   only after every partition write of the round is complete, and journal
+   segments are deleted only after that save. Whatever a crashed round did is
+   therefore still described by the journal, and the next round redoes it.
+2. Every step is idempotent. A window's rows go to a file named by the window
+   (``part-<start>``) and a data file's bytes are a pure function of its rows,
+   so a redo replaces the file with a superset of the same rows (or leaves it
+   alone when unchanged). A late fill first saves its file name as
+   ``late_intent`` (write-ahead), and a redo writes that same name: no row is
+   written twice (books have no id to deduplicate by), and trades are
+   deduplicated against every file but that one, so a half-done late fill
+   never hides its own rows.
+3. A sealed partition is never changed under its ``_SUCCESS``: the marker is
+   unlinked before a data file is added or replaced, and the partition is
+   re-sealed after. A partition without ``_SUCCESS`` is always one a redo
+   will seal, because the records that made it changed are still journaled.
+4. A manifest's source list is derived from its files (each file carries its
+   per-source summary in its Parquet metadata), never merged with the
+   previous manifest, so re-sealing after a crash does not count rows twice.
+5. The in-memory state moves only together with the saved state: a round
+   that fails without a crash is redone in full as well.
+6. No round runs while the region's warm role is not confirmed yet
+   (``role_settled``; right after a start the file store has not compared
+   epochs with the peers): a round run as replica passes late records on to
+   the primary and marks as sealed every window the partitions show sealed,
+   which a primary that is merely unconfirmed must not do with its own work.
+7. A window's file is never rewritten once the window has left the state
+   (kept for a week): a record for it that shows up later, with the window's
+   file sealed on disk, is a late record like any other.
 """
 
 from __future__ import annotations
@@ -28,14 +65,16 @@ from typing import Any
 
 import structlog
 
-from cryptorun_daemon.errors import FencedError
+from cryptorun_daemon.errors import FencedError, StorageError
 from cryptorun_daemon.hot import partition_writer as pw
 from cryptorun_daemon.hot.authority import SourceAuthority
 from cryptorun_daemon.hot.journal import Journal, Segment, iter_lines
 from cryptorun_daemon.hot.record import decode_line
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
 from cryptorun_daemon.storage.layout import SUCCESS_MARKER
+from cryptorun_daemon.storage.manifest import read_manifest
 from cryptorun_daemon.timefmt import format_compact, format_rfc3339, utc_from_ns
 
 log = structlog.get_logger("cryptorun.hot.sealer")
@@ -90,6 +129,7 @@ class HotSealer:
         metrics: Metrics,
         now_ns: Callable[[], int] = time.time_ns,
         check_interval: float = 1.0,
+        role_settled: Callable[[], bool] = lambda: True,
     ) -> None:
         self.region = region
         self.root = root
@@ -98,6 +138,7 @@ class HotSealer:
         self.length_ns = int(partition_length * 1e9)
         self.grace_ns = int(seal_grace * 1e9)
         self.is_warm_primary = is_warm_primary
+        self.role_settled = role_settled
         self.epoch = epoch
         self.metrics = metrics
         self.now_ns = now_ns
@@ -105,6 +146,8 @@ class HotSealer:
         self.state_path = root / "_state" / "hot" / "sealer.json"
         self.sealed: dict[int, Position] = {}
         self.late_through: Position = (0, 0)
+        # The late-fill file a round has committed to (saved before it is written).
+        self.late_intent: str | None = None
         self.late_total = 0
         self.rounds = 0
         self.last_round: RoundResult | None = None
@@ -121,14 +164,27 @@ class HotSealer:
         self.sealed = {int(k): (int(v[0]), int(v[1])) for k, v in data["sealed"].items()}
         self.late_through = (int(data["late_through"][0]), int(data["late_through"][1]))
         self.late_total = int(data.get("late_total", 0))
+        intent = data.get("late_intent")
+        self.late_intent = str(intent) if isinstance(intent, str) else None
 
-    def _save(self, now: int, late_total: int) -> None:
-        self.sealed = {w: p for w, p in self.sealed.items() if w >= now - STATE_KEEP_NS}
-        body = {
-            "sealed": {str(w): list(p) for w, p in sorted(self.sealed.items())},
-            "late_through": list(self.late_through),
+    def _save(
+        self,
+        now: int,
+        late_total: int,
+        sealed: dict[int, Position],
+        late_through: Position,
+        late_intent: str | None = None,
+    ) -> None:
+        kept = {w: p for w, p in sealed.items() if w >= now - STATE_KEEP_NS}
+        sealed.clear()
+        sealed.update(kept)
+        body: dict[str, Any] = {
+            "sealed": {str(w): list(p) for w, p in sorted(kept.items())},
+            "late_through": list(late_through),
             "late_total": late_total,
         }
+        if late_intent is not None:
+            body["late_intent"] = late_intent
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.state_path, json.dumps(body, indent=1).encode())
 
@@ -138,19 +194,23 @@ class HotSealer:
 
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
-        """Run a round whenever another window has closed (and once at start).
+        """Run a round whenever another window has closed or the role changed (and at start).
+
+        Waits while ``role_settled()`` is false (invariant 6 in the module docstring).
 
         Error handling: see the class docstring. Resource handling: owns no
         open files between rounds.
         """
-        done_through = -1
+        done_through: tuple[int, bool] | None = None
         while True:
             now = self.now_ns()
-            boundary = self.closed_limit(now) // self.length_ns
-            if boundary != done_through:
+            # A change of role counts too: a region that became primary after
+            # a round it ran as replica must not wait for the next window.
+            due = (self.closed_limit(now) // self.length_ns, self.is_warm_primary())
+            if due != done_through and self.role_settled():
                 try:
                     await self.round(now)
-                    done_through = boundary
+                    done_through = due
                     self.last_error = None
                 except Exception as exc:  # retried next tick; the journal is untouched
                     self.last_error = f"{type(exc).__name__}: {exc}"
@@ -186,6 +246,8 @@ class HotSealer:
     ) -> RoundResult:
         result = RoundResult(at_ns=now, primary=primary)
         length, limit = self.length_ns, self.closed_limit(now)
+        forgotten = now - STATE_KEEP_NS  # windows before this are dropped from the state
+        on_disk: dict[Path, frozenset[str]] = {}
         to_seal: dict[int, list[pw.Row]] = defaultdict(list)
         late: list[pw.Row] = []
         still_open: set[int] = set()
@@ -204,25 +266,44 @@ class HotSealer:
                 if sealed_at is not None:
                     if here > sealed_at and here > self.late_through:
                         late.append(row)
+                elif window < forgotten and self._window_on_disk(row, window, on_disk):
+                    # Older than the state remembers, but sealed on disk: never
+                    # rewrite its window file (the rows already in it may have
+                    # left the journal); a record not yet handled is late.
+                    if here > self.late_through:
+                        late.append(row)
                 elif window + length <= limit:
                     to_seal[window].append(row)
                 else:
                     still_open.add(segment.index)
+        # Work on a copy: the in-memory state moves only with the saved state, so
+        # a round that fails halfway is redone in full by the next one.
+        sealed = dict(self.sealed)
         for window in sorted(to_seal):
             if primary:
                 self._seal_window(window, to_seal[window], epoch, result)
-            elif not self._replicated(to_seal[window]):
+            elif not self._replicated(window, to_seal[window]):
                 # A replica waits for warm replication before forgetting its copy.
                 still_open.update(s.index for s in segments)
                 continue
-            self.sealed[window] = position
+            sealed[window] = position
             result.windows_sealed.append(window)
         if primary and late:
-            self._late_fill(late, now, epoch, result)
-        self.late_through = position
+            if self.late_intent is None:
+                # Write-ahead: the late file's name is fixed before any byte of
+                # it is written, so a redo after a crash replaces that file
+                # instead of adding a second copy of its rows.
+                intent = f"{pw.LATE_FILL_PREFIX}{_compact(now)}-{now % 10**9:09d}.parquet"
+                self._save(now, self.late_total, dict(self.sealed), self.late_through, intent)
+                self.late_intent = intent
+                failpoint("late.after_intent")
+            self._late_fill(late, self.late_intent, epoch, result)
+            failpoint("late.after_seal")
         # ``late_total`` and the counter move together on the event loop (in
         # ``round``), so nobody observes one ahead of the other.
-        self._save(now, self.late_total + result.late_rows)
+        self._save(now, self.late_total + result.late_rows, sealed, position)
+        self.sealed, self.late_through, self.late_intent = sealed, position, None
+        failpoint("sealer.after_state")
         result.deletable_segments = [
             s.index for s in segments if s.index < position[0] and s.index not in still_open
         ]
@@ -235,39 +316,65 @@ class HotSealer:
             groups[directory].append(row)
         return groups
 
-    def _replicated(self, rows: list[pw.Row]) -> bool:
-        return all((d / SUCCESS_MARKER).is_file() for d in self._groups(rows))
+    def _window_on_disk(self, row: pw.Row, window: int, cache: dict[Path, frozenset[str]]) -> bool:
+        """Whether ``row``'s partition is sealed with ``window``'s file in its manifest."""
+        directory = pw.partition_dir(self.root, row.dataset, row.venue, row.symbol, row.ts)
+        files = cache.get(directory)
+        if files is None:
+            files = frozenset()
+            if (directory / SUCCESS_MARKER).is_file():
+                try:
+                    files = frozenset(f.name for f in read_manifest(directory).files)
+                except StorageError:
+                    pass
+            cache[directory] = files
+        return _window_file(window) in files
+
+    def _replicated(self, window: int, rows: list[pw.Row]) -> bool:
+        """Whether the primary's seal of ``window`` reached every partition its rows touch.
+
+        Each window is checked on its own: with windows shorter than an hour,
+        an hour partition sealed for an earlier window says nothing about this
+        one, so the sealed manifest must list this window's file.
+        """
+        name = _window_file(window)
+        for directory in self._groups(rows):
+            if not (directory / SUCCESS_MARKER).is_file():
+                return False
+            try:
+                manifest = read_manifest(directory)
+            except StorageError:
+                return False
+            if manifest.file(name) is None:
+                return False
+        return True
 
     def _seal_window(
         self, window: int, rows: list[pw.Row], epoch: int, result: RoundResult
     ) -> None:
-        name = f"part-{_compact(window)}.parquet"
+        name = _window_file(window)
         for directory, group in sorted(self._groups(rows).items()):
             chosen = pw.select_rows(group, self.authority.source_at, self.authority.rank)
             if not chosen:
                 continue
             result.rows += pw.write_file(directory, name, chosen)
-            pw.seal(
-                directory,
-                writer_region=self.region,
-                epoch=epoch,
-                new_sources=pw.source_summary(chosen),
-            )
+            failpoint("seal.after_data")
+            pw.seal(directory, writer_region=self.region, epoch=epoch)
             result.partitions.append(str(directory.relative_to(self.root)))
 
-    def _late_fill(self, rows: list[pw.Row], now: int, epoch: int, result: RoundResult) -> None:
-        name = f"late-fill-{_compact(now)}.parquet"
+    def _late_fill(self, rows: list[pw.Row], name: str, epoch: int, result: RoundResult) -> None:
         for directory, group in sorted(self._groups(rows).items()):
             fresh = group
             if group[0].dataset == "trade" and directory.is_dir():
-                known = pw.existing_trade_ids(directory)
+                # Not against ``name`` itself: after a crash it may hold these very rows.
+                known = pw.existing_trade_ids(directory, exclude={name})
                 fresh = [r for r in group if r.fields.get("trade_id") not in known]
             chosen = pw.select_rows(fresh, self.authority.source_at, self.authority.rank)
             if not chosen:
                 continue
             pw.write_file(directory, name, chosen)
-            sources = [{**s, "rows": 0, "late_rows": s["rows"]} for s in pw.source_summary(chosen)]
-            pw.seal(directory, writer_region=self.region, epoch=epoch, new_sources=sources)
+            failpoint("late.after_data")
+            pw.seal(directory, writer_region=self.region, epoch=epoch)
             result.late_rows += len(chosen)
             result.partitions.append(str(directory.relative_to(self.root)))
 
@@ -276,6 +383,7 @@ class HotSealer:
             "partition_length_seconds": self.length_ns / 1e9,
             "seal_grace_seconds": self.grace_ns / 1e9,
             "primary": self.is_warm_primary(),
+            "role_settled": self.role_settled(),
             "rounds": self.rounds,
             "windows_sealed": len(self.sealed),
             "last_sealed_window": _iso(max(self.sealed)) if self.sealed else None,
@@ -287,6 +395,11 @@ class HotSealer:
 
 def _iso(ns: int) -> str:
     return format_rfc3339(utc_from_ns(ns), precision="seconds")
+
+
+def _window_file(window: int) -> str:
+    """The data file a window's rows are sealed in (one per partition it touches)."""
+    return f"part-{_compact(window)}.parquet"
 
 
 def _compact(ns: int) -> str:

@@ -23,6 +23,7 @@ import structlog
 from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.apply_policy import ApplyPolicy
+from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import move_aside
 from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
 from cryptorun_daemon.storage.layout import SUCCESS_MARKER, SUPERSEDED_DIR
@@ -59,7 +60,9 @@ class PartitionCommitter:
         with fence_lock(self.root, manifest.tier):
             self.policy.check_apply(manifest)
             check_write_permit(self.root, manifest.tier)
+            failpoint("replica.before_commit")
             write_seal(directory, manifest)
+        failpoint("replica.after_commit")
 
     def already_committed(self, directory: Path, manifest: Manifest) -> bool:
         """True when an identical copy is sealed; moves a different sealed copy aside.

@@ -39,6 +39,8 @@ from cryptorun_daemon.replication.commit import PartitionCommitter
 from cryptorun_daemon.replication.download import CHUNK, ByteCounter, FileDownloader, FileSource
 from cryptorun_daemon.replication.rules import Step
 from cryptorun_daemon.replication.verify import PartitionVerifier, StepValidator
+from cryptorun_daemon.runtime.failpoints import failpoint
+from cryptorun_daemon.storage.atomic import make_durable_dirs
 from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, HashCache, Manifest
 
 log = structlog.get_logger("cryptorun.replication")
@@ -197,13 +199,15 @@ class WarmColdExecutor:
         await asyncio.to_thread(self.policy.check_apply, manifest)
         if await asyncio.to_thread(self.committer.already_committed, directory, manifest):
             return 0
-        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        # A new partition folder's name is made durable too (its parents fsynced).
+        await asyncio.to_thread(make_durable_dirs, directory)
         await asyncio.gather(
             *(
                 self.downloader.fetch_file(manifest, directory, entry, counter)
                 for entry in manifest.files
             )
         )
+        failpoint("replica.after_fetch")
         await asyncio.to_thread(self.committer.set_aside_strays, directory, manifest)
         await self.verifier.validate(manifest, directory)
         await asyncio.to_thread(self.committer.commit, directory, manifest)

@@ -20,6 +20,8 @@ from cryptorun_daemon.config import Config
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.runtime.clock import Clock
 from cryptorun_daemon.runtime.supervisor import Supervisor
+from cryptorun_daemon.security.credentials import Credentials
+from cryptorun_daemon.security.peer_errors import PeerErrors
 
 
 @dataclass
@@ -27,21 +29,24 @@ class DaemonContext:
     """Everything a component may use; owned by the daemon, shared read-only.
 
     ``http`` is the daemon's single client session (connection reuse for every
-    peer call); it exists from startup until shutdown. ``token`` is the bearer
-    token from ``admin.token_file`` (``None`` when unset), used both to check
-    incoming peer calls and to authenticate outgoing ones.
+    peer call, TLS per ``[peers]``); it exists from startup until shutdown.
+    ``credentials`` are the tokens incoming calls are checked against and the
+    one outgoing peer calls present. ``peer_errors`` counts failed peer calls
+    (the session's trace hook feeds it).
     """
 
     config: Config
     metrics: Metrics
     clock: Clock
     supervisor: Supervisor
-    token: str | None
+    credentials: Credentials = field(default_factory=Credentials)
     http: aiohttp.ClientSession | None = None
     components: dict[str, Component] = field(default_factory=dict)
+    peer_errors: PeerErrors | None = None
 
     def peer_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        """The credential presented on every call to a peer (the peer-scope token)."""
+        return self.credentials.peer_headers()
 
 
 @dataclass(frozen=True)

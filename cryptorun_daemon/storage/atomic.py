@@ -30,6 +30,24 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def make_durable_dirs(directory: Path) -> None:
+    """``mkdir -p`` that fsyncs the parent of every directory it creates.
+
+    A new directory's *name* is durable only once its parent is fsynced; a
+    partition folder created for a seal or a replicated copy must not vanish
+    after a power loss while its files' data survived.
+    """
+    missing: list[Path] = []
+    probe = directory
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
+        fsync_dir(path.parent)
+
+
 def fsync_file(path: Path) -> None:
     """Flush ``path``'s bytes to stable storage."""
     fd = os.open(path, os.O_RDONLY)

@@ -92,8 +92,13 @@ def _parquet_facts(path: Path) -> tuple[int | None, str | None]:
         schema = metadata.schema.to_arrow_schema()
     except Exception as exc:  # pyarrow raises its own hierarchy (ArrowInvalid, OSError…)
         raise StorageError(f"{path} is not a readable Parquet file: {exc}") from exc
+    return int(metadata.num_rows), schema_fingerprint(schema)
+
+
+def schema_fingerprint(schema: Any) -> str:
+    """The fingerprint manifests record for an Arrow schema (metadata ignored)."""
     text = schema.remove_metadata().to_string(show_field_metadata=False)
-    return int(metadata.num_rows), hash_bytes(text.encode())
+    return hash_bytes(text.encode())
 
 
 class HashCache:

@@ -16,10 +16,12 @@ from typing import Any
 
 from cryptorun_daemon.config import ACTIVE_PASSIVE_TIERS
 from cryptorun_daemon.errors import StorageError
+from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
 from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, parse_partition_dir
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, compute_manifest, read_manifest
+from cryptorun_daemon.storage.superseded import keep_superseded_manifest
 from cryptorun_daemon.storage.write_fence import (
     check_seal,
     read_fence,
@@ -119,14 +121,25 @@ def seal_partition(
                 existing = None
             if existing is not None and existing.content_hash == manifest.content_hash:
                 return existing
+            if existing is not None:
+                # A research read "as of" before this re-seal must still find what was sealed.
+                keep_superseded_manifest(root, existing)
             success.unlink()
-        write_seal(partition_dir, manifest)
+        write_seal(partition_dir, manifest, after_manifest="seal.after_manifest")
+    failpoint("seal.after_success")
     return manifest
 
 
-def write_seal(partition_dir: Path, manifest: Manifest) -> None:
-    """The commit point: manifest atomically, then ``_SUCCESS`` atomically."""
+def write_seal(
+    partition_dir: Path, manifest: Manifest, *, after_manifest: str = "replica.after_manifest"
+) -> None:
+    """The commit point: manifest atomically, then ``_SUCCESS`` atomically.
+
+    ``after_manifest`` names the fail point between the two writes (the
+    sealer's and the replica's commits are told apart).
+    """
     atomic_write_bytes(partition_dir / MANIFEST_NAME, manifest.to_bytes())
+    failpoint(after_manifest)
     atomic_write_bytes(partition_dir / SUCCESS_MARKER, b"")
 
 

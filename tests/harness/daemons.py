@@ -6,14 +6,12 @@ Both bind 127.0.0.1 on ephemeral ports, use temp dirs and a fresh
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
-import socket
+import ssl
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +19,33 @@ from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from cryptorun_daemon.config import Config, load_config
 from cryptorun_daemon.daemon import Daemon
+from tests.harness.admin import TOKEN, auth_headers, sample_value, scrape_metric
+from tests.harness.net import free_port
+from tests.harness.wait import eventually
 
-TOKEN = "test-token-0123456789abcdef"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Kept importable from here for tests written before the harness was split by job
+# (admin API helpers in admin.py, ports and proxies in net.py).
+__all__ = [
+    "TOKEN",
+    "DaemonProcess",
+    "RegionSpec",
+    "auth_headers",
+    "free_port",
+    "run_daemon",
+    "run_daemon_process",
+    "sample_value",
+    "scrape_metric",
+    "start_daemon_process",
+    "stop_process",
+    "toml_value",
+    "two_regions",
+    "wait_until_ready",
+]
 
 
 def toml_value(value: Any) -> str:
@@ -46,6 +57,8 @@ def toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. [admin] tokens = { ... }
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -61,10 +74,14 @@ class RegionSpec:
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     feeds: list[dict[str, Any]] = field(default_factory=list)
     token: str | None = TOKEN
+    #: "https": the admin listener and every peer URL use TLS (set the files in
+    #: ``sections["admin"]`` and ``peer_tls``); ``peer_tls``: [peers] ca_file/cert/key.
+    scheme: str = "http"
+    peer_tls: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def storage_root(self) -> Path:
@@ -76,11 +93,15 @@ class RegionSpec:
         lines.append(f'listen = "127.0.0.1:{self.port}"')
         if self.token is not None:
             (self.directory / "admin.token").write_text(self.token + "\n")
+            (self.directory / "admin.token").chmod(0o600)  # the daemon refuses a loose secret
             lines.append('token_file = "admin.token"')
         for key, value in self.sections.get("admin", {}).items():
             lines.append(f"{key} = {toml_value(value)}")
         lines += ["", "[storage]", 'root = "data"', "", "[peers]"]
-        lines += [f'{name} = "http://127.0.0.1:{port}"' for name, port in self.peers.items()]
+        lines += [
+            f'{name} = "{self.scheme}://127.0.0.1:{port}"' for name, port in self.peers.items()
+        ]
+        lines += [f"{key} = {toml_value(value)}" for key, value in self.peer_tls.items()]
         for name, values in self.sections.items():
             if name == "admin":
                 continue
@@ -142,21 +163,29 @@ async def wait_until_ready(
     timeout: float = 30.0,
     proc: subprocess.Popen[bytes] | None = None,
     log_path: Path | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Poll ``/readyz`` until 200; fail with the daemon's log if it dies or times out."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
+    """Poll ``/readyz`` until 200; fail with the daemon's log if it dies or times out.
+
+    ``ssl_context`` verifies an ``https://`` daemon (its CA).
+    """
+
+    def log() -> str:
+        return log_path.read_text(errors="replace") if log_path and log_path.exists() else ""
+
+    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def ready() -> bool:
             if proc is not None and proc.poll() is not None:
-                log = log_path.read_text(errors="replace") if log_path else ""
-                raise AssertionError(f"daemon exited with {proc.returncode} before ready:\n{log}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
+                raise AssertionError(f"daemon exited with {proc.returncode} before ready:\n{log()}")
+            try:
                 async with session.get(f"{base_url}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.05)
-    log = log_path.read_text(errors="replace") if log_path else ""
-    raise AssertionError(f"daemon at {base_url} not ready after {timeout}s:\n{log}")
+                    return resp.status == 200
+            except (aiohttp.ClientError, OSError):
+                return False
+
+        await eventually(ready, f"daemon at {base_url} to be ready", timeout=timeout, detail=log)
 
 
 def start_daemon_process(
@@ -176,16 +205,22 @@ def start_daemon_process(
 
 @contextlib.asynccontextmanager
 async def run_daemon_process(
-    config_path: Path, *, env: Mapping[str, str] | None = None, ready_timeout: float = 30.0
+    config_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[DaemonProcess]:
     """Run a daemon subprocess until the block ends, then SIGTERM it (SIGKILL after 15 s)."""
     config = load_config(config_path)
-    base_url = f"http://127.0.0.1:{config.admin.port}"
+    base_url = f"{config.admin.scheme}://127.0.0.1:{config.admin.port}"
     log_path = config_path.parent / f"{config_path.stem}.log"
     proc = start_daemon_process(config_path, env=env)
     handle = DaemonProcess(proc, base_url, config_path, log_path)
     try:
-        await wait_until_ready(base_url, timeout=ready_timeout, proc=proc, log_path=log_path)
+        await wait_until_ready(
+            base_url, timeout=ready_timeout, proc=proc, log_path=log_path, ssl_context=ssl_context
+        )
         yield handle
     finally:
         stop_process(proc)
@@ -213,24 +248,3 @@ async def run_daemon(config: Config | Path, **kwargs: Any) -> AsyncIterator[Daem
         yield daemon
     finally:
         await daemon.shutdown()
-
-
-def auth_headers(token: str = TOKEN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def sample_value(exposition: str, name: str, labels: Mapping[str, str]) -> float | None:
-    """The first sample called ``name`` whose labels include ``labels`` (None when absent)."""
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return None
-
-
-async def scrape_metric(
-    session: aiohttp.ClientSession, base_url: str, name: str, labels: Mapping[str, str]
-) -> float | None:
-    """One sample from a running daemon's ``/metrics`` (None when the series is absent)."""
-    async with session.get(f"{base_url}/metrics") as resp:
-        return sample_value(await resp.text(), name, labels)

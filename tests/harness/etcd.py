@@ -13,6 +13,11 @@ Outside pytest fixtures: ``with run_etcd(tmp_dir) as server:`` (sync) and
 ``async with running_etcd(tmp_dir) as server:`` (async; start and stop run in
 a worker thread so the event loop keeps turning).
 
+TLS: pass ``tls=EtcdTLS(ca, cert, key)`` and etcd serves https with
+``--client-cert-auth`` (clients must present a certificate ``ca`` signed);
+:func:`enable_auth` turns on etcd's user authentication (user ``root`` with
+the ``root`` role), through the same JSON gateway the daemon uses.
+
 Each server gets its own data folder and free ephemeral client and peer ports
 on 127.0.0.1. Fault injection: :meth:`EtcdServer.pause` / :meth:`~EtcdServer.resume`
 (SIGSTOP / SIGCONT), :meth:`~EtcdServer.kill` (SIGKILL) and
@@ -25,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import shutil
 import signal
-import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -42,6 +48,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.net import free_port
 from tests.harness.tools import missing_tool
 
 START_TIMEOUT = 20.0
@@ -51,6 +58,22 @@ START_ATTEMPTS = 3  # a probed free port can be taken by someone else before etc
 # etcd refuses to start on architectures it does not officially support unless
 # told so by this variable, whose value must name the Go architecture.
 _GO_ARCH = {"aarch64": "arm64", "arm64": "arm64", "s390x": "s390x", "ppc64le": "ppc64le"}
+
+
+@dataclass(frozen=True)
+class EtcdTLS:
+    """Files for an etcd serving https with client-certificate auth."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path  # what the harness itself presents (health checks, enable_auth)
+    client_key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        ctx.load_cert_chain(self.client_cert, self.client_key)
+        return ctx
 
 
 @dataclass
@@ -64,6 +87,7 @@ class EtcdServer:
     process: subprocess.Popen[bytes]
     args: tuple[str, ...] = ()
     env: dict[str, str] | None = None
+    tls: EtcdTLS | None = None
 
     def pause(self) -> None:
         """SIGSTOP: etcd keeps its sockets open but answers nothing (a hung coordinator)."""
@@ -90,7 +114,7 @@ class EtcdServer:
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and self.process.poll() is None:
-            if _healthy(self.client_url):
+            if _healthy(self.client_url, self.tls):
                 return
             time.sleep(0.1)
         _stop(self.process)
@@ -125,15 +149,10 @@ def require_etcd() -> str:
     missing_tool(message)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _healthy(client_url: str) -> bool:
+def _healthy(client_url: str, tls: EtcdTLS | None = None) -> bool:
+    context = tls.client_context() if tls is not None else None
     try:
-        with urllib.request.urlopen(f"{client_url}/health", timeout=1.0) as resp:
+        with urllib.request.urlopen(f"{client_url}/health", timeout=1.0, context=context) as resp:
             return b'"true"' in resp.read()
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -151,7 +170,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=STOP_TIMEOUT)
 
 
-def start_etcd(base_dir: Path, binary: str | None = None) -> EtcdServer:
+def start_etcd(
+    base_dir: Path,
+    binary: str | None = None,
+    tls: EtcdTLS | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> EtcdServer:
     """Start etcd under ``base_dir`` and return once ``/health`` says true.
 
     Raises ``RuntimeError`` with the tail of etcd's log if it does not come up.
@@ -160,7 +184,7 @@ def start_etcd(base_dir: Path, binary: str | None = None) -> EtcdServer:
     last_error = ""
     for attempt in range(START_ATTEMPTS):
         client_port, peer_port = free_port(), free_port()
-        client_url = f"http://127.0.0.1:{client_port}"
+        client_url = f"{'https' if tls else 'http'}://127.0.0.1:{client_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         data_dir = base_dir / f"etcd-{attempt}"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -191,14 +215,25 @@ def start_etcd(base_dir: Path, binary: str | None = None) -> EtcdServer:
             "--log-level",
             "warn",
         ]
+        if tls is not None:
+            args += [
+                "--client-cert-auth",
+                "--trusted-ca-file",
+                str(tls.ca),
+                "--cert-file",
+                str(tls.cert),
+                "--key-file",
+                str(tls.key),
+            ]
+        args += extra_args
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         server = EtcdServer(
-            client_url, peer_url, data_dir, log_path, process, args=tuple(args), env=env
+            client_url, peer_url, data_dir, log_path, process, args=tuple(args), env=env, tls=tls
         )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and process.poll() is None:
-            if _healthy(client_url):
+            if _healthy(client_url, tls):
                 return server
             time.sleep(0.1)
         _stop(process)
@@ -219,14 +254,38 @@ def run_etcd(base_dir: Path | None = None) -> Iterator[EtcdServer]:
             _stop(server.process)
 
 
+def _gateway(server: EtcdServer, path: str, body: dict[str, str]) -> None:
+    context = server.tls.client_context() if server.tls is not None else None
+    request = urllib.request.Request(
+        f"{server.client_url}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5.0, context=context) as resp:
+        resp.read()
+
+
+def enable_auth(server: EtcdServer, password: str) -> None:
+    """Create user ``root`` with the ``root`` role and turn authentication on."""
+    _gateway(server, "/v3/auth/role/add", {"name": "root"})
+    _gateway(server, "/v3/auth/user/add", {"name": "root", "password": password})
+    _gateway(server, "/v3/auth/user/grant", {"user": "root", "role": "root"})
+    _gateway(server, "/v3/auth/enable", {})
+
+
 @contextlib.asynccontextmanager
-async def running_etcd(base_dir: Path | None = None) -> AsyncIterator[EtcdServer]:
+async def running_etcd(
+    base_dir: Path | None = None,
+    *,
+    tls: EtcdTLS | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> AsyncIterator[EtcdServer]:
     """Async twin of :func:`run_etcd`; start and stop run in a worker thread."""
     binary = require_etcd()  # skip/fail here, in the test's own frame
     with contextlib.ExitStack() as stack:
         if base_dir is None:
             base_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="etcd-")))
-        server = await asyncio.to_thread(start_etcd, base_dir, binary)
+        server = await asyncio.to_thread(start_etcd, base_dir, binary, tls, extra_args)
         try:
             yield server
         finally:

@@ -14,16 +14,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.harness.admin import TOKEN, auth_headers
 from tests.harness.daemons import (
-    TOKEN,
     RegionSpec,
-    auth_headers,
-    free_port,
     run_daemon_process,
     start_daemon_process,
     two_regions,
     wait_until_ready,
 )
+from tests.harness.net import free_port
 from tests.harness.tools import require_binary
 
 CONTRACT_METRICS = (

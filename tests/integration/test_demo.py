@@ -94,12 +94,18 @@ def test_demo_configs_load_as_valid_region_configs(tmp_path: Path) -> None:
         tmp_path, ports={PRIMARY: 19001, REPLICA: 19002}, kraken_url="ws://127.0.0.1:19003/v2"
     )
     paths = write_demo_configs(layout)
-    assert (tmp_path / "admin.token").stat().st_mode & 0o077 == 0
+    for scope in ("operator", "peer", "read"):
+        assert (tmp_path / f"{scope}.token").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "tls" / "ca.pem").is_file()
     for region in REGIONS:
         config = load_config(paths[region])
         peer = next(r for r in REGIONS if r != region)
         assert config.region == region
         assert config.peers == {peer: layout.admin_url(peer)}
+        assert layout.admin_url(peer).startswith("https://")
+        assert config.admin.tls
+        assert not config.admin.open_reads
+        assert config.peer_tls.ca_file == (tmp_path / "tls" / "ca.pem").resolve()
         assert config.hot.partition_length == PARTITION_LENGTH
         assert [(f.kind, f.url) for f in config.feeds] == [("kraken", layout.kraken_url)]
         assert {(r.from_region, r.to_regions) for r in config.rules_for("hot")} == {
@@ -137,7 +143,8 @@ def test_demo_runs_the_pipeline_and_leaves_replicated_data(tmp_path: Path) -> No
 
     for region in REGIONS:
         port = load_config(tmp_path / f"{region}.toml").admin.port
-        assert f"http://127.0.0.1:{port}" in output
+        assert f"https://127.0.0.1:{port}" in output
+    assert f"--cacert {tmp_path / 'tls' / 'ca.pem'}" in output
     assert "/v1/failover" in output
     assert '"dry_run":true' in output
     assert {m.group(1) for m in LIVE_LINE.finditer(output)} == set(REGIONS), output

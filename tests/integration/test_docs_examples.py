@@ -1,4 +1,5 @@
-"""Docs that stay true: the shell examples in README.md and docs/*.md are checked.
+"""Docs that stay true: the shell examples in README.md, CONTRIBUTING.md and docs/*.md
+are checked.
 
 Every fenced shell block (```sh, ```bash, ```shell, ```console, ```zsh) carries a
 marker comment on the line right before its opening fence (the convention is
@@ -18,8 +19,9 @@ documented in docs/CONTRIBUTING_DOCS.md):
 Before a runnable block runs, the documented addresses and host paths are
 mapped onto the live set-up (``LOCAL_PATHS`` and the two ports), and the block
 gets a fresh working directory that mirrors the repository layout:
-``config/{eu-central,us-east}.toml``, ``config/secrets/admin.token`` and
-``data/`` (the daemons' storage, shared). The primary (eu-central) holds six
+``config/{eu-central,us-east}.toml``, ``config/secrets/`` (the scoped tokens
+and the TLS certificates the daemons use) and ``data/`` (the daemons'
+storage, shared). The primary (eu-central) holds six
 sealed warm hours of 2025-09-01, replicated to us-east before any block runs.
 
 The daemons are real subprocesses on 127.0.0.1 (``tests/harness/daemons.py``);
@@ -47,14 +49,17 @@ import aiohttp
 import pytest
 
 from cryptorun_daemon.cli.main import build_parser
-from cryptorun_daemon.storage.testdata import seed_partitions
-from tests.harness.daemons import free_port, start_daemon_process, stop_process, wait_until_ready
+from cryptorun_daemon.security.certs import init_certs
+from cryptorun_daemon.security.tls import client_context
+from tests.harness.daemons import start_daemon_process, stop_process, wait_until_ready
+from tests.harness.net import free_port
+from tests.harness.testdata import seed_partitions
 from tests.harness.tools import require_binary
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-DOC_FILES = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
+DOC_FILES = (REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md")))
 PLAYBOOK = REPO / "docs" / "DATA_MULTI_REGION.md"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 
@@ -63,9 +68,8 @@ REGIONS = ("eu-central", "us-east")
 # The admin addresses the shipped configs (and so the docs) use, per region.
 DOCUMENTED_ADDRESSES = {"eu-central": "127.0.0.1:9100", "us-east": "127.0.0.1:9200"}
 # Host paths from docs/OPERATIONS.md mapped onto the repository layout of the
-# block's working directory. Order matters: the token file before its folder.
+# block's working directory (the secrets live in config/secrets/ in both).
 LOCAL_PATHS = (
-    ("/etc/cryptorun/admin.token", "config/secrets/admin.token"),
     ("/etc/cryptorun/", "config/"),
     ("/var/lib/cryptorun/", "data/"),
 )
@@ -190,11 +194,10 @@ class LiveRegions:
         token file or edits a config cannot disturb the daemons or later blocks.
         """
         work = parent / "work"
-        (work / "config" / "secrets").mkdir(parents=True)
+        (work / "config").mkdir(parents=True)
         for region in REGIONS:
             shutil.copy2(self.root / "config" / f"{region}.toml", work / "config")
-        token = work / "config" / "secrets" / "admin.token"
-        shutil.copy2(self.root / "config" / "secrets" / "admin.token", token)
+        shutil.copytree(self.root / "config" / "secrets", work / "config" / "secrets")
         (work / "data").symlink_to(self.root / "data", target_is_directory=True)
         return work
 
@@ -203,9 +206,11 @@ def _write_live_configs(root: Path, ports: dict[str, int]) -> list[Path]:
     """Copies of the shipped configs with their admin and peer ports moved to ``ports``."""
     config_dir = root / "config"
     (config_dir / "secrets").mkdir(parents=True)
-    token = config_dir / "secrets" / "admin.token"
-    token.write_text(secrets.token_urlsafe(32) + "\n")
-    token.chmod(0o600)
+    init_certs(config_dir / "secrets" / "tls", REGIONS)
+    for scope in ("operator", "peer", "read"):
+        token = config_dir / "secrets" / f"{scope}.token"
+        token.write_text(secrets.token_urlsafe(32) + "\n")
+        token.chmod(0o600)
     paths = []
     for region in REGIONS:
         text = (REPO / "config" / f"{region}.toml").read_text()
@@ -218,11 +223,11 @@ def _write_live_configs(root: Path, ports: dict[str, int]) -> list[Path]:
     return paths
 
 
-async def _replicate_once(base_url: str, token: str) -> None:
+async def _replicate_once(base_url: str, token: str, ca: Path) -> None:
     """Run one warm pass on the replica now, so the seeded hours are on both sides."""
     headers = {"Authorization": f"Bearer {token}"}
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(ca))) as http,
         http.post(
             f"{base_url}/v1/replication/sync", json={"tier": "warm"}, headers=headers
         ) as resp,
@@ -243,6 +248,7 @@ def live_regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRegio
     root = tmp_path_factory.mktemp("docs-live")
     ports = {region: free_port() for region in REGIONS}
     configs = _write_live_configs(root, ports)
+    ca = root / "config" / "secrets" / "tls" / "ca.pem"
     seed_partitions(root / "data" / "eu-central", start=SEED_START, count=SEED_HOURS, rows=500)
     processes = [start_daemon_process(path) for path in configs]
     try:
@@ -250,13 +256,14 @@ def live_regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRegio
             region = path.stem
             asyncio.run(
                 wait_until_ready(
-                    f"http://127.0.0.1:{ports[region]}",
+                    f"https://127.0.0.1:{ports[region]}",
                     proc=process,
                     log_path=path.with_suffix(".log"),
+                    ssl_context=client_context(ca),
                 )
             )
-        token = (root / "config" / "secrets" / "admin.token").read_text().strip()
-        asyncio.run(_replicate_once(f"http://127.0.0.1:{ports['us-east']}", token))
+        token = (root / "config" / "secrets" / "operator.token").read_text().strip()
+        asyncio.run(_replicate_once(f"https://127.0.0.1:{ports['us-east']}", token, ca))
         yield LiveRegions(root, ports)
     finally:
         for process in processes:
@@ -393,9 +400,43 @@ def test_every_shell_block_in_the_docs_is_marked() -> None:
             elif not MARKER.match(line):
                 orphans.append(f"{doc.relative_to(REPO)}:{number} (malformed marker)")
     assert not orphans, f"markers not directly above a code fence: {orphans}"
-    for block in RUNNABLE:
-        assert block.expected_exit >= 0  # raises with the block's name on a bad option
     assert RUNNABLE, "no runnable examples found; the marker parser is broken"
+    # The exit code each runnable block is held to is the one its marker line names
+    # (read here from the raw line, apart from the parser), and 0 when it names none.
+    bad_options, wrong_exit = [], []
+    for block in RUNNABLE:
+        raw = block.path.read_text(encoding="utf-8").splitlines()[block.line - 2]
+        named = re.search(r"exit=(\d+)", raw)
+        try:
+            expected = block.expected_exit
+        except ValueError as exc:
+            bad_options.append(str(exc))
+            continue
+        if expected != (int(named[1]) if named else 0):
+            wrong_exit.append(f"{block.ident}: marker {raw.strip()!r}, parsed exit={expected}")
+    assert not bad_options, bad_options
+    assert not wrong_exit, wrong_exit
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [("", 0), (" ", 0), ("exit=1", 1), (" exit=22 ", 22)],
+)
+def test_a_runnable_marker_names_the_exit_code_its_block_must_return(
+    options: str, expected: int
+) -> None:
+    """``<!-- runnable -->`` holds a block to exit 0 and ``<!-- runnable: exit=N -->`` to N."""
+    block = DocBlock(REPO / "README.md", 2, 4, "sh", "true\n", "runnable", options)
+    assert block.expected_exit == expected
+
+
+@pytest.mark.parametrize("options", ["exit=", "exit=-1", "exit=1 slow", "timeout=5"])
+def test_an_unknown_runnable_option_is_an_error_naming_the_block(options: str) -> None:
+    """A marker option other than ``exit=N`` fails with the block's file and line, so a typo
+    cannot silently turn into "expect exit 0"."""
+    block = DocBlock(REPO / "README.md", 2, 4, "sh", "true\n", "runnable", options)
+    with pytest.raises(ValueError, match=r"README\.md:2: unknown runnable option"):
+        _ = block.expected_exit
 
 
 def github_anchor(heading: str) -> str:

@@ -12,21 +12,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.harness.daemons import (
-    TOKEN,
-    RegionSpec,
-    auth_headers,
-    run_daemon_process,
-    stop_process,
-    two_regions,
-)
+from tests.harness.admin import TOKEN, auth_headers, post_failover
+from tests.harness.daemons import RegionSpec, run_daemon_process, stop_process, two_regions
+from tests.harness.wait import eventually
 
 EU, US = "eu-central", "us-east"
 
@@ -63,25 +56,20 @@ async def metrics_of(http: aiohttp.ClientSession, base_url: str) -> str:
 async def until_metrics_contain(
     http: aiohttp.ClientSession, base_url: str, *lines: str, timeout: float = 15.0
 ) -> None:
-    """Poll a daemon's /metrics until every line is present (fails with the text)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Poll a daemon's /metrics until every line is present (fails naming the missing ones)."""
+    text = ""
+
+    async def present() -> bool:
+        nonlocal text
         text = await metrics_of(http, base_url)
-        if all(line in text for line in lines):
-            return
-        if time.monotonic() > deadline:
-            missing = [line for line in lines if line not in text]
-            raise AssertionError(f"{base_url}/metrics still lacks {missing}")
-        await asyncio.sleep(0.1)
+        return all(line in text for line in lines)
 
-
-async def post_failover(
-    http: aiohttp.ClientSession, base_url: str, body: Any, **kwargs: Any
-) -> tuple[int, Any]:
-    async with http.post(
-        f"{base_url}/v1/failover", headers=auth_headers(), json=body, **kwargs
-    ) as resp:
-        return resp.status, await resp.json()
+    await eventually(
+        present,
+        f"{base_url}/metrics to contain every line",
+        timeout=timeout,
+        detail=lambda: f"still missing: {[line for line in lines if line not in text]}",
+    )
 
 
 EPOCH_1 = (

@@ -9,7 +9,6 @@ promotions are decided by etcd's compare-and-swap, so exactly one wins; with
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,10 @@ import aiohttp
 import pytest
 
 from cryptorun_daemon.failover.store_etcd import EtcdStateStore
-from tests.harness.daemons import (
-    RegionSpec,
-    auth_headers,
-    run_daemon_process,
-    stop_process,
-    two_regions,
-)
+from tests.harness.admin import post_failover
+from tests.harness.daemons import RegionSpec, run_daemon_process, stop_process, two_regions
 from tests.harness.etcd import EtcdServer, etcd_prefix, shared_etcd_server
+from tests.harness.wait import eventually
 
 __all__ = ["etcd_prefix", "shared_etcd_server"]  # pytest fixtures used by name below
 
@@ -64,25 +59,21 @@ async def until_primary(
     timeout: float = 15.0,
 ) -> dict[str, Any]:
     """Poll a daemon's status until ``tier`` shows ``primary`` at ``epoch``."""
-    deadline = time.monotonic() + timeout
-    while True:
+    doc: dict[str, Any] = {}
+
+    async def reached() -> bool:
+        nonlocal doc
         doc = await status_of(http, base_url, tier)
         info = doc["tiers"][tier]
-        if (info.get("primary"), info.get("epoch")) == (primary, epoch):
-            return doc
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{base_url}: {tier} is {info.get('primary')}@"
-                f"{info.get('epoch')}, expected {primary}@{epoch}"
-            )
-        await asyncio.sleep(0.1)
+        return (info.get("primary"), info.get("epoch")) == (primary, epoch)
 
-
-async def post_failover(
-    http: aiohttp.ClientSession, base_url: str, body: dict[str, Any]
-) -> tuple[int, dict[str, Any]]:
-    async with http.post(f"{base_url}/v1/failover", json=body, headers=auth_headers()) as resp:
-        return resp.status, await resp.json()
+    await eventually(
+        reached,
+        f"{base_url}: {tier} at {primary}@{epoch}",
+        timeout=timeout,
+        detail=lambda: doc["tiers"][tier],
+    )
+    return doc
 
 
 async def test_a_promotion_anywhere_reaches_both_daemons_through_the_watch(
@@ -169,14 +160,16 @@ async def test_auto_failover_promotes_a_replica_when_the_primary_lease_is_gone(
         aiohttp.ClientSession() as http,
     ):
         doc = await until_primary(http, b.base_url, "warm", EU, 1)
-        deadline = time.monotonic() + 15
-        while (
-            EU not in (doc["failover"]["alive_regions"] or [])
-            or doc["tiers"]["warm"]["auto_failover"]["reason"] != "primary_alive"
-        ):
-            assert time.monotonic() < deadline, doc
-            await asyncio.sleep(0.1)
+
+        async def eu_alive() -> bool:
+            nonlocal doc
             doc = await status_of(http, b.base_url, "warm")
+            return (
+                EU in (doc["failover"]["alive_regions"] or [])
+                and doc["tiers"]["warm"]["auto_failover"]["reason"] == "primary_alive"
+            )
+
+        await eventually(eu_alive, "us-east to see eu-central alive", detail=lambda: doc)
         assert doc["tiers"]["warm"]["auto_failover"]["enabled"] is True
         stop_process(a_proc.proc)
         doc = await until_primary(http, b.base_url, "warm", US, 2, timeout=20)

@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 
 from cryptorun_daemon.storage.layout import PartitionKey
-from cryptorun_daemon.storage.testdata import write_trade_partition
 from tests.harness.daemons import RegionSpec, auth_headers, run_daemon_process, two_regions
 from tests.harness.etcd import EtcdServer, etcd_server
+from tests.harness.testdata import write_trade_partition
 
 __all__ = ["etcd_server"]  # pytest fixture used by name below
 
@@ -72,7 +72,8 @@ async def seal(http: aiohttp.ClientSession, spec: RegionSpec, body: dict[str, st
 async def warm_status(http: aiohttp.ClientSession, spec: RegionSpec) -> dict[str, Any]:
     async with http.get(f"{spec.base_url}/v1/status?tier=warm") as resp:
         doc: dict[str, Any] = await resp.json()
-        return doc["tiers"]["warm"]
+        warm: dict[str, Any] = doc["tiers"]["warm"]
+        return warm
 
 
 async def poll(

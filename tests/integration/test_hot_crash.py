@@ -10,28 +10,27 @@ journal files on disk.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.harness import admin
 from tests.harness.daemons import (
     RegionSpec,
-    scrape_metric,
     start_daemon_process,
     stop_process,
     two_regions,
     wait_until_ready,
 )
+from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -122,16 +121,7 @@ async def origin_view(session: aiohttp.ClientSession, b: Region, a: Region) -> d
 
 async def metric(session: aiohttp.ClientSession, daemon: Region, name: str, **labels: str) -> float:
     """One sample of a daemon's ``/metrics`` (0 when absent)."""
-    return await scrape_metric(session, daemon.spec.base_url, name, labels) or 0.0
-
-
-async def poll(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:
-    """Wait until ``check`` passes, failing with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+    return await admin.metric(session, daemon.spec.base_url, name, labels)
 
 
 async def applied_at_least(
@@ -162,7 +152,7 @@ async def test_sigterm_restart_keeps_replid_and_the_subscriber_continues_without
     origin's records 1..n exactly once, in order, with no gap counted."""
     async with origin_and_subscriber(tmp_path) as (a, b, session):
         origin = a.spec.region
-        await poll(lambda: applied_at_least(session, b, a, 200), "200 records at B")
+        await eventually(lambda: applied_at_least(session, b, a, 200), "200 records at B")
         before = (await stream(session, a))["origins"][origin]
         assert a.terminate() == 0
         await a.start()
@@ -172,7 +162,7 @@ async def test_sigterm_restart_keeps_replid_and_the_subscriber_continues_without
         assert after["origins"][origin]["available_from"] == 1  # the journal still has it all
         restart_head = after["origins"][origin]["head_seq"]
         assert restart_head >= before["head_seq"]
-        await poll(
+        await eventually(
             lambda: applied_at_least(session, b, a, restart_head + 200, before["replid"]),
             "B continues past the restart",
         )
@@ -206,7 +196,7 @@ async def test_sigkill_restart_truncates_torn_tail_takes_new_replid_and_subscrib
     metric) and follows the new replid from the recovered seq + 1 — never from seq 1."""
     async with origin_and_subscriber(tmp_path) as (a, b, session):
         origin = a.spec.region
-        await poll(lambda: applied_at_least(session, b, a, 200), "200 records at B")
+        await eventually(lambda: applied_at_least(session, b, a, 200), "200 records at B")
         before = await stream(session, a)
         old_replid = before["origins"][origin]["replid"]
         synced = before["journal"]["synced_records"]
@@ -224,7 +214,7 @@ async def test_sigkill_restart_truncates_torn_tail_takes_new_replid_and_subscrib
         assert after["journal"]["recovered_torn_bytes"] >= len(torn)
         assert new_replid != old_replid
         assert recovered_from - 1 >= synced  # a crash loses at most the unsynced window
-        await poll(
+        await eventually(
             lambda: applied_at_least(session, b, a, recovered_from + 100, new_replid),
             "B follows the new replid",
         )
@@ -256,14 +246,14 @@ async def test_wiped_journal_gives_new_replid_and_subscriber_records_gap(tmp_pat
     treating the new seq 1 as the continuation of the old stream."""
     async with origin_and_subscriber(tmp_path) as (a, b, session):
         origin = a.spec.region
-        await poll(lambda: applied_at_least(session, b, a, 200), "200 records at B")
+        await eventually(lambda: applied_at_least(session, b, a, 200), "200 records at B")
         old_replid = (await stream(session, a))["origins"][origin]["replid"]
         assert a.terminate() == 0
 
         async def disconnected() -> bool:
             return (await origin_view(session, b, a))["connected"] is False
 
-        await poll(disconnected, "B sees the origin go away")
+        await eventually(disconnected, "B sees the origin go away")
         applied_before = (await origin_view(session, b, a))["applied_seq"]
         shutil.rmtree(a.journal_dir)
         await a.start()
@@ -271,7 +261,7 @@ async def test_wiped_journal_gives_new_replid_and_subscriber_records_gap(tmp_pat
         new_replid = after["origins"][origin]["replid"]
         assert new_replid != old_replid
         assert after["origins"][origin]["available_from"] == 1
-        await poll(
+        await eventually(
             lambda: applied_at_least(session, b, a, 100, new_replid), "B follows the new replid"
         )
         gap = (await origin_view(session, b, a))["last_gap"]

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from cryptorun_daemon.hot import protocol
 from cryptorun_daemon.hot.component import HotComponent
 from cryptorun_daemon.hot.record import encode_record
 from tests.harness.daemons import free_port, run_daemon, two_regions
+from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -135,14 +135,6 @@ class FakePeer:
         conn.close_code = ws.close_code
 
 
-async def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
-
-
 def hot(daemon: Daemon) -> HotComponent:
     component = daemon.ctx.components["hot"]
     assert isinstance(component, HotComponent)
@@ -178,11 +170,11 @@ async def test_bad_mirrored_line_writes_nothing_closes_1007_counts_and_reconnect
     bad, reason = BAD_LINES[case]
     peer = FakePeer(frame([GOOD, bad]))
     async with follower_of(tmp_path, peer) as daemon:
-        await wait_for(lambda: hot(daemon).log.position(PEER) is not None, what="replid adopted")
+        await eventually(lambda: hot(daemon).log.position(PEER) is not None, what="replid adopted")
         before = journal_bytes(daemon)
         peer.go.set()
-        await wait_for(lambda: len(peer.connections) >= 2, what="a second connection")
-        await wait_for(lambda: peer.connections[0].close_code is not None, what="first close")
+        await eventually(lambda: len(peer.connections) >= 2, what="a second connection")
+        await eventually(lambda: peer.connections[0].close_code is not None, what="first close")
         assert peer.connections[0].close_code == protocol.CLOSE_MALFORMED
         assert journal_bytes(daemon) == before, "a byte of a rejected frame reached the journal"
         position = hot(daemon).log.position(PEER)
@@ -192,7 +184,7 @@ async def test_bad_mirrored_line_writes_nothing_closes_1007_counts_and_reconnect
             "cryptorun_hot_protocol_errors_total", {"region": LOCAL, "reason": reason}
         )
         assert counted == 1
-        await wait_for(lambda: peer.connections[1].subscribe is not None, what="re-subscribe")
+        await eventually(lambda: peer.connections[1].subscribe is not None, what="re-subscribe")
         assert peer.connections[1].subscribe == {
             "type": "subscribe",
             "origin": PEER,
@@ -208,10 +200,10 @@ async def test_good_frame_from_the_fake_peer_is_applied(tmp_path: Path) -> None:
     second = line(2, symbol="ETH/USD")
     peer = FakePeer(frame([GOOD, second]))
     async with follower_of(tmp_path, peer) as daemon:
-        await wait_for(lambda: hot(daemon).log.position(PEER) is not None, what="replid adopted")
+        await eventually(lambda: hot(daemon).log.position(PEER) is not None, what="replid adopted")
         before = journal_bytes(daemon)
         peer.go.set()
-        await wait_for(
+        await eventually(
             lambda: (p := hot(daemon).log.position(PEER)) is not None and p.applied_seq == 2,
             what="two records applied",
         )

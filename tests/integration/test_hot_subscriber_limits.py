@@ -6,11 +6,9 @@ pings is dropped, and streams beyond ``hot.max_subscribers`` are refused.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from cryptorun_daemon.daemon import Daemon
 from cryptorun_daemon.hot import protocol
 from cryptorun_daemon.hot.component import HotComponent
 from tests.harness.daemons import auth_headers, run_daemon, two_regions
+from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +33,6 @@ FEED = {
     "symbols": ["BTC/USD"],
     "book_depth": 3,
 }
-
-
-async def wait_for(check: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
 
 
 def hot(daemon: Daemon) -> HotComponent:
@@ -81,10 +72,10 @@ async def test_subscriber_that_stops_answering_pings_is_dropped(tmp_path: Path) 
         session.ws_connect(url, headers=auth_headers(), autoping=False) as ws,
     ):
         await ws.send_str(SUBSCRIBE)
-        await wait_for(lambda: len(hot(daemon).server.status()) == 1, what="subscribed")
+        await eventually(lambda: len(hot(daemon).server.status()) == 1, what="subscribed")
         # From here on the client reads nothing, so no PONG ever goes back.
-        await wait_for(lambda: dropped(daemon, "ping_timeout") == 1, what="dropped")
-        await wait_for(lambda: not hot(daemon).server.status(), what="stream released")
+        await eventually(lambda: dropped(daemon, "ping_timeout") == 1, what="dropped")
+        await eventually(lambda: not hot(daemon).server.status(), what="stream released")
 
 
 async def test_streams_beyond_max_subscribers_are_refused_with_4429(tmp_path: Path) -> None:
@@ -108,7 +99,7 @@ async def test_streams_beyond_max_subscribers_are_refused_with_4429(tmp_path: Pa
             assert dropped(daemon, "over_cap") == 1
             assert not first.closed
             assert len(hot(daemon).server.status()) == 1
-        await wait_for(lambda: not hot(daemon).server.status(), what="first stream gone")
+        await eventually(lambda: not hot(daemon).server.status(), what="first stream gone")
         async with session.ws_connect(url, headers=auth_headers()) as third:
             await third.send_str(SUBSCRIBE)
             hello = await third.receive(timeout=10)

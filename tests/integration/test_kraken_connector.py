@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +22,10 @@ from cryptorun_daemon.hot.feed import Feed, MarketRecord
 from cryptorun_daemon.ingest.kraken.connector import KrakenFeed
 from cryptorun_daemon.ingest.kraken.testserver import KrakenTestServer
 from cryptorun_daemon.metrics import Metrics
+from tests.harness.net import free_port
+from tests.harness.wait import eventually
 
 SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD")
-WAIT = 15.0
 # Long enough that a loaded CI machine never mistakes a busy event loop for a
 # silent server; the tests about silence pass a short SHORT_SILENCE instead.
 HEARTBEAT_TIMEOUT = 5.0
@@ -39,16 +39,6 @@ def feed_config(**overrides: Any) -> FeedConfig:
     }  # fmt: skip
     values.update(overrides)
     return FeedConfig(**values)
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll ``predicate`` until true; fail with ``what`` after ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for: {what}")
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -125,7 +115,7 @@ async def test_subscribes_and_emits_checksummed_books_and_trades(
     feed = make_feed(server, metrics)
     assert isinstance(feed, Feed)
     async with consuming(feed) as consumer:
-        await wait_until(
+        await eventually(
             lambda: all(
                 len(consumer.of("book", s)) >= 30 and consumer.of("trade", s) for s in SYMBOLS
             ),
@@ -162,7 +152,7 @@ async def test_deeper_book_subscription_truncates_and_checks_out(
 ) -> None:
     """With depth 25 the feed keeps 25 levels a side and every checksum still matches."""
     async with consuming(make_feed(server, metrics, book_depth=25)) as consumer:
-        await wait_until(lambda: len(consumer.of("book", "SOL/USD")) >= 50, "50 SOL/USD books")
+        await eventually(lambda: len(consumer.of("book", "SOL/USD")) >= 50, "50 SOL/USD books")
         assert consumer.status["symbols"]["SOL/USD"]["checksum_failures"] == 0
     assert len(consumer.of("book", "SOL/USD")[-1]["bids_qty"]) == 25
 
@@ -175,8 +165,8 @@ async def test_error_acks_are_logged_and_counted_without_stopping(
     server.fail_next_subscribe("book", "ETH/USD", "Subscription depth not supported")
     feed = make_feed(server, metrics, symbols=(*SYMBOLS, "XXX/USD"))
     async with consuming(feed) as consumer:
-        await wait_until(lambda: len(consumer.of("book", "BTC/USD")) >= 10, "BTC/USD books")
-        await wait_until(
+        await eventually(lambda: len(consumer.of("book", "BTC/USD")) >= 10, "BTC/USD books")
+        await eventually(
             lambda: sample(metrics, "cryptorun_ingest_errors_total", kind="subscribe_error") >= 2,
             "two subscribe errors (XXX/USD trade, ETH/USD book)",
         )
@@ -197,11 +187,11 @@ async def test_silence_triggers_ping_then_reconnect_and_full_resubscribe(
     """A server that goes silent is probed with a ping, then dropped after
     heartbeat_timeout; the feed reconnects, resubscribes everything, and data resumes."""
     async with consuming(make_feed(server, metrics, heartbeat_timeout=SHORT_SILENCE)) as consumer:
-        await wait_until(lambda: len(consumer.of("book")) >= 10, "first books")
+        await eventually(lambda: len(consumer.of("book")) >= 10, "first books")
         assert server.go_silent() == 1
-        await wait_until(lambda: server.connections_total >= 2, "a second connection")
+        await eventually(lambda: server.connections_total >= 2, "a second connection")
         resumed_from = len(consumer.records)
-        await wait_until(
+        await eventually(
             lambda: (
                 {r.fields["symbol"] for r in consumer.records[resumed_from:] if r.dataset == "book"}
                 == set(SYMBOLS)
@@ -220,7 +210,7 @@ async def test_idle_server_answering_pings_keeps_the_connection(metrics: Metrics
     connection alive: no reconnect."""
     async with KrakenTestServer(rate=0, heartbeat_interval=30) as idle:
         async with consuming(make_feed(idle, metrics, heartbeat_timeout=SHORT_SILENCE)) as consumer:
-            await wait_until(
+            await eventually(
                 lambda: sample(metrics, "cryptorun_ingest_messages_total", channel="pong") >= 4,
                 "four pongs",
             )
@@ -234,13 +224,13 @@ async def test_corrupted_checksum_resubscribes_that_symbol_and_marks_suspect(
     """A bad checksum is counted, the symbol's book is resubscribed alone, records in
     between are suspect, and the fresh snapshot repairs it."""
     async with consuming(make_feed(server, metrics)) as consumer:
-        await wait_until(lambda: len(consumer.of("book", "BTC/USD")) >= 5, "BTC/USD books")
+        await eventually(lambda: len(consumer.of("book", "BTC/USD")) >= 5, "BTC/USD books")
         server.corrupt_next_checksum("BTC/USD")
-        await wait_until(
+        await eventually(
             lambda: any(b["suspect"] for b in consumer.of("book", "BTC/USD")),
             "a suspect BTC/USD book",
         )
-        await wait_until(
+        await eventually(
             lambda: not consumer.of("book", "BTC/USD")[-1]["suspect"], "a repaired BTC/USD book"
         )
         status = consumer.status
@@ -263,9 +253,9 @@ async def test_skipped_trade_id_is_a_counted_gap(
 ) -> None:
     """A jump in ETH/USD trade ids is counted and shown in status with its size."""
     async with consuming(make_feed(server, metrics)) as consumer:
-        await wait_until(lambda: len(consumer.of("trade", "ETH/USD")) >= 1, "an ETH/USD trade")
+        await eventually(lambda: len(consumer.of("trade", "ETH/USD")) >= 1, "an ETH/USD trade")
         server.skip_trade_ids("ETH/USD", 5)
-        await wait_until(
+        await eventually(
             lambda: sample(metrics, "cryptorun_ingest_trade_id_gaps_total", symbol="ETH/USD") == 1,
             "an ETH/USD gap",
         )
@@ -277,9 +267,9 @@ async def test_skipped_trade_id_is_a_counted_gap(
 async def test_dropped_trade_message_is_a_gap(server: KrakenTestServer, metrics: Metrics) -> None:
     """A trade message lost in transit shows up as a trade_id gap."""
     async with consuming(make_feed(server, metrics)) as consumer:
-        await wait_until(lambda: len(consumer.of("trade", "SOL/USD")) >= 1, "a SOL/USD trade")
+        await eventually(lambda: len(consumer.of("trade", "SOL/USD")) >= 1, "a SOL/USD trade")
         server.drop_next("trade", "SOL/USD")
-        await wait_until(
+        await eventually(
             lambda: consumer.status["symbols"]["SOL/USD"]["trade_id_gaps"] == 1, "a SOL/USD gap"
         )
     assert sample(metrics, "cryptorun_ingest_trade_id_gaps_total", symbol="SOL/USD") == 1
@@ -290,14 +280,14 @@ async def test_non_json_frame_is_counted_and_tolerated(
 ) -> None:
     """A non-JSON text frame (as Kraken's proxy sometimes sends) is counted; nothing dies."""
     async with consuming(make_feed(server, metrics)) as consumer:
-        await wait_until(lambda: len(consumer.records) >= 5, "first records")
+        await eventually(lambda: len(consumer.records) >= 5, "first records")
         await server.send_raw("<html><body>502 Bad Gateway</body></html>")
-        await wait_until(
+        await eventually(
             lambda: sample(metrics, "cryptorun_ingest_errors_total", kind="non_json") >= 1,
             "the frame counted",
         )
         seen = len(consumer.records)
-        await wait_until(lambda: len(consumer.records) >= seen + 20, "records after the frame")
+        await eventually(lambda: len(consumer.records) >= seen + 20, "records after the frame")
         status = consumer.status
     assert sample(metrics, "cryptorun_ingest_errors_total", kind="non_json") == 1
     assert status["reconnects"] == {"timeout": 0, "closed": 0, "error": 0, "refused": 0}
@@ -310,10 +300,10 @@ async def test_closed_connection_reconnects_and_dedups_the_trade_snapshot(
     """After the server closes the connection the feed reconnects ("closed"), and the
     replayed 50-trade snapshot yields no duplicate trade ids."""
     async with consuming(make_feed(server, metrics)) as consumer:
-        await wait_until(lambda: len(consumer.of("trade")) >= 60, "sixty trades")
+        await eventually(lambda: len(consumer.of("trade")) >= 60, "sixty trades")
         await server.close_connections()
-        await wait_until(lambda: server.connections_total >= 2, "a second connection")
-        await wait_until(
+        await eventually(lambda: server.connections_total >= 2, "a second connection")
+        await eventually(
             lambda: (
                 all(consumer.status["symbols"][s]["subscribed"].get("trade") for s in SYMBOLS)
                 and consumer.status["connected"]
@@ -321,7 +311,7 @@ async def test_closed_connection_reconnects_and_dedups_the_trade_snapshot(
             "trades resubscribed",
         )
         seen = len(consumer.of("trade"))
-        await wait_until(lambda: len(consumer.of("trade")) >= seen + 10, "new trades")
+        await eventually(lambda: len(consumer.of("trade")) >= seen + 10, "new trades")
         status = consumer.status
     assert status["reconnects"]["closed"] == 1
     for symbol in SYMBOLS:
@@ -336,9 +326,7 @@ async def test_refused_connections_retry_forever_until_the_server_appears(
 ) -> None:
     """With nothing listening, refusals are counted and retried; once a server starts
     on that port, records flow."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     feed = KrakenFeed(
         feed_config(),
         metrics,
@@ -347,10 +335,10 @@ async def test_refused_connections_retry_forever_until_the_server_appears(
         backoff_max=0.1,
     )
     async with consuming(feed) as consumer:
-        await wait_until(lambda: consumer.status["reconnects"]["refused"] >= 3, "three refusals")
+        await eventually(lambda: consumer.status["reconnects"]["refused"] >= 3, "three refusals")
         assert consumer.status["connected"] is False
         async with KrakenTestServer(port=port, rate=40):
-            await wait_until(lambda: len(consumer.of("book")) >= 3, "books once the server is up")
+            await eventually(lambda: len(consumer.of("book")) >= 3, "books once the server is up")
     assert sample(metrics, "cryptorun_ingest_reconnects_total", cause="refused") >= 3
 
 
@@ -363,7 +351,7 @@ async def test_closing_the_iterator_closes_the_connection(
     await anext(records)
     assert server.open_connections == 1
     await records.aclose()
-    await wait_until(lambda: server.open_connections == 0, "the server to see the close")
+    await eventually(lambda: server.open_connections == 0, "the server to see the close")
     assert feed.status()["connected"] is False
 
 

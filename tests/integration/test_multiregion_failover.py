@@ -21,9 +21,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,22 +33,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cryptorun_daemon.config import Tier
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.layout import PartitionKey
 from cryptorun_daemon.storage.seal import seal_partition
-from cryptorun_daemon.storage.testdata import seed_partitions, trade_table, write_trade_partition
+from tests.harness.admin import TOKEN, auth_headers, metric, sync_now
 from tests.harness.daemons import (
-    TOKEN,
     DaemonProcess,
     RegionSpec,
-    auth_headers,
-    scrape_metric,
     start_daemon_process,
     stop_process,
     two_regions,
     wait_until_ready,
 )
 from tests.harness.etcd import EtcdServer, etcd_server
+from tests.harness.testdata import seed_partitions, trade_table, write_trade_partition
+from tests.harness.wait import eventually
 
 __all__ = ["etcd_server"]  # pytest fixture, requested by name for the etcd variant
 
@@ -87,23 +86,23 @@ def _regions(tmp: Path, backend: str, etcd_url: str | None) -> tuple[RegionSpec,
     return a, b
 
 
-def _key(tier: str, moment: datetime) -> PartitionKey:
+def _key(tier: Tier, moment: datetime) -> PartitionKey:
     return PartitionKey(
         day=moment.date(),
         hour=None if tier == "cold" else moment.hour,
         tier=tier,
         dataset="trade",
-        venue="kraken",  # type: ignore[arg-type]
+        venue="kraken",
         symbol="BTC-USD",
     )
 
 
-def _sealed(root: Path, tier: str) -> dict[str, bytes]:
+def _sealed(root: Path, tier: Tier) -> dict[str, bytes]:
     """Partition path → manifest bytes of every sealed partition of ``tier`` under ``root``."""
     return {
         m.partition: (root / tier / m.partition / "_manifest.json").read_bytes()
         for m in Catalog(root).sealed_manifests(tier)
-    }  # type: ignore[arg-type]
+    }
 
 
 async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -119,12 +118,6 @@ async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def _metric(
-    http: aiohttp.ClientSession, base_url: str, name: str, labels: dict[str, str]
-) -> float:
-    return await scrape_metric(http, base_url, name, labels) or 0.0
-
-
 async def _finding_counts(
     http: aiohttp.ClientSession, base_url: str, labels: dict[str, str]
 ) -> dict[str, float]:
@@ -132,10 +125,10 @@ async def _finding_counts(
     consistency = "cryptorun_data_consistency_errors_total"
     quarantine = "cryptorun_quarantine_total"
     return {
-        "schema": await _metric(http, base_url, consistency, {"check": "schema"}),
-        "staleness": await _metric(http, base_url, consistency, {"check": "staleness"}),
-        "file": await _metric(http, base_url, quarantine, {**labels, "kind": "file"}),
-        "row": await _metric(http, base_url, quarantine, {**labels, "kind": "row"}),
+        "schema": await metric(http, base_url, consistency, {"check": "schema"}),
+        "staleness": await metric(http, base_url, consistency, {"check": "staleness"}),
+        "file": await metric(http, base_url, quarantine, {**labels, "kind": "file"}),
+        "row": await metric(http, base_url, quarantine, {**labels, "kind": "row"}),
     }
 
 
@@ -144,31 +137,6 @@ async def _json(
 ) -> tuple[int, Any]:
     async with http.request(method, url, json=body, headers=auth_headers()) as resp:
         return resp.status, await resp.json(content_type=None)
-
-
-async def _sync(
-    http: aiohttp.ClientSession, base_url: str, tier: str, source: str, kind: str = "pull"
-) -> dict[str, Any]:
-    """Run one pass of one link now (direct API) and return its report."""
-    code, doc = await _json(
-        http,
-        "POST",
-        f"{base_url}/v1/replication/sync",
-        {"tier": tier, "from": source, "kind": kind},
-    )
-    assert code == 200, doc
-    [report] = doc["passes"]
-    return dict(report)
-
-
-async def _eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def _tier_status(http: aiohttp.ClientSession, base_url: str, tier: str) -> dict[str, Any]:
@@ -274,7 +242,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
             ]
             return all(s is not None and s["last_error_at"] is not None for s in statuses)
 
-        await _eventually(first_passes_failed, "B's first scheduled passes to fail (A is down)")
+        await eventually(first_passes_failed, "B's first scheduled passes to fail (A is down)")
         a_proc = start_daemon_process(a_config)
         try:
             await wait_until_ready(a.base_url, proc=a_proc, log_path=a_config.with_suffix(".log"))
@@ -318,13 +286,13 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
             assert cold_sim.returncode == 0, cold_sim.stderr
             assert json.loads(cold_sim.stdout)["summary"]["partitions"] == 1
 
-            warm_pass = await _sync(http, b.base_url, "warm", A)
-            cold_pass = await _sync(http, b.base_url, "cold", A)
+            warm_pass = await sync_now(http, b.base_url, "warm", A)
+            cold_pass = await sync_now(http, b.base_url, "cold", A)
             assert (warm_pass["ok"], warm_pass["partitions_committed"]) == (True, BEHIND_HOURS)
             assert (cold_pass["ok"], cold_pass["partitions_committed"]) == (True, 1)
             for tier in ("warm", "cold"):
                 assert _sealed(b.storage_root, tier) == _sealed(a.storage_root, tier)
-                lag = await _metric(
+                lag = await metric(
                     http,
                     b.base_url,
                     "cryptorun_replication_lag_seconds",
@@ -435,7 +403,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         assert (code, doc["error"]) == (409, "fenced"), doc
         assert not (attempt.directory(a.storage_root) / "_SUCCESS").exists()
         assert (
-            await _metric(
+            await metric(
                 http, da.base_url, "cryptorun_fenced_total", {"tier": "warm", "operation": "seal"}
             )
             == 1.0
@@ -450,7 +418,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
             code, doc = await _json(http, "GET", url)
             assert (code, doc["error"]) == (409, "fenced"), (url, doc)
         assert (
-            await _metric(
+            await metric(
                 http, da.base_url, "cryptorun_fenced_total", {"tier": "warm", "operation": "serve"}
             )
             == 3.0
@@ -459,7 +427,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         # Its post-promotion writes were set aside, whole, under _divergent/epoch=1/.
         async def set_aside() -> bool:
             return (
-                await _metric(
+                await metric(
                     http,
                     da.base_url,
                     "cryptorun_reconciled_partitions_total",
@@ -468,13 +436,13 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
                 == 2.0
             )
 
-        await _eventually(set_aside, "A's divergent partitions set aside")
+        await eventually(set_aside, "A's divergent partitions set aside")
         for key in divergent:
             aside = a.storage_root / "warm" / "_divergent" / "epoch=1" / key.relpath
             assert (aside / "part-0000.parquet").is_file()
             assert (aside / "_SUCCESS").is_file()
         assert (
-            await _metric(
+            await metric(
                 http,
                 da.base_url,
                 "cryptorun_reconciled_partitions_total",
@@ -491,14 +459,14 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         # Its unreplicated delta reaches B (validated there) through reconciliation.
         # (A background reconcile pass may have pulled it first on a slow machine, so
         # the totals below, not this pass's count, prove it was pulled exactly once.)
-        report = await _sync(http, db.base_url, "warm", A, kind="reconcile")
+        report = await sync_now(http, db.base_url, "warm", A, kind="reconcile")
         assert report["ok"], report
         assert (
             _sealed(b.storage_root, "warm")[delta.relpath]
             == _sealed(a.storage_root, "warm")[delta.relpath]
         )
         assert (
-            await _metric(
+            await metric(
                 http,
                 db.base_url,
                 "cryptorun_reconciled_partitions_total",
@@ -509,15 +477,16 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         record = (await _tier_status(http, b.base_url, "warm"))["reconciliation"]
         assert record["pulled"] == 1
         assert record["paths"]["pulled"] == [f"{delta.relpath} (from {A})"]
-        again = await _sync(http, db.base_url, "warm", A, kind="reconcile")
+        again = await sync_now(http, db.base_url, "warm", A, kind="reconcile")
         assert (again["ok"], again["partitions_committed"]) == (True, 0)
 
         # A ends with B's partitions, lag back under the SLO.
-        for tier in ("warm", "cold"):
-            report = await _sync(http, a.base_url, tier, B)
+        replicated: tuple[Tier, ...] = ("warm", "cold")
+        for tier in replicated:
+            report = await sync_now(http, a.base_url, tier, B)
             assert report["ok"], report
             assert _sealed(a.storage_root, tier) == _sealed(b.storage_root, tier)
-            lag = await _metric(
+            lag = await metric(
                 http,
                 a.base_url,
                 "cryptorun_replication_lag_seconds",
@@ -537,7 +506,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         )
         assert sealed.returncode == 0, sealed.stdout + sealed.stderr
         assert "epoch 2" in sealed.stdout
-        await _sync(http, a.base_url, "warm", B)
+        await sync_now(http, a.base_url, "warm", B)
         after = await _finding_counts(http, a.base_url, labels)
         assert after["schema"] - before["schema"] == 1
         assert after["staleness"] - before["staleness"] == 5
@@ -547,7 +516,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         assert (quarantined / "part-0001.parquet").is_file()
         # A file-level failure keeps the partition uncommitted even when not strict ...
         assert not (bad.directory(a.storage_root) / "_SUCCESS").exists()
-        validation_failures = await _metric(
+        validation_failures = await metric(
             http,
             a.base_url,
             "cryptorun_replication_step_failures_total",
@@ -555,12 +524,10 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         )
         assert validation_failures >= 1
         # ... and the same bad bytes are not fetched and quarantined again on the next pass.
-        again = await _sync(http, a.base_url, "warm", B)
+        again = await sync_now(http, a.base_url, "warm", B)
         assert not again["ok"]
         assert (
-            await _metric(
-                http, a.base_url, "cryptorun_quarantine_total", {**labels, "kind": "file"}
-            )
+            await metric(http, a.base_url, "cryptorun_quarantine_total", {**labels, "kind": "file"})
             == after["file"]
         )
         assert not (bad.directory(a.storage_root) / "_SUCCESS").exists()

@@ -3,10 +3,13 @@
 Two daemons (eu-central, us-east) run as subprocesses; a real ``prometheus``
 (Debian package ``prometheus``) is started on 127.0.0.1 with an ephemeral port
 and a temporary TSDB, using ``deploy/prometheus/prometheus.yml`` with only the
-targets (the daemons' ports) and the intervals (1 s) changed, and loading the
+targets (the daemons' ports), the intervals (1 s) and the paths of the CA and
+the read token changed, and loading the
 shipped ``recording.yml`` and ``alerts.yml``. The tests then ask Prometheus'
 HTTP API for the contract's series, expecting the right labels for both
-regions, and check that every rule loads and evaluates without error.
+regions, and check that every rule loads and evaluates without error. The
+daemons serve TLS from a private CA and want the read token on ``/metrics``
+(``open_reads = false``), exactly as the shipped scrape config expects.
 
 A missing binary skips locally and fails in CI. Nothing is timed: each check
 polls until it holds or a generous deadline passes, and then reports what
@@ -19,8 +22,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +30,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness.daemons import (
-    RegionSpec,
-    free_port,
-    run_daemon_process,
-    stop_process,
-    two_regions,
-)
+from cryptorun_daemon.security.certs import init_certs
+from cryptorun_daemon.security.tls import client_context
+from tests.harness.daemons import RegionSpec, run_daemon_process, stop_process, two_regions
+from tests.harness.net import free_port
 from tests.harness.tools import require_binary
+from tests.harness.wait import eventually
 
 pytestmark = [pytest.mark.needs_prometheus, pytest.mark.slow]
 
@@ -61,8 +61,17 @@ class PrometheusServer:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def write_test_config(tmp_path: Path, ports: dict[str, int]) -> Path:
-    """The shipped prometheus.yml, pointed at the test daemons and scraping every second."""
+@dataclass(frozen=True)
+class ScrapeSecrets:
+    """The CA that signed the daemons' certificates and the read token Prometheus presents."""
+
+    ca_file: Path
+    read_token_file: Path
+
+
+def write_test_config(tmp_path: Path, ports: dict[str, int], secrets: ScrapeSecrets) -> Path:
+    """The shipped prometheus.yml, pointed at the test daemons and their CA and read token,
+    scraping every second."""
     import yaml  # PyYAML: in the [test] extras (the unit rule tests read YAML too)
 
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
@@ -71,6 +80,10 @@ def write_test_config(tmp_path: Path, ports: dict[str, int]) -> Path:
     config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
     (job,) = config["scrape_configs"]
     job["scrape_timeout"] = "1s"
+    assert job["scheme"] == "https"
+    assert job["authorization"]["type"] == "Bearer"
+    job["tls_config"]["ca_file"] = str(secrets.ca_file)
+    job["authorization"]["credentials_file"] = str(secrets.read_token_file)
     for static in job["static_configs"]:
         region = static["labels"]["region"]
         assert static["targets"] == [SHIPPED_TARGETS[region]]
@@ -118,28 +131,23 @@ async def run_prometheus(config_path: Path, tmp_path: Path) -> AsyncIterator[Pro
                 except aiohttp.ClientError:
                     return False
 
-            await eventually(ready, "prometheus answers /-/ready", server)
+            await eventually(
+                ready,
+                "prometheus answers /-/ready",
+                timeout=DEADLINE,
+                interval=0.25,
+                detail=prometheus_state(server),
+            )
         yield server
     finally:
         await asyncio.to_thread(stop_process, process, 15.0)
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]],
-    what: str,
-    server: PrometheusServer,
-    last: Callable[[], Any] = lambda: None,
-) -> None:
-    """Poll ``check`` until true; after ``DEADLINE`` fail naming ``what``, the last answer
-    and the tail of Prometheus' log."""
-    deadline = time.monotonic() + DEADLINE
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"not within {DEADLINE}s: {what}\nlast answer: {last()}\n"
-                f"prometheus log:\n{server.log_tail()}"
-            )
-        await asyncio.sleep(0.25)
+def prometheus_state(
+    server: PrometheusServer, last: Callable[[], object] = lambda: None
+) -> Callable[[], str]:
+    """What a failed wait reports: the last answer seen and the tail of Prometheus' log."""
+    return lambda: f"last answer: {last()}\nprometheus log:\n{server.log_tail()}"
 
 
 async def api_get(
@@ -166,7 +174,13 @@ async def query_until(
         result = (await api_get(http, server, "/api/v1/query", query=promql))["result"]
         return holds(result)
 
-    await eventually(check, f"query {promql!r}", server, lambda: result)
+    await eventually(
+        check,
+        f"query {promql!r}",
+        timeout=DEADLINE,
+        interval=0.25,
+        detail=prometheus_state(server, lambda: result),
+    )
     return result
 
 
@@ -185,8 +199,27 @@ async def two_daemons_scraped(
     """Two daemons with the default rules (warm/cold/hot from eu-central to us-east) and a
     Prometheus scraping both with the shipped config and rules."""
     eu, us = two_regions(tmp_path)
-    async with run_daemon_process(eu.write()), run_daemon_process(us.write()):
-        config = write_test_config(tmp_path, {eu.region: eu.port, us.region: us.port})
+    issued = init_certs(tmp_path / "pki", REGIONS)
+    read_token = tmp_path / "read.token"
+    read_token.write_text("read-token-for-prometheus\n")
+    read_token.chmod(0o600)
+    for spec in (eu, us):
+        cert, key = issued.regions[spec.region]
+        spec.scheme = "https"
+        spec.sections["admin"] = {
+            "tls_cert": str(cert),
+            "tls_key": str(key),
+            "open_reads": False,
+            "tokens": {"read_file": str(read_token)},
+        }
+        spec.peer_tls = {"ca_file": str(issued.ca_cert)}
+    ready_ssl = client_context(issued.ca_cert)
+    async with (
+        run_daemon_process(eu.write(), ssl_context=ready_ssl),
+        run_daemon_process(us.write(), ssl_context=ready_ssl),
+    ):
+        secrets = ScrapeSecrets(issued.ca_cert, read_token)
+        config = write_test_config(tmp_path, {eu.region: eu.port, us.region: us.port}, secrets)
         async with run_prometheus(config, tmp_path) as server:
             yield server, eu, us
 
@@ -267,7 +300,13 @@ async def test_rules_load_and_evaluate_against_real_series(tmp_path: Path) -> No
             rules = [rule for group in groups for rule in group["rules"]]
             return bool(rules) and all(rule["health"] != "unknown" for rule in rules)
 
-        await eventually(all_rules_evaluated, "every rule evaluated once", server, lambda: groups)
+        await eventually(
+            all_rules_evaluated,
+            "every rule evaluated once",
+            timeout=DEADLINE,
+            interval=0.25,
+            detail=prometheus_state(server, lambda: groups),
+        )
         loaded = {group["name"]: [rule["name"] for rule in group["rules"]] for group in groups}
         assert loaded == shipped
         errors = [

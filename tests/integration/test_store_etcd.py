@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -17,28 +17,14 @@ from cryptorun_daemon.failover.roles import TierState
 from cryptorun_daemon.failover.store import LeaseHealth, open_state_store
 from cryptorun_daemon.failover.store_etcd import EtcdStateStore
 from cryptorun_daemon.runtime.clock import FakeClock
-from tests.harness.etcd import (
-    EtcdServer,
-    etcd_prefix,
-    free_port,
-    running_etcd,
-    shared_etcd_server,
-)
+from tests.harness.etcd import EtcdServer, etcd_prefix, running_etcd, shared_etcd_server
+from tests.harness.net import free_port
+from tests.harness.wait import eventually
 
 # Imported so pytest finds the fixtures: one etcd for the module, a key prefix per test.
 __all__ = ["etcd_prefix", "shared_etcd_server"]
 
 DEADLINE = 15.0  # generous: lease expiry alone takes ~2-3 s on a real server
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait until ``check()`` is true, failing with ``what`` after ``DEADLINE`` seconds."""
-    try:
-        async with asyncio.timeout(DEADLINE):
-            while not await check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"not within {DEADLINE}s: {what}")
 
 
 @pytest.fixture
@@ -254,7 +240,7 @@ async def test_lease_expiry_removes_liveness(make_store: Callable[..., EtcdState
     async def gone() -> bool:
         return "eu-central" not in await observer.alive_regions()
 
-    await _eventually(gone, "expired lease removes eu-central from alive regions")
+    await eventually(gone, "expired lease removes eu-central from alive regions", timeout=DEADLINE)
 
 
 @pytest.mark.needs_etcd

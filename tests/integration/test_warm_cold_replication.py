@@ -9,34 +9,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from cryptorun_daemon.storage.layout import parse_partition_path
 from cryptorun_daemon.storage.seal import seal_partition
-from cryptorun_daemon.storage.testdata import seed_partitions, write_trade_partition
+from tests.harness.admin import TOKEN, auth_headers, scrape_metric, sync_now
 from tests.harness.daemons import (
-    TOKEN,
     RegionSpec,
-    auth_headers,
     run_daemon_process,
-    scrape_metric,
     start_daemon_process,
     two_regions,
     wait_until_ready,
 )
+from tests.harness.net import FaultProxy
+from tests.harness.testdata import seed_partitions, write_trade_partition
+from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.slow
 
 T0 = datetime(2025, 9, 1, tzinfo=UTC)
 A, B = "eu-central", "us-east"
 LINK = {"tier": "warm", "from": A, "to": B}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """One client session per test for reading metrics and calling the admin API."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 def _regions(tmp: Path) -> tuple[RegionSpec, RegionSpec]:
@@ -56,31 +62,6 @@ def _tree(root: Path) -> dict[str, bytes]:
     }
 
 
-async def _metric(base_url: str, name: str, labels: dict[str, str]) -> float | None:
-    async with aiohttp.ClientSession() as session:
-        return await scrape_metric(session, base_url, name, labels)
-
-
-async def _sync(base_url: str) -> dict[str, Any]:
-    """Run one pass now through the admin API and return its report."""
-    async with (
-        aiohttp.ClientSession(headers=auth_headers()) as session,
-        session.post(f"{base_url}/v1/replication/sync", json={"tier": "warm", "from": A}) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        doc = await resp.json()
-    return dict(doc["passes"][0])
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def _require_component(base_url: str) -> None:
     async with (
         aiohttp.ClientSession(headers=auth_headers()) as session,
@@ -90,7 +71,9 @@ async def _require_component(base_url: str) -> None:
             pytest.fail("WarmColdComponent is not wired into cryptorun_daemon/components.py")
 
 
-async def test_24_partitions_replicate_identically_and_rerun_moves_nothing(tmp_path: Path) -> None:
+async def test_24_partitions_replicate_identically_and_rerun_moves_nothing(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     """A's 24 sealed hours land in B byte-identical (manifests too), lag falls to 0,
     a re-run transfers 0 bytes, and hostile paths against A's server are all 4xx."""
     a, b = _regions(tmp_path)
@@ -101,28 +84,33 @@ async def test_24_partitions_replicate_identically_and_rerun_moves_nothing(tmp_p
         await _require_component(da.base_url)
 
         async def in_sync() -> bool:
-            lag = await _metric(
+            lag = await scrape_metric(
+                http,
                 db.base_url,
                 "cryptorun_replication_lag_seconds",
                 {"tier": "warm", "region": B, "source": A},
             )
-            pending = await _metric(
+            pending = await scrape_metric(
+                http,
                 db.base_url,
                 "cryptorun_replication_pending_partitions",
                 {"tier": "warm", "region": B, "source": A},
             )
             return lag == 0 and pending == 0 and len(_tree(b.storage_root)) == 24 * 3
 
-        await _eventually(in_sync, "B to hold all 24 partitions")
+        await eventually(in_sync, "B to hold all 24 partitions", timeout=60)
         assert _tree(b.storage_root) == _tree(a.storage_root)
-        before = await _metric(db.base_url, "cryptorun_replication_bytes_total", LINK)
+        before = await scrape_metric(http, db.base_url, "cryptorun_replication_bytes_total", LINK)
         total = sum(len(v) for k, v in _tree(a.storage_root).items() if k.endswith(".parquet"))
         assert before == total
 
-        report = await _sync(db.base_url)
+        report = await sync_now(http, db.base_url, "warm", A)
         assert report["bytes"] == 0
         assert report["steps"] == 0
-        assert await _metric(db.base_url, "cryptorun_replication_bytes_total", LINK) == before
+        assert (
+            await scrape_metric(http, db.base_url, "cryptorun_replication_bytes_total", LINK)
+            == before
+        )
 
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{db.base_url}/v1/status", params={"tier": "warm"}) as resp:
@@ -144,66 +132,16 @@ async def test_24_partitions_replicate_identically_and_rerun_moves_nothing(tmp_p
                 f"/v1/partitions/warm/{hour0}/_manifest.json/../../../../../../../outside.txt",
                 f"/v1/partitions/warm/{hour0}/.part-0000.parquet.partial",
             ):
-                url = aiohttp.client.URL(da.base_url + raw, encoded=True)
+                url = URL(da.base_url + raw, encoded=True)
                 async with session.get(url, headers=auth_headers()) as resp:
                     body = await resp.read()
                 assert 400 <= resp.status < 500, raw
                 assert b"secret" not in body
 
 
-class StallingProxy:
-    """A TCP proxy that forwards freely, then stops forwarding a response stream
-    after ``stall_after`` bytes on that connection (a peer hanging mid-file)."""
-
-    def __init__(self, upstream_port: int, stall_after: int) -> None:
-        self.upstream_port = upstream_port
-        self.stall_after = stall_after
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> StallingProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        for coro in (
-            self._pipe(reader, up_writer, None),
-            self._pipe(up_reader, writer, self.stall_after),
-        ):
-            task = asyncio.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, limit: int | None
-    ) -> None:
-        sent = 0
-        try:
-            while data := await src.read(65536):
-                if limit is not None and sent + len(data) > limit:
-                    dst.write(data[: limit - sent])
-                    await dst.drain()
-                    await asyncio.Event().wait()  # hang here, connection open, until cancelled
-                dst.write(data)
-                await dst.drain()
-                sent += len(data)
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            dst.close()
-
-
-async def test_sigkill_mid_file_resumes_from_the_partial(tmp_path: Path) -> None:
+async def test_sigkill_mid_file_resumes_from_the_partial(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     """B is SIGKILLed while a large file is half-pulled; restarted, it requests only
     the missing bytes (transferred < file size) and ends byte-identical to A."""
     a, b = _regions(tmp_path)
@@ -212,7 +150,10 @@ async def test_sigkill_mid_file_resumes_from_the_partial(tmp_path: Path) -> None
     seal_partition(directory, writer_region=A, epoch=1)
     size = (directory / "part-0000.parquet").stat().st_size
     partial = b.storage_root / "warm" / key.relpath / ".part-0000.parquet.partial"
-    async with run_daemon_process(a.write()) as da, StallingProxy(a.port, size // 2) as proxy:
+    async with (
+        run_daemon_process(a.write()) as da,
+        FaultProxy(a.port, stall_after=size // 2) as proxy,
+    ):
         await _require_component(da.base_url)
         b.peers = {A: proxy.port}
         config_b = b.write()
@@ -229,7 +170,7 @@ async def test_sigkill_mid_file_resumes_from_the_partial(tmp_path: Path) -> None
                 await asyncio.sleep(0.2)
                 return settled
 
-            await _eventually(stalled, "B to stall mid-file")
+            await eventually(stalled, "B to stall mid-file", timeout=60)
         finally:
             proc.kill()  # SIGKILL: no shutdown hooks, the partial stays as it was
             proc.wait()
@@ -242,8 +183,10 @@ async def test_sigkill_mid_file_resumes_from_the_partial(tmp_path: Path) -> None
             async def committed() -> bool:
                 return final.exists()
 
-            await _eventually(committed, "B to commit after restart")
-            pulled = await _metric(db.base_url, "cryptorun_replication_bytes_total", LINK)
+            await eventually(committed, "B to commit after restart", timeout=60)
+            pulled = await scrape_metric(
+                http, db.base_url, "cryptorun_replication_bytes_total", LINK
+            )
         assert pulled == size - kept
         assert pulled is not None
         assert pulled < size
@@ -251,7 +194,9 @@ async def test_sigkill_mid_file_resumes_from_the_partial(tmp_path: Path) -> None
         assert not partial.exists()
 
 
-async def test_byte_flipped_at_source_fails_corrupt_and_commits_nothing(tmp_path: Path) -> None:
+async def test_byte_flipped_at_source_fails_corrupt_and_commits_nothing(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     """A file changed on A after sealing fails B's hash check: a `corrupt` failure is
     counted, the partition is not committed, the bad copy is quarantined; the
     healthy partitions still replicate."""
@@ -267,21 +212,22 @@ async def test_byte_flipped_at_source_fails_corrupt_and_commits_nothing(tmp_path
         await _require_component(da.base_url)
 
         async def failed_corrupt() -> bool:
-            value = await _metric(
+            value = await scrape_metric(
+                http,
                 db.base_url,
                 "cryptorun_replication_step_failures_total",
                 {**LINK, "reason": "corrupt"},
             )
             return bool(value)
 
-        await _eventually(failed_corrupt, "a corrupt step failure")
-        report = await _sync(db.base_url)
+        await eventually(failed_corrupt, "a corrupt step failure", timeout=60)
+        report = await sync_now(http, db.base_url, "warm", A)
         assert report["ok"] is False
         assert report["partitions_committed"] == 0
         assert report["pending_partitions"] == 1
         assert {f["reason"] for f in report["failures"]} == {"corrupt"}
-        assert await _metric(
-            db.base_url, "cryptorun_data_consistency_errors_total", {"check": "corrupt"}
+        assert await scrape_metric(
+            http, db.base_url, "cryptorun_data_consistency_errors_total", {"check": "corrupt"}
         )
     dest = b.storage_root / "warm" / relpath
     assert not (dest / "_SUCCESS").exists()

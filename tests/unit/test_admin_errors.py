@@ -38,6 +38,10 @@ def _instance(cls: type[CryptorunError]) -> CryptorunError:
         return errors.ReplicationError("boom", reason="test")
     if cls is errors.WriteRefusedError:
         return errors.WriteRefusedError("boom", reason="lease_expiring")
+    if cls is errors.SchemaDriftError:
+        return errors.SchemaDriftError("boom", fingerprints=("xxh3_128:a", "xxh3_128:b"))
+    if cls is errors.JournalDamagedError:
+        return errors.JournalDamagedError("journal/0000000001.jsonl", 42, "not JSON")
     return cls("boom")
 
 
@@ -72,9 +76,10 @@ async def test_every_error_answers_with_its_own_status_and_code(
         for cls in classes:
             async with http.get(base + cls.__name__) as resp:
                 body = await resp.json()
+                error = to_raise[cls.__name__]
                 assert (resp.status, body) == (
-                    cls.http_status,
-                    {"error": cls.code, "detail": str(to_raise[cls.__name__])},
+                    error.http_status,
+                    {"error": error.code, "detail": str(error)},
                 ), cls
 
 

@@ -10,7 +10,7 @@ same compare-and-swap rule as etcd (``TierState.promoted``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +66,7 @@ def component(
     config = load_config(spec.write())
     metrics = Metrics()
     clock = FakeClock()
-    ctx = DaemonContext(
-        config=config, metrics=metrics, clock=clock, supervisor=Supervisor(metrics), token=None
-    )
+    ctx = DaemonContext(config=config, metrics=metrics, clock=clock, supervisor=Supervisor(metrics))
     return FailoverComponent(ctx), clock
 
 
@@ -82,7 +80,7 @@ def auto_status(failover: FailoverComponent) -> dict[str, Any]:
     return dict(result["auto_failover"])
 
 
-def skipped(logs: list[dict[str, Any]]) -> list[str]:
+def skipped(logs: Sequence[Mapping[str, Any]]) -> list[str]:
     return [e["reason"] for e in logs if e["event"] == "auto_failover_skipped"]
 
 

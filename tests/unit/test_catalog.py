@@ -12,7 +12,7 @@ from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.layout import parse_partition_path
 from cryptorun_daemon.storage.manifest import HashCache
-from cryptorun_daemon.storage.testdata import seed_partitions, write_trade_partition
+from tests.harness.testdata import seed_partitions, write_trade_partition
 
 T0 = datetime(2025, 9, 1, tzinfo=UTC)
 

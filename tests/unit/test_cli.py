@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cryptorun_daemon.cli.main import build_parser, main
-from tests.harness.daemons import free_port
+from tests.harness.net import free_port
 
 
 @pytest.mark.parametrize(
@@ -66,6 +66,7 @@ def test_bad_boolean_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> Non
 def test_check_valid_config_exits_zero(tmp_path: Path) -> None:
     """daemon --check on a valid config prints ok and exits 0."""
     (tmp_path / "t").write_text("x\n")
+    (tmp_path / "t").chmod(0o600)  # --check refuses a token others can read
     path = tmp_path / "r.toml"
     path.write_text('region = "a"\n[admin]\ntoken_file = "t"\n[storage]\nroot = "d"\n')
     out = io.StringIO()

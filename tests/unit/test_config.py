@@ -9,6 +9,7 @@ import pytest
 
 from cryptorun_daemon.config import format_duration, load_config, parse_duration
 from cryptorun_daemon.errors import ConfigError
+from cryptorun_daemon.security.certs import init_certs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,6 +96,27 @@ def test_wrong_types_are_reported(tmp_path: Path) -> None:
     found = problems(tmp_path, text)
     assert "region: must be a string, got an integer" in found
     assert "rules[0].to: must be a list of strings, got a string" in found
+
+
+def test_values_keep_their_toml_type_and_a_boolean_is_never_a_number(tmp_path: Path) -> None:
+    """An integer where a number belongs is read as a float; true/false where an integer
+    or a number belongs, 1 where true/false belongs, and a list mixing strings with
+    numbers are each reported with their key."""
+    typed = VALID + "\n[validation.anomaly]\nthreshold = 4\n"
+    config = load_config(write(tmp_path, typed))
+    assert config.validation.anomaly.threshold == 4.0
+    assert isinstance(config.validation.anomaly.threshold, float)
+    wrong = (
+        VALID.replace('to = ["us-east"]', 'to = ["us-east", 3]')
+        + "\n[replication]\nmax_concurrency = true\n"
+        + "\n[state]\nauto_failover = 1\n"
+        + "\n[validation.anomaly]\nthreshold = false\n"
+    )
+    found = problems(tmp_path, wrong)
+    assert "rules[0].to: must be a list of strings" in found
+    assert "replication.max_concurrency: must be an integer, got a boolean" in found
+    assert "state.auto_failover: must be true or false, got an integer" in found
+    assert "validation.anomaly.threshold: must be a number, got a boolean" in found
 
 
 def test_bad_durations_are_reported(tmp_path: Path) -> None:
@@ -217,12 +239,16 @@ def test_invalid_durations_are_rejected(text: str) -> None:
 
 
 def test_shipped_region_configs_are_valid_and_consistent(tmp_path: Path) -> None:
-    """config/eu-central.toml and config/us-east.toml load and point at each other."""
+    """config/eu-central.toml and config/us-east.toml load, speak TLS and point at each other."""
     shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("secrets"))
-    (tmp_path / "config/secrets").mkdir()
-    (tmp_path / "config/secrets/admin.token").write_text("t0ken\n")
+    init_certs(tmp_path / "config/secrets/tls", ["eu-central", "us-east"])
+    for scope in ("operator", "peer", "read"):
+        (tmp_path / f"config/secrets/{scope}.token").write_text(f"{scope}-t0ken\n")
     eu = load_config(tmp_path / "config/eu-central.toml")
     us = load_config(tmp_path / "config/us-east.toml")
+    assert eu.admin.tls
+    assert us.admin.tls
+    assert eu.peers["us-east"].startswith("https://")
     assert eu.peers["us-east"].endswith(f":{us.admin.port}")
     assert us.peers["eu-central"].endswith(f":{eu.admin.port}")
     assert eu.admin.port != us.admin.port

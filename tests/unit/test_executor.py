@@ -14,19 +14,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
+from yarl import URL
 
-from cryptorun_daemon.admin.errors import error_middleware
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.executor import WarmColdExecutor
-from cryptorun_daemon.replication.serving import PartitionServer
 from cryptorun_daemon.replication.transport_http import HttpPeer
-from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, hash_file
 from cryptorun_daemon.storage.seal import is_sealed, seal_partition
-from cryptorun_daemon.storage.testdata import seed_partitions, write_trade_partition
+from tests.harness.partitions import serving_partitions
+from tests.harness.testdata import seed_partitions, write_trade_partition
 
 T0 = datetime(2025, 9, 1, tzinfo=UTC)
 
@@ -67,22 +64,12 @@ class Pair:
 async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     src, dst = tmp_path / "src", tmp_path / "dst"
     seed_partitions(src, start=T0, count=2, rows=20_000, files=2)
-    server = PartitionServer(
-        root=src,
-        region="eu-central",
-        catalog=Catalog(src),
-        epoch_provider=lambda _t: 1,
-        now=lambda: datetime.now(UTC),
-    )
-    app = web.Application(middlewares=[error_middleware])
-    app.add_routes(server.routes())
-    test_server = TestServer(app, host="127.0.0.1", port=0)
-    await test_server.start_server()
-    base_url = str(test_server.make_url("")).rstrip("/")
-    async with aiohttp.ClientSession() as session:
+    async with (
+        serving_partitions(src, "eu-central") as base_url,
+        aiohttp.ClientSession() as session,
+    ):
         peer = HttpPeer(session, "eu-central", base_url, headers={}, request_timeout=10)
         yield Pair(src, dst, peer, Metrics(CollectorRegistry()), session, base_url)
-    await test_server.close()
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -263,7 +250,7 @@ async def test_listing_honours_the_window(pair: Pair) -> None:
 async def test_hostile_paths_are_4xx(pair: Pair, raw_path: str) -> None:
     """Traversal, encoded separators, markers and unlisted files never return data."""
     (pair.src_root / "secret").write_text("top secret")
-    url = aiohttp.client.URL(pair.base_url + raw_path, encoded=True)
+    url = URL(pair.base_url + raw_path, encoded=True)
     async with pair.session.get(url) as resp:
         body = await resp.read()
     assert 400 <= resp.status < 500

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,11 @@ from cryptorun_daemon.failover.roles import TierState
 from cryptorun_daemon.failover.store_file import FileStateStore
 from cryptorun_daemon.storage.layout import PartitionKey
 from cryptorun_daemon.storage.seal import is_sealed
-from cryptorun_daemon.storage.testdata import write_trade_partition
 from cryptorun_daemon.storage.write_fence import Fence, read_fence
-from tests.harness.daemons import RegionSpec, auth_headers, run_daemon, two_regions
+from tests.harness.admin import auth_headers
+from tests.harness.daemons import RegionSpec, run_daemon, two_regions
+from tests.harness.testdata import write_trade_partition
+from tests.harness.wait import eventually
 
 EU, US = "eu-central", "us-east"
 
@@ -36,22 +38,6 @@ def failover_of(daemon: Daemon) -> FailoverComponent:
     component = daemon.ctx.components["failover"]
     assert isinstance(component, FailoverComponent)
     return component
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 15.0
-) -> None:
-    """Poll ``check`` until it is true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -291,14 +277,14 @@ async def test_peer_health_goes_down_after_peer_down_after_and_up_again(
     a, b = regions
     async with run_daemon(load_config(a.write())) as da, aiohttp.ClientSession() as http:
         component = failover_of(da)
-        await eventually(lambda: not component.peer_health()[US].up)
+        await eventually(lambda: not component.peer_health()[US].up, "us-east counted down")
         health = (await get_json(http, f"{a.base_url}/v1/status"))["peers_health"][US]
         assert health["up"] is False
         assert health["reachable"] is False
         assert health["down_since"] is not None
         assert 'cryptorun_peer_up{peer="us-east"} 0.0' in await get_metrics(http, a.base_url)
         async with run_daemon(load_config(b.write())):
-            await eventually(lambda: component.peer_health()[US].up)
+            await eventually(lambda: component.peer_health()[US].up, "us-east counted up")
             assert component.peer_health()[US].last_ok is not None
             assert component.peer_health()[US].down_since is None
 
@@ -333,7 +319,9 @@ async def test_an_unreadable_store_answers_503_state_store_and_the_fence_follows
         def fences() -> list[Fence | None]:
             return [read_fence(spec.storage_root, "warm") for spec in (a, b)]
 
-        await eventually(lambda: all(f is not None and f.epoch == 2 for f in fences()))
+        await eventually(
+            lambda: all(f is not None and f.epoch == 2 for f in fences()), "every fence at epoch 2"
+        )
         assert {(f.epoch, f.primary) for f in fences() if f} == {(2, US)}
         assert len({f.ended_at(1) for f in fences() if f}) == 1
         (b.storage_root / "_state" / "roles.json").write_text("{not json")
@@ -384,7 +372,7 @@ async def test_a_restarted_old_primary_does_not_seal_until_it_has_compared_epoch
         assert not is_sealed(key.directory(a.storage_root))
 
         async with run_daemon(load_config(b.write())):
-            await eventually(lambda: component.epoch("warm") == 2)
+            await eventually(lambda: component.epoch("warm") == 2, "warm at epoch 2")
             assert not component.is_primary("warm")
             warm = (await get_json(http, f"{a.base_url}/v1/status?tier=warm"))["tiers"]["warm"]
             assert (warm["primary"], warm["role"], warm["write_refusal"]) == (US, "replica", None)

@@ -23,8 +23,8 @@ from cryptorun_daemon.storage.fence_lock import install_write_permit, lock_path
 from cryptorun_daemon.storage.layout import SUCCESS_MARKER, PartitionKey
 from cryptorun_daemon.storage.manifest import HashCache, read_manifest
 from cryptorun_daemon.storage.seal import seal_partition
-from cryptorun_daemon.storage.testdata import write_trade_partition
 from cryptorun_daemon.storage.write_fence import advance_fence, read_fence
+from tests.harness.testdata import write_trade_partition
 
 EU, US = "eu-central", "us-east"
 T0 = datetime(2025, 9, 1, tzinfo=UTC)

@@ -11,22 +11,18 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from cryptorun_daemon.admin.errors import error_middleware
 from cryptorun_daemon.errors import FencedError, ReplicationError
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.executor import WarmColdExecutor
-from cryptorun_daemon.replication.serving import PartitionServer
 from cryptorun_daemon.replication.transport_http import HttpPeer
-from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.layout import PartitionKey
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, read_manifest
 from cryptorun_daemon.storage.seal import seal_partition
-from cryptorun_daemon.storage.testdata import write_trade_partition
 from cryptorun_daemon.storage.write_fence import Fence, advance_fence, read_fence
+from tests.harness.partitions import serving_partitions
+from tests.harness.testdata import write_trade_partition
 
 EU, US = "eu-central", "us-east"
 T0 = datetime(2025, 9, 1, tzinfo=UTC)
@@ -124,20 +120,8 @@ async def source(tmp_path: Path) -> AsyncIterator[tuple[Path, str, aiohttp.Clien
     root = tmp_path / "src"
     sealed(root, 1, region=EU, epoch=1, at=PROMOTED - timedelta(hours=1), seed=1)
     sealed(root, 2, region=EU, epoch=1, at=PROMOTED + timedelta(minutes=1), seed=2)
-    server = PartitionServer(
-        root=root,
-        region=EU,
-        catalog=Catalog(root),
-        epoch_provider=lambda _t: 1,
-        now=lambda: datetime.now(UTC),
-    )
-    app = web.Application(middlewares=[error_middleware])
-    app.add_routes(server.routes())
-    test_server = TestServer(app, host="127.0.0.1", port=0)
-    await test_server.start_server()
-    async with aiohttp.ClientSession() as session:
-        yield root, str(test_server.make_url("")).rstrip("/"), session
-    await test_server.close()
+    async with serving_partitions(root, EU) as url, aiohttp.ClientSession() as session:
+        yield root, url, session
 
 
 async def test_replica_quarantines_a_fenced_manifest_instead_of_applying_it(

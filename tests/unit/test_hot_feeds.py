@@ -9,7 +9,7 @@ import pytest
 
 from cryptorun_daemon.config import FeedConfig
 from cryptorun_daemon.errors import IngestError
-from cryptorun_daemon.hot.feeds_builtin import ReplayFeed, SyntheticFeed
+from cryptorun_daemon.hot.feeds_builtin import BATCH_MAX, ReplayFeed, SyntheticFeed
 
 
 def config(**overrides: object) -> FeedConfig:
@@ -98,3 +98,33 @@ async def test_replay_of_a_missing_file_is_an_ingest_error(tmp_path: Path) -> No
     feed = ReplayFeed(config(kind="replay", path=tmp_path / "missing.jsonl"))
     with pytest.raises(IngestError):
         [r async for r in feed.records()]
+
+
+async def test_synthetic_batches_are_the_same_events_and_report_how_far_behind_they_are() -> None:
+    """batches() hands over every due event in bounded batches, the same events records()
+    gives; after the ingest side stalls half a second, the feed reports ~0.5 s of lag
+    (below the skip threshold, nothing is skipped), and back on schedule it reports ~0."""
+    now = [10 * 10**9]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += int(seconds * 1e9)
+
+    feed = SyntheticFeed(config(rate=10_000.0), clock_ns=lambda: now[0], sleep=sleep)
+    batches = feed.batches()
+    first = await anext(batches)
+    assert len(first) == 1  # exactly the one event due at the start
+    now[0] += 500_000_000  # the consumer stalled: 5,000 events fell due meanwhile
+    stalled = [await anext(batches) for _ in range(5)]
+    assert feed.ingest_lag_seconds() == pytest.approx(0.5, abs=0.01)
+    assert all(len(batch) <= BATCH_MAX for batch in stalled)
+    got = [r for batch in [first, *stalled] for r in batch]
+    start = got[0].fields["ts"] // feed.period_ns
+    assert [r.fields["ts"] // feed.period_ns for r in got] == list(range(start, start + len(got)))
+    reference = SyntheticFeed(config(rate=10_000.0))
+    for i, record in enumerate(got[:50]):
+        fields = {k: v for k, v in record.fields.items() if k != "ingest_ts"}
+        assert fields == reference.event(start + i).fields
+    while feed.ingest_lag_seconds() > 0.01:  # drains the backlog, then waits on the grid
+        await anext(batches)
+    assert feed.skipped == 0
+    assert feed.status()["ingest_lag_seconds"] < 0.01

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,37 @@ def test_closed_log_takes_nothing(tmp_path: Path) -> None:
     log.open()
     log.close()
     assert log.append_local(trade(1)) is None
+
+
+def test_a_batch_is_journaled_buffered_and_indexed_like_single_appends(tmp_path: Path) -> None:
+    """append_local_batch gives contiguous seqs, journals the lines byte for byte (readable
+    again after a restart), fills the buffer, skips a record JSON cannot encode without
+    using a seq, and lets single appends continue the same stream."""
+    log = make_log(tmp_path, segment_bytes=2048)
+    log.open()
+    bad = MarketRecord("trade", {"venue": "v", "symbol": "A/B", "price": float("nan")})
+    batch = [trade(1), trade(2), bad, trade(3)]
+    assert log.append_local_batch(batch) == (3, 1)
+    assert log.append_local_batch([trade(i) for i in range(4, 300)]) == (296, 0)
+    single = log.append_local(trade(300))
+    assert single is not None
+    assert single.seq == 300
+    assert log.buffer.last_seq == 300
+    assert len(log.journal.segments()) > 3
+    log.close()
+    again = make_log(tmp_path, segment_bytes=2048, buffer_records=1000)
+    again.open()
+    assert again.seq == 300
+    records = again.buffer.read_from(1, max_records=1000, max_bytes=1 << 30)
+    assert [r.seq for r in records] == list(range(1, 301))
+    assert [json.loads(r.line)["f"]["ts"] for r in records] == list(range(1, 301))
+    assert again.journal.local_index.locate(150) is not None
+
+
+def test_a_batch_is_dropped_whole_while_the_journal_refuses_appends(tmp_path: Path) -> None:
+    """While the journal refuses appends a batch takes no seq and is counted as dropped."""
+    log = make_log(tmp_path)
+    log.open()
+    log.journal.failure = "write: [Errno 28] No space left on device"
+    assert log.append_local_batch([trade(1), trade(2)]) == (0, 0)
+    assert (log.seq, log.dropped) == (0, 2)

@@ -157,3 +157,76 @@ def test_a_line_passes_only_when_its_market_makes_safe_path_segments(
         assert "\\" not in value
         assert all(ch.isalnum() or ch in "-_" for ch in value)
     assert json.loads(raw)["f"]["venue"] == checked.venue
+
+
+@st.composite
+def _mutated_lines(draw: st.DrawFn) -> bytes:
+    dataset = draw(st.sampled_from(["trade", "book"]))
+    raw = bytearray(line(1, dataset=dataset))
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+        at = draw(st.integers(min_value=0, max_value=len(raw)))
+        kind = draw(st.sampled_from(["insert", "delete", "replace"]))
+        chunk = draw(
+            st.sampled_from(
+                [
+                    b'"',
+                    b",",
+                    b"{",
+                    b"}",
+                    b"[",
+                    b"]",
+                    b"0",
+                    b"1e400",
+                    b"-",
+                    b".",
+                    b"e",
+                    b"null",
+                    b"true",
+                    b'"o":"x",',
+                    b'"ctl":1,',
+                    b"\\u0000",
+                    b"\\ud800",
+                    b"\x01",
+                    b"\xff",
+                    b" ",
+                    b"01",
+                    b"9223372036854775808",
+                    b'"venue":".."',
+                    b"NaN",
+                ]
+            )
+        )
+        if kind == "insert":
+            raw[at:at] = chunk
+        elif kind == "delete":
+            del raw[at : at + len(chunk)]
+        else:
+            raw[at : at + len(chunk)] = chunk
+    return bytes(raw)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_mutated_lines())
+def test_the_fast_path_accepts_only_what_the_reference_checks_accept(raw: bytes) -> None:
+    """The msgspec fast path never accepts a line the reference (dict) checks refuse, and
+    accepts it with the same market, seq and ingest time: the verdict and its reason never
+    depend on which decoder looked first."""
+    from cryptorun_daemon.hot import line_check
+
+    fast = line_check._check_line_fast(raw, PEER, 1)
+    try:
+        reference = line_check._check_line_reference(raw, PEER, 1)
+    except ProtocolError:
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast == reference
+
+
+def test_the_fast_path_takes_the_lines_the_origin_encoder_writes() -> None:
+    """Well-formed trades and books are accepted without the reference path (the speed-up
+    is real, not a silent fallback on every line)."""
+    from cryptorun_daemon.hot import line_check
+
+    for dataset in ("trade", "book"):
+        assert line_check._check_line_fast(line(4, dataset=dataset), PEER, 4) is not None

@@ -13,7 +13,7 @@ from cryptorun_daemon.errors import PathRejectedError, StorageError
 from cryptorun_daemon.storage.layout import PartitionKey, parse_partition_path
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, hash_file, read_manifest
 from cryptorun_daemon.storage.seal import is_sealed, seal_partition
-from cryptorun_daemon.storage.testdata import write_trade_partition
+from tests.harness.testdata import write_trade_partition
 
 KEY = parse_partition_path("warm", "trade/venue=kraken/symbol=BTC-USD/date=2025-09-01/hour=00")
 SEALED_AT = datetime(2025, 9, 1, 1, 0, 5, tzinfo=UTC)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,7 +209,8 @@ def metric_names(expr: str) -> set[str]:
 
 
 def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    doc: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return doc
 
 
 def all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -255,9 +257,16 @@ def test_rule_files_pass_promtool_check() -> None:
 
 
 @pytest.mark.needs_prometheus
-def test_scrape_config_passes_promtool_check() -> None:
-    """`promtool check config` accepts prometheus.yml and finds both rule files it loads."""
-    result = run_promtool("check", "config", SCRAPE_CONFIG)
+def test_scrape_config_passes_promtool_check(tmp_path: Path) -> None:
+    """`promtool check config` accepts prometheus.yml and finds both rule files it loads
+    (and the CA and read token it names, laid out as the README makes them)."""
+    from cryptorun_daemon.security.certs import init_certs
+
+    shutil.copytree(PROMETHEUS_DIR, tmp_path / "deploy" / "prometheus")
+    secrets = tmp_path / "config" / "secrets"
+    init_certs(secrets / "tls", ["eu-central", "us-east"])
+    (secrets / "read.token").write_text("read-token\n")
+    result = run_promtool("check", "config", tmp_path / "deploy" / "prometheus" / "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 2 rule files found" in result.stdout
 

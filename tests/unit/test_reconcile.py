@@ -9,11 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from cryptorun_daemon.admin.errors import error_middleware
 from cryptorun_daemon.config import Rule
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.executor import WarmColdExecutor
@@ -23,15 +20,15 @@ from cryptorun_daemon.replication.reconcile import (
     ReconcileSource,
     set_aside_divergent,
 )
-from cryptorun_daemon.replication.serving import PartitionServer
 from cryptorun_daemon.replication.transport_http import HttpPeer
 from cryptorun_daemon.runtime.clock import SystemClock
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.layout import PartitionKey
 from cryptorun_daemon.storage.manifest import HashCache, Manifest
 from cryptorun_daemon.storage.seal import seal_partition
-from cryptorun_daemon.storage.testdata import write_trade_partition
 from cryptorun_daemon.storage.write_fence import advance_fence
+from tests.harness.partitions import serving_partitions
+from tests.harness.testdata import write_trade_partition
 
 EU, US = "eu-central", "us-east"
 T0 = datetime(2025, 9, 1, tzinfo=UTC)
@@ -100,50 +97,38 @@ async def test_new_primary_pulls_only_the_legitimate_delta(tmp_path: Path) -> No
     old_primary_root(src)
     fence(src)
     fence(dst)
-    server = PartitionServer(
-        root=src,
-        region=EU,
-        catalog=Catalog(src),
-        epoch_provider=lambda _t: 2,
-        now=lambda: datetime.now(UTC),
-        serve_guard=lambda _tier, **_kw: (409, "fenced", "not primary"),
-    )
-    app = web.Application(middlewares=[error_middleware])
-    app.add_routes(server.routes())
-    test_server = TestServer(app, host="127.0.0.1", port=0)
-    await test_server.start_server()
     metrics = Metrics(CollectorRegistry())
     record = ReconcileRecord("warm")
-    try:
-        async with aiohttp.ClientSession() as session:
-            peer = HttpPeer(session, EU, str(test_server.make_url("")).rstrip("/"), headers={})
+    fenced_source = serving_partitions(
+        src, EU, epoch=2, serve_guard=lambda _tier, **_kw: (409, "fenced", "not primary")
+    )
+    async with fenced_source as url, aiohttp.ClientSession() as session:
+        peer = HttpPeer(session, EU, url, headers={})
 
-            def executor(source: ReconcileSource) -> WarmColdExecutor:
-                return WarmColdExecutor(
-                    root=dst,
-                    region=US,
-                    source=source,
-                    metrics=metrics,
-                    retry_backoff=0.0,
-                    hash_cache=HashCache(),
-                )
-
-            link = ReconcileLink(
-                rule=Rule("warm", "active-passive", EU, (US,), 60.0),
+        def executor(source: ReconcileSource) -> WarmColdExecutor:
+            return WarmColdExecutor(
+                root=dst,
                 region=US,
-                peer=peer,
-                catalog=Catalog(dst),
-                make_executor=executor,
+                source=source,
                 metrics=metrics,
-                clock=SystemClock(),
-                epoch_provider=lambda _t: 2,
-                record=record,
-                step_max_partitions=24,
+                retry_backoff=0.0,
+                hash_cache=HashCache(),
             )
-            first = await link.run_pass()
-            second = await link.run_pass()
-    finally:
-        await test_server.close()
+
+        link = ReconcileLink(
+            rule=Rule("warm", "active-passive", EU, (US,), 60.0),
+            region=US,
+            peer=peer,
+            catalog=Catalog(dst),
+            make_executor=executor,
+            metrics=metrics,
+            clock=SystemClock(),
+            epoch_provider=lambda _t: 2,
+            record=record,
+            step_max_partitions=24,
+        )
+        first = await link.run_pass()
+        second = await link.run_pass()
     assert (first.ok, first.partitions_committed) == (True, 1)
     assert (second.ok, second.partitions_committed) == (True, 0)
     assert [m.key.hour for m in Catalog(dst).sealed_manifests("warm")] == [1]

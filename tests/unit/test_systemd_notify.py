@@ -6,6 +6,8 @@ import os
 import socket
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from cryptorun_daemon.runtime.systemd import SystemdNotifier
 
 
@@ -54,9 +56,20 @@ def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
     assert other.watchdog_interval is None  # the watchdog is meant for another process
 
 
-def test_send_failure_is_swallowed(tmp_path: Path) -> None:
-    """A vanished socket must not crash the daemon; the notifier just logs."""
-    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
-    notifier.ready()
-    notifier.status("still fine")
-    notifier.close()
+def test_send_failure_is_logged_once_and_a_later_send_still_works(tmp_path: Path) -> None:
+    """Sends to a socket that does not exist raise nothing and log one warning (not one per
+    send); once the socket appears, the next notification reaches it."""
+    path = tmp_path / "notify.sock"
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(path)})
+    with capture_logs() as logs:
+        notifier.ready()
+        notifier.status("still fine")
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [e["event"] for e in warnings] == ["systemd notify failed"]
+    assert "No such file" in warnings[0]["error"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.settimeout(2)
+        notifier.status("back")
+        notifier.close()
+        assert server.recv(4096) == b"STATUS=back"

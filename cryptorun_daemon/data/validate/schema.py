@@ -1,5 +1,8 @@
 """Named, versioned record schemas: per-record, file-level and row-level checks.
 
+(About 500 lines: the three checks below must agree field by field, so they
+stay beside the one schema table they share.)
+
 The registry holds ``trade@1`` and ``book@1``. A schema fixes each field's
 type, nullability and value domain; :func:`arrow_schema` gives the Parquet
 layout writers use and :func:`fingerprint` the stable hash manifests record.

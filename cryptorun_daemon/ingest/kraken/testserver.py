@@ -1,5 +1,8 @@
 """A local server speaking the Kraken WebSocket v2 subset our connector uses.
 
+(About 500 lines: one protocol server with its fault switches; the market it
+publishes is in :mod:`.simulator`.)
+
 For tests and the demo: a real WebSocket server on loopback that publishes a
 seeded, self-consistent market (see :mod:`.simulator`) with Kraken's message
 shapes and correct book checksums, and that can inject faults on demand.
