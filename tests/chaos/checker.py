@@ -162,12 +162,15 @@ def divergent_partitions(root: Path) -> dict[str, dict[str, str]]:
     return found
 
 
-def hot_positions_agree(urls: list[str]) -> bool:
+def hot_positions_agree(urls: list[str], token: str) -> bool:
     """True when every region has applied every origin's head under the same replid."""
     docs = []
     for url in urls:
+        request = urllib.request.Request(
+            f"{url}/v1/status?tier=hot", headers={"Authorization": f"Bearer {token}"}
+        )
         try:
-            with urllib.request.urlopen(f"{url}/v1/status?tier=hot", timeout=2) as resp:
+            with urllib.request.urlopen(request, timeout=2) as resp:
                 docs.append(json.load(resp))
         except (OSError, ValueError):
             return False

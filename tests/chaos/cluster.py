@@ -238,6 +238,8 @@ region = "{region}"
 [admin]
 listen = "0.0.0.0:{ADMIN_PORT}"
 token_file = "admin.token"
+# Plain HTTP on purpose: the addresses exist only inside the run's own namespaces.
+allow_plaintext = true
 shutdown_timeout = "5s"
 
 [storage]

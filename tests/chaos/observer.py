@@ -59,19 +59,24 @@ def parse_metrics(text: str, region: str) -> dict[str, float | None]:
     return out
 
 
-async def scrape(session: aiohttp.ClientSession, region: str) -> dict[str, Any]:
+async def scrape(session: aiohttp.ClientSession, region: str, token: str) -> dict[str, Any]:
     """One sample of one region (``ok: false`` when it does not answer)."""
     base = admin_url(region)
     timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT)
+    headers = {"Authorization": f"Bearer {token}"}
     try:
-        async with session.get(f"{base}/metrics", timeout=timeout) as resp:
+        async with session.get(f"{base}/metrics", timeout=timeout, headers=headers) as resp:
+            resp.raise_for_status()
             text = await resp.text()
-        async with session.get(f"{base}/v1/status?tier=warm", timeout=timeout) as resp:
+        url = f"{base}/v1/status?tier=warm"
+        async with session.get(url, timeout=timeout, headers=headers) as resp:
+            resp.raise_for_status()
             status = await resp.json()
+        metrics = parse_metrics(text, region)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return {"region": region, "ok": False, "error": type(exc).__name__}
     warm = status.get("tiers", {}).get("warm", {})
-    sample: dict[str, Any] = {"region": region, "ok": True, **parse_metrics(text, region)}
+    sample: dict[str, Any] = {"region": region, "ok": True, **metrics}
     sample["ready"] = bool(status.get("ready"))
     sample["started_at"] = status.get("started_at")
     sample["primary"] = warm.get("primary")
@@ -83,9 +88,10 @@ async def scrape(session: aiohttp.ClientSession, region: str) -> dict[str, Any]:
 class Observer:
     """Writes samples and keeps the latest one per region for the nemesis and the client."""
 
-    def __init__(self, path: Path, history: History) -> None:
+    def __init__(self, path: Path, history: History, token: str) -> None:
         self.path = path
         self.history = history
+        self.token = token
         self.latest: dict[str, dict[str, Any]] = {}
         self.latest_ok: dict[str, dict[str, Any]] = {}
 
@@ -106,7 +112,9 @@ class Observer:
             with self.path.open("a", encoding="utf-8") as out:
                 while not stop.is_set():
                     mono = self.history.now()
-                    samples = await asyncio.gather(*(scrape(session, r) for r in REGIONS))
+                    samples = await asyncio.gather(
+                        *(scrape(session, r, self.token) for r in REGIONS)
+                    )
                     for sample in samples:
                         sample["mono"] = round(mono, 3)
                         self.latest[sample["region"]] = sample

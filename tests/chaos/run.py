@@ -138,7 +138,7 @@ async def run_phases(
     cluster: Cluster, history: History, out: Path, seed: int, duration: float
 ) -> dict[str, Any]:
     """Faults, heal, settle, quiesce; returns the timings the checker needs."""
-    observer = Observer(out / "samples.jsonl", history)
+    observer = Observer(out / "samples.jsonl", history, cluster.token)
     stop = asyncio.Event()
     schedule = make_schedule(seed, duration)
     dump_json(out / "schedule.json", [f.__dict__ for f in schedule])
@@ -204,7 +204,8 @@ async def converge(cluster: Cluster, history: History) -> float | None:
         views = [
             await asyncio.to_thread(sealed_partitions, cluster.storage_root(r)) for r in REGIONS
         ]
-        hot = await asyncio.to_thread(hot_positions_agree, [admin_url(r) for r in REGIONS])
+        urls = [admin_url(r) for r in REGIONS]
+        hot = await asyncio.to_thread(hot_positions_agree, urls, cluster.token)
         agree = hot and all(v == views[0] for v in views[1:])
         if agree and views == previous:
             history.append("event", event="converged")

@@ -37,7 +37,9 @@ def test_seeded_chaos_run_passes_every_invariant(tmp_path: Path) -> None:
     out = tmp_path / "run"
     command = [sys.executable, "-m", "tests.chaos.run"]
     args = [f"--seed={SEED}", f"--duration={DURATION}", f"--out={out}"]
-    with subprocess.Popen([*command, *args], stdout=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(
+        [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
         try:
             stdout, _ = proc.communicate(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -47,6 +49,8 @@ def test_seeded_chaos_run_passes_every_invariant(tmp_path: Path) -> None:
             pytest.fail(f"chaos run exceeded {TIMEOUT} s:\n{stdout[-3000:]}")
     if proc.returncode == EXIT_MISSING:
         missing_tool(stdout.strip())
+    if not (out / "report.json").is_file():
+        pytest.fail(f"chaos run ended without a report:\n{stdout[-3000:]}")
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert set(report["faults_by_kind"]) == set(KINDS), report["faults_by_kind"]
     failed = [v for v in report["invariants"] if not v["passed"]]
