@@ -16,7 +16,9 @@ Invariants (:data:`INVARIANTS`), grouped as in issue 14:
   records lie in sealed warm partitions at the recording region (the hour
   partition of each record is sealed there and its window covers the record);
 - warm/cold: ``warm.identical`` every sealed partition is byte-identical (all
-  files, manifest included) in every region, after convergence;
+  files, manifest included) in every region, after convergence; the
+  ``_quarantine.json`` sidecar, which each region writes for itself, must agree
+  on every finding but not on who validated it and when;
   ``warm.writer_was_primary`` every manifest's (writer, epoch) names the
   region etcd made primary at that epoch; ``warm.fence`` nothing moved to
   ``_divergent/`` is also in a reader's view with the same bytes;
@@ -138,11 +140,33 @@ def sealed_partitions(root: Path) -> dict[str, dict[str, str]]:
             for item in sorted(success.parent.iterdir()):
                 if item.is_file():
                     try:
-                        files[item.name] = hashlib.sha256(item.read_bytes()).hexdigest()
-                    except FileNotFoundError:
+                        files[item.name] = _content_hash(item)
+                    except (FileNotFoundError, ValueError):
                         continue  # re-sealed while we read: the next poll sees the new one
             view[str(rel)] = files
     return view
+
+
+# Each region validates what it holds and writes the findings to its own sidecar, stamped
+# with its name and the time; the flagged rows (what a reader drops) must agree.
+SIDECAR = "_quarantine.json"
+SIDECAR_LOCAL_KEYS = frozenset({"region", "validated_at"})
+
+
+def _content_hash(path: Path) -> str:
+    """sha256 of a partition file; of the quarantine sidecar without its local stamps."""
+    if path.name != SIDECAR:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    doc = _without_keys(json.loads(path.read_bytes()), SIDECAR_LOCAL_KEYS)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _without_keys(value: Any, keys: frozenset[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_keys(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [_without_keys(v, keys) for v in value]
+    return value
 
 
 def divergent_partitions(root: Path) -> dict[str, dict[str, str]]:
