@@ -165,3 +165,23 @@ def test_refusing_to_start_on_a_full_disk_is_not_a_crash_loop(tmp_path: Path) ->
     crashes = [{"mono": m, "target": US, "code": 1, "log_tail": "boom"} for m in (3.0, 6.0, 9.0)]
     out = write_run(tmp_path / "b", everywhere(), unexpected_exits=crashes)
     assert not verdicts(out)["liveness.no_restart_loop"]
+
+
+def test_quarantine_sidecars_must_agree_on_findings_not_on_their_stamps(tmp_path: Path) -> None:
+    """Each region writes its own _quarantine.json: sidecars differing only in the region
+    and time of validation pass warm.identical; different flagged rows fail it."""
+
+    def run_with(rows: dict[str, int], name: str) -> Path:
+        out = write_run(tmp_path / name, everywhere())
+        for region in REGIONS:
+            part = out / "storage" / region / "warm" / "trade" / "venue=kraken" / "hour=00"
+            part.mkdir(parents=True)
+            (part / "part-1.parquet").write_bytes(b"data")
+            (part / "_manifest.json").write_text(json.dumps({"writer_region": EU, "epoch": 1}))
+            finding = {"row": rows[region], "region": region, "validated_at": region}
+            (part / "_quarantine.json").write_text(json.dumps({"files": [finding]}))
+            (part / "_SUCCESS").write_text("")
+        return out
+
+    assert verdicts(run_with({EU: 3, US: 3, AP: 3}, "same"))["warm.identical"]
+    assert not verdicts(run_with({EU: 3, US: 3, AP: 4}, "other"))["warm.identical"]
