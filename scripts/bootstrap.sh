@@ -27,6 +27,8 @@ if [ "$profile" = "test" ]; then
   command -v strace >/dev/null || need+=(strace)
   # The runnable doc examples are curl commands (tests/integration/test_docs_examples.py).
   command -v curl >/dev/null || need+=(curl)
+  # Clock jumps of one region in the chaos suite (tests/chaos, libfaketime via LD_PRELOAD).
+  command -v faketime >/dev/null || need+=(faketime)
 fi
 apt_install "${need[@]}"
 

@@ -257,6 +257,27 @@ class Journal:
         self._check_writable()
         self._append_control(body)
 
+    def write_control_durable(self, body: dict[str, Any]) -> None:
+        """Append a control line and fsync the active segment before returning.
+
+        Blocks the event loop for one write and one fsync; used only for local
+        seq reservations (once per ``SEQ_RESERVE_BLOCK`` records), whose whole
+        point is to be on disk before any record they cover leaves the process.
+        Error handling: :class:`JournalUnavailableError` when the journal is not
+        :attr:`writable` or the write or fsync fails (the journal then fails as
+        on any write error and recovers through :meth:`retry`).
+        """
+        self._check_writable()
+        self._append_control(body)
+        fd = self._fd
+        if fd is None or not self._flush_pending():
+            raise JournalUnavailableError(f"hot journal refuses appends: {self.failure}")
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self._fail("fsync", exc)
+            raise JournalUnavailableError(f"hot journal refuses appends: {self.failure}") from exc
+
     def _append_control(self, body: dict[str, Any]) -> None:
         if (
             body.get("ctl") == "replid"

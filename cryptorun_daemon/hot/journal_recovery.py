@@ -51,6 +51,8 @@ class Recovery:
     torn_bytes: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
     local_replid: str | None = None
+    # Highest local seq ever reserved (``reserve`` lines): no seq up to it may be reissued.
+    reserved: int = 0
 
 
 def read_journal(
@@ -99,6 +101,8 @@ def read_journal(
                     tail_size = 0
                     local_index.reset(int(body.get("s", 0)))
                     result.local_replid = replid
+            elif ctl == "reserve" and body.get("o") == local_origin:
+                result.reserved = max(result.reserved, int(body.get("s", 0)))
             elif ctl == "gap":
                 gap = {k: v for k, v in body.items() if k != "ctl"}
                 result.gaps.append(gap)

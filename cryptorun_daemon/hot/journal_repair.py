@@ -38,7 +38,7 @@ from cryptorun_daemon.hot.record import HotRecord, decode_line, encode_control, 
 
 SUFFIX = ".jsonl"
 LOCK_NAME = ".lock"
-CONTROL_KINDS = frozenset({"replid", "gap", "close"})
+CONTROL_KINDS = frozenset({"replid", "gap", "close", "reserve"})
 
 
 def journal_directory(storage_root: Path) -> Path:
@@ -83,6 +83,8 @@ def parse_journal_line(line: bytes) -> tuple[dict[str, Any], HotRecord | None]:
         and isinstance(body.get("s", 0), int)
     ):
         raise ProtocolError("replid line lacks a string o/r or an integer s")
+    if ctl == "reserve" and not (isinstance(body.get("o"), str) and isinstance(body.get("s"), int)):
+        raise ProtocolError("reserve line lacks a string o or an integer s")
     if ctl == "gap" and not isinstance(body.get("origin"), str):
         raise ProtocolError("gap line lacks its origin")
     return body, None

@@ -10,6 +10,12 @@ A seq is handed out only to a record the journal has taken: while the journal
 refuses appends (a full or failing disk), local records are dropped and
 counted in ``cryptorun_hot_dropped_total{region,reason="disk"}``, and the seq
 does not move, so the stream stays contiguous when the disk comes back.
+
+Seqs are reserved in blocks of :data:`SEQ_RESERVE_BLOCK`: a ``reserve``
+journal line is fsynced before the first seq of a block is issued, and a
+restart after a crash continues after the reservation. Records in the
+crash's unsynced window may already be at peers, so their seqs are never
+issued again with other contents (found by the chaos suite, seed 1).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from cryptorun_daemon.hot.record import HotRecord, encode_record
 from cryptorun_daemon.metrics import Metrics
 
 log = structlog.get_logger("cryptorun.hot.log")
+
+# One fsync per this many local records; a crash skips at most this many seqs.
+SEQ_RESERVE_BLOCK = 10_000
 FreshnessObserver = Callable[[str, str, str, int], None]  # origin, venue, symbol, ingest_ns
 
 
@@ -67,6 +76,8 @@ class HotLog:
         self.metrics = metrics
         self.replid = ""
         self.seq = 0
+        # Invariant: seq <= reserved, and a ``reserve`` line for ``reserved`` is fsynced.
+        self.reserved = 0
         self.origins: dict[str, OriginPosition] = {}
         self.observers: list[FreshnessObserver] = []
         self._waiters: set[asyncio.Event] = set()
@@ -98,12 +109,16 @@ class HotLog:
         self.recovered_clean = recovery.clean
         self.recovered_torn_bytes = recovery.torn_bytes
         local = recovery.origins.pop(self.region, None)
+        self.reserved = recovery.reserved
         if local is not None and local.replid and recovery.clean:
             self.replid, self.seq = local.replid, local.last_seq
             for record in recovery.tail:
                 self.buffer.append(record)
         else:
-            self.seq = local.last_seq if local is not None else 0
+            # Seqs up to the reservation may have reached peers before the crash
+            # lost them here; reissuing one would give peers two different
+            # records under one (origin, seq). Continue after the reservation.
+            self.seq = max(local.last_seq if local is not None else 0, self.reserved)
             self.replid = new_replid()
             self.journal.write_control(
                 {"ctl": "replid", "o": self.region, "r": self.replid, "s": self.seq}
@@ -134,8 +149,24 @@ class HotLog:
             clean=recovery.clean,
         )
 
+    def _reserve_through(self, seq: int) -> None:
+        """Durably reserve local seqs through ``seq`` (and a block beyond) before issuing them.
+
+        Error handling: :class:`JournalUnavailableError` (disk full or failing)
+        propagates before any seq is consumed, like any journal append.
+        """
+        if seq <= self.reserved:
+            return
+        upto = seq - 1 + SEQ_RESERVE_BLOCK
+        self.journal.write_control_durable({"ctl": "reserve", "o": self.region, "s": upto})
+        self.reserved = upto
+
     def _checkpoint(self) -> list[dict[str, Any]]:
-        bodies = [{"ctl": "replid", "o": self.region, "r": self.replid, "s": self.seq}]
+        bodies = [
+            {"ctl": "replid", "o": self.region, "r": self.replid, "s": self.seq},
+            # Each segment carries the reservation, so deleting old segments keeps it.
+            {"ctl": "reserve", "o": self.region, "s": self.reserved},
+        ]
         bodies += [
             {"ctl": "replid", "o": origin, "r": p.replid, "s": p.applied_seq}
             for origin, p in self.origins.items()
@@ -170,6 +201,7 @@ class HotLog:
             fields = {**fields, "ingest_ts": ingest_ns}
         hot = encode_record(self.region, self.seq + 1, ingest_ns, record.dataset, fields)
         try:
+            self._reserve_through(hot.seq)
             self.journal.write_local(hot.line, hot.seq)
         except JournalUnavailableError:
             self._drop()
@@ -222,6 +254,7 @@ class HotLog:
         if not hots:
             return 0, refused
         try:
+            self._reserve_through(hots[-1].seq)
             taken = self.journal.write_local_lines([hot.line for hot in hots], hots[0].seq)
         except JournalUnavailableError:
             self._drop(len(hots))

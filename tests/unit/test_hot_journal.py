@@ -11,7 +11,7 @@ from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.hot.buffer import ReplayBuffer
 from cryptorun_daemon.hot.feed import MarketRecord
 from cryptorun_daemon.hot.journal import Journal
-from cryptorun_daemon.hot.log import HotLog
+from cryptorun_daemon.hot.log import SEQ_RESERVE_BLOCK, HotLog
 from cryptorun_daemon.metrics import Metrics
 
 
@@ -56,7 +56,7 @@ def test_unclean_end_takes_new_replid_and_truncates_torn_tail(tmp_path: Path) ->
     second = make_log(tmp_path)
     second.open()
     assert second.replid != replid
-    assert second.seq == 10
+    assert second.seq == SEQ_RESERVE_BLOCK  # continues after the reservation, never reissues
     assert len(second.buffer) == 0  # old replid's records cannot be resumed
 
 
