@@ -28,6 +28,25 @@ from tests.harness.wait import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+#: A hot tier that journals and mirrors promptly but seals nothing during a test
+#: (hour windows, 30 s grace): the crash and disk-fault tests read the journal.
+STEADY_HOT = {
+    "heartbeat_interval": "200ms",
+    "fsync_interval": "50ms",
+    "partition_length": "1h",
+    "seal_grace": "30s",
+}
+#: A seeded synthetic feed of two markets at 500 records/s (trades and books).
+SYNTHETIC_FEED = {
+    "kind": "synthetic",
+    "name": "syn",
+    "venue": "synthetic",
+    "rate": 500,
+    "seed": 3,
+    "symbols": ["BTC/USD", "ETH/USD"],
+    "book_depth": 5,
+}
+
 # Kept importable from here for tests written before the harness was split by job
 # (admin API helpers in admin.py, ports and proxies in net.py).
 __all__ = [

@@ -24,6 +24,8 @@ import pytest
 
 from tests.harness import admin
 from tests.harness.daemons import (
+    STEADY_HOT,
+    SYNTHETIC_FEED,
     RegionSpec,
     start_daemon_process,
     stop_process,
@@ -33,22 +35,6 @@ from tests.harness.daemons import (
 from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.slow
-
-HOT = {
-    "heartbeat_interval": "200ms",
-    "fsync_interval": "50ms",
-    "partition_length": "1h",
-    "seal_grace": "30s",
-}
-FEED = {
-    "kind": "synthetic",
-    "name": "syn",
-    "venue": "synthetic",
-    "rate": 500,
-    "seed": 3,
-    "symbols": ["BTC/USD", "ETH/USD"],
-    "book_depth": 5,
-}
 
 
 class Region:
@@ -91,8 +77,8 @@ async def origin_and_subscriber(
 ) -> AsyncIterator[tuple[Region, Region, aiohttp.ClientSession]]:
     """Origin A (ingesting) and subscriber B (no feeds), both running, B mirroring A."""
     a_spec, b_spec = two_regions(tmp_path)
-    a_spec.sections["hot"], b_spec.sections["hot"] = dict(HOT), dict(HOT)
-    a_spec.feeds = [FEED]
+    a_spec.sections["hot"], b_spec.sections["hot"] = dict(STEADY_HOT), dict(STEADY_HOT)
+    a_spec.feeds = [SYNTHETIC_FEED]
     a, b = Region(a_spec), Region(b_spec)
     try:
         async with aiohttp.ClientSession() as session:

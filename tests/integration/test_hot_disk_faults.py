@@ -29,6 +29,8 @@ import aiohttp
 import pytest
 
 from tests.harness.daemons import (
+    STEADY_HOT,
+    SYNTHETIC_FEED,
     RegionSpec,
     scrape_metric,
     start_daemon_process,
@@ -41,21 +43,6 @@ from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.slow
 
-HOT = {
-    "heartbeat_interval": "200ms",
-    "fsync_interval": "50ms",
-    "partition_length": "1h",
-    "seal_grace": "30s",
-}
-FEED = {
-    "kind": "synthetic",
-    "name": "syn",
-    "venue": "synthetic",
-    "rate": 500,
-    "seed": 3,
-    "symbols": ["BTC/USD", "ETH/USD"],
-    "book_depth": 5,
-}
 REGION = "eu-central"
 
 
@@ -97,8 +84,8 @@ def fill(path: Path) -> int:
 def origin_spec(tmp_path: Path) -> RegionSpec:
     """eu-central ingesting the synthetic feed; its peer us-east is never started."""
     spec, _ = two_regions(tmp_path)
-    spec.sections["hot"] = dict(HOT)
-    spec.feeds = [FEED]
+    spec.sections["hot"] = dict(STEADY_HOT)
+    spec.feeds = [SYNTHETIC_FEED]
     return spec
 
 
@@ -218,7 +205,7 @@ async def test_damaged_journal_exits_2_and_salvage_lets_it_start(tmp_path: Path)
     exist under _quarantine/journal/) and records the gap; the next start succeeds and shows
     the salvaged gap in status."""
     spec = origin_spec(tmp_path)
-    spec.sections["hot"] = {**HOT, "segment_bytes": 4096}
+    spec.sections["hot"] = {**STEADY_HOT, "segment_bytes": 4096}
     config = spec.write()
     log_path = config.with_suffix(".log")
     journal_dir = spec.storage_root / "_state" / "hot" / "journal"
