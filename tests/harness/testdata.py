@@ -61,6 +61,19 @@ def trade_table(
     )
 
 
+def partition_trades(key: PartitionKey, rows: int, *, origin: str, seed: int) -> Any:
+    """``rows`` trades of ``key``'s market spread over its whole span."""
+    return trade_table(
+        rows,
+        start=key.start,
+        span=key.end - key.start,
+        venue=key.venue,
+        symbol=key.symbol,
+        origin=origin,
+        seed=seed,
+    )
+
+
 def write_trade_partition(
     root: Path,
     key: PartitionKey,
@@ -76,15 +89,7 @@ def write_trade_partition(
     directory.mkdir(parents=True, exist_ok=True)
     per_file = max(1, rows // files)
     for index in range(files):
-        table = trade_table(
-            per_file,
-            start=key.start,
-            span=key.end - key.start,
-            venue=key.venue,
-            symbol=key.symbol,
-            origin=origin,
-            seed=seed * 1000 + index,
-        )
+        table = partition_trades(key, per_file, origin=origin, seed=seed * 1000 + index)
         pq.write_table(table, directory / f"part-{index:04d}.parquet", compression=compression)
     return directory
 

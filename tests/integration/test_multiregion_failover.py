@@ -47,7 +47,7 @@ from tests.harness.daemons import (
     wait_until_ready,
 )
 from tests.harness.etcd import EtcdServer, etcd_server
-from tests.harness.testdata import seed_partitions, trade_table, write_trade_partition
+from tests.harness.testdata import partition_trades, seed_partitions, write_trade_partition
 from tests.harness.wait import eventually
 
 __all__ = ["etcd_server"]  # pytest fixture, requested by name for the etcd variant
@@ -167,15 +167,7 @@ def _skewed_and_broken_partition(root: Path, key: PartitionKey) -> Path:
     """Two files: rows with ingest_ts 10 min after ts (stale), and a file missing ``qty``."""
     directory = key.directory(root)
     directory.mkdir(parents=True, exist_ok=True)
-    table = trade_table(
-        ROWS,
-        start=key.start,
-        span=key.end - key.start,
-        venue=key.venue,
-        symbol=key.symbol,
-        origin=B,
-        seed=77,
-    )
+    table = partition_trades(key, ROWS, origin=B, seed=77)
     ts = table.column("ts").cast(pa.int64()).to_numpy()
     ingest = ts.copy()
     ingest[:5] = ts[:5] + 600 * 1_000_000_000
@@ -185,15 +177,7 @@ def _skewed_and_broken_partition(root: Path, key: PartitionKey) -> Path:
         pa.array(ingest).cast(pa.timestamp("ns", tz="UTC")),
     )
     pq.write_table(stale, directory / "part-0000.parquet")
-    broken = trade_table(
-        ROWS,
-        start=key.start,
-        span=key.end - key.start,
-        venue=key.venue,
-        symbol=key.symbol,
-        origin=B,
-        seed=78,
-    ).drop_columns(["qty"])
+    broken = partition_trades(key, ROWS, origin=B, seed=78).drop_columns(["qty"])
     pq.write_table(broken, directory / "part-0001.parquet")
     return directory
 
