@@ -1,0 +1,126 @@
+"""Daemons with object-store cold tiers: two real daemon processes, one bucket per region.
+
+The primary's sealed partition lands in its bucket through the daemon's own
+write path (seal endpoint → change feed → object_store worker); the replica
+pulls it as always and its committed copy lands in the replica's bucket.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, PartitionKey, object_key
+from cryptorun_daemon.storage.object_store import TierBucket
+from tests.harness.admin import auth_headers, metric
+from tests.harness.daemons import RegionSpec, run_daemon_process, two_regions
+from tests.harness.s3 import (
+    TEST_ACCESS_KEY,
+    TEST_SECRET_KEY,
+    S3Server,
+    aws_credentials,
+    aws_env,
+    s3_server,
+)
+from tests.harness.testdata import write_trade_partition
+from tests.harness.wait import eventually
+
+__all__ = ["aws_credentials", "s3_server"]  # pytest fixtures used by name
+
+pytestmark = pytest.mark.slow
+
+KEY = PartitionKey(
+    day=datetime(2025, 9, 1, tzinfo=UTC).date(),
+    hour=None,
+    tier="cold",
+    dataset="trade",
+    venue="kraken",
+    symbol="BTC-USD",
+)
+
+
+def _with_cold_bucket(spec: RegionSpec, server: S3Server) -> None:
+    config = server.tier_config(spec.region, prefix="tiers")
+    spec.sections["storage.tiers.cold"] = {
+        "url": config.url,
+        "endpoint_url": server.endpoint,
+        "region": "us-east-1",
+        "allow_http": True,
+    }
+    spec.sections["replication"] = {"feed_poll_interval": "200ms"}
+
+
+async def _has_success(bucket: TierBucket) -> bool:
+    return await bucket.head(object_key(KEY, SUCCESS_MARKER)) is not None
+
+
+async def test_sealed_cold_partition_lands_in_both_regions_buckets(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """Seal at the primary → its bucket holds the partition (manifest byte-identical to
+    disk, _SUCCESS); the replica pulls it and its bucket holds the same manifest; status
+    shows each tier's backend (URL, no credentials), bytes pending drop to 0, and neither
+    daemon's log holds the access key or the secret."""
+    a, b = two_regions(
+        tmp_path,
+        rules=[{"tier": "cold", "from": "eu-central", "to": ["us-east"], "lag_slo": "5m"}],
+    )
+    for spec in (a, b):
+        _with_cold_bucket(spec, s3_server)
+    a_bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="tiers"))
+    b_bucket = TierBucket("cold", s3_server.tier_config("us-east", prefix="tiers"))
+    env = aws_env()
+    async with (
+        run_daemon_process(a.write(), env=env) as da,
+        run_daemon_process(b.write(), env=env) as db,
+        aiohttp.ClientSession() as http,
+    ):
+        write_trade_partition(a.storage_root, KEY, rows=2000, files=2)
+        answers: list[str] = []
+
+        async def sealed() -> bool:
+            # Refused (503) until the regions have confirmed their roles with each other.
+            async with http.post(
+                f"{a.base_url}/v1/partitions/seal",
+                json={"tier": "cold", "partition": KEY.relpath},
+                headers=auth_headers(),
+            ) as resp:
+                answers.append(await resp.text())
+                return resp.status == 200
+
+        await eventually(sealed, "the seal at A", timeout=30, detail=lambda: answers[-1:])
+
+        await eventually(lambda: _has_success(a_bucket), "the partition in A's bucket", timeout=30)
+        await eventually(lambda: _has_success(b_bucket), "the partition in B's bucket", timeout=60)
+
+        disk_manifest = (KEY.directory(a.storage_root) / MANIFEST_NAME).read_bytes()
+        for bucket in (a_bucket, b_bucket):
+            body, _ = await bucket.get(object_key(KEY, MANIFEST_NAME))
+            assert body == disk_manifest
+
+        async with http.get(f"{a.base_url}/v1/status", headers=auth_headers()) as resp:
+            status: dict[str, Any] = await resp.json()
+        backend = status["tiers"]["cold"]["backend"]
+        assert backend["kind"] == "s3"
+        assert backend["url"] == "s3://cryptorun-eu-central/tiers"
+        assert backend["conditional_writes"] is True
+        assert status["tiers"]["warm"]["backend"]["kind"] == "disk"
+
+        async def nothing_pending() -> bool:
+            value = await metric(
+                http,
+                da.base_url,
+                "cryptorun_replication_bytes_pending",
+                {"tier": "cold", "region": "eu-central"},
+            )
+            return value == 0.0
+
+        await eventually(nothing_pending, "no bytes pending at A")
+        logs = da.log_text() + db.log_text()
+    assert "partition committed to bucket" in logs
+    assert TEST_SECRET_KEY not in logs
+    assert TEST_ACCESS_KEY not in logs
