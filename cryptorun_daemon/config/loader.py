@@ -20,7 +20,7 @@ from cryptorun_daemon.config.loader_security import (
     read_etcd_security,
     read_peer_tls,
 )
-from cryptorun_daemon.config.loader_storage import read_storage
+from cryptorun_daemon.config.loader_storage import check_sources, read_storage
 from cryptorun_daemon.config.model import (
     DEFAULT_MODE,
     REGION_NAME_PATTERN,
@@ -88,6 +88,8 @@ def load_config(path: str | Path) -> Config:
             loader,
             allow_plaintext=bool(admin and admin.allow_plaintext),
         )
+    if storage is not None:
+        check_sources(storage, peers, loader)
     known_regions = {r for r in (region, *peers) if isinstance(r, str)}
     rules = _rules(top.raw("rules"), loader, known_regions)
     log = _log(top.table("log"))

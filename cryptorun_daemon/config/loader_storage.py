@@ -11,6 +11,7 @@ with a message saying where credentials come from instead.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from cryptorun_daemon.config.model import (
     ActivePassiveTier,
     ObjectStoreTier,
     StorageConfig,
+    is_region_name,
 )
 
 if TYPE_CHECKING:
@@ -49,24 +51,45 @@ def read_storage(t: Table, loader: Problems) -> StorageConfig | None:
     """``[storage]`` → :class:`StorageConfig`; ``None`` when ``root`` is missing or wrong."""
     root = t.string("root")
     tiers_table = t.table("tiers")
-    tiers: dict[ActivePassiveTier, ObjectStoreTier] = {}
-    for name in sorted(tiers_table.data):
-        if name not in ACTIVE_PASSIVE_TIERS:
-            tiers_table.raw(name)  # reported here, not again as "unknown key"
-            loader.problem(
-                tiers_table.key(name),
-                f"only {', '.join(ACTIVE_PASSIVE_TIERS)} can live in object storage",
-            )
-    for tier in ACTIVE_PASSIVE_TIERS:
-        if tiers_table.has(tier):
-            backend = read_tier(tiers_table.table(tier), loader)
-            if backend is not None:
-                tiers[tier] = backend
-    tiers_table.finish()
+    tiers = _tier_tables(tiers_table, loader)
+    sources_table = t.table("sources")
+    sources: dict[str, dict[ActivePassiveTier, ObjectStoreTier]] = {}
+    for region in sorted(sources_table.data):
+        if not is_region_name(region):
+            sources_table.raw(region)
+            loader.problem(sources_table.key(region), f"{region!r} is not a region name")
+            continue
+        sources[region] = _tier_tables(sources_table.table(region), loader)
+    sources_table.finish()
     t.finish()
     if root is None:
         return None
-    return StorageConfig(root=loader.resolve(root), tiers=tiers)
+    return StorageConfig(root=loader.resolve(root), tiers=tiers, sources=sources)
+
+
+def _tier_tables(t: Table, loader: Problems) -> dict[ActivePassiveTier, ObjectStoreTier]:
+    """``{warm,cold}`` sub-tables of ``t`` as object-store tiers; any other key is a problem."""
+    tiers: dict[ActivePassiveTier, ObjectStoreTier] = {}
+    for name in sorted(t.data):
+        if name not in ACTIVE_PASSIVE_TIERS:
+            t.raw(name)  # reported here, not again as "unknown key"
+            loader.problem(
+                t.key(name), f"only {', '.join(ACTIVE_PASSIVE_TIERS)} can live in object storage"
+            )
+    for tier in ACTIVE_PASSIVE_TIERS:
+        if t.has(tier):
+            backend = read_tier(t.table(tier), loader)
+            if backend is not None:
+                tiers[tier] = backend
+    t.finish()
+    return tiers
+
+
+def check_sources(storage: StorageConfig, peers: Collection[str], loader: Problems) -> None:
+    """Every ``[storage.sources.REGION]`` must name a configured peer."""
+    for region in storage.sources:
+        if region not in peers:
+            loader.problem(f"storage.sources.{region}", "is not a region under [peers]")
 
 
 def read_tier(t: Table, loader: Problems) -> ObjectStoreTier | None:

@@ -158,10 +158,14 @@ class StorageConfig:
     """``[storage]``: the local root (state, staging, cache) and optional object-store tiers.
 
     A tier absent from ``tiers`` lives on local disk under ``root`` (the default).
+    ``sources`` (``[storage.sources.REGION.TIER]``): the bucket where a peer
+    region keeps a tier; a replica pulling that tier from that region reads
+    the file bytes from there instead of through the peer's admin API.
     """
 
     root: Path
     tiers: Mapping[ActivePassiveTier, ObjectStoreTier] = field(default_factory=dict)
+    sources: Mapping[str, Mapping[ActivePassiveTier, ObjectStoreTier]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -259,12 +259,20 @@ class BucketCommitter:
         return held, etag
 
     async def commit(
-        self, manifest: Manifest, read_file: FileReader, token: FenceToken
+        self,
+        manifest: Manifest,
+        read_file: FileReader,
+        token: FenceToken,
+        *,
+        copy_source: TierBucket | None = None,
     ) -> CommitReport:
         """Bring ``manifest``'s partition into the bucket and seal it there.
 
-        ``token`` comes from :meth:`BucketFence.claim` at the manifest's epoch
-        (the writer's claim). Re-committing identical content writes nothing.
+        ``token`` comes from :meth:`BucketFence.claim` (the writer's view of
+        the tier's epoch and primary). ``copy_source``: a bucket on the same
+        endpoint holding the same partition; its files are copied server-side
+        (no bytes through the daemon) and then read back and hashed here.
+        Re-committing identical content writes nothing.
         """
         held, manifest_etag = await self.committed_manifest(manifest)
         if held is not None and held.content_hash == manifest.content_hash:
@@ -272,7 +280,9 @@ class BucketCommitter:
         report = CommitReport(committed=False)
         results = await asyncio.gather(
             *(
-                self._upload_file(manifest, entry, read_file(manifest, entry))
+                self._copy_file(manifest, entry, copy_source)
+                if copy_source is not None
+                else self._upload_file(manifest, entry, read_file(manifest, entry))
                 for entry in manifest.files
             )
         )
@@ -302,6 +312,44 @@ class BucketCommitter:
         )
         return report
 
+    async def _copy_file(
+        self, manifest: Manifest, entry: FileEntry, source: TierBucket
+    ) -> tuple[int, int]:
+        """Server-side copy of one file, then verified by reading it back; ``(0, 0)`` sent."""
+        relative = object_key(manifest.key, entry.name)
+        async with self.bucket.slots:
+            await self.bucket.copy_from(source, relative)
+            hasher = new_hasher()
+            size = 0
+            async for piece in self.bucket.stream(relative):
+                size += len(piece)
+                await asyncio.to_thread(hasher.update, piece)
+            got = format_hash(hasher.hexdigest())
+            if size == entry.bytes and got == entry.hash:
+                return 0, 0
+            # Never leave a copy that does not match its manifest where readers look.
+            await self.bucket.delete(relative)
+            raise self._corrupt(manifest, entry, UploadCorruptError("copy", got=got, size=size))
+
+    def _corrupt(
+        self, manifest: Manifest, entry: FileEntry, exc: UploadCorruptError
+    ) -> ReplicationError:
+        """Count and log a mismatch; the error the commit fails with (reason ``corrupt``)."""
+        self.metrics.data_consistency_errors_total.labels(check="corrupt").inc()
+        log.error(
+            "corrupt source file not committed",
+            tier=manifest.tier,
+            file=f"{manifest.partition}/{entry.name}",
+            expected=entry.hash,
+            got=exc.got,
+        )
+        return ReplicationError(
+            f"{manifest.tier}/{manifest.partition}/{entry.name}: source bytes hash to "
+            f"{exc.got} ({exc.size} bytes), manifest says {entry.hash} "
+            f"({entry.bytes} bytes)",
+            reason="corrupt",
+        )
+
     async def _upload_file(
         self, manifest: Manifest, entry: FileEntry, read: ReadRange
     ) -> tuple[int, int]:
@@ -327,17 +375,4 @@ class BucketCommitter:
                 await self.bucket.put(relative, data)
                 return len(data), 0
             except UploadCorruptError as exc:
-                self.metrics.data_consistency_errors_total.labels(check="corrupt").inc()
-                log.error(
-                    "corrupt source file not committed",
-                    tier=manifest.tier,
-                    file=f"{manifest.partition}/{entry.name}",
-                    expected=entry.hash,
-                    got=exc.got,
-                )
-                raise ReplicationError(
-                    f"{manifest.tier}/{manifest.partition}/{entry.name}: source bytes hash to "
-                    f"{exc.got} ({exc.size} bytes), manifest says {entry.hash} "
-                    f"({entry.bytes} bytes)",
-                    reason="corrupt",
-                ) from exc
+                raise self._corrupt(manifest, entry, exc) from exc

@@ -8,7 +8,10 @@ replica commit appends to — and commits each ``sealed`` entry into the bucket
 through :class:`~cryptorun_daemon.storage.bucket_commit.BucketCommitter`:
 verified against the manifest, fenced by the bucket's fence object at this
 region's current view of the tier's epoch and primary. The local partition
-stays as the region's cache (readers and peers are served from it).
+stays as the region's cache (readers and peers are served from it). A replica
+whose config names the primary's bucket (``[storage.sources.P.T]``) on the
+same endpoint copies the files server-side instead of uploading them, and
+reads the copy back to verify it.
 
 Its position is saved in ``{root}/_state/object_store/{tier}.json`` after
 every page; a failed partition stops the pass there (nothing after it is
@@ -100,6 +103,8 @@ class ObjectStoreComponent:
         self.buckets: dict[ActivePassiveTier, TierBucket] = {}
         self.committers: dict[ActivePassiveTier, BucketCommitter] = {}
         self.states: dict[ActivePassiveTier, TierSyncState] = {}
+        # Peers' buckets (``[storage.sources]``) for server-side copies, built once.
+        self._sources: dict[tuple[str, ActivePassiveTier], TierBucket] = {}
 
     def routes(self) -> Sequence[web.RouteDef]:
         return []
@@ -255,12 +260,30 @@ class ObjectStoreComponent:
         if state.token is None or (state.token.epoch, state.token.primary) != (epoch, primary):
             state.token = await committer.fence.claim(epoch, primary)
         try:
-            report = await committer.commit(local, local_reader(directory), state.token)
+            report = await committer.commit(
+                local,
+                local_reader(directory),
+                state.token,
+                copy_source=self._copy_source(tier, primary),
+            )
         except FencedError:
             state.token = None  # claim again next time: the view may have moved on
             raise
         if not report.already:
             state.committed += 1
+
+    def _copy_source(self, tier: ActivePassiveTier, primary: str) -> TierBucket | None:
+        """The primary's bucket when a server-side copy from it is possible (same endpoint)."""
+        if primary == self.ctx.config.region:
+            return None
+        backend = self.ctx.config.storage.sources.get(primary, {}).get(tier)
+        if backend is None:
+            return None
+        source = self._sources.get((primary, tier))
+        if source is None:
+            source = TierBucket(tier, backend, metrics=self.ctx.metrics)
+            self._sources[(primary, tier)] = source
+        return source if self.buckets[tier].same_endpoint(source) else None
 
     def _publish_pending(self, tier: ActivePassiveTier, pending: Sequence[Manifest]) -> None:
         state = self.states[tier]

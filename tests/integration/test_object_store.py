@@ -20,14 +20,17 @@ import pytest
 
 from cryptorun_daemon.errors import FencedError, ReplicationError
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.storage.bucket_commit import (
     BucketCommitter,
     BucketFence,
+    bucket_reader,
     enforces_conditional_writes,
     local_reader,
 )
+from cryptorun_daemon.storage.bucket_source import BucketFileSource
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, object_key
-from cryptorun_daemon.storage.manifest import hash_bytes, read_manifest
+from cryptorun_daemon.storage.manifest import Manifest, hash_bytes, read_manifest
 from cryptorun_daemon.storage.multipart import MultipartUploader, UploadCorruptError
 from cryptorun_daemon.storage.object_store import ConditionFailedError, TierBucket
 from tests.harness.s3 import S3Server, aws_credentials, aws_env, s3_server
@@ -257,3 +260,102 @@ async def test_multipart_upload_of_wrong_bytes_is_aborted_and_orphans_are_cleane
     assert bucket.key("orphan.bin") in aborted
     listing = client.list_multipart_uploads(Bucket=config.bucket, Prefix=bucket.key(""))
     assert listing.get("Uploads", []) == []
+
+
+async def _committed_in(bucket: TierBucket, tmp_path: Path, name: str) -> tuple[Path, Manifest]:
+    """A cold partition sealed on disk under ``tmp_path/name`` and committed into ``bucket``."""
+    root = tmp_path / name
+    [directory] = seed_partitions(root, tier="cold", start=DAY, count=1, files=2)
+    manifest = read_manifest(directory)
+    committer = BucketCommitter(bucket, root, Metrics())
+    token = await committer.fence.claim(1, "eu-central")
+    await committer.commit(manifest, local_reader(directory), token)
+    return directory, manifest
+
+
+async def _corrupt_object(bucket: TierBucket, manifest: Manifest) -> None:
+    relative = object_key(manifest.key, manifest.files[0].name)
+    body, _ = await bucket.get(relative)
+    flipped = bytearray(body)
+    flipped[len(flipped) // 2] ^= 0xFF
+    await bucket.put(relative, bytes(flipped))
+
+
+@pytest.mark.parametrize("server_side", [False, True])
+async def test_bucket_to_bucket_copies_verified_and_never_commits_a_corrupt_source(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path, server_side: bool
+) -> None:
+    """Region A's bucket → region B's bucket, streamed through the process (ranged GETs,
+    hashed on the way) or server-side (same endpoint; read back and hashed): the copy is
+    committed with A's manifest bytes; after an object at A is corrupted, a commit to a
+    fresh prefix fails with reason corrupt, is counted, and leaves no object or marker."""
+    source = TierBucket("cold", s3_server.tier_config("eu-central", prefix=f"b2b-{server_side}"))
+    _, manifest = await _committed_in(source, tmp_path, "a")
+    metrics = Metrics()
+    target = TierBucket(
+        "cold", s3_server.tier_config("us-east", prefix=f"b2b-{server_side}"), metrics=metrics
+    )
+    committer = BucketCommitter(target, tmp_path / "b", metrics)
+    token = await committer.fence.claim(1, "eu-central")
+    assert target.same_endpoint(source)
+    copy_source = source if server_side else None
+
+    report = await committer.commit(manifest, bucket_reader(source), token, copy_source=copy_source)
+    assert report.committed
+    assert report.sent == (0 if server_side else manifest.total_bytes)
+    body, _ = await target.get(object_key(manifest.key, MANIFEST_NAME))
+    assert body == manifest.to_bytes()
+
+    await _corrupt_object(source, manifest)
+    fresh = TierBucket("cold", s3_server.tier_config("us-east", prefix=f"b2b-fresh-{server_side}"))
+    committer = BucketCommitter(fresh, tmp_path / "b", metrics)
+    token = await committer.fence.claim(1, "eu-central")
+    with pytest.raises(ReplicationError) as info:
+        await committer.commit(manifest, bucket_reader(source), token, copy_source=copy_source)
+    assert info.value.reason == "corrupt"
+    assert _counter(metrics, "cryptorun_data_consistency_errors_total", check="corrupt") == 1
+    remaining = await _keys(fresh, f"cold/{manifest.key.relpath}/")
+    assert MANIFEST_NAME not in " ".join(remaining)
+    assert object_key(manifest.key, manifest.files[0].name) not in remaining
+
+
+async def test_bucket_to_disk_through_the_replication_executor(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """A replica's executor reading from the source region's bucket (BucketFileSource)
+    commits a verified local copy (same manifest bytes, sealed); a corrupt object at the
+    source is quarantined and counted, and that partition is not committed."""
+    bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="b2d"))
+    directory, manifest = await _committed_in(bucket, tmp_path, "a")
+    metrics = Metrics()
+    replica = tmp_path / "replica"
+    executor = WarmColdExecutor(
+        root=replica,
+        region="us-east",
+        source=BucketFileSource("eu-central", bucket),
+        metrics=metrics,
+        retry_attempts=2,
+        retry_backoff=0.01,
+    )
+    pulled = await executor.replicate_partition(manifest)
+    assert pulled == manifest.total_bytes
+    local = manifest.key.directory(replica)
+    assert (local / MANIFEST_NAME).read_bytes() == (directory / MANIFEST_NAME).read_bytes()
+    assert (local / SUCCESS_MARKER).exists()
+
+    await _corrupt_object(bucket, manifest)
+    other = tmp_path / "replica2"
+    executor = WarmColdExecutor(
+        root=other,
+        region="us-east",
+        source=BucketFileSource("eu-central", bucket),
+        metrics=metrics,
+        retry_attempts=2,
+        retry_backoff=0.01,
+    )
+    with pytest.raises(ReplicationError) as info:
+        await executor.replicate_partition(manifest)
+    assert info.value.reason == "corrupt"
+    assert not (manifest.key.directory(other) / SUCCESS_MARKER).exists()
+    assert _counter(metrics, "cryptorun_data_consistency_errors_total", check="corrupt") == 2
+    assert list((other / "_quarantine").rglob("*.error.json"))

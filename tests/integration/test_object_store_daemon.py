@@ -62,15 +62,20 @@ async def test_sealed_cold_partition_lands_in_both_regions_buckets(
     s3_server: S3Server, aws_credentials: str, tmp_path: Path
 ) -> None:
     """Seal at the primary → its bucket holds the partition (manifest byte-identical to
-    disk, _SUCCESS); the replica pulls it and its bucket holds the same manifest; status
-    shows each tier's backend (URL, no credentials), bytes pending drop to 0, and neither
-    daemon's log holds the access key or the secret."""
+    disk, _SUCCESS); the replica reads the files from A's bucket into its local cache and
+    copies them server-side into its own bucket (no data bytes uploaded by B), which then
+    holds the same manifest; status shows each tier's backend (URL, no credentials), bytes
+    pending drop to 0, and neither daemon's log holds the access key or the secret."""
     a, b = two_regions(
         tmp_path,
         rules=[{"tier": "cold", "from": "eu-central", "to": ["us-east"], "lag_slo": "5m"}],
     )
     for spec in (a, b):
         _with_cold_bucket(spec, s3_server)
+    # B reads the tier's files from A's bucket (bucket → disk) and, the endpoint being the
+    # same, copies them into its own bucket server-side (bucket → bucket).
+    b.sections["storage.sources.eu-central.cold"] = dict(b.sections["storage.tiers.cold"])
+    b.sections["storage.sources.eu-central.cold"]["url"] = a.sections["storage.tiers.cold"]["url"]
     a_bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="tiers"))
     b_bucket = TierBucket("cold", s3_server.tier_config("us-east", prefix="tiers"))
     env = aws_env()
@@ -120,6 +125,17 @@ async def test_sealed_cold_partition_lands_in_both_regions_buckets(
             return value == 0.0
 
         await eventually(nothing_pending, "no bytes pending at A")
+        data_bytes = sum(
+            p.stat().st_size for p in KEY.directory(a.storage_root).glob("part-*.parquet")
+        )
+        labels = {"tier": "cold", "op": "get"}
+        got = await metric(http, db.base_url, "cryptorun_object_store_bytes_total", labels)
+        labels["op"] = "put"
+        put = await metric(http, db.base_url, "cryptorun_object_store_bytes_total", labels)
+        # Read from A's bucket, then read back after the server-side copy; only the
+        # manifest, markers and fence object were PUT by B.
+        assert got >= 2 * data_bytes
+        assert put < data_bytes
         logs = da.log_text() + db.log_text()
     assert "partition committed to bucket" in logs
     assert TEST_SECRET_KEY not in logs
