@@ -127,9 +127,22 @@ def classify(exc: BaseException) -> tuple[str, bool]:
     lowered = text.lower()
     if code is None and status is None:
         name = type(exc).__name__
-        if isinstance(exc, TimeoutError) or "timed out" in lowered or "Timeout" in name:
+        # obstore's messages carry the Rust error's debug form ("kind: Timeout",
+        # "TimedOut"); botocore's are ReadTimeoutError / EndpointConnectionError.
+        if (
+            isinstance(exc, TimeoutError)
+            or "timed out" in lowered
+            or "timedout" in lowered
+            or "kind: timeout" in lowered
+            or "Timeout" in name
+        ):
             return "timeout", True
-        if "connect" in lowered or "Connection" in name or isinstance(exc, ConnectionError):
+        if (
+            "connect" in lowered
+            or "error sending request" in lowered
+            or "Connection" in name
+            or isinstance(exc, ConnectionError)
+        ):
             return "connect", True
         return "other", False
     if code is not None and code in OBJECT_STORE_ERROR_CODES:
