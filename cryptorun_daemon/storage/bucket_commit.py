@@ -170,16 +170,23 @@ class BucketFence:
 
 
 async def enforces_conditional_writes(bucket: TierBucket) -> bool:
-    """Whether the store refuses a second ``If-None-Match: *`` write of one key.
+    """Whether the store refuses a second ``If-None-Match: *`` write and a stale ``If-Match``.
 
-    Writes a probe object twice (then deletes it). A store that accepts both
-    writes cannot fence at the write (docs/OPERATIONS.md#object-storage-tiers).
+    Writes a probe object (then deletes it). A store that accepts either write
+    cannot fence at the write (docs/OPERATIONS.md#object-storage-tiers).
     """
     key = f"{_PROBE_KEY}-{os.getpid()}-{id(bucket):x}"
     try:
-        await bucket.put(key, b"probe", mode="create")
+        etag = await bucket.put(key, b"probe", mode="create")
         try:
             await bucket.put(key, b"probe", mode="create")
+        except ConditionFailedError:
+            pass
+        else:
+            return False
+        stale = '"00000000000000000000000000000000"' if etag != '"0"' else '"1"'
+        try:
+            await bucket.put(key, b"probe-2", if_match=stale)
         except ConditionFailedError:
             return True
         return False

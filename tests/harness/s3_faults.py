@@ -10,6 +10,7 @@ the requests a test has armed a fault for::
     async with S3FaultProxy(server.endpoint) as proxy:
         proxy.fail("PUT", times=2, status=503, code="SlowDown")
         proxy.stall("GET", times=1, seconds=5)   # answers nothing for 5 s
+        proxy.strip_conditions = True            # a store without conditional writes
 
 Resource handling: ``async with`` starts and stops the server and its client
 session; a stalled handler is cancelled when the proxy closes.
@@ -49,6 +50,9 @@ class S3FaultProxy:
         #: Faults injected so far, by ``(method, status or "stall")``.
         self.injected: Counter[tuple[str, str]] = Counter()
         self.forwarded = 0
+        #: True: drop If-None-Match / If-Match before forwarding (a store without
+        #: conditional writes, as seen by the client).
+        self.strip_conditions = False
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -87,7 +91,8 @@ class S3FaultProxy:
             )
             return web.Response(status=fault.status, text=document, content_type="application/xml")
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        dropped = _HOP | ({"if-none-match", "if-match"} if self.strip_conditions else set())
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
         async with self._session.request(
             request.method,
             f"{self.target}{request.rel_url}",

@@ -14,15 +14,23 @@ from pathlib import Path
 import pytest
 import structlog
 
+from cryptorun_daemon.config import load_config
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.runtime.clock import SystemClock
+from cryptorun_daemon.runtime.component import DaemonContext
+from cryptorun_daemon.runtime.supervisor import Supervisor
 from cryptorun_daemon.storage.bucket_commit import BucketCommitter, local_reader
+from cryptorun_daemon.storage.bucket_sync import ObjectStoreComponent
 from cryptorun_daemon.storage.layout import SUCCESS_MARKER, object_key
 from cryptorun_daemon.storage.manifest import hash_bytes, read_manifest
 from cryptorun_daemon.storage.multipart import MultipartUploader
 from cryptorun_daemon.storage.object_store import ObjectStoreError, TierBucket
+from tests.harness.daemons import RegionSpec
+from tests.harness.net import free_port
 from tests.harness.s3 import TEST_ACCESS_KEY, S3Server, aws_credentials, s3_server
 from tests.harness.s3_faults import S3FaultProxy
 from tests.harness.testdata import seed_partitions
+from tests.harness.wait import eventually
 
 __all__ = ["aws_credentials", "s3_server"]  # pytest fixtures used by name
 
@@ -121,3 +129,64 @@ async def test_multipart_parts_survive_5xx_and_a_4xx_is_not_retried(
         assert _errors(metrics, "put", "AccessDenied") == 1
     direct = TierBucket("cold", s3_server.tier_config("eu-central", prefix="mpfault"))
     assert (await direct.get("big.bin"))[0] == data
+
+
+@pytest.mark.parametrize("accept_weak_fencing", [False, True])
+async def test_a_store_without_conditional_writes_is_refused_as_primary_unless_accepted(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path, accept_weak_fencing: bool
+) -> None:
+    """Behind a proxy that drops If-None-Match / If-Match (a store without conditional
+    writes), the object_store worker of the tier's primary detects it, commits nothing and
+    reports why (status, readiness) — unless accept_weak_fencing = true, when it commits."""
+    async with S3FaultProxy(s3_server.endpoint) as proxy:
+        proxy.strip_conditions = True
+        prefix = f"weak-{accept_weak_fencing}"
+        spec = RegionSpec(
+            "eu-central",
+            free_port(),
+            tmp_path / "eu",
+            peers={"us-east": free_port()},
+            rules=[{"tier": "cold", "from": "eu-central", "to": ["us-east"], "lag_slo": "5m"}],
+            sections={
+                "storage.tiers.cold": {
+                    "url": f"s3://{s3_server.bucket('eu-central')}/{prefix}",
+                    "endpoint_url": proxy.endpoint,
+                    "region": "us-east-1",
+                    "allow_http": True,
+                    "accept_weak_fencing": accept_weak_fencing,
+                }
+            },
+        )
+        config = load_config(spec.write())
+        metrics = Metrics()
+        supervisor = Supervisor(metrics)
+        ctx = DaemonContext(
+            config=config, metrics=metrics, clock=SystemClock(), supervisor=supervisor
+        )
+        component = ObjectStoreComponent(
+            ctx,
+            epoch_provider=lambda _tier: 1,
+            primary_provider=lambda _tier: "eu-central",
+            poll_interval=0.05,
+        )
+        [directory] = seed_partitions(config.storage.root, tier="cold", start=DAY, count=1)
+        manifest = read_manifest(directory)
+        direct = TierBucket("cold", s3_server.tier_config("eu-central", prefix=prefix))
+        success = object_key(manifest.key, SUCCESS_MARKER)
+        await component.start()
+        try:
+            if accept_weak_fencing:
+                await eventually(lambda: _exists(direct, success), "the commit on the weak store")
+                assert component.not_ready_reasons() == []
+            else:
+                await eventually(lambda: bool(component.not_ready_reasons()), "the refusal")
+                backend = component.status(tier="cold", region=None)["tiers"]["cold"]["backend"]
+                assert backend["conditional_writes"] is False
+                assert "accept_weak_fencing" in backend["refused"]
+                assert await direct.head(success) is None
+        finally:
+            await supervisor.stop(timeout=5.0)
+
+
+async def _exists(bucket: TierBucket, relative: str) -> bool:
+    return await bucket.head(relative) is not None
