@@ -142,7 +142,7 @@ class ObjectStoreTier:
     allow_http: bool = False
     accept_weak_fencing: bool = False
     #: Files of at least this many bytes go up as resumable multipart uploads.
-    multipart_threshold: int = 16 << 20
+    multipart_threshold: int = 8 << 20
     #: Bytes per multipart part (S3's minimum for all but the last part is 5 MiB).
     part_size: int = 8 << 20
     #: Multipart uploads older than this, and not ours to resume, are aborted.
