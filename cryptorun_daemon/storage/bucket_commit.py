@@ -221,14 +221,17 @@ def bucket_reader(source: TierBucket) -> FileReader:
         relative = object_key(manifest.key, entry.name)
 
         async def read(offset: int, length: int) -> bytes:
-            pieces: list[bytes] = []
+            # One buffer of exactly `length` filled in place: no list of pieces and
+            # no join, so a part costs its size once.
+            buffer = bytearray(length)
             got = 0
-            async for piece in source.stream(relative, offset=offset, chunk=min(length, 8 << 20)):
-                pieces.append(piece[: length - got])
-                got += len(pieces[-1])
+            async for piece in source.stream(relative, offset=offset, chunk=min(length, 1 << 20)):
+                take = min(len(piece), length - got)
+                buffer[got : got + take] = piece[:take]
+                got += take
                 if got >= length:
                     break
-            return b"".join(pieces)
+            return bytes(buffer) if got == length else bytes(buffer[:got])
 
         return read
 

@@ -185,25 +185,57 @@ class MultipartUploader:
             await asyncio.to_thread(self._save, state)
         hasher = new_hasher()
         count = max(1, -(-size // self.part_size))
-        for number in range(1, count + 1):
-            offset = (number - 1) * self.part_size
-            length = min(self.part_size, size - offset)
-            data = await read(offset, length)
-            if len(data) != length:
-                raise UploadCorruptError(
-                    f"{relative}: source gave {len(data)} bytes at {offset}, expected {length}",
-                    got="short read",
-                    size=offset + len(data),
-                )
-            await asyncio.to_thread(hasher.update, data)
-            if number in state.parts:
-                report.reused += length
-                continue
-            state.parts[number] = await self._put_part(state, number, data)
-            self.bucket.count_bytes("put", length)
-            report.sent += length
-            await asyncio.to_thread(self._save, state)
-            failpoint("multipart.after_part")
+        # Parts are read and hashed in order; their uploads overlap the next reads.
+        # Memory: every part held (read, hashed or in flight) holds one of the
+        # bucket's part buffers, so all uploads of a tier together stay bounded.
+        sending: list[asyncio.Task[None]] = []
+        saving = asyncio.Lock()
+
+        async def send(number: int, data: bytes) -> None:
+            try:
+                etag = await self._put_part(state, number, data)
+                self.bucket.count_bytes("put", len(data))
+                report.sent += len(data)
+                async with saving:
+                    state.parts[number] = etag
+                    await asyncio.to_thread(self._save, state)
+                failpoint("multipart.after_part")
+            finally:
+                self.bucket.part_buffers.release()
+
+        try:
+            for number in range(1, count + 1):
+                offset = (number - 1) * self.part_size
+                length = min(self.part_size, size - offset)
+                await self.bucket.part_buffers.acquire()
+                try:
+                    data = await read(offset, length)
+                    if len(data) != length:
+                        raise UploadCorruptError(
+                            f"{relative}: source gave {len(data)} bytes at {offset}, "
+                            f"expected {length}",
+                            got="short read",
+                            size=offset + len(data),
+                        )
+                    await asyncio.to_thread(hasher.update, data)
+                except BaseException:
+                    self.bucket.part_buffers.release()
+                    raise
+                if number in state.parts:
+                    report.reused += length
+                    self.bucket.part_buffers.release()
+                    continue
+                sending.append(asyncio.create_task(send(number, data)))
+                for task in [task for task in sending if task.done()]:
+                    sending.remove(task)
+                    task.result()  # a failed part stops the upload now (resumable)
+            await asyncio.gather(*sending)
+        finally:
+            # On any failure the parts still in flight are cancelled and awaited:
+            # none outlives this call (their state is saved or resumable).
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
         got = format_hash(hasher.hexdigest())
         if got != content_hash:
             await self._abort(key, state.upload_id)

@@ -161,7 +161,8 @@ class TierBucket:
     Resource handling: the ``obstore`` store and the ``botocore`` client hold
     connection pools for the life of this object; nothing else is owned.
     Concurrency: at most ``config.concurrency`` transfers at once
-    (:attr:`slots`, taken by the callers that stream data).
+    (:attr:`slots`, taken by the callers that stream data) and as many
+    multipart parts in memory (:attr:`part_buffers`).
     """
 
     def __init__(
@@ -180,6 +181,9 @@ class TierBucket:
         self.metrics = metrics
         self.retry_backoff = retry_backoff
         self.slots = asyncio.Semaphore(config.concurrency)
+        # Multipart parts held in memory at once across this tier's uploads
+        # (read, being hashed or in flight): memory <= part_buffers x part_size.
+        self.part_buffers = asyncio.Semaphore(max(2, config.concurrency))
         self._session = boto3.session.Session(region_name=config.region)
         timeout = timedelta(seconds=config.request_timeout)
         client_options: dict[str, Any] = {
