@@ -119,7 +119,7 @@ async def run_baseline(args: argparse.Namespace) -> int:
 
     parts = manifests(args.size_mb, args.file_mb)
     src = TierBucket("cold", tier(args.a, "bench-a", "src", args.concurrency))
-    dst = TierBucket("cold", tier(args.b, "bench-b", "baseline", args.concurrency))
+    dst = TierBucket("cold", tier(args.b, "bench-b", f"baseline-{args.round}", args.concurrency))
     keys = [object_key(m.key, f.name) for m, _ in parts for f in m.files]
     slots = asyncio.Semaphore(args.concurrency)
     moved = 0
@@ -143,7 +143,9 @@ async def run_daemon(args: argparse.Namespace, *, server_side: bool) -> int:
     endpoint = args.a if server_side else args.b
     bucket = "bench-a2" if server_side else "bench-b"
     dst = TierBucket(
-        "cold", tier(endpoint, bucket, f"daemon-{server_side}", args.concurrency), metrics=metrics
+        "cold",
+        tier(endpoint, bucket, f"daemon-{server_side}-{args.round}", args.concurrency),
+        metrics=metrics,
     )
     committer = BucketCommitter(dst, Path(args.state), metrics)
     token = await committer.fence.claim(1, "eu-central")
@@ -176,10 +178,14 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"phase": args.phase, "bytes": moved, "seconds": seconds, "rss_mb": rss_mb}))
 
 
-def run_child(phase: str, args: argparse.Namespace, a: str, b: str, state: str) -> dict[str, Any]:
+def run_child(
+    phase: str, args: argparse.Namespace, a: str, b: str, state: str, round_: int
+) -> dict[str, Any]:
     command = [
         sys.executable,
         __file__,
+        "--round",
+        str(round_),
         "--phase",
         phase,
         "--a",
@@ -214,6 +220,7 @@ def main() -> None:
     parser.add_argument("--a")
     parser.add_argument("--b")
     parser.add_argument("--state")
+    parser.add_argument("--round", type=int, default=0)
     args = parser.parse_args()
     if args.phase:
         child(args)
@@ -236,10 +243,10 @@ def main() -> None:
             f"({len(parts)} partitions), concurrency {args.concurrency}"
         )
         rows = []
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
             for phase in ("baseline", "streamed", "server-side"):
                 state = tempfile.mkdtemp(dir=tmp)
-                rows.append(run_child(phase, args, a.endpoint, b.endpoint, state))
+                rows.append(run_child(phase, args, a.endpoint, b.endpoint, state, round_))
         base = [r for r in rows if r["phase"] == "baseline"]
         base_rate = sum(r["bytes"] / r["seconds"] for r in base) / len(base)
         print(f"{'variant':<12} {'MB/s':>8} {'ratio':>6} {'RSS MB':>7} {'load':>5}")

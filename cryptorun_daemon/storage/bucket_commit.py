@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("cryptorun.object_store")
 
 #: Reads ``length`` bytes at ``offset`` of one partition file (from disk or a bucket).
-ReadRange = Callable[[int, int], Awaitable[bytes]]
+ReadRange = Callable[[int, int], Awaitable[bytes | bytearray]]
 #: ``(manifest, file) → reader`` for the files of a partition being committed.
 FileReader = Callable[[Manifest, FileEntry], ReadRange]
 
@@ -200,7 +200,7 @@ def local_reader(directory: Path) -> FileReader:
     def reader(manifest: Manifest, entry: FileEntry) -> ReadRange:
         path = directory / entry.name
 
-        async def read(offset: int, length: int) -> bytes:
+        async def read(offset: int, length: int) -> bytes | bytearray:
             return await asyncio.to_thread(_read_range, path, offset, length)
 
         return read
@@ -220,9 +220,9 @@ def bucket_reader(source: TierBucket) -> FileReader:
     def reader(manifest: Manifest, entry: FileEntry) -> ReadRange:
         relative = object_key(manifest.key, entry.name)
 
-        async def read(offset: int, length: int) -> bytes:
-            # One buffer of exactly `length` filled in place: no list of pieces and
-            # no join, so a part costs its size once.
+        async def read(offset: int, length: int) -> bytes | bytearray:
+            # One buffer of exactly `length` filled in place and handed on as is: no
+            # list of pieces, no join, no copy, so a part costs its size once.
             buffer = bytearray(length)
             got = 0
             async for piece in source.stream(relative, offset=offset, chunk=min(length, 1 << 20)):
@@ -231,7 +231,7 @@ def bucket_reader(source: TierBucket) -> FileReader:
                 got += take
                 if got >= length:
                     break
-            return bytes(buffer) if got == length else bytes(buffer[:got])
+            return buffer if got == length else buffer[:got]
 
         return read
 

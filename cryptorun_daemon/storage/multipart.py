@@ -53,7 +53,7 @@ log = structlog.get_logger("cryptorun.object_store")
 STATE_DIR: Final = "_state/multipart"
 
 #: Reads ``length`` bytes at ``offset`` of the object being uploaded.
-ReadRange = Callable[[int, int], Awaitable[bytes]]
+ReadRange = Callable[[int, int], Awaitable[bytes | bytearray]]
 
 
 class UploadCorruptError(StorageError):
@@ -191,7 +191,7 @@ class MultipartUploader:
         sending: list[asyncio.Task[None]] = []
         saving = asyncio.Lock()
 
-        async def send(number: int, data: bytes) -> None:
+        async def send(number: int, data: bytes | bytearray) -> None:
             try:
                 etag = await self._put_part(state, number, data)
                 self.bucket.count_bytes("put", len(data))
@@ -265,7 +265,7 @@ class MultipartUploader:
 
         return await self.bucket.call("multipart", key, attempt)
 
-    async def _put_part(self, state: UploadState, number: int, data: bytes) -> str:
+    async def _put_part(self, state: UploadState, number: int, data: bytes | bytearray) -> str:
         client = self.bucket.botocore_client()
 
         async def attempt() -> str:

@@ -183,7 +183,7 @@ class TierBucket:
         self.slots = asyncio.Semaphore(config.concurrency)
         # Multipart parts held in memory at once across this tier's uploads
         # (read, being hashed or in flight): memory <= part_buffers x part_size.
-        self.part_buffers = asyncio.Semaphore(max(2, config.concurrency))
+        self.part_buffers = asyncio.Semaphore(max(2, config.concurrency // 2))
         self._session = boto3.session.Session(region_name=config.region)
         timeout = timedelta(seconds=config.request_timeout)
         client_options: dict[str, Any] = {
@@ -289,7 +289,7 @@ class TierBucket:
     async def put(
         self,
         relative: str,
-        data: bytes,
+        data: bytes | bytearray,
         *,
         mode: PutMode = "overwrite",
         if_match: str | None = None,
