@@ -229,17 +229,17 @@ class ObjectStoreComponent:
         for change in page.changes:
             if change.kind == "sealed" and change.manifest is not None:
                 latest[change.partition] = change
-        pending = [Manifest.from_bytes(c.manifest) for c in latest.values() if c.manifest]
-        self._publish_pending(tier, pending)
+        # Partition → manifest of what this page still has to bring into the bucket.
+        pending = {p: Manifest.from_bytes(c.manifest or b"") for p, c in latest.items()}
+        self._publish_pending(tier, list(pending.values()))
         done = 0
         for change in page.changes:
             if latest.get(change.partition) is not change:
                 continue
-            manifest = Manifest.from_bytes(change.manifest or b"")
-            await self._commit_one(tier, manifest)
+            await self._commit_one(tier, pending[change.partition])
             done += 1
-            pending = pending[1:]
-            self._publish_pending(tier, pending)
+            del pending[change.partition]
+            self._publish_pending(tier, list(pending.values()))
         state.feed_id = page.feed_id
         state.position = page.next_after
         await asyncio.to_thread(self._save_position, tier, page.feed_id, state.position)

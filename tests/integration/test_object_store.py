@@ -33,7 +33,7 @@ from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, objec
 from cryptorun_daemon.storage.manifest import Manifest, hash_bytes, read_manifest
 from cryptorun_daemon.storage.multipart import MultipartUploader, UploadCorruptError
 from cryptorun_daemon.storage.object_store import ConditionFailedError, TierBucket
-from tests.harness.s3 import S3Server, aws_credentials, aws_env, s3_server
+from tests.harness.s3 import TEST_ACCESS_KEY, S3Server, aws_credentials, aws_env, s3_server
 from tests.harness.testdata import seed_partitions
 
 __all__ = ["aws_credentials", "s3_server"]  # pytest fixtures used by name
@@ -367,3 +367,35 @@ async def test_bucket_to_disk_through_the_replication_executor(
     assert not (manifest.key.directory(other) / SUCCESS_MARKER).exists()
     assert _counter(metrics, "cryptorun_data_consistency_errors_total", check="corrupt") == 2
     assert list((other / "_quarantine").rglob("*.error.json"))
+
+
+async def test_pyarrow_reads_the_bucket_with_the_same_hive_partitioning(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """pyarrow.dataset over the bucket (its own S3 filesystem, not our code) sees the
+    committed files with the hive keys venue, symbol and date, and the same rows as on disk."""
+    import pyarrow.dataset as ds
+    from pyarrow.fs import S3FileSystem
+
+    bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="hive"))
+    directory, manifest = await _committed_in(bucket, tmp_path, "a")
+    filesystem = S3FileSystem(
+        access_key=TEST_ACCESS_KEY,
+        secret_key=aws_credentials,
+        endpoint_override=s3_server.endpoint.removeprefix("http://"),
+        scheme="http",
+        region="us-east-1",
+    )
+    dataset = ds.dataset(
+        f"{bucket.config.bucket}/hive/cold/trade",
+        filesystem=filesystem,
+        format="parquet",
+        partitioning="hive",
+        exclude_invalid_files=True,
+    )
+    table = dataset.to_table()
+    assert table.num_rows == manifest.total_rows
+    assert {"venue", "date"} <= set(table.column_names)
+    assert set(table.column("venue").to_pylist()) == {"kraken"}
+    local = ds.dataset(str(directory), format="parquet").to_table()
+    assert table.num_rows == local.num_rows
