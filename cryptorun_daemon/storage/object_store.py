@@ -160,6 +160,8 @@ class TierBucket:
 
     Resource handling: the ``obstore`` store and the ``botocore`` client hold
     connection pools for the life of this object; nothing else is owned.
+    Error handling: :class:`StorageError` at construction when the AWS
+    credential chain finds no credentials.
     Concurrency: at most ``config.concurrency`` transfers at once
     (:attr:`slots`, taken by the callers that stream data) and as many
     multipart parts in memory (:attr:`part_buffers`).
@@ -200,11 +202,18 @@ class TierBucket:
             options["endpoint"] = config.endpoint_url
         if config.region is not None:
             options["region"] = config.region
+        try:
+            credentials = Boto3CredentialProvider(self._session)
+        except ValueError as exc:  # the chain found nothing
+            raise StorageError(
+                f"{config.url}: no AWS credentials found (environment variables, shared "
+                "config/credentials files, instance role); the config file never holds them"
+            ) from exc
         self.store = S3Store(
             config.bucket,
             client_options=client_options,  # type: ignore[arg-type]
             retry_config={"max_retries": 0},  # we retry (and count) ourselves
-            credential_provider=Boto3CredentialProvider(self._session),
+            credential_provider=credentials,
             **options,
         )
         self._botocore: Any = None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from obstore.exceptions import GenericError, PreconditionError
 
+from cryptorun_daemon.config import ObjectStoreTier
+from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.metrics import OBJECT_STORE_ERROR_CODES
-from cryptorun_daemon.storage.object_store import classify
+from cryptorun_daemon.storage.object_store import TierBucket, classify
 
 
 def _client_error(code: str, status: int) -> ClientError:
@@ -60,3 +64,18 @@ def test_failures_map_to_bounded_codes_and_retry_decisions(
     code, retryable = classify(error)
     assert (code, retryable) == expected
     assert code in OBJECT_STORE_ERROR_CODES
+
+
+def test_no_credentials_anywhere_is_a_clear_storage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With no credentials in the environment, no shared files and no instance role, a tier
+    refuses to start with a StorageError naming its URL and where credentials come from."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    config = ObjectStoreTier(url="s3://some-bucket/p", bucket="some-bucket", prefix="p")
+    with pytest.raises(StorageError, match=r"s3://some-bucket/p: no AWS credentials found"):
+        TierBucket("cold", config)
