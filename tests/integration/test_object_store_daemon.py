@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cryptorun_daemon.storage.bucket_commit import BucketFence
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, PartitionKey, object_key
 from cryptorun_daemon.storage.object_store import TierBucket
 from tests.harness.admin import auth_headers, metric
@@ -140,3 +141,53 @@ async def test_sealed_cold_partition_lands_in_both_regions_buckets(
     assert "partition committed to bucket" in logs
     assert TEST_SECRET_KEY not in logs
     assert TEST_ACCESS_KEY not in logs
+
+
+async def test_a_late_commit_after_a_newer_epoch_reached_the_bucket_is_refused_by_the_store(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """The primary daemon (epoch 1 in its own view) shares its cold bucket with a region
+    promoted meanwhile, which wrote epoch 2 into the bucket's fence object. The primary's
+    next seal is committed on its disk but its object_store worker is refused by the store's
+    conditional write: no _SUCCESS in the bucket, the refusal counted and shown in status."""
+    a, b = two_regions(
+        tmp_path,
+        rules=[{"tier": "cold", "from": "eu-central", "to": ["us-east"], "lag_slo": "5m"}],
+    )
+    _with_cold_bucket(a, s3_server)
+    bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="tiers"))
+    async with (
+        run_daemon_process(a.write(), env=aws_env()) as da,
+        run_daemon_process(b.write(), env=aws_env()),
+        aiohttp.ClientSession() as http,
+    ):
+        # The promoted region's claim, written straight into the shared bucket.
+        await BucketFence(bucket).claim(2, "us-east")
+        write_trade_partition(a.storage_root, KEY, rows=500)
+        answers: list[str] = []
+
+        async def sealed() -> bool:
+            async with http.post(
+                f"{a.base_url}/v1/partitions/seal",
+                json={"tier": "cold", "partition": KEY.relpath},
+                headers=auth_headers(),
+            ) as resp:
+                answers.append(await resp.text())
+                return resp.status == 200
+
+        await eventually(sealed, "the seal at A", timeout=30, detail=lambda: answers[-1:])
+
+        async def refused() -> bool:
+            async with http.get(f"{a.base_url}/v1/status", headers=auth_headers()) as resp:
+                doc: dict[str, Any] = await resp.json()
+            error = doc["tiers"]["cold"]["backend"]["last_error"] or ""
+            return "FencedError" in error and "holds epoch 2" in error
+
+        await eventually(refused, "A's bucket commit refused", timeout=30)
+        fenced = await metric(
+            http, da.base_url, "cryptorun_fenced_total", {"tier": "cold", "operation": "seal"}
+        )
+        assert fenced >= 1
+    assert (KEY.directory(a.storage_root) / SUCCESS_MARKER).exists()  # sealed on its disk
+    assert await bucket.head(object_key(KEY, SUCCESS_MARKER)) is None
+    assert await bucket.head(object_key(KEY, MANIFEST_NAME)) is None
