@@ -18,7 +18,14 @@ from cryptorun_daemon.storage.bucket_commit import BucketFence
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, PartitionKey, object_key
 from cryptorun_daemon.storage.object_store import TierBucket
 from tests.harness.admin import auth_headers, metric
-from tests.harness.daemons import RegionSpec, run_daemon_process, two_regions
+from tests.harness.daemons import (
+    RegionSpec,
+    run_daemon_process,
+    start_daemon_process,
+    stop_process,
+    two_regions,
+    wait_until_ready,
+)
 from tests.harness.s3 import (
     TEST_ACCESS_KEY,
     TEST_SECRET_KEY,
@@ -191,3 +198,85 @@ async def test_a_late_commit_after_a_newer_epoch_reached_the_bucket_is_refused_b
     assert (KEY.directory(a.storage_root) / SUCCESS_MARKER).exists()  # sealed on its disk
     assert await bucket.head(object_key(KEY, SUCCESS_MARKER)) is None
     assert await bucket.head(object_key(KEY, MANIFEST_NAME)) is None
+
+
+def _big_partition(root: Path, size: int) -> int:
+    """One cold partition file of about ``size`` incompressible bytes; returns its size."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory = KEY.directory(root)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = size // 4096
+    table = pa.table({"blob": pa.array([os.urandom(4096) for _ in range(rows)], pa.binary())})
+    path = directory / "part-0000.parquet"
+    pq.write_table(table, path, compression="none")
+    return path.stat().st_size
+
+
+async def test_kill_9_mid_multipart_then_restart_resumes_without_resending_parts(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """The primary daemon dies (kill -9 equivalent: the multipart.after_part fail point)
+    right after the first 5 MiB part of a 12 MiB file reached the bucket; restarted, it
+    resumes the upload: the file completes byte-identical and the restarted daemon PUT
+    fewer bytes than the file holds."""
+    a, b = two_regions(
+        tmp_path,
+        rules=[{"tier": "cold", "from": "eu-central", "to": ["us-east"], "lag_slo": "5m"}],
+    )
+    _with_cold_bucket(a, s3_server)
+    a.sections["storage.tiers.cold"].update(
+        {
+            "url": "s3://cryptorun-eu-central/kill9",
+            "multipart_threshold": 5 << 20,
+            "part_size": 5 << 20,
+        }
+    )
+    bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="kill9"))
+    a_config = a.write()
+    crash_env = {**aws_env(), "CRYPTORUN_FAILPOINTS": "multipart.after_part=exit"}
+    async with run_daemon_process(b.write(), env=aws_env()), aiohttp.ClientSession() as http:
+        proc = start_daemon_process(a_config, env=crash_env, log_name="a-crash.log")
+        try:
+            await wait_until_ready(a.base_url, proc=proc, log_path=a.directory / "a-crash.log")
+            size = _big_partition(a.storage_root, 12 << 20)
+
+            async def sealed() -> bool:
+                async with http.post(
+                    f"{a.base_url}/v1/partitions/seal",
+                    json={"tier": "cold", "partition": KEY.relpath},
+                    headers=auth_headers(),
+                ) as resp:
+                    return resp.status == 200
+
+            await eventually(sealed, "the seal at A", timeout=30)
+            await eventually(lambda: proc.poll() is not None, "A to die at the fail point")
+            assert proc.returncode == 86
+        finally:
+            stop_process(proc)
+        assert await bucket.head(object_key(KEY, "part-0000.parquet")) is None
+        assert list((a.storage_root / "_state/multipart/cold").glob("*.json"))
+
+        async with run_daemon_process(a_config, env=aws_env()) as da:
+            await eventually(
+                lambda: _exists(bucket, object_key(KEY, SUCCESS_MARKER)),
+                "the resumed commit",
+                timeout=60,
+            )
+            put = await metric(
+                http,
+                da.base_url,
+                "cryptorun_object_store_bytes_total",
+                {"tier": "cold", "op": "put"},
+            )
+    body, _ = await bucket.get(object_key(KEY, "part-0000.parquet"))
+    assert body == (KEY.directory(a.storage_root) / "part-0000.parquet").read_bytes()
+    assert put < size
+    assert list((a.storage_root / "_state/multipart/cold").glob("*.json")) == []
+
+
+async def _exists(bucket: TierBucket, relative: str) -> bool:
+    return await bucket.head(relative) is not None
