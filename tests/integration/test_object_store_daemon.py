@@ -51,8 +51,10 @@ KEY = PartitionKey(
 )
 
 
-def _with_cold_bucket(spec: RegionSpec, server: S3Server) -> None:
-    config = server.tier_config(spec.region, prefix="tiers")
+def _with_cold_bucket(spec: RegionSpec, server: S3Server, prefix: str = "tiers") -> None:
+    """``spec``'s cold tier in its region's bucket under ``prefix`` (one per test: the
+    server is shared by the module)."""
+    config = server.tier_config(spec.region, prefix=prefix)
     spec.sections["storage.tiers.cold"] = {
         "url": config.url,
         "endpoint_url": server.endpoint,
@@ -161,8 +163,8 @@ async def test_a_late_commit_after_a_newer_epoch_reached_the_bucket_is_refused_b
         tmp_path,
         rules=[{"tier": "cold", "from": "eu-central", "to": ["us-east"], "lag_slo": "5m"}],
     )
-    _with_cold_bucket(a, s3_server)
-    bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="tiers"))
+    _with_cold_bucket(a, s3_server, prefix="late")
+    bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="late"))
     async with (
         run_daemon_process(a.write(), env=aws_env()) as da,
         run_daemon_process(b.write(), env=aws_env()),
@@ -227,10 +229,9 @@ async def test_kill_9_mid_multipart_then_restart_resumes_without_resending_parts
         tmp_path,
         rules=[{"tier": "cold", "from": "eu-central", "to": ["us-east"], "lag_slo": "5m"}],
     )
-    _with_cold_bucket(a, s3_server)
+    _with_cold_bucket(a, s3_server, prefix="kill9")
     a.sections["storage.tiers.cold"].update(
         {
-            "url": "s3://cryptorun-eu-central/kill9",
             "multipart_threshold": 5 << 20,
             "part_size": 5 << 20,
         }
