@@ -10,6 +10,7 @@ from cryptorun_daemon.hot.component import HotComponent
 from cryptorun_daemon.reader.http import ReaderComponent
 from cryptorun_daemon.replication.component import WarmColdComponent
 from cryptorun_daemon.runtime.component import Component, DaemonContext
+from cryptorun_daemon.storage.bucket_sync import ObjectStoreComponent
 
 
 def build_components(ctx: DaemonContext) -> list[Component]:
@@ -63,4 +64,8 @@ def build_components(ctx: DaemonContext) -> list[Component]:
     quarantine = QuarantineStatus(ctx)
     # GET /v1/read: research reads of this region's storage, streamed as Arrow IPC.
     reader = ReaderComponent(lambda: ctx.config.storage.root)
-    return [failover, warm_cold, hot, quarantine, reader]
+    # [storage.tiers.*]: committed warm/cold partitions follow into the tier's bucket.
+    object_store = ObjectStoreComponent(
+        ctx, epoch_provider=failover.epoch, primary_provider=primary_of
+    )
+    return [failover, warm_cold, hot, quarantine, reader, object_store]

@@ -40,6 +40,29 @@ HOT_DROP_REASONS: Final = ("disk",)
 PEER_ERROR_REASONS: Final = ("tls", "connect", "timeout", "protocol")
 # Why the admin listener refused a TLS handshake (security/handshake.py classifies).
 TLS_REFUSAL_REASONS: Final = ("plaintext", "client_certificate", "handshake")
+# S3 error codes the object-store tier counts by name (storage/object_store.py
+# classifies); anything else is counted as its HTTP class or "other".
+OBJECT_STORE_ERROR_CODES: Final = (
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "PreconditionFailed",
+    "NoSuchKey",
+    "NoSuchUpload",
+    "NoSuchBucket",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "BadDigest",
+    "InvalidPart",
+    "http_5xx",
+    "http_4xx",
+    "timeout",
+    "connect",
+    "other",
+)
+OBJECT_STORE_OPERATIONS: Final = ("get", "put", "head", "list", "copy", "delete", "multipart")
 STEP_SECONDS_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # Event-loop lateness: the 50 ms target sits between two buckets of its own.
 LOOP_LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -178,6 +201,27 @@ class Metrics:
             "cryptorun_replication_pending_partitions",
             "Partitions sealed at the source and not yet committed at the destination.",
             ["tier", "region", "source"],
+            registry=r,
+        )
+        # --- object-store tiers (storage/object_store.py, storage/bucket_commit.py) ---
+        self.object_store_errors_total = Counter(
+            "cryptorun_object_store_errors_total",
+            "Failed object-store requests (each attempt, retried or not), by operation and "
+            "S3 error code.",
+            ["op", "code"],
+            registry=r,
+        )
+        self.object_store_bytes_total = Counter(
+            "cryptorun_object_store_bytes_total",
+            "Bytes written to (put) or read from (get) an object-store tier.",
+            ["tier", "op"],
+            registry=r,
+        )
+        self.replication_bytes_pending = Gauge(
+            "cryptorun_replication_bytes_pending",
+            "Bytes of sealed partitions not yet committed in this region's tier storage "
+            "(the bucket for an object-store tier), like S3's BytesPendingReplication.",
+            ["tier", "region"],
             registry=r,
         )
         self.catalog_ignored_paths_total = Counter(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Shared set-up for scripts/demo.sh and scripts/test.sh: make .venv and install
-# the project into it. Usage: scripts/bootstrap.sh [runtime|test]
+# the project into it. Usage: scripts/bootstrap.sh [runtime|test|demo]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile="${1:-runtime}"
@@ -38,6 +38,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras=""
 [ "$profile" = "test" ] && extras="[test]"
+[ "$profile" = "demo" ] && extras="[demo]"
 echo "==> installing cryptorun-daemon${extras} into .venv"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".${extras}"

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many seconds (default: until Ctrl-C)",
     )
     demo.add_argument(
+        "--object-store",
+        action="store_true",
+        help="warm and cold on two local S3 buckets (starts moto's server; the demo extra)",
+    )
+    demo.add_argument(
         "--kraken-url",
         default=None,
         metavar="URL",
@@ -266,7 +271,11 @@ def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
         from cryptorun_daemon.demo.runner import run_demo
 
         return run_demo(
-            directory=args.dir, duration=args.duration, kraken_url=args.kraken_url, out=out
+            directory=args.dir,
+            duration=args.duration,
+            kraken_url=args.kraken_url,
+            out=out,
+            object_store=args.object_store,
         )
     if args.command == "validate":
         from cryptorun_daemon.data.validate.cli import run_validate

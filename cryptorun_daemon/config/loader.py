@@ -20,6 +20,7 @@ from cryptorun_daemon.config.loader_security import (
     read_etcd_security,
     read_peer_tls,
 )
+from cryptorun_daemon.config.loader_storage import check_sources, read_storage
 from cryptorun_daemon.config.model import (
     DEFAULT_MODE,
     REGION_NAME_PATTERN,
@@ -38,7 +39,6 @@ from cryptorun_daemon.config.model import (
     Rule,
     StateBackend,
     StateConfig,
-    StorageConfig,
     ValidationConfig,
     is_region_name,
 )
@@ -77,9 +77,7 @@ def load_config(path: str | Path) -> Config:
         loader.problem("region", f"{region!r} must match {REGION_NAME_PATTERN}")
 
     admin = _admin(top.table("admin"), loader)
-    storage_table = top.table("storage")
-    root = storage_table.string("root")
-    storage_table.finish()
+    storage = read_storage(top.table("storage"), loader)
     peers_table = top.table("peers")
     peer_tls = read_peer_tls(peers_table, loader)
     peers = _peers(peers_table, loader, region)
@@ -90,6 +88,8 @@ def load_config(path: str | Path) -> Config:
             loader,
             allow_plaintext=bool(admin and admin.allow_plaintext),
         )
+    if storage is not None:
+        check_sources(storage, peers, loader)
     known_regions = {r for r in (region, *peers) if isinstance(r, str)}
     rules = _rules(top.raw("rules"), loader, known_regions)
     log = _log(top.table("log"))
@@ -102,13 +102,13 @@ def load_config(path: str | Path) -> Config:
 
     # A required value is None only after its problem was recorded; the checks of
     # None are for the type checker.
-    if loader.problems or region is None or admin is None or root is None:
+    if loader.problems or region is None or admin is None or storage is None:
         raise ConfigError(loader.problems)
     return Config(
         source=path,
         region=region,
         admin=admin,
-        storage=StorageConfig(root=loader.resolve(root)),
+        storage=storage,
         peers=peers,
         rules=rules,
         log=log,

@@ -123,8 +123,49 @@ class PeerTLSConfig:
 
 
 @dataclass(frozen=True)
+class ObjectStoreTier:
+    """``[storage.tiers.warm|cold]``: this tier's partitions live in an S3-compatible bucket.
+
+    ``url`` is ``s3://bucket[/prefix]``; keys below it follow the partition
+    layout (``storage/layout.py``). Credentials are never part of the config:
+    they come the standard AWS ways (environment, shared config file, instance
+    role). ``allow_http`` permits a plain-HTTP ``endpoint_url`` (loopback test
+    servers only). ``accept_weak_fencing`` lets this region act as primary on a
+    store that does not enforce conditional writes (docs/OPERATIONS.md).
+    """
+
+    url: str
+    bucket: str
+    prefix: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    allow_http: bool = False
+    accept_weak_fencing: bool = False
+    #: Files of at least this many bytes go up as resumable multipart uploads.
+    multipart_threshold: int = 8 << 20
+    #: Bytes per multipart part (S3's minimum for all but the last part is 5 MiB).
+    part_size: int = 8 << 20
+    #: Multipart uploads older than this, and not ours to resume, are aborted.
+    orphan_upload_age: float = 86_400.0
+    request_timeout: float = 30.0
+    retry_attempts: int = 5
+    #: Parallel object transfers per tier.
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
 class StorageConfig:
+    """``[storage]``: the local root (state, staging, cache) and optional object-store tiers.
+
+    A tier absent from ``tiers`` lives on local disk under ``root`` (the default).
+    ``sources`` (``[storage.sources.REGION.TIER]``): the bucket where a peer
+    region keeps a tier; a replica pulling that tier from that region reads
+    the file bytes from there instead of through the peer's admin API.
+    """
+
     root: Path
+    tiers: Mapping[ActivePassiveTier, ObjectStoreTier] = field(default_factory=dict)
+    sources: Mapping[str, Mapping[ActivePassiveTier, ObjectStoreTier]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ class DemoLayout:
     directory: Path
     ports: dict[str, int]
     kraken_url: str
+    #: ``--object-store``: the local S3 server's endpoint (warm and cold in buckets).
+    object_store: str | None = None
 
     def admin_url(self, region: str) -> str:
         return f"https://127.0.0.1:{self.ports[region]}"
@@ -135,7 +137,7 @@ read_file = "{token_file("read")}"
 
 [storage]
 root = "data/{region}"
-
+{_object_store_sections(layout, region)}
 [peers]
 {peers}
 ca_file = "{TLS_DIR}/ca.pem"
@@ -162,6 +164,16 @@ strict = false
 {hot_rules}
 {_rule("warm", PRIMARY, [REPLICA], WARM_LAG_SLO)}
 {_rule("cold", PRIMARY, [REPLICA], COLD_LAG_SLO)}"""
+
+
+def _object_store_sections(layout: DemoLayout, region: str) -> str:
+    """``--object-store``: this region's tiers in its bucket; the replica reads the primary's."""
+    if layout.object_store is None:
+        return ""
+    from cryptorun_daemon.demo.object_store import tier_toml
+
+    sources = (PRIMARY,) if region != PRIMARY else ()
+    return "\n" + tier_toml(layout.object_store, region, sources=sources)
 
 
 def _rule(tier: str, src: str, dst: list[str], slo: float) -> str:

@@ -44,6 +44,14 @@ from cryptorun_daemon.demo.configs import (
     DemoLayout,
     write_demo_configs,
 )
+from cryptorun_daemon.demo.object_store import (
+    STORE,
+    count_sealed,
+    create_buckets,
+    require_moto,
+    server_args,
+    use_demo_credentials,
+)
 from cryptorun_daemon.demo.processes import (
     ChildProcess,
     DemoError,
@@ -60,7 +68,7 @@ from cryptorun_daemon.demo.summary import (
     hot_records_from_metrics,
     read_region,
 )
-from cryptorun_daemon.errors import UsageError
+from cryptorun_daemon.errors import CryptorunError, UsageError
 
 KRAKEN = "kraken"
 SUMMARY_INTERVAL = 5.0
@@ -74,7 +82,12 @@ SEAL_ROUND_SECONDS = 4.0
 
 
 def run_demo(
-    *, directory: str | None, duration: float | None, kraken_url: str | None, out: TextIO
+    *,
+    directory: str | None,
+    duration: float | None,
+    kraken_url: str | None,
+    out: TextIO,
+    object_store: bool = False,
 ) -> int:
     """Run the demo until Ctrl-C (SIGINT/SIGTERM) or ``duration`` seconds; return the exit code.
 
@@ -84,7 +97,7 @@ def run_demo(
 
     Error handling: :class:`UsageError` (exit 2) for a ``kraken_url`` that is not
     ``ws://`` or ``wss://``, :class:`DemoError` (exit 1) when ``directory`` is not
-    writable; both before anything starts.
+    writable, or ``object_store`` without moto installed; all before anything starts.
     """
     if kraken_url is not None and not kraken_url.startswith(("ws://", "wss://")):
         raise UsageError(f"--kraken-url {kraken_url!r} must start with ws:// or wss://")
@@ -94,10 +107,16 @@ def run_demo(
         base = Path(tempfile.mkdtemp(prefix="cryptorun-demo-"))
     reused = base.is_dir() and any(base.glob("data/*"))
     local_port = None if kraken_url else free_port()
+    store_port = None
+    if object_store:
+        require_moto()
+        use_demo_credentials()
+        store_port = free_port()
     layout = DemoLayout(
         directory=base,
         ports={region: free_port() for region in REGIONS},
         kraken_url=kraken_url or f"ws://127.0.0.1:{local_port}/v2",
+        object_store=f"http://127.0.0.1:{store_port}" if store_port is not None else None,
     )
     try:
         write_demo_configs(layout)
@@ -108,7 +127,9 @@ def run_demo(
     signals = _StopSignals()
     signals.install()
     try:
-        return _Demo(layout, reader, out, signals, local_port, reused=reused).run(duration)
+        demo = _Demo(layout, reader, out, signals, local_port, reused=reused)
+        demo.store_port = store_port
+        return demo.run(duration)
     finally:
         signals.restore()
 
@@ -162,6 +183,8 @@ class _Demo:
         self.local_port = local_port
         self.reused = reused
         self.children: dict[str, ChildProcess] = {}
+        #: ``--object-store``: the local S3 server's port (started before the daemons).
+        self.store_port: int | None = None
         self.started = time.monotonic()
         self.started_at = time.time()
 
@@ -205,6 +228,13 @@ class _Demo:
             port = self.local_port
             if not wait_ready(server, lambda: tcp_accepts(port), timeout=READY_TIMEOUT, stop=stop):
                 return False
+        if self.store_port is not None and layout.object_store is not None:
+            store = self._start(STORE, server_args(self.store_port))
+            store_port = self.store_port
+            ready = lambda: tcp_accepts(store_port)  # noqa: E731
+            if not wait_ready(store, ready, timeout=READY_TIMEOUT, stop=stop):
+                return False
+            create_buckets(layout.object_store, REGIONS)
         for region in REGIONS:
             self._start(
                 region, ["cryptorun_daemon", "daemon", "--config", str(layout.config_path(region))]
@@ -304,6 +334,7 @@ class _Demo:
         if not self.signals.force:
             self.final_sync()
         self.snapshot()
+        self.bucket_report()
 
     def final_sync(self) -> None:
         """Ask the replica for a pass until it holds every partition the primary sealed.
@@ -339,6 +370,21 @@ class _Demo:
                 return
             time.sleep(1.0)
 
+    def bucket_report(self) -> None:
+        """``--object-store``: how many partitions each region's bucket holds sealed."""
+        if self.layout.object_store is None:
+            return
+        try:
+            counts = count_sealed(self.layout.object_store, REGIONS)
+        except CryptorunError as exc:
+            self.say(f"  could not list the buckets: {exc}")
+            return
+        for count in counts:
+            self.say(
+                f"  {count.region:<10}  {count.sealed} {count.tier} partitions sealed "
+                f"in {count.url}"
+            )
+
     def snapshot(self) -> None:
         """Save ``metrics-<region>.txt`` and ``status-<region>.json`` into the demo directory."""
         for region in REGIONS:
@@ -357,15 +403,16 @@ class _Demo:
     # --- stop and report ------------------------------------------------------------------
 
     def stop_children(self) -> dict[str, int]:
-        """SIGTERM both daemons together, then the Kraken server; SIGKILL after the deadline.
+        """SIGTERM both daemons together, then the servers (Kraken, S3); SIGKILL after the deadline.
 
-        The server stops last so the daemons' feeds do not log a lost connection.
+        The servers stop last so the daemons do not log a lost connection.
         """
         force = lambda: self.signals.force  # noqa: E731 - reads better inline than a def
         codes: dict[str, int] = {}
+        servers = (KRAKEN, STORE)
         groups = [
-            [c for n, c in self.children.items() if n != KRAKEN],
-            [c for n, c in self.children.items() if n == KRAKEN],
+            [c for n, c in self.children.items() if n not in servers],
+            [c for n, c in self.children.items() if n in servers],
         ]
         for group in groups:
             for child in group:

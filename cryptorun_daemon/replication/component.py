@@ -37,7 +37,7 @@ import structlog
 from aiohttp import web
 
 from cryptorun_daemon.admin.bodies import json_object
-from cryptorun_daemon.config import ACTIVE_PASSIVE_TIERS, Config, Rule, Tier
+from cryptorun_daemon.config import ACTIVE_PASSIVE_TIERS, Config, Rule, Tier, is_active_passive
 from cryptorun_daemon.errors import (
     FencedError,
     PathRejectedError,
@@ -70,10 +70,12 @@ from cryptorun_daemon.replication.serving import PartitionServer, ServeGuard
 from cryptorun_daemon.replication.transport_http import HttpPeer, Purpose
 from cryptorun_daemon.replication.verify import StepValidator
 from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult, changed_sections
+from cryptorun_daemon.storage.bucket_source import BucketFileSource
 from cryptorun_daemon.storage.catalog import Catalog, CatalogEntry
 from cryptorun_daemon.storage.change_feed import feed_for
 from cryptorun_daemon.storage.layout import parse_partition_path
 from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, Manifest
+from cryptorun_daemon.storage.object_store import TierBucket
 from cryptorun_daemon.storage.scrub import scrub_tier
 from cryptorun_daemon.storage.seal import manifest_summary, seal_partition
 
@@ -340,7 +342,7 @@ class WarmColdComponent:
                 peer=self._peer(peer),
                 catalog=self.catalog,
                 feed=self.feed,
-                executor=self._executor(self._peer(peer)),
+                executor=self._executor(self._file_source(tier, peer)),
                 metrics=self.ctx.metrics,
                 clock=self.ctx.clock,
                 epoch_provider=self.epoch_provider,
@@ -395,7 +397,17 @@ class WarmColdComponent:
             concurrency=rep.max_concurrency,
         )
 
-    def _executor(self, source: HttpPeer | ReconcileSource) -> WarmColdExecutor:
+    def _file_source(self, tier: Tier, region: str) -> HttpPeer | BucketFileSource:
+        """Where a pull link reads file bytes: the peer's bucket when the config names it
+        (``[storage.sources.REGION.TIER]``, storage/bucket_source.py), else its admin API."""
+        if not is_active_passive(tier):
+            return self._peer(region)
+        backend = self.ctx.config.storage.sources.get(region, {}).get(tier)
+        if backend is None:
+            return self._peer(region)
+        return BucketFileSource(region, TierBucket(tier, backend, metrics=self.ctx.metrics))
+
+    def _executor(self, source: HttpPeer | ReconcileSource | BucketFileSource) -> WarmColdExecutor:
         return WarmColdExecutor(
             root=self.root,
             region=self.region,

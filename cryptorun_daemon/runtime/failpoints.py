@@ -70,6 +70,8 @@ KNOWN: Final[dict[str, str]] = {
     "replica.before_commit": "the files are validated, the manifest not yet written",
     "replica.after_manifest": "the replica's manifest is written, _SUCCESS not yet",
     "replica.after_commit": "the replica's _SUCCESS is written",
+    # Object-store tiers (storage/multipart.py).
+    "multipart.after_part": "a multipart part is stored and recorded in _state, the next not yet",
     # Journal segment roll (hot/journal.py).
     "journal.roll.after_open": "a new journal segment exists, its checkpoint lines not yet written",
     "journal.roll.after_checkpoint": "the new segment holds its checkpoint lines",

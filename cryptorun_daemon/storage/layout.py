@@ -278,3 +278,25 @@ def resolve_partition_file(root: Path, tier: Tier, path: str) -> tuple[Partition
     if Path(os.path.realpath(expected)) != expected or not expected.is_file():
         raise FileNotFoundError(path)
     return key, name, expected
+
+
+# --- object keys (object-store tiers: the same layout below the tier's prefix) ---------
+
+#: Under an object-store tier's prefix: the fence object holding the tier's epoch.
+FENCE_OBJECT_DIR: Final = "_state/fence"
+
+
+def object_key(key: PartitionKey, name: str) -> str:
+    """The key of ``name`` (a data file or marker) of partition ``key`` below a tier prefix.
+
+    The same path as on disk below ``storage.root`` (``{tier}/{dataset}/venue=…``),
+    so ``pyarrow.dataset`` and DuckDB see one hive layout on both backends.
+    """
+    if name not in (MANIFEST_NAME, SUCCESS_MARKER) and not is_data_file_name(name):
+        raise PathRejectedError(f"{name!r} is not a partition file name")
+    return f"{key.tier}/{key.relpath}/{name}"
+
+
+def fence_object_key(tier: Tier) -> str:
+    """The key of ``tier``'s fence object below the tier prefix (``_state/fence/{tier}.json``)."""
+    return f"{FENCE_OBJECT_DIR}/{parse_tier(tier)}.json"

@@ -32,6 +32,7 @@ from cryptorun_daemon.demo.configs import (
 )
 from cryptorun_daemon.demo.runner import SEAL_ROUND_SECONDS, seconds_until_quiet
 from tests.harness.daemons import REPO_ROOT
+from tests.harness.s3 import require_moto
 
 DEMO_DURATION = 90  # the issue's command; one-minute partitions seal within ~66 s
 LIVE_LINE = re.compile(r"^\d\d:\d\d:\d\d  (eu-central|us-east) +hot [\d,]+ own \+ ", re.MULTILINE)
@@ -115,6 +116,57 @@ def test_demo_configs_load_as_valid_region_configs(tmp_path: Path) -> None:
         assert [(r.from_region, r.to_regions) for r in config.rules_for("warm")] == [
             (PRIMARY, (REPLICA,))
         ]
+
+
+def test_object_store_demo_configs_put_warm_and_cold_in_one_bucket_per_region(
+    tmp_path: Path,
+) -> None:
+    """With --object-store each region keeps warm and cold in its own bucket on the local
+    server, the replica names the primary's bucket as its source, and no config holds a
+    credential."""
+    layout = DemoLayout(
+        tmp_path,
+        ports={PRIMARY: 19001, REPLICA: 19002},
+        kraken_url="ws://127.0.0.1:19003/v2",
+        object_store="http://127.0.0.1:19004",
+    )
+    paths = write_demo_configs(layout)
+    for region in REGIONS:
+        config = load_config(paths[region])
+        assert sorted(config.storage.tiers) == ["cold", "warm"]
+        for backend in config.storage.tiers.values():
+            assert backend.url == f"s3://cryptorun-demo-{region}/tiers"
+            assert backend.endpoint_url == "http://127.0.0.1:19004"
+        assert "cryptorun-demo-local-only" not in paths[region].read_text()
+    replica = load_config(paths[REPLICA])
+    assert replica.storage.sources["eu-central"]["cold"].bucket == "cryptorun-demo-eu-central"
+    assert load_config(paths[PRIMARY]).storage.sources == {}
+
+
+@pytest.mark.slow
+def test_object_store_demo_commits_warm_partitions_into_both_buckets(tmp_path: Path) -> None:
+    """``demo --object-store --duration 90`` starts the local S3 server, exits 0, and reports
+    the primary's sealed warm partitions in both regions' buckets (the replica's copied
+    server-side from the primary's); cold sits in the buckets too but seals daily, so a
+    minutes-long demo seals none."""
+    require_moto()
+    result = subprocess.run(
+        demo_command(tmp_path, "--object-store", "--duration", str(DEMO_DURATION)),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_DURATION + 150,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    found = dict(
+        re.findall(r"(eu-central|us-east)\s+(\d+) warm partitions sealed in s3://", output)
+    )
+    assert set(found) == {"eu-central", "us-east"}, output
+    assert int(found["eu-central"]) > 0
+    assert found["us-east"] == found["eu-central"]
+    assert "s3 exit 0" in output
 
 
 def test_final_check_waits_out_the_sealing_round() -> None:

@@ -1,0 +1,262 @@
+"""Object-store benchmark: the daemon's bucket → bucket replication vs a plain obstore loop.
+
+In one run, against local S3 servers (moto's server, two processes on
+loopback: region A's store and region B's store):
+
+1. seed ``--size-mb`` MB of partitions into A's bucket (``--file-mb`` per
+   file, two files per cold partition, real manifests);
+2. **baseline**: a plain ``obstore`` loop — ``get`` each object whole, ``put``
+   it into B's bucket — with ``--concurrency`` objects in flight;
+3. **daemon, streamed**: ``BucketCommitter.commit(manifest, bucket_reader(A),
+   token)`` for every partition into B's bucket — what a replica does across
+   endpoints without a cache: ranged GETs, every byte hashed (xxh3-128) and
+   compared with the manifest before the upload completes, resumable multipart
+   uploads with their state saved after each part, fenced markers;
+4. **daemon, server-side** (same endpoint): the same commit with
+   ``copy_source`` — CopyObject, then every byte read back and hashed.
+
+Each variant runs in its own child process (so its peak RSS is its own) with
+the same concurrency, on the same objects, in the same run; the report prints
+MB/s, the ratio to the baseline, peak RSS and the load average at the time.
+
+Usage: ``python bench/object_store.py [--size-mb 450] [--file-mb 15] [--concurrency 8]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cryptorun_daemon.config import ObjectStoreTier  # noqa: E402
+from cryptorun_daemon.metrics import Metrics  # noqa: E402
+from cryptorun_daemon.storage.bucket_commit import BucketCommitter, bucket_reader  # noqa: E402
+from cryptorun_daemon.storage.layout import PartitionKey, object_key  # noqa: E402
+from cryptorun_daemon.storage.manifest import FileEntry, Manifest, hash_bytes  # noqa: E402
+from cryptorun_daemon.storage.object_store import TierBucket  # noqa: E402
+from tests.harness.s3 import aws_env, running_s3_server  # noqa: E402
+
+
+def tier(endpoint: str, bucket: str, prefix: str, concurrency: int) -> ObjectStoreTier:
+    return ObjectStoreTier(
+        url=f"s3://{bucket}/{prefix}",
+        bucket=bucket,
+        prefix=prefix,
+        endpoint_url=endpoint,
+        region="us-east-1",
+        allow_http=True,
+        concurrency=concurrency,
+        request_timeout=120.0,
+    )
+
+
+def manifests(size_mb: int, file_mb: int) -> list[tuple[Manifest, list[int]]]:
+    """Partitions of two files each; the seeds of each file's bytes (regenerated, not kept)."""
+    count = max(1, size_mb // file_mb)
+    out: list[tuple[Manifest, list[int]]] = []
+    for p in range(0, count, 2):
+        key = PartitionKey(
+            day=date(2025, 1, 1) + timedelta(days=p // 2),
+            hour=None,
+            tier="cold",
+            dataset="trade",
+            venue="bench",
+            symbol="BTC-USD",
+        )
+        seeds = [p, p + 1][: count - p]
+        files = tuple(
+            FileEntry(f"part-{i:04d}.parquet", file_mb << 20, hash_bytes(blob(s, file_mb)))
+            for i, s in enumerate(seeds)
+        )
+        manifest = Manifest(
+            tier="cold",
+            partition=key.relpath,
+            files=files,
+            schema_fingerprint=None,
+            writer_region="eu-central",
+            epoch=1,
+            sealed_at=datetime(2025, 6, 1, tzinfo=UTC),
+        )
+        out.append((manifest, seeds))
+    return out
+
+
+def blob(seed: int, file_mb: int) -> bytes:
+    """``file_mb`` MiB of incompressible bytes, reproducible from ``seed`` (not kept)."""
+    rng = random.Random(seed)
+    block = rng.randbytes(1 << 20)
+    return block * file_mb
+
+
+async def seed(source: TierBucket, parts: list[tuple[Manifest, list[int]]], file_mb: int) -> None:
+    import obstore
+
+    for manifest, seeds in parts:
+        for entry, s in zip(manifest.files, seeds, strict=True):
+            await obstore.put_async(
+                source.store, source.key(object_key(manifest.key, entry.name)), blob(s, file_mb)
+            )
+
+
+# --- the variants (each in a child process) -------------------------------------------
+
+
+async def run_baseline(args: argparse.Namespace) -> int:
+    import obstore
+
+    parts = manifests(args.size_mb, args.file_mb)
+    src = TierBucket("cold", tier(args.a, "bench-a", "src", args.concurrency))
+    dst = TierBucket("cold", tier(args.b, "bench-b", f"baseline-{args.round}", args.concurrency))
+    keys = [object_key(m.key, f.name) for m, _ in parts for f in m.files]
+    slots = asyncio.Semaphore(args.concurrency)
+    moved = 0
+
+    async def one(key: str) -> None:
+        nonlocal moved
+        async with slots:
+            result = await obstore.get_async(src.store, src.key(key))
+            data = await result.bytes_async()
+            await obstore.put_async(dst.store, dst.key(key), data)
+            moved += len(data)
+
+    await asyncio.gather(*(one(k) for k in keys))
+    return moved
+
+
+async def run_daemon(args: argparse.Namespace, *, server_side: bool) -> int:
+    parts = manifests(args.size_mb, args.file_mb)
+    metrics = Metrics()
+    src = TierBucket("cold", tier(args.a, "bench-a", "src", args.concurrency))
+    endpoint = args.a if server_side else args.b
+    bucket = "bench-a2" if server_side else "bench-b"
+    dst = TierBucket(
+        "cold",
+        tier(endpoint, bucket, f"daemon-{server_side}-{args.round}", args.concurrency),
+        metrics=metrics,
+    )
+    committer = BucketCommitter(dst, Path(args.state), metrics)
+    token = await committer.fence.claim(1, "eu-central")
+    slots = asyncio.Semaphore(max(1, args.concurrency // 2))  # two files per partition
+    moved = 0
+
+    async def one(manifest: Manifest) -> None:
+        nonlocal moved
+        async with slots:
+            await committer.commit(
+                manifest,
+                bucket_reader(src),
+                token,
+                copy_source=src if server_side else None,
+            )
+            moved += manifest.total_bytes
+
+    await asyncio.gather(*(one(m) for m, _ in parts))
+    return moved
+
+
+def child(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    if args.phase == "baseline":
+        moved = asyncio.run(run_baseline(args))
+    else:
+        moved = asyncio.run(run_daemon(args, server_side=args.phase == "server-side"))
+    seconds = time.perf_counter() - started
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"phase": args.phase, "bytes": moved, "seconds": seconds, "rss_mb": rss_mb}))
+
+
+def run_child(
+    phase: str, args: argparse.Namespace, a: str, b: str, state: str, round_: int
+) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        __file__,
+        "--round",
+        str(round_),
+        "--phase",
+        phase,
+        "--a",
+        a,
+        "--b",
+        b,
+        "--state",
+        state,
+        "--size-mb",
+        str(args.size_mb),
+        "--file-mb",
+        str(args.file_mb),
+        "--concurrency",
+        str(args.concurrency),
+    ]
+    load = os.getloadavg()[0]
+    done = subprocess.run(command, capture_output=True, text=True, env=aws_env(), check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{phase} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["load"] = load
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=450)
+    parser.add_argument("--file-mb", type=int, default=15)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--phase", choices=["baseline", "streamed", "server-side"])
+    parser.add_argument("--a")
+    parser.add_argument("--b")
+    parser.add_argument("--state")
+    parser.add_argument("--round", type=int, default=0)
+    args = parser.parse_args()
+    if args.phase:
+        child(args)
+        return
+    os.environ.update(aws_env())
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_s3_server(Path(tmp)) as a,
+        running_s3_server(Path(tmp)) as b,
+    ):
+        for server, names in ((a, ("bench-a", "bench-a2")), (b, ("bench-b",))):
+            for name in names:
+                server.client().create_bucket(Bucket=name)  # type: ignore[attr-defined]
+        parts = manifests(args.size_mb, args.file_mb)
+        src = TierBucket("cold", tier(a.endpoint, "bench-a", "src", args.concurrency))
+        asyncio.run(seed(src, parts, args.file_mb))
+        total = sum(m.total_bytes for m, _ in parts)
+        print(
+            f"{total / 2**20:.0f} MB in {sum(len(m.files) for m, _ in parts)} objects "
+            f"({len(parts)} partitions), concurrency {args.concurrency}"
+        )
+        rows = []
+        for round_ in range(args.rounds):
+            for phase in ("baseline", "streamed", "server-side"):
+                state = tempfile.mkdtemp(dir=tmp)
+                rows.append(run_child(phase, args, a.endpoint, b.endpoint, state, round_))
+        base = [r for r in rows if r["phase"] == "baseline"]
+        base_rate = sum(r["bytes"] / r["seconds"] for r in base) / len(base)
+        print(f"{'variant':<12} {'MB/s':>8} {'ratio':>6} {'RSS MB':>7} {'load':>5}")
+        for r in rows:
+            rate = r["bytes"] / r["seconds"]
+            print(
+                f"{r['phase']:<12} {rate / 2**20:8.1f} {rate / base_rate:6.2f} "
+                f"{r['rss_mb']:7.0f} {r['load']:5.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Bucket → disk: a peer's object-store tier as the file source of the replication executor.
+
+A replica whose config names where a peer keeps a tier
+(``[storage.sources.REGION.TIER]``) reads the files of that tier from the
+peer's bucket instead of the peer's admin API: manifests and the change feed
+still come from the peer daemon (it is the one that knows what is committed
+and at which epoch), only the bytes come from the store. Everything after
+that is the existing executor — resumable partials (ranged GETs from the kept
+offset), xxh3-128 against the manifest, quarantine of corrupt copies,
+validators, the fenced local commit — so the replica keeps a verified local
+cache of the tier.
+
+Error handling: a missing object is ``http`` (the source's manifest names a
+file its bucket lacks); request failures past the retries of
+:class:`~cryptorun_daemon.storage.object_store.TierBucket` are
+``timeout`` or ``peer_unreachable`` (the downloader keeps its partial and
+resumes). Resource handling: one streaming GET per open file, closed with the
+context manager; memory is one chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from cryptorun_daemon.config import Tier
+from cryptorun_daemon.errors import ReplicationError
+from cryptorun_daemon.storage.layout import object_key, parse_partition_path
+from cryptorun_daemon.storage.object_store import ObjectStoreError, TierBucket
+
+
+def _failure(exc: ObjectStoreError) -> ReplicationError:
+    reason = "timeout" if exc.s3_code in ("timeout", "RequestTimeout") else "peer_unreachable"
+    if exc.s3_code in ("NoSuchKey", "AccessDenied", "NoSuchBucket"):
+        reason = "http"
+    return ReplicationError(str(exc), reason=reason)
+
+
+class BucketChunks:
+    """The ``content`` of a :class:`BucketFileStream`: ``iter_chunked`` like aiohttp's reader."""
+
+    def __init__(self, bucket: TierBucket, relative: str, offset: int) -> None:
+        self._bucket = bucket
+        self._relative = relative
+        self._offset = offset
+
+    async def iter_chunked(self, size: int) -> AsyncIterator[bytes]:
+        try:
+            async for piece in self._bucket.stream(self._relative, offset=self._offset, chunk=size):
+                yield piece
+        except ObjectStoreError as exc:
+            raise _failure(exc) from exc
+
+
+@dataclass
+class BucketFileStream:
+    """One open object, shaped like the HTTP transport's ``FileStream``."""
+
+    offset: int
+    etag: str | None
+    content: BucketChunks
+
+
+class BucketFileSource:
+    """Reads ``region``'s files of one tier from its bucket (a ``FileSource``)."""
+
+    def __init__(self, region: str, bucket: TierBucket) -> None:
+        self.region = region
+        self.bucket = bucket
+
+    @contextlib.asynccontextmanager
+    async def open_file(
+        self,
+        tier: Tier,
+        partition: str,
+        name: str,
+        *,
+        offset: int,
+        expected_hash: str,
+        reconcile_epoch: int | None = None,
+    ) -> AsyncIterator[BucketFileStream]:
+        """Stream one file from ``offset``; the executor verifies it against the manifest."""
+        relative = object_key(parse_partition_path(tier, partition), name)
+        try:
+            info = await self.bucket.head(relative)
+        except ObjectStoreError as exc:
+            raise _failure(exc) from exc
+        if info is None:
+            raise ReplicationError(
+                f"{self.bucket.url}/{relative}: not in {self.region}'s bucket", reason="http"
+            )
+        # A bucket object never holds two versions spliced: a range from `offset`
+        # of whatever is there now is hashed with the kept prefix and the whole
+        # file compared with the manifest, so a replaced object is caught as corrupt.
+        start = offset if offset <= info.size else 0
+        yield BucketFileStream(start, info.etag, BucketChunks(self.bucket, relative, start))

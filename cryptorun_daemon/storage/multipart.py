@@ -1,0 +1,382 @@
+"""Resumable, verified multipart uploads into an object-store tier.
+
+``obstore`` uploads large objects in parts but exposes no way to list the
+parts of an unfinished upload, so an upload cut by ``kill -9`` could only
+start over. This module drives the S3 multipart calls itself through
+``botocore`` (the maintained AWS client; we never sign requests ourselves):
+
+1. the upload id, part size and every finished part's ETag are saved, after
+   each part, in ``{storage.root}/_state/multipart/{tier}/{digest of key}.json``;
+2. a restarted upload of the same object (same size and manifest hash) asks
+   the store for the parts it holds (``ListParts``, the store's truth, not
+   only our file) and uploads only the missing ones;
+3. every byte is hashed (xxh3-128) in order while it goes up; the finished
+   parts of a resumed upload are read again and hashed, not sent again. Only
+   when the whole object hashes to the manifest's value is the upload
+   completed; otherwise it is aborted and nothing is visible under the key;
+4. each part carries ``x-amz-checksum-sha256`` so a store that checks (AWS
+   S3, MinIO, R2) refuses a part torn on the way.
+
+Uploads that nobody will resume (no state file, or older than
+``orphan_upload_age``) are aborted by :meth:`MultipartUploader.abort_orphans`,
+so they stop costing storage.
+
+Error handling: request failures are :class:`ObjectStoreError` (retried by
+:class:`TierBucket`); an upload id the store no longer knows restarts the
+upload from part 1; a hash mismatch raises :class:`UploadCorruptError`.
+Resource handling: memory is one part (``part_size``) per upload in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from cryptorun_daemon.errors import StorageError
+from cryptorun_daemon.runtime.failpoints import failpoint
+from cryptorun_daemon.storage.atomic import atomic_write_bytes, make_durable_dirs
+from cryptorun_daemon.storage.manifest import format_hash, new_hasher
+from cryptorun_daemon.storage.object_store import ObjectMissingError, TierBucket
+
+log = structlog.get_logger("cryptorun.object_store")
+
+STATE_DIR: Final = "_state/multipart"
+
+#: Reads ``length`` bytes at ``offset`` of the object being uploaded.
+ReadRange = Callable[[int, int], Awaitable[bytes | bytearray]]
+
+
+class UploadCorruptError(StorageError):
+    """The bytes read for an upload do not hash to the manifest's value (nothing completed)."""
+
+    code = "corrupt"
+
+    def __init__(self, message: str, *, got: str, size: int) -> None:
+        self.got = got
+        self.size = size
+        super().__init__(message)
+
+
+@dataclass
+class UploadState:
+    """What is saved between parts: enough to resume after a crash."""
+
+    key: str
+    upload_id: str
+    size: int
+    content_hash: str
+    part_size: int
+    started_at: float
+    parts: dict[int, str] = field(default_factory=dict)  # part number → ETag
+
+    def to_bytes(self) -> bytes:
+        body = {
+            "key": self.key,
+            "upload_id": self.upload_id,
+            "size": self.size,
+            "content_hash": self.content_hash,
+            "part_size": self.part_size,
+            "started_at": self.started_at,
+            "parts": {str(n): etag for n, etag in sorted(self.parts.items())},
+        }
+        return json.dumps(body, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> UploadState:
+        data = json.loads(raw)
+        return cls(
+            key=str(data["key"]),
+            upload_id=str(data["upload_id"]),
+            size=int(data["size"]),
+            content_hash=str(data["content_hash"]),
+            part_size=int(data["part_size"]),
+            started_at=float(data["started_at"]),
+            parts={int(n): str(etag) for n, etag in data["parts"].items()},
+        )
+
+
+@dataclass
+class UploadReport:
+    """How one upload went: bytes sent now, bytes whose parts were already there."""
+
+    etag: str | None
+    sent: int = 0
+    reused: int = 0
+    resumed: bool = False
+
+
+class MultipartUploader:
+    """Uploads large objects of one tier in resumable parts (see the module docstring)."""
+
+    def __init__(self, bucket: TierBucket, storage_root: Path) -> None:
+        self.bucket = bucket
+        self.state_dir = storage_root / STATE_DIR / bucket.tier
+        self.part_size = bucket.config.part_size
+
+    def state_path(self, key: str) -> Path:
+        digest = hashlib.sha256(f"{self.bucket.config.bucket}/{key}".encode()).hexdigest()[:32]
+        return self.state_dir / f"{digest}.json"
+
+    # --- state ------------------------------------------------------------------------
+
+    def _load(self, key: str) -> UploadState | None:
+        try:
+            state = UploadState.from_bytes(self.state_path(key).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return None  # a torn or foreign file: the upload it named is an orphan now
+        return state if state.key == key else None
+
+    def _save(self, state: UploadState) -> None:
+        make_durable_dirs(self.state_dir)
+        atomic_write_bytes(self.state_path(state.key), state.to_bytes())
+
+    def _forget(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path(key).unlink()
+
+    # --- upload -------------------------------------------------------------------------
+
+    async def upload(
+        self, relative: str, *, size: int, content_hash: str, read: ReadRange
+    ) -> UploadReport:
+        """Upload ``size`` bytes (read through ``read``) to ``relative``, resuming if possible.
+
+        Error handling: :class:`UploadCorruptError` (upload aborted) when the
+        bytes do not hash to ``content_hash``; :class:`ObjectStoreError` on
+        request failures that outlived the retries (state kept: resumable).
+        """
+        key = self.bucket.key(relative)
+        state = await asyncio.to_thread(self._load, key)
+        report = UploadReport(etag=None)
+        if state is not None and (
+            state.size != size
+            or state.content_hash != content_hash
+            or state.part_size != self.part_size
+        ):
+            await self._abort(state.key, state.upload_id)  # another version: start over
+            state = None
+        if state is not None:
+            try:
+                state.parts = await self._list_parts(state)
+                report.resumed = True
+            except ObjectMissingError:
+                state = None  # the store forgot it (aborted, expired): start over
+        if state is None:
+            state = UploadState(
+                key=key,
+                upload_id=await self._create(key),
+                size=size,
+                content_hash=content_hash,
+                part_size=self.part_size,
+                started_at=time.time(),
+            )
+            await asyncio.to_thread(self._save, state)
+        hasher = new_hasher()
+        count = max(1, -(-size // self.part_size))
+        # Parts are read and hashed in order; their uploads overlap the next reads.
+        # Memory: every part held (read, hashed or in flight) holds one of the
+        # bucket's part buffers, so all uploads of a tier together stay bounded.
+        sending: list[asyncio.Task[None]] = []
+        saving = asyncio.Lock()
+
+        async def send(number: int, data: bytes | bytearray) -> None:
+            try:
+                etag = await self._put_part(state, number, data)
+                self.bucket.count_bytes("put", len(data))
+                report.sent += len(data)
+                async with saving:
+                    state.parts[number] = etag
+                    await asyncio.to_thread(self._save, state)
+                failpoint("multipart.after_part")
+            finally:
+                self.bucket.part_buffers.release()
+
+        try:
+            for number in range(1, count + 1):
+                offset = (number - 1) * self.part_size
+                length = min(self.part_size, size - offset)
+                await self.bucket.part_buffers.acquire()
+                try:
+                    data = await read(offset, length)
+                    if len(data) != length:
+                        raise UploadCorruptError(
+                            f"{relative}: source gave {len(data)} bytes at {offset}, "
+                            f"expected {length}",
+                            got="short read",
+                            size=offset + len(data),
+                        )
+                    await asyncio.to_thread(hasher.update, data)
+                except BaseException:
+                    self.bucket.part_buffers.release()
+                    raise
+                if number in state.parts:
+                    report.reused += length
+                    self.bucket.part_buffers.release()
+                    continue
+                sending.append(asyncio.create_task(send(number, data)))
+                for task in [task for task in sending if task.done()]:
+                    sending.remove(task)
+                    task.result()  # a failed part stops the upload now (resumable)
+            await asyncio.gather(*sending)
+        finally:
+            # On any failure the parts still in flight are cancelled and awaited:
+            # none outlives this call (their state is saved or resumable).
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+        got = format_hash(hasher.hexdigest())
+        if got != content_hash:
+            await self._abort(key, state.upload_id)
+            await asyncio.to_thread(self._forget, key)
+            raise UploadCorruptError(
+                f"{relative}: {size} bytes hash to {got}, manifest says {content_hash}",
+                got=got,
+                size=size,
+            )
+        report.etag = await self._complete(state)
+        await asyncio.to_thread(self._forget, key)
+        return report
+
+    # --- requests (botocore in worker threads) ------------------------------------
+
+    async def _create(self, key: str) -> str:
+        client = self.bucket.botocore_client()
+
+        async def attempt() -> str:
+            answer = await asyncio.to_thread(
+                client.create_multipart_upload,
+                Bucket=self.bucket.config.bucket,
+                Key=key,
+                ChecksumAlgorithm="SHA256",
+            )
+            return str(answer["UploadId"])
+
+        return await self.bucket.call("multipart", key, attempt)
+
+    async def _put_part(self, state: UploadState, number: int, data: bytes | bytearray) -> str:
+        client = self.bucket.botocore_client()
+
+        async def attempt() -> str:
+            answer = await asyncio.to_thread(
+                client.upload_part,
+                Bucket=self.bucket.config.bucket,
+                Key=state.key,
+                UploadId=state.upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+            )
+            return str(answer["ETag"])
+
+        return await self.bucket.call("multipart", state.key, attempt)
+
+    async def _list_parts(self, state: UploadState) -> dict[int, str]:
+        """The parts the store holds for ``state``'s upload (full-size ones only)."""
+        client = self.bucket.botocore_client()
+
+        async def attempt() -> dict[int, str]:
+            parts: dict[int, str] = {}
+            marker = 0
+            while True:
+                answer: dict[str, Any] = await asyncio.to_thread(
+                    client.list_parts,
+                    Bucket=self.bucket.config.bucket,
+                    Key=state.key,
+                    UploadId=state.upload_id,
+                    PartNumberMarker=marker,
+                )
+                for part in answer.get("Parts", []):
+                    number = int(part["PartNumber"])
+                    expected = min(state.part_size, state.size - (number - 1) * state.part_size)
+                    if int(part["Size"]) == expected:
+                        parts[number] = str(part["ETag"])
+                if not answer.get("IsTruncated"):
+                    return parts
+                marker = int(answer["NextPartNumberMarker"])
+
+        return await self.bucket.call("multipart", state.key, attempt)
+
+    async def _complete(self, state: UploadState) -> str | None:
+        client = self.bucket.botocore_client()
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(state.parts.items())]
+
+        async def attempt() -> str | None:
+            answer = await asyncio.to_thread(
+                client.complete_multipart_upload,
+                Bucket=self.bucket.config.bucket,
+                Key=state.key,
+                UploadId=state.upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+            etag = answer.get("ETag")
+            return str(etag) if etag is not None else None
+
+        return await self.bucket.call("multipart", state.key, attempt)
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        client = self.bucket.botocore_client()
+
+        async def attempt() -> None:
+            await asyncio.to_thread(
+                client.abort_multipart_upload,
+                Bucket=self.bucket.config.bucket,
+                Key=key,
+                UploadId=upload_id,
+            )
+
+        with contextlib.suppress(ObjectMissingError):
+            await self.bucket.call("multipart", key, attempt)
+
+    async def abort_orphans(self, *, max_age: float | None = None) -> list[str]:
+        """Abort this tier's unfinished uploads that will not be resumed; return their keys.
+
+        An upload is an orphan once it was started longer than ``max_age``
+        (default ``orphan_upload_age``) ago: by our state file's clock when it
+        is ours, else by the store's ``Initiated``. Younger ones may still be
+        resumed (ours) or be in flight in another process, and are left alone.
+        """
+        max_age = self.bucket.config.orphan_upload_age if max_age is None else max_age
+        client = self.bucket.botocore_client()
+        prefix = self.bucket.key("")
+
+        async def listing() -> list[dict[str, Any]]:
+            answer = await asyncio.to_thread(
+                client.list_multipart_uploads, Bucket=self.bucket.config.bucket, Prefix=prefix
+            )
+            return list(answer.get("Uploads", []))
+
+        uploads = await self.bucket.call("multipart", prefix, listing)
+        now = datetime.now(UTC)
+        aborted: list[str] = []
+        for upload in uploads:
+            key, upload_id = str(upload["Key"]), str(upload["UploadId"])
+            ours = await asyncio.to_thread(self._load, key)
+            initiated = upload.get("Initiated")
+            started = (
+                datetime.fromtimestamp(ours.started_at, UTC)
+                if ours is not None and ours.upload_id == upload_id
+                else initiated
+                if isinstance(initiated, datetime)
+                else now
+            )
+            resumable = ours is not None and ours.upload_id == upload_id
+            if now - started < timedelta(seconds=max_age):
+                continue  # may still be resumed (ours) or be in flight elsewhere
+            await self._abort(key, upload_id)
+            if resumable:
+                await asyncio.to_thread(self._forget, key)
+            aborted.append(key)
+            log.info("orphan multipart upload aborted", tier=self.bucket.tier, key=key)
+        return aborted
