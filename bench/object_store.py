@@ -7,11 +7,13 @@ loopback: region A's store and region B's store):
    file, two files per cold partition, real manifests);
 2. **baseline**: a plain ``obstore`` loop — ``get`` each object whole, ``put``
    it into B's bucket — with ``--concurrency`` objects in flight;
-3. **daemon, streamed**: ``BucketCommitter.commit(manifest, bucket_reader(A),
-   token)`` for every partition into B's bucket — what a replica does across
-   endpoints without a cache: ranged GETs, every byte hashed (xxh3-128) and
+3. **daemon, streamed**: ``BucketMirrorExecutor.replicate_partition(manifest)``
+   for every partition into B's bucket — the step a replica's pull link runs
+   when its tier and its source's live in buckets on different endpoints
+   (replication/bucket_executor.py): disk fence policy, bucket fence claim,
+   ranged GETs, every byte hashed (xxh3-128) and
    compared with the manifest before the upload completes, resumable multipart
-   uploads with their state saved after each part, fenced markers;
+   uploads with their state saved after each part, fenced markers, the bucket index entry;
 4. **daemon, server-side** (same endpoint): the same commit with
    ``copy_source`` — CopyObject, then every byte read back and hashed.
 
@@ -43,7 +45,12 @@ sys.path.insert(0, str(REPO))
 
 from cryptorun_daemon.config import ObjectStoreTier  # noqa: E402
 from cryptorun_daemon.metrics import Metrics  # noqa: E402
+from cryptorun_daemon.replication.bucket_executor import (  # noqa: E402
+    BucketMirrorExecutor,
+    bucket_index,
+)
 from cryptorun_daemon.storage.bucket_commit import BucketCommitter, bucket_reader  # noqa: E402
+from cryptorun_daemon.storage.bucket_source import BucketFileSource  # noqa: E402
 from cryptorun_daemon.storage.layout import PartitionKey, object_key  # noqa: E402
 from cryptorun_daemon.storage.manifest import FileEntry, Manifest, hash_bytes  # noqa: E402
 from cryptorun_daemon.storage.object_store import TierBucket  # noqa: E402
@@ -149,18 +156,28 @@ async def run_daemon(args: argparse.Namespace, *, server_side: bool) -> int:
     )
     committer = BucketCommitter(dst, Path(args.state), metrics)
     token = await committer.fence.claim(1, "eu-central")
+    # The executor a replica's pull link runs when its tier and its source's live in
+    # buckets on different endpoints (replication/bucket_executor.py).
+    mirror = BucketMirrorExecutor(
+        root=Path(args.state),
+        region="us-east",
+        source=BucketFileSource("eu-central", src),
+        target=dst,
+        metrics=metrics,
+        epoch_provider=lambda _tier: 1,
+        primary_provider=lambda _tier: "eu-central",
+        index=bucket_index(Path(args.state), "cold"),
+    )
     slots = asyncio.Semaphore(max(1, args.concurrency // 2))  # two files per partition
     moved = 0
 
     async def one(manifest: Manifest) -> None:
         nonlocal moved
         async with slots:
-            await committer.commit(
-                manifest,
-                bucket_reader(src),
-                token,
-                copy_source=src if server_side else None,
-            )
+            if server_side:
+                await committer.commit(manifest, bucket_reader(src), token, copy_source=src)
+            else:
+                await mirror.replicate_partition(manifest)
             moved += manifest.total_bytes
 
     await asyncio.gather(*(one(m) for m, _ in parts))

@@ -27,11 +27,12 @@ import signal
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from cryptorun_daemon.demo.archive import seal_through_api, write_archive
 from cryptorun_daemon.demo.configs import (
     HOT_LAG_SLO,
     PARTITION_LENGTH,
@@ -46,6 +47,7 @@ from cryptorun_daemon.demo.configs import (
 )
 from cryptorun_daemon.demo.object_store import (
     STORE,
+    BucketCount,
     count_sealed,
     create_buckets,
     require_moto,
@@ -69,6 +71,7 @@ from cryptorun_daemon.demo.summary import (
     read_region,
 )
 from cryptorun_daemon.errors import CryptorunError, UsageError
+from cryptorun_daemon.storage.layout import SUCCESS_MARKER, PartitionKey
 
 KRAKEN = "kraken"
 SUMMARY_INTERVAL = 5.0
@@ -185,6 +188,10 @@ class _Demo:
         self.children: dict[str, ChildProcess] = {}
         #: ``--object-store``: the local S3 server's port (started before the daemons).
         self.store_port: int | None = None
+        #: ``--object-store``: the cold partitions archived and sealed at the primary.
+        self.archived: list[str] = []
+        #: ``--object-store``: False when an archived cold partition is missing from a bucket.
+        self.cold_complete = True
         self.started = time.monotonic()
         self.started_at = time.time()
 
@@ -197,6 +204,8 @@ class _Demo:
         try:
             if self.start():
                 self.banner(duration)
+                self.archive_cold()
+                self.live_header(duration)
                 self.watch(duration)
                 self.finish()
         except DemoError as exc:
@@ -295,8 +304,40 @@ class _Demo:
             f'"demote":"{PRIMARY}","dry_run":true}}\''
         )
         self.say(f"  cryptorun replication status --config {layout.config_path(REPLICA)}")
+
+    def live_header(self, duration: float | None) -> None:
         until = f"after {duration:g} s or on Ctrl-C" if duration else "on Ctrl-C"
         self.say(f"\nlive, every {SUMMARY_INTERVAL:g} s (stops {until}):")
+
+    def archive_cold(self) -> None:
+        """``--object-store``: archive yesterday's cold partitions at the primary and seal them.
+
+        The demo acts as an operator's archiver (demo/archive.py): it writes the
+        completed day's partitions under the primary's root, then seals them
+        through ``POST /v1/partitions/seal``; replication and the buckets take
+        it from there. Error handling: :class:`DemoError` when a seal is still
+        refused after ``READY_TIMEOUT``.
+        """
+        if self.layout.object_store is None:
+            return
+        day = (datetime.now(UTC) - timedelta(days=1)).date()
+        keys = write_archive(self.layout.storage_root(PRIMARY), day, SYMBOLS, origin=PRIMARY)
+        url = f"{self.layout.admin_url(PRIMARY)}/v1/partitions/seal"
+
+        def seal(key: PartitionKey) -> None:
+            self.reader.json(url, body={"tier": "cold", "partition": key.relpath})
+
+        try:
+            sealed = seal_through_api(
+                seal, keys, timeout=READY_TIMEOUT, stop=lambda: self.signals.stop
+            )
+        except OSError as exc:
+            raise DemoError(f"{PRIMARY} refused the archiver's cold seal: {exc}") from exc
+        self.archived = [key.relpath for key in sealed]
+        self.say(
+            f"  cold: archived {day} ({len(sealed)} daily partitions of simulated trades) "
+            f"at {PRIMARY}, sealed through POST /v1/partitions/seal"
+        )
 
     # --- run --------------------------------------------------------------------------
 
@@ -333,6 +374,7 @@ class _Demo:
         self.say("\nstopping: last replication pass, metric snapshots, then SIGTERM to each daemon")
         if not self.signals.force:
             self.final_sync()
+            self.final_cold_sync()
         self.snapshot()
         self.bucket_report()
 
@@ -370,15 +412,41 @@ class _Demo:
                 return
             time.sleep(1.0)
 
-    def bucket_report(self) -> None:
-        """``--object-store``: how many partitions each region's bucket holds sealed."""
-        if self.layout.object_store is None:
+    def final_cold_sync(self) -> None:
+        """``--object-store``: a last cold pass at the replica (the archived day)."""
+        if not self.archived:
             return
         try:
-            counts = count_sealed(self.layout.object_store, REGIONS)
-        except CryptorunError as exc:
-            self.say(f"  could not list the buckets: {exc}")
+            self.reader.json(
+                f"{self.layout.admin_url(REPLICA)}/v1/replication/sync",
+                body={"tier": "cold", "from": PRIMARY},
+                timeout=SYNC_TIMEOUT,
+            )
+        except (OSError, ValueError) as exc:
+            self.say(f"  last cold replication pass failed: {exc}")
+
+    def bucket_report(self) -> None:
+        """``--object-store``: how many partitions each region's bucket holds sealed.
+
+        Waits (up to ``SYNC_TIMEOUT``) until both buckets hold every archived cold
+        partition: each region's object_store worker commits after its disk seal.
+        """
+        if self.layout.object_store is None:
             return
+        deadline = time.monotonic() + (SYNC_TIMEOUT if not self.signals.force else 0.0)
+        while True:
+            try:
+                counts = count_sealed(self.layout.object_store, REGIONS)
+            except CryptorunError as exc:
+                self.say(f"  could not list the buckets: {exc}")
+                self.cold_complete = not self.archived
+                return
+            self.cold_complete = _cold_in_every_bucket(counts, len(self.archived))
+            if self.cold_complete or time.monotonic() >= deadline:
+                break
+            time.sleep(1.0)
+        if not self.cold_complete:
+            self.say(f"  NOT every archived cold partition reached both buckets: {self.archived}")
         for count in counts:
             self.say(
                 f"  {count.region:<10}  {count.sealed} {count.tier} partitions sealed "
@@ -465,12 +533,27 @@ class _Demo:
                     else "NO — differ or missing: " + ", ".join(storage.not_identical)
                 )
             )
+        if self.archived:
+            held = sum(
+                (layout.storage_root(REPLICA) / "cold" / path / SUCCESS_MARKER).is_file()
+                for path in self.archived
+            )
+            self.say(
+                f"  {PRIMARY:<10}  {len(self.archived)} cold partitions (archived day) sealed "
+                f"in data/{PRIMARY}/cold; {REPLICA}: {held} of {len(self.archived)} "
+                f"in data/{REPLICA}/cold"
+            )
         self.say(
             f"  configs {PRIMARY}.toml {REPLICA}.toml; logs *.log; final metrics-*.txt "
             "and status-*.json"
         )
         self.say(f"  inspect: cryptorun validate {base / 'data' / REPLICA / 'warm'}")
-        return 0 if complete else 1
+        return 0 if complete and self.cold_complete else 1
+
+
+def _cold_in_every_bucket(counts: list[BucketCount], archived: int) -> bool:
+    """Whether every region's bucket holds at least the ``archived`` cold partitions."""
+    return all(c.sealed >= archived for c in counts if c.tier == "cold")
 
 
 def seconds_until_quiet(now: float) -> float:
