@@ -7,19 +7,22 @@ loopback: region A's store and region B's store):
    file, two files per cold partition, real manifests);
 2. **baseline**: a plain ``obstore`` loop — ``get`` each object whole, ``put``
    it into B's bucket — with ``--concurrency`` objects in flight;
-3. **daemon, streamed**: ``BucketMirrorExecutor.replicate_partition(manifest)``
+3. **daemon** (the path the daemon runs): ``BucketMirrorExecutor.replicate_partition(manifest)``
    for every partition into B's bucket — the step a replica's pull link runs
    when its tier and its source's live in buckets on different endpoints
    (replication/bucket_executor.py): disk fence policy, bucket fence claim,
    ranged GETs, every byte hashed (xxh3-128) and
    compared with the manifest before the upload completes, resumable multipart
    uploads with their state saved after each part, fenced markers, the bucket index entry;
-4. **daemon, server-side** (same endpoint): the same commit with
+4. **commit**: ``BucketCommitter.commit(manifest, bucket_reader(A), token)``
+   alone — the daemon variant without the executor around it;
+5. **server-side** (same endpoint): the same commit with
    ``copy_source`` — CopyObject, then every byte read back and hashed.
 
 Each variant runs in its own child process (so its peak RSS is its own) with
 the same concurrency, on the same objects, in the same run; the report prints
-MB/s, the ratio to the baseline, peak RSS and the load average at the time.
+MB/s, the ratio to the baseline, peak RSS, the RSS of the imports alone
+and the load average at the time.
 
 Usage: ``python bench/object_store.py [--size-mb 450] [--file-mb 15] [--concurrency 8]``
 """
@@ -55,6 +58,11 @@ from cryptorun_daemon.storage.layout import PartitionKey, object_key  # noqa: E4
 from cryptorun_daemon.storage.manifest import FileEntry, Manifest, hash_bytes  # noqa: E402
 from cryptorun_daemon.storage.object_store import TierBucket  # noqa: E402
 from tests.harness.s3 import aws_env, running_s3_server  # noqa: E402
+
+#: baseline: plain obstore get+put; daemon: the replica's BucketMirrorExecutor;
+#: commit: BucketCommitter.commit alone (the daemon variant minus the executor);
+#: server-side: same endpoint, CopyObject + read-back.
+PHASES = ("baseline", "daemon", "commit", "server-side")
 
 
 def tier(endpoint: str, bucket: str, prefix: str, concurrency: int) -> ObjectStoreTier:
@@ -143,7 +151,7 @@ async def run_baseline(args: argparse.Namespace) -> int:
     return moved
 
 
-async def run_daemon(args: argparse.Namespace, *, server_side: bool) -> int:
+async def run_daemon(args: argparse.Namespace, *, server_side: bool, executor: bool) -> int:
     parts = manifests(args.size_mb, args.file_mb)
     metrics = Metrics()
     src = TierBucket("cold", tier(args.a, "bench-a", "src", args.concurrency))
@@ -176,8 +184,10 @@ async def run_daemon(args: argparse.Namespace, *, server_side: bool) -> int:
         async with slots:
             if server_side:
                 await committer.commit(manifest, bucket_reader(src), token, copy_source=src)
-            else:
+            elif executor:
                 await mirror.replicate_partition(manifest)
+            else:
+                await committer.commit(manifest, bucket_reader(src), token)
             moved += manifest.total_bytes
 
     await asyncio.gather(*(one(m) for m, _ in parts))
@@ -185,14 +195,30 @@ async def run_daemon(args: argparse.Namespace, *, server_side: bool) -> int:
 
 
 def child(args: argparse.Namespace) -> None:
+    # What the imports alone cost (the daemon variant pulls in the replication stack).
+    import_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     if args.phase == "baseline":
         moved = asyncio.run(run_baseline(args))
     else:
-        moved = asyncio.run(run_daemon(args, server_side=args.phase == "server-side"))
+        moved = asyncio.run(
+            run_daemon(
+                args, server_side=args.phase == "server-side", executor=args.phase == "daemon"
+            )
+        )
     seconds = time.perf_counter() - started
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"phase": args.phase, "bytes": moved, "seconds": seconds, "rss_mb": rss_mb}))
+    print(
+        json.dumps(
+            {
+                "phase": args.phase,
+                "bytes": moved,
+                "seconds": seconds,
+                "rss_mb": rss_mb,
+                "import_mb": import_mb,
+            }
+        )
+    )
 
 
 def run_child(
@@ -233,7 +259,7 @@ def main() -> None:
     parser.add_argument("--file-mb", type=int, default=15)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--phase", choices=["baseline", "streamed", "server-side"])
+    parser.add_argument("--phase", choices=PHASES)
     parser.add_argument("--a")
     parser.add_argument("--b")
     parser.add_argument("--state")
@@ -261,17 +287,19 @@ def main() -> None:
         )
         rows = []
         for round_ in range(args.rounds):
-            for phase in ("baseline", "streamed", "server-side"):
+            for phase in PHASES:
                 state = tempfile.mkdtemp(dir=tmp)
                 rows.append(run_child(phase, args, a.endpoint, b.endpoint, state, round_))
         base = [r for r in rows if r["phase"] == "baseline"]
         base_rate = sum(r["bytes"] / r["seconds"] for r in base) / len(base)
-        print(f"{'variant':<12} {'MB/s':>8} {'ratio':>6} {'RSS MB':>7} {'load':>5}")
+        print(
+            f"{'variant':<12} {'MB/s':>8} {'ratio':>6} {'RSS MB':>7} {'imports MB':>10} {'load':>5}"
+        )
         for r in rows:
             rate = r["bytes"] / r["seconds"]
             print(
                 f"{r['phase']:<12} {rate / 2**20:8.1f} {rate / base_rate:6.2f} "
-                f"{r['rss_mb']:7.0f} {r['load']:5.1f}"
+                f"{r['rss_mb']:7.0f} {r['import_mb']:10.0f} {r['load']:5.1f}"
             )
 
 
