@@ -27,12 +27,12 @@ import signal
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from cryptorun_daemon.demo.archive import seal_through_api, write_archive
+from cryptorun_daemon.demo.bucket_steps import BucketSteps
 from cryptorun_daemon.demo.configs import (
     HOT_LAG_SLO,
     PARTITION_LENGTH,
@@ -47,8 +47,6 @@ from cryptorun_daemon.demo.configs import (
 )
 from cryptorun_daemon.demo.object_store import (
     STORE,
-    BucketCount,
-    count_sealed,
     create_buckets,
     require_moto,
     server_args,
@@ -70,8 +68,7 @@ from cryptorun_daemon.demo.summary import (
     hot_records_from_metrics,
     read_region,
 )
-from cryptorun_daemon.errors import CryptorunError, UsageError
-from cryptorun_daemon.storage.layout import SUCCESS_MARKER, PartitionKey
+from cryptorun_daemon.errors import UsageError
 
 KRAKEN = "kraken"
 SUMMARY_INTERVAL = 5.0
@@ -188,10 +185,8 @@ class _Demo:
         self.children: dict[str, ChildProcess] = {}
         #: ``--object-store``: the local S3 server's port (started before the daemons).
         self.store_port: int | None = None
-        #: ``--object-store``: the cold partitions archived and sealed at the primary.
-        self.archived: list[str] = []
-        #: ``--object-store``: False when an archived cold partition is missing from a bucket.
-        self.cold_complete = True
+        #: ``--object-store``: the cold archive and the bucket tally (demo/bucket_steps.py).
+        self.buckets: BucketSteps | None = None
         self.started = time.monotonic()
         self.started_at = time.time()
 
@@ -204,7 +199,11 @@ class _Demo:
         try:
             if self.start():
                 self.banner(duration)
-                self.archive_cold()
+                if self.layout.object_store is not None:
+                    self.buckets = BucketSteps(
+                        self.layout, self.reader, self.say, lambda: self.signals.stop
+                    )
+                    self.buckets.archive_cold(timeout=READY_TIMEOUT)
                 self.live_header(duration)
                 self.watch(duration)
                 self.finish()
@@ -309,36 +308,6 @@ class _Demo:
         until = f"after {duration:g} s or on Ctrl-C" if duration else "on Ctrl-C"
         self.say(f"\nlive, every {SUMMARY_INTERVAL:g} s (stops {until}):")
 
-    def archive_cold(self) -> None:
-        """``--object-store``: archive yesterday's cold partitions at the primary and seal them.
-
-        The demo acts as an operator's archiver (demo/archive.py): it writes the
-        completed day's partitions under the primary's root, then seals them
-        through ``POST /v1/partitions/seal``; replication and the buckets take
-        it from there. Error handling: :class:`DemoError` when a seal is still
-        refused after ``READY_TIMEOUT``.
-        """
-        if self.layout.object_store is None:
-            return
-        day = (datetime.now(UTC) - timedelta(days=1)).date()
-        keys = write_archive(self.layout.storage_root(PRIMARY), day, SYMBOLS, origin=PRIMARY)
-        url = f"{self.layout.admin_url(PRIMARY)}/v1/partitions/seal"
-
-        def seal(key: PartitionKey) -> None:
-            self.reader.json(url, body={"tier": "cold", "partition": key.relpath})
-
-        try:
-            sealed = seal_through_api(
-                seal, keys, timeout=READY_TIMEOUT, stop=lambda: self.signals.stop
-            )
-        except OSError as exc:
-            raise DemoError(f"{PRIMARY} refused the archiver's cold seal: {exc}") from exc
-        self.archived = [key.relpath for key in sealed]
-        self.say(
-            f"  cold: archived {day} ({len(sealed)} daily partitions of simulated trades) "
-            f"at {PRIMARY}, sealed through POST /v1/partitions/seal"
-        )
-
     # --- run --------------------------------------------------------------------------
 
     def watch(self, duration: float | None) -> None:
@@ -374,9 +343,11 @@ class _Demo:
         self.say("\nstopping: last replication pass, metric snapshots, then SIGTERM to each daemon")
         if not self.signals.force:
             self.final_sync()
-            self.final_cold_sync()
+            if self.buckets is not None:
+                self.buckets.final_cold_sync(timeout=SYNC_TIMEOUT)
         self.snapshot()
-        self.bucket_report()
+        if self.buckets is not None:
+            self.buckets.report(wait=0.0 if self.signals.force else SYNC_TIMEOUT)
 
     def final_sync(self) -> None:
         """Ask the replica for a pass until it holds every partition the primary sealed.
@@ -411,47 +382,6 @@ class _Demo:
                 self.say(f"  {REPLICA} holds all {len(primary)} partitions sealed at {PRIMARY}")
                 return
             time.sleep(1.0)
-
-    def final_cold_sync(self) -> None:
-        """``--object-store``: a last cold pass at the replica (the archived day)."""
-        if not self.archived:
-            return
-        try:
-            self.reader.json(
-                f"{self.layout.admin_url(REPLICA)}/v1/replication/sync",
-                body={"tier": "cold", "from": PRIMARY},
-                timeout=SYNC_TIMEOUT,
-            )
-        except (OSError, ValueError) as exc:
-            self.say(f"  last cold replication pass failed: {exc}")
-
-    def bucket_report(self) -> None:
-        """``--object-store``: how many partitions each region's bucket holds sealed.
-
-        Waits (up to ``SYNC_TIMEOUT``) until both buckets hold every archived cold
-        partition: each region's object_store worker commits after its disk seal.
-        """
-        if self.layout.object_store is None:
-            return
-        deadline = time.monotonic() + (SYNC_TIMEOUT if not self.signals.force else 0.0)
-        while True:
-            try:
-                counts = count_sealed(self.layout.object_store, REGIONS)
-            except CryptorunError as exc:
-                self.say(f"  could not list the buckets: {exc}")
-                self.cold_complete = not self.archived
-                return
-            self.cold_complete = _cold_in_every_bucket(counts, len(self.archived))
-            if self.cold_complete or time.monotonic() >= deadline:
-                break
-            time.sleep(1.0)
-        if not self.cold_complete:
-            self.say(f"  NOT every archived cold partition reached both buckets: {self.archived}")
-        for count in counts:
-            self.say(
-                f"  {count.region:<10}  {count.sealed} {count.tier} partitions sealed "
-                f"in {count.url}"
-            )
 
     def snapshot(self) -> None:
         """Save ``metrics-<region>.txt`` and ``status-<region>.json`` into the demo directory."""
@@ -533,27 +463,15 @@ class _Demo:
                     else "NO — differ or missing: " + ", ".join(storage.not_identical)
                 )
             )
-        if self.archived:
-            held = sum(
-                (layout.storage_root(REPLICA) / "cold" / path / SUCCESS_MARKER).is_file()
-                for path in self.archived
-            )
-            self.say(
-                f"  {PRIMARY:<10}  {len(self.archived)} cold partitions (archived day) sealed "
-                f"in data/{PRIMARY}/cold; {REPLICA}: {held} of {len(self.archived)} "
-                f"in data/{REPLICA}/cold"
-            )
+        if self.buckets is not None:
+            self.buckets.disk_tally()
         self.say(
             f"  configs {PRIMARY}.toml {REPLICA}.toml; logs *.log; final metrics-*.txt "
             "and status-*.json"
         )
         self.say(f"  inspect: cryptorun validate {base / 'data' / REPLICA / 'warm'}")
-        return 0 if complete and self.cold_complete else 1
-
-
-def _cold_in_every_bucket(counts: list[BucketCount], archived: int) -> bool:
-    """Whether every region's bucket holds at least the ``archived`` cold partitions."""
-    return all(c.sealed >= archived for c in counts if c.tier == "cold")
+        cold_complete = self.buckets is None or self.buckets.cold_complete
+        return 0 if complete and cold_complete else 1
 
 
 def seconds_until_quiet(now: float) -> float:
