@@ -24,7 +24,8 @@ the same concurrency, on the same objects, in the same run; the report prints
 MB/s, the ratio to the baseline, peak RSS, the RSS of the imports alone
 and the load average at the time.
 
-Usage: ``python bench/object_store.py [--size-mb 450] [--file-mb 15] [--concurrency 8]``
+Usage: ``python bench/object_store.py [--size-mb 450] [--file-mb 15] [--concurrency 8]
+[--rounds 2] [--multipart-mb N]``
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -157,11 +159,11 @@ async def run_daemon(args: argparse.Namespace, *, server_side: bool, executor: b
     src = TierBucket("cold", tier(args.a, "bench-a", "src", args.concurrency))
     endpoint = args.a if server_side else args.b
     bucket = "bench-a2" if server_side else "bench-b"
-    dst = TierBucket(
-        "cold",
-        tier(endpoint, bucket, f"daemon-{server_side}-{args.round}", args.concurrency),
-        metrics=metrics,
-    )
+    config = tier(endpoint, bucket, f"{args.phase}-{args.round}", args.concurrency)
+    if args.multipart_mb is not None:
+        # Files below this go up as one PUT (not resumable), like the baseline's requests.
+        config = replace(config, multipart_threshold=args.multipart_mb << 20)
+    dst = TierBucket("cold", config, metrics=metrics)
     committer = BucketCommitter(dst, Path(args.state), metrics)
     token = await committer.fence.claim(1, "eu-central")
     # The executor a replica's pull link runs when its tier and its source's live in
@@ -243,6 +245,7 @@ def run_child(
         str(args.file_mb),
         "--concurrency",
         str(args.concurrency),
+        *(["--multipart-mb", str(args.multipart_mb)] if args.multipart_mb is not None else []),
     ]
     load = os.getloadavg()[0]
     done = subprocess.run(command, capture_output=True, text=True, env=aws_env(), check=False)
@@ -256,6 +259,12 @@ def run_child(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=450)
+    parser.add_argument(
+        "--multipart-mb",
+        type=int,
+        default=None,
+        help="the daemon's multipart_threshold in MiB (default: the config default, 8)",
+    )
     parser.add_argument("--file-mb", type=int, default=15)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
