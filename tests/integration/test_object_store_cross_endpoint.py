@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cryptorun_daemon.config import ObjectStoreTier
+from cryptorun_daemon.storage.bucket_commit import BucketFence
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, PartitionKey, object_key
 from cryptorun_daemon.storage.object_store import TierBucket
 from tests.harness.admin import auth_headers, metric
@@ -101,7 +102,8 @@ async def test_replica_streams_bucket_to_bucket_across_endpoints_and_refuses_a_c
 ) -> None:
     """A's cold bucket is on one moto server, B's on another. A 12 MiB partition sealed at
     A reaches B's bucket byte-identical through B's daemon (multipart, streamed object →
-    object), with no copy of it on B's disk, its bytes counted as replicated. A second
+    object), with no copy of it on B's disk, behind B's bucket fence object (epoch 1, primary
+    eu-central), its bytes counted as replicated. A second
     partition whose object in A's bucket was corrupted after A's commit is never committed
     in B's bucket (no manifest, no marker, no data object), counted as corrupt and as a
     failed step; the credentials never appear in either log."""
@@ -136,6 +138,10 @@ async def test_replica_streams_bucket_to_bucket_across_endpoints_and_refuses_a_c
             manifest, _ = await b_bucket.get(object_key(GOOD, MANIFEST_NAME))
             assert manifest == (GOOD.directory(a.storage_root) / MANIFEST_NAME).read_bytes()
             assert not GOOD.directory(b.storage_root).exists()  # no detour through B's disk
+            # Committed behind B's bucket fence, claimed at B's view of the tier.
+            fence = await BucketFence(b_bucket).read()
+            assert fence is not None
+            assert fence[:2] == (1, "eu-central")
             pair = {"tier": "cold", "from": "eu-central", "to": "us-east"}
             assert await metric(http, db.base_url, "cryptorun_replication_bytes_total", pair) >= (
                 size
