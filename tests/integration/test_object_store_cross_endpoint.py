@@ -8,14 +8,11 @@ against the manifest hash, committed with the fenced conditional writes.
 
 from __future__ import annotations
 
-import os
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from cryptorun_daemon.config import ObjectStoreTier
@@ -33,6 +30,7 @@ from tests.harness.s3 import (
     running_s3_server,
     s3_server,
 )
+from tests.harness.testdata import write_trade_partition
 from tests.harness.wait import eventually
 
 __all__ = ["aws_credentials", "s3_server"]  # pytest fixtures used by name
@@ -67,14 +65,10 @@ def _tier_section(config: ObjectStoreTier) -> dict[str, object]:
     }
 
 
-def _big_partition(root: Path, key: PartitionKey, size: int) -> int:
-    """One cold partition file of about ``size`` incompressible bytes; returns its size."""
-    directory = key.directory(root)
-    directory.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"blob": pa.array([os.urandom(4096) for _ in range(size // 4096)])})
-    path = directory / DATA
-    pq.write_table(table, path, compression="none")
-    return path.stat().st_size
+def _big_partition(root: Path, key: PartitionKey, rows: int) -> int:
+    """One cold partition file of ``rows`` valid trades, uncompressed; returns its size."""
+    directory = write_trade_partition(root, key, rows=rows, compression="none")
+    return (directory / DATA).stat().st_size
 
 
 async def _seal(http: aiohttp.ClientSession, spec: RegionSpec, key: PartitionKey) -> None:
@@ -100,7 +94,7 @@ async def _exists(bucket: TierBucket, relative: str) -> bool:
 async def test_replica_streams_bucket_to_bucket_across_endpoints_and_refuses_a_corrupt_source(
     s3_server: S3Server, aws_credentials: str, tmp_path: Path
 ) -> None:
-    """A's cold bucket is on one moto server, B's on another. A 12 MiB partition sealed at
+    """A's cold bucket is on one moto server, B's on another. An 11 MB partition sealed at
     A reaches B's bucket byte-identical through B's daemon (multipart, streamed object →
     object), with no copy of it on B's disk, behind B's bucket fence object (epoch 1, primary
     eu-central), its bytes counted as replicated. A second
@@ -125,7 +119,7 @@ async def test_replica_streams_bucket_to_bucket_across_endpoints_and_refuses_a_c
             run_daemon_process(b.write(), env=aws_env()) as db,
             aiohttp.ClientSession() as http,
         ):
-            size = _big_partition(a.storage_root, GOOD, 12 << 20)
+            size = _big_partition(a.storage_root, GOOD, 200_000)  # ~11 MB: three parts
             await _seal(http, a, GOOD)
             await eventually(
                 lambda: _exists(b_bucket, object_key(GOOD, SUCCESS_MARKER)),
@@ -150,7 +144,7 @@ async def test_replica_streams_bucket_to_bucket_across_endpoints_and_refuses_a_c
             # B paused: A's commit of the second partition cannot race the corruption.
             db.proc.send_signal(signal.SIGSTOP)
             try:
-                _big_partition(a.storage_root, CORRUPT, 6 << 20)
+                _big_partition(a.storage_root, CORRUPT, 100_000)
                 await _seal(http, a, CORRUPT)
                 await eventually(
                     lambda: _exists(a_bucket, object_key(CORRUPT, SUCCESS_MARKER)),
