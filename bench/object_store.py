@@ -7,19 +7,25 @@ loopback: region A's store and region B's store):
    file, two files per cold partition, real manifests);
 2. **baseline**: a plain ``obstore`` loop — ``get`` each object whole, ``put``
    it into B's bucket — with ``--concurrency`` objects in flight;
-3. **daemon, streamed**: ``BucketCommitter.commit(manifest, bucket_reader(A),
-   token)`` for every partition into B's bucket — what a replica does across
-   endpoints without a cache: ranged GETs, every byte hashed (xxh3-128) and
+3. **daemon** (the path the daemon runs): ``BucketMirrorExecutor.replicate_partition(manifest)``
+   for every partition into B's bucket — the step a replica's pull link runs
+   when its tier and its source's live in buckets on different endpoints
+   (replication/bucket_executor.py): disk fence policy, bucket fence claim,
+   ranged GETs, every byte hashed (xxh3-128) and
    compared with the manifest before the upload completes, resumable multipart
-   uploads with their state saved after each part, fenced markers;
-4. **daemon, server-side** (same endpoint): the same commit with
+   uploads with their state saved after each part, fenced markers, the bucket index entry;
+4. **commit**: ``BucketCommitter.commit(manifest, bucket_reader(A), token)``
+   alone — the daemon variant without the executor around it;
+5. **server-side** (same endpoint): the same commit with
    ``copy_source`` — CopyObject, then every byte read back and hashed.
 
 Each variant runs in its own child process (so its peak RSS is its own) with
 the same concurrency, on the same objects, in the same run; the report prints
-MB/s, the ratio to the baseline, peak RSS and the load average at the time.
+MB/s, the ratio to the baseline, peak RSS, the RSS of the imports alone
+and the load average at the time.
 
-Usage: ``python bench/object_store.py [--size-mb 450] [--file-mb 15] [--concurrency 8]``
+Usage: ``python bench/object_store.py [--size-mb 450] [--file-mb 15] [--concurrency 8]
+[--rounds 2] [--multipart-mb N]``
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,11 +50,21 @@ sys.path.insert(0, str(REPO))
 
 from cryptorun_daemon.config import ObjectStoreTier  # noqa: E402
 from cryptorun_daemon.metrics import Metrics  # noqa: E402
+from cryptorun_daemon.replication.bucket_executor import (  # noqa: E402
+    BucketMirrorExecutor,
+    bucket_index,
+)
 from cryptorun_daemon.storage.bucket_commit import BucketCommitter, bucket_reader  # noqa: E402
+from cryptorun_daemon.storage.bucket_source import BucketFileSource  # noqa: E402
 from cryptorun_daemon.storage.layout import PartitionKey, object_key  # noqa: E402
 from cryptorun_daemon.storage.manifest import FileEntry, Manifest, hash_bytes  # noqa: E402
 from cryptorun_daemon.storage.object_store import TierBucket  # noqa: E402
 from tests.harness.s3 import aws_env, running_s3_server  # noqa: E402
+
+#: baseline: plain obstore get+put; daemon: the replica's BucketMirrorExecutor;
+#: commit: BucketCommitter.commit alone (the daemon variant minus the executor);
+#: server-side: same endpoint, CopyObject + read-back.
+PHASES = ("baseline", "daemon", "commit", "server-side")
 
 
 def tier(endpoint: str, bucket: str, prefix: str, concurrency: int) -> ObjectStoreTier:
@@ -136,31 +153,43 @@ async def run_baseline(args: argparse.Namespace) -> int:
     return moved
 
 
-async def run_daemon(args: argparse.Namespace, *, server_side: bool) -> int:
+async def run_daemon(args: argparse.Namespace, *, server_side: bool, executor: bool) -> int:
     parts = manifests(args.size_mb, args.file_mb)
     metrics = Metrics()
     src = TierBucket("cold", tier(args.a, "bench-a", "src", args.concurrency))
     endpoint = args.a if server_side else args.b
     bucket = "bench-a2" if server_side else "bench-b"
-    dst = TierBucket(
-        "cold",
-        tier(endpoint, bucket, f"daemon-{server_side}-{args.round}", args.concurrency),
-        metrics=metrics,
-    )
+    config = tier(endpoint, bucket, f"{args.phase}-{args.round}", args.concurrency)
+    if args.multipart_mb is not None:
+        # Files below this go up as one PUT (not resumable), like the baseline's requests.
+        config = replace(config, multipart_threshold=args.multipart_mb << 20)
+    dst = TierBucket("cold", config, metrics=metrics)
     committer = BucketCommitter(dst, Path(args.state), metrics)
     token = await committer.fence.claim(1, "eu-central")
+    # The executor a replica's pull link runs when its tier and its source's live in
+    # buckets on different endpoints (replication/bucket_executor.py).
+    mirror = BucketMirrorExecutor(
+        root=Path(args.state),
+        region="us-east",
+        source=BucketFileSource("eu-central", src),
+        target=dst,
+        metrics=metrics,
+        epoch_provider=lambda _tier: 1,
+        primary_provider=lambda _tier: "eu-central",
+        index=bucket_index(Path(args.state), "cold"),
+    )
     slots = asyncio.Semaphore(max(1, args.concurrency // 2))  # two files per partition
     moved = 0
 
     async def one(manifest: Manifest) -> None:
         nonlocal moved
         async with slots:
-            await committer.commit(
-                manifest,
-                bucket_reader(src),
-                token,
-                copy_source=src if server_side else None,
-            )
+            if server_side:
+                await committer.commit(manifest, bucket_reader(src), token, copy_source=src)
+            elif executor:
+                await mirror.replicate_partition(manifest)
+            else:
+                await committer.commit(manifest, bucket_reader(src), token)
             moved += manifest.total_bytes
 
     await asyncio.gather(*(one(m) for m, _ in parts))
@@ -168,14 +197,30 @@ async def run_daemon(args: argparse.Namespace, *, server_side: bool) -> int:
 
 
 def child(args: argparse.Namespace) -> None:
+    # What the imports alone cost (the daemon variant pulls in the replication stack).
+    import_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     if args.phase == "baseline":
         moved = asyncio.run(run_baseline(args))
     else:
-        moved = asyncio.run(run_daemon(args, server_side=args.phase == "server-side"))
+        moved = asyncio.run(
+            run_daemon(
+                args, server_side=args.phase == "server-side", executor=args.phase == "daemon"
+            )
+        )
     seconds = time.perf_counter() - started
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"phase": args.phase, "bytes": moved, "seconds": seconds, "rss_mb": rss_mb}))
+    print(
+        json.dumps(
+            {
+                "phase": args.phase,
+                "bytes": moved,
+                "seconds": seconds,
+                "rss_mb": rss_mb,
+                "import_mb": import_mb,
+            }
+        )
+    )
 
 
 def run_child(
@@ -200,6 +245,7 @@ def run_child(
         str(args.file_mb),
         "--concurrency",
         str(args.concurrency),
+        *(["--multipart-mb", str(args.multipart_mb)] if args.multipart_mb is not None else []),
     ]
     load = os.getloadavg()[0]
     done = subprocess.run(command, capture_output=True, text=True, env=aws_env(), check=False)
@@ -213,10 +259,16 @@ def run_child(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=450)
+    parser.add_argument(
+        "--multipart-mb",
+        type=int,
+        default=None,
+        help="the daemon's multipart_threshold in MiB (default: the config default, 8)",
+    )
     parser.add_argument("--file-mb", type=int, default=15)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--phase", choices=["baseline", "streamed", "server-side"])
+    parser.add_argument("--phase", choices=PHASES)
     parser.add_argument("--a")
     parser.add_argument("--b")
     parser.add_argument("--state")
@@ -244,17 +296,19 @@ def main() -> None:
         )
         rows = []
         for round_ in range(args.rounds):
-            for phase in ("baseline", "streamed", "server-side"):
+            for phase in PHASES:
                 state = tempfile.mkdtemp(dir=tmp)
                 rows.append(run_child(phase, args, a.endpoint, b.endpoint, state, round_))
         base = [r for r in rows if r["phase"] == "baseline"]
         base_rate = sum(r["bytes"] / r["seconds"] for r in base) / len(base)
-        print(f"{'variant':<12} {'MB/s':>8} {'ratio':>6} {'RSS MB':>7} {'load':>5}")
+        print(
+            f"{'variant':<12} {'MB/s':>8} {'ratio':>6} {'RSS MB':>7} {'imports MB':>10} {'load':>5}"
+        )
         for r in rows:
             rate = r["bytes"] / r["seconds"]
             print(
                 f"{r['phase']:<12} {rate / 2**20:8.1f} {rate / base_rate:6.2f} "
-                f"{r['rss_mb']:7.0f} {r['load']:5.1f}"
+                f"{r['rss_mb']:7.0f} {r['import_mb']:10.0f} {r['load']:5.1f}"
             )
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from cryptorun_daemon.demo.bucket_steps import BucketSteps
 from cryptorun_daemon.demo.configs import (
     HOT_LAG_SLO,
     PARTITION_LENGTH,
@@ -46,7 +47,6 @@ from cryptorun_daemon.demo.configs import (
 )
 from cryptorun_daemon.demo.object_store import (
     STORE,
-    count_sealed,
     create_buckets,
     require_moto,
     server_args,
@@ -68,7 +68,7 @@ from cryptorun_daemon.demo.summary import (
     hot_records_from_metrics,
     read_region,
 )
-from cryptorun_daemon.errors import CryptorunError, UsageError
+from cryptorun_daemon.errors import UsageError
 
 KRAKEN = "kraken"
 SUMMARY_INTERVAL = 5.0
@@ -185,6 +185,8 @@ class _Demo:
         self.children: dict[str, ChildProcess] = {}
         #: ``--object-store``: the local S3 server's port (started before the daemons).
         self.store_port: int | None = None
+        #: ``--object-store``: the cold archive and the bucket tally (demo/bucket_steps.py).
+        self.buckets: BucketSteps | None = None
         self.started = time.monotonic()
         self.started_at = time.time()
 
@@ -197,6 +199,12 @@ class _Demo:
         try:
             if self.start():
                 self.banner(duration)
+                if self.layout.object_store is not None:
+                    self.buckets = BucketSteps(
+                        self.layout, self.reader, self.say, lambda: self.signals.stop
+                    )
+                    self.buckets.archive_cold(timeout=READY_TIMEOUT)
+                self.live_header(duration)
                 self.watch(duration)
                 self.finish()
         except DemoError as exc:
@@ -295,6 +303,8 @@ class _Demo:
             f'"demote":"{PRIMARY}","dry_run":true}}\''
         )
         self.say(f"  cryptorun replication status --config {layout.config_path(REPLICA)}")
+
+    def live_header(self, duration: float | None) -> None:
         until = f"after {duration:g} s or on Ctrl-C" if duration else "on Ctrl-C"
         self.say(f"\nlive, every {SUMMARY_INTERVAL:g} s (stops {until}):")
 
@@ -333,8 +343,11 @@ class _Demo:
         self.say("\nstopping: last replication pass, metric snapshots, then SIGTERM to each daemon")
         if not self.signals.force:
             self.final_sync()
+            if self.buckets is not None:
+                self.buckets.final_cold_sync(timeout=SYNC_TIMEOUT)
         self.snapshot()
-        self.bucket_report()
+        if self.buckets is not None:
+            self.buckets.report(wait=0.0 if self.signals.force else SYNC_TIMEOUT)
 
     def final_sync(self) -> None:
         """Ask the replica for a pass until it holds every partition the primary sealed.
@@ -369,21 +382,6 @@ class _Demo:
                 self.say(f"  {REPLICA} holds all {len(primary)} partitions sealed at {PRIMARY}")
                 return
             time.sleep(1.0)
-
-    def bucket_report(self) -> None:
-        """``--object-store``: how many partitions each region's bucket holds sealed."""
-        if self.layout.object_store is None:
-            return
-        try:
-            counts = count_sealed(self.layout.object_store, REGIONS)
-        except CryptorunError as exc:
-            self.say(f"  could not list the buckets: {exc}")
-            return
-        for count in counts:
-            self.say(
-                f"  {count.region:<10}  {count.sealed} {count.tier} partitions sealed "
-                f"in {count.url}"
-            )
 
     def snapshot(self) -> None:
         """Save ``metrics-<region>.txt`` and ``status-<region>.json`` into the demo directory."""
@@ -465,12 +463,15 @@ class _Demo:
                     else "NO — differ or missing: " + ", ".join(storage.not_identical)
                 )
             )
+        if self.buckets is not None:
+            self.buckets.disk_tally()
         self.say(
             f"  configs {PRIMARY}.toml {REPLICA}.toml; logs *.log; final metrics-*.txt "
             "and status-*.json"
         )
         self.say(f"  inspect: cryptorun validate {base / 'data' / REPLICA / 'warm'}")
-        return 0 if complete else 1
+        cold_complete = self.buckets is None or self.buckets.cold_complete
+        return 0 if complete and cold_complete else 1
 
 
 def seconds_until_quiet(now: float) -> float:

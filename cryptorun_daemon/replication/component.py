@@ -47,6 +47,11 @@ from cryptorun_daemon.errors import (
     StorageError,
     UsageError,
 )
+from cryptorun_daemon.replication.bucket_executor import (
+    BucketMirrorExecutor,
+    bucket_index,
+    streams_across_endpoints,
+)
 from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.feed_serving import FeedServer
 from cryptorun_daemon.replication.link import CHECKS, PassReport, ReplicationLink
@@ -177,6 +182,9 @@ class WarmColdComponent:
     async def stop(self) -> None:
         # The feed reopens on next use; closing releases its file handles now.
         await asyncio.to_thread(self.feed.close)
+        for link in self.links.values():
+            if isinstance(link, ReplicationLink) and link.feed is not self.feed:
+                await asyncio.to_thread(link.feed.close)  # a bucket index
         if self._own_session is not None:
             await self._own_session.close()
             self._own_session = None
@@ -336,13 +344,14 @@ class WarmColdComponent:
         rep = self.ctx.config.replication
         link: AnyLink
         if kind == "pull":
+            mirror = self._bucket_mirror(tier, peer)
             link = ReplicationLink(
                 rule=rule,
                 region=self.region,
                 peer=self._peer(peer),
                 catalog=self.catalog,
-                feed=self.feed,
-                executor=self._executor(self._file_source(tier, peer)),
+                feed=mirror.index if mirror is not None else self.feed,
+                executor=mirror or self._executor(self._file_source(tier, peer)),
                 metrics=self.ctx.metrics,
                 clock=self.ctx.clock,
                 epoch_provider=self.epoch_provider,
@@ -351,6 +360,7 @@ class WarmColdComponent:
                 anti_entropy_interval=rep.anti_entropy_interval,
                 index_ready=self._index_ready,
                 peer_reporter=self._peer_reporter,
+                feed_indexes_disk=mirror is None,
             )
             name = f"replication:{tier}:{peer}"
             # Following the feed costs one indexed query at the source, so a pull
@@ -406,6 +416,33 @@ class WarmColdComponent:
         if backend is None:
             return self._peer(region)
         return BucketFileSource(region, TierBucket(tier, backend, metrics=self.ctx.metrics))
+
+    def _bucket_mirror(self, tier: Tier, region: str) -> BucketMirrorExecutor | None:
+        """The bucket → bucket executor when this region's tier and ``region``'s both live in
+        buckets on different endpoints (replication/bucket_executor.py), else ``None``."""
+        if not is_active_passive(tier):
+            return None
+        storage = self.ctx.config.storage
+        mine, theirs = storage.tiers.get(tier), storage.sources.get(region, {}).get(tier)
+        if mine is None or theirs is None:
+            return None
+        target = TierBucket(tier, mine, metrics=self.ctx.metrics)
+        source = TierBucket(tier, theirs, metrics=self.ctx.metrics)
+        if not streams_across_endpoints(target, source):
+            return None  # same endpoint: disk cache + server-side copy (storage/bucket_sync.py)
+        return BucketMirrorExecutor(
+            root=self.root,
+            region=self.region,
+            source=BucketFileSource(region, source),
+            target=target,
+            metrics=self.ctx.metrics,
+            epoch_provider=self.epoch_provider,
+            primary_provider=self.primary_of_tier,
+            index=bucket_index(self.root, tier),
+            retry_attempts=self.ctx.config.replication.retry_attempts,
+            strict=self.ctx.config.validation.strict,
+            max_validations=self.ctx.config.replication.max_validations,
+        )
 
     def _executor(self, source: HttpPeer | ReconcileSource | BucketFileSource) -> WarmColdExecutor:
         return WarmColdExecutor(

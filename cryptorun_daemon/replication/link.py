@@ -145,6 +145,7 @@ class ReplicationLink:
         anti_entropy_interval: float = 600.0,
         index_ready: asyncio.Event | None = None,
         peer_reporter: Callable[[str, bool, str | None], None] | None = None,
+        feed_indexes_disk: bool = True,
     ) -> None:
         self.rule = rule
         self.tier = rule.tier
@@ -181,6 +182,9 @@ class ReplicationLink:
         # Peer health (and cryptorun_peer_up) is owned by the failover component;
         # a pull is one more observation of the peer, reported there.
         self._report_peer = peer_reporter
+        # False when ``feed`` indexes a bucket (replication/bucket_executor.py): a
+        # "full" check then has no disk of this tier to scrub against it.
+        self._feed_indexes_disk = feed_indexes_disk
 
     async def run_pass(self, check: Check = "feed") -> PassReport:
         started = time.monotonic()
@@ -212,7 +216,7 @@ class ReplicationLink:
         if not self._loaded:
             self._position = await asyncio.to_thread(self._positions.load)
             self._loaded = True
-        if check == "full":
+        if check == "full" and self._feed_indexes_disk:
             found = await asyncio.to_thread(scrub_tier, self.catalog, self.feed, self.tier)
             report.scrub = {"partitions": found.partitions, "lost": found.lost}
         position = self._position

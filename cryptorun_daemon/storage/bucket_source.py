@@ -30,7 +30,8 @@ from cryptorun_daemon.storage.layout import object_key, parse_partition_path
 from cryptorun_daemon.storage.object_store import ObjectStoreError, TierBucket
 
 
-def _failure(exc: ObjectStoreError) -> ReplicationError:
+def replication_failure(exc: ObjectStoreError) -> ReplicationError:
+    """The replication failure (bounded reason) a request error past the retries stands for."""
     reason = "timeout" if exc.s3_code in ("timeout", "RequestTimeout") else "peer_unreachable"
     if exc.s3_code in ("NoSuchKey", "AccessDenied", "NoSuchBucket"):
         reason = "http"
@@ -50,7 +51,7 @@ class BucketChunks:
             async for piece in self._bucket.stream(self._relative, offset=self._offset, chunk=size):
                 yield piece
         except ObjectStoreError as exc:
-            raise _failure(exc) from exc
+            raise replication_failure(exc) from exc
 
 
 @dataclass
@@ -85,7 +86,7 @@ class BucketFileSource:
         try:
             info = await self.bucket.head(relative)
         except ObjectStoreError as exc:
-            raise _failure(exc) from exc
+            raise replication_failure(exc) from exc
         if info is None:
             raise ReplicationError(
                 f"{self.bucket.url}/{relative}: not in {self.region}'s bucket", reason="http"

@@ -144,11 +144,13 @@ def test_object_store_demo_configs_put_warm_and_cold_in_one_bucket_per_region(
 
 
 @pytest.mark.slow
-def test_object_store_demo_commits_warm_partitions_into_both_buckets(tmp_path: Path) -> None:
+def test_object_store_demo_commits_warm_and_cold_partitions_into_both_buckets(
+    tmp_path: Path,
+) -> None:
     """``demo --object-store --duration 90`` starts the local S3 server, exits 0, and reports
     the primary's sealed warm partitions in both regions' buckets (the replica's copied
-    server-side from the primary's); cold sits in the buckets too but seals daily, so a
-    minutes-long demo seals none."""
+    server-side from the primary's), and yesterday's three archived cold partitions (sealed
+    through the seal endpoint) in both buckets too."""
     require_moto()
     result = subprocess.run(
         demo_command(tmp_path, "--object-store", "--duration", str(DEMO_DURATION)),
@@ -166,6 +168,9 @@ def test_object_store_demo_commits_warm_partitions_into_both_buckets(tmp_path: P
     assert set(found) == {"eu-central", "us-east"}, output
     assert int(found["eu-central"]) > 0
     assert found["us-east"] == found["eu-central"]
+    cold = dict(re.findall(r"(eu-central|us-east)\s+(\d+) cold partitions sealed in s3://", output))
+    assert cold == {"eu-central": "3", "us-east": "3"}, output
+    assert "daily partitions of simulated trades" in output
     assert "s3 exit 0" in output
 
 

@@ -1,0 +1,183 @@
+"""Bucket → bucket across endpoints in the daemon: two moto servers, two real daemons.
+
+Region A keeps its cold tier in a bucket on one S3 endpoint, region B in a
+bucket on another; B names A's bucket as its source. B's pull link streams
+each partition object → object through the daemon (no local copy), verified
+against the manifest hash, committed with the fenced conditional writes.
+"""
+
+from __future__ import annotations
+
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from cryptorun_daemon.config import ObjectStoreTier
+from cryptorun_daemon.storage.bucket_commit import BucketFence
+from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, PartitionKey, object_key
+from cryptorun_daemon.storage.object_store import TierBucket
+from tests.harness.admin import auth_headers, metric
+from tests.harness.daemons import RegionSpec, run_daemon_process, two_regions
+from tests.harness.s3 import (
+    TEST_ACCESS_KEY,
+    TEST_SECRET_KEY,
+    S3Server,
+    aws_credentials,
+    aws_env,
+    running_s3_server,
+    s3_server,
+)
+from tests.harness.testdata import write_trade_partition
+from tests.harness.wait import eventually
+
+__all__ = ["aws_credentials", "s3_server"]  # pytest fixtures used by name
+
+pytestmark = pytest.mark.slow
+
+
+def _key(day: int) -> PartitionKey:
+    return PartitionKey(
+        day=datetime(2025, 9, day, tzinfo=UTC).date(),
+        hour=None,
+        tier="cold",
+        dataset="trade",
+        venue="kraken",
+        symbol="BTC-USD",
+    )
+
+
+GOOD, CORRUPT = _key(1), _key(2)
+DATA = "part-0000.parquet"
+
+
+def _tier_section(config: ObjectStoreTier) -> dict[str, object]:
+    return {
+        "url": config.url,
+        "endpoint_url": config.endpoint_url,
+        "region": "us-east-1",
+        "allow_http": True,
+        # 5 MiB parts: the 12 MiB file goes through the streamed multipart path.
+        "multipart_threshold": 5 << 20,
+        "part_size": 5 << 20,
+    }
+
+
+def _big_partition(root: Path, key: PartitionKey, rows: int) -> int:
+    """One cold partition file of ``rows`` valid trades, uncompressed; returns its size."""
+    directory = write_trade_partition(root, key, rows=rows, compression="none")
+    return (directory / DATA).stat().st_size
+
+
+async def _seal(http: aiohttp.ClientSession, spec: RegionSpec, key: PartitionKey) -> None:
+    answers: list[str] = []
+
+    async def sealed() -> bool:
+        # Refused (503) until the regions have confirmed their roles with each other.
+        async with http.post(
+            f"{spec.base_url}/v1/partitions/seal",
+            json={"tier": "cold", "partition": key.relpath},
+            headers=auth_headers(),
+        ) as resp:
+            answers.append(await resp.text())
+            return resp.status == 200
+
+    await eventually(sealed, f"the seal of {key.relpath}", timeout=30, detail=lambda: answers[-1:])
+
+
+async def _exists(bucket: TierBucket, relative: str) -> bool:
+    return await bucket.head(relative) is not None
+
+
+async def test_replica_streams_bucket_to_bucket_across_endpoints_and_refuses_a_corrupt_source(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """A's cold bucket is on one moto server, B's on another. An 11 MB partition sealed at
+    A reaches B's bucket byte-identical through B's daemon (multipart, streamed object →
+    object), with no copy of it on B's disk, behind B's bucket fence object (epoch 1, primary
+    eu-central), its bytes counted as replicated. A second
+    partition whose object in A's bucket was corrupted after A's commit is never committed
+    in B's bucket (no manifest, no marker, no data object), counted as corrupt and as a
+    failed step; the credentials never appear in either log."""
+    a, b = two_regions(
+        tmp_path,
+        rules=[{"tier": "cold", "from": "eu-central", "to": ["us-east"], "lag_slo": "5m"}],
+    )
+    with running_s3_server(tmp_path) as other:
+        a_config = s3_server.tier_config("eu-central", prefix="xe")
+        b_config = other.tier_config("us-east", prefix="xe")
+        a.sections["storage.tiers.cold"] = _tier_section(a_config)
+        b.sections["storage.tiers.cold"] = _tier_section(b_config)
+        b.sections["storage.sources.eu-central.cold"] = _tier_section(a_config)
+        for spec in (a, b):
+            spec.sections["replication"] = {"feed_poll_interval": "200ms"}
+        a_bucket, b_bucket = TierBucket("cold", a_config), TierBucket("cold", b_config)
+        async with (
+            run_daemon_process(a.write(), env=aws_env()) as da,
+            run_daemon_process(b.write(), env=aws_env()) as db,
+            aiohttp.ClientSession() as http,
+        ):
+            size = _big_partition(a.storage_root, GOOD, 200_000)  # ~11 MB: three parts
+            await _seal(http, a, GOOD)
+            await eventually(
+                lambda: _exists(b_bucket, object_key(GOOD, SUCCESS_MARKER)),
+                "the partition in B's bucket",
+                timeout=90,
+            )
+            local = (GOOD.directory(a.storage_root) / DATA).read_bytes()
+            body, _ = await b_bucket.get(object_key(GOOD, DATA))
+            assert body == local
+            manifest, _ = await b_bucket.get(object_key(GOOD, MANIFEST_NAME))
+            assert manifest == (GOOD.directory(a.storage_root) / MANIFEST_NAME).read_bytes()
+            assert not GOOD.directory(b.storage_root).exists()  # no detour through B's disk
+            # Committed behind B's bucket fence, claimed at B's view of the tier.
+            fence = await BucketFence(b_bucket).read()
+            assert fence is not None
+            assert fence[:2] == (1, "eu-central")
+            pair = {"tier": "cold", "from": "eu-central", "to": "us-east"}
+            assert await metric(http, db.base_url, "cryptorun_replication_bytes_total", pair) >= (
+                size
+            )
+
+            # B paused: A's commit of the second partition cannot race the corruption.
+            db.proc.send_signal(signal.SIGSTOP)
+            try:
+                _big_partition(a.storage_root, CORRUPT, 100_000)
+                await _seal(http, a, CORRUPT)
+                await eventually(
+                    lambda: _exists(a_bucket, object_key(CORRUPT, SUCCESS_MARKER)),
+                    "the second partition in A's bucket",
+                    timeout=60,
+                )
+                data, _ = await a_bucket.get(object_key(CORRUPT, DATA))
+                flipped = bytearray(data)
+                flipped[len(flipped) // 2] ^= 0xFF
+                await a_bucket.put(object_key(CORRUPT, DATA), flipped)
+            finally:
+                db.proc.send_signal(signal.SIGCONT)
+
+            async def counted() -> bool:
+                errors = await metric(
+                    http,
+                    db.base_url,
+                    "cryptorun_data_consistency_errors_total",
+                    {"check": "corrupt"},
+                )
+                failed = await metric(
+                    http,
+                    db.base_url,
+                    "cryptorun_replication_step_failures_total",
+                    {**pair, "reason": "corrupt"},
+                )
+                return errors >= 1 and failed >= 1
+
+            await eventually(counted, "the corrupt source counted at B", timeout=60)
+            for name in (MANIFEST_NAME, SUCCESS_MARKER, DATA):
+                assert not await _exists(b_bucket, object_key(CORRUPT, name))
+            assert not CORRUPT.directory(b.storage_root).exists()
+            logs = da.log_text() + db.log_text()
+    assert "partition streamed bucket to bucket" in logs
+    assert TEST_SECRET_KEY not in logs
+    assert TEST_ACCESS_KEY not in logs
