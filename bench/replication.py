@@ -65,6 +65,13 @@ def tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (all threads)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
@@ -328,7 +335,56 @@ async def bench_history(work: Path, count: int, concurrency: int, template: Path
 # --- copy ---------------------------------------------------------------------------------
 
 
-async def bench_copy(work: Path, size_mb: int, concurrency: int, validations: int) -> None:
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """``py-spy record --gil`` of ``pid``: raw collapsed stacks of the thread holding the GIL."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print("py-spy not found: no profile")
+        return None
+    return subprocess.Popen(
+        [spy, "record", "-p", str(pid), "-o", str(out), "--format", "raw", "-r", "100", "--gil"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(proc: subprocess.Popen[bytes] | None, out: Path, title: str) -> None:
+    """Stop ``py-spy`` and print the top entries: self share and inclusive share per function."""
+    if proc is None:
+        return
+    proc.send_signal(2)
+    proc.wait(timeout=60)
+    if not out.exists():
+        print(f"{title}: no profile written")
+        return
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = [
+            f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")") for f in stack.split(";")
+        ]
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames[1:]):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    print(f"{title}: {total} samples (all threads, idle left out)")
+    for name, count in sorted(own.items(), key=lambda kv: -kv[1])[:12]:
+        share = 100 * count / max(1, total)
+        incl = 100 * inclusive.get(name, count) / max(1, total)
+        print(f"  self {share:5.1f}%  incl {incl:5.1f}%  {name}")
+    print("  top inclusive:")
+    for name, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"  incl {100 * count / max(1, total):5.1f}%  {name}")
+
+
+async def bench_copy(
+    work: Path, size_mb: int, concurrency: int, validations: int, profile: Path | None = None
+) -> None:
     print(f"\n== verified copy of ~{size_mb} MB of hourly Parquet ==")
     staged = work / "staged"
     t = time.monotonic()
@@ -391,15 +447,31 @@ async def bench_copy(work: Path, size_mb: int, concurrency: int, validations: in
         sampler = asyncio.create_task(sample())
         rss_before = rss_mb(procs[1].pid)
         lag_before = await lag_buckets(b.base_url)
+        spies = (
+            [start_profiler(p.pid, profile / f"{n}.txt") for n, p in zip("AB", procs, strict=True)]
+            if profile is not None
+            else []
+        )
+        load = os.getloadavg()
+        cpu_before = [cpu_seconds(p.pid) for p in procs]
         report, seconds = await sync(b.base_url, "warm", "feed")
+        cpu_used = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu_before, strict=True)]
         done.set()
         await sampler
+        for name, spy in zip(("source", "puller"), spies, strict=False):
+            assert profile is not None
+            stop_profiler(spy, profile / f"{'AB'[name == 'puller']}.txt", f"py-spy of the {name}")
+        print(f"load average at the start of the timed pass: {load[0]:.2f} {load[1]:.2f}")
         moved_bytes = int(report["bytes"])
         rate = moved_bytes / seconds / 1e6
         print(
             f"daemon pull (HTTP, xxh3 verify, fsync, atomic commit): {moved_bytes / 1e6:.0f} MB "
             f"in {seconds:.2f}s = {rate:.0f} MB/s; committed "
             f"{report['partitions_committed']} partitions, ok={report['ok']}"
+        )
+        print(
+            f"CPU during the pass: source {cpu_used[0]:.2f}s, puller {cpu_used[1]:.2f}s "
+            f"({cpu_used[1] / seconds:.2f} cores) over {seconds:.2f}s wall"
         )
         print(f"RATIO daemon / (cp -r + sync) = {rate / cp_rate:.2f}x  (target >= 0.9x)")
         print(
@@ -435,6 +507,12 @@ async def main() -> None:
     parser.add_argument(
         "--dir", type=Path, default=None, help="work directory (default: the system temp dir)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="directory for py-spy profiles of both daemons during the timed copy",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-repl-", dir=args.dir))
     print(f"work dir {work}; replication.max_concurrency = {args.concurrency}")
@@ -446,7 +524,7 @@ async def main() -> None:
         for count in (int(c) for c in args.history.split(",") if c.strip()):
             await bench_history(work, count, args.concurrency, template)
         if args.size_mb > 0:
-            await bench_copy(work, args.size_mb, args.concurrency, args.validations)
+            await bench_copy(work, args.size_mb, args.concurrency, args.validations, args.profile)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -327,6 +327,7 @@ class WarmColdComponent:
         await self.ctx.supervisor.cancel(scheduler.name)
         if isinstance(link, ReplicationLink):
             link.forget_metrics()
+            link.executor.close()
         log.info("replication link stopped", kind=key[0], tier=key[1], peer=key[2])
 
     def _add_link(self, key: LinkKey, rule: Rule) -> None:
@@ -405,6 +406,13 @@ class WarmColdComponent:
             validators=self.validators,
             strict=self.ctx.config.validation.strict,
             max_validations=self.ctx.config.replication.max_validations,
+            # Every download slot writes/hashes/fsyncs, plus the validations,
+            # plus one for the per-partition steps (check, commit).
+            io_threads=(
+                self.ctx.config.replication.max_concurrency
+                + self.ctx.config.replication.max_validations
+                + 1
+            ),
         )
 
     # --- handlers --------------------------------------------------------------------

@@ -11,7 +11,9 @@ tried again).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +50,10 @@ class PartitionVerifier:
         validators: Sequence[StepValidator] = (),
         strict: bool = False,
         max_validations: int = 2,
+        pool: Executor | None = None,
     ) -> None:
         self.validators = tuple(validators)
+        self._pool = pool
         self.strict = strict
         # Validators decode whole Parquet files (tens of MB each in memory): at
         # most this many partitions are validated at once, whatever the copy
@@ -91,8 +95,11 @@ class PartitionVerifier:
         for validator in self.validators:
             for entry in manifest.files:
                 try:
-                    verdict = await asyncio.to_thread(
-                        validator, directory / entry.name, manifest.key.dataset, manifest.tier
+                    verdict = await asyncio.get_running_loop().run_in_executor(
+                        self._pool,
+                        functools.partial(
+                            validator, directory / entry.name, manifest.key.dataset, manifest.tier
+                        ),
                     )
                 except ValidationFailedError as exc:  # strict mode: first violation
                     raise ReplicationError(
