@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -32,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cryptorun_daemon.storage.change_feed import ChangeFeed  # noqa: E402
 from cryptorun_daemon.storage.layout import PartitionKey  # noqa: E402
 from cryptorun_daemon.storage.manifest import FileEntry, Manifest, compute_manifest  # noqa: E402
 from cryptorun_daemon.storage.seal import seal_partition  # noqa: E402
@@ -58,6 +62,7 @@ A, B = "eu-central", "us-east"
 #: Series per hour in the synthetic history: 2 datasets x 50 markets.
 DATASETS = ("trade", "book")
 MARKETS = 50
+SERIES = len(DATASETS) * MARKETS
 HISTORY_START = datetime(2020, 1, 1, tzinfo=UTC)
 
 
@@ -149,41 +154,136 @@ def configure(a: RegionSpec, b: RegionSpec, concurrency: int, validations: int =
 # --- synthetic history ------------------------------------------------------------------
 
 
-def build_history(root: Path, count: int, template: Path) -> None:
-    """``count`` sealed warm partitions under ``root``: the template file hard-linked into
-    each, with a real manifest (the daemon reads them through its normal code)."""
+def _series(index: int) -> tuple[int, int]:
+    """(dataset, market) of the ``index``-th series of an hour."""
+    return divmod(index, MARKETS)
+
+
+def manifest_template(template: Path) -> tuple[FileEntry, str]:
+    """The file entry of ``template`` and its schema fingerprint (hashed once)."""
     facts = compute_manifest(
-        template.parent,
-        _key(0, 0, 0),
+        template.parent, _key(0, 0, 0), writer_region=A, epoch=1, sealed_at=HISTORY_START
+    )
+    assert facts.schema_fingerprint is not None  # a Parquet file has a schema
+    return facts.files[0], facts.schema_fingerprint
+
+
+def manifest_bytes(key: PartitionKey, entry: FileEntry, fingerprint: str) -> bytes:
+    """The manifest a writer would seal ``key`` with (the slow, exact form)."""
+    return Manifest(
+        tier="warm",
+        partition=key.relpath,
+        files=(entry,),
+        schema_fingerprint=fingerprint,
+        writer_region=A,
+        epoch=1,
+        sealed_at=key.end,
+    ).to_bytes()
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_series(root: Path, count: int, series: int, template: Path) -> int:
+    """Write the partitions of one series (every ``SERIES``-th partition of the history).
+
+    Per partition: a directory, the template Parquet file and an empty
+    ``_SUCCESS`` hard-linked in, and a real manifest. The manifest differs
+    between hours only in its partition path, window and seal time, so it is
+    rendered once per series and those strings are replaced per hour; the
+    first and last partition of the series are checked against the exact
+    rendering. Returns the partitions written.
+    """
+    entry, fingerprint = manifest_template(template)
+    dataset, market = _series(series)
+    first = _key(0, dataset, market)
+    text = manifest_bytes(first, entry, fingerprint).decode()
+    success = root / ".bench-success"
+    base = first.directory(root).parent.parent  # .../symbol=...
+    made = 0
+    day_made = ""
+    hours = range(series, count, SERIES)
+    for index in hours:
+        hour = index // SERIES
+        start = HISTORY_START + timedelta(hours=hour)
+        day = start.date().isoformat()
+        hour_part = f"date={day}/hour={start.hour:02d}"
+        rendered = (
+            text.replace("date=2020-01-01/hour=00", hour_part)
+            .replace('"2020-01-01T01:00:00Z"', f'"{_stamp(start + timedelta(hours=1))}"')
+            .replace('"2020-01-01T00:00:00Z"', f'"{_stamp(start)}"')
+        )
+        if index in (hours[0], hours[-1]):
+            exact = manifest_bytes(_key(hour, dataset, market), entry, fingerprint).decode()
+            assert rendered == exact, (rendered, exact)
+        if day != day_made:
+            (base / f"date={day}").mkdir(parents=True, exist_ok=True)
+            day_made = day
+        directory = base / hour_part
+        os.mkdir(directory)
+        os.link(template, directory / entry.name)
+        (directory / "_manifest.json").write_text(rendered)
+        os.link(success, directory / "_SUCCESS")
+        made += 1
+    return made
+
+
+def history_rows(count: int, content_hash: str) -> Iterator[tuple[str, str, int]]:
+    """``(partition path, content hash, epoch)`` of every partition :func:`build_history` makes."""
+    prefixes = []
+    for series in range(SERIES):
+        dataset, market = _series(series)
+        prefixes.append(f"{DATASETS[dataset]}/venue=kraken/symbol=M{market:03d}-USD")
+    for index in range(count):
+        hour, series = divmod(index, SERIES)
+        start = HISTORY_START + timedelta(hours=hour)
+        yield (
+            f"{prefixes[series]}/date={start.date().isoformat()}/hour={start.hour:02d}",
+            content_hash,
+            1,
+        )
+
+
+def build_history(root: Path, count: int, template: Path, workers: int = 2) -> str:
+    """``count`` sealed warm partitions under ``root`` (see :func:`build_series`).
+
+    Series are written by ``workers`` processes. Returns the content hash every
+    partition shares (same file, same schema), for the index import.
+    """
+    entry, fingerprint = manifest_template(template)
+    (root / "warm").mkdir(parents=True, exist_ok=True)
+    (root / ".bench-success").write_bytes(b"")
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        made = sum(
+            pool.map(
+                build_series,
+                [root] * SERIES,
+                [count] * SERIES,
+                range(SERIES),
+                [template] * SERIES,
+            )
+        )
+    assert made == count, (made, count)
+    (root / ".bench-success").unlink()
+    return Manifest(
+        tier="warm",
+        partition=_key(0, 0, 0).relpath,
+        files=(entry,),
+        schema_fingerprint=fingerprint,
         writer_region=A,
         epoch=1,
         sealed_at=HISTORY_START,
-    )
-    entry: FileEntry = facts.files[0]
-    series = [(d, m) for d in range(len(DATASETS)) for m in range(MARKETS)]
-    made = 0
-    hour = 0
-    while made < count:
-        for dataset_index, market in series:
-            if made == count:
-                break
-            key = _key(hour, dataset_index, market)
-            directory = key.directory(root)
-            directory.mkdir(parents=True, exist_ok=True)
-            os.link(template, directory / entry.name)
-            manifest = Manifest(
-                tier="warm",
-                partition=key.relpath,
-                files=(entry,),
-                schema_fingerprint=facts.schema_fingerprint,
-                writer_region=A,
-                epoch=1,
-                sealed_at=key.end,
-            )
-            (directory / "_manifest.json").write_bytes(manifest.to_bytes())
-            (directory / "_SUCCESS").write_bytes(b"")
-            made += 1
-        hour += 1
+    ).content_hash
+
+
+def import_history(root: Path, count: int, content_hash: str) -> int:
+    """Index the built history in ``root``'s change feed in bulk (the daemon's own store)."""
+    feed = ChangeFeed(root)
+    try:
+        return feed.import_index("warm", history_rows(count, content_hash))
+    finally:
+        feed.close()
 
 
 def _key(hour: int, dataset: int, market: int) -> PartitionKey:
@@ -218,25 +318,88 @@ async def wait_indexed(a_url: str, b_url: str, count: int) -> None:
         await asyncio.sleep(1)
 
 
-async def bench_history(work: Path, count: int, concurrency: int, template: Path) -> None:
-    print(f"\n== history of {count:,} sealed warm partitions ==")
+class RssSampler:
+    """Peak RSS of a process, sampled every 50 ms while running (``with``-style, async)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_mb(self.pid))
+            await asyncio.sleep(0.05)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> float:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return self.peak
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f}/{five:.1f}"
+
+
+async def cli_seconds(*argv: str) -> float:
+    """Wall time of one ``cryptorun`` CLI run (a fresh interpreter, as an operator runs it)."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cryptorun_daemon",
+        *argv,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"cryptorun {' '.join(argv)} failed: {err.decode()[-500:]}")
+    return time.monotonic() - started
+
+
+async def bench_history(
+    work: Path, count: int, concurrency: int, template: Path, scrub_max: int
+) -> None:
+    print(f"\n== history of {count:,} sealed warm partitions ({load()}) ==")
     base = work / f"history-{count}"
     a, b = two_regions(base, rules=[{"tier": "warm", "from": A, "to": [B], "lag_slo": "1h"}])
     configure(a, b, concurrency)
     t = time.monotonic()
-    await asyncio.to_thread(build_history, a.storage_root, count, template)
+    content_hash = await asyncio.to_thread(build_history, a.storage_root, count, template)
     build_a = time.monotonic() - t
     t = time.monotonic()
     b.storage_root.mkdir(parents=True, exist_ok=True)
     await shell("cp", "-al", str(a.storage_root / "warm"), str(b.storage_root / "warm"))
-    print(f"built in {build_a:.1f}s (source) + {time.monotonic() - t:.1f}s (cp -al to replica)")
+    copy_b = time.monotonic() - t
+    t = time.monotonic()
+    for spec in (a, b):
+        await asyncio.to_thread(import_history, spec.storage_root, count, content_hash)
+    print(
+        f"built in {build_a:.1f}s (source: hard links + manifests, 2 processes) + "
+        f"{copy_b:.1f}s (cp -al to the replica) + {time.monotonic() - t:.1f}s "
+        f"(bulk index import into both change feeds)  ({load()})"
+    )
     procs = [start(a.write()), start(b.write())]
+    sampler = RssSampler(procs[1].pid)
     try:
         for spec, proc in zip((a, b), procs, strict=True):
             await wait_until_ready(spec.base_url, proc=proc, timeout=120)
+        sampler.start()
         t = time.monotonic()
         await wait_indexed(a.base_url, b.base_url, count)
-        print(f"start-up scrub indexed both sides in {time.monotonic() - t:.1f}s (off the loop)")
+        print(
+            f"start-up scrub (both daemons, worker threads) checked the disk against the "
+            f"index and the first digest pass agreed after {time.monotonic() - t:.1f}s  "
+            f"({load()})"
+        )
 
         lag_before = {spec.region: await lag_buckets(spec.base_url) for spec in (a, b)}
         passes, trips = [], []
@@ -249,45 +412,47 @@ async def bench_history(work: Path, count: int, concurrency: int, template: Path
         print(
             f"no-change feed pass: median {statistics.median(passes) * 1000:.1f} ms "
             f"(max {max(passes) * 1000:.1f}) in the daemon, HTTP round trip median "
-            f"{statistics.median(trips) * 1000:.1f} ms  (target < 50 ms, flat in history)"
+            f"{statistics.median(trips) * 1000:.1f} ms  (target < 50 ms, flat in history; "
+            f"{load()})"
         )
-        # Baseline from the same run: the full listing every pass fetched before
-        # the feed (the source scanned its catalog and rendered every manifest).
-        async with aiohttp.ClientSession(headers=auth_headers()) as session:
-            listings = []
-            for _ in range(2):
-                t = time.monotonic()
-                async with session.get(
-                    f"{a.base_url}/v1/partitions", params={"tier": "warm", "purpose": "source"}
-                ) as resp:
-                    size = len(await resp.read())
-                listings.append(time.monotonic() - t)
-        print(
-            f"baseline, the full listing a pass fetched before the feed: {size / 1e6:.1f} MB "
-            f"in {listings[0]:.2f}s cold, {listings[1]:.2f}s warm (before parsing and "
-            f"scanning the replica's own catalog)"
-        )
+        if count <= scrub_max:
+            # Baseline from the same run: the full listing every pass fetched before
+            # the feed (the source scanned its catalog and rendered every manifest).
+            async with aiohttp.ClientSession(headers=auth_headers()) as session:
+                listings = []
+                for _ in range(2):
+                    t = time.monotonic()
+                    async with session.get(
+                        f"{a.base_url}/v1/partitions",
+                        params={"tier": "warm", "purpose": "source"},
+                        timeout=aiohttp.ClientTimeout(total=3600),
+                    ) as resp:
+                        size = len(await resp.read())
+                    listings.append(time.monotonic() - t)
+            print(
+                f"baseline, the full listing a pass fetched before the feed: {size / 1e6:.1f} "
+                f"MB in {listings[0]:.2f}s cold, {listings[1]:.2f}s warm (before parsing and "
+                f"scanning the replica's own catalog; {load()})"
+            )
         report, trip = await sync(b.base_url, "warm", "digest")
         ae = report["anti_entropy"]
         print(
             f"digest pass (anti-entropy, {ae['days']} days compared, "
             f"{ae['differences']} differences): {report['seconds'] * 1000:.0f} ms in the daemon, "
-            f"{trip * 1000:.0f} ms round trip"
+            f"{trip * 1000:.0f} ms round trip  ({load()})"
         )
 
         key = PartitionKey(
             # After any history built here and before now (the planner never
             # replicates a partition whose hour has not ended).
-            day=datetime(2024, 6, 1, tzinfo=UTC).date(),
+            day=datetime(2026, 6, 1, tzinfo=UTC).date(),
             hour=0,
             tier="warm",
             dataset="trade",
             venue="kraken",
             symbol="NEW-USD",
         )
-        directory = await asyncio.to_thread(
-            write_trade_partition, a.storage_root, key, rows=1000, origin=A
-        )
+        await asyncio.to_thread(write_trade_partition, a.storage_root, key, rows=1000, origin=A)
         target = key.directory(b.storage_root) / "_SUCCESS"
         async with aiohttp.ClientSession(headers=auth_headers()) as session:
             t = time.monotonic()
@@ -300,14 +465,35 @@ async def bench_history(work: Path, count: int, concurrency: int, template: Path
             while not target.exists():  # noqa: ASYNC110 - a file, not an in-process event
                 await asyncio.sleep(0.01)
             arrived = time.monotonic()
-        del directory
         print(
             f"new partition: sealed (API answered) after {(sealed - t) * 1000:.0f} ms, "
-            f"committed at the replica {arrived - sealed:.2f}s after the seal  (target <= 2 s)"
+            f"committed at the replica {arrived - sealed:.2f}s after the seal  (target <= 2 s; "
+            f"{load()})"
         )
+
+        # Operators' commands over this catalog, as they run them (fresh CLI
+        # process); the baseline is the CLI's own start-up (``--help``).
+        startup = await cli_seconds("replication", "status", "--help")
+        status_s = await cli_seconds("replication", "status", "--config", str(b.write()))
+        day = HISTORY_START + timedelta(hours=(count // SERIES) // 2)
+        day = day.replace(hour=0)
+        window = f"{_stamp(day)}/{_stamp(day + timedelta(days=1))}"
+        simulate_s = await cli_seconds(
+            "replication", "simulate", "--from", A, "--to", B, "--tier", "warm",
+            "--window", window, "--config", str(b.write()),
+        )  # fmt: skip
+        print(
+            f"cryptorun replication status: {status_s:.2f}s; simulate of one day ({window}): "
+            f"{simulate_s:.2f}s; baseline, the CLI's start-up alone (--help): {startup:.2f}s  "
+            f"(target < 1 s; {load()})"
+        )
+
         # Ten seconds of steady state: the replica polls the feed on its own.
         await asyncio.sleep(10)
-        print(f"replica RSS: {rss_mb(procs[1].pid):.0f} MB  (target < 150 MB steady)")
+        print(
+            f"replica RSS: {rss_mb(procs[1].pid):.0f} MB steady, peak {sampler.peak:.0f} MB "
+            f"since start-up (targets < 150 / < 200 MB); source RSS {rss_mb(procs[0].pid):.0f} MB"
+        )
         for name, spec in (("source", a), ("replica", b)):
             p99, worst, ticks = p99_between(
                 lag_before[spec.region], await lag_buckets(spec.base_url)
@@ -317,19 +503,24 @@ async def bench_history(work: Path, count: int, concurrency: int, template: Path
                 f"{p99 * 1000:.0f} ms, worst <= {worst * 1000:.0f} ms over {ticks} ticks  "
                 f"(target p99 < 50 ms)"
             )
-        before = await lag_buckets(b.base_url)
-        report, _trip = await sync(b.base_url, "warm", "full")
-        p99, worst, ticks = p99_between(before, await lag_buckets(b.base_url))
-        print(
-            f"full check at the replica (scrub of {report['scrub']['partitions']:,} partitions "
-            f"in a worker thread + digest comparison): {report['seconds']:.1f}s; event-loop "
-            f"lag meanwhile p99 <= {p99 * 1000:.0f} ms, worst <= {worst * 1000:.0f} ms over "
-            f"{ticks} ticks  (target p99 < 50 ms)"
-        )
+        if count <= scrub_max:
+            before = await lag_buckets(b.base_url)
+            report, _trip = await sync(b.base_url, "warm", "full")
+            p99, worst, ticks = p99_between(before, await lag_buckets(b.base_url))
+            print(
+                f"full check at the replica (scrub of {report['scrub']['partitions']:,} "
+                f"partitions in a worker thread + digest comparison): {report['seconds']:.1f}s; "
+                f"event-loop lag meanwhile p99 <= {p99 * 1000:.0f} ms, worst <= "
+                f"{worst * 1000:.0f} ms over {ticks} ticks  (target p99 < 50 ms; {load()})"
+            )
+        print(f"replica RSS peak over the whole run: {await sampler.stop():.0f} MB")
     finally:
+        await sampler.stop()
         for proc in procs:
             stop_process(proc)
-        shutil.rmtree(base, ignore_errors=True)
+        t = time.monotonic()
+        await shell("rm", "-rf", str(base))
+        print(f"(cleaned up in {time.monotonic() - t:.0f}s)")
 
 
 # --- copy ---------------------------------------------------------------------------------
@@ -508,6 +699,12 @@ async def main() -> None:
         "--dir", type=Path, default=None, help="work directory (default: the system temp dir)"
     )
     parser.add_argument(
+        "--scrub-max",
+        type=int,
+        default=100_000,
+        help="history sizes up to this also run the full listing baseline and a full scrub",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -522,7 +719,7 @@ async def main() -> None:
         write_trade_partition(template_dir, template_key, rows=20, origin=A)
         template = next(template_key.directory(template_dir).glob("*.parquet"))
         for count in (int(c) for c in args.history.split(",") if c.strip()):
-            await bench_history(work, count, args.concurrency, template)
+            await bench_history(work, count, args.concurrency, template, args.scrub_max)
         if args.size_mb > 0:
             await bench_copy(work, args.size_mb, args.concurrency, args.validations, args.profile)
     finally:
