@@ -393,11 +393,13 @@ async def bench_history(
         for spec, proc in zip((a, b), procs, strict=True):
             await wait_until_ready(spec.base_url, proc=proc, timeout=120)
         sampler.start()
+        rss_ready = rss_mb(procs[1].pid)
         t = time.monotonic()
         await wait_indexed(a.base_url, b.base_url, count)
         print(
             f"start-up scrub (both daemons, worker threads) checked the disk against the "
-            f"index and the first digest pass agreed after {time.monotonic() - t:.1f}s  "
+            f"index and the first digest pass agreed after {time.monotonic() - t:.1f}s; "
+            f"replica RSS {rss_ready:.0f} MB when ready, {rss_mb(procs[1].pid):.0f} MB after  "
             f"({load()})"
         )
 
@@ -465,8 +467,9 @@ async def bench_history(
             while not target.exists():  # noqa: ASYNC110 - a file, not an in-process event
                 await asyncio.sleep(0.01)
             arrived = time.monotonic()
+        rss_new = rss_mb(procs[1].pid)
         print(
-            f"new partition: sealed (API answered) after {(sealed - t) * 1000:.0f} ms, "
+            f"new partition (replica RSS {rss_new:.0f} MB after): sealed (API answered) after {(sealed - t) * 1000:.0f} ms, "
             f"committed at the replica {arrived - sealed:.2f}s after the seal  (target <= 2 s; "
             f"{load()})"
         )
