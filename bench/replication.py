@@ -498,6 +498,27 @@ async def bench_history(
             f"{'; '.join(simulated)}; baseline, the CLI's start-up alone (--help): "
             f"{startup:.2f}s  (target < 1 s; {load()})"
         )
+        # The same requests without the CLI's interpreter start-up (HTTP round trips).
+        async with aiohttp.ClientSession(headers=auth_headers()) as session:
+            t = time.monotonic()
+            async with session.get(f"{b.base_url}/v1/status") as resp:
+                await resp.read()
+            status_trip = time.monotonic() - t
+            trips_sim = []
+            for hours in (6, 24):
+                window = f"{_stamp(middle)}/{_stamp(middle + timedelta(hours=hours))}"
+                t = time.monotonic()
+                async with session.post(
+                    f"{b.base_url}/v1/replication/simulate",
+                    json={"from": A, "to": B, "tier": "warm", "window": window},
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                    await resp.read()
+                trips_sim.append(f"{hours} h {time.monotonic() - t:.2f}s")
+        print(
+            f"the same over HTTP: GET /v1/status {status_trip:.2f}s; POST simulate "
+            f"{', '.join(trips_sim)}  ({load()})"
+        )
 
         # Ten seconds of steady state: the replica polls the feed on its own.
         await asyncio.sleep(10)
