@@ -347,6 +347,58 @@ class RssSampler:
         return self.peak
 
 
+#: A process doing nothing but a 100 ms asyncio tick: how late a tick wakes on this
+#: box right now, whatever the daemons do (the baseline of the loop-lag figures).
+LAG_PROBE = """
+import asyncio, sys
+async def main():
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(0.1)
+        print(f"{loop.time() - t - 0.1:.4f}", flush=True)
+asyncio.run(main())
+"""
+
+
+class LagProbe:
+    """Runs :data:`LAG_PROBE` in its own process and collects its ticks' lateness."""
+
+    def __init__(self) -> None:
+        self.late: list[float] = []
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> LagProbe:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", LAG_PROBE, stdout=asyncio.subprocess.PIPE
+        )
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self._proc is not None
+        assert self._proc.stdout is not None
+        async for line in self._proc.stdout:
+            self.late.append(float(line))
+
+    async def result(self) -> str:
+        """Stop the probe; its p99 and worst tick lateness as a sentence."""
+        assert self._proc is not None
+        assert self._reader is not None
+        self._proc.terminate()
+        await self._proc.wait()
+        await self._reader
+        late = sorted(self.late)
+        if not late:
+            return "baseline lag probe: no ticks"
+        return (
+            f"baseline, an idle asyncio process's 100 ms tick over the same time: p99 "
+            f"{late[int(0.99 * (len(late) - 1))] * 1000:.0f} ms, worst {late[-1] * 1000:.0f} "
+            f"ms over {len(late)} ticks"
+        )
+
+
 def load() -> str:
     one, five, _ = os.getloadavg()
     return f"load {one:.1f}/{five:.1f}"
@@ -409,6 +461,7 @@ async def bench_history(
         )
 
         lag_before = {spec.region: await lag_buckets(spec.base_url) for spec in (a, b)}
+        probe = await LagProbe().start()
         passes, trips = [], []
         for _ in range(7):
             report, trip = await sync(b.base_url, "warm", "feed")
@@ -526,6 +579,7 @@ async def bench_history(
             f"replica RSS: {rss_mb(procs[1].pid):.0f} MB steady, peak {sampler.peak:.0f} MB "
             f"since start-up (targets < 150 / < 200 MB); source RSS {rss_mb(procs[0].pid):.0f} MB"
         )
+        print(await probe.result())
         for name, spec in (("source", a), ("replica", b)):
             p99, worst, ticks = p99_between(
                 lag_before[spec.region], await lag_buckets(spec.base_url)
@@ -537,7 +591,9 @@ async def bench_history(
             )
         if count <= scrub_max:
             before = await lag_buckets(b.base_url)
+            probe = await LagProbe().start()
             report, _trip = await sync(b.base_url, "warm", "full")
+            print(await probe.result())
             p99, worst, ticks = p99_between(before, await lag_buckets(b.base_url))
             print(
                 f"full check at the replica (scrub of {report['scrub']['partitions']:,} "
