@@ -3,22 +3,28 @@
 Measures, in one run on one disk:
 
 1. **steady state at scale**: for each history size (``--history``, default
-   10k and 100k sealed warm partitions; add 1000000 for a year and more), a
-   synthetic history is built on both sides (one template Parquet file
-   hard-linked into every partition, a real manifest and ``_SUCCESS`` per
-   partition), both daemons index it with their normal start-up scrub, and
-   the bench reports: the no-change feed pass (the scheduled steady state)
-   and the digest (anti-entropy) pass, each as the daemon's own pass time and
-   as the HTTP round trip of ``POST /v1/replication/sync``; sealed → committed
-   at the replica for one new partition (sealed through the source's API, the
-   replica polling its feed on its own); the replica's RSS; the event-loop
-   lag p99 of both daemons;
+   10k and 100k sealed warm partitions; add 1000000 for a year), a synthetic
+   history is built on both sides fast (per series one template Parquet file
+   and ``_SUCCESS`` hard-linked into every partition, a real manifest rendered
+   from a per-series template, two processes; ``cp -al`` to the replica) and
+   indexed in bulk through the daemons' own store (``ChangeFeed.import_index``);
+   the daemons then start normally (their start-up scrub checks the disk
+   against the index). The bench reports: the no-change feed pass (the
+   scheduled steady state) and the digest (anti-entropy) pass, each as the
+   daemon's own pass time and as the HTTP round trip of
+   ``POST /v1/replication/sync``; sealed → committed at the replica for one
+   new partition (sealed through the source's API, the replica polling its
+   feed on its own); ``cryptorun replication status`` and ``simulate`` (CLI
+   and HTTP); the replica's RSS (when ready, steady, peak); the event-loop
+   lag p99 of both daemons next to an idle asyncio process's (the box's own
+   scheduling latency); the work tree is removed afterwards;
 2. **copy**: a verified copy of ``--size-mb`` MB of hourly Parquet (every
    byte hashed with xxh3-128, every file fsynced, manifests and _SUCCESS
    committed) vs ``cp -r`` of the same tree followed by ``sync``; prints the
-   ratio and the pulling daemon's RSS idle and peak.
+   ratio, both daemons' CPU time and the pulling daemon's RSS idle and peak;
+   ``--profile DIR`` adds a py-spy profile of both daemons.
 
-Usage: ``python bench/replication.py [--size-mb 450] [--history 10000,100000]``
+Usage: ``python bench/replication.py [--size-mb 450] [--history 10000,100000,1000000]``
 """
 
 from __future__ import annotations
