@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from cryptorun_daemon.config import Tier
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.layout import parse_partition_path
@@ -118,10 +119,11 @@ def test_windowed_scan_finds_what_a_full_scan_finds_in_the_window(tmp_path: Path
     seed_partitions(tmp_path, tier="cold", start=T0, count=3, rows=5)
     metrics = Metrics(CollectorRegistry())
     catalog = Catalog(tmp_path, metrics=metrics)
-    for tier, start, end in (
+    windows: list[tuple[Tier, datetime, datetime]] = [
         ("warm", T0 + timedelta(hours=20), T0 + timedelta(hours=26)),
         ("cold", T0 + timedelta(days=1), T0 + timedelta(days=3)),
-    ):
+    ]
+    for tier, start, end in windows:
         every = catalog.scan(tier)
         wanted = [e.key for e in every if e.key.start < end and e.key.end > start]
         assert wanted
