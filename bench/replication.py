@@ -453,9 +453,16 @@ async def bench_history(
     procs = [start(a.write()), start(b.write())]
     sampler = RssSampler(procs[1].pid)
     try:
-        for spec, proc in zip((a, b), procs, strict=True):
-            await wait_until_ready(spec.base_url, proc=proc, timeout=120)
+        t = time.monotonic()
         sampler.start()
+        for spec, proc in zip((a, b), procs, strict=True):
+            # A first start walks every manifest once for the divergence check
+            # (docs/WARM_COLD.md): minutes at a year's size on a loaded box.
+            await wait_until_ready(spec.base_url, proc=proc, timeout=3600)
+        print(
+            f"both daemons ready after {time.monotonic() - t:.1f}s; replica RSS peak so far "
+            f"{sampler.peak:.0f} MB  ({load()})"
+        )
         rss_ready = rss_mb(procs[1].pid)
         t = time.monotonic()
         await wait_indexed(a.base_url, b.base_url, count)
