@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -57,6 +58,7 @@ from cryptorun_daemon.replication.feed_serving import FeedServer
 from cryptorun_daemon.replication.link import CHECKS, PassReport, ReplicationLink
 from cryptorun_daemon.replication.planner import (
     HEALTHY,
+    Committed,
     PeerHealth,
     SourcePartition,
     committed_index,
@@ -337,6 +339,7 @@ class WarmColdComponent:
         await self.ctx.supervisor.cancel(scheduler.name)
         if isinstance(link, ReplicationLink):
             link.forget_metrics()
+            link.executor.close()
         log.info("replication link stopped", kind=key[0], tier=key[1], peer=key[2])
 
     def _add_link(self, key: LinkKey, rule: Rule) -> None:
@@ -454,6 +457,13 @@ class WarmColdComponent:
             validators=self.validators,
             strict=self.ctx.config.validation.strict,
             max_validations=self.ctx.config.replication.max_validations,
+            # Every download slot writes/hashes/fsyncs, plus the validations,
+            # plus one for the per-partition steps (check, commit).
+            io_threads=(
+                self.ctx.config.replication.max_concurrency
+                + self.ctx.config.replication.max_validations
+                + 1
+            ),
         )
 
     # --- handlers --------------------------------------------------------------------
@@ -570,6 +580,7 @@ class WarmColdComponent:
         health = HEALTHY
         source: Sequence[SourcePartition] = []
         dest_manifests: list[Manifest] = []
+        held: dict[str, Committed] = {}
         try:
             if src == self.region:
                 source = await self._local_entries(tier, window)
@@ -579,11 +590,9 @@ class WarmColdComponent:
                     source = listed(await self._listing(src, tier, window))
             if health.healthy:
                 if dst == self.region:
-                    dest_manifests = [
-                        e.manifest
-                        for e in await self._local_entries(tier, window)
-                        if e.sealed and e.manifest is not None
-                    ]
+                    # What this region holds, from its index (what a pass plans
+                    # against too): one indexed query per day, no disk walk.
+                    held = await asyncio.to_thread(self._held_in, tier, window)
                 else:
                     health = await self._peer(dst).probe()
                     if health.healthy:
@@ -598,12 +607,23 @@ class WarmColdComponent:
             to_region=dst,
             window=window,
             source=source,
-            destination=committed_index(dest_manifests),
+            destination={**committed_index(dest_manifests), **held},
             now=self.ctx.clock.now(),
             peer=health,
             step_max_partitions=self.ctx.config.replication.step_max_partitions,
             validators=[str(getattr(v, "__name__", type(v).__name__)) for v in self.validators],
         )
+
+    def _held_in(self, tier: Tier, window: TimeRange) -> dict[str, Committed]:
+        """Committed partitions of every day ``window`` touches (blocking; extra ones are
+        harmless: the planner looks up only the source's partitions)."""
+        held: dict[str, Committed] = {}
+        day = window.start.date()
+        while datetime(day.year, day.month, day.day, tzinfo=UTC) < window.end:
+            for h in self.feed.held(tier, day.isoformat()):
+                held[h.partition] = Committed(h.content_hash, h.epoch)
+            day += timedelta(days=1)
+        return held
 
     async def _local_entries(self, tier: Tier, window: TimeRange) -> list[CatalogEntry]:
         return await asyncio.to_thread(self.catalog.scan, tier, start=window.start, end=window.end)

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+from collections.abc import Callable
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import structlog
 
@@ -49,7 +52,11 @@ from cryptorun_daemon.timefmt import format_compact
 
 log = structlog.get_logger("cryptorun.replication")
 
-CHUNK: Final = 4 << 20
+#: Bytes handed to the disk thread at once (one ``writev`` + hash per batch). With
+#: one batch being written while the next arrives, a download holds at most two.
+CHUNK: Final = 1 << 20
+
+_T = TypeVar("_T")
 
 
 class FileSource(Protocol):
@@ -93,6 +100,7 @@ class FileDownloader:
         retry_backoff: float,
         hash_cache: HashCache,
         chunk_size: int = CHUNK,
+        pool: Executor | None = None,
     ) -> None:
         self.root = root
         self.region = region
@@ -102,6 +110,14 @@ class FileDownloader:
         self.retry_backoff = retry_backoff
         self.hash_cache = hash_cache
         self.chunk_size = chunk_size
+        # The copier's own disk threads (sized by configuration, see the executor):
+        # writes, hashes and fsyncs never queue behind the daemon's other blocking work.
+        self.pool = pool
+
+    async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, functools.partial(fn, *args, **kwargs)
+        )
 
     async def fetch_file(
         self, manifest: Manifest, directory: Path, entry: FileEntry, counter: ByteCounter
@@ -109,7 +125,7 @@ class FileDownloader:
         """Put ``entry`` under its final name in ``directory`` with the manifest's content."""
         final = directory / entry.name
         partial = directory / f".{entry.name}{PARTIAL_SUFFIX}"
-        if await asyncio.to_thread(self._final_matches, final, entry):
+        if await self._run(self._final_matches, final, entry):
             return
         last_error: ReplicationError | None = None
         for attempt in range(1, self.retry_attempts + 1):
@@ -119,7 +135,7 @@ class FileDownloader:
                 last_error = exc  # network trouble: keep the partial, resume next attempt
             else:
                 if size == entry.bytes and digest == entry.hash:
-                    await asyncio.to_thread(commit_file, partial, final, sync_dir=False)
+                    await self._run(commit_file, partial, final, sync_dir=False)
                     return
                 got = f"{size} bytes hashing to {digest} (attempt {attempt})"
                 last_error = ReplicationError(
@@ -130,7 +146,7 @@ class FileDownloader:
                 # Every proven-bad copy is kept in quarantine (never deleted), which
                 # also clears the way for the next attempt to start from byte 0.
                 self.metrics.data_consistency_errors_total.labels(check="corrupt").inc()
-                await asyncio.to_thread(self._quarantine, manifest, entry, partial, got)
+                await self._run(self._quarantine, manifest, entry, partial, got)
             if attempt < self.retry_attempts:
                 await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
         assert last_error is not None  # the loop ran at least once
@@ -190,7 +206,7 @@ class FileDownloader:
         """Fill ``partial`` up to the source's end; return (hash, size) of the whole file."""
         loop = asyncio.get_running_loop()
         hasher = new_hasher()
-        offset = await asyncio.to_thread(_hash_prefix, partial, entry.bytes, hasher)
+        offset = await self._run(_hash_prefix, partial, entry.bytes, hasher)
         if offset == entry.bytes:
             return format_hash(hasher.hexdigest()), offset
         labels = {"tier": manifest.tier, "from": self.source.region, "to": self.region}
@@ -206,13 +222,15 @@ class FileDownloader:
                 # The source ignored our Range (or holds another version): start over.
                 hasher = new_hasher()
                 offset = 0
-            fd = await asyncio.to_thread(_open_partial, partial, offset)
+            fd = await self._run(_open_partial, partial, offset)
             pending: asyncio.Future[None] | None = None
             try:
                 size = offset
                 buffered: list[bytes] = []
                 buffered_len = 0
-                async for chunk in stream.content.iter_chunked(1 << 20):
+                # iter_any hands over whatever the socket delivered (no re-chunking
+                # copies); the batch goes to the disk thread as a list (one writev).
+                async for chunk in stream.content.iter_any():
                     buffered.append(chunk)
                     buffered_len += len(chunk)
                     if size + buffered_len > entry.bytes:
@@ -227,10 +245,8 @@ class FileDownloader:
                         continue
                     if pending is not None:
                         await pending
-                    # Write and hash in a thread while the next chunk arrives.
-                    pending = loop.run_in_executor(
-                        None, _write_and_hash, fd, b"".join(buffered), hasher
-                    )
+                    # Write and hash in a thread while the next batch arrives.
+                    pending = loop.run_in_executor(self.pool, _write_and_hash, fd, buffered, hasher)
                     size += buffered_len
                     counter.bytes += buffered_len
                     bytes_metric.inc(buffered_len)
@@ -238,7 +254,7 @@ class FileDownloader:
                 if pending is not None:
                     await pending
                 if buffered:
-                    await asyncio.to_thread(_write_and_hash, fd, b"".join(buffered), hasher)
+                    await self._run(_write_and_hash, fd, buffered, hasher)
                     size += buffered_len
                     counter.bytes += buffered_len
                     bytes_metric.inc(buffered_len)
@@ -287,9 +303,20 @@ def _open_partial(partial: Path, offset: int) -> int:
     return fd
 
 
-def _write_and_hash(fd: int, data: bytes, hasher: Any) -> None:
-    hasher.update(data)
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _write_and_hash(fd: int, chunks: list[bytes], hasher: Any) -> None:
+    """Hash every chunk, then write them all at the descriptor's offset (``writev``)."""
+    for chunk in chunks:
+        hasher.update(chunk)
+    views = [memoryview(c) for c in chunks if c]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        # A short write: drop what went out and retry the rest.
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+#: At most this many buffers per writev call (the Linux and POSIX minimum limit).
+_IOV_MAX: Final = 1024

@@ -23,11 +23,13 @@ module (the commit protocol, see docs/WARM_COLD.md):
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -44,6 +46,8 @@ from cryptorun_daemon.storage.atomic import make_durable_dirs
 from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, HashCache, Manifest
 
 log = structlog.get_logger("cryptorun.replication")
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -96,8 +100,14 @@ class WarmColdExecutor:
         hash_cache: HashCache | None = None,
         chunk_size: int = CHUNK,
         max_validations: int = 2,
+        io_threads: int = 8,
     ) -> None:
         self.root = root
+        # The copier's disk work (writes, hashes, fsyncs, validators, commits) runs
+        # in its own threads: the loop's default pool has cpu+4 threads shared with
+        # the rest of the daemon, and fsyncs queued there stall every write behind
+        # them. Threads start on demand and idle ones cost no CPU.
+        self.pool = ThreadPoolExecutor(max_workers=max(2, io_threads), thread_name_prefix="copier")
         self.region = region
         self.source = source
         self.metrics = metrics
@@ -113,11 +123,24 @@ class WarmColdExecutor:
             retry_backoff=retry_backoff,
             hash_cache=hash_cache if hash_cache is not None else DEFAULT_HASH_CACHE,
             chunk_size=chunk_size,
+            pool=self.pool,
         )
         self.verifier = PartitionVerifier(
-            validators=validators, strict=strict, max_validations=max_validations
+            validators=validators,
+            strict=strict,
+            max_validations=max_validations,
+            pool=self.pool,
         )
         self.committer = PartitionCommitter(root=root, metrics=metrics, policy=self.policy)
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, functools.partial(fn, *args)
+        )
+
+    def close(self) -> None:
+        """Let the copier's threads end once their work is done (no new work after this)."""
+        self.pool.shutdown(wait=False)
 
     @property
     def validators(self) -> tuple[StepValidator, ...]:
@@ -199,11 +222,11 @@ class WarmColdExecutor:
         # Built from the manifest's checked key, never by joining its raw partition text.
         directory = manifest.key.directory(self.root)
         self.verifier.check_not_refused(manifest)
-        await asyncio.to_thread(self.policy.check_apply, manifest)
-        if await asyncio.to_thread(self.committer.already_committed, directory, manifest):
+        await self._run(self.policy.check_apply, manifest)
+        if await self._run(self.committer.already_committed, directory, manifest):
             return 0
         # A new partition folder's name is made durable too (its parents fsynced).
-        await asyncio.to_thread(make_durable_dirs, directory)
+        await self._run(make_durable_dirs, directory)
         await asyncio.gather(
             *(
                 self.downloader.fetch_file(manifest, directory, entry, counter)
@@ -211,9 +234,9 @@ class WarmColdExecutor:
             )
         )
         failpoint("replica.after_fetch")
-        await asyncio.to_thread(self.committer.set_aside_strays, directory, manifest)
+        await self._run(self.committer.set_aside_strays, directory, manifest)
         await self.verifier.validate(manifest, directory)
-        await asyncio.to_thread(self.committer.commit, directory, manifest)
+        await self._run(self.committer.commit, directory, manifest)
         log.info(
             "partition committed",
             tier=tier,

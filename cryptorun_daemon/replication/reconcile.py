@@ -29,8 +29,9 @@ What happened is kept per tier in :class:`ReconcileRecord` (the
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import Any, Final
 import structlog
 
 from cryptorun_daemon.config import Rule, Tier
-from cryptorun_daemon.errors import ReplicationError
+from cryptorun_daemon.errors import ReplicationError, StorageError
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.link import BEGINNING_OF_TIME, OPEN_END, PassReport
@@ -47,9 +48,11 @@ from cryptorun_daemon.replication.planner import committed_index, listed, plan_r
 from cryptorun_daemon.replication.rules import TimeRange
 from cryptorun_daemon.replication.transport_http import HttpPeer
 from cryptorun_daemon.runtime.clock import Clock
+from cryptorun_daemon.storage.atomic import atomic_write_bytes
 from cryptorun_daemon.storage.catalog import Catalog
-from cryptorun_daemon.storage.write_fence import move_divergent, read_fence
-from cryptorun_daemon.timefmt import format_rfc3339
+from cryptorun_daemon.storage.manifest import Manifest, read_manifest
+from cryptorun_daemon.storage.write_fence import Fence, move_divergent, read_fence
+from cryptorun_daemon.timefmt import format_rfc3339, parse_rfc3339
 
 log = structlog.get_logger("cryptorun.replication.reconcile")
 
@@ -96,20 +99,39 @@ def set_aside_divergent(root: Path, tier: Tier, catalog: Catalog) -> list[dict[s
     Returns one ``{"partition", "epoch", "writer_region", "sealed_at",
     "moved_to"}`` per partition moved. Without a fence nothing is judged.
 
+    Only a fence change can make a held partition divergent (commits and
+    seals are judged against the fence as they happen), so a completed walk
+    is remembered with the fence it judged against
+    (``{root}/_state/divergent_checked/{tier}.json``) and a later call with
+    the same fence — every restart, every topology change that did not move
+    an epoch — costs one file read. A walk streams the manifests' raw bytes
+    (:meth:`Catalog.iter_sealed`) and fully parses only the ones judged
+    divergent, so its memory is flat whatever the history.
+
     Error handling: a partition that cannot be moved is logged and left in
-    place (it is retried at the next state change); ``OSError`` never escapes.
+    place (it is retried at the next state change: the walk is then not
+    remembered); ``OSError`` never escapes.
     """
     fence = read_fence(root, tier)
     if fence is None:
         return []
+    marker = root / "_state" / "divergent_checked" / f"{tier}.json"
+    judged = json.dumps(
+        {k: v for k, v in fence.to_json().items() if k != "updated_at"}, sort_keys=True
+    ).encode()
+    try:
+        if marker.read_bytes() == judged:
+            return []
+    except OSError:
+        pass
     moved: list[dict[str, Any]] = []
-    for manifest in catalog.sealed_manifests(tier):
-        if fence.classify(manifest) != "divergent":
-            continue
+    complete = True
+    for manifest in _divergent_candidates(catalog, tier, fence):
         directory = root / tier / manifest.partition
         try:
             target = move_divergent(root, directory, manifest)
         except OSError as exc:
+            complete = False
             log.error(
                 "divergent partition not moved",
                 tier=tier,
@@ -137,7 +159,37 @@ def set_aside_divergent(root: Path, tier: Tier, catalog: Catalog) -> list[dict[s
                 "moved_to": str(target.relative_to(root)),
             }
         )
+    if complete:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(marker, judged)
+        except OSError as exc:  # only costs a walk at the next change
+            log.warning("divergence check not remembered", tier=tier, error=str(exc))
     return moved
+
+
+def _divergent_candidates(catalog: Catalog, tier: Tier, fence: Fence) -> Iterator[Manifest]:
+    """Sealed manifests of ``tier`` the fence judges divergent, streamed (blocking).
+
+    Epoch, writer and seal time are read from the raw bytes; only a
+    manifest judged divergent is parsed and checked in full (and judged again).
+    """
+    for key, directory, raw in catalog.iter_sealed(tier):
+        try:
+            doc = json.loads(raw)
+            verdict = fence.judge(
+                int(doc["epoch"]), str(doc["writer_region"]), parse_rfc3339(doc["sealed_at"])
+            )
+        except (ValueError, KeyError, TypeError):
+            continue  # unreadable: not replicable, nothing to judge (the scrub reports it)
+        if verdict != "divergent":
+            continue
+        try:
+            manifest = read_manifest(directory)
+        except StorageError:
+            continue
+        if manifest.key == key and fence.classify(manifest) == "divergent":
+            yield manifest
 
 
 class ReconcileSource:

@@ -24,6 +24,9 @@ from cryptorun_daemon.replication.rules import TimeRange
 from cryptorun_daemon.storage.manifest import Manifest
 from cryptorun_daemon.timefmt import format_rfc3339
 
+#: Read buffer of one file download (bytes); see :meth:`HttpPeer.open_file`.
+FILE_READ_BUFSIZE = 1 << 20
+
 #: Why a listing is asked for: to pull from the peer, or to see what it holds.
 Purpose = Literal["source", "inventory"]
 
@@ -350,7 +353,14 @@ class HttpPeer:
         async with self._slots:
             try:
                 async with self.session.get(
-                    url, headers=headers, timeout=self._stream_timeout, auto_decompress=False
+                    url,
+                    headers=headers,
+                    timeout=self._stream_timeout,
+                    auto_decompress=False,
+                    # Flow control pauses the socket above twice this: larger than
+                    # the 64 KiB default so a download wakes the loop less often,
+                    # small enough that concurrent downloads stay bounded.
+                    read_bufsize=FILE_READ_BUFSIZE,
                 ) as resp:
                     if resp.status not in (200, 206):
                         body = (await resp.text())[:300]

@@ -15,11 +15,13 @@ re-scan costs two ``stat`` calls per partition.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Final
 
 import structlog
 
@@ -175,8 +177,27 @@ class Catalog:
     ) -> Iterator[tuple[list[str], Path]]:
         depth = 5 if tier in HOURLY_TIERS else 4
         stack: list[tuple[list[str], Path]] = [([], tier_dir)]
+        days = _window_days(start, end)
         while stack:
             parts, directory = stack.pop()
+            if len(parts) == 3 and days is not None:
+                # A short window: look up its days by name instead of listing every
+                # day of the series, so a windowed scan costs the same at any history.
+                for day in days:
+                    path = directory / f"date={day}"
+                    try:
+                        st = os.lstat(path)
+                    except OSError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        child = [*parts, path.name]
+                        if len(child) == depth:
+                            yield child, path
+                        else:
+                            stack.append((child, path))
+                    else:
+                        self._ignore(tier, path, "not a directory (symlinks are never followed)")
+                continue
             try:
                 iterator = os.scandir(directory)
             except OSError as exc:
@@ -259,6 +280,23 @@ class Catalog:
         if text not in self._warned and len(self._warned) < _MAX_WARNED:
             self._warned.add(text)
             log.warning("path outside the partition layout ignored", tier=tier, path=text, why=why)
+
+
+#: Windows of at most this many days are walked by looking their days up by name.
+_PROBE_DAYS: Final = 62
+
+
+def _window_days(start: datetime | None, end: datetime | None) -> list[str] | None:
+    """The ISO days ``[start, end)`` touches when there are few enough to look up."""
+    if start is None or end is None or end <= start:
+        return None
+    first, last = start.astimezone(UTC).date(), (end.astimezone(UTC) - _TICK).date()
+    if (last - first).days >= _PROBE_DAYS:
+        return None
+    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+
+_TICK: Final = timedelta(microseconds=1)
 
 
 def _date_may_overlap(name: str, start: datetime | None, end: datetime | None) -> bool:

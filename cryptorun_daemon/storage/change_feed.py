@@ -28,6 +28,7 @@ append to one root's feed at once (SQLite's locking, ``busy_timeout``).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import uuid
@@ -42,7 +43,7 @@ import xxhash
 
 from cryptorun_daemon.config import ACTIVE_PASSIVE_TIERS, Tier
 from cryptorun_daemon.errors import ResyncNeededError, StorageError
-from cryptorun_daemon.storage.layout import PartitionKey
+from cryptorun_daemon.storage.layout import HOURLY_TIERS, PartitionKey, parse_partition_path
 from cryptorun_daemon.storage.manifest import Manifest
 from cryptorun_daemon.timefmt import format_rfc3339
 
@@ -91,6 +92,13 @@ CREATE TABLE IF NOT EXISTS days (
 """
 
 _ZERO: Final = "0" * 32
+
+
+_HOUR_SEGMENT: Final = re.compile(r"hour=(\d{2})")
+
+
+class _AlreadyHeld(Exception):
+    """Internal: a bulk import met a partition the index holds already."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +299,86 @@ class ChangeFeed:
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot append to the change feed {self.path}: {exc}") from exc
         return position
+
+    def import_index(self, tier: Tier, rows: Iterable[tuple[str, str, int]]) -> int:
+        """Add committed partitions to the index in bulk, without feed entries; return how many.
+
+        Each row is ``(partition path, content hash, epoch)`` of a partition
+        that is sealed and complete on disk; every path is checked against the
+        layout (the series and date through :func:`parse_partition_path`, once
+        per series and day). The result is what a root whose older feed entries
+        were pruned looks like: the index and day digests hold every partition,
+        the feed only what came after. Used to build large synthetic roots fast
+        (``bench/replication.py``); the scrub checks the imported rows against
+        the disk like any others.
+
+        Error handling: :class:`StorageError` when a path breaks the layout,
+        when a partition is held already, or when SQLite fails; nothing is
+        imported then (one transaction).
+        """
+        if tier not in ACTIVE_PASSIVE_TIERS:
+            raise StorageError(f"the change feed covers warm and cold, not {tier}")
+        added = 0
+        with self._lock:
+            db = self._conn()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    days: dict[str, tuple[int, int]] = {}
+                    batch: list[tuple[str, str, str, int, str, int]] = []
+
+                    def flush() -> int:
+                        before = db.total_changes
+                        db.executemany(
+                            "INSERT OR IGNORE INTO current VALUES (?, ?, ?, ?, ?, ?)", batch
+                        )
+                        if db.total_changes - before != len(batch):
+                            # Some were held already: all or nothing, see the docstring.
+                            raise _AlreadyHeld
+                        for _, path, day, _, content_hash, _ in batch:
+                            count, digest = days.get(day, (0, 0))
+                            days[day] = (count + 1, digest ^ pair_digest(path, content_hash))
+                        n = len(batch)
+                        batch.clear()
+                        return n
+
+                    days_of: dict[str, PartitionKey] = {}
+                    for path, content_hash, epoch in rows:
+                        head, _, last = path.rpartition("/")
+                        hour = -1
+                        if tier in HOURLY_TIERS:
+                            match = _HOUR_SEGMENT.fullmatch(last)
+                            if match is None or int(match.group(1)) > 23:
+                                raise StorageError(f"not a {tier} partition path: {path!r}")
+                            hour = int(match.group(1))
+                        else:
+                            head = path
+                        key = days_of.get(head)
+                        if key is None:
+                            key = days_of[head] = parse_partition_path(
+                                tier, path if tier not in HOURLY_TIERS else f"{head}/hour=00"
+                            )
+                        batch.append(
+                            (tier, path, key.start.date().isoformat(), hour, content_hash, epoch)
+                        )
+                        if len(batch) >= 10_000:
+                            added += flush()
+                    added += flush()
+                    for day, (count, digest) in days.items():
+                        self._fold_day(db, tier, day, digest, count)
+                    db.execute("COMMIT")
+                except _AlreadyHeld:
+                    db.execute("ROLLBACK")
+                    raise StorageError(
+                        "import_index adds partitions the index does not hold yet; "
+                        "some were held already (run the scrub instead)"
+                    ) from None
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot import into the index {self.path}: {exc}") from exc
+        return added
 
     def _index(
         self, db: sqlite3.Connection, key: PartitionKey, content_hash: str, epoch: int

@@ -127,16 +127,20 @@ class Fence:
         is given the benefit of the doubt: only what the history proves wrong
         is ``divergent``.
         """
-        if manifest.epoch >= self.epoch:
-            if manifest.epoch == self.epoch and manifest.writer_region != self.primary:
+        return self.judge(manifest.epoch, manifest.writer_region, manifest.sealed_at)
+
+    def judge(self, epoch: int, writer_region: str, sealed_at: datetime) -> Verdict:
+        """:meth:`classify` from the three manifest fields it looks at."""
+        if epoch >= self.epoch:
+            if epoch == self.epoch and writer_region != self.primary:
                 return "divergent"
             return "current"
-        span = self.span(manifest.epoch)
+        span = self.span(epoch)
         if span is None:
             return "history"
-        if manifest.writer_region != span.primary:
+        if writer_region != span.primary:
             return "divergent"
-        if span.ended is not None and manifest.sealed_at >= span.ended:
+        if span.ended is not None and sealed_at >= span.ended:
             return "divergent"
         return "history"
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from cryptorun_daemon.config import Tier
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.layout import parse_partition_path
@@ -108,3 +109,29 @@ def test_unchanged_rescan_reuses_parsed_manifests(tmp_path: Path) -> None:
 def test_missing_tier_directory_is_empty(tmp_path: Path) -> None:
     """A root without a tier folder scans as empty, not as an error."""
     assert Catalog(tmp_path).scan("cold") == []
+
+
+def test_windowed_scan_finds_what_a_full_scan_finds_in_the_window(tmp_path: Path) -> None:
+    """A short window's days are looked up by name: the result equals the full scan
+    filtered to the window (warm hours across midnight, cold days), and a file where a
+    day's directory should be is ignored and counted, never followed."""
+    seed_partitions(tmp_path, tier="warm", start=T0, count=30, rows=5)  # two days
+    seed_partitions(tmp_path, tier="cold", start=T0, count=3, rows=5)
+    metrics = Metrics(CollectorRegistry())
+    catalog = Catalog(tmp_path, metrics=metrics)
+    windows: list[tuple[Tier, datetime, datetime]] = [
+        ("warm", T0 + timedelta(hours=20), T0 + timedelta(hours=26)),
+        ("cold", T0 + timedelta(days=1), T0 + timedelta(days=3)),
+    ]
+    for tier, start, end in windows:
+        every = catalog.scan(tier)
+        wanted = [e.key for e in every if e.key.start < end and e.key.end > start]
+        assert wanted
+        assert [e.key for e in catalog.scan(tier, start=start, end=end)] == wanted
+    symbol_dir = next((tmp_path / "warm").glob("*/*/*"))
+    (symbol_dir / "date=2025-09-03").write_text("not a directory")
+    window = catalog.scan(
+        "warm", start=datetime(2025, 9, 3, tzinfo=UTC), end=datetime(2025, 9, 4, tzinfo=UTC)
+    )
+    assert window == []
+    assert _ignored(metrics, "warm") == 1

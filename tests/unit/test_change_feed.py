@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cryptorun_daemon.errors import ResyncNeededError
+from cryptorun_daemon.errors import ResyncNeededError, StorageError
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.change_feed import ChangeFeed, feed_for, fold
 from cryptorun_daemon.storage.layout import parse_partition_dir
@@ -107,3 +107,37 @@ def test_scrub_records_what_the_disk_says(tmp_path: Path) -> None:
     assert (found.discovered, found.lost) == (0, 1)
     assert [c.kind for c in feed.read("warm", after=0, limit=10).changes][-1] == "lost"
     assert scrub_tier(Catalog(root), feed, "warm").lost == 0
+
+
+def test_bulk_import_indexes_like_the_seals_did(tmp_path: Path) -> None:
+    """``import_index`` gives the same index and day digests as sealing did, with no entries.
+
+    A tree copied in behind the feed's back and imported in bulk then agrees
+    with the scrub (nothing to discover or lose); importing a partition the
+    index holds already, or a path that breaks the layout, imports nothing.
+    """
+    staged = tmp_path / "staged"
+    root = tmp_path / "root"
+    dirs = seed_partitions(staged, start=T0, count=3, rows=20, symbols=("BTC-USD", "ETH-USD"))
+    shutil.copytree(staged / "warm", root / "warm")
+    feed = ChangeFeed(root.resolve())
+    rows = [(m.partition, m.content_hash, m.epoch) for m in (read_manifest(d) for d in dirs)]
+    assert feed.import_index("warm", rows) == len(dirs)
+    assert feed.day_digests("warm") == feed_for(staged).day_digests("warm")
+    assert feed.held("warm", "2025-09-01", 1) == feed_for(staged).held("warm", "2025-09-01", 1)
+    assert feed.head() == 0  # the index only: no feed entries
+    found = scrub_tier(Catalog(root), feed, "warm")
+    assert (found.discovered, found.lost) == (0, 0)
+
+    digests = feed.day_digests("warm")
+    with pytest.raises(StorageError):
+        feed.import_index("warm", rows[:1])
+    bad = [("trade/venue=kraken/symbol=BTC-USD/date=2025-09-02/hour=24", "x", 1)]
+    with pytest.raises(StorageError):
+        feed.import_index("warm", bad)
+    with pytest.raises(StorageError):
+        feed.import_index(
+            "warm", [("../../etc/venue=x/symbol=A-B/date=2025-09-02/hour=01", "x", 1)]
+        )
+    assert feed.day_digests("warm") == digests
+    feed.close()

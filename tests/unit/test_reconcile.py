@@ -5,6 +5,7 @@ Real files in temp dirs and a real loopback partition server; no mocks.
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -87,6 +88,36 @@ def test_divergent_partitions_move_whole_under_divergent_epoch(tmp_path: Path) -
     assert [m.key.hour for m in catalog.sealed_manifests("warm")] == [1]
     assert catalog.ignored == 0  # _divergent/ is ours, not a stray path
     assert set_aside_divergent(tmp_path, "warm", catalog) == []
+
+
+def test_divergence_walk_runs_once_per_fence(tmp_path: Path) -> None:
+    """The walk is remembered with the fence it judged against: with the same fence a
+    later call (a restart, a topology change that moved no epoch) walks nothing, even
+    if a divergent copy was put in by hand meanwhile; once the fence moves, the next
+    call walks again and sets that copy aside."""
+    root, other = tmp_path / "root", tmp_path / "other"
+    old_primary_root(root)
+    fence(root)
+    assert [m["partition"] for m in set_aside_divergent(root, "warm", Catalog(root))] == [
+        key(2).relpath
+    ]
+    # A copy sealed by the old primary after the promotion, copied in by another tool.
+    seal(other, 3, at=PROMOTED + timedelta(minutes=30))
+    shutil.copytree(key(3).directory(other), key(3).directory(root))
+    assert set_aside_divergent(root, "warm", Catalog(root)) == []
+    assert key(3).directory(root).is_dir()
+    advance_fence(
+        root,
+        "warm",
+        epoch=3,
+        primary=EU,
+        updated_at=PROMOTED + timedelta(hours=2),
+        transitions=[(1, T0, EU), (2, PROMOTED, US), (3, PROMOTED + timedelta(hours=2), EU)],
+    )
+    moved = set_aside_divergent(root, "warm", Catalog(root))
+    assert [m["partition"] for m in moved] == [key(3).relpath]
+    assert not key(3).directory(root).exists()
+    assert key(1).directory(root).is_dir()
 
 
 async def test_new_primary_pulls_only_the_legitimate_delta(tmp_path: Path) -> None:
