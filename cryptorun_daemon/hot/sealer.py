@@ -96,7 +96,7 @@ from cryptorun_daemon.hot import partition_writer as pw
 from cryptorun_daemon.hot.authority import SourceAuthority
 from cryptorun_daemon.hot.durable import fsync_dir
 from cryptorun_daemon.hot.journal import Journal, Segment, iter_lines
-from cryptorun_daemon.hot.record import decode_line
+from cryptorun_daemon.hot.record import record_parts
 from cryptorun_daemon.hot.staged_seal import write_window_file
 from cryptorun_daemon.hot.staging import StagingArea
 from cryptorun_daemon.metrics import Metrics
@@ -427,8 +427,7 @@ class HotSealer:
                 here = (segment.index, end)
                 if line.startswith(b'{"ctl"'):
                     continue
-                body = decode_line(line)
-                row = pw.Row(body["o"], body["s"], body["i"], body["d"], body["f"])
+                row = pw.Row(*record_parts(line))
                 window = row.ts // length * length
                 if window in self.sealed:
                     if here > self.late_through:
