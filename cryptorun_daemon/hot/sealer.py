@@ -82,6 +82,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -115,6 +116,10 @@ BATCH_ROWS = 20_000
 # Between window closes a round runs (and stages) at most this often when the
 # journal has grown; a window close or a role change starts one at once.
 STAGE_INTERVAL = 5.0
+
+
+class _RoundAbortedError(Exception):
+    """Raised in the worker thread when the round's task was cancelled (shutdown)."""
 
 
 @dataclass
@@ -205,6 +210,12 @@ class HotSealer:
         # Staged files past ``read_through`` may exist (a crash, a failed round):
         # they are removed before the next round stages anything.
         self._staging_dirty = True
+        # Set when the task awaiting a round is cancelled: the worker thread stops at
+        # its next batch (asyncio.run waits for running threads at exit, so a round
+        # left to finish on its own would hold a stopping daemon for its whole length).
+        self._abort = threading.Event()
+        # One round's thread at a time, also when a cancelled one is still winding down.
+        self._round_lock = threading.Lock()
         self._load()
 
     # ----------------------------------------------------------------- state
@@ -298,6 +309,12 @@ class HotSealer:
         primary, epoch = self.is_warm_primary(), self.epoch()
         try:
             result = await asyncio.to_thread(self._round, now, position, segments, primary, epoch)
+        except asyncio.CancelledError:
+            # Like a crash: nothing of the round is saved, the next round redoes it
+            # (invariants 1 and 8); the thread stops at its next batch boundary.
+            self._abort.set()
+            self._staging_dirty = True
+            raise
         except FencedError:
             # The storage fence refused the seal (primacy lost between the role
             # check and the write): counted, and the round is retried as usual.
@@ -319,6 +336,17 @@ class HotSealer:
 
     # ---------------------------------------------------------------- blocking
     def _round(
+        self, now: int, position: Position, segments: list[Segment], primary: bool, epoch: int
+    ) -> RoundResult:
+        with self._round_lock:
+            self._abort.clear()
+            return self._round_locked(now, position, segments, primary, epoch)
+
+    def _check_abort(self) -> None:
+        if self._abort.is_set():
+            raise _RoundAbortedError("sealing round cancelled")
+
+    def _round_locked(
         self, now: int, position: Position, segments: list[Segment], primary: bool, epoch: int
     ) -> RoundResult:
         result = RoundResult(at_ns=now, primary=primary, read_through=position)
@@ -345,6 +373,7 @@ class HotSealer:
         for window in self.staging.windows():
             if window in sealed or window + self.length_ns > limit:
                 continue
+            self._check_abort()
             partitions = self.staging.partitions(window)
             if primary:
                 self._seal_window(window, partitions, epoch, result)
@@ -421,6 +450,7 @@ class HotSealer:
         for segment in segments:
             if segment.index < start[0] or segment.index > position[0]:
                 continue
+            self._check_abort()
             begin = start[1] if segment.index == start[0] else 0
             stop = position[1] if segment.index == position[0] else None
             for end, line in iter_lines(segment.path, start=begin, stop=stop):
@@ -452,6 +482,7 @@ class HotSealer:
                     if batch_rows >= BATCH_ROWS:
                         result.rows_staged += self.staging.stage(batch, batch_start, here)
                         failpoint("stage.after_batch")
+                        self._check_abort()
                         batch, batch_rows, batch_start = defaultdict(list), 0, here
         if batch:
             result.rows_staged += self.staging.stage(batch, batch_start, here)

@@ -351,3 +351,61 @@ async def test_a_journal_that_ends_before_the_read_position_fails_the_round_loud
     with pytest.raises(StorageError, match="before the sealer's read position"):
         await reborn.round(T0 + 40 * S)
     journal.close()
+
+
+async def test_a_cancelled_round_stops_its_thread_early_and_the_next_round_redoes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling the task awaiting a round (daemon shutdown) stops its worker thread at
+    the next staged batch instead of letting it read the rest of the journal (a stopping
+    daemon waits for that thread); nothing of the round is saved, and the next round
+    stages every record and seals what a sealer that was never cancelled seals."""
+    import asyncio
+    import threading
+
+    from cryptorun_daemon.hot import sealer as sealer_module
+
+    monkeypatch.setattr(sealer_module, "BATCH_ROWS", 100)
+    journal = open_journal(tmp_path / "journal")
+    seqs: dict[str, int] = {}
+    total = write_events(journal, T0, T0 + WINDOW + 60 * S, seqs)
+    clean_journal = open_journal(tmp_path / "clean-journal")
+    write_events(clean_journal, T0, T0 + WINDOW + 60 * S, {})
+    one = sealer(tmp_path / "root", journal, auth=authority())
+    before = one.read_through
+    staged_batches: list[int] = []
+    real_stage = one.staging.stage
+    first_batch_staged = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def stage(*args: Any) -> int:
+        staged_batches.append(1)
+        count = real_stage(*args)
+        loop.call_soon_threadsafe(first_batch_staged.set)
+        if len(staged_batches) == 1:
+            # Hold the thread until the cancellation has reached the sealer.
+            for _ in range(1000):
+                if one._abort.is_set():
+                    break
+                threading.Event().wait(0.01)
+        return count
+
+    monkeypatch.setattr(one.staging, "stage", stage)
+    task = asyncio.create_task(one.round(T0 + WINDOW + 31 * S))
+    await first_batch_staged.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with one._round_lock:  # the cancelled round's thread has ended
+        pass
+    assert len(staged_batches) == 1  # stopped after its first batch, not total / 100
+    assert total > 10 * 100
+    assert one.read_through == before  # nothing of the cancelled round was saved
+    monkeypatch.setattr(one.staging, "stage", real_stage)
+    redone = await one.round(T0 + WINDOW + 31 * S)
+    assert redone.windows_sealed == [T0]
+    clean = sealer(tmp_path / "clean", clean_journal, auth=authority())
+    await clean.round(T0 + WINDOW + 31 * S)
+    assert sealed_rows(tmp_path / "root") == sealed_rows(tmp_path / "clean")
+    journal.close()
+    clean_journal.close()
