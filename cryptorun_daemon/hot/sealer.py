@@ -96,7 +96,8 @@ from cryptorun_daemon.errors import FencedError, StorageError
 from cryptorun_daemon.hot import partition_writer as pw
 from cryptorun_daemon.hot.authority import SourceAuthority
 from cryptorun_daemon.hot.durable import fsync_dir
-from cryptorun_daemon.hot.journal import Journal, Segment, iter_lines
+from cryptorun_daemon.hot.journal import Journal, Segment
+from cryptorun_daemon.hot.journal_columns import iter_chunks, stage_groups
 from cryptorun_daemon.hot.record import record_parts
 from cryptorun_daemon.hot.staged_seal import write_window_file
 from cryptorun_daemon.hot.staging import StagingArea
@@ -447,43 +448,74 @@ class HotSealer:
         directories: dict[tuple[str, str, str, int], Path] = {}
         batch_rows = 0
         batch_start = here = start
+
+        def partition(dataset: str, venue: str, symbol: str, ts: int) -> Path:
+            # Building a checked path per row costs more than decoding it.
+            key = (dataset, venue, symbol, ts // HOUR_NS)
+            directory = directories.get(key)
+            if directory is None:
+                directory = directories[key] = pw.partition_dir(
+                    self.root, dataset, venue, symbol, ts
+                )
+            return directory
+
+        def is_late(window: int) -> bool:
+            # Any window the row path would look at record by record.
+            return window in self.sealed or window < forgotten
+
         for segment in segments:
             if segment.index < start[0] or segment.index > position[0]:
                 continue
-            self._check_abort()
             begin = start[1] if segment.index == start[0] else 0
             stop = position[1] if segment.index == position[0] else None
-            for end, line in iter_lines(segment.path, start=begin, stop=stop):
-                here = (segment.index, end)
-                if line.startswith(b'{"ctl"'):
-                    continue
-                row = pw.Row(*record_parts(line))
-                window = row.ts // length * length
-                if window in self.sealed:
-                    if here > self.late_through:
-                        late.append(row)
-                elif window < forgotten and self._window_on_disk(row, window, on_disk):
-                    # Older than the state remembers, but sealed on disk: never
-                    # rewrite its window file (the rows already in it may have
-                    # left the journal); a record not yet handled is late.
-                    if here > self.late_through:
-                        late.append(row)
-                else:
-                    # Building a checked path per row costs more than decoding it.
-                    key = (row.dataset, row.venue, row.symbol, row.ts // HOUR_NS)
-                    directory = directories.get(key)
-                    if directory is None:
-                        directory = directories[key] = pw.partition_dir(
-                            self.root, row.dataset, row.venue, row.symbol, row.ts
-                        )
-                    batch[(window, directory)].append(row)
-                    segment_windows.setdefault(segment.index, set()).add(window)
-                    batch_rows += 1
-                    if batch_rows >= BATCH_ROWS:
+            for chunk_start, chunk_end, data in iter_chunks(segment.path, begin, stop):
+                self._check_abort()
+                fast = stage_groups(
+                    data, length_ns=length, partition_dir=partition, is_late=is_late
+                )
+                if fast is not None:
+                    # The whole chunk in one staged batch, after what the row path holds.
+                    if batch:
                         result.rows_staged += self.staging.stage(batch, batch_start, here)
                         failpoint("stage.after_batch")
-                        self._check_abort()
-                        batch, batch_rows, batch_start = defaultdict(list), 0, here
+                        batch, batch_rows = defaultdict(list), 0
+                    here = (segment.index, chunk_end)
+                    if fast.groups:
+                        result.rows_staged += self.staging.stage_tables(
+                            fast.groups, (segment.index, chunk_start), here
+                        )
+                        failpoint("stage.after_batch")
+                        segment_windows.setdefault(segment.index, set()).update(fast.windows)
+                    batch_start = here
+                    continue
+                offset = chunk_start
+                for line in data.split(b"\n")[:-1]:
+                    offset += len(line) + 1
+                    here = (segment.index, offset)
+                    if line.startswith(b'{"ctl"'):
+                        continue
+                    row = pw.Row(*record_parts(line))
+                    ts = row.ts
+                    window = ts // length * length
+                    if window in self.sealed:
+                        if here > self.late_through:
+                            late.append(row)
+                    elif window < forgotten and self._window_on_disk(row, window, on_disk):
+                        # Older than the state remembers, but sealed on disk: never
+                        # rewrite its window file (the rows already in it may have
+                        # left the journal); a record not yet handled is late.
+                        if here > self.late_through:
+                            late.append(row)
+                    else:
+                        directory = partition(row.dataset, row.venue, row.symbol, ts)
+                        batch[(window, directory)].append(row)
+                        segment_windows.setdefault(segment.index, set()).add(window)
+                        batch_rows += 1
+                        if batch_rows >= BATCH_ROWS:
+                            result.rows_staged += self.staging.stage(batch, batch_start, here)
+                            failpoint("stage.after_batch")
+                            self._check_abort()
+                            batch, batch_rows, batch_start = defaultdict(list), 0, here
         if batch:
             result.rows_staged += self.staging.stage(batch, batch_start, here)
             failpoint("stage.after_batch")

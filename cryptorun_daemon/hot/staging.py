@@ -129,16 +129,23 @@ class StagingArea:
 
         Every file and every new directory is durable when this returns.
         """
+        tables = {
+            key: rows_table(rows, staging_schema(rows[0].dataset)) for key, rows in groups.items()
+        }
+        return self.stage_tables(tables, start, end)
+
+    def stage_tables(
+        self, groups: dict[tuple[int, Path], pa.Table], start: Position, end: Position
+    ) -> int:
+        """:meth:`stage` for groups already in staging tables (``hot/journal_columns.py``)."""
         name = range_name(start, end)
         touched: set[Path] = set()
         staged = 0
-        for (window, partition), rows in sorted(groups.items()):
+        for (window, partition), table in sorted(groups.items(), key=lambda item: item[0]):
             target = self.window_dir(window) / partition.relative_to(self.root)
             make_durable_dirs(target)
-            schema = staging_schema(rows[0].dataset)
-            table = rows_table(rows, schema)
             partial = target / f".{name}{PARTIAL_SUFFIX}"
-            with pa.OSFile(str(partial), "wb") as sink, ipc.new_file(sink, schema) as writer:
+            with pa.OSFile(str(partial), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
             fd = os.open(partial, os.O_RDONLY)
             try:
@@ -147,7 +154,7 @@ class StagingArea:
                 os.close(fd)
             os.replace(partial, target / name)
             touched.add(target)
-            staged += len(rows)
+            staged += table.num_rows
         for directory in touched:
             fsync_dir(directory)
         return staged

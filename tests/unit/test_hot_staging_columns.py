@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from cryptorun_daemon.errors import ProtocolError
 from cryptorun_daemon.hot.partition_writer import Row
-from cryptorun_daemon.hot.record import decode_line, encode_record, record_parts
+from cryptorun_daemon.hot.record import decode_line, encode_control, encode_record, record_parts
 from cryptorun_daemon.hot.staging import INGEST_COLUMN, TS_COLUMN, rows_table, staging_schema
 
 NS = 1_767_225_600_000_000_000
@@ -96,3 +97,143 @@ def test_row_parts_are_what_the_dict_decode_gives(base: bytes, tail: bytes) -> N
     up returns, and fails the same way (ProtocolError, KeyError) where that fails."""
     for line in (base, base + tail):
         assert _outcome(record_parts, line) == _outcome(_reference_parts, line)
+
+
+# ------------------------------------------------- whole chunks (journal_columns)
+def _chunk_lines() -> list[bytes]:
+    from cryptorun_daemon.config import FeedConfig
+    from cryptorun_daemon.hot.feeds_builtin import SyntheticFeed
+
+    feed = SyntheticFeed(
+        FeedConfig(
+            name="s",
+            kind="synthetic",
+            venue="syn",
+            symbols=("BTC/USD", "ETH/USD"),
+            rate=1.0,
+            book_depth=3,
+        )
+    )
+    start = NS // feed.period_ns - 50  # the chunk spans an hour boundary
+    lines = [encode_control({"ctl": "replid", "o": "eu", "r": "r" * 40, "s": 0})]
+    for offset, record in enumerate(feed.events(start, start + 100, ingest_ts=NS + 5)):
+        origin = "eu" if offset % 3 else "us"
+        lines.append(encode_record(origin, offset + 1, NS + 5, record.dataset, record.fields).line)
+    # A record without ts (staged at its ingest time), with an unknown field, an int price.
+    fields = {"venue": "syn", "symbol": "BTC/USD", "price": 7, "qty": 1.5, "extra": {"a": 1}}
+    lines.append(encode_record("eu", 500, NS + 9, "trade", fields).line)
+    return lines
+
+
+def _row_path_groups(lines: list[bytes], length: int) -> dict[tuple[int, Path], pa.Table]:
+    """What the sealer's row path stages for these lines: rows grouped, then rows_table."""
+    from cryptorun_daemon.hot import partition_writer as pw
+
+    groups: dict[tuple[int, Path], list[Row]] = {}
+    for line in lines:
+        if line.startswith(b'{"ctl"'):
+            continue
+        row = Row(*record_parts(line))
+        key = (
+            row.ts // length * length,
+            pw.partition_dir(Path("/root"), row.dataset, row.venue, row.symbol, row.ts),
+        )
+        groups.setdefault(key, []).append(row)
+    return {key: rows_table(rows, staging_schema(rows[0].dataset)) for key, rows in groups.items()}
+
+
+def test_a_chunk_staged_in_columns_equals_the_row_path() -> None:
+    """A journal chunk (control line, trades and books of two origins across an hour and a
+    window boundary, a record without ts, an unknown field, an int price) is staged by the
+    columnar path into exactly the groups and tables the row-by-row path stages."""
+    from cryptorun_daemon.hot import partition_writer as pw
+    from cryptorun_daemon.hot.journal_columns import stage_groups
+
+    lines = _chunk_lines()
+    length = 600 * 10**9
+    staged = stage_groups(
+        b"\n".join(lines) + b"\n",
+        length_ns=length,
+        partition_dir=lambda d, v, s, ts: pw.partition_dir(Path("/root"), d, v, s, ts),
+        is_late=lambda window: False,
+    )
+    assert staged is not None  # the fast path took it (no silent fallback)
+    expected = _row_path_groups(lines, length)
+    assert sorted(staged.groups) == sorted(expected)
+    assert len(expected) > 4  # hours, windows, datasets and symbols all split it
+    for key, table in expected.items():
+        assert staged.groups[key].equals(table), key
+    assert staged.rows == len(lines) - 1
+    assert staged.windows == {window for window, _ in expected}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b'{"o":"eu","s":9,"i":1,"d":"trade","f":{"venue":"syn","symbol":"B/U","price":1,"price":2}}',
+        b'{"o":"eu","s":9,"i":1,"d":"trade","f":{"venue":"syn","symbol":"B/U","side":5}}',
+        b'{"o":"eu","s":9,"i":1,"d":"trade","f":{"symbol":"B/U"}}',
+        b'{"o":"eu","s":9,"i":1,"d":"candle","f":{"venue":"syn","symbol":"B/U"}}',
+        b'{"o":"eu","s":9,"i":-5,"d":"trade","f":{"venue":"syn","symbol":"B/U"}}',
+        b'{"o":"eu","s":9,"i":1,"d":"trade","f":{"venue":"syn","symbol":"B/U","ts":1.5}}',
+        b'{"o":"eu","i":1,"d":"trade","f":{"venue":"syn","symbol":"B/U"}}',
+    ],
+)
+def test_a_chunk_the_columnar_path_cannot_vouch_for_goes_row_by_row(extra: bytes) -> None:
+    """A duplicate key, a value of another JSON type, a missing venue or seq, an unknown
+    dataset, a negative time or a float ts anywhere in a chunk sends the whole chunk
+    to the row path (None), which decides as it always did."""
+    from cryptorun_daemon.hot.journal_columns import stage_groups
+
+    lines = [*_chunk_lines(), extra]
+    staged = stage_groups(
+        b"\n".join(lines) + b"\n",
+        length_ns=600 * 10**9,
+        partition_dir=lambda d, v, s, ts: Path("/root") / d,
+        is_late=lambda window: False,
+    )
+    assert staged is None
+
+
+def test_a_chunk_with_a_late_window_goes_row_by_row_and_control_lines_stage_nothing() -> None:
+    """Records of a window the sealer calls late (sealed, or older than its state) are the
+    row path's to handle; a chunk of control lines only stages nothing."""
+    from cryptorun_daemon.hot.journal_columns import stage_groups
+
+    lines = _chunk_lines()
+    length = 600 * 10**9
+    windows = {Row(*record_parts(line)).ts // length * length for line in lines[1:]}
+    late = min(windows)
+    staged = stage_groups(
+        b"\n".join(lines) + b"\n",
+        length_ns=length,
+        partition_dir=lambda d, v, s, ts: Path("/root") / d,
+        is_late=lambda window: window == late,
+    )
+    assert staged is None
+    control = stage_groups(
+        lines[0] + b"\n",
+        length_ns=length,
+        partition_dir=lambda d, v, s, ts: Path("/root") / d,
+        is_late=lambda window: False,
+    )
+    assert control is not None
+    assert (control.groups, control.rows) == ({}, 0)
+
+
+def test_chunks_are_whole_lines_within_the_range(tmp_path: Path) -> None:
+    """iter_chunks returns the range's complete lines, contiguous, cut at newlines, a line
+    longer than the chunk size whole, nothing past ``stop``, no trailing partial line."""
+    from cryptorun_daemon.hot.journal_columns import iter_chunks
+
+    lines = [b"a" * n for n in (3, 50, 7, 200, 1, 9)]
+    path = tmp_path / "seg"
+    path.write_bytes(b"\n".join(lines) + b"\npartial")
+    chunks = list(iter_chunks(path, 0, None, chunk_bytes=16))
+    assert b"".join(data for _, _, data in chunks) == b"\n".join(lines) + b"\n"
+    assert all(data.endswith(b"\n") for _, _, data in chunks)
+    assert [start for start, _, _ in chunks[1:]] == [end for _, end, _ in chunks[:-1]]
+    stop = len(b"\n".join(lines[:3])) + 1
+    assert b"".join(d for _, _, d in iter_chunks(path, 4, stop, chunk_bytes=16)) == (
+        b"\n".join(lines[1:3]) + b"\n"
+    )

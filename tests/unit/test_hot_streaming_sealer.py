@@ -353,6 +353,13 @@ async def test_a_journal_that_ends_before_the_read_position_fails_the_round_loud
     journal.close()
 
 
+def _small_chunks(path: Path, start: int, stop: int | None) -> Any:
+    """The sealer's journal chunks, 4 KiB at a time (many chunks from a small journal)."""
+    from cryptorun_daemon.hot.journal_columns import iter_chunks
+
+    return iter_chunks(path, start, stop, chunk_bytes=4096)
+
+
 async def test_a_cancelled_round_stops_its_thread_early_and_the_next_round_redoes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -366,6 +373,7 @@ async def test_a_cancelled_round_stops_its_thread_early_and_the_next_round_redoe
     from cryptorun_daemon.hot import sealer as sealer_module
 
     monkeypatch.setattr(sealer_module, "BATCH_ROWS", 100)
+    monkeypatch.setattr(sealer_module, "iter_chunks", _small_chunks)
     journal = open_journal(tmp_path / "journal")
     seqs: dict[str, int] = {}
     total = write_events(journal, T0, T0 + WINDOW + 60 * S, seqs)
@@ -374,13 +382,13 @@ async def test_a_cancelled_round_stops_its_thread_early_and_the_next_round_redoe
     one = sealer(tmp_path / "root", journal, auth=authority())
     before = one.read_through
     staged_batches: list[int] = []
-    real_stage = one.staging.stage
+    real_stage, real_stage_tables = one.staging.stage, one.staging.stage_tables
     first_batch_staged = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def stage(*args: Any) -> int:
+    def stage(*args: Any, tables: bool = False) -> int:
         staged_batches.append(1)
-        count = real_stage(*args)
+        count = real_stage_tables(*args) if tables else real_stage(*args)
         loop.call_soon_threadsafe(first_batch_staged.set)
         if len(staged_batches) == 1:
             # Hold the thread until the cancellation has reached the sealer.
@@ -391,6 +399,7 @@ async def test_a_cancelled_round_stops_its_thread_early_and_the_next_round_redoe
         return count
 
     monkeypatch.setattr(one.staging, "stage", stage)
+    monkeypatch.setattr(one.staging, "stage_tables", lambda *a: stage(*a, tables=True))
     task = asyncio.create_task(one.round(T0 + WINDOW + 31 * S))
     await first_batch_staged.wait()
     task.cancel()
@@ -402,6 +411,7 @@ async def test_a_cancelled_round_stops_its_thread_early_and_the_next_round_redoe
     assert total > 10 * 100
     assert one.read_through == before  # nothing of the cancelled round was saved
     monkeypatch.setattr(one.staging, "stage", real_stage)
+    monkeypatch.setattr(one.staging, "stage_tables", real_stage_tables)
     redone = await one.round(T0 + WINDOW + 31 * S)
     assert redone.windows_sealed == [T0]
     clean = sealer(tmp_path / "clean", clean_journal, auth=authority())
