@@ -117,6 +117,12 @@ BATCH_ROWS = 20_000
 # Between window closes a round runs (and stages) at most this often when the
 # journal has grown; a window close or a role change starts one at once.
 STAGE_INTERVAL = 5.0
+# Journal bytes one round reads at most. A sealer that fell behind catches up in
+# rounds of this size, each saving its position (so a stop or a crash loses at most
+# one round's work, and a cancelled round ends within one chunk), instead of one
+# round over the whole backlog; windows are sealed only by a round that read to
+# the journal's end.
+ROUND_BYTES = 128 << 20
 
 
 class _RoundAbortedError(Exception):
@@ -136,6 +142,7 @@ class RoundResult:
     rows_staged: int = 0
     read_through: Position = (0, 0)
     deletable_segments: list[int] = field(default_factory=list)
+    caught_up: bool = True  # read to the journal's end (else: ROUND_BYTES reached)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,6 +155,7 @@ class RoundResult:
             "rows_staged": self.rows_staged,
             "read_through": list(self.read_through),
             "segments_deleted": self.deletable_segments,
+            "caught_up": self.caught_up,
         }
 
 
@@ -294,8 +302,8 @@ class HotSealer:
             if (due != done_through or grown) and self.role_settled():
                 last_start = time.monotonic()
                 try:
-                    await self.round(now)
-                    done_through = due
+                    if (await self.round(now)).caught_up:
+                        done_through = due  # else the next tick goes on reading
                     self.last_error = None
                 except Exception as exc:  # retried next tick; the journal is untouched
                     self.last_error = f"{type(exc).__name__}: {exc}"
@@ -364,14 +372,18 @@ class HotSealer:
         # Work on copies: the in-memory state moves only with the saved state, so
         # a round that fails halfway is redone in full by the next one.
         segment_windows = {s: set(ws) for s, ws in self.segment_windows.items()}
-        late = self._read_new(now, position, segments, segment_windows, result)
+        late, reached = self._read_new(now, position, segments, segment_windows, result)
+        # A round that stopped at ROUND_BYTES continues from there next time; it
+        # seals nothing, since the unread bytes may hold rows of a closed window.
+        result.caught_up = reached == position
+        position = result.read_through = reached
         # The position is saved only over journal bytes on stable storage, so that
         # after a power loss the journal still holds everything before it and new
         # records are appended after it, never inside the range already read.
         _fsync_segments(s.path for s in segments if self.read_through[0] <= s.index)
         sealed = dict(self.sealed)
         limit = self.closed_limit(now)
-        for window in self.staging.windows():
+        for window in self.staging.windows() if result.caught_up else ():
             if window in sealed or window + self.length_ns > limit:
                 continue
             self._check_abort()
@@ -432,8 +444,10 @@ class HotSealer:
         segments: list[Segment],
         segment_windows: dict[int, set[int]],
         result: RoundResult,
-    ) -> list[pw.Row]:
-        """Read the journal from ``read_through`` to ``position``; stage, return late rows.
+    ) -> tuple[list[pw.Row], Position]:
+        """Read the journal from ``read_through`` towards ``position``; stage, return late
+        rows and the position reached (``position``, or earlier once ``ROUND_BYTES``
+        are read).
 
         Rows of windows not sealed yet are staged in batches of ``BATCH_ROWS``
         (fail point ``stage.after_batch`` after each); rows of sealed windows
@@ -463,12 +477,18 @@ class HotSealer:
             # Any window the row path would look at record by record.
             return window in self.sealed or window < forgotten
 
+        read = 0
         for segment in segments:
             if segment.index < start[0] or segment.index > position[0]:
                 continue
+            if read >= ROUND_BYTES:
+                break
             begin = start[1] if segment.index == start[0] else 0
             stop = position[1] if segment.index == position[0] else None
             for chunk_start, chunk_end, data in iter_chunks(segment.path, begin, stop):
+                if read >= ROUND_BYTES:
+                    break
+                read += len(data)
                 self._check_abort()
                 fast = stage_groups(
                     data, length_ns=length, partition_dir=partition, is_late=is_late
@@ -519,7 +539,7 @@ class HotSealer:
         if batch:
             result.rows_staged += self.staging.stage(batch, batch_start, here)
             failpoint("stage.after_batch")
-        return late
+        return late, (position if read < ROUND_BYTES else here)
 
     def _groups(self, rows: list[pw.Row]) -> dict[Path, list[pw.Row]]:
         groups: dict[Path, list[pw.Row]] = defaultdict(list)

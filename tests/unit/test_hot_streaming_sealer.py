@@ -419,3 +419,42 @@ async def test_a_cancelled_round_stops_its_thread_early_and_the_next_round_redoe
     assert sealed_rows(tmp_path / "root") == sealed_rows(tmp_path / "clean")
     journal.close()
     clean_journal.close()
+
+
+async def test_a_sealer_behind_catches_up_in_bounded_rounds_that_save_their_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sealer with a long backlog reads at most ROUND_BYTES per round and saves how far
+    it got (a stop loses at most one round's work); it seals a closed window only in the
+    round that reaches the journal's end, and the partitions it seals then equal those
+    of a sealer that read the whole backlog in one round."""
+    from cryptorun_daemon.hot import sealer as sealer_module
+
+    monkeypatch.setattr(sealer_module, "iter_chunks", _small_chunks)
+    monkeypatch.setattr(sealer_module, "ROUND_BYTES", 64 << 10)
+    journal = open_journal(tmp_path / "journal")
+    write_events(journal, T0, T0 + WINDOW + 60 * S, {})
+    clean_journal = open_journal(tmp_path / "clean-journal")
+    write_events(clean_journal, T0, T0 + WINDOW + 60 * S, {})
+    behind = sealer(tmp_path / "root", journal, auth=authority())
+    now = T0 + WINDOW + 31 * S  # the first window is closed
+    positions = []
+    while True:
+        result = await behind.round(now)
+        positions.append(result.read_through)
+        reborn = sealer(tmp_path / "root", journal, auth=authority())
+        assert reborn.read_through == result.read_through  # saved every round
+        if result.caught_up:
+            break
+        assert result.windows_sealed == []
+        assert len(positions) < 100
+    assert len(positions) > 2
+    assert positions == sorted(positions)
+    assert result.windows_sealed == [T0]
+    assert result.read_through == journal.position()
+    monkeypatch.setattr(sealer_module, "ROUND_BYTES", 1 << 40)
+    clean = sealer(tmp_path / "clean", clean_journal, auth=authority())
+    assert (await clean.round(now)).windows_sealed == [T0]
+    assert sealed_rows(tmp_path / "root") == sealed_rows(tmp_path / "clean")
+    journal.close()
+    clean_journal.close()
