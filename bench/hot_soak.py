@@ -18,7 +18,7 @@ journaled by the replica`` (its own feed plus the mirrored one): the records
 of the open window plus those of one closing window within the SLO.
 
 Usage: ``python bench/hot_soak.py [--rate 20000] [--minutes 30] [--window 10m]``.
-Wrap runs of 10 minutes or more in ``flock /work/wt/_brief/soak.lock ...``.
+On a shared machine, wrap it in ``flock`` on a lock file the other long runs use too.
 """
 
 from __future__ import annotations
