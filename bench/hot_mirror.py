@@ -86,9 +86,11 @@ def write_config(
     hot: dict[str, Any],
     rate: float | None,
     extra_peers: dict[str, int] | None = None,
+    warm_to: list[str] | None = None,
 ) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "token").write_text(TOKEN)
+    (directory / "token").chmod(0o600)  # the daemon refuses a secret others can read
     lines = [
         f'region = "{region}"',
         "[admin]",
@@ -102,6 +104,16 @@ def write_config(
         "[hot]",
     ]
     lines += [f"{k} = {json.dumps(v)}" for k, v in hot.items()]
+    if warm_to:
+        # Makes this region the warm primary, so its sealer seals (without a rule no
+        # region is, and the sealer only stages).
+        lines += [
+            "[[rules]]",
+            'tier = "warm"',
+            f'from = "{region}"',
+            f"to = {json.dumps(warm_to)}",
+            'lag_slo = "60s"',
+        ]
     if rate:
         lines += [
             "[[feeds]]",
@@ -145,7 +157,8 @@ class Proc:
 
 
 async def status(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
-    async with session.get(f"http://127.0.0.1:{port}/v1/status?tier=hot") as resp:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with session.get(f"http://127.0.0.1:{port}/v1/status?tier=hot", headers=headers) as resp:
         doc = await resp.json()
     stream: dict[str, Any] = doc["tiers"]["hot"]["stream"]
     return stream
@@ -206,11 +219,18 @@ async def throughput(
                 proc.stop()
 
 
-async def ingest_two_subscribers(tmp: Path, rate: float, seconds: float) -> dict[str, Any]:
-    """A ingests at ``rate`` while B and C both mirror it; what A took and skipped."""
+async def ingest_two_subscribers(
+    tmp: Path, rate: float, seconds: float, window: int
+) -> dict[str, Any]:
+    """A ingests at ``rate`` while B and C both mirror it and A's sealer seals
+    ``window``-second windows; what A took and skipped, and the windows it sealed."""
     pa, pb, pc = free_port(), free_port(), free_port()
     hot = {"buffer_records": 200_000, "buffer_bytes": 256 << 20, "heartbeat_interval": "1s"}
-    a = Proc(write_config(tmp / "ing-a", "eu", pa, "us", pb, hot, rate, {"ap": pc}))
+    # Short windows, so the sealer stages and seals (window closes) while A ingests.
+    sealing = {**hot, "partition_length": f"{window}s", "seal_grace": "1s"}
+    a = Proc(
+        write_config(tmp / "ing-a", "eu", pa, "us", pb, sealing, rate, {"ap": pc}, ["us", "ap"])
+    )
     b = Proc(write_config(tmp / "ing-b", "us", pb, "eu", pa, hot, None))
     c = Proc(write_config(tmp / "ing-c", "ap", pc, "eu", pa, hot, None))
     rss: dict[str, list[float]] = {"a": [], "b": [], "c": []}
@@ -241,6 +261,9 @@ async def ingest_two_subscribers(tmp: Path, rate: float, seconds: float) -> dict
                 "b_applied": sb["origins"]["eu"]["applied_seq"],
                 "c_applied": sc["origins"]["eu"]["applied_seq"],
                 "rss_mb": {k: round(max(v), 1) for k, v in rss.items() if v},
+                "windows_sealed": s1["sealer"]["windows_sealed"] - s0["sealer"]["windows_sealed"],
+                "sealer_primary": s1["sealer"]["primary"],
+                "sealer_error": s1["sealer"]["last_error"],
             }
     finally:
         for proc in (c, b, a):
@@ -366,17 +389,25 @@ def raw_websockets(frames: list[bytes], batch: int) -> dict[str, Any]:
     }
 
 
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 async def amain(args: argparse.Namespace) -> None:
     loop = os.environ.get("CRYPTORUN_EVENT_LOOP", "auto")
-    print(f"event loop: {loop} (CRYPTORUN_EVENT_LOOP); cpus: {os.cpu_count()}")
+    print(f"event loop: {loop} (CRYPTORUN_EVENT_LOOP); cpus: {os.cpu_count()}; load {_load()}")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        ing = await ingest_two_subscribers(tmp, args.ingest_rate, args.ingest_seconds)
+        ing = await ingest_two_subscribers(
+            tmp, args.ingest_rate, args.ingest_seconds, args.window_seconds
+        )
         print(
             f"ingest with two subscribers: {ing['records_per_s']:,} records/s of "
             f"{ing['asked']:,.0f} asked, skipped {ing['skipped']:,}, peak ingest lag "
             f"{ing['max_lag_s']} s; head {ing['head']:,}, subscribers at "
-            f"{ing['b_applied']:,} and {ing['c_applied']:,}; RSS MB {ing['rss_mb']}"
+            f"{ing['b_applied']:,} and {ing['c_applied']:,}; RSS MB {ing['rss_mb']}; "
+            f"windows sealed meanwhile {ing['windows_sealed']} ({args.window_seconds} s windows, "
+            f"primary {ing['sealer_primary']}, error {ing['sealer_error']})"
         )
         tp = await throughput(tmp, args.backlog_seconds, args.rate)
         print(
@@ -409,7 +440,7 @@ async def amain(args: argparse.Namespace) -> None:
         f"raw websockets, same frames, process to process: {raw['records_per_s']:,} records/s "
         f"({raw['records']:,} records in {raw['seconds']} s)"
     )
-    print(f"ratio mirror/raw: {tp['records_per_s'] / raw['records_per_s']:.2f}")
+    print(f"ratio mirror/raw: {tp['records_per_s'] / raw['records_per_s']:.2f}; load {_load()}")
     print(
         "targets: ingest >= 100,000 records/s with two subscribers and zero skipped; "
         "catch-up >= 3x ingest; mirror >= 0.5x raw websockets; p99 <= 20 ms at 10,000/s"
@@ -427,7 +458,10 @@ def main() -> None:
     parser.add_argument(
         "--ingest-rate", type=float, default=100_000.0, help="asked of A with two subscribers"
     )
-    parser.add_argument("--ingest-seconds", type=float, default=10.0)
+    parser.add_argument("--ingest-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--window-seconds", type=int, default=5, help="A's hot.partition_length while ingesting"
+    )
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)

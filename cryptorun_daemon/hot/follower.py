@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptorun_daemon.errors import ProtocolError
 from cryptorun_daemon.hot import protocol
-from cryptorun_daemon.hot.line_check import check_batch
+from cryptorun_daemon.hot.line_check import check_frame
 from cryptorun_daemon.hot.log import HotLog
 from cryptorun_daemon.metrics import Metrics
 
@@ -179,7 +179,7 @@ class OriginFollower:
         if position is None or header.replid != position.replid:
             raise ProtocolError("records frame for a replid the subscriber has not adopted")
         # All or nothing, before the dedupe below looks at a single line.
-        checked = check_batch(lines, origin=self.peer, first_seq=header.first_seq)
+        checked = check_frame(lines, origin=self.peer, first_seq=header.first_seq)
         self.head_seq = max(self.head_seq, header.head_seq)
         last = position.applied_seq
         first = header.first_seq
@@ -197,25 +197,24 @@ class OriginFollower:
                 return protocol.subscribe(self.peer, position.replid, last + 1)
             return None
         self.rerequest_from = None
+        skip = 0
         if first <= last:
             skip = last - first + 1
             self.duplicates += skip
             self._dupes.inc(skip)
-            checked = checked[skip:]
-        latest: dict[tuple[str, str], int] = {}
-        for record in checked:
-            latest[(record.venue, record.symbol)] = record.ingest_ns
-        last_ingest_ns = checked[-1].ingest_ns
+        # A market whose last line is among the duplicates has nothing new here.
+        latest = [
+            (venue, symbol, ns)
+            for (venue, symbol), (index, ns) in checked.latest.items()
+            if index >= skip
+        ]
+        last_ingest_ns = checked.ingest_ns[-1]
         self.log.apply_mirrored(
-            self.peer,
-            [record.line for record in checked],
-            end,
-            last_ingest_ns,
-            [(venue, symbol, ns) for (venue, symbol), ns in latest.items()],
+            self.peer, checked.lines[skip:] if skip else checked.lines, end, last_ingest_ns, latest
         )
         now = self.now_ns()
         # The oldest record of the batch waited longest: an upper bound for every record in it.
-        self.latencies_ns.append(now - checked[0].ingest_ns)
+        self.latencies_ns.append(now - checked.ingest_ns[skip])
         self._lag.set(0 if end >= self.head_seq else max(0.0, (now - last_ingest_ns) / 1e9))
         return None
 

@@ -229,16 +229,8 @@ def _check_line_fast(line: bytes, origin: str, seq: int) -> CheckedLine | None:
     if venue is None or symbol is None:
         return None
     market = (body.d, venue, symbol)
-    if market not in _SAFE_MARKETS:
-        try:
-            check_segment("dataset", body.d)
-            check_segment("venue", venue)
-            symbol_segment(symbol)
-        except PathRejectedError:
-            return None
-        if len(_SAFE_MARKETS) >= _SAFE_MARKETS_MAX:
-            _SAFE_MARKETS.clear()
-        _SAFE_MARKETS.add(market)
+    if market not in _SAFE_MARKETS and not _remember_safe(market):
+        return None
     return CheckedLine(seq=seq, ingest_ns=body.i, venue=venue, symbol=symbol, line=line)
 
 
@@ -276,6 +268,128 @@ def _check_line_reference(line: bytes, origin: str, seq: int) -> CheckedLine:
         raise ProtocolError("record line has missing or mistyped i/d/f", reason="line_malformed")
     venue, symbol = _check_fields(dataset, fields)
     return CheckedLine(seq=seq, ingest_ns=ingest_ns, venue=venue, symbol=symbol, line=line)
+
+
+# ----------------------------------------------------------- whole frames
+def _merged_field_types() -> list[tuple[str, Any, None]]:
+    """One typed field per name over every dataset (a name's kind must agree across them)."""
+    kinds: dict[str, FieldKind] = {}
+    for schema in LATEST.values():
+        for f in schema.fields:
+            if f.name in _STAMPED:
+                continue
+            if kinds.setdefault(f.name, f.kind) != f.kind:
+                raise TypeError(f"field {f.name!r} has two kinds; merge per dataset instead")
+    return [(name, _FAST_TYPES[kind], None) for name, kind in kinds.items()]
+
+
+# Every dataset's fields in one struct, so a whole frame decodes in one call without
+# knowing each line's dataset first. It accepts a line carrying another dataset's
+# (correctly typed) field, which the reference path also accepts: it checks only the
+# fields of the line's own dataset. Unknown names are refused, as on the fast path.
+_AnyFields = msgspec.defstruct("_AnyFields", _merged_field_types(), forbid_unknown_fields=True)
+
+
+class _FrameLine(msgspec.Struct, forbid_unknown_fields=True):
+    """A record line decoded as an element of a whole frame (fields typed)."""
+
+    o: str
+    s: _Int64
+    i: _Int64
+    d: str
+    f: _AnyFields  # type: ignore[valid-type]  # built by defstruct from the schemas
+
+
+_FRAME_DECODER: Final = msgspec.json.Decoder(list[_FrameLine])
+# Joins a frame's lines into one JSON array. The newline makes it impossible for one
+# element to span two lines: a string holding a raw newline is not JSON, every list
+# field holds numbers only, and every line must start with the canonical ``{"o":``
+# prefix (checked per element below), which cannot continue an object's key list.
+# So with one line per element (counts equal, each line opens at least one),
+# element k is exactly line k.
+_FRAME_JOIN: Final = b",\n"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedFrame:
+    """The lines of a records frame that passed every check, and what a follower needs.
+
+    ``latest`` maps each (venue, symbol) to ``(index, ingest_ns)`` of its last line.
+    """
+
+    first_seq: int
+    lines: list[bytes]
+    ingest_ns: list[int]
+    latest: dict[tuple[str, str], tuple[int, int]]
+
+
+def _check_frame_fast(lines: Sequence[bytes], origin: str, first_seq: int) -> CheckedFrame | None:
+    """All lines decoded in one call; ``None`` when any line needs the per-line checks."""
+    body = b"[" + _FRAME_JOIN.join(lines) + b"]"
+    if not body.isascii():
+        return None  # the per-line path decides what non-ASCII bytes mean
+    try:
+        items = _FRAME_DECODER.decode(body)
+    except DECODE_ERRORS:
+        return None
+    if len(items) != len(lines):
+        return None
+    prefix = _prefix(origin)
+    ingest: list[int] = []
+    latest: dict[tuple[str, str], tuple[int, int]] = {}
+    for index, (item, line) in enumerate(zip(items, lines, strict=True)):
+        seq = first_seq + index
+        if item.o != origin or item.s != seq or item.d not in _FAST_FIELDS:
+            return None
+        if not line.startswith(b'%s%d,"i":' % (prefix, seq)):
+            return None
+        fields: Any = item.f  # a defstruct type: mypy cannot see its attributes
+        venue, symbol = fields.venue, fields.symbol
+        if venue is None or symbol is None:
+            return None
+        market = (item.d, venue, symbol)
+        if market not in _SAFE_MARKETS and not _remember_safe(market):
+            return None
+        ingest.append(item.i)
+        latest[(venue, symbol)] = (index, item.i)
+    return CheckedFrame(first_seq, list(lines), ingest, latest)
+
+
+def _remember_safe(market: tuple[str, str, str]) -> bool:
+    """Check a market's path segments once; remember it when they pass."""
+    try:
+        check_segment("dataset", market[0])
+        check_segment("venue", market[1])
+        symbol_segment(market[2])
+    except PathRejectedError:
+        return False
+    if len(_SAFE_MARKETS) >= _SAFE_MARKETS_MAX:
+        _SAFE_MARKETS.clear()
+    _SAFE_MARKETS.add(market)
+    return True
+
+
+def check_frame(lines: Sequence[bytes], *, origin: str, first_seq: int) -> CheckedFrame:
+    """Check every line of a records frame, all or nothing, decoding the frame in one call.
+
+    Accepts exactly what :func:`check_batch` accepts: a frame the one-call
+    decode cannot vouch for line by line goes through :func:`check_batch`,
+    which alone refuses.
+
+    Error handling: as :func:`check_batch`.
+    """
+    if not lines:
+        return CheckedFrame(first_seq, [], [], {})
+    checked = _check_frame_fast(lines, origin, first_seq)
+    if checked is not None:
+        return checked
+    slow = check_batch(lines, origin=origin, first_seq=first_seq)
+    latest: dict[tuple[str, str], tuple[int, int]] = {}
+    for index, one in enumerate(slow):
+        latest[(one.venue, one.symbol)] = (index, one.ingest_ns)
+    return CheckedFrame(
+        first_seq, [one.line for one in slow], [one.ingest_ns for one in slow], latest
+    )
 
 
 def check_batch(lines: Sequence[bytes], *, origin: str, first_seq: int) -> list[CheckedLine]:

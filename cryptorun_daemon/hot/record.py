@@ -128,6 +128,24 @@ def record_from_line(line: bytes) -> HotRecord:
     return _record(typed.o, typed.s, typed.i, typed.d, typed.f, line=line)
 
 
+def record_parts(line: bytes) -> tuple[Any, Any, Any, Any, Any]:
+    """``(origin, seq, ingest_ns, dataset, fields)`` of a journal record line, fast.
+
+    The same values ``decode_line(line)["o"]``, ``["s"]``, ``["i"]``, ``["d"]``
+    and ``["f"]`` give: a typed decode first, and for a line it cannot take
+    (mistyped values, the standard library's wider JSON) exactly that lookup.
+
+    Error handling: as ``decode_line`` (:class:`ProtocolError`), and ``KeyError``
+    for a JSON object that lacks one of the keys.
+    """
+    try:
+        typed = _LINE_DECODER.decode(line)
+    except codec.DECODE_ERRORS:
+        body = decode_line(line)
+        return body["o"], body["s"], body["i"], body["d"], body["f"]
+    return typed.o, typed.s, typed.i, typed.d, typed.f
+
+
 def _record_from_body(line: bytes) -> HotRecord:
     body = decode_line(line)
     try:

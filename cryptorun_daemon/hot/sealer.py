@@ -82,6 +82,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -95,8 +96,9 @@ from cryptorun_daemon.errors import FencedError, StorageError
 from cryptorun_daemon.hot import partition_writer as pw
 from cryptorun_daemon.hot.authority import SourceAuthority
 from cryptorun_daemon.hot.durable import fsync_dir
-from cryptorun_daemon.hot.journal import Journal, Segment, iter_lines
-from cryptorun_daemon.hot.record import decode_line
+from cryptorun_daemon.hot.journal import Journal, Segment
+from cryptorun_daemon.hot.journal_columns import iter_chunks, stage_groups
+from cryptorun_daemon.hot.record import record_parts
 from cryptorun_daemon.hot.staged_seal import write_window_file
 from cryptorun_daemon.hot.staging import StagingArea
 from cryptorun_daemon.metrics import Metrics
@@ -115,6 +117,16 @@ BATCH_ROWS = 20_000
 # Between window closes a round runs (and stages) at most this often when the
 # journal has grown; a window close or a role change starts one at once.
 STAGE_INTERVAL = 5.0
+# Journal bytes one round reads at most. A sealer that fell behind catches up in
+# rounds of this size, each saving its position (so a stop or a crash loses at most
+# one round's work, and a cancelled round ends within one chunk), instead of one
+# round over the whole backlog; windows are sealed only by a round that read to
+# the journal's end.
+ROUND_BYTES = 128 << 20
+
+
+class _RoundAbortedError(Exception):
+    """Raised in the worker thread when the round's task was cancelled (shutdown)."""
 
 
 @dataclass
@@ -130,6 +142,7 @@ class RoundResult:
     rows_staged: int = 0
     read_through: Position = (0, 0)
     deletable_segments: list[int] = field(default_factory=list)
+    caught_up: bool = True  # read to the journal's end (else: ROUND_BYTES reached)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -142,6 +155,7 @@ class RoundResult:
             "rows_staged": self.rows_staged,
             "read_through": list(self.read_through),
             "segments_deleted": self.deletable_segments,
+            "caught_up": self.caught_up,
         }
 
 
@@ -205,6 +219,12 @@ class HotSealer:
         # Staged files past ``read_through`` may exist (a crash, a failed round):
         # they are removed before the next round stages anything.
         self._staging_dirty = True
+        # Set when the task awaiting a round is cancelled: the worker thread stops at
+        # its next batch (asyncio.run waits for running threads at exit, so a round
+        # left to finish on its own would hold a stopping daemon for its whole length).
+        self._abort = threading.Event()
+        # One round's thread at a time, also when a cancelled one is still winding down.
+        self._round_lock = threading.Lock()
         self._load()
 
     # ----------------------------------------------------------------- state
@@ -282,8 +302,8 @@ class HotSealer:
             if (due != done_through or grown) and self.role_settled():
                 last_start = time.monotonic()
                 try:
-                    await self.round(now)
-                    done_through = due
+                    if (await self.round(now)).caught_up:
+                        done_through = due  # else the next tick goes on reading
                     self.last_error = None
                 except Exception as exc:  # retried next tick; the journal is untouched
                     self.last_error = f"{type(exc).__name__}: {exc}"
@@ -298,6 +318,12 @@ class HotSealer:
         primary, epoch = self.is_warm_primary(), self.epoch()
         try:
             result = await asyncio.to_thread(self._round, now, position, segments, primary, epoch)
+        except asyncio.CancelledError:
+            # Like a crash: nothing of the round is saved, the next round redoes it
+            # (invariants 1 and 8); the thread stops at its next batch boundary.
+            self._abort.set()
+            self._staging_dirty = True
+            raise
         except FencedError:
             # The storage fence refused the seal (primacy lost between the role
             # check and the write): counted, and the round is retried as usual.
@@ -321,6 +347,17 @@ class HotSealer:
     def _round(
         self, now: int, position: Position, segments: list[Segment], primary: bool, epoch: int
     ) -> RoundResult:
+        with self._round_lock:
+            self._abort.clear()
+            return self._round_locked(now, position, segments, primary, epoch)
+
+    def _check_abort(self) -> None:
+        if self._abort.is_set():
+            raise _RoundAbortedError("sealing round cancelled")
+
+    def _round_locked(
+        self, now: int, position: Position, segments: list[Segment], primary: bool, epoch: int
+    ) -> RoundResult:
         result = RoundResult(at_ns=now, primary=primary, read_through=position)
         if position < self.read_through:
             # Reading on would skip every record appended until the journal grows
@@ -335,16 +372,21 @@ class HotSealer:
         # Work on copies: the in-memory state moves only with the saved state, so
         # a round that fails halfway is redone in full by the next one.
         segment_windows = {s: set(ws) for s, ws in self.segment_windows.items()}
-        late = self._read_new(now, position, segments, segment_windows, result)
+        late, reached = self._read_new(now, position, segments, segment_windows, result)
+        # A round that stopped at ROUND_BYTES continues from there next time; it
+        # seals nothing, since the unread bytes may hold rows of a closed window.
+        result.caught_up = reached == position
+        position = result.read_through = reached
         # The position is saved only over journal bytes on stable storage, so that
         # after a power loss the journal still holds everything before it and new
         # records are appended after it, never inside the range already read.
         _fsync_segments(s.path for s in segments if self.read_through[0] <= s.index)
         sealed = dict(self.sealed)
         limit = self.closed_limit(now)
-        for window in self.staging.windows():
+        for window in self.staging.windows() if result.caught_up else ():
             if window in sealed or window + self.length_ns > limit:
                 continue
+            self._check_abort()
             partitions = self.staging.partitions(window)
             if primary:
                 self._seal_window(window, partitions, epoch, result)
@@ -402,8 +444,10 @@ class HotSealer:
         segments: list[Segment],
         segment_windows: dict[int, set[int]],
         result: RoundResult,
-    ) -> list[pw.Row]:
-        """Read the journal from ``read_through`` to ``position``; stage, return late rows.
+    ) -> tuple[list[pw.Row], Position]:
+        """Read the journal from ``read_through`` towards ``position``; stage, return late
+        rows and the position reached (``position``, or earlier once ``ROUND_BYTES``
+        are read).
 
         Rows of windows not sealed yet are staged in batches of ``BATCH_ROWS``
         (fail point ``stage.after_batch`` after each); rows of sealed windows
@@ -418,46 +462,84 @@ class HotSealer:
         directories: dict[tuple[str, str, str, int], Path] = {}
         batch_rows = 0
         batch_start = here = start
+
+        def partition(dataset: str, venue: str, symbol: str, ts: int) -> Path:
+            # Building a checked path per row costs more than decoding it.
+            key = (dataset, venue, symbol, ts // HOUR_NS)
+            directory = directories.get(key)
+            if directory is None:
+                directory = directories[key] = pw.partition_dir(
+                    self.root, dataset, venue, symbol, ts
+                )
+            return directory
+
+        def is_late(window: int) -> bool:
+            # Any window the row path would look at record by record.
+            return window in self.sealed or window < forgotten
+
+        read = 0
         for segment in segments:
             if segment.index < start[0] or segment.index > position[0]:
                 continue
+            if read >= ROUND_BYTES:
+                break
             begin = start[1] if segment.index == start[0] else 0
             stop = position[1] if segment.index == position[0] else None
-            for end, line in iter_lines(segment.path, start=begin, stop=stop):
-                here = (segment.index, end)
-                if line.startswith(b'{"ctl"'):
-                    continue
-                body = decode_line(line)
-                row = pw.Row(body["o"], body["s"], body["i"], body["d"], body["f"])
-                window = row.ts // length * length
-                if window in self.sealed:
-                    if here > self.late_through:
-                        late.append(row)
-                elif window < forgotten and self._window_on_disk(row, window, on_disk):
-                    # Older than the state remembers, but sealed on disk: never
-                    # rewrite its window file (the rows already in it may have
-                    # left the journal); a record not yet handled is late.
-                    if here > self.late_through:
-                        late.append(row)
-                else:
-                    # Building a checked path per row costs more than decoding it.
-                    key = (row.dataset, row.venue, row.symbol, row.ts // HOUR_NS)
-                    directory = directories.get(key)
-                    if directory is None:
-                        directory = directories[key] = pw.partition_dir(
-                            self.root, row.dataset, row.venue, row.symbol, row.ts
-                        )
-                    batch[(window, directory)].append(row)
-                    segment_windows.setdefault(segment.index, set()).add(window)
-                    batch_rows += 1
-                    if batch_rows >= BATCH_ROWS:
+            for chunk_start, chunk_end, data in iter_chunks(segment.path, begin, stop):
+                if read >= ROUND_BYTES:
+                    break
+                read += len(data)
+                self._check_abort()
+                fast = stage_groups(
+                    data, length_ns=length, partition_dir=partition, is_late=is_late
+                )
+                if fast is not None:
+                    # The whole chunk in one staged batch, after what the row path holds.
+                    if batch:
                         result.rows_staged += self.staging.stage(batch, batch_start, here)
                         failpoint("stage.after_batch")
-                        batch, batch_rows, batch_start = defaultdict(list), 0, here
+                        batch, batch_rows = defaultdict(list), 0
+                    here = (segment.index, chunk_end)
+                    if fast.groups:
+                        result.rows_staged += self.staging.stage_tables(
+                            fast.groups, (segment.index, chunk_start), here
+                        )
+                        failpoint("stage.after_batch")
+                        segment_windows.setdefault(segment.index, set()).update(fast.windows)
+                    batch_start = here
+                    continue
+                offset = chunk_start
+                for line in data.split(b"\n")[:-1]:
+                    offset += len(line) + 1
+                    here = (segment.index, offset)
+                    if line.startswith(b'{"ctl"'):
+                        continue
+                    row = pw.Row(*record_parts(line))
+                    ts = row.ts
+                    window = ts // length * length
+                    if window in self.sealed:
+                        if here > self.late_through:
+                            late.append(row)
+                    elif window < forgotten and self._window_on_disk(row, window, on_disk):
+                        # Older than the state remembers, but sealed on disk: never
+                        # rewrite its window file (the rows already in it may have
+                        # left the journal); a record not yet handled is late.
+                        if here > self.late_through:
+                            late.append(row)
+                    else:
+                        directory = partition(row.dataset, row.venue, row.symbol, ts)
+                        batch[(window, directory)].append(row)
+                        segment_windows.setdefault(segment.index, set()).add(window)
+                        batch_rows += 1
+                        if batch_rows >= BATCH_ROWS:
+                            result.rows_staged += self.staging.stage(batch, batch_start, here)
+                            failpoint("stage.after_batch")
+                            self._check_abort()
+                            batch, batch_rows, batch_start = defaultdict(list), 0, here
         if batch:
             result.rows_staged += self.staging.stage(batch, batch_start, here)
             failpoint("stage.after_batch")
-        return late
+        return late, (position if read < ROUND_BYTES else here)
 
     def _groups(self, rows: list[pw.Row]) -> dict[Path, list[pw.Row]]:
         groups: dict[Path, list[pw.Row]] = defaultdict(list)

@@ -32,6 +32,7 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 from pyarrow import ipc
@@ -56,6 +57,35 @@ def staging_schema(dataset: str) -> pa.Schema:
         .append(pa.field(TS_COLUMN, pa.int64(), nullable=False))
         .append(pa.field(INGEST_COLUMN, pa.int64(), nullable=False))
     )
+
+
+def rows_table(rows: list[Row], schema: pa.Schema) -> pa.Table:
+    """``rows`` as a table of ``schema``, built column by column.
+
+    The same table ``pa.Table.from_pylist`` makes from one dict per row
+    (``fields`` with ``origin``, ``seq``, ``_ts`` and ``_ingest_ns`` set from
+    the row; a missing field is null, an unknown one ignored), without the
+    per-row dicts: one list per column converted in one call.
+
+    Error handling: ``pa.ArrowInvalid``/``pa.ArrowTypeError`` for a value the
+    column cannot hold, as ``from_pylist`` raises.
+    """
+    columns = []
+    for field in schema:
+        name = field.name
+        values: list[Any]
+        if name == "origin":
+            values = [row.origin for row in rows]
+        elif name == "seq":
+            values = [row.seq for row in rows]
+        elif name == TS_COLUMN:
+            values = [row.ts for row in rows]
+        elif name == INGEST_COLUMN:
+            values = [row.ingest_ns for row in rows]
+        else:
+            values = [row.fields.get(name) for row in rows]
+        columns.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def range_name(start: Position, end: Position) -> str:
@@ -99,26 +129,23 @@ class StagingArea:
 
         Every file and every new directory is durable when this returns.
         """
+        tables = {
+            key: rows_table(rows, staging_schema(rows[0].dataset)) for key, rows in groups.items()
+        }
+        return self.stage_tables(tables, start, end)
+
+    def stage_tables(
+        self, groups: dict[tuple[int, Path], pa.Table], start: Position, end: Position
+    ) -> int:
+        """:meth:`stage` for groups already in staging tables (``hot/journal_columns.py``)."""
         name = range_name(start, end)
         touched: set[Path] = set()
         staged = 0
-        for (window, partition), rows in sorted(groups.items()):
+        for (window, partition), table in sorted(groups.items(), key=lambda item: item[0]):
             target = self.window_dir(window) / partition.relative_to(self.root)
             make_durable_dirs(target)
-            schema = staging_schema(rows[0].dataset)
-            records = [
-                {
-                    **row.fields,
-                    "origin": row.origin,
-                    "seq": row.seq,
-                    TS_COLUMN: row.ts,
-                    INGEST_COLUMN: row.ingest_ns,
-                }
-                for row in rows
-            ]
-            table = pa.Table.from_pylist(records, schema=schema)
             partial = target / f".{name}{PARTIAL_SUFFIX}"
-            with pa.OSFile(str(partial), "wb") as sink, ipc.new_file(sink, schema) as writer:
+            with pa.OSFile(str(partial), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
             fd = os.open(partial, os.O_RDONLY)
             try:
@@ -127,7 +154,7 @@ class StagingArea:
                 os.close(fd)
             os.replace(partial, target / name)
             touched.add(target)
-            staged += len(rows)
+            staged += table.num_rows
         for directory in touched:
             fsync_dir(directory)
         return staged

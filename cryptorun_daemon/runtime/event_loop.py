@@ -10,11 +10,16 @@ loop and says so in a log line and in ``/v1/status`` (``event_loop``).
 standard loop (to rule the loop out when debugging, and to test the fallback
 path), ``uvloop`` insists on uvloop (an error when it is missing), ``auto``
 (or unset) is the default.
+
+:func:`run` also sets the garbage collector's thresholds for a process that
+allocates a few containers per record at 100,000 records/s while holding a
+large live set (the replay buffer): see :func:`tune_gc`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -23,6 +28,12 @@ from typing import Any, Final, TypeVar
 from cryptorun_daemon.errors import ConfigError, ConfigProblem
 
 ENV_VAR: Final = "CRYPTORUN_EVENT_LOOP"
+# Collect the youngest generation every 100,000 net container allocations (the
+# default, 700, is about one batch of records), the middle one every 20 of those
+# and the whole heap every 20 of those: a full collection about every 40 million
+# allocations, a minute or two at full rate, so reference cycles are still
+# reclaimed while the replay buffer is no longer traversed several times a second.
+GC_THRESHOLDS: Final = (100_000, 20, 20)
 CHOICES: Final = ("auto", "uvloop", "asyncio")
 T = TypeVar("T")
 
@@ -62,9 +73,21 @@ def _env_error(message: str) -> ConfigError:
     return ConfigError([ConfigProblem("environment", ENV_VAR, message)])
 
 
+def tune_gc() -> None:
+    """Set :data:`GC_THRESHOLDS` (process-wide, once, before the daemon starts).
+
+    With the default thresholds, the cyclic collector ran so often under load
+    that decoding a record line cost 2-3x its own time (py-spy and a
+    micro-benchmark with a 200,000-record live set: docs/BENCHMARKS.md).
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(main: Coroutine[Any, Any, T], choice: LoopChoice | None = None) -> T:
-    """Run ``main`` to completion on a fresh loop of the chosen kind (like ``asyncio.run``)."""
+    """Run ``main`` to completion on a fresh loop of the chosen kind (like ``asyncio.run``),
+    with the collector tuned by :func:`tune_gc`."""
     choice = choice or choose_loop()
+    tune_gc()
     with asyncio.Runner(loop_factory=choice.factory) as runner:
         return runner.run(main)
 

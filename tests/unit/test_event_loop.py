@@ -48,3 +48,22 @@ def test_an_unknown_choice_is_a_config_error() -> None:
 async def _loop_name() -> str:
     await asyncio.sleep(0)
     return event_loop.running_loop_name()
+
+
+def test_the_daemon_loop_runs_with_the_tuned_collector_thresholds() -> None:
+    """run() sets GC_THRESHOLDS before the daemon's coroutine starts (the default
+    thresholds made the collector a large share of the hot path's CPU)."""
+    import gc
+
+    from cryptorun_daemon.runtime import event_loop
+
+    before = gc.get_threshold()
+
+    async def thresholds() -> tuple[int, int, int]:
+        return gc.get_threshold()
+
+    try:
+        gc.set_threshold(700, 10, 10)
+        assert event_loop.run(thresholds()) == event_loop.GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cryptorun_daemon.errors import ProtocolError
-from cryptorun_daemon.hot.line_check import LINE_REASONS, check_batch, check_line
+from cryptorun_daemon.hot.line_check import LINE_REASONS, check_batch, check_frame, check_line
 from cryptorun_daemon.hot.record import encode_control, encode_record
 
 PEER = "eu-central"
@@ -230,3 +230,110 @@ def test_the_fast_path_takes_the_lines_the_origin_encoder_writes() -> None:
 
     for dataset in ("trade", "book"):
         assert line_check._check_line_fast(line(4, dataset=dataset), PEER, 4) is not None
+
+
+# ----------------------------------------------------------- whole frames (check_frame)
+def _frame_verdict(lines: list[bytes], first_seq: int) -> tuple[str, Any]:
+    try:
+        checked = check_frame(lines, origin=PEER, first_seq=first_seq)
+    except ProtocolError as exc:
+        return ("refused", (exc.reason, str(exc)))
+    return ("accepted", (checked.lines, checked.ingest_ns))
+
+
+def _batch_verdict(lines: list[bytes], first_seq: int) -> tuple[str, Any]:
+    try:
+        checked = check_batch(lines, origin=PEER, first_seq=first_seq)
+    except ProtocolError as exc:
+        return ("refused", (exc.reason, str(exc)))
+    return ("accepted", ([c.line for c in checked], [c.ingest_ns for c in checked]))
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"not json",
+        encode_control({"ctl": "replid", "o": PEER, "r": "x", "s": 1}),
+        b"SEQ_OTHER_ORIGIN",
+        b"SEQ_WRONG",
+        b"SEQ_NAN",
+        b"SEQ_PATH",
+        b"SEQ_DUPLICATE_S",
+        b"SEQ_TWO_OBJECTS",
+        b"SEQ_NON_UTF8",
+    ],
+)
+def test_a_frame_decoded_in_one_call_refuses_what_line_by_line_checks_refuse(
+    bad: bytes, position: int
+) -> None:
+    """One hostile line anywhere in a frame makes check_frame refuse the whole frame with
+    the reason and seq check_batch gives (the same hostile lines the per-line checks
+    refuse: control lines, other origins, wrong seqs, NaN, unsafe paths, a duplicate
+    "s" key, two objects on one line, bytes that are not UTF-8)."""
+    seq = 5 + position
+    substitutes = {
+        b"SEQ_OTHER_ORIGIN": line(seq, origin="us-east"),
+        b"SEQ_WRONG": line(seq + 1),
+        b"SEQ_NAN": line(seq).replace(b"100.5", b"NaN"),
+        b"SEQ_PATH": line(seq, venue="../x"),
+        b"SEQ_DUPLICATE_S": line(seq)[:-1] + b',"s":%d}' % (seq + 1),
+        b"SEQ_TWO_OBJECTS": line(seq) + b"," + line(seq + 1),
+        b"SEQ_NON_UTF8": line(seq, venue="krak\u00e9n").replace(b"\xc3\xa9", b"\xe9"),
+    }
+    bad = substitutes.get(bad, bad)
+    lines = [line(5), line(6), line(7)]
+    lines[position] = bad
+    frame, batch = _frame_verdict(lines, 5), _batch_verdict(lines, 5)
+    assert frame == batch
+    assert frame[0] == "refused"
+
+
+def test_lines_cannot_merge_into_one_element_across_the_frame_join() -> None:
+    """A line left open (an unterminated price list) and a next line that would close it,
+    with a line holding two records to keep the count equal, is refused exactly as the
+    per-line checks refuse it: one-call decoding never maps an element to the wrong line."""
+    first = line(5, dataset="book")
+    cut = first.index(b',"bids_qty"')
+    opened = first[: cut - 1]  # '"bids_px":[10.0,9' with the list left open
+    closing = b"1.0]" + first[cut:]  # the join's comma would continue that list
+    doubled = line(6) + b"," + line(7)  # two records, seqs 6 and 7: the counts agree
+    lines = [opened, closing, doubled]
+    from cryptorun_daemon.hot import line_check
+
+    body = b"[" + line_check._FRAME_JOIN.join(lines) + b"]"
+    assert len(line_check._FRAME_DECODER.decode(body)) == 3  # the decode alone is fooled
+    assert _frame_verdict(lines, 5) == _batch_verdict(lines, 5)
+    assert _frame_verdict(lines, 5)[0] == "refused"
+
+
+def test_good_frames_take_the_one_call_path_with_per_market_latest() -> None:
+    """Trades and books as the origin writes them are accepted by the one-call decode
+    (not a silent fallback), with every line's ingest time and each market's last index."""
+    from cryptorun_daemon.hot import line_check
+
+    lines = [line(5), line(6, dataset="book"), line(7)]
+    checked = line_check._check_frame_fast(lines, PEER, 5)
+    assert checked is not None
+    assert checked.lines == lines
+    assert checked.ingest_ns == [NS + 5, NS + 6, NS + 7]
+    assert checked.latest == {
+        ("kraken", "BTC/USD"): (2, NS + 7),
+        ("kraken", "ETH/USD"): (1, NS + 6),
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_mutated_lines(), min_size=1, max_size=3), st.integers(0, 3))
+def test_one_call_frame_checks_agree_with_line_by_line_checks(
+    mutated: list[bytes], clean_before: int
+) -> None:
+    """Over frames of mutated lines (each renumbered to its seq) with clean lines before
+    them, check_frame's verdict, refusal reason, seq named and accepted lines equal
+    check_batch's."""
+    lines = [line(1 + i) for i in range(clean_before)]
+    for offset, raw in enumerate(mutated):
+        seq = 1 + clean_before + offset
+        lines.append(raw.replace(b'"s":1,', b'"s":%d,' % seq, 1))
+    assert _frame_verdict(lines, 1) == _batch_verdict(lines, 1)

@@ -351,3 +351,110 @@ async def test_a_journal_that_ends_before_the_read_position_fails_the_round_loud
     with pytest.raises(StorageError, match="before the sealer's read position"):
         await reborn.round(T0 + 40 * S)
     journal.close()
+
+
+def _small_chunks(path: Path, start: int, stop: int | None) -> Any:
+    """The sealer's journal chunks, 4 KiB at a time (many chunks from a small journal)."""
+    from cryptorun_daemon.hot.journal_columns import iter_chunks
+
+    return iter_chunks(path, start, stop, chunk_bytes=4096)
+
+
+async def test_a_cancelled_round_stops_its_thread_early_and_the_next_round_redoes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling the task awaiting a round (daemon shutdown) stops its worker thread at
+    the next staged batch instead of letting it read the rest of the journal (a stopping
+    daemon waits for that thread); nothing of the round is saved, and the next round
+    stages every record and seals what a sealer that was never cancelled seals."""
+    import asyncio
+    import threading
+
+    from cryptorun_daemon.hot import sealer as sealer_module
+
+    monkeypatch.setattr(sealer_module, "BATCH_ROWS", 100)
+    monkeypatch.setattr(sealer_module, "iter_chunks", _small_chunks)
+    journal = open_journal(tmp_path / "journal")
+    seqs: dict[str, int] = {}
+    total = write_events(journal, T0, T0 + WINDOW + 60 * S, seqs)
+    clean_journal = open_journal(tmp_path / "clean-journal")
+    write_events(clean_journal, T0, T0 + WINDOW + 60 * S, {})
+    one = sealer(tmp_path / "root", journal, auth=authority())
+    before = one.read_through
+    staged_batches: list[int] = []
+    real_stage, real_stage_tables = one.staging.stage, one.staging.stage_tables
+    first_batch_staged = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def stage(*args: Any, tables: bool = False) -> int:
+        staged_batches.append(1)
+        count = real_stage_tables(*args) if tables else real_stage(*args)
+        loop.call_soon_threadsafe(first_batch_staged.set)
+        if len(staged_batches) == 1:
+            # Hold the thread until the cancellation has reached the sealer.
+            for _ in range(1000):
+                if one._abort.is_set():
+                    break
+                threading.Event().wait(0.01)
+        return count
+
+    monkeypatch.setattr(one.staging, "stage", stage)
+    monkeypatch.setattr(one.staging, "stage_tables", lambda *a: stage(*a, tables=True))
+    task = asyncio.create_task(one.round(T0 + WINDOW + 31 * S))
+    await first_batch_staged.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with one._round_lock:  # the cancelled round's thread has ended
+        pass
+    assert len(staged_batches) == 1  # stopped after its first batch, not total / 100
+    assert total > 10 * 100
+    assert one.read_through == before  # nothing of the cancelled round was saved
+    monkeypatch.setattr(one.staging, "stage", real_stage)
+    monkeypatch.setattr(one.staging, "stage_tables", real_stage_tables)
+    redone = await one.round(T0 + WINDOW + 31 * S)
+    assert redone.windows_sealed == [T0]
+    clean = sealer(tmp_path / "clean", clean_journal, auth=authority())
+    await clean.round(T0 + WINDOW + 31 * S)
+    assert sealed_rows(tmp_path / "root") == sealed_rows(tmp_path / "clean")
+    journal.close()
+    clean_journal.close()
+
+
+async def test_a_sealer_behind_catches_up_in_bounded_rounds_that_save_their_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sealer with a long backlog reads at most ROUND_BYTES per round and saves how far
+    it got (a stop loses at most one round's work); it seals a closed window only in the
+    round that reaches the journal's end, and the partitions it seals then equal those
+    of a sealer that read the whole backlog in one round."""
+    from cryptorun_daemon.hot import sealer as sealer_module
+
+    monkeypatch.setattr(sealer_module, "iter_chunks", _small_chunks)
+    monkeypatch.setattr(sealer_module, "ROUND_BYTES", 64 << 10)
+    journal = open_journal(tmp_path / "journal")
+    write_events(journal, T0, T0 + WINDOW + 60 * S, {})
+    clean_journal = open_journal(tmp_path / "clean-journal")
+    write_events(clean_journal, T0, T0 + WINDOW + 60 * S, {})
+    behind = sealer(tmp_path / "root", journal, auth=authority())
+    now = T0 + WINDOW + 31 * S  # the first window is closed
+    positions = []
+    while True:
+        result = await behind.round(now)
+        positions.append(result.read_through)
+        reborn = sealer(tmp_path / "root", journal, auth=authority())
+        assert reborn.read_through == result.read_through  # saved every round
+        if result.caught_up:
+            break
+        assert result.windows_sealed == []
+        assert len(positions) < 100
+    assert len(positions) > 2
+    assert positions == sorted(positions)
+    assert result.windows_sealed == [T0]
+    assert result.read_through == journal.position()
+    monkeypatch.setattr(sealer_module, "ROUND_BYTES", 1 << 40)
+    clean = sealer(tmp_path / "clean", clean_journal, auth=authority())
+    assert (await clean.round(now)).windows_sealed == [T0]
+    assert sealed_rows(tmp_path / "root") == sealed_rows(tmp_path / "clean")
+    journal.close()
+    clean_journal.close()
