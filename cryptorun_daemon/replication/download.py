@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,15 +59,33 @@ CHUNK: Final = 1 << 20
 _T = TypeVar("_T")
 
 
+class ChunkStream(Protocol):
+    """A file body: ``iter_any`` yields the bytes as they arrive (aiohttp's reader has it)."""
+
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class OpenFile(Protocol):
+    """An open file download; ``content`` starts at ``offset`` in the file."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def etag(self) -> str | None: ...
+
+    @property
+    def content(self) -> ChunkStream: ...
+
+
 class FileSource(Protocol):
-    """Where file bytes come from (``HttpPeer`` in production)."""
+    """Where file bytes come from (``HttpPeer``, or a peer's bucket)."""
 
     region: str
 
     def open_file(
         self, tier: Tier, partition: str, name: str, *, offset: int, expected_hash: str
-    ) -> Any:  # an async context manager yielding a FileStream
-        ...
+    ) -> contextlib.AbstractAsyncContextManager[OpenFile]: ...
 
 
 class ByteCounter:

@@ -29,6 +29,7 @@ What happened is kept per tier in :class:`ReconcileRecord` (the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +47,7 @@ from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.link import BEGINNING_OF_TIME, OPEN_END, PassReport
 from cryptorun_daemon.replication.planner import committed_index, listed, plan_replication
 from cryptorun_daemon.replication.rules import TimeRange
-from cryptorun_daemon.replication.transport_http import HttpPeer
+from cryptorun_daemon.replication.transport_http import FileStream, HttpPeer
 from cryptorun_daemon.runtime.clock import Clock
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
 from cryptorun_daemon.storage.catalog import Catalog
@@ -202,7 +203,7 @@ class ReconcileSource:
 
     def open_file(
         self, tier: Tier, partition: str, name: str, *, offset: int, expected_hash: str
-    ) -> Any:
+    ) -> contextlib.AbstractAsyncContextManager[FileStream]:
         return self.peer.open_file(
             tier,
             partition,

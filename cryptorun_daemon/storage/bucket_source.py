@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Final
 
 from cryptorun_daemon.config import Tier
 from cryptorun_daemon.errors import ReplicationError
@@ -38,17 +39,24 @@ def replication_failure(exc: ObjectStoreError) -> ReplicationError:
     return ReplicationError(str(exc), reason=reason)
 
 
+#: Largest piece one ranged read hands to the downloader (its write batch is 1 MiB too).
+PIECE: Final = 1 << 20
+
+
 class BucketChunks:
-    """The ``content`` of a :class:`BucketFileStream`: ``iter_chunked`` like aiohttp's reader."""
+    """The ``content`` of a :class:`BucketFileStream`: ``iter_any`` like aiohttp's reader."""
 
     def __init__(self, bucket: TierBucket, relative: str, offset: int) -> None:
         self._bucket = bucket
         self._relative = relative
         self._offset = offset
 
-    async def iter_chunked(self, size: int) -> AsyncIterator[bytes]:
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The object's bytes from ``offset`` on, in pieces of at most ``PIECE`` bytes."""
         try:
-            async for piece in self._bucket.stream(self._relative, offset=self._offset, chunk=size):
+            async for piece in self._bucket.stream(
+                self._relative, offset=self._offset, chunk=PIECE
+            ):
                 yield piece
         except ObjectStoreError as exc:
             raise replication_failure(exc) from exc
