@@ -22,6 +22,9 @@ staged files in columnar form (``hot/staged_seal.py``). Memory is therefore
 one batch of decoded rows (``BATCH_ROWS``) plus the selection keys of one
 partition's window, whatever the window length and the rate. Between window
 closes a round runs every ``STAGE_INTERVAL`` seconds while the journal grows.
+A scheduled round of the primary seals closed windows oldest first within
+``SEAL_BUDGET`` seconds (at least one); a backlog is worked off by the rounds
+that follow, one tick apart, each saving its progress.
 
 A replica writes nothing; it treats a window as sealed once warm replication
 has delivered, in every partition the window touches, a sealed manifest that
@@ -115,6 +118,14 @@ BATCH_ROWS = 20_000
 # Between window closes a round runs (and stages) at most this often when the
 # journal has grown; a window close or a role change starts one at once.
 STAGE_INTERVAL = 5.0
+# A primary's scheduled round starts sealing no further window once it has spent
+# this long sealing (it always seals at least one); the rest follow in the next
+# rounds, one tick apart. A round is all-or-nothing (invariant 5) and any of its
+# seals is refused while the etcd lease is short of the safety margin, so a new
+# primary with a long backlog that seals it in one round can lose all of the
+# round to one late heartbeat, redo it from scratch, and never finish on a
+# loaded host (chaos soak, seed 42). Short rounds keep their progress.
+SEAL_BUDGET = 2.0
 
 
 @dataclass
@@ -128,6 +139,8 @@ class RoundResult:
     rows: int = 0
     late_rows: int = 0
     rows_staged: int = 0
+    # Closed windows left for the next round (the primary's seal budget ran out).
+    backlog: bool = False
     read_through: Position = (0, 0)
     deletable_segments: list[int] = field(default_factory=list)
 
@@ -169,6 +182,7 @@ class HotSealer:
         now_ns: Callable[[], int] = time.time_ns,
         check_interval: float = 1.0,
         role_settled: Callable[[], bool] = lambda: True,
+        seal_budget: float = SEAL_BUDGET,
     ) -> None:
         self.region = region
         self.root = root
@@ -182,6 +196,7 @@ class HotSealer:
         self.metrics = metrics
         self.now_ns = now_ns
         self.check_interval = check_interval
+        self.seal_budget = seal_budget
         self.state_path = root / "_state" / "hot" / "sealer.json"
         self.staging = StagingArea(root, region)
         self.sealed: dict[int, Position] = {}
@@ -282,22 +297,33 @@ class HotSealer:
             if (due != done_through or grown) and self.role_settled():
                 last_start = time.monotonic()
                 try:
-                    await self.round(now)
-                    done_through = due
+                    result = await self.round(now, seal_budget=self.seal_budget)
+                    # A backlog left by the seal budget is taken up at the next tick.
+                    done_through = None if result.backlog else due
                     self.last_error = None
                 except Exception as exc:  # retried next tick; the journal is untouched
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.error("hot sealing round failed", exc_info=True)
             await asyncio.sleep(self.check_interval)
 
-    async def round(self, now: int | None = None) -> RoundResult:
-        """One round: stage the journal's new records, seal closed windows, late-fill."""
+    async def round(
+        self, now: int | None = None, *, seal_budget: float | None = None
+    ) -> RoundResult:
+        """One round: stage the journal's new records, seal closed windows, late-fill.
+
+        With ``seal_budget`` (seconds; :meth:`run` passes ``self.seal_budget``) a
+        primary seals closed windows oldest first and starts no further one once
+        sealing has taken that long; ``backlog`` in the result says windows are
+        left. Without it, every closed window is sealed.
+        """
         now = self.now_ns() if now is None else now
         position = self.journal.position()
         segments = self.journal.segments()
         primary, epoch = self.is_warm_primary(), self.epoch()
         try:
-            result = await asyncio.to_thread(self._round, now, position, segments, primary, epoch)
+            result = await asyncio.to_thread(
+                self._round, now, position, segments, primary, epoch, seal_budget=seal_budget
+            )
         except FencedError:
             # The storage fence refused the seal (primacy lost between the role
             # check and the write): counted, and the round is retried as usual.
@@ -319,7 +345,14 @@ class HotSealer:
 
     # ---------------------------------------------------------------- blocking
     def _round(
-        self, now: int, position: Position, segments: list[Segment], primary: bool, epoch: int
+        self,
+        now: int,
+        position: Position,
+        segments: list[Segment],
+        primary: bool,
+        epoch: int,
+        *,
+        seal_budget: float | None = None,
     ) -> RoundResult:
         result = RoundResult(at_ns=now, primary=primary, read_through=position)
         if position < self.read_through:
@@ -342,9 +375,18 @@ class HotSealer:
         _fsync_segments(s.path for s in segments if self.read_through[0] <= s.index)
         sealed = dict(self.sealed)
         limit = self.closed_limit(now)
+        sealing_from = time.monotonic()
         for window in self.staging.windows():
             if window in sealed or window + self.length_ns > limit:
                 continue
+            if (
+                primary
+                and seal_budget is not None
+                and result.windows_sealed
+                and time.monotonic() - sealing_from >= seal_budget
+            ):
+                result.backlog = True  # oldest first: the rest are newer
+                break
             partitions = self.staging.partitions(window)
             if primary:
                 self._seal_window(window, partitions, epoch, result)
