@@ -22,6 +22,9 @@ staged files in columnar form (``hot/staged_seal.py``). Memory is therefore
 one batch of decoded rows (``BATCH_ROWS``) plus the selection keys of one
 partition's window, whatever the window length and the rate. Between window
 closes a round runs every ``STAGE_INTERVAL`` seconds while the journal grows.
+A scheduled round of the primary seals closed windows oldest first within
+``SEAL_BUDGET`` seconds (at least one); a backlog is worked off by the rounds
+that follow, one tick apart, each saving its progress.
 
 A replica writes nothing; it treats a window as sealed once warm replication
 has delivered, in every partition the window touches, a sealed manifest that
@@ -117,6 +120,15 @@ BATCH_ROWS = 20_000
 # Between window closes a round runs (and stages) at most this often when the
 # journal has grown; a window close or a role change starts one at once.
 STAGE_INTERVAL = 5.0
+# A primary's scheduled round starts sealing no further window once it has spent
+# this long sealing (it always seals at least one); the rest follow in the next
+# rounds, one tick apart. A round is all-or-nothing (invariant 5) and any of its
+# seals is refused while the etcd lease is short of the safety margin, so a new
+# primary with a long backlog that seals it in one round can lose all of the
+# round to one late heartbeat, redo it from scratch, and never finish on a
+# loaded host (chaos soak, seed 42). Short rounds keep their progress.
+SEAL_BUDGET = 2.0
+
 # Journal bytes one round reads at most. A sealer that fell behind catches up in
 # rounds of this size, each saving its position (so a stop or a crash loses at most
 # one round's work, and a cancelled round ends within one chunk), instead of one
@@ -140,6 +152,8 @@ class RoundResult:
     rows: int = 0
     late_rows: int = 0
     rows_staged: int = 0
+    # Closed windows left for the next round (the primary's seal budget ran out).
+    backlog: bool = False
     read_through: Position = (0, 0)
     deletable_segments: list[int] = field(default_factory=list)
     caught_up: bool = True  # read to the journal's end (else: ROUND_BYTES reached)
@@ -156,6 +170,7 @@ class RoundResult:
             "read_through": list(self.read_through),
             "segments_deleted": self.deletable_segments,
             "caught_up": self.caught_up,
+            "backlog": self.backlog,
         }
 
 
@@ -183,6 +198,7 @@ class HotSealer:
         now_ns: Callable[[], int] = time.time_ns,
         check_interval: float = 1.0,
         role_settled: Callable[[], bool] = lambda: True,
+        seal_budget: float = SEAL_BUDGET,
     ) -> None:
         self.region = region
         self.root = root
@@ -196,6 +212,7 @@ class HotSealer:
         self.metrics = metrics
         self.now_ns = now_ns
         self.check_interval = check_interval
+        self.seal_budget = seal_budget
         self.state_path = root / "_state" / "hot" / "sealer.json"
         self.staging = StagingArea(root, region)
         self.sealed: dict[int, Position] = {}
@@ -302,22 +319,34 @@ class HotSealer:
             if (due != done_through or grown) and self.role_settled():
                 last_start = time.monotonic()
                 try:
-                    if (await self.round(now)).caught_up:
-                        done_through = due  # else the next tick goes on reading
+                    result = await self.round(now, seal_budget=self.seal_budget)
+                    # Not read to the journal's end (ROUND_BYTES) or closed windows
+                    # left by the seal budget: the next tick goes on.
+                    done_through = due if result.caught_up and not result.backlog else None
                     self.last_error = None
                 except Exception as exc:  # retried next tick; the journal is untouched
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.error("hot sealing round failed", exc_info=True)
             await asyncio.sleep(self.check_interval)
 
-    async def round(self, now: int | None = None) -> RoundResult:
-        """One round: stage the journal's new records, seal closed windows, late-fill."""
+    async def round(
+        self, now: int | None = None, *, seal_budget: float | None = None
+    ) -> RoundResult:
+        """One round: stage the journal's new records, seal closed windows, late-fill.
+
+        With ``seal_budget`` (seconds; :meth:`run` passes ``self.seal_budget``) a
+        primary seals closed windows oldest first and starts no further one once
+        sealing has taken that long; ``backlog`` in the result says windows are
+        left. Without it, every closed window is sealed.
+        """
         now = self.now_ns() if now is None else now
         position = self.journal.position()
         segments = self.journal.segments()
         primary, epoch = self.is_warm_primary(), self.epoch()
         try:
-            result = await asyncio.to_thread(self._round, now, position, segments, primary, epoch)
+            result = await asyncio.to_thread(
+                self._round, now, position, segments, primary, epoch, seal_budget=seal_budget
+            )
         except asyncio.CancelledError:
             # Like a crash: nothing of the round is saved, the next round redoes it
             # (invariants 1 and 8); the thread stops at its next batch boundary.
@@ -345,18 +374,34 @@ class HotSealer:
 
     # ---------------------------------------------------------------- blocking
     def _round(
-        self, now: int, position: Position, segments: list[Segment], primary: bool, epoch: int
+        self,
+        now: int,
+        position: Position,
+        segments: list[Segment],
+        primary: bool,
+        epoch: int,
+        *,
+        seal_budget: float | None = None,
     ) -> RoundResult:
         with self._round_lock:
             self._abort.clear()
-            return self._round_locked(now, position, segments, primary, epoch)
+            return self._round_locked(
+                now, position, segments, primary, epoch, seal_budget=seal_budget
+            )
 
     def _check_abort(self) -> None:
         if self._abort.is_set():
             raise _RoundAbortedError("sealing round cancelled")
 
     def _round_locked(
-        self, now: int, position: Position, segments: list[Segment], primary: bool, epoch: int
+        self,
+        now: int,
+        position: Position,
+        segments: list[Segment],
+        primary: bool,
+        epoch: int,
+        *,
+        seal_budget: float | None = None,
     ) -> RoundResult:
         result = RoundResult(at_ns=now, primary=primary, read_through=position)
         if position < self.read_through:
@@ -383,10 +428,19 @@ class HotSealer:
         _fsync_segments(s.path for s in segments if self.read_through[0] <= s.index)
         sealed = dict(self.sealed)
         limit = self.closed_limit(now)
+        sealing_from = time.monotonic()
         for window in self.staging.windows() if result.caught_up else ():
             if window in sealed or window + self.length_ns > limit:
                 continue
             self._check_abort()
+            if (
+                primary
+                and seal_budget is not None
+                and result.windows_sealed
+                and time.monotonic() - sealing_from >= seal_budget
+            ):
+                result.backlog = True  # oldest first: the rest are newer
+                break
             partitions = self.staging.partitions(window)
             if primary:
                 self._seal_window(window, partitions, epoch, result)

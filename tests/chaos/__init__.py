@@ -10,6 +10,7 @@ Test-harness code, never shipped: ``scripts/chaos.sh --seed N --duration S``
 - ``nemesis.py``: the seeded fault schedule and how each fault is applied;
 - ``history.py``: the JSON-lines history of faults and client operations;
 - ``observer.py``: scrapes ``/metrics`` and ``/v1/status`` during the run;
+- ``journal_archive.py``: copies rolled hot journal segments before the sealer trims them;
 - ``checker.py``: the invariants, judged from history, journals, partitions, epochs;
 - ``report.py``: ``report.json`` and the timeline picture;
 - ``run.py``: the command line tying them together.

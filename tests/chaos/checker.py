@@ -45,14 +45,14 @@ import itertools
 import json
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.chaos.cluster import BOOTSTRAP_PRIMARY, HOT_SLO, REGIONS, WARM_SLO
+from tests.chaos.cluster import BOOTSTRAP_PRIMARY, HOT_SLO, PARTITION_LENGTH, REGIONS, WARM_SLO
 from tests.chaos.history import read_history
+from tests.chaos.journal_archive import ARCHIVE_DIR
 
 EVIDENCE_LIMIT = 20
 INVARIANTS = (
@@ -92,36 +92,57 @@ class Verdict:
 
 
 # -- readers ---------------------------------------------------------------------------
-def journal_lines(root: Path) -> Iterator[bytes]:
-    """Every complete line of a region's hot journal, oldest segment first."""
-    directory = root / "_state" / "hot" / "journal"
-    for segment in sorted(directory.glob("*.jsonl")):
-        data = segment.read_bytes()
-        for line in data.split(b"\n"):
-            if line:
-                yield line
+def segment_files(root: Path, archive: Path | None = None) -> dict[int, Path]:
+    """A region's journal segments by index: the ones left in its storage root, and the
+    harness's archived copy (``journal-archive/REGION``) of every index no longer there."""
+    found: dict[int, Path] = {}
+    for directory in (archive, root / "_state" / "hot" / "journal"):
+        if directory is None or not directory.is_dir():
+            continue
+        for segment in directory.glob("*.jsonl"):
+            if segment.stem.isdigit():
+                found[int(segment.stem)] = segment  # the storage root's copy wins
+    return dict(sorted(found.items()))
 
 
 @dataclass
 class Journal:
-    """One region's journal, decoded: records per (origin, seq) and recorded gaps."""
+    """One region's journal, decoded: records per (origin, seq) and recorded gaps.
+
+    ``unseen`` are the segment indexes below the newest one that neither the storage
+    root nor the archive holds (trimmed by the sealer before the harness copied
+    them); ``origin_seqs[origin][index]`` the (first, last) seq of ``origin`` in each
+    segment read, which places a missing record relative to the unseen segments.
+    """
 
     records: dict[tuple[str, int], list[bytes]] = field(default_factory=lambda: defaultdict(list))
     gaps: list[dict[str, Any]] = field(default_factory=list)
     bodies: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    unseen: list[int] = field(default_factory=list)
+    origin_seqs: dict[str, dict[int, tuple[int, int]]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
 
 
-def read_journal(root: Path) -> Journal:
+def read_journal(root: Path, archive: Path | None = None) -> Journal:
     journal = Journal()
-    for line in journal_lines(root):
-        body = json.loads(line)
-        if "ctl" in body:
-            if body["ctl"] == "gap":
-                journal.gaps.append(body)
-            continue
-        key = (str(body["o"]), int(body["s"]))
-        journal.records[key].append(line)
-        journal.bodies.setdefault(key, body)
+    segments = segment_files(root, archive)
+    if segments:
+        journal.unseen = [i for i in range(1, max(segments)) if i not in segments]
+    for index, segment in segments.items():
+        for line in segment.read_bytes().split(b"\n"):
+            if not line:
+                continue
+            body = json.loads(line)
+            if "ctl" in body:
+                if body["ctl"] == "gap":
+                    journal.gaps.append(body)
+                continue
+            key = (str(body["o"]), int(body["s"]))
+            journal.records[key].append(line)
+            journal.bodies.setdefault(key, body)
+            first, last = journal.origin_seqs[key[0]].get(index, (key[1], key[1]))
+            journal.origin_seqs[key[0]][index] = (min(first, key[1]), max(last, key[1]))
     return journal
 
 
@@ -228,7 +249,9 @@ class RunData:
         self.samples = _jsonl(out / "samples.jsonl")
         self.run = json.loads((out / "run.json").read_text(encoding="utf-8"))
         self.roots = {r: out / "storage" / r for r in REGIONS}
-        self.journals = {r: read_journal(root) for r, root in self.roots.items()}
+        self.journals = {
+            r: read_journal(root, out / ARCHIVE_DIR / r) for r, root in self.roots.items()
+        }
         self.views = {r: sealed_partitions(root) for r, root in self.roots.items()}
 
     def epoch_primaries(self) -> dict[int, set[str]]:
@@ -263,7 +286,7 @@ def check_hot(data: RunData) -> list[Verdict]:
             conflict.append(
                 {"origin": key[0], "seq": key[1], "versions": len(versions), "in": where}
             )
-    durable = 0
+    durable = trimmed = 0
     for origin, own in data.journals.items():
         local = {k: v for k, v in own.records.items() if k[0] == origin}
         durable += len(local)
@@ -277,6 +300,9 @@ def check_hot(data: RunData) -> list[Verdict]:
                     continue
                 if count == 0 and any(_in_gap(key[1], g) for g in gaps):
                     continue
+                if count == 0 and _trimmed(key, own.bodies[key], journal, data.views[region]):
+                    trimmed += 1
+                    continue
                 complete.append(
                     {"origin": origin, "seq": key[1], "region": region, "copies": count}
                 )
@@ -285,16 +311,62 @@ def check_hot(data: RunData) -> list[Verdict]:
                 if problem:
                     gaps_sealed.append({"region": region, **problem})
     total_gaps = sum(len(j.gaps) for j in data.journals.values())
+    unseen = {r: len(j.unseen) for r, j in data.journals.items()}
     return [
         Verdict(
             "hot.complete",
             not complete,
-            f"{durable} origin-durable records × {len(REGIONS) - 1} other regions",
+            f"{durable} origin-durable records × {len(REGIONS) - 1} other regions;"
+            f" journal segments trimmed before the archive copied them {unseen},"
+            f" {trimmed} (record, region) pairs accepted as trimmed from them",
             complete,
         ),
         Verdict("hot.no_conflict", not conflict, f"{len(copies)} distinct (origin, seq)", conflict),
         Verdict("hot.gaps_sealed", not gaps_sealed, f"{total_gaps} recorded gaps", gaps_sealed),
     ]
+
+
+def _trimmed(
+    key: tuple[str, int], body: dict[str, Any], journal: Journal, view: dict[str, Any]
+) -> bool:
+    """Whether a record absent from ``journal`` was in a segment the sealer trimmed there.
+
+    The daemon deletes a segment only once every window its records belong to is
+    sealed at that region (a replica: replication delivered a sealed manifest that
+    lists the window's own file), and only whole segments, oldest first. So the
+    absence is accepted only when (1) a segment of this journal is unseen (trimmed
+    before the harness copied it), (2) the record's seq falls between the origin's
+    seqs in the segments read before and after such an unseen segment (seqs of one
+    origin are journaled in increasing order), and (3) the record's window file
+    (``part-<window start>.parquet``) is in its sealed hour partition at that region.
+    A record missing anywhere else — between two segments that were both read, or
+    with its window not sealed — is lost, and fails ``hot.complete``.
+    """
+    origin, seq = key
+    partition = _hour_partition(body)
+    window = _window_file(body)
+    if not journal.unseen or partition is None or window is None:
+        return False
+    if window not in (view.get(partition) or {}):
+        return False
+    spans = journal.origin_seqs.get(origin, {})
+    for index in journal.unseen:
+        below = [last for i, (_, last) in spans.items() if i < index]
+        above = [first for i, (first, _) in spans.items() if i > index]
+        if max(below, default=-1) < seq < min(above, default=float("inf")):
+            return True
+    return False
+
+
+def _window_file(body: dict[str, Any]) -> str | None:
+    """The sealer's data file for a record's window (``hot/sealer.py`` ``_window_file``)."""
+    fields = body.get("f") or {}
+    ts = fields.get("ts") if isinstance(fields.get("ts"), int) else body.get("i")
+    if not isinstance(ts, int):
+        return None
+    length = int(PARTITION_LENGTH * 1e9)
+    start = datetime.fromtimestamp(ts // length * length / 1e9, UTC)
+    return f"part-{start:%Y%m%dT%H%M%SZ}.parquet"
 
 
 def _gap_end(gap: dict[str, Any]) -> float:

@@ -3,13 +3,17 @@
 Each scrape becomes one line of ``samples.jsonl``::
 
     {"mono", "region", "ok", "ready", "hot_lag", "warm_lag", "records",
-     "role", "epoch", "primary", "started_at"}
+     "role", "epoch", "primary", "started_at", "loop_lag_sum", "loop_lag_count"}
 
 ``hot_lag``/``warm_lag`` are the largest ``cryptorun_replication_lag_seconds``
 of the tier at that region (over sources), ``records`` its own origin's
 ``cryptorun_hot_records_total`` (the report derives the ingest rate), ``role``
 and ``epoch`` what the region says of itself for the warm tier (``role`` 1 =
-primary). A region that does not answer within :data:`SCRAPE_TIMEOUT` gets ``ok: false``.
+primary), ``loop_lag_sum``/``loop_lag_count`` the region's
+``cryptorun_event_loop_lag_seconds`` histogram (how late its event loop ran, which
+explains late lease renewals and slow scrapes on a loaded host; the mean
+lateness between two scrapes is Δsum/Δcount). A region that does not answer
+within :data:`SCRAPE_TIMEOUT` gets ``ok: false``.
 
 Resource handling: one aiohttp session for the whole run, closed on exit;
 the loop runs until its stop event is set. Error handling: any failure of one
@@ -36,7 +40,7 @@ SCRAPE_TIMEOUT = 4.0  # two shared cores under load: a busy daemon answers late,
 def parse_metrics(text: str, region: str) -> dict[str, float | None]:
     """The few numbers the timeline plots, from one exposition."""
     out: dict[str, float | None] = {"hot_lag": None, "warm_lag": None, "records": None}
-    out.update({"role": None, "epoch": None})
+    out.update({"role": None, "epoch": None, "loop_lag_sum": None, "loop_lag_count": None})
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
@@ -54,6 +58,10 @@ def parse_metrics(text: str, region: str) -> dict[str, float | None]:
             elif sample.name == "cryptorun_region_role" and labels.get("tier") == "warm":
                 if labels.get("region") == region:
                     out["role"] = sample.value
+            elif sample.name == "cryptorun_event_loop_lag_seconds_sum":
+                out["loop_lag_sum"] = sample.value
+            elif sample.name == "cryptorun_event_loop_lag_seconds_count":
+                out["loop_lag_count"] = sample.value
             elif sample.name == "cryptorun_failover_epoch" and labels.get("tier") == "warm":
                 out["epoch"] = sample.value
     return out

@@ -31,6 +31,7 @@ import asyncio
 import atexit
 import base64
 import json
+import os
 import shutil
 import signal
 import sys
@@ -57,6 +58,7 @@ from tests.chaos.cluster import (
     faketime_available,
 )
 from tests.chaos.history import History
+from tests.chaos.journal_archive import JournalArchiver
 from tests.chaos.nemesis import Nemesis, make_schedule
 from tests.chaos.observer import Observer
 from tests.chaos.report import print_table, write_report
@@ -143,14 +145,18 @@ async def run_phases(
     schedule = make_schedule(seed, duration)
     dump_json(out / "schedule.json", [f.__dict__ for f in schedule])
     nemesis = Nemesis(cluster, history, observer.primary)
+    archiver = JournalArchiver({r: cluster.storage_root(r) for r in REGIONS}, out)
     timings: dict[str, Any] = {}
     async with asyncio.TaskGroup() as group:
         group.create_task(observer.run(stop))
+        group.create_task(archiver.run(stop))
         group.create_task(supervise(cluster, stop))
         group.create_task(watch_etcd(history, stop))
         try:
             await asyncio.sleep(2)  # a first sample of every region before the first fault
-            history.append("event", event="faults_start", faults=len(schedule))
+            history.append(
+                "event", event="faults_start", faults=len(schedule), load=os.getloadavg()
+            )
             await nemesis.run(schedule, time.monotonic())
         finally:
             await asyncio.to_thread(nemesis.heal_all)
@@ -169,7 +175,7 @@ async def run_phases(
             await asyncio.sleep(0.5)
         for key, ok in settled(observer, history.now()).items():
             timings[f"{key}_at_end_of_settle"] = ok
-        history.append("event", event="settled", **timings)
+        history.append("event", event="settled", load=os.getloadavg(), **timings)
         timings["final_status"] = {r: observer.latest_ok.get(r) for r in REGIONS}
         # etcd as it was when those scrapes were taken: what "after healing" compares with.
         timings["etcd_at_settle"] = await asyncio.to_thread(etcd_tier)
@@ -183,6 +189,7 @@ async def run_phases(
         stop.set()
     timings["nemesis"] = {"counts": dict(nemesis.counts), "errors": nemesis.errors}
     timings["schedule"] = len(schedule)
+    timings["journal_archive"] = {"copies": archiver.copied, "errors": archiver.errors}
     timings["etcd_final"] = etcd_tier()
     return timings
 
@@ -224,7 +231,7 @@ def run(seed: int, duration: float, out: Path) -> int:
         return EXIT_MISSING
     out.mkdir(parents=True, exist_ok=True)
     history = History(out / "history.jsonl")
-    history.append("event", event="start", seed=seed, duration=duration)
+    history.append("event", event="start", seed=seed, duration=duration, load=os.getloadavg())
     cluster = Cluster(out, history, seed=seed)
 
     def teardown() -> None:

@@ -185,3 +185,75 @@ def test_quarantine_sidecars_must_agree_on_findings_not_on_their_stamps(tmp_path
 
     assert verdicts(run_with({EU: 3, US: 3, AP: 3}, "same"))["warm.identical"]
     assert not verdicts(run_with({EU: 3, US: 3, AP: 4}, "other"))["warm.identical"]
+
+
+def set_segments(out: Path, region: str, segments: dict[int, list[str]], where: str = "") -> None:
+    """Replace a region's journal with the given segments (in ``where``: the archive)."""
+    journal = out / "storage" / region / "_state" / "hot" / "journal"
+    directory = out / "journal-archive" / region if where == "archive" else journal
+    if not where:
+        for old in journal.glob("*.jsonl"):
+            old.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    for index, lines in segments.items():
+        (directory / f"{index:010d}.jsonl").write_text("".join(line + "\n" for line in lines))
+
+
+def seal_window(out: Path, window_file: str) -> None:
+    """The hour partition of :func:`record`'s timestamp, sealed with one window's file."""
+    for region in REGIONS:
+        part = (
+            out / "storage" / region / "warm" / "trade" / "venue=kraken" / "symbol=BTC-USD"
+            / "date=2026-11-30" / "hour=00"
+        )  # fmt: skip
+        part.mkdir(parents=True)
+        (part / window_file).write_bytes(b"data")
+        (part / "_manifest.json").write_text(json.dumps({"writer_region": EU, "epoch": 1}))
+        (part / "_SUCCESS").write_text("")
+
+
+# record()'s ts, 2026-11-30T00:53:20Z, starts a 20-second window.
+WINDOW_FILE = "part-20261130T005320Z.parquet"
+
+
+def trimmed_run(out: Path, us_segments: dict[int, list[str]], window_file: str | None) -> Path:
+    """eu-central's records 1–6 in two segments everywhere but at us-east."""
+    eu = {1: [record(EU, s) for s in (1, 2, 3)], 2: [record(EU, s) for s in (4, 5, 6)]}
+    write_run(out, {})
+    for region in (EU, AP):
+        set_segments(out, region, eu)
+    set_segments(out, US, us_segments)
+    if window_file is not None:
+        seal_window(out, window_file)
+    return out
+
+
+def test_records_trimmed_with_their_window_sealed_pass_and_lost_records_still_fail(
+    tmp_path: Path,
+) -> None:
+    """us-east's first segment is gone (the sealer trimmed it before the harness copied
+    it): eu-central's records 1–3, which sat before its segment 2, pass hot.complete only
+    when their window's file is sealed at us-east. A record missing between records the
+    checker can read (seq 5) is lost, sealed window or not; so are the trimmed records
+    when their window is not sealed there or only another window's file is."""
+    after_trim = {2: [record(EU, s) for s in (4, 5, 6)], 3: []}
+    result = verdicts(trimmed_run(tmp_path / "sealed", after_trim, WINDOW_FILE))
+    assert result["hot.complete"], result
+    assert result["warm.identical"]
+    assert not verdicts(trimmed_run(tmp_path / "unsealed", after_trim, None))["hot.complete"]
+    other_window = "part-20261130T005300Z.parquet"
+    assert not verdicts(trimmed_run(tmp_path / "other", after_trim, other_window))["hot.complete"]
+    lost = {2: [record(EU, s) for s in (4, 6)], 3: []}
+    assert not verdicts(trimmed_run(tmp_path / "lost", lost, WINDOW_FILE))["hot.complete"]
+
+
+def test_archived_copies_of_trimmed_segments_are_read(tmp_path: Path) -> None:
+    """A segment trimmed from the storage root but copied by the harness's journal archive
+    is read back: its records count as present (no sealed window needed), and a copy
+    missing a record fails hot.complete."""
+    out = trimmed_run(tmp_path / "full", {2: [record(EU, s) for s in (4, 5, 6)], 3: []}, None)
+    set_segments(out, US, {1: [record(EU, s) for s in (1, 2, 3)]}, where="archive")
+    assert verdicts(out)["hot.complete"]
+    out = trimmed_run(tmp_path / "short", {2: [record(EU, s) for s in (4, 5, 6)], 3: []}, None)
+    set_segments(out, US, {1: [record(EU, s) for s in (1, 3)]}, where="archive")
+    assert not verdicts(out)["hot.complete"]
