@@ -16,8 +16,11 @@ Phases (each logged to the history as an ``event``):
 
 Exit status: 0 every invariant holds, 1 a violation, 3 a missing capability
 (not root, no etcd, no libfaketime; with ``CI=true`` the caller must treat
-this as a failure). ``--cleanup`` removes namespaces and mounts left by a
-killed run and exits. ``--check-only OUT`` re-runs the checker on a finished run.
+this as a failure), 4 another chaos run on this host holds the cluster's
+namespaces (runs take :data:`RUN_LOCK`; a second run used to tear the first
+one's cluster down on its way out). ``--cleanup`` removes namespaces and
+mounts left by a killed run and exits (4 while a live run holds the lock).
+``--check-only OUT`` re-runs the checker on a finished run.
 
 Resource handling: namespaces, mounts and processes are removed in a
 ``finally`` block and again by ``atexit``, so neither a violation nor an
@@ -30,6 +33,7 @@ import argparse
 import asyncio
 import atexit
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -65,6 +69,43 @@ from tests.chaos.report import print_table, write_report
 
 EXIT_VIOLATION = 1
 EXIT_MISSING = 3
+EXIT_BUSY = 4
+#: Held (flock) by a live run or ``--cleanup``: the namespaces, veth addresses and
+#: mount points are fixed names, so two runs on one host would share them.
+RUN_LOCK = Path(tempfile.gettempdir()) / "cryptorun-chaos.lock"
+
+
+def hold_run_lock() -> int | None:
+    """Take :data:`RUN_LOCK` without waiting: the open descriptor, or None if held.
+
+    The lock lives as long as the process (the descriptor is never closed), so a
+    killed run frees it at once and ``--cleanup`` can then remove what it left.
+    """
+    fd = os.open(RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def busy(what: str) -> int:
+    """Say that another run holds the cluster (with its pid) and return :data:`EXIT_BUSY`."""
+    try:
+        holder = RUN_LOCK.read_text(encoding="utf-8").strip() or "?"
+    except OSError:
+        holder = "?"
+    print(
+        f"chaos: {what}: another chaos run (pid {holder}) holds {RUN_LOCK}; "
+        "its namespaces and mounts are in use — wait for it or stop it first",
+        flush=True,
+    )
+    return EXIT_BUSY
+
+
 SETTLE_TIMEOUT = 4 * WARM_SLO + 30
 FRESH_SAMPLE = 5.0
 CONVERGE_TIMEOUT = 3 * WARM_SLO + 30
@@ -304,11 +345,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cleanup", action="store_true", help="remove leftover namespaces/mounts")
     parser.add_argument("--check-only", type=Path, metavar="OUT", help="re-check a finished run")
     args = parser.parse_args(argv)
+    if args.check_only:
+        sys.exit(judge(args.check_only))
+    if hold_run_lock() is None:
+        sys.exit(busy("--cleanup refused" if args.cleanup else "cannot start"))
     if args.cleanup:
         print(json.dumps(netns.cleanup()))
         sys.exit(0)
-    if args.check_only:
-        sys.exit(judge(args.check_only))
     out = args.out or Path(tempfile.mkdtemp(prefix=f"cryptorun-chaos-seed{args.seed}-"))
     sys.exit(run(args.seed, args.duration, out.resolve()))
 
