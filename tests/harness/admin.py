@@ -12,6 +12,8 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.harness.wait import eventually
+
 TOKEN = "test-token-0123456789abcdef"
 
 
@@ -65,3 +67,25 @@ async def sync_now(
         doc = await resp.json()
     [report] = doc["passes"]
     return dict(report)
+
+
+async def seal_when_accepted(
+    session: aiohttp.ClientSession, base_url: str, tier: str, partition: str
+) -> None:
+    """``POST /v1/partitions/seal`` until it answers 200: a primary refuses (503) until
+    the regions have confirmed their roles with each other. Fails the test after 30 s
+    with the last answer."""
+    answers: list[str] = []
+
+    async def sealed() -> bool:
+        async with session.post(
+            f"{base_url}/v1/partitions/seal",
+            json={"tier": tier, "partition": partition},
+            headers=auth_headers(),
+        ) as resp:
+            answers.append(await resp.text())
+            return resp.status == 200
+
+    await eventually(
+        sealed, f"the seal of {tier}/{partition}", timeout=30, detail=lambda: answers[-1:]
+    )

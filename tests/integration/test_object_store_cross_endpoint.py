@@ -19,8 +19,8 @@ from cryptorun_daemon.config import ObjectStoreTier
 from cryptorun_daemon.storage.bucket_commit import BucketFence
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, PartitionKey, object_key
 from cryptorun_daemon.storage.object_store import TierBucket
-from tests.harness.admin import auth_headers, metric
-from tests.harness.daemons import RegionSpec, run_daemon_process, two_regions
+from tests.harness.admin import metric, seal_when_accepted
+from tests.harness.daemons import run_daemon_process, two_regions
 from tests.harness.s3 import (
     TEST_ACCESS_KEY,
     TEST_SECRET_KEY,
@@ -71,22 +71,6 @@ def _big_partition(root: Path, key: PartitionKey, rows: int) -> int:
     return (directory / DATA).stat().st_size
 
 
-async def _seal(http: aiohttp.ClientSession, spec: RegionSpec, key: PartitionKey) -> None:
-    answers: list[str] = []
-
-    async def sealed() -> bool:
-        # Refused (503) until the regions have confirmed their roles with each other.
-        async with http.post(
-            f"{spec.base_url}/v1/partitions/seal",
-            json={"tier": "cold", "partition": key.relpath},
-            headers=auth_headers(),
-        ) as resp:
-            answers.append(await resp.text())
-            return resp.status == 200
-
-    await eventually(sealed, f"the seal of {key.relpath}", timeout=30, detail=lambda: answers[-1:])
-
-
 async def _exists(bucket: TierBucket, relative: str) -> bool:
     return await bucket.head(relative) is not None
 
@@ -120,7 +104,7 @@ async def test_replica_streams_bucket_to_bucket_across_endpoints_and_refuses_a_c
             aiohttp.ClientSession() as http,
         ):
             size = _big_partition(a.storage_root, GOOD, 200_000)  # ~11 MB: three parts
-            await _seal(http, a, GOOD)
+            await seal_when_accepted(http, a.base_url, "cold", GOOD.relpath)
             await eventually(
                 lambda: _exists(b_bucket, object_key(GOOD, SUCCESS_MARKER)),
                 "the partition in B's bucket",
@@ -145,7 +129,7 @@ async def test_replica_streams_bucket_to_bucket_across_endpoints_and_refuses_a_c
             db.proc.send_signal(signal.SIGSTOP)
             try:
                 _big_partition(a.storage_root, CORRUPT, 100_000)
-                await _seal(http, a, CORRUPT)
+                await seal_when_accepted(http, a.base_url, "cold", CORRUPT.relpath)
                 await eventually(
                     lambda: _exists(a_bucket, object_key(CORRUPT, SUCCESS_MARKER)),
                     "the second partition in A's bucket",

@@ -17,7 +17,7 @@ import pytest
 from cryptorun_daemon.storage.bucket_commit import BucketFence
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, PartitionKey, object_key
 from cryptorun_daemon.storage.object_store import TierBucket
-from tests.harness.admin import auth_headers, metric
+from tests.harness.admin import auth_headers, metric, seal_when_accepted
 from tests.harness.daemons import (
     RegionSpec,
     run_daemon_process,
@@ -95,19 +95,7 @@ async def test_sealed_cold_partition_lands_in_both_regions_buckets(
         aiohttp.ClientSession() as http,
     ):
         write_trade_partition(a.storage_root, KEY, rows=2000, files=2)
-        answers: list[str] = []
-
-        async def sealed() -> bool:
-            # Refused (503) until the regions have confirmed their roles with each other.
-            async with http.post(
-                f"{a.base_url}/v1/partitions/seal",
-                json={"tier": "cold", "partition": KEY.relpath},
-                headers=auth_headers(),
-            ) as resp:
-                answers.append(await resp.text())
-                return resp.status == 200
-
-        await eventually(sealed, "the seal at A", timeout=30, detail=lambda: answers[-1:])
+        await seal_when_accepted(http, a.base_url, "cold", KEY.relpath)
 
         await eventually(lambda: _has_success(a_bucket), "the partition in A's bucket", timeout=30)
         await eventually(lambda: _has_success(b_bucket), "the partition in B's bucket", timeout=60)
@@ -173,18 +161,7 @@ async def test_a_late_commit_after_a_newer_epoch_reached_the_bucket_is_refused_b
         # The promoted region's claim, written straight into the shared bucket.
         await BucketFence(bucket).claim(2, "us-east")
         write_trade_partition(a.storage_root, KEY, rows=500)
-        answers: list[str] = []
-
-        async def sealed() -> bool:
-            async with http.post(
-                f"{a.base_url}/v1/partitions/seal",
-                json={"tier": "cold", "partition": KEY.relpath},
-                headers=auth_headers(),
-            ) as resp:
-                answers.append(await resp.text())
-                return resp.status == 200
-
-        await eventually(sealed, "the seal at A", timeout=30, detail=lambda: answers[-1:])
+        await seal_when_accepted(http, a.base_url, "cold", KEY.relpath)
 
         async def refused() -> bool:
             async with http.get(f"{a.base_url}/v1/status", headers=auth_headers()) as resp:
@@ -244,16 +221,7 @@ async def test_kill_9_mid_multipart_then_restart_resumes_without_resending_parts
         try:
             await wait_until_ready(a.base_url, proc=proc, log_path=a.directory / "a-crash.log")
             size = _big_partition(a.storage_root, 12 << 20)
-
-            async def sealed() -> bool:
-                async with http.post(
-                    f"{a.base_url}/v1/partitions/seal",
-                    json={"tier": "cold", "partition": KEY.relpath},
-                    headers=auth_headers(),
-                ) as resp:
-                    return resp.status == 200
-
-            await eventually(sealed, "the seal at A", timeout=30)
+            await seal_when_accepted(http, a.base_url, "cold", KEY.relpath)
             await eventually(lambda: proc.poll() is not None, "A to die at the fail point")
             assert proc.returncode == 86
         finally:
