@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from cryptorun_daemon.config import ACTIVE_PASSIVE_TIERS
 from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.runtime.failpoints import failpoint
@@ -22,12 +24,15 @@ from cryptorun_daemon.storage.change_feed import note_sealed
 from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, parse_partition_dir
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, compute_manifest, read_manifest
+from cryptorun_daemon.storage.quarantine_sidecar import prune_sidecar
 from cryptorun_daemon.storage.superseded import keep_superseded_manifest
 from cryptorun_daemon.storage.write_fence import (
     check_seal,
     read_fence,
     storage_root_of,
 )
+
+log = structlog.get_logger(__name__)
 
 
 def is_sealed(partition_dir: Path) -> bool:
@@ -140,7 +145,12 @@ def write_seal(
     sealer's and the replica's commits are told apart). A warm/cold seal is
     then recorded in the storage root's change feed
     (:mod:`cryptorun_daemon.storage.change_feed`), which replicas follow.
+    Before the manifest, the quarantine sidecar forgets files this version
+    does not list (:func:`~cryptorun_daemon.storage.quarantine_sidecar.prune_sidecar`).
     """
+    dropped = prune_sidecar(partition_dir, {entry.name for entry in manifest.files})
+    if dropped:
+        log.info("quarantine sidecar pruned", partition=manifest.partition, files=dropped)
     atomic_write_bytes(partition_dir / MANIFEST_NAME, manifest.to_bytes())
     failpoint(after_manifest)
     atomic_write_bytes(partition_dir / SUCCESS_MARKER, b"")

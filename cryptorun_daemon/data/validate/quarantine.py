@@ -33,9 +33,9 @@ from cryptorun_daemon.storage.quarantine_record import (
     error_record_path,
     write_quarantine_record,
 )
+from cryptorun_daemon.storage.quarantine_sidecar import SIDECAR_NAME
 from cryptorun_daemon.timefmt import format_rfc3339
 
-SIDECAR_NAME: Final = "_quarantine.json"
 RELEASED_SUFFIX: Final = ".released.json"
 SIDECAR_VERSION: Final = 1
 MAX_EXAMPLES: Final = 5
