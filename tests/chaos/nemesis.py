@@ -17,6 +17,8 @@ Fault kinds (:data:`KINDS`), each applied by :class:`Nemesis`:
 ``isolate``        a region's veths to both peers and etcd down
 ``isolate_etcd``   the primary's veth to etcd down (peers still reachable)
 ``split``          2/1 split: one region's veths to both peers down
+``one_way``        a directed region pair: what one region sends to the other is
+                   dropped by its kernel (a blackhole route), the reverse passes
 ``slow_link``      latency and a bandwidth cap on a region pair (fault proxies)
 ``stall_link``     a region pair forwards nothing (connections stay open)
 ``half_open``      a directed link drops its open connections' upstream silently
@@ -59,6 +61,7 @@ KINDS = (
     "isolate",
     "isolate_etcd",
     "split",
+    "one_way",
     "slow_link",
     "stall_link",
     "half_open",
@@ -107,7 +110,7 @@ def _draw(rng: random.Random, kind: str) -> tuple[float, dict[str, Any]]:
         return rng.uniform(1.0, 8.0), {}
     if kind == "pause_primary":
         return LEASE_TTL * rng.uniform(2.0, 3.0), {}
-    if kind in ("isolate", "isolate_etcd", "split"):
+    if kind in ("isolate", "isolate_etcd", "split", "one_way"):
         return rng.uniform(3.0, 12.0), {}
     if kind == "slow_link":
         return rng.uniform(4.0, 15.0), {
@@ -141,6 +144,7 @@ class Nemesis:
         self.primary = primary
         self.echo = echo
         self.link_down: Counter[tuple[int, int]] = Counter()
+        self.one_way: Counter[tuple[int, int]] = Counter()  # directed (src, dst) node pairs
         self.stalls: Counter[tuple[str, str]] = Counter()
         self.fills: dict[int, Any] = {}
         self.clock_jumps: dict[str, int] = {}
@@ -190,7 +194,7 @@ class Nemesis:
         if fault.kind in ("slow_link", "stall_link"):
             pairs = [(a, b) for a in regions for b in regions if a < b]
             return pairs[fault.pick % len(pairs)]
-        if fault.kind == "half_open":
+        if fault.kind in ("half_open", "one_way"):
             links = [(a, b) for a in regions for b in regions if a != b]
             return links[fault.pick % len(links)]
         if fault.kind == "failover":
@@ -268,6 +272,22 @@ class Nemesis:
         node = node_of(region)
         pairs = [_pair(node, node_of(r)) for r in REGIONS if r != region]
         return await asyncio.to_thread(self._links_down, pairs)
+
+    def _one_way_on(self, link: tuple[int, int]) -> Callable[[], None]:
+        self.one_way[link] += 1
+        if self.one_way[link] == 1:
+            netns.set_one_way(*link, blocked=True)
+
+        def heal() -> None:
+            self.one_way[link] -= 1
+            if self.one_way[link] == 0:
+                netns.set_one_way(*link, blocked=False)
+
+        return heal
+
+    async def _one_way(self, fault: Fault, link: tuple[str, str]) -> Callable[[], None]:
+        src, dst = link
+        return await asyncio.to_thread(self._one_way_on, (node_of(src), node_of(dst)))
 
     async def _proxy(self, region: str, link: str, change: dict[str, Any]) -> None:
         path = str(self.cluster.proxy_socket(region))
@@ -358,6 +378,9 @@ class Nemesis:
         for pair in [p for p, n in self.link_down.items() if n > 0]:
             netns.set_link(*pair, up=True)
             self.link_down[pair] = 0
+        for link in [p for p, n in self.one_way.items() if n > 0]:
+            netns.set_one_way(*link, blocked=False)
+            self.one_way[link] = 0
         for region in REGIONS:
             for peer in REGIONS:
                 if peer != region:

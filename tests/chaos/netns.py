@@ -12,7 +12,11 @@ Topology (all inside 10.231.0.0/16, used by nothing else):
 
 A partition takes the veth of a pair down (a real network event: the kernel
 drops the connected route, sockets see ``ENETUNREACH``/time-outs); healing
-brings it up again and re-adds the address routes.
+brings it up again and re-adds the address routes. A one-way partition adds a
+``blackhole`` host route in one namespace for the peer's address on their
+link: packets from that side are dropped by the kernel, packets from the other
+side still arrive (an asymmetric routing failure; TCP's handshakes and ACKs
+then fail in both directions, datagrams and already-sent segments do not).
 
 Error handling: every ``ip`` failure raises :class:`NetnsError` with the
 command and its stderr. Resource handling: :func:`cleanup` deletes every
@@ -106,6 +110,21 @@ def set_link(a: int, b: int, *, up: bool) -> None:
     state = "up" if up else "down"
     for node, peer in ((a, b), (b, a)):
         _in_ns(node, "ip", "link", "set", veth(node, peer), state)
+
+
+def set_one_way(src: int, dst: int, *, blocked: bool) -> None:
+    """Drop (``blocked``) or pass again what node ``src`` sends to node ``dst`` on their link.
+
+    A ``blackhole`` host route in ``src``'s namespace; ``dst``'s packets to
+    ``src`` are untouched.
+    """
+    blackhole(ns_name(src), address(dst, src), blocked=blocked)
+
+
+def blackhole(namespace: str, destination: str, *, blocked: bool) -> None:
+    """Add (``blocked``) or remove a blackhole host route to ``destination`` in ``namespace``."""
+    verb = "add" if blocked else "del"
+    _run("ip", "netns", "exec", namespace, "ip", "route", verb, "blackhole", f"{destination}/32")
 
 
 def cleanup_namespaces() -> list[str]:

@@ -33,6 +33,7 @@ COLOURS = {
     "slow_link": "#bcbd22",
     "stall_link": "#ff7f0e",
     "half_open": "#e377c2",
+    "one_way": "#aec7e8",
     "enospc": "#7f7f7f",
     "clock_jump": "#8c564b",
     "failover": "#000000",
