@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -65,7 +66,9 @@ def build_app(
     )
 
     async def metrics(_: web.Request) -> web.Response:
-        body = daemon.metrics.exposition()
+        # Rendering grows with the label sets (50 kB, 20-200 ms on a loaded host); off the
+        # loop it no longer delays lease renewals (prometheus_client copies under its locks).
+        body = await asyncio.to_thread(daemon.metrics.exposition)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:

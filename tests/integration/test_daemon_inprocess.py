@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -78,6 +79,27 @@ async def test_two_daemons_in_one_process_keep_separate_metrics(tmp_path: Path) 
     assert 'cryptorun_hot_records_total{origin="eu-central",region="eu-central"} 5.0' in a_text
     assert 'cryptorun_hot_records_total{origin="eu-central",region="us-east"} 0.0' in b_text
     assert 'eu-central",region="eu-central"' not in b_text
+
+
+async def test_metrics_are_rendered_off_the_event_loop(tmp_path: Path) -> None:
+    """``/metrics`` renders the registry in a worker thread, not on the loop that renews
+    the lease (a render takes up to 200 ms on a loaded host, found by the chaos soak)."""
+    spec, _ = two_regions(tmp_path)
+    async with run_daemon(spec.write()) as daemon:
+        threads: list[int] = []
+        render = daemon.metrics.exposition
+
+        def recording() -> bytes:
+            threads.append(threading.get_ident())
+            return render()
+
+        daemon.metrics.exposition = recording  # type: ignore[method-assign]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{spec.base_url}/metrics") as resp:
+                assert resp.status == 200
+                assert "cryptorun_hot_records_total" in await resp.text()
+    assert threads
+    assert threading.get_ident() not in threads
 
 
 async def test_crashing_worker_restarts_and_daemon_stays_up(tmp_path: Path) -> None:
