@@ -28,9 +28,9 @@ TIMEOUT = 420
 @pytest.mark.slow
 def test_seeded_chaos_run_passes_every_invariant(tmp_path: Path) -> None:
     """Seed 7, three minutes of overlapping faults of every kind (kill -9, fail-point kill,
-    SIGSTOP, primary paused past its lease, region and etcd isolation, 2/1 split, one-way partition, slow,
-    stalled and half-open links, ENOSPC, clock jump, operator failover): after healing, the
-    checker finds every invariant of docs/RELIABILITY.md holding."""
+    SIGSTOP, primary paused past its lease, region and etcd isolation, 2/1 split, one-way
+    partition, slow, stalled and half-open links, ENOSPC, clock jump, operator failover):
+    after healing, the checker finds every invariant of docs/RELIABILITY.md holding."""
     missing = missing_capabilities()
     if missing:
         missing_tool("chaos suite cannot run: " + "; ".join(missing))

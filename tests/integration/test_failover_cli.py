@@ -7,17 +7,15 @@ notifies the other, a region that was down learns it when it comes back.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.harness.admin import TOKEN, auth_headers, post_failover
+from tests.harness.cli import cli as run_cli_async
 from tests.harness.daemons import RegionSpec, run_daemon_process, stop_process, two_regions
 from tests.harness.wait import eventually
 
@@ -36,16 +34,8 @@ def regions(tmp_path: Path) -> tuple[RegionSpec, RegionSpec]:
 
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real console entry point in a subprocess."""
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "cryptorun_daemon", "replication", "failover", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+    """``cryptorun replication failover ARGS`` in a subprocess."""
+    return await run_cli_async("replication", "failover", *args, env=env)
 
 
 async def metrics_of(http: aiohttp.ClientSession, base_url: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.harness.cli import run_cli as cli
 from tests.harness.daemons import (
     STEADY_HOT,
     SYNTHETIC_FEED,
@@ -186,16 +187,6 @@ async def test_full_disk_drops_and_counts_then_resumes_without_restart(tmp_path:
         finally:
             stop_process(proc)
     assert "hot journal writes resumed" in log_path.read_text(errors="replace")
-
-
-def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cryptorun_daemon", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
 
 
 async def test_damaged_journal_exits_2_and_salvage_lets_it_start(tmp_path: Path) -> None:

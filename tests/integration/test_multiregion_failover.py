@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -37,7 +34,8 @@ from cryptorun_daemon.config import Tier
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.layout import PartitionKey
 from cryptorun_daemon.storage.seal import seal_partition
-from tests.harness.admin import TOKEN, auth_headers, metric, sync_now
+from tests.harness.admin import auth_headers, metric, sync_now
+from tests.harness.cli import operator_cli
 from tests.harness.daemons import (
     DaemonProcess,
     RegionSpec,
@@ -109,19 +107,6 @@ def _sealed(root: Path, tier: Tier) -> dict[str, bytes]:
         m.partition: (root / tier / m.partition / "_manifest.json").read_bytes()
         for m in Catalog(root).sealed_manifests(tier)
     }
-
-
-async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the real console entry point in a subprocess (exit code, stdout, stderr)."""
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "cryptorun_daemon", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "CRYPTORUN_ADMIN_TOKEN": TOKEN},
-    )
 
 
 async def _finding_counts(
@@ -238,7 +223,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
             await wait_until_ready(a.base_url, proc=a_proc, log_path=a_config.with_suffix(".log"))
 
             # --- 1. simulate (CLI), then execute the plan (direct API) ---------------
-            sim = await _cli(
+            sim = await operator_cli(
                 "replication",
                 "simulate",
                 "--from",
@@ -258,7 +243,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
             assert plan["summary"]["partitions"] == BEHIND_HOURS
             assert plan["summary"]["in_sync"] == 24 - BEHIND_HOURS
             assert {p["action"] for s in plan["steps"] for p in s["partitions"]} == {"copy"}
-            cold_sim = await _cli(
+            cold_sim = await operator_cli(
                 "replication",
                 "simulate",
                 "--from",
@@ -300,7 +285,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
 
         race = await asyncio.gather(
             *(
-                _cli(
+                operator_cli(
                     "replication",
                     "failover",
                     "--config",
@@ -320,7 +305,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         loser = next(r for r in race if r.returncode == 1)
         assert "409 conflict" in loser.stderr
         assert "us-east is already primary" in loser.stderr
-        cold = await _cli(
+        cold = await operator_cli(
             "replication",
             "failover",
             "--config",
@@ -344,7 +329,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         new_b = [_key("warm", NEXT + timedelta(hours=h)) for h in (1, 2)] + [_key("cold", NEXT)]
         for index, key in enumerate(new_b):
             write_trade_partition(b.storage_root, key, rows=ROWS, origin=B, seed=500 + index)
-        sealed = await _cli(
+        sealed = await operator_cli(
             "partitions",
             "seal",
             "--config",
@@ -372,7 +357,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         # Fenced from sealing: the CLI exits 1, the storage API answers 409 and counts it.
         attempt = _key("warm", NEXT + timedelta(hours=4))
         write_trade_partition(a.storage_root, attempt, rows=ROWS, origin=A, seed=950)
-        refused = await _cli(
+        refused = await operator_cli(
             "partitions",
             "seal",
             "--config",
@@ -491,7 +476,7 @@ async def test_failover_fences_the_old_primary_and_reconciles_on_rejoin(
         bad = _key("warm", NEXT + timedelta(hours=5))
         _skewed_and_broken_partition(b.storage_root, bad)
         # No --epoch: the CLI stamps the tier's current epoch from B's fence.
-        sealed = await _cli(
+        sealed = await operator_cli(
             "partitions", "seal", "--config", str(b_config), str(bad.directory(b.storage_root))
         )
         assert sealed.returncode == 0, sealed.stdout + sealed.stderr

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -26,8 +24,8 @@ import aiohttp
 import pytest
 
 from cryptorun_daemon.storage.layout import PartitionKey
+from tests.harness.cli import operator_cli
 from tests.harness.daemons import (
-    TOKEN,
     RegionSpec,
     auth_headers,
     free_port,
@@ -297,18 +295,6 @@ async def test_file_deleted_on_the_replica_is_repaired_by_anti_entropy(tmp_path:
         a.stop()
 
 
-async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "cryptorun_daemon", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "CRYPTORUN_ADMIN_TOKEN": TOKEN},
-    )
-
-
 async def test_failover_mid_feed_continues_from_the_new_primary_without_loss(
     tmp_path: Path,
 ) -> None:
@@ -328,7 +314,7 @@ async def test_failover_mid_feed_continues_from_the_new_primary_without_loss(
             await _seal(a, hour)
         await _holds(b, 4)
         a.kill()
-        promoted = await _cli(
+        promoted = await operator_cli(
             "replication",
             "failover",
             "--config",
