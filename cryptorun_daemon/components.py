@@ -59,6 +59,15 @@ def build_components(ctx: DaemonContext) -> list[Component]:
         role_settled=lambda: (
             not failover.not_ready_reasons() and failover.write_refusal("warm") is None
         ),
+        # What it seals gets the row checks replicas run on each pulled file, never
+        # strict: the primary's own journal is not refused, its bad rows are listed.
+        seal_validator=partition_validator(
+            region=config.region,
+            config=config.validation,
+            metrics=ctx.metrics,
+            storage_root=config.storage.root,
+            strict=False,
+        ),
     )
     # Quarantine counts for /v1/status, recounted off the event loop.
     quarantine = QuarantineStatus(ctx)

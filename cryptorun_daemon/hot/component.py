@@ -24,6 +24,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -129,6 +130,7 @@ class HotComponent:
         is_warm_primary: Callable[[], bool] | None = None,
         epoch: Callable[[], int] | None = None,
         role_settled: Callable[[], bool] | None = None,
+        seal_validator: Callable[[Path, str, str], Any] | None = None,
     ) -> None:
         self.ctx = ctx
         cfg = ctx.config
@@ -173,6 +175,7 @@ class HotComponent:
             epoch=epoch or (lambda: 0),
             metrics=ctx.metrics,
             role_settled=role_settled or (lambda: True),
+            validate=seal_validator,
         )
         self.clients: dict[str, MirrorClient] = {}
         for peer, url in cfg.peers.items():

@@ -199,8 +199,12 @@ class HotSealer:
         check_interval: float = 1.0,
         role_settled: Callable[[], bool] = lambda: True,
         seal_budget: float = SEAL_BUDGET,
+        validate: Callable[[Path, str, str], Any] | None = None,
     ) -> None:
         self.region = region
+        # The same row checks replicas run on every pulled file (sidecar, counts): without
+        # them the primary would serve rows that every replica's readers drop.
+        self.validate = validate
         self.root = root
         self.journal = journal
         self.authority = authority
@@ -653,8 +657,22 @@ class HotSealer:
                 continue
             result.rows += written
             failpoint("seal.after_data")
+            self._validate(directory / name, dataset)
             pw.seal(directory, writer_region=self.region, epoch=epoch)
             result.partitions.append(str(directory.relative_to(self.root)))
+
+    def _validate(self, path: Path, dataset: str) -> None:
+        """Row findings of a file about to be sealed go to its sidecar, as at every replica.
+
+        Error handling: a file the validator moved to quarantine (it cannot be
+        judged row by row: a bug in our own writer) fails the round with
+        :class:`StorageError`; nothing is sealed without it and the journal is kept.
+        """
+        if self.validate is None:
+            return
+        verdict = self.validate(path, dataset, "warm")
+        if not verdict.ok:
+            raise StorageError(f"the sealer's own file {path} failed validation: {verdict.detail}")
 
     def _late_fill(self, rows: list[pw.Row], name: str, epoch: int, result: RoundResult) -> None:
         for directory, group in sorted(self._groups(rows).items()):
@@ -668,6 +686,7 @@ class HotSealer:
                 continue
             pw.write_file(directory, name, chosen)
             failpoint("late.after_data")
+            self._validate(directory / name, group[0].dataset)
             pw.seal(directory, writer_region=self.region, epoch=epoch)
             result.late_rows += len(chosen)
             result.partitions.append(str(directory.relative_to(self.root)))
