@@ -66,6 +66,7 @@ from cryptorun_daemon.replication.planner import (
     plan_replication,
 )
 from cryptorun_daemon.replication.reconcile import (
+    DivergenceWalk,
     ReconcileLink,
     ReconcileRecord,
     ReconcileSource,
@@ -155,6 +156,9 @@ class WarmColdComponent:
         }
         # Set after the first scrub round: links compare digests only from then on.
         self._index_ready = asyncio.Event()
+        # Set after the first divergence walk (in the background after start):
+        # pull links start their first pass only then.
+        self._divergence_checked = asyncio.Event()
         self._topology_changed = asyncio.Event()
         self._topology_changed.set()  # the first round runs at start
         self._own_session: aiohttp.ClientSession | None = None
@@ -176,7 +180,11 @@ class WarmColdComponent:
     async def start(self) -> None:
         for tier in ACTIVE_PASSIVE_TIERS:
             (self.root / tier).mkdir(parents=True, exist_ok=True)
-        await self.refresh_topology()
+        # The links the topology calls for exist from the start (status and
+        # ``sync`` see them), but readiness never waits for the divergence walk:
+        # it runs in the topology worker's first round, and pull links wait for
+        # it before their first pass (``_divergence_checked``).
+        await self._match_links()
         self.ctx.supervisor.spawn("replication:topology", self._follow_topology)
         self.ctx.supervisor.spawn("replication:scrub", self._scrub_forever)
         self._started = True
@@ -311,21 +319,45 @@ class WarmColdComponent:
         """Set divergent partitions aside, then make the running links match the topology.
 
         Divergent partitions move first so that a replaced copy of one ends up
-        under ``_divergent/``, not ``_superseded/``.
+        under ``_divergent/``, not ``_superseded/``; the first round (at start)
+        also releases the pull links, which wait for it before their first
+        pass. A walk's progress is in ``/v1/status``
+        (``reconciliation.divergence_check``).
+
+        Error handling: a failing walk propagates to the topology worker's
+        supervisor (logged, counted, restarted), but the links are released
+        anyway: a commit still judges a held copy against the fence
+        (:meth:`PartitionCommitter.already_committed`), so pulling never
+        depends on the walk for safety, only for where a replaced copy is kept.
         """
         self._topology_changed.clear()
-        for tier in self._tier_rules():
-            if self.primary_of_tier(tier) == self.region:
-                continue
-            moved = await asyncio.to_thread(set_aside_divergent, self.root, tier, self.catalog)
-            if moved:
-                self.ctx.metrics.reconciled_partitions_total.labels(
-                    tier=tier, action="divergent"
-                ).inc(len(moved))
+        try:
+            for tier in self._tier_rules():
+                if self.primary_of_tier(tier) == self.region:
+                    continue
                 record = self.reconciliation[tier]
-                record.note_divergent(moved)
-                record.last_run = self.ctx.clock.now()
-                record.epoch = self.epoch_provider(tier)
+                walk = record.walk = DivergenceWalk()
+                try:
+                    moved = await asyncio.to_thread(
+                        set_aside_divergent, self.root, tier, self.catalog, walk
+                    )
+                except BaseException as exc:
+                    walk.finish(error=str(exc) or type(exc).__name__)
+                    raise
+                walk.finish()
+                if moved:
+                    self.ctx.metrics.reconciled_partitions_total.labels(
+                        tier=tier, action="divergent"
+                    ).inc(len(moved))
+                    record.note_divergent(moved)
+                    record.last_run = self.ctx.clock.now()
+                    record.epoch = self.epoch_provider(tier)
+        finally:
+            self._divergence_checked.set()
+        await self._match_links()
+
+    async def _match_links(self) -> None:
+        """Stop the links the topology no longer calls for and start the missing ones."""
         wanted = self.desired_links()
         for key in sorted(set(self.links) - set(wanted)):
             await self._drop_link(key)
@@ -362,6 +394,7 @@ class WarmColdComponent:
                 max_concurrency=rep.max_concurrency,
                 anti_entropy_interval=rep.anti_entropy_interval,
                 index_ready=self._index_ready,
+                divergence_checked=self._divergence_checked,
                 peer_reporter=self._peer_reporter,
                 feed_indexes_disk=mirror is None,
             )

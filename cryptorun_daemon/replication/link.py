@@ -144,6 +144,7 @@ class ReplicationLink:
         max_concurrency: int,
         anti_entropy_interval: float = 600.0,
         index_ready: asyncio.Event | None = None,
+        divergence_checked: asyncio.Event | None = None,
         peer_reporter: Callable[[str, bool, str | None], None] | None = None,
         feed_indexes_disk: bool = True,
     ) -> None:
@@ -164,6 +165,11 @@ class ReplicationLink:
         # Set once this root's first scrub has brought the index in line with
         # the disk: comparing digests before would "repair" what is already here.
         self._index_ready = index_ready
+        # Set once this region's divergence walk has run (in the background after
+        # start): nothing is pulled before, so a divergent copy the walk would set
+        # aside is never first replaced by a pull.
+        self._divergence_checked = divergence_checked
+        self.waiting_for: str | None = None
         self._positions = PositionStore(catalog.root, self.tier, self.source)
         # None until loaded from disk on the first pass; then what is durable.
         self._position: FeedPosition | None = None
@@ -205,6 +211,12 @@ class ReplicationLink:
         return report
 
     async def _pass(self, report: PassReport, check: Check) -> None:
+        if self._divergence_checked is not None and not self._divergence_checked.is_set():
+            self.waiting_for = "divergence_check"
+            try:
+                await self._divergence_checked.wait()
+            finally:
+                self.waiting_for = None
         health = await self.peer.probe()
         self.peer_healthy = health.healthy
         if self._report_peer is not None:
@@ -444,6 +456,8 @@ class ReplicationLink:
             "last_error": self.last_error,
             "last_error_at": format_rfc3339(self.last_error_at) if self.last_error_at else None,
             "last_pass": self.last_pass.to_json() if self.last_pass else None,
+            # "divergence_check" while the first pass waits for this region's walk.
+            "waiting_for": self.waiting_for,
             "feed": {
                 "feed_id": self._position.feed_id if self._position else None,
                 "position": self._position.position if self._position else None,
