@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -597,16 +598,21 @@ class WarmColdComponent:
         if not isinstance(strict, bool):
             raise UsageError("strict must be true or false")
         plan = await self.simulate(tier, src, dst, window)
-        problems = plan.problems()
-        return web.json_response(
-            {
+
+        def render() -> bytes:
+            problems = plan.problems()
+            doc = {
                 **plan.to_json(),
                 "dry_run": True,
                 "strict": strict,
                 "ok": not (strict and problems),
                 "problems": problems,
             }
-        )
+            return json.dumps(doc).encode()
+
+        # A plan holds every partition of its window: rendered off the event loop.
+        rendered = await asyncio.to_thread(render)
+        return web.Response(body=rendered, content_type="application/json")
 
     async def simulate(self, tier: Tier, src: str, dst: str, window: TimeRange) -> Plan:
         """Plan ``src → dst`` over ``window`` from live catalogs (local or a peer's)."""
@@ -634,17 +640,21 @@ class WarmColdComponent:
                         )
         except ReplicationError as exc:
             health = PeerHealth(False, str(exc))
-        return plan_replication(
-            tier=tier,
-            from_region=src,
-            to_region=dst,
-            window=window,
-            source=source,
-            destination={**committed_index(dest_manifests), **held},
-            now=self.ctx.clock.now(),
-            peer=health,
-            step_max_partitions=self.ctx.config.replication.step_max_partitions,
-            validators=[str(getattr(v, "__name__", type(v).__name__)) for v in self.validators],
+        # Sorting and planning a window's partitions grows with the window: in a thread.
+        return await asyncio.to_thread(
+            functools.partial(
+                plan_replication,
+                tier=tier,
+                from_region=src,
+                to_region=dst,
+                window=window,
+                source=source,
+                destination={**committed_index(dest_manifests), **held},
+                now=self.ctx.clock.now(),
+                peer=health,
+                step_max_partitions=self.ctx.config.replication.step_max_partitions,
+                validators=[str(getattr(v, "__name__", type(v).__name__)) for v in self.validators],
+            )
         )
 
     def _held_in(self, tier: Tier, window: TimeRange) -> dict[str, Committed]:
