@@ -6,7 +6,7 @@ Measures, in one run on one disk:
    10k and 100k sealed warm partitions; add 1000000 for a year), a synthetic
    history is built on both sides fast (per series one template Parquet file
    and ``_SUCCESS`` hard-linked into every partition, a real manifest rendered
-   from a per-series template, two processes; ``cp -al`` to the replica) and
+   from a per-series template, two processes, written into both roots at once) and
    indexed in bulk through the daemons' own store (``ChangeFeed.import_index``);
    the daemons then start normally (their start-up scrub checks the disk
    against the index). The bench reports: the no-change feed pass (the
@@ -191,11 +191,12 @@ def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_series(root: Path, count: int, series: int, template: Path) -> int:
+def build_series(roots: list[Path], count: int, series: int, template: Path) -> int:
     """Write the partitions of one series (every ``SERIES``-th partition of the history).
 
-    Per partition: a directory, the series' copy of the template Parquet file
-    and an empty ``_SUCCESS`` hard-linked in (kept under ``{root}/.bench/``),
+    Per partition and root: a directory, the series' copy of the template
+    Parquet file and an empty ``_SUCCESS`` hard-linked in (kept under the
+    first root's ``.bench/``, linked into every root as ``cp -al`` would),
     and a real manifest. The manifest differs
     between hours only in its partition path, window and seal time, so it is
     rendered once per series and those strings are replaced per hour; the
@@ -208,12 +209,12 @@ def build_series(root: Path, count: int, series: int, template: Path) -> int:
     text = manifest_bytes(first, entry, fingerprint).decode()
     # One template copy per series: a filesystem caps the links to one inode
     # (ext4: 65,000), and a year is 10,000 partitions per series.
-    own = root / ".bench" / f"series-{series:03d}"
+    own = roots[0] / ".bench" / f"series-{series:03d}"
     own.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(template, own / entry.name)
     (own / "_SUCCESS").write_bytes(b"")
     template, success = own / entry.name, own / "_SUCCESS"
-    base = first.directory(root).parent.parent  # .../symbol=...
+    bases = [first.directory(root).parent.parent for root in roots]  # .../symbol=...
     made = 0
     day_made = ""
     hours = range(series, count, SERIES)
@@ -230,14 +231,15 @@ def build_series(root: Path, count: int, series: int, template: Path) -> int:
         if index in (hours[0], hours[-1]):
             exact = manifest_bytes(_key(hour, dataset, market), entry, fingerprint).decode()
             assert rendered == exact, (rendered, exact)
-        if day != day_made:
-            (base / f"date={day}").mkdir(parents=True, exist_ok=True)
-            day_made = day
-        directory = base / hour_part
-        os.mkdir(directory)
-        os.link(template, directory / entry.name)
-        (directory / "_manifest.json").write_text(rendered)
-        os.link(success, directory / "_SUCCESS")
+        for base in bases:
+            if day != day_made:
+                (base / f"date={day}").mkdir(parents=True, exist_ok=True)
+            directory = base / hour_part
+            os.mkdir(directory)
+            os.link(template, directory / entry.name)
+            (directory / "_manifest.json").write_text(rendered)
+            os.link(success, directory / "_SUCCESS")
+        day_made = day
         made += 1
     return made
 
@@ -258,19 +260,22 @@ def history_rows(count: int, content_hash: str) -> Iterator[tuple[str, str, int]
         )
 
 
-def build_history(root: Path, count: int, template: Path, workers: int = 2) -> str:
-    """``count`` sealed warm partitions under ``root`` (see :func:`build_series`).
+def build_history(roots: list[Path], count: int, template: Path, workers: int = 2) -> str:
+    """``count`` sealed warm partitions under each of ``roots`` (see :func:`build_series`).
 
-    Series are written by ``workers`` processes. Returns the content hash every
-    partition shares (same file, same schema), for the index import.
+    Series are written by ``workers`` processes, into every root in the same
+    pass (one walk of the history instead of a build plus ``cp -al``). Returns
+    the content hash every partition shares (same file, same schema), for the
+    index import.
     """
     entry, fingerprint = manifest_template(template)
-    (root / "warm").mkdir(parents=True, exist_ok=True)
+    for root in roots:
+        (root / "warm").mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         made = sum(
             pool.map(
                 build_series,
-                [root] * SERIES,
+                [roots] * SERIES,
                 [count] * SERIES,
                 range(SERIES),
                 [template] * SERIES,
@@ -448,19 +453,16 @@ async def bench_history(
     a, b = two_regions(base, rules=[{"tier": "warm", "from": A, "to": [B], "lag_slo": "1h"}])
     configure(a, b, concurrency)
     t = time.monotonic()
-    content_hash = await asyncio.to_thread(build_history, a.storage_root, count, template)
-    build_a = time.monotonic() - t
-    t = time.monotonic()
-    b.storage_root.mkdir(parents=True, exist_ok=True)
-    await shell("cp", "-al", str(a.storage_root / "warm"), str(b.storage_root / "warm"))
-    copy_b = time.monotonic() - t
+    content_hash = await asyncio.to_thread(
+        build_history, [a.storage_root, b.storage_root], count, template
+    )
+    build = time.monotonic() - t
     t = time.monotonic()
     for spec in (a, b):
         await asyncio.to_thread(import_history, spec.storage_root, count, content_hash)
     print(
-        f"built in {build_a:.1f}s (source: hard links + manifests, 2 processes) + "
-        f"{copy_b:.1f}s (cp -al to the replica) + {time.monotonic() - t:.1f}s "
-        f"(bulk index import into both change feeds)  ({load()})"
+        f"built in {build:.1f}s (both roots: hard links + manifests, 2 processes) + "
+        f"{time.monotonic() - t:.1f}s (bulk index import into both change feeds)  ({load()})"
     )
     procs = [start(a.write()), start(b.write())]
     sampler = RssSampler(procs[1].pid)
