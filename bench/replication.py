@@ -334,6 +334,16 @@ async def wait_indexed(a_url: str, b_url: str, count: int) -> None:
         await asyncio.sleep(1)
 
 
+async def divergence_check(url: str) -> dict[str, Any]:
+    """The replica's divergence walk as its status shows it."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/v1/status", params={"tier": "warm"}) as resp,
+    ):
+        doc = await resp.json()
+    return dict(doc["tiers"]["warm"]["reconciliation"]["divergence_check"] or {})
+
+
 async def wait_following(url: str) -> None:
     """Until the replica's link from A holds a feed position (its first pass is over)."""
     async with aiohttp.ClientSession() as session:
@@ -478,6 +488,8 @@ async def bench_history(
             f"{sampler.peak:.0f} MB  ({load()})"
         )
         rss_ready = rss_mb(procs[1].pid)
+        walk = await divergence_check(b.base_url)
+        print(f"replica's divergence walk when ready (runs in the background): {walk}")
         t = time.monotonic()
         await wait_indexed(a.base_url, b.base_url, count)
         print(
@@ -486,6 +498,7 @@ async def bench_history(
             f"replica RSS {rss_ready:.0f} MB when ready, {rss_mb(procs[1].pid):.0f} MB after  "
             f"({load()})"
         )
+        print(f"replica's divergence walk after that: {await divergence_check(b.base_url)}")
 
         lag_before = {spec.region: await lag_buckets(spec.base_url) for spec in (a, b)}
         probe = await LagProbe().start()
