@@ -91,7 +91,9 @@ class PartitionCommitter:
         with fence_lock(self.root, manifest.tier):
             self.policy.check_apply(manifest)
             check_write_permit(self.root, manifest.tier)
-            os.close(os.open(directory / SUCCESS_MARKER, os.O_WRONLY | os.O_CREAT, 0o644))
+            # Never through a symlink planted in the partition (a hostile tree).
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(directory / SUCCESS_MARKER, flags, 0o644))
         fsync_dir(directory)
         note_sealed(self.root, manifest)
         failpoint("replica.after_commit")
