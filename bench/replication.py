@@ -701,6 +701,30 @@ def stop_profiler(proc: subprocess.Popen[bytes] | None, out: Path, title: str) -
         print(f"  incl {100 * count / max(1, total):5.1f}%  {name}")
 
 
+def validate_all(staged: Path, threads: int) -> tuple[float, float]:
+    """(wall, CPU seconds) of the daemon's step validator over every staged Parquet file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client import CollectorRegistry
+
+    from cryptorun_daemon.config.model import ValidationConfig
+    from cryptorun_daemon.data.validate.batch import partition_validator
+    from cryptorun_daemon.metrics import Metrics
+
+    validate = partition_validator(
+        region=B,
+        config=ValidationConfig(),
+        metrics=Metrics(CollectorRegistry()),
+        storage_root=staged,
+    )
+    files = sorted((staged / "warm").rglob("*.parquet"))
+    wall, cpu = time.monotonic(), time.process_time()
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        verdicts = list(pool.map(lambda f: validate(f, "trade", "warm"), files))
+    assert all(v.ok for v in verdicts), "the staged files must validate"
+    return time.monotonic() - wall, time.process_time() - cpu
+
+
 async def bench_copy(
     work: Path, size_mb: int, concurrency: int, validations: int, profile: Path | None = None
 ) -> None:
@@ -734,6 +758,14 @@ async def bench_copy(
     cp_rate = big / cp_seconds / 1e6
     print(f"cp -r + sync: {big / 1e6:.0f} MB in {cp_seconds:.2f}s = {cp_rate:.0f} MB/s")
     shutil.rmtree(cp_target)
+    # Baseline from the same run: what the replica's step validation alone costs
+    # (the daemon's own validator on every staged file, ``validations`` threads).
+    v_wall, v_cpu = await asyncio.to_thread(validate_all, staged, validations)
+    print(
+        f"baseline, step validation alone (the daemon's validator, {validations} threads, "
+        f"files in the page cache): {v_wall:.2f}s wall, {v_cpu:.2f}s CPU = "
+        f"{big / v_wall / 1e6:.0f} MB/s  (load {os.getloadavg()[0]:.1f})"
+    )
 
     a, b = two_regions(
         work / "regions", rules=[{"tier": "warm", "from": A, "to": [B], "lag_slo": "1h"}]
