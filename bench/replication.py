@@ -76,11 +76,17 @@ def tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (all threads)."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` so far (all threads)."""
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (all threads)."""
+    return sum(cpu_split(pid))
 
 
 def rss_mb(pid: int) -> float:
@@ -807,9 +813,15 @@ async def bench_copy(
             else []
         )
         load = os.getloadavg()
-        cpu_before = [cpu_seconds(p.pid) for p in procs]
+        split_before = [cpu_split(p.pid) for p in procs]
         report, seconds = await sync(b.base_url, "warm", "feed")
-        cpu_used = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu_before, strict=True)]
+        split_used = [
+            (u1 - u0, s1 - s0)
+            for (u0, s0), (u1, s1) in zip(
+                split_before, [cpu_split(p.pid) for p in procs], strict=True
+            )
+        ]
+        cpu_used = [u + s for u, s in split_used]
         done.set()
         await sampler
         for name, spy in zip(("source", "puller"), spies, strict=False):
@@ -827,7 +839,8 @@ async def bench_copy(
         )
         print(
             f"CPU during the pass: source {cpu_used[0]:.2f}s, puller {cpu_used[1]:.2f}s "
-            f"({cpu_used[1] / seconds:.2f} cores) over {seconds:.2f}s wall"
+            f"({cpu_used[1] / seconds:.2f} cores) over {seconds:.2f}s wall; puller user "
+            f"{split_used[1][0]:.2f}s + system {split_used[1][1]:.2f}s"
         )
         print(f"RATIO daemon / (cp -r + sync) = {rate / cp_rate:.2f}x  (target >= 0.9x)")
         print(
