@@ -343,6 +343,10 @@ class WarmColdComponent:
                         set_aside_divergent, self.root, tier, self.catalog, walk
                     )
                 except BaseException as exc:
+                    # Cancelled (the daemon stops) or failed: the thread may still
+                    # be walking; it stops before its next manifest, so shutdown
+                    # never waits for a walk of the whole history.
+                    walk.stop_requested = True
                     walk.finish(error=str(exc) or type(exc).__name__)
                     raise
                 walk.finish()

@@ -113,6 +113,9 @@ class DivergenceWalk:
     moved: int = 0
     #: False when the fence was the one already judged (one file read, no walk).
     walking: bool = False
+    #: Set by the owner to end the walk early (the daemon is stopping): the walk
+    #: stops before its next manifest and is not remembered as complete.
+    stop_requested: bool = False
     seconds: float | None = None
     error: str | None = None
 
@@ -151,7 +154,8 @@ def set_aside_divergent(
     (:meth:`Catalog.iter_sealed`) and fully parses only the ones judged
     divergent, so its memory is flat whatever the history. ``progress`` counts
     what the walk has looked at and moved as it goes (the daemon shows it in
-    ``/v1/status`` while the walk runs in the background).
+    ``/v1/status`` while the walk runs in the background); setting its
+    ``stop_requested`` ends the walk before the next manifest, unremembered.
 
     Error handling: a partition that cannot be moved is logged and left in
     place (it is retried at the next state change: the walk is then not
@@ -207,6 +211,8 @@ def set_aside_divergent(
             }
         )
         progress.moved = len(moved)
+    if progress.stop_requested:
+        complete = False  # ended early: the next start walks again
     if complete:
         try:
             marker.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +231,8 @@ def _divergent_candidates(
     manifest judged divergent is parsed and checked in full (and judged again).
     """
     for key, directory, raw in catalog.iter_sealed(tier):
+        if progress.stop_requested:
+            return  # the caller sees the flag and does not remember the walk
         progress.walked += 1
         failpoint("replica.divergence_walk")
         try:
