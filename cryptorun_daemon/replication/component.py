@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -85,7 +86,7 @@ from cryptorun_daemon.storage.change_feed import feed_for
 from cryptorun_daemon.storage.layout import parse_partition_path
 from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, Manifest
 from cryptorun_daemon.storage.object_store import TierBucket
-from cryptorun_daemon.storage.scrub import scrub_tier
+from cryptorun_daemon.storage.scrub import ScrubReport, scrub_tier
 from cryptorun_daemon.storage.seal import manifest_summary, seal_partition
 
 log = structlog.get_logger("cryptorun.replication")
@@ -241,7 +242,7 @@ class WarmColdComponent:
         while True:
             try:
                 for tier in self._tier_rules():
-                    found = await asyncio.to_thread(scrub_tier, self.catalog, self.feed, tier)
+                    found = await self._scrub(tier)
                     if found.discovered or found.lost:
                         log.info(
                             "scrub recorded differences between disk and index",
@@ -254,6 +255,16 @@ class WarmColdComponent:
                 # not stop replication, only make its repairs less exact.
                 self._index_ready.set()
             await asyncio.sleep(self.ctx.config.replication.scrub_interval)
+
+    async def _scrub(self, tier: Tier) -> ScrubReport:
+        """One tier's scrub in a worker thread, told to stop if this coroutine is cancelled
+        (a scrub of a long history takes minutes; shutdown must not wait for it)."""
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(scrub_tier, self.catalog, self.feed, tier, stop=stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     # --- topology ------------------------------------------------------------------
 
