@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -367,19 +368,24 @@ class ReplicationLink:
             self._retry.pop(path, None)
         held = await asyncio.to_thread(self.feed.lookup, self.tier, (m.partition for m in accepted))
         now = self.clock.now()
-        plan = plan_replication(
-            tier=self.tier,
-            from_region=self.source,
-            to_region=self.region,
-            # A standing link replicates everything sealed so far: its window is open
-            # at the far end (the current day's partitions lie inside it); "nothing in
-            # the future" is the planner's own check against ``now``.
-            window=TimeRange(BEGINNING_OF_TIME, now + OPEN_END),
-            source=listed(accepted),
-            destination={p: Committed(h.content_hash, h.epoch) for p, h in held.items()},
-            now=now,
-            step_max_partitions=self._step_max,
-            validators=[_name(v) for v in self.executor.validators],
+        # Up to a feed page (500) or a repair batch of partitions: planned in a
+        # worker thread, so a large catch-up never holds the event loop.
+        plan = await asyncio.to_thread(
+            functools.partial(
+                plan_replication,
+                tier=self.tier,
+                from_region=self.source,
+                to_region=self.region,
+                # A standing link replicates everything sealed so far: its window is open
+                # at the far end (the current day's partitions lie inside it); "nothing in
+                # the future" is the planner's own check against ``now``.
+                window=TimeRange(BEGINNING_OF_TIME, now + OPEN_END),
+                source=listed(accepted),
+                destination={p: Committed(h.content_hash, h.epoch) for p, h in held.items()},
+                now=now,
+                step_max_partitions=self._step_max,
+                validators=[_name(v) for v in self.executor.validators],
+            )
         )
         by_path = {m.partition: m for m in accepted}
         done = {p for p in by_path if p in held and held[p].content_hash == by_path[p].content_hash}

@@ -133,7 +133,8 @@ class DivergenceWalk:
             "seconds": round(
                 self.seconds if self.seconds is not None else time.monotonic() - self.started, 3
             ),
-            "error": self.error,
+            # Not "error": an admin document starting with "error" is an API error.
+            "last_error": self.error,
         }
 
 
