@@ -6,7 +6,7 @@ Measures, in one run on one disk:
    10k and 100k sealed warm partitions; add 1000000 for a year), a synthetic
    history is built on both sides fast (per series one template Parquet file
    and ``_SUCCESS`` hard-linked into every partition, a real manifest rendered
-   from a per-series template, two processes; ``cp -al`` to the replica) and
+   from a per-series template, two processes, written into both roots at once) and
    indexed in bulk through the daemons' own store (``ChangeFeed.import_index``);
    the daemons then start normally (their start-up scrub checks the disk
    against the index). The bench reports: the no-change feed pass (the
@@ -76,11 +76,17 @@ def tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (all threads)."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` so far (all threads)."""
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (all threads)."""
+    return sum(cpu_split(pid))
 
 
 def rss_mb(pid: int) -> float:
@@ -191,11 +197,12 @@ def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_series(root: Path, count: int, series: int, template: Path) -> int:
+def build_series(roots: list[Path], count: int, series: int, template: Path) -> int:
     """Write the partitions of one series (every ``SERIES``-th partition of the history).
 
-    Per partition: a directory, the series' copy of the template Parquet file
-    and an empty ``_SUCCESS`` hard-linked in (kept under ``{root}/.bench/``),
+    Per partition and root: a directory, the series' copy of the template
+    Parquet file and an empty ``_SUCCESS`` hard-linked in (kept under the
+    first root's ``.bench/``, linked into every root as ``cp -al`` would),
     and a real manifest. The manifest differs
     between hours only in its partition path, window and seal time, so it is
     rendered once per series and those strings are replaced per hour; the
@@ -208,12 +215,12 @@ def build_series(root: Path, count: int, series: int, template: Path) -> int:
     text = manifest_bytes(first, entry, fingerprint).decode()
     # One template copy per series: a filesystem caps the links to one inode
     # (ext4: 65,000), and a year is 10,000 partitions per series.
-    own = root / ".bench" / f"series-{series:03d}"
+    own = roots[0] / ".bench" / f"series-{series:03d}"
     own.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(template, own / entry.name)
     (own / "_SUCCESS").write_bytes(b"")
     template, success = own / entry.name, own / "_SUCCESS"
-    base = first.directory(root).parent.parent  # .../symbol=...
+    bases = [first.directory(root).parent.parent for root in roots]  # .../symbol=...
     made = 0
     day_made = ""
     hours = range(series, count, SERIES)
@@ -230,14 +237,15 @@ def build_series(root: Path, count: int, series: int, template: Path) -> int:
         if index in (hours[0], hours[-1]):
             exact = manifest_bytes(_key(hour, dataset, market), entry, fingerprint).decode()
             assert rendered == exact, (rendered, exact)
-        if day != day_made:
-            (base / f"date={day}").mkdir(parents=True, exist_ok=True)
-            day_made = day
-        directory = base / hour_part
-        os.mkdir(directory)
-        os.link(template, directory / entry.name)
-        (directory / "_manifest.json").write_text(rendered)
-        os.link(success, directory / "_SUCCESS")
+        for base in bases:
+            if day != day_made:
+                (base / f"date={day}").mkdir(parents=True, exist_ok=True)
+            directory = base / hour_part
+            os.mkdir(directory)
+            os.link(template, directory / entry.name)
+            (directory / "_manifest.json").write_text(rendered)
+            os.link(success, directory / "_SUCCESS")
+        day_made = day
         made += 1
     return made
 
@@ -258,19 +266,22 @@ def history_rows(count: int, content_hash: str) -> Iterator[tuple[str, str, int]
         )
 
 
-def build_history(root: Path, count: int, template: Path, workers: int = 2) -> str:
-    """``count`` sealed warm partitions under ``root`` (see :func:`build_series`).
+def build_history(roots: list[Path], count: int, template: Path, workers: int = 2) -> str:
+    """``count`` sealed warm partitions under each of ``roots`` (see :func:`build_series`).
 
-    Series are written by ``workers`` processes. Returns the content hash every
-    partition shares (same file, same schema), for the index import.
+    Series are written by ``workers`` processes, into every root in the same
+    pass (one walk of the history instead of a build plus ``cp -al``). Returns
+    the content hash every partition shares (same file, same schema), for the
+    index import.
     """
     entry, fingerprint = manifest_template(template)
-    (root / "warm").mkdir(parents=True, exist_ok=True)
+    for root in roots:
+        (root / "warm").mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         made = sum(
             pool.map(
                 build_series,
-                [root] * SERIES,
+                [roots] * SERIES,
                 [count] * SERIES,
                 range(SERIES),
                 [template] * SERIES,
@@ -327,6 +338,28 @@ async def wait_indexed(a_url: str, b_url: str, count: int) -> None:
         if report["ok"] and ae.get("differences") == 0:
             return
         await asyncio.sleep(1)
+
+
+async def divergence_check(url: str) -> dict[str, Any]:
+    """The replica's divergence walk as its status shows it."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/v1/status", params={"tier": "warm"}) as resp,
+    ):
+        doc = await resp.json()
+    return dict(doc["tiers"]["warm"]["reconciliation"]["divergence_check"] or {})
+
+
+async def wait_following(url: str) -> None:
+    """Until the replica's link from A holds a feed position (its first pass is over)."""
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(f"{url}/v1/status", params={"tier": "warm"}) as resp:
+                doc = await resp.json()
+            link = doc["tiers"]["warm"]["sources"].get(A) or {}
+            if (link.get("feed") or {}).get("position") is not None:
+                return
+            await asyncio.sleep(0.1)
 
 
 class RssSampler:
@@ -436,19 +469,16 @@ async def bench_history(
     a, b = two_regions(base, rules=[{"tier": "warm", "from": A, "to": [B], "lag_slo": "1h"}])
     configure(a, b, concurrency)
     t = time.monotonic()
-    content_hash = await asyncio.to_thread(build_history, a.storage_root, count, template)
-    build_a = time.monotonic() - t
-    t = time.monotonic()
-    b.storage_root.mkdir(parents=True, exist_ok=True)
-    await shell("cp", "-al", str(a.storage_root / "warm"), str(b.storage_root / "warm"))
-    copy_b = time.monotonic() - t
+    content_hash = await asyncio.to_thread(
+        build_history, [a.storage_root, b.storage_root], count, template
+    )
+    build = time.monotonic() - t
     t = time.monotonic()
     for spec in (a, b):
         await asyncio.to_thread(import_history, spec.storage_root, count, content_hash)
     print(
-        f"built in {build_a:.1f}s (source: hard links + manifests, 2 processes) + "
-        f"{copy_b:.1f}s (cp -al to the replica) + {time.monotonic() - t:.1f}s "
-        f"(bulk index import into both change feeds)  ({load()})"
+        f"built in {build:.1f}s (both roots: hard links + manifests, 2 processes) + "
+        f"{time.monotonic() - t:.1f}s (bulk index import into both change feeds)  ({load()})"
     )
     procs = [start(a.write()), start(b.write())]
     sampler = RssSampler(procs[1].pid)
@@ -464,6 +494,8 @@ async def bench_history(
             f"{sampler.peak:.0f} MB  ({load()})"
         )
         rss_ready = rss_mb(procs[1].pid)
+        walk = await divergence_check(b.base_url)
+        print(f"replica's divergence walk when ready (runs in the background): {walk}")
         t = time.monotonic()
         await wait_indexed(a.base_url, b.base_url, count)
         print(
@@ -472,6 +504,7 @@ async def bench_history(
             f"replica RSS {rss_ready:.0f} MB when ready, {rss_mb(procs[1].pid):.0f} MB after  "
             f"({load()})"
         )
+        print(f"replica's divergence walk after that: {await divergence_check(b.base_url)}")
 
         lag_before = {spec.region: await lag_buckets(spec.base_url) for spec in (a, b)}
         probe = await LagProbe().start()
@@ -674,6 +707,30 @@ def stop_profiler(proc: subprocess.Popen[bytes] | None, out: Path, title: str) -
         print(f"  incl {100 * count / max(1, total):5.1f}%  {name}")
 
 
+def validate_all(staged: Path, threads: int) -> tuple[float, float]:
+    """(wall, CPU seconds) of the daemon's step validator over every staged Parquet file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client import CollectorRegistry
+
+    from cryptorun_daemon.config.model import ValidationConfig
+    from cryptorun_daemon.data.validate.batch import partition_validator
+    from cryptorun_daemon.metrics import Metrics
+
+    validate = partition_validator(
+        region=B,
+        config=ValidationConfig(),
+        metrics=Metrics(CollectorRegistry()),
+        storage_root=staged,
+    )
+    files = sorted((staged / "warm").rglob("*.parquet"))
+    wall, cpu = time.monotonic(), time.process_time()
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        verdicts = list(pool.map(lambda f: validate(f, "trade", "warm"), files))
+    assert all(v.ok for v in verdicts), "the staged files must validate"
+    return time.monotonic() - wall, time.process_time() - cpu
+
+
 async def bench_copy(
     work: Path, size_mb: int, concurrency: int, validations: int, profile: Path | None = None
 ) -> None:
@@ -707,6 +764,14 @@ async def bench_copy(
     cp_rate = big / cp_seconds / 1e6
     print(f"cp -r + sync: {big / 1e6:.0f} MB in {cp_seconds:.2f}s = {cp_rate:.0f} MB/s")
     shutil.rmtree(cp_target)
+    # Baseline from the same run: what the replica's step validation alone costs
+    # (the daemon's own validator on every staged file, ``validations`` threads).
+    v_wall, v_cpu = await asyncio.to_thread(validate_all, staged, validations)
+    print(
+        f"baseline, step validation alone (the daemon's validator, {validations} threads, "
+        f"files in the page cache): {v_wall:.2f}s wall, {v_cpu:.2f}s CPU = "
+        f"{big / v_wall / 1e6:.0f} MB/s  (load {os.getloadavg()[0]:.1f})"
+    )
 
     a, b = two_regions(
         work / "regions", rules=[{"tier": "warm", "from": A, "to": [B], "lag_slo": "1h"}]
@@ -719,6 +784,9 @@ async def bench_copy(
     try:
         for spec, proc in zip((a, b), procs, strict=True):
             await wait_until_ready(spec.base_url, proc=proc)
+        # The replica's first pass (anti-entropy: no feed position yet) must be over,
+        # so the timed pass below follows the feed as a steady-state replica does.
+        await wait_following(b.base_url)
         (a.storage_root / "warm").mkdir(parents=True, exist_ok=True)
         os.rename(staged / "warm" / "trade", a.storage_root / "warm" / "trade")
         # Sealed in place, as a writer would: every seal enters the source's feed.
@@ -745,15 +813,23 @@ async def bench_copy(
             else []
         )
         load = os.getloadavg()
-        cpu_before = [cpu_seconds(p.pid) for p in procs]
+        split_before = [cpu_split(p.pid) for p in procs]
         report, seconds = await sync(b.base_url, "warm", "feed")
-        cpu_used = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu_before, strict=True)]
+        split_used = [
+            (u1 - u0, s1 - s0)
+            for (u0, s0), (u1, s1) in zip(
+                split_before, [cpu_split(p.pid) for p in procs], strict=True
+            )
+        ]
+        cpu_used = [u + s for u, s in split_used]
         done.set()
         await sampler
         for name, spy in zip(("source", "puller"), spies, strict=False):
             assert profile is not None
             stop_profiler(spy, profile / f"{'AB'[name == 'puller']}.txt", f"py-spy of the {name}")
         print(f"load average at the start of the timed pass: {load[0]:.2f} {load[1]:.2f}")
+        if report["anti_entropy"] is not None or report["partitions_committed"] != len(written):
+            print(f"NOTE: the timed pass was not a plain feed pass: {report}")
         moved_bytes = int(report["bytes"])
         rate = moved_bytes / seconds / 1e6
         print(
@@ -763,7 +839,8 @@ async def bench_copy(
         )
         print(
             f"CPU during the pass: source {cpu_used[0]:.2f}s, puller {cpu_used[1]:.2f}s "
-            f"({cpu_used[1] / seconds:.2f} cores) over {seconds:.2f}s wall"
+            f"({cpu_used[1] / seconds:.2f} cores) over {seconds:.2f}s wall; puller user "
+            f"{split_used[1][0]:.2f}s + system {split_used[1][1]:.2f}s"
         )
         print(f"RATIO daemon / (cp -r + sync) = {rate / cp_rate:.2f}x  (target >= 0.9x)")
         print(

@@ -1,9 +1,10 @@
 """Publish a replicated partition atomically, never destroying a committed version.
 
 Per partition: after every file is in place (and the validators passed),
-write the source's manifest bytes, then ``_SUCCESS``: the commit point
-(:func:`~cryptorun_daemon.storage.seal.write_seal`, behind a last fence
-check). A crash anywhere before leaves an unsealed directory nobody reads.
+write the source's manifest bytes, then ``_SUCCESS``: the commit point, behind
+a last fence check (:meth:`PartitionCommitter.commit`, the same two writes as
+a writer's :func:`~cryptorun_daemon.storage.seal.write_seal`). A crash
+anywhere before leaves an unsealed directory nobody reads.
 
 Nothing committed is ever deleted or overwritten: a superseded version
 (different content hash) moves to ``{root}/_superseded/{tier}/…`` first, or to
@@ -23,6 +24,7 @@ so only the added files cross the network.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,13 +34,13 @@ from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.apply_policy import ApplyPolicy
 from cryptorun_daemon.runtime.failpoints import failpoint
-from cryptorun_daemon.storage.atomic import fsync_dir, move_aside
-from cryptorun_daemon.storage.change_feed import note_removed
+from cryptorun_daemon.storage.atomic import atomic_write_bytes, fsync_dir, move_aside
+from cryptorun_daemon.storage.change_feed import note_removed, note_sealed
 from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
-from cryptorun_daemon.storage.layout import SUCCESS_MARKER, SUPERSEDED_DIR
+from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, SUPERSEDED_DIR
 from cryptorun_daemon.storage.manifest import Manifest, data_file_names, read_manifest
+from cryptorun_daemon.storage.quarantine_sidecar import prune_sidecar
 from cryptorun_daemon.storage.scrub import files_complete
-from cryptorun_daemon.storage.seal import write_seal
 from cryptorun_daemon.storage.superseded import keep_superseded_manifest
 from cryptorun_daemon.storage.write_fence import move_divergent, read_fence
 from cryptorun_daemon.timefmt import format_compact
@@ -62,17 +64,38 @@ class PartitionCommitter:
         self.policy = policy
 
     def commit(self, directory: Path, manifest: Manifest) -> None:
-        """The commit point, behind a last fence and write-permit check under the fence lock.
+        """The commit point: manifest, then ``_SUCCESS`` behind a last fence check.
 
-        The lock is the one a fence advance takes, so the verdict still holds
-        at the rename. The permit refuses only when this region holds the tier
-        as primary without a safe lease (a replica's copies are always allowed).
+        1. the manifest is written atomically (fsynced, renamed, directory
+           fsynced, which also makes the data files' renames durable) before
+           the fence lock is taken: an unsealed directory is read by nobody,
+           and a crash here is the known "manifest, no ``_SUCCESS``" state;
+        2. under the tier's fence lock (the one a fence advance takes, so the
+           verdict still holds at the rename) the fence and the write permit
+           are checked again and ``_SUCCESS`` is created: an empty file needs
+           no data flush, so the lock is held for no fsync at all and
+           concurrent commits no longer queue behind each other's fsyncs;
+        3. the directory is fsynced (``_SUCCESS`` durable), then the seal is
+           recorded in the root's change feed (a missed entry is found by the
+           next scrub, see :func:`~cryptorun_daemon.storage.change_feed.note_sealed`).
+
+        The permit refuses only when this region holds the tier as primary
+        without a safe lease (a replica's copies are always allowed).
         """
+        failpoint("replica.before_commit")
+        dropped = prune_sidecar(directory, {entry.name for entry in manifest.files})
+        if dropped:
+            log.info("quarantine sidecar pruned", partition=manifest.partition, files=dropped)
+        atomic_write_bytes(directory / MANIFEST_NAME, manifest.to_bytes())
+        failpoint("replica.after_manifest")
         with fence_lock(self.root, manifest.tier):
             self.policy.check_apply(manifest)
             check_write_permit(self.root, manifest.tier)
-            failpoint("replica.before_commit")
-            write_seal(directory, manifest)
+            # Never through a symlink planted in the partition (a hostile tree).
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(directory / SUCCESS_MARKER, flags, 0o644))
+        fsync_dir(directory)
+        note_sealed(self.root, manifest)
         failpoint("replica.after_commit")
 
     def already_committed(self, directory: Path, manifest: Manifest) -> bool:

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,6 +68,7 @@ from cryptorun_daemon.replication.planner import (
     plan_replication,
 )
 from cryptorun_daemon.replication.reconcile import (
+    DivergenceWalk,
     ReconcileLink,
     ReconcileRecord,
     ReconcileSource,
@@ -83,7 +86,7 @@ from cryptorun_daemon.storage.change_feed import feed_for
 from cryptorun_daemon.storage.layout import parse_partition_path
 from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, Manifest
 from cryptorun_daemon.storage.object_store import TierBucket
-from cryptorun_daemon.storage.scrub import scrub_tier
+from cryptorun_daemon.storage.scrub import ScrubReport, scrub_tier
 from cryptorun_daemon.storage.seal import manifest_summary, seal_partition
 
 log = structlog.get_logger("cryptorun.replication")
@@ -155,6 +158,9 @@ class WarmColdComponent:
         }
         # Set after the first scrub round: links compare digests only from then on.
         self._index_ready = asyncio.Event()
+        # Set after the first divergence walk (in the background after start):
+        # pull links start their first pass only then.
+        self._divergence_checked = asyncio.Event()
         self._topology_changed = asyncio.Event()
         self._topology_changed.set()  # the first round runs at start
         self._own_session: aiohttp.ClientSession | None = None
@@ -176,7 +182,11 @@ class WarmColdComponent:
     async def start(self) -> None:
         for tier in ACTIVE_PASSIVE_TIERS:
             (self.root / tier).mkdir(parents=True, exist_ok=True)
-        await self.refresh_topology()
+        # The links the topology calls for exist from the start (status and
+        # ``sync`` see them), but readiness never waits for the divergence walk:
+        # it runs in the topology worker's first round, and pull links wait for
+        # it before their first pass (``_divergence_checked``).
+        await self._match_links()
         self.ctx.supervisor.spawn("replication:topology", self._follow_topology)
         self.ctx.supervisor.spawn("replication:scrub", self._scrub_forever)
         self._started = True
@@ -232,7 +242,7 @@ class WarmColdComponent:
         while True:
             try:
                 for tier in self._tier_rules():
-                    found = await asyncio.to_thread(scrub_tier, self.catalog, self.feed, tier)
+                    found = await self._scrub(tier)
                     if found.discovered or found.lost:
                         log.info(
                             "scrub recorded differences between disk and index",
@@ -245,6 +255,16 @@ class WarmColdComponent:
                 # not stop replication, only make its repairs less exact.
                 self._index_ready.set()
             await asyncio.sleep(self.ctx.config.replication.scrub_interval)
+
+    async def _scrub(self, tier: Tier) -> ScrubReport:
+        """One tier's scrub in a worker thread, told to stop if this coroutine is cancelled
+        (a scrub of a long history takes minutes; shutdown must not wait for it)."""
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(scrub_tier, self.catalog, self.feed, tier, stop=stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     # --- topology ------------------------------------------------------------------
 
@@ -311,21 +331,49 @@ class WarmColdComponent:
         """Set divergent partitions aside, then make the running links match the topology.
 
         Divergent partitions move first so that a replaced copy of one ends up
-        under ``_divergent/``, not ``_superseded/``.
+        under ``_divergent/``, not ``_superseded/``; the first round (at start)
+        also releases the pull links, which wait for it before their first
+        pass. A walk's progress is in ``/v1/status``
+        (``reconciliation.divergence_check``).
+
+        Error handling: a failing walk propagates to the topology worker's
+        supervisor (logged, counted, restarted), but the links are released
+        anyway: a commit still judges a held copy against the fence
+        (:meth:`PartitionCommitter.already_committed`), so pulling never
+        depends on the walk for safety, only for where a replaced copy is kept.
         """
         self._topology_changed.clear()
-        for tier in self._tier_rules():
-            if self.primary_of_tier(tier) == self.region:
-                continue
-            moved = await asyncio.to_thread(set_aside_divergent, self.root, tier, self.catalog)
-            if moved:
-                self.ctx.metrics.reconciled_partitions_total.labels(
-                    tier=tier, action="divergent"
-                ).inc(len(moved))
+        try:
+            for tier in self._tier_rules():
+                if self.primary_of_tier(tier) == self.region:
+                    continue
                 record = self.reconciliation[tier]
-                record.note_divergent(moved)
-                record.last_run = self.ctx.clock.now()
-                record.epoch = self.epoch_provider(tier)
+                walk = record.walk = DivergenceWalk()
+                try:
+                    moved = await asyncio.to_thread(
+                        set_aside_divergent, self.root, tier, self.catalog, walk
+                    )
+                except BaseException as exc:
+                    # Cancelled (the daemon stops) or failed: the thread may still
+                    # be walking; it stops before its next manifest, so shutdown
+                    # never waits for a walk of the whole history.
+                    walk.stop_requested = True
+                    walk.finish(error=str(exc) or type(exc).__name__)
+                    raise
+                walk.finish()
+                if moved:
+                    self.ctx.metrics.reconciled_partitions_total.labels(
+                        tier=tier, action="divergent"
+                    ).inc(len(moved))
+                    record.note_divergent(moved)
+                    record.last_run = self.ctx.clock.now()
+                    record.epoch = self.epoch_provider(tier)
+        finally:
+            self._divergence_checked.set()
+        await self._match_links()
+
+    async def _match_links(self) -> None:
+        """Stop the links the topology no longer calls for and start the missing ones."""
         wanted = self.desired_links()
         for key in sorted(set(self.links) - set(wanted)):
             await self._drop_link(key)
@@ -362,6 +410,7 @@ class WarmColdComponent:
                 max_concurrency=rep.max_concurrency,
                 anti_entropy_interval=rep.anti_entropy_interval,
                 index_ready=self._index_ready,
+                divergence_checked=self._divergence_checked,
                 peer_reporter=self._peer_reporter,
                 feed_indexes_disk=mirror is None,
             )
@@ -564,16 +613,21 @@ class WarmColdComponent:
         if not isinstance(strict, bool):
             raise UsageError("strict must be true or false")
         plan = await self.simulate(tier, src, dst, window)
-        problems = plan.problems()
-        return web.json_response(
-            {
+
+        def render() -> bytes:
+            problems = plan.problems()
+            doc = {
                 **plan.to_json(),
                 "dry_run": True,
                 "strict": strict,
                 "ok": not (strict and problems),
                 "problems": problems,
             }
-        )
+            return json.dumps(doc).encode()
+
+        # A plan holds every partition of its window: rendered off the event loop.
+        rendered = await asyncio.to_thread(render)
+        return web.Response(body=rendered, content_type="application/json")
 
     async def simulate(self, tier: Tier, src: str, dst: str, window: TimeRange) -> Plan:
         """Plan ``src → dst`` over ``window`` from live catalogs (local or a peer's)."""
@@ -601,17 +655,21 @@ class WarmColdComponent:
                         )
         except ReplicationError as exc:
             health = PeerHealth(False, str(exc))
-        return plan_replication(
-            tier=tier,
-            from_region=src,
-            to_region=dst,
-            window=window,
-            source=source,
-            destination={**committed_index(dest_manifests), **held},
-            now=self.ctx.clock.now(),
-            peer=health,
-            step_max_partitions=self.ctx.config.replication.step_max_partitions,
-            validators=[str(getattr(v, "__name__", type(v).__name__)) for v in self.validators],
+        # Sorting and planning a window's partitions grows with the window: in a thread.
+        return await asyncio.to_thread(
+            functools.partial(
+                plan_replication,
+                tier=tier,
+                from_region=src,
+                to_region=dst,
+                window=window,
+                source=source,
+                destination={**committed_index(dest_manifests), **held},
+                now=self.ctx.clock.now(),
+                peer=health,
+                step_max_partitions=self.ctx.config.replication.step_max_partitions,
+                validators=[str(getattr(v, "__name__", type(v).__name__)) for v in self.validators],
+            )
         )
 
     def _held_in(self, tier: Tier, window: TimeRange) -> dict[str, Committed]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ class ReplicationLink:
         max_concurrency: int,
         anti_entropy_interval: float = 600.0,
         index_ready: asyncio.Event | None = None,
+        divergence_checked: asyncio.Event | None = None,
         peer_reporter: Callable[[str, bool, str | None], None] | None = None,
         feed_indexes_disk: bool = True,
     ) -> None:
@@ -164,6 +166,11 @@ class ReplicationLink:
         # Set once this root's first scrub has brought the index in line with
         # the disk: comparing digests before would "repair" what is already here.
         self._index_ready = index_ready
+        # Set once this region's divergence walk has run (in the background after
+        # start): nothing is pulled before, so a divergent copy the walk would set
+        # aside is never first replaced by a pull.
+        self._divergence_checked = divergence_checked
+        self.waiting_for: str | None = None
         self._positions = PositionStore(catalog.root, self.tier, self.source)
         # None until loaded from disk on the first pass; then what is durable.
         self._position: FeedPosition | None = None
@@ -205,6 +212,12 @@ class ReplicationLink:
         return report
 
     async def _pass(self, report: PassReport, check: Check) -> None:
+        if self._divergence_checked is not None and not self._divergence_checked.is_set():
+            self.waiting_for = "divergence_check"
+            try:
+                await self._divergence_checked.wait()
+            finally:
+                self.waiting_for = None
         health = await self.peer.probe()
         self.peer_healthy = health.healthy
         if self._report_peer is not None:
@@ -355,19 +368,24 @@ class ReplicationLink:
             self._retry.pop(path, None)
         held = await asyncio.to_thread(self.feed.lookup, self.tier, (m.partition for m in accepted))
         now = self.clock.now()
-        plan = plan_replication(
-            tier=self.tier,
-            from_region=self.source,
-            to_region=self.region,
-            # A standing link replicates everything sealed so far: its window is open
-            # at the far end (the current day's partitions lie inside it); "nothing in
-            # the future" is the planner's own check against ``now``.
-            window=TimeRange(BEGINNING_OF_TIME, now + OPEN_END),
-            source=listed(accepted),
-            destination={p: Committed(h.content_hash, h.epoch) for p, h in held.items()},
-            now=now,
-            step_max_partitions=self._step_max,
-            validators=[_name(v) for v in self.executor.validators],
+        # Up to a feed page (500) or a repair batch of partitions: planned in a
+        # worker thread, so a large catch-up never holds the event loop.
+        plan = await asyncio.to_thread(
+            functools.partial(
+                plan_replication,
+                tier=self.tier,
+                from_region=self.source,
+                to_region=self.region,
+                # A standing link replicates everything sealed so far: its window is open
+                # at the far end (the current day's partitions lie inside it); "nothing in
+                # the future" is the planner's own check against ``now``.
+                window=TimeRange(BEGINNING_OF_TIME, now + OPEN_END),
+                source=listed(accepted),
+                destination={p: Committed(h.content_hash, h.epoch) for p, h in held.items()},
+                now=now,
+                step_max_partitions=self._step_max,
+                validators=[_name(v) for v in self.executor.validators],
+            )
         )
         by_path = {m.partition: m for m in accepted}
         done = {p for p in by_path if p in held and held[p].content_hash == by_path[p].content_hash}
@@ -444,6 +462,8 @@ class ReplicationLink:
             "last_error": self.last_error,
             "last_error_at": format_rfc3339(self.last_error_at) if self.last_error_at else None,
             "last_pass": self.last_pass.to_json() if self.last_pass else None,
+            # "divergence_check" while the first pass waits for this region's walk.
+            "waiting_for": self.waiting_for,
             "feed": {
                 "feed_id": self._position.feed_id if self._position else None,
                 "position": self._position.position if self._position else None,

@@ -49,6 +49,7 @@ from cryptorun_daemon.replication.planner import committed_index, listed, plan_r
 from cryptorun_daemon.replication.rules import TimeRange
 from cryptorun_daemon.replication.transport_http import FileStream, HttpPeer
 from cryptorun_daemon.runtime.clock import Clock
+from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.manifest import Manifest, read_manifest
@@ -72,6 +73,7 @@ class ReconcileRecord:
     pulled_paths: list[str] = field(default_factory=list)
     divergent_paths: list[dict[str, Any]] = field(default_factory=list)
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    walk: DivergenceWalk | None = None
 
     def note_pulled(self, source: str, paths: list[str]) -> None:
         self.pulled += len(paths)
@@ -91,10 +93,54 @@ class ReconcileRecord:
             "divergent": self.divergent,
             "paths": {"pulled": list(self.pulled_paths), "divergent": list(self.divergent_paths)},
             "sources": dict(self.sources),
+            "divergence_check": self.walk.to_json() if self.walk is not None else None,
         }
 
 
-def set_aside_divergent(root: Path, tier: Tier, catalog: Catalog) -> list[dict[str, Any]]:
+@dataclass
+class DivergenceWalk:
+    """Progress of one :func:`set_aside_divergent` call, for ``/v1/status``.
+
+    The walk runs in a worker thread while the event loop reads these fields:
+    each is a single attribute store (atomic under the GIL), and ``state``
+    moves only forward: ``running`` → ``done`` (or ``failed``).
+    """
+
+    started: float = field(default_factory=time.monotonic)
+    state: str = "running"
+    #: Sealed manifests looked at so far; stays 0 when the fence did not change.
+    walked: int = 0
+    moved: int = 0
+    #: False when the fence was the one already judged (one file read, no walk).
+    walking: bool = False
+    #: Set by the owner to end the walk early (the daemon is stopping): the walk
+    #: stops before its next manifest and is not remembered as complete.
+    stop_requested: bool = False
+    seconds: float | None = None
+    error: str | None = None
+
+    def finish(self, error: str | None = None) -> None:
+        self.seconds = time.monotonic() - self.started
+        self.error = error
+        self.state = "failed" if error is not None else "done"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "walked": self.walked,
+            "moved": self.moved,
+            "walking": self.walking,
+            "seconds": round(
+                self.seconds if self.seconds is not None else time.monotonic() - self.started, 3
+            ),
+            # Not "error": an admin document starting with "error" is an API error.
+            "last_error": self.error,
+        }
+
+
+def set_aside_divergent(
+    root: Path, tier: Tier, catalog: Catalog, progress: DivergenceWalk | None = None
+) -> list[dict[str, Any]]:
     """Move every sealed partition of ``tier`` that the fence proves divergent (blocking).
 
     Returns one ``{"partition", "epoch", "writer_region", "sealed_at",
@@ -107,7 +153,10 @@ def set_aside_divergent(root: Path, tier: Tier, catalog: Catalog) -> list[dict[s
     the same fence — every restart, every topology change that did not move
     an epoch — costs one file read. A walk streams the manifests' raw bytes
     (:meth:`Catalog.iter_sealed`) and fully parses only the ones judged
-    divergent, so its memory is flat whatever the history.
+    divergent, so its memory is flat whatever the history. ``progress`` counts
+    what the walk has looked at and moved as it goes (the daemon shows it in
+    ``/v1/status`` while the walk runs in the background); setting its
+    ``stop_requested`` ends the walk before the next manifest, unremembered.
 
     Error handling: a partition that cannot be moved is logged and left in
     place (it is retried at the next state change: the walk is then not
@@ -125,9 +174,11 @@ def set_aside_divergent(root: Path, tier: Tier, catalog: Catalog) -> list[dict[s
             return []
     except OSError:
         pass
+    progress = progress if progress is not None else DivergenceWalk()
+    progress.walking = True
     moved: list[dict[str, Any]] = []
     complete = True
-    for manifest in _divergent_candidates(catalog, tier, fence):
+    for manifest in _divergent_candidates(catalog, tier, fence, progress):
         directory = root / tier / manifest.partition
         try:
             target = move_divergent(root, directory, manifest)
@@ -160,6 +211,9 @@ def set_aside_divergent(root: Path, tier: Tier, catalog: Catalog) -> list[dict[s
                 "moved_to": str(target.relative_to(root)),
             }
         )
+        progress.moved = len(moved)
+    if progress.stop_requested:
+        complete = False  # ended early: the next start walks again
     if complete:
         try:
             marker.parent.mkdir(parents=True, exist_ok=True)
@@ -169,13 +223,19 @@ def set_aside_divergent(root: Path, tier: Tier, catalog: Catalog) -> list[dict[s
     return moved
 
 
-def _divergent_candidates(catalog: Catalog, tier: Tier, fence: Fence) -> Iterator[Manifest]:
+def _divergent_candidates(
+    catalog: Catalog, tier: Tier, fence: Fence, progress: DivergenceWalk
+) -> Iterator[Manifest]:
     """Sealed manifests of ``tier`` the fence judges divergent, streamed (blocking).
 
     Epoch, writer and seal time are read from the raw bytes; only a
     manifest judged divergent is parsed and checked in full (and judged again).
     """
     for key, directory, raw in catalog.iter_sealed(tier):
+        if progress.stop_requested:
+            return  # the caller sees the flag and does not remember the walk
+        progress.walked += 1
+        failpoint("replica.divergence_walk")
         try:
             doc = json.loads(raw)
             verdict = fence.judge(

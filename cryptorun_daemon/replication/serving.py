@@ -43,7 +43,7 @@ from cryptorun_daemon.admin.errors import json_error
 from cryptorun_daemon.config import Tier
 from cryptorun_daemon.errors import ConflictError, PathRejectedError, StorageError, UsageError
 from cryptorun_daemon.replication.rules import TimeRange, parse_tier
-from cryptorun_daemon.storage.catalog import Catalog
+from cryptorun_daemon.storage.catalog import MAX_CACHED_MANIFESTS, Catalog
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, resolve_partition_file
 from cryptorun_daemon.storage.manifest import Manifest, read_manifest
 from cryptorun_daemon.storage.write_fence import Fence, read_fence
@@ -102,8 +102,10 @@ class PartitionServer:
         self._now = now
         self._guard = serve_guard
         self._primary_of = primary_of
-        # Compact JSON per manifest, reused while the manifest is unchanged;
-        # renders run in worker threads, one at a time under the lock.
+        # Compact JSON per manifest, reused while the manifest is unchanged (only
+        # for listings of at most MAX_CACHED_MANIFESTS: a full listing of a long
+        # history would otherwise stay in memory); renders run in worker
+        # threads, one at a time under the lock.
         self._json: dict[tuple[str, str, str, int], bytes] = {}
         self._render_lock = threading.Lock()
 
@@ -213,7 +215,8 @@ class PartitionServer:
             parts.append(raw)
         # Keep only this tier's entries from before plus the fresh ones.
         self._json = {k: v for k, v in self._json.items() if not k[0].startswith(f"{tier}/")}
-        self._json.update(cache)
+        if len(cache) <= MAX_CACHED_MANIFESTS:
+            self._json.update(cache)
         head = json.dumps(
             {
                 "region": self.region,

@@ -21,6 +21,7 @@ from cryptorun_daemon.config import Tier
 from cryptorun_daemon.errors import ReplicationError, ResyncNeededError, StorageError
 from cryptorun_daemon.replication.planner import PeerHealth
 from cryptorun_daemon.replication.rules import TimeRange
+from cryptorun_daemon.storage.catalog import MAX_CACHED_MANIFESTS
 from cryptorun_daemon.storage.manifest import Manifest
 from cryptorun_daemon.timefmt import format_rfc3339
 
@@ -197,7 +198,9 @@ class HttpPeer:
             raise ReplicationError(
                 f"peer {self.region} sent an invalid listing: {exc}", reason="http"
             ) from exc
-        self._parsed = parsed
+        # Kept for the next listing only when small: a full listing of a long
+        # history would keep every manifest in memory for good.
+        self._parsed = parsed if len(parsed) <= MAX_CACHED_MANIFESTS else {}
         return Listing(
             region=region,
             tier=tier,

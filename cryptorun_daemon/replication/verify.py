@@ -88,7 +88,6 @@ class PartitionVerifier:
         # most this many partitions are validated at once, whatever the copy
         # concurrency, so the copier's memory is bounded by configuration.
         self._slots = asyncio.Semaphore(max_validations)
-        self._running = 0
         # (tier, partition) → (content digest, why) of source versions refused by validation.
         self._rejected: dict[tuple[Tier, str], tuple[str, str]] = {}
 
@@ -118,15 +117,14 @@ class PartitionVerifier:
         if not self.validators:
             return
         async with self._slots:
-            self._running += 1
             try:
                 await self._validate(manifest, directory)
             finally:
-                self._running -= 1
-                if self._running == 0:
-                    # The last validation in flight: hand the decoded tables' memory
-                    # back to the OS, or the allocators keep the peak as steady RSS.
-                    await asyncio.get_running_loop().run_in_executor(self._pool, release_memory)
+                # Hand the decoded tables' memory back to the OS after every
+                # validation, not only when none is left in flight: during a long
+                # copy validations overlap without pause, and the allocators' free
+                # lists (one per thread that decoded) would stay at their peak.
+                await asyncio.get_running_loop().run_in_executor(self._pool, release_memory)
 
     async def _validate(self, manifest: Manifest, directory: Path) -> None:
         rejections: list[str] = []

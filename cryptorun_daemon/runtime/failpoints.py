@@ -70,6 +70,7 @@ KNOWN: Final[dict[str, str]] = {
     "replica.before_commit": "the files are validated, the manifest not yet written",
     "replica.after_manifest": "the replica's manifest is written, _SUCCESS not yet",
     "replica.after_commit": "the replica's _SUCCESS is written",
+    "replica.divergence_walk": "the divergence walk read a sealed manifest, not yet judged it",
     # Object-store tiers (storage/multipart.py).
     "multipart.after_part": "a multipart part is stored and recorded in _state, the next not yet",
     # Journal segment roll (hot/journal.py).

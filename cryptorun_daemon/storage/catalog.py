@@ -9,7 +9,9 @@ crashes on a hostile or foreign tree.
 Scans are blocking (``os.scandir``, manifest reads, maybe hashing) and meant
 to run in a worker thread; a :class:`Catalog` is safe to share between threads.
 Parsed manifests are cached by the manifest file's identity, so a no-change
-re-scan costs two ``stat`` calls per partition.
+re-scan of a window costs two ``stat`` calls per partition; a scan that finds
+more than :data:`MAX_CACHED_MANIFESTS` manifests (a full listing of a long
+history) leaves no cache behind, so memory never follows the history.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ from cryptorun_daemon.storage.manifest import (
 
 log = structlog.get_logger("cryptorun.catalog")
 _MAX_WARNED = 10_000
+#: Parsed manifests kept per tier between scans (about four days of 100 hourly
+#: series): what repeated windowed scans (simulate) reuse. Also the bound for the
+#: caches of rendered and parsed listings in the replication transport.
+MAX_CACHED_MANIFESTS: Final = 10_000
 
 # (region, epoch) to use when a sealed partition has no manifest yet.
 ManifestOwner = tuple[str, int]
@@ -74,9 +80,9 @@ class Catalog:
     """The partitions of one storage root.
 
     Error handling: per-path problems are counted and skipped; only an
-    unreadable root propagates ``OSError``. Resource handling: caches are
-    bounded by the number of partitions on disk (entries not seen by the last
-    scan of a tier are dropped).
+    unreadable root propagates ``OSError``. Resource handling: a tier's cache
+    holds what its last scan found (entries not seen are dropped), and nothing
+    when that was more than :data:`MAX_CACHED_MANIFESTS` manifests.
     """
 
     def __init__(
@@ -95,6 +101,11 @@ class Catalog:
         self._manifests: dict[Tier, dict[Path, tuple[tuple[int, int, int], Manifest]]] = {}
         self._warned: set[str] = set()
         self.ignored = 0
+
+    def cached(self, tier: Tier) -> int:
+        """How many parsed manifests of ``tier`` the catalog keeps between scans."""
+        with self._lock:
+            return len(self._manifests.get(tier, {}))
 
     # --- scanning ---------------------------------------------------------------
 
@@ -129,7 +140,9 @@ class Catalog:
                     if end is not None and key.start >= end:
                         continue
                     entries.append(self._entry(key, directory, previous, current, owner))
-            self._manifests[tier] = current
+            # A full scan of a long history: cached, it would keep every manifest
+            # of the tier in memory for good (hundreds of MB at 100k partitions).
+            self._manifests[tier] = current if len(current) <= MAX_CACHED_MANIFESTS else {}
         entries.sort(key=lambda e: e.key)
         return entries
 

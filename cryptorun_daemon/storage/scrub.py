@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +62,19 @@ def files_complete(directory: Path, manifest: Manifest) -> bool:
     return True
 
 
-def scrub_tier(catalog: Catalog, feed: ChangeFeed, tier: Tier) -> ScrubReport:
+def scrub_tier(
+    catalog: Catalog, feed: ChangeFeed, tier: Tier, *, stop: threading.Event | None = None
+) -> ScrubReport:
     """Compare ``tier`` on disk with the index and record the differences (blocking).
 
+    ``stop`` set ends the walk before its next partition: an incomplete walk
+    would take every partition it did not reach for lost, so nothing is
+    recorded (a daemon stopping during the start-up scrub of a long history
+    does not wait for the whole walk).
+
     Error handling: per-partition problems are the catalog's (counted and
-    skipped); a feed that cannot be written raises
-    :class:`~cryptorun_daemon.errors.StorageError`.
+    skipped); a feed that cannot be written, and a scrub stopped through
+    ``stop``, raise :class:`~cryptorun_daemon.errors.StorageError`.
     """
     # The index first, then the disk: a seal landing in between is on disk but
     # not in the snapshot, and is merely recorded twice (harmless).
@@ -74,6 +82,8 @@ def scrub_tier(catalog: Catalog, feed: ChangeFeed, tier: Tier) -> ScrubReport:
 
     def complete_on_disk() -> Iterator[tuple[str, str]]:
         for key, directory, raw in catalog.iter_sealed(tier):
+            if stop is not None and stop.is_set():
+                raise StorageError(f"scrub of {tier} stopped after {counted[0]} partitions")
             facts = _quick_facts(raw)
             # An unreadable manifest or a missing or short file: not committed here.
             if facts is not None and _sizes_match(directory, facts[1]):

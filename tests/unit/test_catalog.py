@@ -6,10 +6,12 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from cryptorun_daemon.config import Tier
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.storage import catalog as catalog_module
 from cryptorun_daemon.storage.catalog import Catalog
 from cryptorun_daemon.storage.layout import parse_partition_path
 from cryptorun_daemon.storage.manifest import HashCache
@@ -135,3 +137,20 @@ def test_windowed_scan_finds_what_a_full_scan_finds_in_the_window(tmp_path: Path
     )
     assert window == []
     assert _ignored(metrics, "warm") == 1
+
+
+def test_a_scan_larger_than_the_cache_bound_keeps_no_manifests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Manifests are kept between scans only when a scan finds at most
+    MAX_CACHED_MANIFESTS of them: a full scan of a history larger than the bound leaves
+    nothing cached (memory never follows the history); a windowed scan within the
+    bound is cached again."""
+    monkeypatch.setattr(catalog_module, "MAX_CACHED_MANIFESTS", 2)
+    seed_partitions(tmp_path, start=T0, count=3, rows=20)
+    catalog = Catalog(tmp_path)
+    assert len(catalog.sealed_manifests("warm")) == 3
+    assert catalog.cached("warm") == 0
+    window = catalog.sealed_manifests("warm", start=T0, end=T0 + timedelta(hours=2))
+    assert len(window) == 2
+    assert catalog.cached("warm") == 2

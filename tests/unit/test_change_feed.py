@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -141,3 +142,18 @@ def test_bulk_import_indexes_like_the_seals_did(tmp_path: Path) -> None:
         )
     assert feed.day_digests("warm") == digests
     feed.close()
+
+
+def test_a_scrub_asked_to_stop_records_nothing(tmp_path: Path) -> None:
+    """A scrub whose owner asked it to stop (the daemon is shutting down) ends before its
+    next partition and records nothing: the partitions it did not reach are not taken for
+    lost, and the index keeps every partition it held."""
+    seed_partitions(tmp_path, start=T0, count=3, rows=10)
+    feed = ChangeFeed(tmp_path)
+    head = feed.head()
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(StorageError, match="stopped"):
+        scrub_tier(Catalog(tmp_path), feed, "warm", stop=stop)
+    assert feed.head() == head
+    assert len(feed.held("warm", T0.date().isoformat())) == 3

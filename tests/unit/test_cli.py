@@ -112,3 +112,14 @@ def test_unreachable_daemon_is_a_failure_not_a_traceback(
 def test_unknown_command_exits_two() -> None:
     """argparse usage errors map to exit 2."""
     assert main(["frobnicate"]) == 2
+
+
+def test_the_cli_does_not_load_the_async_http_stack() -> None:
+    """An operator command starts without importing aiohttp (and the TLS contexts it
+    builds at import): the admin client talks through the standard library, so
+    ``cryptorun replication status`` costs little more than the interpreter's start."""
+    probe = "import sys, cryptorun_daemon.cli.main; print('aiohttp' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "False"

@@ -16,6 +16,7 @@ from cryptorun_daemon.config import Rule
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.reconcile import (
+    DivergenceWalk,
     ReconcileLink,
     ReconcileRecord,
     ReconcileSource,
@@ -173,3 +174,21 @@ async def test_new_primary_pulls_only_the_legitimate_delta(tmp_path: Path) -> No
     assert (doc["pulled"], doc["epoch"]) == (1, 2)
     assert doc["paths"]["pulled"] == [f"{key(1).relpath} (from {EU})"]
     assert doc["sources"][EU]["ok"] is True
+
+
+def test_a_divergence_walk_asked_to_stop_ends_early_and_is_not_remembered(
+    tmp_path: Path,
+) -> None:
+    """A walk whose owner asked it to stop (the daemon is shutting down) looks at no
+    further manifest, moves nothing and is not remembered: the next call walks the
+    tier again and sets the divergent partition aside."""
+    old_primary_root(tmp_path)
+    fence(tmp_path)
+    stopped = DivergenceWalk(stop_requested=True)
+    assert set_aside_divergent(tmp_path, "warm", Catalog(tmp_path), stopped) == []
+    assert (stopped.walked, stopped.moved) == (0, 0)
+    assert key(2).directory(tmp_path).is_dir()
+    again = DivergenceWalk()
+    moved = set_aside_divergent(tmp_path, "warm", Catalog(tmp_path), again)
+    assert [m["partition"] for m in moved] == [key(2).relpath]
+    assert (again.walked, again.moved) == (2, 1)
