@@ -443,6 +443,8 @@ class WarmColdComponent:
             primary_provider=self.primary_of_tier,
             index=bucket_index(self.root, tier),
             retry_attempts=self.ctx.config.replication.retry_attempts,
+            # The disk path's validators and quarantine, on spooled copies.
+            validators=self.validators,
             strict=self.ctx.config.validation.strict,
             max_validations=self.ctx.config.replication.max_validations,
         )

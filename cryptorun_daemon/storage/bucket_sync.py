@@ -11,7 +11,9 @@ region's current view of the tier's epoch and primary. The local partition
 stays as the region's cache (readers and peers are served from it). A replica
 whose config names the primary's bucket (``[storage.sources.P.T]``) on the
 same endpoint copies the files server-side instead of uploading them, and
-reads the copy back to verify it.
+reads the copy back to verify it. The local copy passed the step validators
+before its commit (the disk executor); the row-level quarantine sidecar they
+wrote (``_quarantine.json``) is committed into the bucket with the partition.
 
 Its position is saved in ``{root}/_state/object_store/{tier}.json`` after
 every page; a failed partition stops the pass there (nothing after it is
@@ -50,6 +52,7 @@ from cryptorun_daemon.storage.bucket_commit import (
 from cryptorun_daemon.storage.change_feed import Change, feed_for
 from cryptorun_daemon.storage.manifest import Manifest, read_manifest
 from cryptorun_daemon.storage.object_store import TierBucket
+from cryptorun_daemon.storage.quarantine_sidecar import read_local_sidecar
 from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.object_store")
@@ -265,6 +268,9 @@ class ObjectStoreComponent:
                 local_reader(directory),
                 state.token,
                 copy_source=self._copy_source(tier, primary),
+                # What the validators found in the local copy travels with it: the
+                # bucket's view of flagged rows is the disk's.
+                sidecar=await asyncio.to_thread(read_local_sidecar, directory),
             )
         except FencedError:
             state.token = None  # claim again next time: the view may have moved on

@@ -28,7 +28,6 @@ from cryptorun_daemon.data.validate.findings import (
     ValidationError,
 )
 from cryptorun_daemon.data.validate.quarantine import (
-    SIDECAR_NAME,
     quarantine_counts,
     quarantined_rows,
     release_file,
@@ -47,6 +46,7 @@ from cryptorun_daemon.data.validate.schema import (
 )
 from cryptorun_daemon.data.validate.staleness import staleness_batch, staleness_check
 from cryptorun_daemon.data.validate.tables import records_from_table
+from cryptorun_daemon.storage.quarantine_sidecar import SIDECAR_NAME
 
 __all__ = [
     "BOOK_V1",
