@@ -55,7 +55,7 @@ import asyncio
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -73,7 +73,7 @@ from cryptorun_daemon.storage.bucket_commit import (
     local_reader,
 )
 from cryptorun_daemon.storage.bucket_source import BucketFileSource, replication_failure
-from cryptorun_daemon.storage.change_feed import ChangeFeed, feed_for
+from cryptorun_daemon.storage.change_feed import ChangeFeed, bucket_index
 from cryptorun_daemon.storage.layout import SPOOL_DIR
 from cryptorun_daemon.storage.manifest import Manifest
 from cryptorun_daemon.storage.object_store import ObjectStoreError, TierBucket
@@ -84,12 +84,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("cryptorun.replication")
 
-BUCKET_INDEX_DIR: Final = "_state/bucket_index"
-
-
-def bucket_index(root: Path, tier: Tier) -> ChangeFeed:
-    """The change feed indexing what ``tier``'s bucket holds (see the module docstring)."""
-    return feed_for(root / BUCKET_INDEX_DIR / tier)
+__all__ = ["BucketMirrorExecutor", "bucket_index", "streams_across_endpoints"]
 
 
 def streams_across_endpoints(target: TierBucket | None, source: TierBucket | None) -> bool:

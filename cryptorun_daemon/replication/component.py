@@ -53,6 +53,7 @@ from cryptorun_daemon.replication.bucket_executor import (
     bucket_index,
     streams_across_endpoints,
 )
+from cryptorun_daemon.replication.bucket_serving import BucketHeldTiers
 from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.feed_serving import FeedServer
 from cryptorun_daemon.replication.link import CHECKS, PassReport, ReplicationLink
@@ -131,6 +132,14 @@ class WarmColdComponent:
         )
         self.feed = feed_for(self.root)
         self.feed.retention = config.replication.feed_retention
+        # Tiers this region holds only in its bucket are served from it (after a failover
+        # such a region is the source of its peers: replication/bucket_serving.py).
+        self.bucket_held = BucketHeldTiers(
+            root=self.root,
+            config=config,
+            metrics=ctx.metrics,
+            index_of=lambda tier: bucket_index(self.root, tier),
+        )
         self.feed_server = FeedServer(
             root=self.root,
             region=self.region,
@@ -138,6 +147,7 @@ class WarmColdComponent:
             epoch_provider=self.epoch_provider,
             serve_guard=serve_guard,
             primary_of=self.primary_of_tier,
+            bucket_held=self.bucket_held,
         )
         self.server = PartitionServer(
             root=self.root,
@@ -147,6 +157,7 @@ class WarmColdComponent:
             now=ctx.clock.now,
             serve_guard=serve_guard,
             primary_of=self.primary_of_tier,
+            bucket_held=self.bucket_held,
         )
         self.links: dict[LinkKey, AnyLink] = {}
         self.schedulers: dict[LinkKey, PassScheduler[Any]] = {}

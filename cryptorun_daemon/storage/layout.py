@@ -257,13 +257,11 @@ def parse_partition_dir(directory: Path) -> PartitionKey:
     )
 
 
-def resolve_partition_file(root: Path, tier: Tier, path: str) -> tuple[PartitionKey, str, Path]:
-    """Map a wire path ``{partition}/{file}`` to a real file strictly inside ``root``.
+def parse_partition_file(tier: Tier, path: str) -> tuple[PartitionKey, str]:
+    """Parse a wire path ``{partition}/{file}`` (a data file or the manifest), no I/O.
 
-    Returns ``(key, file name, absolute path)``. Error handling: syntactic
-    problems raise :class:`PathRejectedError` (HTTP 400); a path that resolves
-    through a symlink, or to something that is not a regular file, raises
-    ``FileNotFoundError`` (HTTP 404) so probing cannot tell the two apart.
+    Error handling: :class:`PathRejectedError` (HTTP 400) for anything the
+    layout cannot produce.
     """
     parts = split_wire_path(path)
     if len(parts) < 2:
@@ -272,6 +270,18 @@ def resolve_partition_file(root: Path, tier: Tier, path: str) -> tuple[Partition
     key = parse_partition_parts(tier, partition_parts)
     if name != MANIFEST_NAME and not is_data_file_name(name):
         raise PathRejectedError(f"{name!r} is not a partition file name")
+    return key, name
+
+
+def resolve_partition_file(root: Path, tier: Tier, path: str) -> tuple[PartitionKey, str, Path]:
+    """Map a wire path ``{partition}/{file}`` to a real file strictly inside ``root``.
+
+    Returns ``(key, file name, absolute path)``. Error handling: syntactic
+    problems raise :class:`PathRejectedError` (HTTP 400); a path that resolves
+    through a symlink, or to something that is not a regular file, raises
+    ``FileNotFoundError`` (HTTP 404) so probing cannot tell the two apart.
+    """
+    key, name = parse_partition_file(tier, path)
     real_root = Path(os.path.realpath(root))
     expected = real_root / tier / key.relpath / name
     # realpath follows every symlink on the way; any difference means a link

@@ -401,10 +401,7 @@ class TierBucket:
 
     def same_endpoint(self, other: TierBucket) -> bool:
         """True when a server-side copy from ``other`` to here is possible."""
-        return (
-            self.config.endpoint_url == other.config.endpoint_url
-            and self.config.region == other.config.region
-        )
+        return endpoints_match(self.config, other.config)
 
     async def delete(self, relative: str) -> None:
         key = self.key(relative)
@@ -413,6 +410,11 @@ class TierBucket:
             await obstore.delete_async(self.store, key)
 
         await self.call("delete", relative, attempt)
+
+
+def endpoints_match(a: ObjectStoreTier, b: ObjectStoreTier) -> bool:
+    """Whether the two tiers' buckets are on one endpoint (a server-side copy works)."""
+    return (a.endpoint_url, a.region) == (b.endpoint_url, b.region)
 
 
 def _short(exc: BaseException) -> str:
