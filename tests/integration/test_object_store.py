@@ -35,6 +35,7 @@ from cryptorun_daemon.storage.multipart import MultipartUploader, UploadCorruptE
 from cryptorun_daemon.storage.object_store import ConditionFailedError, TierBucket
 from tests.harness.s3 import TEST_ACCESS_KEY, S3Server, aws_credentials, aws_env, s3_server
 from tests.harness.testdata import seed_partitions
+from tests.harness.tools import missing_tool
 
 __all__ = ["aws_credentials", "s3_server"]  # pytest fixtures used by name
 
@@ -399,3 +400,59 @@ async def test_pyarrow_reads_the_bucket_with_the_same_hive_partitioning(
     assert set(table.column("venue").to_pylist()) == {"kraken"}
     local = ds.dataset(str(directory), format="parquet").to_table()
     assert table.num_rows == local.num_rows
+
+
+def _httpfs_extension_directory() -> Path:
+    """The extension directory the ``duckdb-ext-httpfs`` package installs for this DuckDB.
+
+    DuckDB normally downloads httpfs on first use from its own host, which the
+    package registries do not include; the package ships the same binary in
+    DuckDB's directory layout (``v{version}/{platform}/httpfs.duckdb_extension``).
+    """
+    import importlib.util
+
+    import duckdb
+
+    spec = importlib.util.find_spec("duckdb_ext")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        directory = Path(location) / "extensions"
+        if list(directory.glob(f"v{duckdb.__version__}/*/httpfs.duckdb_extension")):
+            return directory
+    missing_tool(
+        f"no httpfs extension for DuckDB {duckdb.__version__} "
+        "(the test extra installs duckdb-ext-httpfs of the same version)"
+    )
+
+
+async def test_duckdb_httpfs_reads_the_buckets_hive_layout(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """DuckDB's httpfs (its own S3 client, not our code, loaded from the local package with
+    autoinstall off) globs the committed partition in the bucket with hive partitioning:
+    the same rows as on disk, with venue, symbol and date as columns."""
+    import duckdb
+
+    bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="duck"))
+    directory, manifest = await _committed_in(bucket, tmp_path, "a")
+    con = duckdb.connect(
+        config={
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "extension_directory": str(_httpfs_extension_directory()),
+        }
+    )
+    con.execute("LOAD httpfs")
+    endpoint = s3_server.endpoint.removeprefix("http://")
+    con.execute(
+        f"CREATE SECRET moto (TYPE s3, KEY_ID '{TEST_ACCESS_KEY}', SECRET '{aws_credentials}', "
+        f"REGION 'us-east-1', ENDPOINT '{endpoint}', URL_STYLE 'path', USE_SSL false)"
+    )
+    glob = f"s3://{bucket.config.bucket}/duck/cold/trade/*/*/*/*.parquet"
+    rows = con.execute(
+        "SELECT venue, symbol, CAST(date AS VARCHAR), count(*) "
+        f"FROM read_parquet('{glob}', hive_partitioning = true) GROUP BY ALL"
+    ).fetchall()
+    local = pq.read_table(directory).num_rows
+    assert rows == [("kraken", "BTC-USD", DAY.date().isoformat(), local)]
+    assert local == manifest.total_rows
