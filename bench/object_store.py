@@ -24,8 +24,13 @@ the same concurrency, on the same objects, in the same run; the report prints
 MB/s, the ratio to the baseline, peak RSS, the RSS of the imports alone
 and the load average at the time.
 
+Both variants send every object with the same request shape (one PUT below
+the multipart threshold, else parts of the same size); each round starts with
+another variant; what a variant wrote is deleted before the next one runs
+(moto keeps objects in memory).
+
 Usage: ``python bench/object_store.py [--size-mb 450] [--file-mb 15] [--concurrency 8]
-[--rounds 2] [--multipart-mb N]``
+[--rounds 2] [--multipart-mb N] [--part-mb N] [--phases daemon,commit] [--profile DIR]``
 """
 
 from __future__ import annotations
@@ -78,6 +83,21 @@ def tier(endpoint: str, bucket: str, prefix: str, concurrency: int) -> ObjectSto
         concurrency=concurrency,
         request_timeout=120.0,
     )
+
+
+def upload_shape(args: argparse.Namespace) -> tuple[int, int]:
+    """``(multipart_threshold, part_size)`` in bytes, the daemon's config and the baseline's.
+
+    Both variants send every object with the same request shape: one PUT below
+    the threshold, else a multipart upload in parts of ``part_size`` (obstore's
+    own default would be 5 MiB parts from 5 MiB on, the daemon's 8 MiB from 8 MiB).
+    """
+    default = ObjectStoreTier(url="s3://x/y", bucket="x", prefix="y")
+    threshold = (
+        args.multipart_mb << 20 if args.multipart_mb is not None else default.multipart_threshold
+    )
+    part = args.part_mb << 20 if args.part_mb is not None else default.part_size
+    return threshold, part
 
 
 def manifests(size_mb: int, file_mb: int) -> list[tuple[Manifest, list[int]]]:
@@ -141,12 +161,20 @@ async def run_baseline(args: argparse.Namespace) -> int:
     slots = asyncio.Semaphore(args.concurrency)
     moved = 0
 
+    threshold, part = upload_shape(args)
+
     async def one(key: str) -> None:
         nonlocal moved
         async with slots:
             result = await obstore.get_async(src.store, src.key(key))
             data = await result.bytes_async()
-            await obstore.put_async(dst.store, dst.key(key), data)
+            await obstore.put_async(
+                dst.store,
+                dst.key(key),
+                data,
+                use_multipart=len(data) >= threshold,
+                chunk_size=part,
+            )
             moved += len(data)
 
     await asyncio.gather(*(one(k) for k in keys))
@@ -160,9 +188,8 @@ async def run_daemon(args: argparse.Namespace, *, server_side: bool, executor: b
     endpoint = args.a if server_side else args.b
     bucket = "bench-a2" if server_side else "bench-b"
     config = tier(endpoint, bucket, f"{args.phase}-{args.round}", args.concurrency)
-    if args.multipart_mb is not None:
-        # Files below this go up as one PUT (not resumable), like the baseline's requests.
-        config = replace(config, multipart_threshold=args.multipart_mb << 20)
+    threshold, part = upload_shape(args)
+    config = replace(config, multipart_threshold=threshold, part_size=part)
     dst = TierBucket("cold", config, metrics=metrics)
     committer = BucketCommitter(dst, Path(args.state), metrics)
     token = await committer.fence.claim(1, "eu-central")
@@ -246,14 +273,41 @@ def run_child(
         "--concurrency",
         str(args.concurrency),
         *(["--multipart-mb", str(args.multipart_mb)] if args.multipart_mb is not None else []),
+        *(["--part-mb", str(args.part_mb)] if args.part_mb is not None else []),
     ]
+    if args.profile:
+        # py-spy's collapsed stacks of the child alone (its own process, not the servers).
+        out = Path(args.profile) / f"{phase}-{round_}.txt"
+        command = [
+            "py-spy",
+            "record",
+            "--format",
+            "raw",
+            "-r",
+            "50",
+            "-o",
+            str(out),
+            "--",
+            *command,
+        ]
     load = os.getloadavg()[0]
     done = subprocess.run(command, capture_output=True, text=True, env=aws_env(), check=False)
     if done.returncode != 0:
         raise SystemExit(f"{phase} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    result: dict[str, Any] = json.loads(lines[-1])
     result["load"] = load
     return result
+
+
+def empty_destinations(server: Any, bucket: str) -> None:
+    """Delete what a variant wrote: moto keeps objects in memory, and a store swollen by
+    the earlier variants' 450 MB each would tax the later ones."""
+    client = server.client()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
 
 
 def main() -> None:
@@ -265,6 +319,18 @@ def main() -> None:
         default=None,
         help="the daemon's multipart_threshold in MiB (default: the config default, 8)",
     )
+    parser.add_argument(
+        "--part-mb",
+        type=int,
+        default=None,
+        help="part size in MiB of both variants' multipart uploads (default: the config's, 8)",
+    )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="comma-separated variants to run (the baseline always runs)",
+    )
+    parser.add_argument("--profile", default=None, help="directory for py-spy raw profiles")
     parser.add_argument("--file-mb", type=int, default=15)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1)
@@ -294,11 +360,21 @@ def main() -> None:
             f"{total / 2**20:.0f} MB in {sum(len(m.files) for m, _ in parts)} objects "
             f"({len(parts)} partitions), concurrency {args.concurrency}"
         )
+        threshold, part = upload_shape(args)
+        print(
+            f"both variants: one PUT below {threshold >> 20} MiB, else multipart in "
+            f"{part >> 20} MiB parts"
+        )
+        chosen = [p for p in PHASES if p == "baseline" or p in args.phases.split(",")]
         rows = []
         for round_ in range(args.rounds):
-            for phase in PHASES:
+            # Each round starts with another variant: none always runs first or last.
+            order = chosen[round_ % len(chosen) :] + chosen[: round_ % len(chosen)]
+            for phase in order:
                 state = tempfile.mkdtemp(dir=tmp)
                 rows.append(run_child(phase, args, a.endpoint, b.endpoint, state, round_))
+                empty_destinations(b, "bench-b")
+                empty_destinations(a, "bench-a2")
         base = [r for r in rows if r["phase"] == "baseline"]
         base_rate = sum(r["bytes"] / r["seconds"] for r in base) / len(base)
         print(

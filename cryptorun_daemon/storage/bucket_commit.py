@@ -224,17 +224,9 @@ def bucket_reader(source: TierBucket) -> FileReader:
         relative = object_key(manifest.key, entry.name)
 
         async def read(offset: int, length: int) -> bytes | bytearray:
-            # One buffer of exactly `length` filled in place and handed on as is: no
-            # list of pieces, no join, no copy, so a part costs its size once.
-            buffer = bytearray(length)
-            got = 0
-            async for piece in source.stream(relative, offset=offset, chunk=min(length, 1 << 20)):
-                take = min(len(piece), length - got)
-                buffer[got : got + take] = piece[:take]
-                got += take
-                if got >= length:
-                    break
-            return buffer if got == length else buffer[:got]
+            # One ranged GET per part, retried whole: the part arrives in one buffer,
+            # with no Python loop over pieces and no second copy.
+            return await source.get_range(relative, offset, length)
 
         return read
 
