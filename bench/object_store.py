@@ -4,7 +4,8 @@ In one run, against local S3 servers (moto's server, two processes on
 loopback: region A's store and region B's store):
 
 1. seed ``--size-mb`` MB of partitions into A's bucket (``--file-mb`` per
-   file, two files per cold partition, real manifests);
+   file, two files per cold partition, real manifests; random bytes, or valid
+   trade Parquet with ``--data parquet``), manifests built once, before any timing;
 2. **baseline**: a plain ``obstore`` loop — ``get`` each object whole, ``put``
    it into B's bucket — with ``--concurrency`` objects in flight;
 3. **daemon** (the path the daemon runs): ``BucketMirrorExecutor.replicate_partition(manifest)``
@@ -14,6 +15,9 @@ loopback: region A's store and region B's store):
    ranged GETs, every byte hashed (xxh3-128) and
    compared with the manifest before the upload completes, resumable multipart
    uploads with their state saved after each part, fenced markers, the bucket index entry;
+   **validated** (``--data parquet``): the same with the daemon's step
+   validators, as a replica runs it (files spooled under the state directory,
+   judged, then uploaded from the spool: replication/bucket_executor.py);
 4. **commit**: ``BucketCommitter.commit(manifest, bucket_reader(A), token)``
    alone — the daemon variant without the executor around it;
 5. **server-side** (same endpoint): the same commit with
@@ -54,6 +58,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cryptorun_daemon.config import ObjectStoreTier  # noqa: E402
+from cryptorun_daemon.config.model import ValidationConfig  # noqa: E402
+from cryptorun_daemon.data.validate.batch import partition_validator  # noqa: E402
 from cryptorun_daemon.metrics import Metrics  # noqa: E402
 from cryptorun_daemon.replication.bucket_executor import (  # noqa: E402
     BucketMirrorExecutor,
@@ -69,7 +75,8 @@ from tests.harness.s3 import aws_env, running_s3_server  # noqa: E402
 #: baseline: plain obstore get+put; daemon: the replica's BucketMirrorExecutor;
 #: commit: BucketCommitter.commit alone (the daemon variant minus the executor);
 #: server-side: same endpoint, CopyObject + read-back.
-PHASES = ("baseline", "daemon", "commit", "server-side")
+#: validated: the daemon variant with the step validators (needs ``--data parquet``).
+PHASES = ("baseline", "daemon", "validated", "commit", "server-side")
 
 
 def tier(endpoint: str, bucket: str, prefix: str, concurrency: int) -> ObjectStoreTier:
@@ -100,35 +107,23 @@ def upload_shape(args: argparse.Namespace) -> tuple[int, int]:
     return threshold, part
 
 
-def manifests(size_mb: int, file_mb: int) -> list[tuple[Manifest, list[int]]]:
-    """Partitions of two files each; the seeds of each file's bytes (regenerated, not kept)."""
+def partition_keys(size_mb: int, file_mb: int) -> list[tuple[PartitionKey, list[int]]]:
+    """Cold partitions of two files each, and the seed of each file's bytes."""
     count = max(1, size_mb // file_mb)
-    out: list[tuple[Manifest, list[int]]] = []
-    for p in range(0, count, 2):
-        key = PartitionKey(
-            day=date(2025, 1, 1) + timedelta(days=p // 2),
-            hour=None,
-            tier="cold",
-            dataset="trade",
-            venue="bench",
-            symbol="BTC-USD",
+    return [
+        (
+            PartitionKey(
+                day=date(2025, 1, 1) + timedelta(days=p // 2),
+                hour=None,
+                tier="cold",
+                dataset="trade",
+                venue="bench",
+                symbol="BTC-USD",
+            ),
+            [p, p + 1][: count - p],
         )
-        seeds = [p, p + 1][: count - p]
-        files = tuple(
-            FileEntry(f"part-{i:04d}.parquet", file_mb << 20, hash_bytes(blob(s, file_mb)))
-            for i, s in enumerate(seeds)
-        )
-        manifest = Manifest(
-            tier="cold",
-            partition=key.relpath,
-            files=files,
-            schema_fingerprint=None,
-            writer_region="eu-central",
-            epoch=1,
-            sealed_at=datetime(2025, 6, 1, tzinfo=UTC),
-        )
-        out.append((manifest, seeds))
-    return out
+        for p in range(0, count, 2)
+    ]
 
 
 def blob(seed: int, file_mb: int) -> bytes:
@@ -138,26 +133,67 @@ def blob(seed: int, file_mb: int) -> bytes:
     return block * file_mb
 
 
-async def seed(source: TierBucket, parts: list[tuple[Manifest, list[int]]], file_mb: int) -> None:
+def parquet_blob(key: PartitionKey, seed: int, file_mb: int) -> bytes:
+    """A valid trade Parquet file of about ``file_mb`` MiB (uncompressed) for ``key``."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from tests.harness.testdata import partition_trades
+
+    rows = (file_mb << 20) // 56  # about 56 bytes per uncompressed trade row
+    out = io.BytesIO()
+    pq.write_table(
+        partition_trades(key, rows, origin="eu-central", seed=seed + 1),
+        out,
+        compression="none",
+    )
+    return out.getvalue()
+
+
+async def seed_source(source: TierBucket, args: argparse.Namespace) -> list[Manifest]:
+    """Put every file into A's bucket; return the partitions' manifests (built here once)."""
     import obstore
 
-    for manifest, seeds in parts:
-        for entry, s in zip(manifest.files, seeds, strict=True):
-            await obstore.put_async(
-                source.store, source.key(object_key(manifest.key, entry.name)), blob(s, file_mb)
+    out = []
+    for key, seeds in partition_keys(args.size_mb, args.file_mb):
+        files = []
+        for index, s in enumerate(seeds):
+            name = f"part-{index:04d}.parquet"
+            data = (
+                parquet_blob(key, s, args.file_mb)
+                if args.data == "parquet"
+                else blob(s, args.file_mb)
             )
+            await obstore.put_async(source.store, source.key(object_key(key, name)), data)
+            files.append(FileEntry(name, len(data), hash_bytes(data)))
+        out.append(
+            Manifest(
+                tier="cold",
+                partition=key.relpath,
+                files=tuple(files),
+                schema_fingerprint=None,
+                writer_region="eu-central",
+                epoch=1,
+                sealed_at=datetime(2025, 6, 1, tzinfo=UTC),
+            )
+        )
+    return out
+
+
+def load_manifests(path: str) -> list[Manifest]:
+    return [Manifest.from_bytes(raw.encode()) for raw in json.loads(Path(path).read_text())]
 
 
 # --- the variants (each in a child process) -------------------------------------------
 
 
-async def run_baseline(args: argparse.Namespace) -> int:
+async def run_baseline(args: argparse.Namespace, parts: list[Manifest]) -> int:
     import obstore
 
-    parts = manifests(args.size_mb, args.file_mb)
     src = TierBucket("cold", tier(args.a, "bench-a", "src", args.concurrency))
     dst = TierBucket("cold", tier(args.b, "bench-b", f"baseline-{args.round}", args.concurrency))
-    keys = [object_key(m.key, f.name) for m, _ in parts for f in m.files]
+    keys = [object_key(m.key, f.name) for m in parts for f in m.files]
     slots = asyncio.Semaphore(args.concurrency)
     moved = 0
 
@@ -181,8 +217,14 @@ async def run_baseline(args: argparse.Namespace) -> int:
     return moved
 
 
-async def run_daemon(args: argparse.Namespace, *, server_side: bool, executor: bool) -> int:
-    parts = manifests(args.size_mb, args.file_mb)
+async def run_daemon(
+    args: argparse.Namespace,
+    parts: list[Manifest],
+    *,
+    server_side: bool,
+    executor: bool,
+    validated: bool = False,
+) -> int:
     metrics = Metrics()
     src = TierBucket("cold", tier(args.a, "bench-a", "src", args.concurrency))
     endpoint = args.a if server_side else args.b
@@ -204,6 +246,18 @@ async def run_daemon(args: argparse.Namespace, *, server_side: bool, executor: b
         epoch_provider=lambda _tier: 1,
         primary_provider=lambda _tier: "eu-central",
         index=bucket_index(Path(args.state), "cold"),
+        # "validated": the daemon's step validators, as a replica runs them
+        # (the files spooled and judged before they go up).
+        validators=[
+            partition_validator(
+                region="us-east",
+                config=ValidationConfig(),
+                metrics=metrics,
+                storage_root=Path(args.state),
+            )
+        ]
+        if validated
+        else (),
     )
     slots = asyncio.Semaphore(max(1, args.concurrency // 2))  # two files per partition
     moved = 0
@@ -219,20 +273,25 @@ async def run_daemon(args: argparse.Namespace, *, server_side: bool, executor: b
                 await committer.commit(manifest, bucket_reader(src), token)
             moved += manifest.total_bytes
 
-    await asyncio.gather(*(one(m) for m, _ in parts))
+    await asyncio.gather(*(one(m) for m in parts))
     return moved
 
 
 def child(args: argparse.Namespace) -> None:
+    parts = load_manifests(args.manifests)
     # What the imports alone cost (the daemon variant pulls in the replication stack).
     import_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     if args.phase == "baseline":
-        moved = asyncio.run(run_baseline(args))
+        moved = asyncio.run(run_baseline(args, parts))
     else:
         moved = asyncio.run(
             run_daemon(
-                args, server_side=args.phase == "server-side", executor=args.phase == "daemon"
+                args,
+                parts,
+                server_side=args.phase == "server-side",
+                executor=args.phase in ("daemon", "validated"),
+                validated=args.phase == "validated",
             )
         )
     seconds = time.perf_counter() - started
@@ -266,6 +325,8 @@ def run_child(
         b,
         "--state",
         state,
+        "--manifests",
+        args.manifests,
         "--size-mb",
         str(args.size_mb),
         "--file-mb",
@@ -339,6 +400,13 @@ def main() -> None:
     parser.add_argument("--b")
     parser.add_argument("--state")
     parser.add_argument("--round", type=int, default=0)
+    parser.add_argument("--manifests")
+    parser.add_argument(
+        "--data",
+        choices=("random", "parquet"),
+        default="random",
+        help="file contents: random bytes, or valid trade Parquet (needed by 'validated')",
+    )
     args = parser.parse_args()
     if args.phase:
         child(args)
@@ -352,12 +420,14 @@ def main() -> None:
         for server, names in ((a, ("bench-a", "bench-a2")), (b, ("bench-b",))):
             for name in names:
                 server.client().create_bucket(Bucket=name)  # type: ignore[attr-defined]
-        parts = manifests(args.size_mb, args.file_mb)
         src = TierBucket("cold", tier(a.endpoint, "bench-a", "src", args.concurrency))
-        asyncio.run(seed(src, parts, args.file_mb))
-        total = sum(m.total_bytes for m, _ in parts)
+        parts = asyncio.run(seed_source(src, args))
+        args.manifests = str(Path(tmp) / "manifests.json")
+        Path(args.manifests).write_text(json.dumps([m.to_bytes().decode() for m in parts]))
+        total = sum(m.total_bytes for m in parts)
         print(
-            f"{total / 2**20:.0f} MB in {sum(len(m.files) for m, _ in parts)} objects "
+            f"{total / 2**20:.0f} MB of {args.data} data in "
+            f"{sum(len(m.files) for m in parts)} objects "
             f"({len(parts)} partitions), concurrency {args.concurrency}"
         )
         threshold, part = upload_shape(args)
@@ -365,7 +435,8 @@ def main() -> None:
             f"both variants: one PUT below {threshold >> 20} MiB, else multipart in "
             f"{part >> 20} MiB parts"
         )
-        chosen = [p for p in PHASES if p == "baseline" or p in args.phases.split(",")]
+        wanted = set(args.phases.split(",")) - ({"validated"} if args.data != "parquet" else set())
+        chosen = [p for p in PHASES if p == "baseline" or p in wanted]
         rows = []
         for round_ in range(args.rounds):
             # Each round starts with another variant: none always runs first or last.
