@@ -65,7 +65,8 @@ def _three_regions(tmp: Path) -> tuple[RegionSpec, RegionSpec, RegionSpec]:
             tmp / name,
             peers={peer: p for peer, p in ports.items() if peer != name},
             rules=rules,
-            sections={"replication": {"feed_poll_interval": "200ms"}},
+            # C starts only after the failover: A and B may act once it has been down 2 s.
+            sections={"replication": {"feed_poll_interval": "200ms", "peer_down_after": "2s"}},
         )
         for name, port in ports.items()
     ]
@@ -80,9 +81,11 @@ async def test_promoted_bucket_only_region_serves_its_bucket_to_a_disk_replica(
     on local disk and no bucket configured, replicates both partitions from B, the new
     primary: it learns them from B's change feed (B's bucket index) and downloads their
     files over B's admin API, which streams them from B's bucket. C's copies are sealed and
-    byte-identical to what A sealed, and B's disk still holds none of them."""
+    byte-identical to what A sealed, and B's disk still holds none of them. A partition B
+    then seals itself (disk and bucket) reaches C through the same feed."""
     a, b, c = _three_regions(tmp_path)
     keys = [_key(1), _key(2)]
+    later = _key(3)
     with running_s3_server(tmp_path) as other:
         a_config = s3_server.tier_config(EU, prefix="pr")
         b_config = other.tier_config(US, prefix="pr")
@@ -120,6 +123,15 @@ async def test_promoted_bucket_only_region_serves_its_bucket_to_a_disk_replica(
                         )
 
                     await eventually(in_c, "both partitions replicated to C from B", timeout=90)
+                    # A partition B seals as primary goes to its disk and its bucket; the
+                    # disk → bucket worker indexes it with the rest, so C gets it too.
+                    write_trade_partition(b.storage_root, later, rows=5_000, seed=9)
+                    await seal_when_accepted(http, b.base_url, "cold", later.relpath)
+                    await eventually(
+                        (later.directory(c.storage_root) / SUCCESS_MARKER).is_file,
+                        "B's own new partition replicated to C",
+                        timeout=90,
+                    )
             for key in keys:
                 for name in (DATA, MANIFEST_NAME):
                     assert (key.directory(c.storage_root) / name).read_bytes() == (
