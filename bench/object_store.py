@@ -339,8 +339,9 @@ def run_child(
     if args.profile:
         # py-spy's collapsed stacks of the child alone (its own process, not the servers).
         out = Path(args.profile) / f"{phase}-{round_}.txt"
+        beside = Path(sys.executable).parent / "py-spy"
         command = [
-            "py-spy",
+            str(beside) if beside.exists() else "py-spy",
             "record",
             "--format",
             "raw",
