@@ -97,7 +97,8 @@ async def test_replica_streams_bucket_to_bucket_across_endpoints_and_refuses_a_c
     eu-central), its bytes counted as replicated. A second
     partition whose object in A's bucket was corrupted after A's commit is never committed
     in B's bucket (no manifest, no marker, no data object), counted as corrupt and as a
-    failed step; the credentials never appear in either log."""
+    failed step, its corrupt copy kept in B's quarantine under its partition path; the
+    credentials never appear in either log."""
     a, b = two_regions(
         tmp_path,
         rules=[{"tier": "cold", "from": "eu-central", "to": ["us-east"], "lag_slo": "5m"}],
@@ -174,6 +175,9 @@ async def test_replica_streams_bucket_to_bucket_across_endpoints_and_refuses_a_c
             for name in (MANIFEST_NAME, SUCCESS_MARKER, DATA):
                 assert not await _exists(b_bucket, object_key(CORRUPT, name))
             assert not CORRUPT.directory(b.storage_root).exists()
+            # The corrupt copy is kept, under its partition path like on disk.
+            kept = quarantine_dir(b.storage_root, "cold", "us-east", CORRUPT)
+            assert list(kept.glob(f".{DATA}.partial*"))
             logs = da.log_text() + db.log_text()
     assert "partition streamed bucket to bucket" in logs
     assert TEST_SECRET_KEY not in logs
