@@ -70,7 +70,6 @@ from cryptorun_daemon.storage.bucket_source import BucketFileSource  # noqa: E40
 from cryptorun_daemon.storage.layout import PartitionKey, object_key  # noqa: E402
 from cryptorun_daemon.storage.manifest import FileEntry, Manifest, hash_bytes  # noqa: E402
 from cryptorun_daemon.storage.object_store import TierBucket  # noqa: E402
-from tests.harness.s3 import aws_env, running_s3_server  # noqa: E402
 
 #: baseline: plain obstore get+put; daemon: the replica's BucketMirrorExecutor;
 #: commit: BucketCommitter.commit alone (the daemon variant minus the executor);
@@ -353,6 +352,8 @@ def run_child(
             *command,
         ]
     load = os.getloadavg()[0]
+    from tests.harness.s3 import aws_env
+
     done = subprocess.run(command, capture_output=True, text=True, env=aws_env(), check=False)
     if done.returncode != 0:
         raise SystemExit(f"{phase} failed:\n{done.stderr[-3000:]}")
@@ -412,6 +413,10 @@ def main() -> None:
     if args.phase:
         child(args)
         return
+    # The test harness (and pytest with it) only in the parent: a child's RSS is the
+    # daemon's modules and its transfer, not the bench's tooling.
+    from tests.harness.s3 import aws_env, running_s3_server
+
     os.environ.update(aws_env())
     with (
         tempfile.TemporaryDirectory() as tmp,
