@@ -188,7 +188,7 @@ async def test_multipart_upload_resumes_after_kill_9_without_resending_finished_
     s3_server: S3Server, aws_credentials: str, tmp_path: Path
 ) -> None:
     """A real process uploading a 3-part object dies (exit at the multipart.after_part fail
-    point, i.e. kill -9 after the first part was stored and recorded); the next upload lists the
+    point, i.e. kill -9 after the first part was stored); the next upload lists the
     store's parts, sends only the missing ones, and the object is byte-identical."""
     data = os.urandom(2 * PART + 12345)
     source = tmp_path / "big.bin"
@@ -216,7 +216,8 @@ async def test_multipart_upload_resumes_after_kill_9_without_resending_finished_
     assert crashed.returncode == 86, crashed.stderr.decode()[-2000:]
     states = list((root / "_state/multipart/cold").glob("*.json"))
     assert len(states) == 1
-    assert len(json.loads(states[0].read_bytes())["parts"]) == 1
+    # The state names the upload; which parts are stored, only the store says.
+    assert json.loads(states[0].read_bytes())["upload_id"]
 
     config = s3_server.tier_config("eu-central", prefix="mp", part_size=PART)
     bucket = TierBucket("cold", config)
@@ -225,7 +226,7 @@ async def test_multipart_upload_resumes_after_kill_9_without_resending_finished_
     async def read(offset: int, length: int) -> bytes:
         return data[offset : offset + length]
 
-    # One part was recorded before the crash; others may have reached the store too
+    # One part was stored before the crash; others may have reached the store too
     # (part uploads overlap): whatever the store lists is reused, never sent again.
     upload_id = json.loads(states[0].read_bytes())["upload_id"]
     stored = bucket.botocore_client().list_parts(
