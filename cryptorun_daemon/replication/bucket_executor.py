@@ -28,8 +28,23 @@ What the bucket holds is indexed in a change feed of its own
 digests against; it is not this root's disk feed, so the disk scrub does not
 judge it and the disk → bucket worker does not upload it again.
 
-Step validators are not run on this path (they read local files); the
-bytes are still verified against the manifest the primary's validators passed.
+**Validation.** With step validators configured (the daemon always has
+them), the files are not streamed object → object but spooled: each one is
+downloaded from the source bucket into ``{root}/_state/bucket_spool/{tier}/
+{partition}/`` by the disk executor's resumable, hash-verified downloader
+(a corrupt copy quarantined as on disk), the same validators as the disk
+path judge the spooled files, and only then are they uploaded from the spool
+(hashed again as they go up). The consequences are the disk's: a file-level
+failure (wrong schema, unreadable) is quarantined in
+``{root}/_quarantine/{tier}/{region}/{partition}/`` with its ``.error.json``,
+counted by check, tier and region, and the partition is not committed (its
+content remembered as refused); flagged rows are listed in the
+``_quarantine.json`` sidecar, committed beside the data in the bucket. Each
+source byte still crosses the network once; memory stays one download chunk,
+one part buffer per upload and the validators' decoded tables (at most
+``replication.max_validations`` partitions at a time). The spool is emptied
+after the commit or the refusal; an interrupted download resumes from it.
+Without validators (benchmarks) the files stream object → object.
 Same-endpoint sources keep the disk executor plus a server-side copy
 (:mod:`cryptorun_daemon.storage.bucket_sync`).
 """
@@ -37,9 +52,10 @@ Same-endpoint sources keep the disk executor plus a server-side copy
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -47,23 +63,28 @@ from cryptorun_daemon.config import ActivePassiveTier, Tier, is_active_passive
 from cryptorun_daemon.errors import FencedError, ReplicationError
 from cryptorun_daemon.replication.download import ByteCounter
 from cryptorun_daemon.replication.executor import WarmColdExecutor
-from cryptorun_daemon.storage.bucket_commit import BucketCommitter, FenceToken, bucket_reader
+from cryptorun_daemon.replication.verify import StepValidator
+from cryptorun_daemon.storage.bucket_commit import (
+    BucketCommitter,
+    CommitReport,
+    FenceToken,
+    FileReader,
+    bucket_reader,
+    local_reader,
+)
 from cryptorun_daemon.storage.bucket_source import BucketFileSource, replication_failure
-from cryptorun_daemon.storage.change_feed import ChangeFeed, feed_for
+from cryptorun_daemon.storage.change_feed import ChangeFeed, bucket_index
+from cryptorun_daemon.storage.layout import SPOOL_DIR
 from cryptorun_daemon.storage.manifest import Manifest
 from cryptorun_daemon.storage.object_store import ObjectStoreError, TierBucket
+from cryptorun_daemon.storage.quarantine_sidecar import read_local_sidecar
 
 if TYPE_CHECKING:
     from cryptorun_daemon.metrics import Metrics
 
 log = structlog.get_logger("cryptorun.replication")
 
-BUCKET_INDEX_DIR: Final = "_state/bucket_index"
-
-
-def bucket_index(root: Path, tier: Tier) -> ChangeFeed:
-    """The change feed indexing what ``tier``'s bucket holds (see the module docstring)."""
-    return feed_for(root / BUCKET_INDEX_DIR / tier)
+__all__ = ["BucketMirrorExecutor", "bucket_index", "streams_across_endpoints"]
 
 
 def streams_across_endpoints(target: TierBucket | None, source: TierBucket | None) -> bool:
@@ -94,6 +115,7 @@ class BucketMirrorExecutor(WarmColdExecutor):
         primary_provider: Callable[[Tier], str | None],
         index: ChangeFeed,
         retry_attempts: int = 3,
+        validators: Sequence[StepValidator] = (),
         strict: bool = False,
         max_validations: int = 2,
     ) -> None:
@@ -103,6 +125,7 @@ class BucketMirrorExecutor(WarmColdExecutor):
             source=source,
             metrics=metrics,
             retry_attempts=retry_attempts,
+            validators=validators,
             strict=strict,
             max_validations=max_validations,
         )
@@ -134,16 +157,28 @@ class BucketMirrorExecutor(WarmColdExecutor):
         await asyncio.to_thread(self.policy.check_apply, manifest)
         if not is_active_passive(tier):
             raise ReplicationError(f"{tier} has no object-store tier", reason="io")
+        spool = manifest.key.directory(self.root / SPOOL_DIR)
         try:
             token = await self._claim(tier, manifest)
-            report = await self.target.commit(manifest, bucket_reader(self.source_bucket), token)
+            if self.validators and await self._already_held(manifest):
+                report = CommitReport(committed=True, already=True)
+            else:
+                reader, sidecar = await self._judged_reader(manifest, spool, counter)
+                report = await self.target.commit(manifest, reader, token, sidecar=sidecar)
         except FencedError as exc:
             self._token = None  # claim again next time: the view may have moved on
             raise ReplicationError(str(exc), reason="fenced") from exc
         except ObjectStoreError as exc:
             raise replication_failure(exc) from exc
-        counter.bytes += report.sent
-        if report.sent:
+        except ReplicationError as exc:
+            if exc.reason == "validation":
+                # Refused content: its bad files are in quarantine, the rest is not kept.
+                await self._run(shutil.rmtree, spool, True)
+            raise
+        await self._run(shutil.rmtree, spool, True)
+        if not self.validators:
+            counter.bytes += report.sent  # streamed: the spool's downloader counts otherwise
+        if report.sent and not self.validators:
             self.metrics.replication_bytes_total.labels(
                 tier=tier, **{"from": self.source.region, "to": self.region}
             ).inc(report.sent)
@@ -158,4 +193,31 @@ class BucketMirrorExecutor(WarmColdExecutor):
             reused=report.reused,
             already=report.already,
         )
-        return report.sent
+        return counter.bytes
+
+    async def _already_held(self, manifest: Manifest) -> bool:
+        """Whether this bucket holds ``manifest``'s content sealed (nothing to fetch or judge)."""
+        held, _etag = await self.target.committed_manifest(manifest)
+        return held is not None and held.content_hash == manifest.content_hash
+
+    async def _judged_reader(
+        self, manifest: Manifest, spool: Path, counter: ByteCounter
+    ) -> tuple[FileReader, bytes | None]:
+        """Where the commit reads the files from, and the sidecar to commit with them.
+
+        Without validators: the source bucket itself (streamed). With them: the
+        files spooled under ``spool`` and judged there (module docstring).
+        Error handling: :class:`ReplicationError` ``validation`` (a file
+        quarantined), ``corrupt`` and the network reasons from the downloader.
+        """
+        if not self.validators:
+            return bucket_reader(self.source_bucket), None
+        await self._run(lambda: spool.mkdir(parents=True, exist_ok=True))
+        await asyncio.gather(
+            *(
+                self.downloader.fetch_file(manifest, spool, entry, counter)
+                for entry in manifest.files
+            )
+        )
+        await self.verifier.validate(manifest, spool)
+        return local_reader(spool), await self._run(read_local_sidecar, spool)

@@ -55,6 +55,7 @@ from cryptorun_daemon.replication.bucket_executor import (
     bucket_index,
     streams_across_endpoints,
 )
+from cryptorun_daemon.replication.bucket_serving import BucketHeldTiers
 from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.feed_serving import FeedServer
 from cryptorun_daemon.replication.link import CHECKS, PassReport, ReplicationLink
@@ -134,6 +135,14 @@ class WarmColdComponent:
         )
         self.feed = feed_for(self.root)
         self.feed.retention = config.replication.feed_retention
+        # Tiers this region holds only in its bucket are served from it (after a failover
+        # such a region is the source of its peers: replication/bucket_serving.py).
+        self.bucket_held = BucketHeldTiers(
+            root=self.root,
+            config=config,
+            metrics=ctx.metrics,
+            index_of=lambda tier: bucket_index(self.root, tier),
+        )
         self.feed_server = FeedServer(
             root=self.root,
             region=self.region,
@@ -141,6 +150,7 @@ class WarmColdComponent:
             epoch_provider=self.epoch_provider,
             serve_guard=serve_guard,
             primary_of=self.primary_of_tier,
+            bucket_held=self.bucket_held,
         )
         self.server = PartitionServer(
             root=self.root,
@@ -150,6 +160,7 @@ class WarmColdComponent:
             now=ctx.clock.now,
             serve_guard=serve_guard,
             primary_of=self.primary_of_tier,
+            bucket_held=self.bucket_held,
         )
         self.links: dict[LinkKey, AnyLink] = {}
         self.schedulers: dict[LinkKey, PassScheduler[Any]] = {}
@@ -492,6 +503,8 @@ class WarmColdComponent:
             primary_provider=self.primary_of_tier,
             index=bucket_index(self.root, tier),
             retry_attempts=self.ctx.config.replication.retry_attempts,
+            # The disk path's validators and quarantine, on spooled copies.
+            validators=self.validators,
             strict=self.ctx.config.validation.strict,
             max_validations=self.ctx.config.replication.max_validations,
         )

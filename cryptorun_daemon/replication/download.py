@@ -200,12 +200,16 @@ class FileDownloader:
             expected=f"{entry.bytes} bytes hashing to {entry.hash} (source manifest)",
             reason="hash_mismatch",
         )
+        # The folder the partition path is relative to: ``{root}/{tier}``, or the
+        # bucket → bucket spool's ``{root}/_state/bucket_spool/{tier}``.
+        tier_root = partial.parent.parents[len(manifest.key.relpath.split("/")) - 1]
         moved = quarantine_file(
             partial,
             storage_root=self.root,
             tier=manifest.tier,
             region=self.region,
             errors=[finding],
+            relative_to=tier_root,
             source=self.source.region,
         )
         self.metrics.quarantine_total.labels(

@@ -15,6 +15,10 @@ repairs from the digests and then follows the feed from that head misses
 nothing), or the per-hour digests of day ``D`` (cold: one bucket, hour -1),
 or the manifests of the partitions of hour ``H`` of day ``D``.
 
+For a tier this region holds only in its bucket (``bucket_held``,
+:mod:`~cryptorun_daemon.replication.bucket_serving`) both answer from the
+bucket index, and manifests not on disk are read from the bucket.
+
 Both are answered only by the tier's current primary (``serve_guard``, as for
 source listings): anyone else answers 409 ``fenced``. Every SQLite call and
 every rendering runs in a worker thread; what grows with history (the days
@@ -36,6 +40,7 @@ from aiohttp import web
 from cryptorun_daemon.admin.errors import json_error
 from cryptorun_daemon.config import ACTIVE_PASSIVE_TIERS, Tier
 from cryptorun_daemon.errors import StorageError, UsageError
+from cryptorun_daemon.replication.bucket_serving import BucketHeldTiers
 from cryptorun_daemon.replication.rules import parse_tier
 from cryptorun_daemon.replication.serving import PrimaryOf, ServeGuard
 from cryptorun_daemon.storage.change_feed import ChangeFeed, FeedPage
@@ -62,10 +67,12 @@ class FeedServer:
         epoch_provider: Callable[[Tier], int],
         serve_guard: ServeGuard | None = None,
         primary_of: PrimaryOf | None = None,
+        bucket_held: BucketHeldTiers | None = None,
     ) -> None:
         self.root = root
         self.region = region
         self.feed = feed
+        self._bucket_held = bucket_held
         self._epoch = epoch_provider
         self._guard = serve_guard
         self._primary_of = primary_of
@@ -82,6 +89,12 @@ class FeedServer:
             raise UsageError("the change feed covers the warm and cold tiers")
         refusal = self._guard(tier, as_source=True) if self._guard is not None else None
         return tier, json_error(*refusal) if refusal is not None else None
+
+    def _feed(self, tier: Tier) -> ChangeFeed:
+        """The disk feed, or the bucket index of a tier held only in the bucket."""
+        if self._bucket_held is None:
+            return self.feed
+        return self._bucket_held.feed(tier, self.feed)
 
     def _head(self, tier: Tier) -> dict[str, object]:
         return {
@@ -102,7 +115,7 @@ class FeedServer:
         deadline = time.monotonic() + wait
         while True:
             page = await asyncio.to_thread(
-                self.feed.read, tier, after=after, limit=limit, feed_id=feed_id
+                self._feed(tier).read, tier, after=after, limit=limit, feed_id=feed_id
             )
             if page.changes or time.monotonic() >= deadline:
                 break
@@ -118,41 +131,64 @@ class FeedServer:
         doc = self._head(tier)
         if day_text is None:
             # The head first: every change after it is in the feed past it.
-            doc["feed_id"] = await asyncio.to_thread(lambda: self.feed.feed_id)
-            doc["head"] = await asyncio.to_thread(self.feed.head)
-            days = await asyncio.to_thread(self.feed.day_digests, tier)
+            feed = self._feed(tier)
+            doc["feed_id"] = await asyncio.to_thread(lambda: feed.feed_id)
+            doc["head"] = await asyncio.to_thread(feed.head)
+            days = await asyncio.to_thread(feed.day_digests, tier)
             doc["days"] = {d: [c, h] for d, (c, h) in sorted(days.items())}
         else:
             day = _day(day_text)
             hour_text = request.query.get("hour")
             doc["day"] = day
             if hour_text is None:
-                hours = await asyncio.to_thread(self.feed.hour_digests, tier, day)
+                hours = await asyncio.to_thread(self._feed(tier).hour_digests, tier, day)
                 doc["hours"] = {str(h): [c, d] for h, (c, d) in sorted(hours.items())}
             else:
                 hour = _int(request, "hour", -1, minimum=-1)
                 if hour > 23:
                     raise UsageError("hour must be -1 (cold) or 0..23")
                 doc["hour"] = hour
-                raw = await asyncio.to_thread(self._manifests, tier, day, hour)
+                raw = await self._manifests(tier, day, hour)
                 body = await asyncio.to_thread(_render_with_manifests, doc, raw)
                 return web.Response(body=body, content_type="application/json")
         body = await asyncio.to_thread(lambda: json.dumps(doc, separators=(",", ":")).encode())
         return web.Response(body=body, content_type="application/json")
 
-    def _manifests(self, tier: Tier, day: str, hour: int) -> list[bytes]:
-        """The manifest bytes of one bucket's committed partitions, read from disk (blocking).
+    async def _manifests(self, tier: Tier, day: str, hour: int) -> list[bytes]:
+        """The manifest bytes of one digest bucket's committed partitions.
 
+        Read from disk in a worker thread; for a tier held only in the object
+        store, a partition not on disk is read from the bucket (sealed only).
         A partition the index holds but whose manifest cannot be read is left
-        out: the next scrub records it as lost.
+        out: the next scrub (or anti-entropy pass) records it as lost.
+        Error handling: bucket request failures past the retries propagate
+        (the request answers 5xx and the replica retries).
         """
-        found = []
-        for held in self.feed.held(tier, day, hour):
+        feed = self._feed(tier)
+        held = await asyncio.to_thread(feed.held, tier, day, hour)
+        found = await asyncio.to_thread(self._disk_manifests, tier, [h.partition for h in held])
+        bucket = self._bucket_held
+        if bucket is None or not bucket.holds(tier):
+            return [raw for raw in found if raw is not None]
+        out = []
+        for partition, on_disk in zip((h.partition for h in held), found, strict=True):
+            if on_disk is not None:
+                out.append(on_disk)
+                continue
+            manifest = await bucket.sealed_manifest(tier, parse_partition_path(tier, partition))
+            if manifest is not None:
+                out.append(manifest.to_bytes())
+        return out
+
+    def _disk_manifests(self, tier: Tier, partitions: list[str]) -> list[bytes | None]:
+        """The manifest bytes on disk of each partition, ``None`` where unreadable (blocking)."""
+        found: list[bytes | None] = []
+        for partition in partitions:
             try:
-                key = parse_partition_path(tier, held.partition)
+                key = parse_partition_path(tier, partition)
                 found.append((key.directory(self.root) / "_manifest.json").read_bytes())
             except (OSError, StorageError):
-                continue
+                found.append(None)
         return found
 
 

@@ -25,6 +25,10 @@ Hostile paths: the wire path is checked segment by segment against the layout
 absolute paths, encoded separators and hidden names are 400; symlinks
 anywhere under the root, unsealed partitions and files the manifest does not
 list are 404. Nothing outside ``storage.root`` can be named, let alone read.
+
+A tier this region holds only in its bucket (``bucket_held``,
+:mod:`~cryptorun_daemon.replication.bucket_serving`): a file not on this disk
+is served from the bucket when a sealed manifest there lists it.
 """
 
 from __future__ import annotations
@@ -42,9 +46,15 @@ from aiohttp import hdrs, web
 from cryptorun_daemon.admin.errors import json_error
 from cryptorun_daemon.config import Tier
 from cryptorun_daemon.errors import ConflictError, PathRejectedError, StorageError, UsageError
+from cryptorun_daemon.replication.bucket_serving import BucketHeldTiers
 from cryptorun_daemon.replication.rules import TimeRange, parse_tier
 from cryptorun_daemon.storage.catalog import MAX_CACHED_MANIFESTS, Catalog
-from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, resolve_partition_file
+from cryptorun_daemon.storage.layout import (
+    MANIFEST_NAME,
+    SUCCESS_MARKER,
+    parse_partition_file,
+    resolve_partition_file,
+)
 from cryptorun_daemon.storage.manifest import Manifest, read_manifest
 from cryptorun_daemon.storage.write_fence import Fence, read_fence
 from cryptorun_daemon.timefmt import format_rfc3339
@@ -94,10 +104,12 @@ class PartitionServer:
         now: Callable[[], datetime],
         serve_guard: ServeGuard | None = None,
         primary_of: PrimaryOf | None = None,
+        bucket_held: BucketHeldTiers | None = None,
     ) -> None:
         self.root = root
         self.region = region
         self.catalog = catalog
+        self._bucket_held = bucket_held
         self._epoch = epoch_provider
         self._now = now
         self._guard = serve_guard
@@ -252,6 +264,16 @@ class PartitionServer:
         except PathRejectedError:
             raise
         except (OSError, StorageError):
+            if (
+                reconcile is None
+                and self._bucket_held is not None
+                and self._bucket_held.holds(tier)
+            ):
+                # Not on this disk: a partition this region holds only in its bucket.
+                key, name = parse_partition_file(tier, path)
+                served = await self._bucket_held.serve_file(request, tier, key, name)
+                if served is not None:
+                    return served
             return json_error(404, "not_found", f"no sealed partition file {tier}/{path}")
         if manifest.key != key:
             return json_error(404, "not_found", f"no sealed partition file {tier}/{path}")

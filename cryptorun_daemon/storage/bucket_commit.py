@@ -15,9 +15,11 @@ with the store itself as the arbiter of who may write:
    ``cryptorun_data_consistency_errors_total{check="corrupt"}`` and the
    partition is not committed (a single PUT is never sent, a multipart upload
    is aborted).
-3. **commit point** — ``_manifest.json`` is written with ``If-None-Match: *``
-   (new) or ``If-Match`` (replacing another version, whose ``_SUCCESS`` is
-   removed first so no reader pairs the old marker with the new manifest);
+3. **commit point** — the row-level quarantine sidecar (``_quarantine.json``,
+   when the validators flagged rows) goes beside the data; ``_manifest.json``
+   is written with ``If-None-Match: *`` (new) or ``If-Match`` (replacing
+   another version, whose ``_SUCCESS`` is removed first so no reader pairs
+   the old marker with the new manifest);
    then the fence object is rewritten with ``If-Match`` of the etag the claim
    saw — if a newer primary advanced it meanwhile the store answers 412 and
    nothing more is written; last ``_SUCCESS`` with ``If-None-Match: *``.
@@ -58,6 +60,7 @@ from cryptorun_daemon.storage.object_store import (
     ObjectMissingError,
     TierBucket,
 )
+from cryptorun_daemon.storage.quarantine_sidecar import SIDECAR_NAME
 
 if TYPE_CHECKING:
     from cryptorun_daemon.metrics import Metrics
@@ -221,17 +224,9 @@ def bucket_reader(source: TierBucket) -> FileReader:
         relative = object_key(manifest.key, entry.name)
 
         async def read(offset: int, length: int) -> bytes | bytearray:
-            # One buffer of exactly `length` filled in place and handed on as is: no
-            # list of pieces, no join, no copy, so a part costs its size once.
-            buffer = bytearray(length)
-            got = 0
-            async for piece in source.stream(relative, offset=offset, chunk=min(length, 1 << 20)):
-                take = min(len(piece), length - got)
-                buffer[got : got + take] = piece[:take]
-                got += take
-                if got >= length:
-                    break
-            return buffer if got == length else buffer[:got]
+            # One ranged GET per part, retried whole: the part arrives in one buffer,
+            # with no Python loop over pieces and no second copy.
+            return await source.get_range(relative, offset, length)
 
         return read
 
@@ -275,6 +270,7 @@ class BucketCommitter:
         token: FenceToken,
         *,
         copy_source: TierBucket | None = None,
+        sidecar: bytes | None = None,
     ) -> CommitReport:
         """Bring ``manifest``'s partition into the bucket and seal it there.
 
@@ -282,7 +278,12 @@ class BucketCommitter:
         the tier's epoch and primary). ``copy_source``: a bucket on the same
         endpoint holding the same partition; its files are copied server-side
         (no bytes through the daemon) and then read back and hashed here.
-        Re-committing identical content writes nothing.
+        ``sidecar``: the partition's row-level quarantine sidecar
+        (``_quarantine.json``, written by the step validators) — stored beside
+        the data before the commit point, as on disk; without one, a sidecar
+        left by an earlier version is removed, so the bucket never pairs
+        findings with files they do not describe. Re-committing identical
+        content writes nothing.
         """
         held, manifest_etag = await self.committed_manifest(manifest)
         if held is not None and held.content_hash == manifest.content_hash:
@@ -301,9 +302,15 @@ class BucketCommitter:
             report.reused += reused
         manifest_key = object_key(manifest.key, MANIFEST_NAME)
         success_key = object_key(manifest.key, SUCCESS_MARKER)
+        sidecar_key = object_key(manifest.key, SIDECAR_NAME)
         if manifest_etag is not None:
             # Another version (or an unfinished commit): never pair its marker with ours.
             await self.bucket.delete(success_key)
+        if sidecar is not None:
+            await self.bucket.put(sidecar_key, sidecar)
+        else:
+            await self.bucket.delete(sidecar_key)
+        if manifest_etag is not None:
             await self.bucket.put(manifest_key, manifest.to_bytes(), if_match=manifest_etag)
         else:
             await self.bucket.put(manifest_key, manifest.to_bytes(), mode="create")

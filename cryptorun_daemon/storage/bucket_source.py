@@ -25,10 +25,28 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
-from cryptorun_daemon.config import Tier
+from cryptorun_daemon.config import Config, ObjectStoreTier, Tier
 from cryptorun_daemon.errors import ReplicationError
 from cryptorun_daemon.storage.layout import object_key, parse_partition_path
-from cryptorun_daemon.storage.object_store import ObjectStoreError, TierBucket
+from cryptorun_daemon.storage.object_store import ObjectStoreError, TierBucket, endpoints_match
+
+
+def bucket_held_tiers(config: Config) -> dict[Tier, ObjectStoreTier]:
+    """The tiers this region holds only in its bucket, with their bucket's config.
+
+    A tier is bucket-held when ``[storage.tiers.T]`` names a bucket and some
+    ``[storage.sources.REGION.T]`` is on another endpoint: its pull link then
+    streams bucket → bucket and keeps no local copy
+    (replication/bucket_executor.py), so what it holds is in its bucket
+    index, and that is what it serves as a source (replication/bucket_serving.py).
+    """
+    held: dict[Tier, ObjectStoreTier] = {}
+    for tier, mine in config.storage.tiers.items():
+        for by_tier in config.storage.sources.values():
+            theirs = by_tier.get(tier)
+            if theirs is not None and not endpoints_match(mine, theirs):
+                held[tier] = mine
+    return held
 
 
 def replication_failure(exc: ObjectStoreError) -> ReplicationError:

@@ -11,13 +11,20 @@ region's current view of the tier's epoch and primary. The local partition
 stays as the region's cache (readers and peers are served from it). A replica
 whose config names the primary's bucket (``[storage.sources.P.T]``) on the
 same endpoint copies the files server-side instead of uploading them, and
-reads the copy back to verify it.
+reads the copy back to verify it. The local copy passed the step validators
+before its commit (the disk executor); the row-level quarantine sidecar they
+wrote (``_quarantine.json``) is committed into the bucket with the partition.
 
 Its position is saved in ``{root}/_state/object_store/{tier}.json`` after
 every page; a failed partition stops the pass there (nothing after it is
 skipped) and is retried on the next pass, so nothing is lost across a crash or
 an outage of the store. ``cryptorun_replication_bytes_pending{tier,region}``
 is the size of what the feed holds and the bucket does not yet.
+
+On a tier this region holds only in its bucket (a cross-endpoint source is
+configured, :func:`~cryptorun_daemon.storage.bucket_source.bucket_held_tiers`)
+every commit is also recorded in the bucket index, the feed such a tier is
+served from.
 
 A region that is the tier's primary on a store that does not enforce
 conditional writes commits nothing unless ``accept_weak_fencing = true``
@@ -47,9 +54,11 @@ from cryptorun_daemon.storage.bucket_commit import (
     enforces_conditional_writes,
     local_reader,
 )
-from cryptorun_daemon.storage.change_feed import Change, feed_for
+from cryptorun_daemon.storage.bucket_source import bucket_held_tiers
+from cryptorun_daemon.storage.change_feed import Change, bucket_index, feed_for
 from cryptorun_daemon.storage.manifest import Manifest, read_manifest
 from cryptorun_daemon.storage.object_store import TierBucket
+from cryptorun_daemon.storage.quarantine_sidecar import read_local_sidecar
 from cryptorun_daemon.timefmt import format_rfc3339
 
 log = structlog.get_logger("cryptorun.object_store")
@@ -105,6 +114,8 @@ class ObjectStoreComponent:
         self.states: dict[ActivePassiveTier, TierSyncState] = {}
         # Peers' buckets (``[storage.sources]``) for server-side copies, built once.
         self._sources: dict[tuple[str, ActivePassiveTier], TierBucket] = {}
+        # Tiers served from the bucket index (storage/bucket_source.py): commits are indexed.
+        self.bucket_held = set(bucket_held_tiers(ctx.config))
 
     def routes(self) -> Sequence[web.RouteDef]:
         return []
@@ -265,12 +276,18 @@ class ObjectStoreComponent:
                 local_reader(directory),
                 state.token,
                 copy_source=self._copy_source(tier, primary),
+                # What the validators found in the local copy travels with it: the
+                # bucket's view of flagged rows is the disk's.
+                sidecar=await asyncio.to_thread(read_local_sidecar, directory),
             )
         except FencedError:
             state.token = None  # claim again next time: the view may have moved on
             raise
         if not report.already:
             state.committed += 1
+            if tier in self.bucket_held:
+                # What the bucket holds is what a bucket-held tier serves as a source.
+                await asyncio.to_thread(bucket_index(self.root, tier).record_sealed, local)
 
     def _copy_source(self, tier: ActivePassiveTier, primary: str) -> TierBucket | None:
         """The primary's bucket when a server-side copy from it is possible (same endpoint)."""

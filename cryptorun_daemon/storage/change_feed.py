@@ -600,6 +600,20 @@ def feed_for(root: Path) -> ChangeFeed:
         return feed
 
 
+#: Under ``storage.root``: the index of what a tier's bucket holds, one feed per tier.
+BUCKET_INDEX_DIR: Final = "_state/bucket_index"
+
+
+def bucket_index(root: Path, tier: Tier) -> ChangeFeed:
+    """The change feed indexing what ``tier``'s bucket holds (not this root's disk feed).
+
+    Written by the bucket → bucket executor and by the disk → bucket worker;
+    read by the links that mirror into the bucket and, for a tier held only in
+    the bucket, by the feed and digest endpoints.
+    """
+    return feed_for(root / BUCKET_INDEX_DIR / tier)
+
+
 def empty_digest() -> str:
     return _ZERO
 

@@ -31,6 +31,7 @@ from typing import Final, Literal
 
 from cryptorun_daemon.config import TIERS, Tier
 from cryptorun_daemon.errors import PathRejectedError
+from cryptorun_daemon.storage.quarantine_sidecar import SIDECAR_NAME
 
 SUCCESS_MARKER: Final = "_SUCCESS"
 MANIFEST_NAME: Final = "_manifest.json"
@@ -256,13 +257,11 @@ def parse_partition_dir(directory: Path) -> PartitionKey:
     )
 
 
-def resolve_partition_file(root: Path, tier: Tier, path: str) -> tuple[PartitionKey, str, Path]:
-    """Map a wire path ``{partition}/{file}`` to a real file strictly inside ``root``.
+def parse_partition_file(tier: Tier, path: str) -> tuple[PartitionKey, str]:
+    """Parse a wire path ``{partition}/{file}`` (a data file or the manifest), no I/O.
 
-    Returns ``(key, file name, absolute path)``. Error handling: syntactic
-    problems raise :class:`PathRejectedError` (HTTP 400); a path that resolves
-    through a symlink, or to something that is not a regular file, raises
-    ``FileNotFoundError`` (HTTP 404) so probing cannot tell the two apart.
+    Error handling: :class:`PathRejectedError` (HTTP 400) for anything the
+    layout cannot produce.
     """
     parts = split_wire_path(path)
     if len(parts) < 2:
@@ -271,6 +270,18 @@ def resolve_partition_file(root: Path, tier: Tier, path: str) -> tuple[Partition
     key = parse_partition_parts(tier, partition_parts)
     if name != MANIFEST_NAME and not is_data_file_name(name):
         raise PathRejectedError(f"{name!r} is not a partition file name")
+    return key, name
+
+
+def resolve_partition_file(root: Path, tier: Tier, path: str) -> tuple[PartitionKey, str, Path]:
+    """Map a wire path ``{partition}/{file}`` to a real file strictly inside ``root``.
+
+    Returns ``(key, file name, absolute path)``. Error handling: syntactic
+    problems raise :class:`PathRejectedError` (HTTP 400); a path that resolves
+    through a symlink, or to something that is not a regular file, raises
+    ``FileNotFoundError`` (HTTP 404) so probing cannot tell the two apart.
+    """
+    key, name = parse_partition_file(tier, path)
     real_root = Path(os.path.realpath(root))
     expected = real_root / tier / key.relpath / name
     # realpath follows every symlink on the way; any difference means a link
@@ -284,15 +295,19 @@ def resolve_partition_file(root: Path, tier: Tier, path: str) -> tuple[Partition
 
 #: Under an object-store tier's prefix: the fence object holding the tier's epoch.
 FENCE_OBJECT_DIR: Final = "_state/fence"
+#: Under ``storage.root``: where a bucket → bucket step spools a partition's files for
+#: the step validators (``{SPOOL_DIR}/{tier}/{partition path}``), emptied after the step.
+SPOOL_DIR: Final = "_state/bucket_spool"
 
 
 def object_key(key: PartitionKey, name: str) -> str:
     """The key of ``name`` (a data file or marker) of partition ``key`` below a tier prefix.
 
     The same path as on disk below ``storage.root`` (``{tier}/{dataset}/venue=…``),
-    so ``pyarrow.dataset`` and DuckDB see one hive layout on both backends.
+    so ``pyarrow.dataset`` and DuckDB see one hive layout on both backends. Besides
+    data files: the markers and the row-level quarantine sidecar (``_quarantine.json``).
     """
-    if name not in (MANIFEST_NAME, SUCCESS_MARKER) and not is_data_file_name(name):
+    if name not in (MANIFEST_NAME, SUCCESS_MARKER, SIDECAR_NAME) and not is_data_file_name(name):
         raise PathRejectedError(f"{name!r} is not a partition file name")
     return f"{key.tier}/{key.relpath}/{name}"
 

@@ -5,11 +5,12 @@ parts of an unfinished upload, so an upload cut by ``kill -9`` could only
 start over. This module drives the S3 multipart calls itself through
 ``botocore`` (the maintained AWS client; we never sign requests ourselves):
 
-1. the upload id, part size and every finished part's ETag are saved, after
-   each part, in ``{storage.root}/_state/multipart/{tier}/{digest of key}.json``;
+1. the upload id, size, manifest hash and part size are saved when the upload
+   starts, in ``{storage.root}/_state/multipart/{tier}/{digest of key}.json``
+   (durably, before any part is sent);
 2. a restarted upload of the same object (same size and manifest hash) asks
-   the store for the parts it holds (``ListParts``, the store's truth, not
-   only our file) and uploads only the missing ones;
+   the store for the parts it holds (``ListParts``, the store's truth: no
+   per-part record of ours is needed or kept) and uploads only the missing ones;
 3. every byte is hashed (xxh3-128) in order while it goes up; the finished
    parts of a resumed upload are read again and hashed, not sent again. Only
    when the whole object hashes to the manifest's value is the upload
@@ -189,19 +190,18 @@ class MultipartUploader:
         # Memory: every part held (read, hashed or in flight) holds one of the
         # bucket's part buffers, so all uploads of a tier together stay bounded.
         sending: list[asyncio.Task[None]] = []
-        saving = asyncio.Lock()
 
         async def send(number: int, data: bytes | bytearray) -> None:
             try:
                 etag = await self._put_part(state, number, data)
-                self.bucket.count_bytes("put", len(data))
-                report.sent += len(data)
-                async with saving:
-                    state.parts[number] = etag
-                    await asyncio.to_thread(self._save, state)
-                failpoint("multipart.after_part")
             finally:
                 self.bucket.part_buffers.release()
+            self.bucket.count_bytes("put", len(data))
+            report.sent += len(data)
+            # In memory only: a resumed upload asks the store (ListParts), so no
+            # write (and fsync) per part holds up the uploads.
+            state.parts[number] = etag
+            failpoint("multipart.after_part")
 
         try:
             for number in range(1, count + 1):

@@ -22,6 +22,14 @@ from cryptorun_daemon.storage.atomic import atomic_write_bytes, fsync_dir
 SIDECAR_NAME: Final = "_quarantine.json"
 
 
+def read_local_sidecar(folder: Path) -> bytes | None:
+    """The folder's sidecar as stored (to commit it elsewhere), ``None`` when it has none."""
+    try:
+        return (folder / SIDECAR_NAME).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def prune_sidecar(folder: Path, keep: Collection[str]) -> list[str]:
     """Drop sidecar entries for files not in ``keep``; returns the names dropped.
 

@@ -7,16 +7,20 @@ pulls it as always and its committed copy lands in the replica's bucket.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from cryptorun_daemon.storage.bucket_commit import BucketFence
 from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, PartitionKey, object_key
 from cryptorun_daemon.storage.object_store import TierBucket
+from cryptorun_daemon.storage.quarantine_sidecar import SIDECAR_NAME
 from tests.harness.admin import auth_headers, metric, seal_when_accepted
 from tests.harness.daemons import (
     RegionSpec,
@@ -34,7 +38,7 @@ from tests.harness.s3 import (
     aws_env,
     s3_server,
 )
-from tests.harness.testdata import write_trade_partition
+from tests.harness.testdata import partition_trades, write_trade_partition
 from tests.harness.wait import eventually
 
 __all__ = ["aws_credentials", "s3_server"]  # pytest fixtures used by name
@@ -249,3 +253,45 @@ async def test_kill_9_mid_multipart_then_restart_resumes_without_resending_parts
 
 async def _exists(bucket: TierBucket, relative: str) -> bool:
     return await bucket.head(relative) is not None
+
+
+async def test_same_endpoint_replica_commits_its_row_quarantine_sidecar_into_its_bucket(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """A seals (without judging) a cold partition whose rows 3 and 9 have a negative
+    price. B, whose bucket is on A's endpoint, validates its local copy like any disk
+    replica (the rows listed in ``_quarantine.json`` beside the file) and commits that
+    same sidecar into its bucket with the server-side copy: B's bucket and B's disk give
+    readers the same flagged rows, while A's bucket, whose commit nobody judged, has none."""
+    a, b = two_regions(
+        tmp_path,
+        rules=[{"tier": "cold", "from": "eu-central", "to": ["us-east"], "lag_slo": "5m"}],
+    )
+    for spec in (a, b):
+        _with_cold_bucket(spec, s3_server, prefix="sidecar")
+    b.sections["storage.sources.eu-central.cold"] = dict(b.sections["storage.tiers.cold"])
+    b.sections["storage.sources.eu-central.cold"]["url"] = a.sections["storage.tiers.cold"]["url"]
+    a_bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="sidecar"))
+    b_bucket = TierBucket("cold", s3_server.tier_config("us-east", prefix="sidecar"))
+    async with (
+        run_daemon_process(a.write(), env=aws_env()),
+        run_daemon_process(b.write(), env=aws_env()),
+        aiohttp.ClientSession() as http,
+    ):
+        directory = KEY.directory(a.storage_root)
+        directory.mkdir(parents=True)
+        table = partition_trades(KEY, 500, origin="eu-central", seed=7)
+        prices = table.column("price").to_numpy().copy()
+        prices[[3, 9]] = -1.0
+        table = table.set_column(table.schema.get_field_index("price"), "price", pa.array(prices))
+        pq.write_table(table, directory / "part-0000.parquet")
+        await seal_when_accepted(http, a.base_url, "cold", KEY.relpath)
+        await eventually(lambda: _has_success(b_bucket), "the partition in B's bucket", timeout=60)
+        on_disk = (KEY.directory(b.storage_root) / SIDECAR_NAME).read_bytes()
+        in_bucket, _ = await b_bucket.get(object_key(KEY, SIDECAR_NAME))
+        assert in_bucket == on_disk
+        entry = json.loads(in_bucket)["files"]["part-0000.parquet"]
+        assert entry["flagged_rows"] == 2
+        assert entry["region"] == "us-east"
+        assert await _has_success(a_bucket)
+        assert await a_bucket.head(object_key(KEY, SIDECAR_NAME)) is None

@@ -42,6 +42,7 @@ from cryptorun_daemon.data.validate.staleness import staleness_batch
 from cryptorun_daemon.data.validate.tables import encode_strings
 from cryptorun_daemon.errors import ValidationFailedError
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.storage.layout import SPOOL_DIR
 
 Status = Literal["clean", "rows_flagged", "file_quarantined"]
 # data_consistency_errors_total has a fixed label set; drift is a staleness
@@ -314,12 +315,17 @@ def partition_validator(
     """A step validator ``(path, dataset, tier) -> FileVerdict`` bound to one daemon.
 
     Fits the copier's validator protocol (``verdict.ok``, ``verdict.detail``).
-    Error handling: in strict mode it raises ``ValidationFailedError``.
+    A file spooled by a bucket → bucket step (``storage_root/SPOOL_DIR/{tier}/…``)
+    is quarantined under its partition path exactly like a file of
+    ``storage_root/{tier}``. Error handling: in strict mode it raises
+    ``ValidationFailedError``.
     """
+    spool = storage_root / SPOOL_DIR
 
     def validate_partition(path: Path, dataset: str, tier: str) -> FileVerdict:
         if dataset not in ("trade", "book") or tier not in TIERS:
             raise ValueError(f"unknown dataset {dataset!r} or tier {tier!r}")
+        spooled = spool / tier in path.parents
         return validate_partition_file(
             path,
             dataset=cast(Dataset, dataset),
@@ -329,6 +335,7 @@ def partition_validator(
             metrics=metrics,
             storage_root=storage_root,
             strict=strict,
+            relative_to=spool / tier if spooled else None,
         )
 
     return validate_partition
