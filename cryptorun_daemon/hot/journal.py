@@ -45,6 +45,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,12 @@ class Journal:
         nothing indexed) while the journal is not :attr:`writable`.
         """
         self._check_writable()
+        starts = list(accumulate((len(line) + 1 for line in lines), initial=self._size))
+        if starts[-1] < self.segment_bytes:
+            # No roll inside the batch (the common case): index and append in one go.
+            self.local_index.note_run(first_seq, self._index, starts[:-1])
+            self._append(b"\n".join(lines) + b"\n", len(lines))
+            return len(lines)
         note = self.local_index.note
         start, offset = 0, self._size
         for at, line in enumerate(lines):

@@ -34,7 +34,7 @@ from cryptorun_daemon.errors import JournalUnavailableError
 from cryptorun_daemon.hot.buffer import ReplayBuffer
 from cryptorun_daemon.hot.feed import MarketRecord
 from cryptorun_daemon.hot.journal import Journal
-from cryptorun_daemon.hot.record import HotRecord, encode_record
+from cryptorun_daemon.hot.record import HotRecord, encode_record, encode_records_batch
 from cryptorun_daemon.metrics import Metrics
 
 log = structlog.get_logger("cryptorun.hot.log")
@@ -235,22 +235,17 @@ class HotLog:
             self._drop(len(records))
             return 0, 0
         now = now_ns if now_ns is not None else time.time_ns()
-        region, seq = self.region, self.seq
-        hots: list[HotRecord] = []
-        refused = 0
+        region = self.region
+        items: list[tuple[int, str, dict[str, Any]]] = []
         for record in records:
             fields = record.fields
             ingest_ns = fields.get("ingest_ts")
             if not isinstance(ingest_ns, int):
                 ingest_ns = now
                 fields = {**fields, "ingest_ts": now}
-            try:
-                hot = encode_record(region, seq + 1, ingest_ns, record.dataset, fields)
-            except ValueError:
-                refused += 1
-                continue
-            seq += 1
-            hots.append(hot)
+            items.append((ingest_ns, record.dataset, fields))
+        hots, refused_at = encode_records_batch(region, self.seq + 1, items)
+        refused = len(refused_at)
         if not hots:
             return 0, refused
         try:
@@ -269,9 +264,7 @@ class HotLog:
         self.buffer.extend(hots)
         self._local_records.inc(len(hots))
         if self.observers:
-            latest: dict[tuple[str, str], int] = {}
-            for hot in hots:
-                latest[(hot.venue, hot.symbol)] = hot.ingest_ns
+            latest = {(hot.venue, hot.symbol): hot.ingest_ns for hot in hots}  # last one wins
             for (venue, symbol), ingest_ns in latest.items():
                 for observe in self.observers:
                     observe(region, venue, symbol, ingest_ns)
