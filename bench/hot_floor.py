@@ -509,7 +509,12 @@ def main() -> None:
     assert check_floor is not None
     origin = feed + ingest + journal_fsync + 2 * (frame + w["aiohttp_send"] * 1e6) + staging
     peer = w["aiohttp_recv"] * 1e6 + check + peer_journal + staging
-    origin_floor = feed + ingest + journal_fsync + 2 * (w["ws_send"] * 1e6) + staging_floor
+    encode_floor = us["encode: record line (+HotRecord)"][1]
+    journal_floor = us["journal: append + fsync/1,024"][1]
+    assert encode_floor is not None
+    assert journal_floor is not None
+    # The floor origin: the same feed, a bare encode, a bare write + fsync, bare sends.
+    origin_floor = feed + encode_floor + journal_floor + 2 * (w["ws_send"] * 1e6) + staging_floor
     peer_floor = w["ws_recv"] * 1e6 + check_floor + peer_journal + staging_floor
     print(
         f"\nper record, CPU µs: origin {origin:.1f} (floor {origin_floor:.1f}), "
