@@ -14,7 +14,10 @@ Measures, in one run:
    then the buffer — the catch-up path after a long outage), the latter
    against the rate A ingests meanwhile (``--rate``);
 3. latency at a steady 10,000 records/s: p99 of ingest-at-A → applied-at-B
-   (per batch, the oldest record of the batch, so an upper bound per record);
+   (per batch, the oldest record of the batch, so an upper bound per record),
+   with its baseline from the same seconds: how late a bare event loop in
+   another process wakes from 1 ms sleeps (the stalls the box imposes on any
+   process), and each daemon's loop-lag probe;
 4. memory: RSS of origin and subscriber, replay-buffer bytes against the limit;
 5. raw ``websockets`` moving the same frames from one process to another
    (a server process and a client process), and the mirror's ratio to it.
@@ -293,6 +296,35 @@ def lag_summary(before: dict[str, float], after: dict[str, float]) -> str:
     return f"{int(total)} ticks, late " + (", ".join(late) if late else "none")
 
 
+_STALL_PROBE = """
+import asyncio, sys, time
+try:
+    import uvloop
+    run = uvloop.run
+except ImportError:
+    run = asyncio.run
+async def main(seconds):
+    late = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        asked = time.monotonic() + 0.001
+        await asyncio.sleep(0.001)
+        late.append(time.monotonic() - asked)
+    late.sort()
+    pick = lambda q: round(late[min(len(late) - 1, int(q * len(late)))] * 1e3, 3)
+    print(pick(0.5), pick(0.99), pick(1.0), len(late))
+run(main(float(sys.argv[1])))
+"""
+
+
+def stall_probe(seconds: float) -> subprocess.Popen[str]:
+    """A process that only sleeps 1 ms at a time on an event loop and times how late it
+    wakes: the stalls the box itself imposes on any process (the latency baseline)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _STALL_PROBE, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+
+
 async def latency(tmp: Path, seconds: float) -> dict[str, Any]:
     pa, pb = free_port(), free_port()
     limit_bytes = 16 << 20
@@ -307,6 +339,7 @@ async def latency(tmp: Path, seconds: float) -> dict[str, Any]:
             await wait_ready(session, pb)
             await asyncio.sleep(2)  # warm-up; the client's sample window is its last 8192 batches
             lag_a0, lag_b0 = await loop_lag(session, pa), await loop_lag(session, pb)
+            probe = stall_probe(seconds)
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 rss.append(a.rss_mb())
@@ -314,6 +347,8 @@ async def latency(tmp: Path, seconds: float) -> dict[str, Any]:
                 await asyncio.sleep(0.5)
             sb, sa = await status(session, pb), await status(session, pa)
             lag_a, lag_b = await loop_lag(session, pa), await loop_lag(session, pb)
+            probe_out, _ = await asyncio.to_thread(probe.communicate)
+            p50, p99, worst, ticks = probe_out.split()
             lat = sb["origins"]["eu"]["apply_latency"]
             return {
                 "rate": 10_000,
@@ -329,6 +364,7 @@ async def latency(tmp: Path, seconds: float) -> dict[str, Any]:
                 "loop_lag_origin": lag_summary(lag_a0, lag_a),
                 "loop_lag_subscriber": lag_summary(lag_b0, lag_b),
                 "blocking_reservations": sa["journal"].get("blocking_reservations"),
+                "box_stalls": f"p50 {p50} ms, p99 {p99} ms, max {worst} ms over {ticks} sleeps",
             }
     finally:
         b.stop()
@@ -467,6 +503,10 @@ async def amain(args: argparse.Namespace) -> None:
                 f"({lat['applied']:,} records); loop lag origin {lat['loop_lag_origin']}; "
                 f"subscriber {lat['loop_lag_subscriber']}; reservations fsynced on the "
                 f"origin's loop {lat['blocking_reservations']}; load {_load()}"
+            )
+            print(
+                f"baseline, same time: a bare event loop sleeping 1 ms at a time woke late by "
+                f"{lat['box_stalls']}"
             )
             print(
                 f"memory: origin RSS max {lat['origin_rss_mb_max']} MB, subscriber "
