@@ -14,12 +14,16 @@ Measures, in one run:
    then the buffer — the catch-up path after a long outage), the latter
    against the rate A ingests meanwhile (``--rate``);
 3. latency at a steady 10,000 records/s: p99 of ingest-at-A → applied-at-B
-   (per batch, the oldest record of the batch, so an upper bound per record);
+   (per batch, the oldest record of the batch, so an upper bound per record),
+   with its baseline from the same seconds: how late a bare event loop in
+   another process wakes from 1 ms sleeps (the stalls the box imposes on any
+   process), and each daemon's loop-lag probe;
 4. memory: RSS of origin and subscriber, replay-buffer bytes against the limit;
 5. raw ``websockets`` moving the same frames from one process to another
    (a server process and a client process), and the mirror's ratio to it.
 
-Usage: ``python bench/hot_mirror.py [--ingest-rate 100000] [--rate 60000]``;
+Usage: ``python bench/hot_mirror.py [--ingest-rate 100000] [--rate 60000] [--phases
+latency,raw]``;
 ``CRYPTORUN_EVENT_LOOP=asyncio`` runs the daemons on the asyncio loop.
 ``--serve CONFIG`` is the internal entry that runs one daemon process.
 """
@@ -270,6 +274,57 @@ async def ingest_two_subscribers(
             proc.stop()
 
 
+async def loop_lag(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    """The daemon's ``cryptorun_event_loop_lag_seconds`` histogram: ``{le: cumulative count}``."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with session.get(f"http://127.0.0.1:{port}/metrics", headers=headers) as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("cryptorun_event_loop_lag_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def lag_summary(before: dict[str, float], after: dict[str, float]) -> str:
+    """Ticks of the loop-lag probe (10 a second) during the run, and how many woke later
+    than each bucket bound: a stall of the loop shows up here, whatever caused it."""
+    delta = {le: after.get(le, 0) - before.get(le, 0) for le in after}
+    total = delta.get("+Inf", 0)
+    late = [f">{le}s: {int(total - n)}" for le, n in delta.items() if le != "+Inf" and n < total]
+    return f"{int(total)} ticks, late " + (", ".join(late) if late else "none")
+
+
+_STALL_PROBE = """
+import asyncio, sys, time
+try:
+    import uvloop
+    run = uvloop.run
+except ImportError:
+    run = asyncio.run
+async def main(seconds):
+    late = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        asked = time.monotonic() + 0.001
+        await asyncio.sleep(0.001)
+        late.append(time.monotonic() - asked)
+    late.sort()
+    pick = lambda q: round(late[min(len(late) - 1, int(q * len(late)))] * 1e3, 3)
+    print(pick(0.5), pick(0.99), pick(1.0), len(late))
+run(main(float(sys.argv[1])))
+"""
+
+
+def stall_probe(seconds: float) -> subprocess.Popen[str]:
+    """A process that only sleeps 1 ms at a time on an event loop and times how late it
+    wakes: the stalls the box itself imposes on any process (the latency baseline)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _STALL_PROBE, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+
+
 async def latency(tmp: Path, seconds: float) -> dict[str, Any]:
     pa, pb = free_port(), free_port()
     limit_bytes = 16 << 20
@@ -283,12 +338,17 @@ async def latency(tmp: Path, seconds: float) -> dict[str, Any]:
             await wait_ready(session, pa)
             await wait_ready(session, pb)
             await asyncio.sleep(2)  # warm-up; the client's sample window is its last 8192 batches
+            lag_a0, lag_b0 = await loop_lag(session, pa), await loop_lag(session, pb)
+            probe = stall_probe(seconds)
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 rss.append(a.rss_mb())
                 rss_b.append(b.rss_mb())
                 await asyncio.sleep(0.5)
             sb, sa = await status(session, pb), await status(session, pa)
+            lag_a, lag_b = await loop_lag(session, pa), await loop_lag(session, pb)
+            probe_out, _ = await asyncio.to_thread(probe.communicate)
+            p50, p99, worst, ticks = probe_out.split()
             lat = sb["origins"]["eu"]["apply_latency"]
             return {
                 "rate": 10_000,
@@ -301,6 +361,10 @@ async def latency(tmp: Path, seconds: float) -> dict[str, Any]:
                 "subscriber_rss_mb_max": round(max(rss_b), 1),
                 "origin_buffer_bytes": sa["buffer"]["bytes"],
                 "origin_buffer_limit_bytes": limit_bytes,
+                "loop_lag_origin": lag_summary(lag_a0, lag_a),
+                "loop_lag_subscriber": lag_summary(lag_b0, lag_b),
+                "blocking_reservations": sa["journal"].get("blocking_reservations"),
+                "box_stalls": f"p50 {p50} ms, p99 {p99} ms, max {worst} ms over {ticks} sleeps",
             }
     finally:
         b.stop()
@@ -396,51 +460,69 @@ def _load() -> str:
 async def amain(args: argparse.Namespace) -> None:
     loop = os.environ.get("CRYPTORUN_EVENT_LOOP", "auto")
     print(f"event loop: {loop} (CRYPTORUN_EVENT_LOOP); cpus: {os.cpu_count()}; load {_load()}")
+    phases = set(args.phases.split(","))
+    tp: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        ing = await ingest_two_subscribers(
-            tmp, args.ingest_rate, args.ingest_seconds, args.window_seconds
-        )
+        if "ingest" in phases:
+            ing = await ingest_two_subscribers(
+                tmp, args.ingest_rate, args.ingest_seconds, args.window_seconds
+            )
+            print(
+                f"ingest with two subscribers: {ing['records_per_s']:,} records/s of "
+                f"{ing['asked']:,.0f} asked, skipped {ing['skipped']:,}, peak ingest lag "
+                f"{ing['max_lag_s']} s; head {ing['head']:,}, subscribers at "
+                f"{ing['b_applied']:,} and {ing['c_applied']:,}; RSS MB {ing['rss_mb']}; "
+                f"windows sealed meanwhile {ing['windows_sealed']} ({args.window_seconds} s "
+                f"windows, primary {ing['sealer_primary']}, error {ing['sealer_error']}); "
+                f"load {_load()}"
+            )
+        if "mirror" in phases:
+            tp = await throughput(tmp, args.backlog_seconds, args.rate)
+            print(
+                f"sustained mirror: {tp['records_per_s']:,} records/s "
+                f"({tp['drained']:,} records drained in {tp['seconds']} s; "
+                f"backlog {tp['backlog_records']:,}; origin feed {tp['origin_feed']}); "
+                f"load {_load()}"
+            )
+        if "catchup" in phases:
+            tj = await throughput(tmp, args.backlog_seconds, args.rate, buffer_records=10_000)
+            ratio = tj["records_per_s"] / max(1, tj["origin_records_per_s"])
+            print(
+                f"catch-up from the journal (10,000-record buffer): "
+                f"{tj['records_per_s']:,} records/s while the origin ingested "
+                f"{tj['origin_records_per_s']:,}/s = {ratio:.2f}x ({tj['drained']:,} records "
+                f"drained in {tj['seconds']} s; {tj['from_journal']:,} served from journal "
+                f"segments); load {_load()}"
+            )
+        if "latency" in phases:
+            lat = await latency(tmp, args.latency_seconds)
+            print(
+                f"latency at {lat['rate']:,} records/s: p50 {lat['p50_ms']} ms, "
+                f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms over {lat['batches']} batches "
+                f"({lat['applied']:,} records); loop lag origin {lat['loop_lag_origin']}; "
+                f"subscriber {lat['loop_lag_subscriber']}; reservations fsynced on the "
+                f"origin's loop {lat['blocking_reservations']}; load {_load()}"
+            )
+            print(
+                f"baseline, same time: a bare event loop sleeping 1 ms at a time woke late by "
+                f"{lat['box_stalls']}"
+            )
+            print(
+                f"memory: origin RSS max {lat['origin_rss_mb_max']} MB, subscriber "
+                f"{lat['subscriber_rss_mb_max']} MB; replay buffer "
+                f"{lat['origin_buffer_bytes']:,} B of {lat['origin_buffer_limit_bytes']:,} B limit"
+            )
+    if "raw" in phases:
+        frames = sample_frames(200_000, 4096)
+        raw = raw_websockets(frames, 4096)
         print(
-            f"ingest with two subscribers: {ing['records_per_s']:,} records/s of "
-            f"{ing['asked']:,.0f} asked, skipped {ing['skipped']:,}, peak ingest lag "
-            f"{ing['max_lag_s']} s; head {ing['head']:,}, subscribers at "
-            f"{ing['b_applied']:,} and {ing['c_applied']:,}; RSS MB {ing['rss_mb']}; "
-            f"windows sealed meanwhile {ing['windows_sealed']} ({args.window_seconds} s windows, "
-            f"primary {ing['sealer_primary']}, error {ing['sealer_error']})"
+            f"raw websockets, same frames, process to process: {raw['records_per_s']:,} "
+            f"records/s ({raw['records']:,} records in {raw['seconds']} s)"
         )
-        tp = await throughput(tmp, args.backlog_seconds, args.rate)
-        print(
-            f"sustained mirror: {tp['records_per_s']:,} records/s "
-            f"({tp['drained']:,} records drained in {tp['seconds']} s; "
-            f"backlog {tp['backlog_records']:,}; origin feed {tp['origin_feed']})"
-        )
-        tj = await throughput(tmp, args.backlog_seconds, args.rate, buffer_records=10_000)
-        ratio = tj["records_per_s"] / max(1, tj["origin_records_per_s"])
-        print(
-            f"catch-up from the journal (10,000-record buffer): "
-            f"{tj['records_per_s']:,} records/s while the origin ingested "
-            f"{tj['origin_records_per_s']:,}/s = {ratio:.2f}x ({tj['drained']:,} records drained "
-            f"in {tj['seconds']} s; {tj['from_journal']:,} served from journal segments)"
-        )
-        lat = await latency(tmp, args.latency_seconds)
-        print(
-            f"latency at {lat['rate']:,} records/s: p50 {lat['p50_ms']} ms, "
-            f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms over {lat['batches']} batches "
-            f"({lat['applied']:,} records)"
-        )
-        print(
-            f"memory: origin RSS max {lat['origin_rss_mb_max']} MB, subscriber "
-            f"{lat['subscriber_rss_mb_max']} MB; replay buffer "
-            f"{lat['origin_buffer_bytes']:,} B of {lat['origin_buffer_limit_bytes']:,} B limit"
-        )
-    frames = sample_frames(200_000, 4096)
-    raw = raw_websockets(frames, 4096)
-    print(
-        f"raw websockets, same frames, process to process: {raw['records_per_s']:,} records/s "
-        f"({raw['records']:,} records in {raw['seconds']} s)"
-    )
-    print(f"ratio mirror/raw: {tp['records_per_s'] / raw['records_per_s']:.2f}; load {_load()}")
+        if tp is not None:
+            ratio = tp["records_per_s"] / raw["records_per_s"]
+            print(f"ratio mirror/raw: {ratio:.2f}; load {_load()}")
     print(
         "targets: ingest >= 100,000 records/s with two subscribers and zero skipped; "
         "catch-up >= 3x ingest; mirror >= 0.5x raw websockets; p99 <= 20 ms at 10,000/s"
@@ -461,6 +543,11 @@ def main() -> None:
     parser.add_argument("--ingest-seconds", type=float, default=20.0)
     parser.add_argument(
         "--window-seconds", type=int, default=5, help="A's hot.partition_length while ingesting"
+    )
+    parser.add_argument(
+        "--phases",
+        default="ingest,mirror,catchup,latency,raw",
+        help="comma-separated subset of ingest,mirror,catchup,latency,raw",
     )
     args = parser.parse_args()
     if args.serve:

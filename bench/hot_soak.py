@@ -8,7 +8,9 @@ and ``us`` is the replica that trims its journal as warm replication delivers
 the sealed partitions. Every ``--every`` seconds the script prints one row:
 RSS of both daemons, both journals' size on disk and records (estimated from
 the mean line size of the newest segment), records ingested and applied,
-skipped by the feeds, windows sealed, and the load average.
+skipped by the feeds, windows sealed, rows the sealers staged per second
+(``sealer.rows_staged`` in status, against the lines each journal gains), and
+the load average.
 
 Targets (issue 16): RSS of both < 500 MB throughout; the replica's journal
 bounded by the warm lag SLO's worth of records. A replica can trim a segment
@@ -155,10 +157,11 @@ async def soak(args: argparse.Namespace, tmp: Path) -> int:
         print(
             "| min | RSS eu MB | RSS us MB | journal eu MB (records) | journal us MB (records) "
             "| eu head / us applied | us head / eu applied | skipped eu/us | sealed eu/us "
-            "| load |",
+            "| staged rows/s eu/us | load |",
             flush=True,
         )
-        print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        staged_before = {"eu": 0, "us": 0}
         started = time.monotonic()
         end = started + args.minutes * 60
         minute = 0
@@ -187,6 +190,9 @@ async def soak(args: argparse.Namespace, tmp: Path) -> int:
                 worst["replica_bytes"] = max(worst["replica_bytes"], journal["us"][0])
                 worst["replica_records"] = max(worst["replica_records"], journal["us"][1])
                 eu, us = st["eu"], st["us"]
+                staged = {r: st[r]["sealer"].get("rows_staged", 0) for r in ("eu", "us")}
+                rate = {r: (staged[r] - staged_before[r]) / args.every for r in staged}
+                staged_before = staged
                 print(
                     f"| {minute} | {peak['eu']:.0f} | {peak['us']:.0f} "
                     f"| {journal['eu'][0] / 2**20:,.0f} ({journal['eu'][1]:,}) "
@@ -197,6 +203,7 @@ async def soak(args: argparse.Namespace, tmp: Path) -> int:
                     f"{eu['origins']['us']['applied_seq']:,} "
                     f"| {eu['feeds']['syn']['skipped']:,} / {us['feeds']['syn']['skipped']:,} "
                     f"| {eu['sealer']['windows_sealed']} / {us['sealer']['windows_sealed']} "
+                    f"| {rate['eu']:,.0f} / {rate['us']:,.0f} "
                     f"| {load_average()} |",
                     flush=True,
                 )

@@ -10,7 +10,18 @@ a queue of its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from operator import attrgetter
+from typing import Final
+
 from cryptorun_daemon.hot.record import HotRecord
+
+_LINE: Final = attrgetter("line")
+
+
+def _size_of(records: Sequence[HotRecord]) -> int:
+    """``sum(r.size for r in records)`` without a Python-level loop (one call per batch)."""
+    return sum(map(len, map(_LINE, records))) + len(records)
 
 
 class ReplayBuffer:
@@ -67,11 +78,16 @@ class ReplayBuffer:
         if (last is not None and first != last + 1) or records[-1].seq != first + len(records) - 1:
             raise ValueError(f"replay buffer expects seqs from {(last or 0) + 1}, got {first}..")
         self._items.extend(records)
-        self.bytes += sum(record.size for record in records)
+        self.bytes += _size_of(records)
         self._evict()
 
     def _evict(self) -> None:
         items = self._items
+        # Over the record limit: drop the excess in one step (the common case once full).
+        excess = min(len(self) - self.max_records, len(self) - 1)
+        if excess > 0:
+            self.bytes -= _size_of(items[self._head : self._head + excess])
+            self._head += excess
         # Keep at least the newest record even when it alone exceeds max_bytes.
         while len(self) > 1 and (len(self) > self.max_records or self.bytes > self.max_bytes):
             self.bytes -= items[self._head].size

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import msgspec
 
-_ENCODER: Final = msgspec.json.Encoder()
+ENCODER: Final = msgspec.json.Encoder()  # raw: no NaN check (callers that batch do their own)
 _DECODER: Final = msgspec.json.Decoder()
 # The reference codec: what every journal line was written and read with before msgspec.
 _STDLIB_DECODE: Final = json.JSONDecoder().decode
@@ -60,7 +60,7 @@ def encode(value: Any) -> bytes:
     and for a value JSON cannot carry (an arbitrary object), like ``json``.
     """
     try:
-        data = _ENCODER.encode(value)
+        data = ENCODER.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise ValueError(f"not JSON-serialisable: {exc}") from None
     if b"null" in data:

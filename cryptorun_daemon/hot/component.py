@@ -360,6 +360,7 @@ class HotComponent:
                 "writable": self.log.journal.writable,
                 "failure": self.log.journal.failure,
                 "failures": self.log.journal.failures,
+                "blocking_reservations": self.log.blocking_reservations,
             },
             "subscribers": self.server.status(),
             "authority": self.authority.status(),

@@ -45,6 +45,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,11 @@ class Journal:
         self.on_roll: Callable[[], list[dict[str, Any]]] | None = None
         self.synced_records = 0
         self.written_records = 0
+        # Bytes ever appended, and how many of them an fsync is known to cover:
+        # ``durable_bytes >= mark`` for an ``appended_bytes`` taken right after an
+        # append means that append is on disk (see ``HotLog._reserve_through``).
+        self.appended_bytes = 0
+        self.durable_bytes = 0
         # Where the local origin's records are, so the mirror server can serve
         # subscribers that fell behind the replay buffer from disk.
         self.local_origin: str | None = None
@@ -233,6 +239,12 @@ class Journal:
         nothing indexed) while the journal is not :attr:`writable`.
         """
         self._check_writable()
+        starts = list(accumulate((len(line) + 1 for line in lines), initial=self._size))
+        if starts[-1] < self.segment_bytes:
+            # No roll inside the batch (the common case): index and append in one go.
+            self.local_index.note_run(first_seq, self._index, starts[:-1])
+            self._append(b"\n".join(lines) + b"\n", len(lines))
+            return len(lines)
         note = self.local_index.note
         start, offset = 0, self._size
         for at, line in enumerate(lines):
@@ -261,8 +273,9 @@ class Journal:
         """Append a control line and fsync the active segment before returning.
 
         Blocks the event loop for one write and one fsync; used only for local
-        seq reservations (once per ``SEQ_RESERVE_BLOCK`` records), whose whole
-        point is to be on disk before any record they cover leaves the process.
+        seq reservations that issuing outran (the first after a start; normally
+        the next block is reserved ahead, see ``hot/log.py``), whose whole point
+        is to be on disk before any record they cover leaves the process.
         Error handling: :class:`JournalUnavailableError` when the journal is not
         :attr:`writable` or the write or fsync fails (the journal then fails as
         on any write error and recovers through :meth:`retry`).
@@ -277,6 +290,8 @@ class Journal:
         except OSError as exc:
             self._fail("fsync", exc)
             raise JournalUnavailableError(f"hot journal refuses appends: {self.failure}") from exc
+        if not self._retired:  # a retired segment's unsynced bytes are not covered
+            self.durable_bytes = self.appended_bytes
 
     def _append_control(self, body: dict[str, Any]) -> None:
         if (
@@ -287,6 +302,10 @@ class Journal:
             self._local_replid = str(body.get("r"))
             self.local_index.reset(int(body.get("s", 0)))
         self._append(encode_control(body) + b"\n", 0)
+
+    def request_sync(self) -> None:
+        """Ask the syncer to fsync now rather than at its next interval."""
+        self._sync_wanted.set()
 
     def _check_writable(self) -> None:
         if not self.writable:
@@ -305,6 +324,7 @@ class Journal:
             raise StorageError("journal is not open")
         self._pending += data
         self._size += len(data)
+        self.appended_bytes += len(data)
         self.written_records += records
         self._unsynced += records
         if self._unsynced >= self.fsync_records:
@@ -401,6 +421,7 @@ class Journal:
         chunks = len(self._unsynced_chunks)
         retired = list(self._retired)
         fds = [fd for _, fd in retired] + [self._fd]
+        covered = self.appended_bytes  # everything appended so far is in these files now
         dir_dirty, self._dir_dirty = self._dir_dirty, False
         opened = self._opened
         try:
@@ -418,6 +439,7 @@ class Journal:
             # close() ran while the fsync thread worked: its descriptors are gone
             # (their numbers may be reused), so nothing here may touch them again.
             return
+        self.durable_bytes = max(self.durable_bytes, covered)
         self._forget_synced(pending, chunks, retired)
 
     def _forget_synced(self, records: int, chunks: int, retired: list[tuple[int, int]]) -> None:

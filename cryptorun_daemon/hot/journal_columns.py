@@ -154,47 +154,59 @@ def stage_groups(
     if any(is_late(w) for w in windows):
         return None
     hour = pc.divide(ts, HOUR_NS)
-    keys = pa.table(
-        {
-            "w": window,
-            "d": datasets,
-            "v": fields.column("venue"),
-            "y": fields.column("symbol"),
-            "h": hour,
-        }
-    )
+    keys = (window, datasets, fields.column("venue"), fields.column("symbol"), hour)
     columns = {
         "origin": table.column("o"),
         "seq": table.column("s"),
         TS_COLUMN: ts,
         INGEST_COLUMN: ingest,
     }
-    for group in (
-        keys.group_by(["w", "d", "v", "y", "h"], use_threads=False).aggregate([]).to_pylist()
-    ):
-        mask = pc.and_(
-            pc.and_(pc.equal(keys.column("w"), group["w"]), pc.equal(datasets, group["d"])),
-            pc.and_(
-                pc.and_(
-                    pc.equal(keys.column("v"), group["v"]), pc.equal(keys.column("y"), group["y"])
-                ),
-                pc.equal(keys.column("h"), group["h"]),
-            ),
-        )
-        schema = staging_schema(group["d"])
+    # Rows ordered by group (a stable sort keeps journal order within each group),
+    # then each group is a zero-copy slice: one take per column for the whole chunk
+    # instead of a mask and a filter per column per group.
+    order, runs = _group_runs(keys)
+    ordered: dict[str, pa.Array] = {}
+    start = 0
+    for end in runs:
+        first = order[start].as_py()
+        w, dataset, venue, symbol, h = (key[first].as_py() for key in keys)
+        schema = staging_schema(dataset)
         arrays = []
         for f in schema:
-            source = columns.get(f.name)
-            if source is None:
-                source = fields.column(f.name)
-            arrays.append(pc.cast(pc.filter(source, mask), f.type))
+            column = ordered.get(f.name)
+            if column is None:
+                source = columns.get(f.name)
+                if source is None:
+                    source = fields.column(f.name)
+                column = ordered[f.name] = pc.take(source, order)
+            arrays.append(pc.cast(column.slice(start, end - start), f.type))
         staged = pa.Table.from_arrays(arrays, schema=schema)
-        first_ts = group["h"] * HOUR_NS
-        directory = partition_dir(group["d"], group["v"], group["y"], first_ts)
-        out.groups[(group["w"], directory)] = staged
+        directory = partition_dir(dataset, venue, symbol, h * HOUR_NS)
+        out.groups[(w, directory)] = staged
         out.rows += staged.num_rows
+        start = end
     out.windows = windows
     return out
+
+
+def _group_runs(keys: tuple[pa.ChunkedArray, ...]) -> tuple[pa.Array, list[int]]:
+    """A stable order of the rows by their key tuple, and where each group ends in it.
+
+    Each key column is dictionary-encoded and the codes combined into one group
+    number per row (mixed radix: a few windows, datasets, venues, symbols and
+    hours per chunk, far from overflowing int64).
+    """
+    group: pa.Array | None = None
+    for key in keys:
+        encoded = pc.dictionary_encode(key.combine_chunks())
+        codes = pc.cast(encoded.indices, pa.int64())
+        group = (
+            codes if group is None else pc.add(pc.multiply(group, len(encoded.dictionary)), codes)
+        )
+    assert group is not None
+    order = pc.sort_indices(group)  # stable: journal order within a group
+    ends = pc.run_end_encode(pc.take(group, order)).run_ends.to_pylist()
+    return order, ends
 
 
 def _floor(values: pa.ChunkedArray, step: int) -> pa.ChunkedArray:

@@ -115,6 +115,27 @@ class LocalIndex:
             self._places.append((segment, offset))
             self._last = (segment, offset)
 
+    def note_run(self, first_seq: int, segment: int, starts: Sequence[int]) -> None:
+        """Exactly ``note(first_seq + i, segment, starts[i])`` for each ``i`` (``starts`` rising).
+
+        One bisection per mark instead of a call per record: marks are
+        ``spacing`` bytes apart, so a batch of a thousand lines holds a few.
+        """
+        at, count = 0, len(starts)
+        while at < count:
+            last_segment, last_offset = self._last
+            hit = (
+                at
+                if segment != last_segment
+                else bisect.bisect_left(starts, last_offset + self.spacing, at)
+            )
+            if hit >= count:
+                return
+            self._seqs.append(first_seq + hit)
+            self._places.append((segment, starts[hit]))
+            self._last = (segment, starts[hit])
+            at = hit + 1
+
     def reset(self, base: int) -> None:
         """A new replid starts after ``base``: forget every mark of the previous one."""
         self.base = base

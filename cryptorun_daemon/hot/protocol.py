@@ -161,9 +161,7 @@ def encode_records(replid: str, records: list[HotRecord], head_seq: int) -> byte
 
 
 def _latest(records: list[HotRecord]) -> list[tuple[str, str, int]]:
-    latest: dict[tuple[str, str], int] = {}
-    for record in records:
-        latest[(record.venue, record.symbol)] = record.ingest_ns
+    latest = {(record.venue, record.symbol): record.ingest_ns for record in records}  # last wins
     return [(venue, symbol, ns) for (venue, symbol), ns in latest.items()]
 
 

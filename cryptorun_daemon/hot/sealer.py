@@ -234,6 +234,7 @@ class HotSealer:
         self.late_intent: str | None = None
         self.late_total = 0
         self.rounds = 0
+        self.rows_staged_total = 0  # since start: how fast staging keeps up (bench/hot_soak.py)
         self.last_round: RoundResult | None = None
         self.last_error: str | None = None
         self._late = metrics.hot_late_records_total.labels(region=region)
@@ -371,6 +372,7 @@ class HotSealer:
         self.late_total += result.late_rows
         self._late.inc(result.late_rows)
         self.rounds += 1
+        self.rows_staged_total += result.rows_staged
         self.last_round = result
         if result.windows_sealed or result.late_rows:
             log.info("hot sealing round", **result.to_json())
@@ -698,6 +700,7 @@ class HotSealer:
             "primary": self.is_warm_primary(),
             "role_settled": self.role_settled(),
             "rounds": self.rounds,
+            "rows_staged": self.rows_staged_total,
             "windows_sealed": len(self.sealed),
             "read_through": list(self.read_through),
             "staged_windows": [_iso(w) for w in self.staging.windows()],

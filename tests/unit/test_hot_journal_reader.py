@@ -382,3 +382,26 @@ def test_catch_up_from_segments_hands_over_to_the_buffer_with_no_hole_or_duplica
     assert seqs == list(range(1, len(seqs) + 1))
     if backlog_records > buffer_records:
         assert "journal" in sources
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=60),
+    st.integers(min_value=0, max_value=3),
+    st.integers(min_value=1, max_value=1000),
+)
+def test_noting_a_run_marks_what_noting_each_record_marks(
+    lengths: list[int], segment: int, spacing: int
+) -> None:
+    """LocalIndex.note_run (the batched ingest path) leaves the index exactly as one
+    note() per record would, also when it continues the previous batch's segment."""
+    one, run = LocalIndex(spacing), LocalIndex(spacing)
+    for index in (one, run):
+        index.note(1, 0, 0)  # an earlier batch in segment 0
+    starts, offset = [], 50
+    for length in lengths:
+        starts.append(offset)
+        offset += length
+    for i, start in enumerate(starts):
+        one.note(2 + i, segment, start)
+    run.note_run(2, segment, starts)
+    assert (run._seqs, run._places, run._last) == (one._seqs, one._places, one._last)

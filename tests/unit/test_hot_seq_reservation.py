@@ -64,3 +64,31 @@ def test_reservation_survives_deleting_old_segments(tmp_path: Path) -> None:
     second = make_log(tmp_path)
     second.open()
     assert second.seq >= SEQ_RESERVE_BLOCK
+
+
+async def test_at_a_steady_rate_the_next_block_is_reserved_ahead_by_the_syncer(
+    tmp_path: Path,
+) -> None:
+    """Once half a block is issued, the next block's reservation is appended and made
+    durable by the journal's ordinary sync (off the event loop), so issuing seqs past
+    the first block needs no reservation written and fsynced on the loop; and a crash
+    right after still never reissues a seq (the reservation on disk covers them)."""
+    log = make_log(tmp_path)
+    log.open()
+    half = SEQ_RESERVE_BLOCK // 2
+    batch = [trade(i) for i in range(1, 1001)]
+    issued = 0
+    while issued < SEQ_RESERVE_BLOCK + half:
+        taken, _ = log.append_local_batch(batch)
+        issued += taken
+        await log.journal.sync()  # what the syncer task does every fsync_interval
+    assert log.seq == issued
+    assert log.reserved >= log.seq
+    assert log.blocking_reservations == 1  # the first block only
+    log.journal.flush()  # crash: no clean close
+
+    again = make_log(tmp_path)
+    again.open()
+    record = again.append_local(trade(1))
+    assert record is not None
+    assert record.seq > issued

@@ -180,7 +180,8 @@ async def test_each_journal_byte_is_read_once_and_the_position_is_durable(
 ) -> None:
     """A round stages only records it has not read before; the read position is saved, so
     a new sealer over the same root continues from it instead of the journal's start;
-    open-window rows are staged on disk under ``_state/staging`` until the window closes."""
+    open-window rows are staged on disk under ``_state/staging`` until the window closes;
+    status counts the rows staged since start."""
     journal = open_journal(tmp_path / "journal")
     seqs: dict[str, int] = {}
     first = write_events(journal, T0, T0 + 60 * S, seqs)
@@ -192,6 +193,7 @@ async def test_each_journal_byte_is_read_once_and_the_position_is_durable(
     assert list(staging.rglob("*.arrow"))
     again = await one.round(T0 + 61 * S)
     assert again.rows_staged == 0
+    assert one.status()["rows_staged"] == first  # the running total status shows
     more = write_events(journal, T0 + 60 * S, T0 + 90 * S, seqs)
     reborn = sealer(tmp_path / "root", journal, auth=authority())
     assert reborn.read_through == result.read_through
