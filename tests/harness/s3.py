@@ -108,6 +108,17 @@ class S3Server:
             self.process.wait(timeout=10)
 
 
+def tier_section(config: ObjectStoreTier, **extra: object) -> dict[str, object]:
+    """The ``[storage.tiers.T]`` section of a daemon config for ``config`` (loopback HTTP)."""
+    return {
+        "url": config.url,
+        "endpoint_url": config.endpoint_url,
+        "region": config.region,
+        "allow_http": True,
+        **extra,
+    }
+
+
 def require_moto() -> None:
     """Fail (CI) or skip (elsewhere) unless ``moto[server]`` is importable."""
     if find_spec("moto") is None or find_spec("flask") is None:

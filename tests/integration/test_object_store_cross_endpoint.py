@@ -42,6 +42,7 @@ from tests.harness.s3 import (
     aws_env,
     running_s3_server,
     s3_server,
+    tier_section,
 )
 from tests.harness.testdata import partition_trades, write_trade_partition
 from tests.harness.wait import eventually
@@ -67,15 +68,8 @@ DATA = "part-0000.parquet"
 
 
 def _tier_section(config: ObjectStoreTier) -> dict[str, object]:
-    return {
-        "url": config.url,
-        "endpoint_url": config.endpoint_url,
-        "region": "us-east-1",
-        "allow_http": True,
-        # 5 MiB parts: the 12 MiB file goes through the streamed multipart path.
-        "multipart_threshold": 5 << 20,
-        "part_size": 5 << 20,
-    }
+    # 5 MiB parts: a file over 5 MiB goes through the streamed multipart path.
+    return tier_section(config, multipart_threshold=5 << 20, part_size=5 << 20)
 
 
 def _big_partition(root: Path, key: PartitionKey, rows: int) -> int:

@@ -37,6 +37,7 @@ from tests.harness.s3 import (
     aws_credentials,
     aws_env,
     s3_server,
+    tier_section,
 )
 from tests.harness.testdata import partition_trades, write_trade_partition
 from tests.harness.wait import eventually
@@ -58,13 +59,9 @@ KEY = PartitionKey(
 def _with_cold_bucket(spec: RegionSpec, server: S3Server, prefix: str = "tiers") -> None:
     """``spec``'s cold tier in its region's bucket under ``prefix`` (one per test: the
     server is shared by the module)."""
-    config = server.tier_config(spec.region, prefix=prefix)
-    spec.sections["storage.tiers.cold"] = {
-        "url": config.url,
-        "endpoint_url": server.endpoint,
-        "region": "us-east-1",
-        "allow_http": True,
-    }
+    spec.sections["storage.tiers.cold"] = tier_section(
+        server.tier_config(spec.region, prefix=prefix)
+    )
     spec.sections["replication"] = {"feed_poll_interval": "200ms"}
 
 

@@ -21,7 +21,14 @@ from cryptorun_daemon.storage.object_store import TierBucket
 from tests.harness.admin import post_failover, seal_when_accepted
 from tests.harness.daemons import RegionSpec, run_daemon_process
 from tests.harness.net import free_port
-from tests.harness.s3 import S3Server, aws_credentials, aws_env, running_s3_server, s3_server
+from tests.harness.s3 import (
+    S3Server,
+    aws_credentials,
+    aws_env,
+    running_s3_server,
+    s3_server,
+    tier_section,
+)
 from tests.harness.testdata import write_trade_partition
 from tests.harness.wait import eventually
 
@@ -45,14 +52,8 @@ def _key(day: int) -> PartitionKey:
 
 
 def _tier_section(config: ObjectStoreTier) -> dict[str, object]:
-    return {
-        "url": config.url,
-        "endpoint_url": config.endpoint_url,
-        "region": "us-east-1",
-        "allow_http": True,
-        "multipart_threshold": 5 << 20,
-        "part_size": 5 << 20,
-    }
+    # 5 MiB parts: a file over 5 MiB goes through the streamed multipart path.
+    return tier_section(config, multipart_threshold=5 << 20, part_size=5 << 20)
 
 
 def _three_regions(tmp: Path) -> tuple[RegionSpec, RegionSpec, RegionSpec]:

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cryptorun_daemon.storage.layout import PartitionKey
+from cryptorun_daemon.storage.layout import PartitionKey, hourly_key
 from tests.harness.cli import operator_cli
 from tests.harness.daemons import (
     RegionSpec,
@@ -65,15 +65,7 @@ def _regions(tmp: Path, names: tuple[str, ...] = (A, B)) -> list[RegionSpec]:
 
 
 def _key(hour: int) -> PartitionKey:
-    moment = T0 + timedelta(hours=hour)
-    return PartitionKey(
-        day=moment.date(),
-        hour=moment.hour,
-        tier="warm",
-        dataset="trade",
-        venue="kraken",
-        symbol="BTC-USD",
-    )
+    return hourly_key("warm", "trade", "kraken", "BTC-USD", T0 + timedelta(hours=hour))
 
 
 def _tree(root: Path) -> dict[str, bytes]:

@@ -8,9 +8,6 @@ walk (``sleep``) the way a year of history would.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cryptorun_daemon.storage.layout import PartitionKey
+from cryptorun_daemon.storage.layout import PartitionKey, hourly_key
 from cryptorun_daemon.storage.manifest import HashCache
 from cryptorun_daemon.storage.seal import seal_partition
 from cryptorun_daemon.storage.write_fence import advance_fence
@@ -31,6 +28,7 @@ from tests.harness.daemons import (
     wait_until_ready,
 )
 from tests.harness.testdata import write_trade_partition
+from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -41,15 +39,7 @@ WALK_HELD_MS = 15_000
 
 
 def _key(hour: int) -> PartitionKey:
-    moment = T0 + timedelta(hours=hour)
-    return PartitionKey(
-        day=moment.date(),
-        hour=moment.hour,
-        tier="warm",
-        dataset="trade",
-        venue="kraken",
-        symbol="BTC-USD",
-    )
+    return hourly_key("warm", "trade", "kraken", "BTC-USD", T0 + timedelta(hours=hour))
 
 
 def _regions(tmp: Path) -> tuple[RegionSpec, RegionSpec]:
@@ -66,15 +56,6 @@ def _regions(tmp: Path) -> tuple[RegionSpec, RegionSpec]:
         for name in (A, B)
     )
     return a, b
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def _warm_status(url: str) -> dict[str, Any]:
@@ -99,7 +80,7 @@ async def _seal_at(url: str, key: PartitionKey) -> None:
             assert resp.status == 200, await resp.text()
             return True
 
-    await _eventually(sealed, f"the seal of {key.relpath}")
+    await eventually(sealed, f"the seal of {key.relpath}", timeout=90)
 
 
 async def test_replica_is_ready_while_its_divergence_walk_runs(tmp_path: Path) -> None:
@@ -141,7 +122,7 @@ async def test_replica_is_ready_while_its_divergence_walk_runs(tmp_path: Path) -
         async def pulled() -> bool:
             return (_key(1).directory(b_spec.storage_root) / "_SUCCESS").is_file()
 
-        await _eventually(pulled, "the replica to pull hour 1 after its walk")
+        await eventually(pulled, "the replica to pull hour 1 after its walk", timeout=90)
         warm = await _warm_status(b_spec.base_url)
         check = warm["reconciliation"]["divergence_check"]
         assert (check["state"], check["walked"], check["moved"]) == ("done", 1, 0)
