@@ -5,7 +5,8 @@ Row-level findings are written beside the data file by the validator
 describe only files of the sealed version: when a version is committed (a
 seal, a re-seal, a replica's commit), entries naming files that version does
 not list — an aborted download's stray, a late-fill file of an earlier version
-set aside — are removed at the commit point (:func:`prune_sidecar`). Otherwise
+set aside — are removed at the commit point (:func:`prune_sidecar`), and a
+file validated again and found clean loses its entry (:func:`forget_file`). Otherwise
 a region would keep findings about a file it no longer holds, and regions that
 hold byte-identical partitions would disagree about what is quarantined.
 """
@@ -13,7 +14,7 @@ hold byte-identical partitions would disagree about what is quarantined.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Final
 
@@ -38,6 +39,20 @@ def prune_sidecar(folder: Path, keep: Collection[str]) -> list[str]:
     Error handling: an unreadable sidecar is left as it is (the reader reports
     it); ``OSError`` from the write propagates, before the commit it precedes.
     """
+    return _drop(folder, lambda name: name not in keep)
+
+
+def forget_file(data_file: Path) -> bool:
+    """Drop ``data_file``'s entry: it was validated again and found clean.
+
+    A file rewritten under the same name (a window redone after a crash) must
+    not keep the findings of the bytes it replaced. Returns whether an entry
+    was dropped; blocking and error handling as :func:`prune_sidecar`.
+    """
+    return bool(_drop(data_file.parent, lambda name: name == data_file.name))
+
+
+def _drop(folder: Path, unwanted: Callable[[str], bool]) -> list[str]:
     path = folder / SIDECAR_NAME
     try:
         document = json.loads(path.read_bytes())
@@ -48,7 +63,7 @@ def prune_sidecar(folder: Path, keep: Collection[str]) -> list[str]:
     files = document.get("files") if isinstance(document, dict) else None
     if not isinstance(files, dict):
         return []
-    dropped = sorted(name for name in files if name not in keep)
+    dropped = sorted(name for name in files if unwanted(name))
     if not dropped:
         return []
     for name in dropped:

@@ -10,10 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cryptorun_daemon.config.model import ValidationConfig
+from cryptorun_daemon.data.validate import partition_validator
+from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.storage.layout import PartitionKey
 from cryptorun_daemon.storage.quarantine_sidecar import SIDECAR_NAME, prune_sidecar
 from cryptorun_daemon.storage.seal import seal_partition
-from tests.harness.testdata import write_trade_partition
+from tests.harness.testdata import partition_trades, write_trade_partition
 from tests.unit.test_executor import T0, Pair, pair  # noqa: F401  (the loopback fixture)
 
 
@@ -83,3 +89,33 @@ async def test_a_replica_commit_forgets_a_stray_of_an_uncommitted_version(
     assert not (directory / SIDECAR_NAME).exists()
     kept = list((pair.dst_root / "_superseded").rglob(stray.name))
     assert len(kept) == 1  # set aside, not deleted
+
+
+def test_a_file_rewritten_clean_under_its_name_loses_its_old_findings(tmp_path: Path) -> None:
+    """Regression (chaos soak, seed 2027): a window file validated with flagged rows, then
+    rewritten under the same name with clean bytes (the window redone after a kill before
+    its seal), kept the old bytes' sidecar entry at the primary. Validating the new bytes
+    clean now drops it, so the region agrees with replicas holding the same bytes."""
+    key = PartitionKey(
+        day=T0.date(), hour=5, tier="warm", dataset="trade", venue="kraken", symbol="BTC-USD"
+    )
+    folder = key.directory(tmp_path)
+    folder.mkdir(parents=True)
+    path = folder / "part-window.parquet"
+    table = partition_trades(key, 50, origin="eu-central", seed=1)
+    ahead = table.column("ingest_ts").to_numpy() - 5_000_000_000  # received 5 s "early"
+    drifted = table.set_column(
+        table.schema.get_field_index("ingest_ts"),
+        table.schema.field("ingest_ts"),
+        pa.array(ahead, type=table.schema.field("ingest_ts").type),
+    )
+    pq.write_table(drifted, path)
+    metrics = Metrics()
+    validate = partition_validator(
+        region="eu-central", config=ValidationConfig(), metrics=metrics, storage_root=tmp_path
+    )
+    assert validate(path, "trade", "warm").status == "rows_flagged"
+    assert path.name in json.loads((folder / SIDECAR_NAME).read_text())["files"]
+    pq.write_table(table, path)  # the same name, new (clean) bytes
+    assert validate(path, "trade", "warm").status == "clean"
+    assert not (folder / SIDECAR_NAME).exists()

@@ -43,6 +43,7 @@ from cryptorun_daemon.data.validate.tables import encode_strings
 from cryptorun_daemon.errors import ValidationFailedError
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.storage.layout import SPOOL_DIR
+from cryptorun_daemon.storage.quarantine_sidecar import forget_file
 
 Status = Literal["clean", "rows_flagged", "file_quarantined"]
 # data_consistency_errors_total has a fixed label set; drift is a staleness
@@ -273,6 +274,8 @@ def validate_partition_file(
         return file_level("schema", report.file_errors, report.num_rows)
     result = report.result
     if result.flagged == 0:
+        # Bytes rewritten under the same name must not keep the old bytes' findings.
+        forget_file(path)
         return FileVerdict(path, "clean", dataset, schema.ref, fp, report.num_rows, 0)
     if strict:
         row, error = _first_row_finding(result)
