@@ -83,9 +83,7 @@ class PartitionCommitter:
         without a safe lease (a replica's copies are always allowed).
         """
         failpoint("replica.before_commit")
-        dropped = prune_sidecar(directory, {entry.name for entry in manifest.files})
-        if dropped:
-            log.info("quarantine sidecar pruned", partition=manifest.partition, files=dropped)
+        prune_sidecar(directory, {entry.name for entry in manifest.files})
         atomic_write_bytes(directory / MANIFEST_NAME, manifest.to_bytes())
         failpoint("replica.after_manifest")
         with fence_lock(self.root, manifest.tier):

@@ -18,9 +18,13 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Final
 
+import structlog
+
 from cryptorun_daemon.storage.atomic import atomic_write_bytes, fsync_dir
 
 SIDECAR_NAME: Final = "_quarantine.json"
+
+log = structlog.get_logger("cryptorun.quarantine")
 
 
 def read_local_sidecar(folder: Path) -> bytes | None:
@@ -39,7 +43,10 @@ def prune_sidecar(folder: Path, keep: Collection[str]) -> list[str]:
     Error handling: an unreadable sidecar is left as it is (the reader reports
     it); ``OSError`` from the write propagates, before the commit it precedes.
     """
-    return _drop(folder, lambda name: name not in keep)
+    dropped = _drop(folder, lambda name: name not in keep)
+    if dropped:
+        log.info("quarantine sidecar pruned", folder=str(folder), files=dropped)
+    return dropped
 
 
 def forget_file(data_file: Path) -> bool:

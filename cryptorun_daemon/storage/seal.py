@@ -148,9 +148,7 @@ def write_seal(
     Before the manifest, the quarantine sidecar forgets files this version
     does not list (:func:`~cryptorun_daemon.storage.quarantine_sidecar.prune_sidecar`).
     """
-    dropped = prune_sidecar(partition_dir, {entry.name for entry in manifest.files})
-    if dropped:
-        log.info("quarantine sidecar pruned", partition=manifest.partition, files=dropped)
+    prune_sidecar(partition_dir, {entry.name for entry in manifest.files})
     atomic_write_bytes(partition_dir / MANIFEST_NAME, manifest.to_bytes())
     failpoint(after_manifest)
     atomic_write_bytes(partition_dir / SUCCESS_MARKER, b"")

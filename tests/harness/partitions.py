@@ -8,7 +8,7 @@ server mounts), so only the daemon around it is left out.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,8 +34,16 @@ async def serving_partitions(
         now=lambda: datetime.now(UTC),
         serve_guard=serve_guard,
     )
+    async with serving_routes(server.routes()) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serving_routes(routes: Iterable[web.AbstractRouteDef]) -> AsyncIterator[str]:
+    """``routes`` behind the admin error middleware on 127.0.0.1 (ephemeral port); yields
+    the base URL and stops the server after."""
     app = web.Application(middlewares=[error_middleware])
-    app.add_routes(server.routes())
+    app.add_routes(routes)
     test_server = TestServer(app, host="127.0.0.1", port=0)
     await test_server.start_server()
     try:

@@ -13,14 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from cryptorun_daemon.admin.errors import error_middleware
 from cryptorun_daemon.replication.anti_entropy import REPAIRS_IN_FLIGHT, Difference, compare
 from cryptorun_daemon.replication.feed_serving import FeedServer
 from cryptorun_daemon.replication.transport_http import HttpPeer
 from cryptorun_daemon.storage.change_feed import ChangeFeed, feed_for
+from tests.harness.partitions import serving_routes
 from tests.harness.testdata import seed_partitions
 
 EU = "eu-central"
@@ -30,14 +28,8 @@ EU = "eu-central"
 async def serving_feed(root: Path) -> AsyncIterator[str]:
     """``root``'s change feed and digests on 127.0.0.1 (ephemeral port); yields the URL."""
     server = FeedServer(root=root, region=EU, feed=feed_for(root), epoch_provider=lambda _t: 1)
-    app = web.Application(middlewares=[error_middleware])
-    app.add_routes(server.routes())
-    test_server = TestServer(app, host="127.0.0.1", port=0)
-    await test_server.start_server()
-    try:
-        yield str(test_server.make_url("")).rstrip("/")
-    finally:
-        await test_server.close()
+    async with serving_routes(server.routes()) as url:
+        yield url
 
 
 async def test_differences_are_repaired_in_batches_gathered_across_hours(tmp_path: Path) -> None:
