@@ -65,6 +65,7 @@ from cryptorun_daemon.replication.bucket_executor import (  # noqa: E402
     BucketMirrorExecutor,
     bucket_index,
 )
+from cryptorun_daemon.runtime import event_loop  # noqa: E402
 from cryptorun_daemon.storage.bucket_commit import BucketCommitter, bucket_reader  # noqa: E402
 from cryptorun_daemon.storage.bucket_source import BucketFileSource  # noqa: E402
 from cryptorun_daemon.storage.layout import PartitionKey, object_key  # noqa: E402
@@ -294,10 +295,12 @@ def child(args: argparse.Namespace) -> None:
     # What the imports alone cost (the daemon variant pulls in the replication stack).
     import_mb = peak_rss_mb()
     started = time.perf_counter()
+    # Every variant runs the way the daemon runs (runtime/event_loop.run: its loop,
+    # collector and allocator settings), the plain loop included.
     if args.phase == "baseline":
-        moved = asyncio.run(run_baseline(args, parts))
+        moved = event_loop.run(run_baseline(args, parts))
     else:
-        moved = asyncio.run(
+        moved = event_loop.run(
             run_daemon(
                 args,
                 parts,

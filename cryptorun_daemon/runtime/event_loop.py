@@ -13,7 +13,8 @@ path), ``uvloop`` insists on uvloop (an error when it is missing), ``auto``
 
 :func:`run` also sets the garbage collector's thresholds for a process that
 allocates a few containers per record at 100,000 records/s while holding a
-large live set (the replay buffer): see :func:`tune_gc`.
+large live set (the replay buffer): see :func:`tune_gc`; and it makes glibc
+unmap freed blocks of 1 MiB or more (:mod:`~cryptorun_daemon.runtime.allocator`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from cryptorun_daemon.errors import ConfigError, ConfigProblem
+from cryptorun_daemon.runtime.allocator import return_large_blocks
 
 ENV_VAR: Final = "CRYPTORUN_EVENT_LOOP"
 # Collect the youngest generation every 100,000 net container allocations (the
@@ -85,9 +87,11 @@ def tune_gc() -> None:
 
 def run(main: Coroutine[Any, Any, T], choice: LoopChoice | None = None) -> T:
     """Run ``main`` to completion on a fresh loop of the chosen kind (like ``asyncio.run``),
-    with the collector tuned by :func:`tune_gc`."""
+    with the collector tuned by :func:`tune_gc` and large freed blocks handed back to the
+    kernel (:func:`~cryptorun_daemon.runtime.allocator.return_large_blocks`)."""
     choice = choice or choose_loop()
     tune_gc()
+    return_large_blocks()
     with asyncio.Runner(loop_factory=choice.factory) as runner:
         return runner.run(main)
 

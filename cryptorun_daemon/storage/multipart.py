@@ -224,8 +224,13 @@ class MultipartUploader:
                 if number in state.parts:
                     report.reused += length
                     self.bucket.part_buffers.release()
+                    del data
                     continue
                 sending.append(asyncio.create_task(send(number, data)))
+                # The part is the send task's now: this frame must not keep it alive
+                # while it waits for the other parts and the completion (with every
+                # upload of a tier doing so, that was one more part per upload).
+                del data
                 for task in [task for task in sending if task.done()]:
                     sending.remove(task)
                     task.result()  # a failed part stops the upload now (resumable)

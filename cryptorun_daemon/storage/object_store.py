@@ -350,17 +350,31 @@ class TierBucket:
         except ObjectMissingError:
             return None
 
-    async def get_range(self, relative: str, offset: int, length: int) -> bytes:
+    async def get_range(self, relative: str, offset: int, length: int) -> bytearray:
         """``length`` bytes at ``offset`` (fewer at the object's end), in one retried request.
 
-        Memory: the range once (a part's worth). Error handling:
+        The response is streamed into one buffer of the range's size: the range
+        is held once, by us (``get_range_async`` would first collect it whole in
+        the Rust client, then we would copy it). Memory: the range once (a
+        part's worth) plus one chunk of :data:`GET_CHUNK`. Error handling:
         :class:`ObjectMissingError`, or :class:`ObjectStoreError` past the retries.
         """
         key = self.key(relative)
 
-        async def attempt() -> bytes:
-            found = await obstore.get_range_async(self.store, key, start=offset, length=length)
-            return bytes(found)
+        async def attempt() -> bytearray:
+            result = await obstore.get_async(
+                self.store, key, options={"range": (offset, offset + length)}
+            )
+            buffer = bytearray(length)
+            filled = 0
+            with memoryview(buffer) as view:
+                async for piece in result.stream(min_chunk_size=GET_CHUNK):
+                    size = len(piece)
+                    view[filled : filled + size] = piece
+                    filled += size
+            if filled != length:
+                del buffer[filled:]
+            return buffer
 
         data = await self.call("get", relative, attempt)
         self.count_bytes("get", len(data))

@@ -8,10 +8,13 @@ and the resumable multipart upload.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import weakref
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -270,6 +273,58 @@ async def test_multipart_upload_of_wrong_bytes_is_aborted_and_orphans_are_cleane
     assert bucket.key("orphan.bin") in aborted
     listing = client.list_multipart_uploads(Bucket=config.bucket, Prefix=bucket.key(""))
     assert listing.get("Uploads", []) == []
+
+
+class _Part(bytearray):
+    """A part buffer whose lifetime the test can watch (bytearray itself takes no weakref)."""
+
+
+async def test_concurrent_multipart_uploads_hold_at_most_the_tiers_part_buffers(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """Memory of a tier's uploads is bounded by its part buffers, not by the uploads in flight.
+
+    Eight three-part uploads run at once on a tier with two part buffers; every part the
+    readers hand out is watched until it is freed. At no moment are more than four alive:
+    the two buffers, each possibly still referenced for a moment by the worker thread
+    whose request just ended. No upload keeps its last part while it waits for the others
+    and for the completion (each did: one more part per upload in flight, up to ten here).
+    """
+    config = s3_server.tier_config("eu-central", prefix="bounded", part_size=PART, concurrency=4)
+    bucket = TierBucket("cold", config)  # max(2, concurrency / 2) = 2 part buffers
+    uploader = MultipartUploader(bucket, tmp_path)
+    blobs = {f"f{n}.bin": os.urandom(3 * PART - 17) for n in range(8)}
+    live = 0
+    most = 0
+
+    def freed() -> None:
+        nonlocal live
+        live -= 1
+
+    def reader(data: bytes) -> Callable[[int, int], Awaitable[bytearray]]:
+        async def read(offset: int, length: int) -> bytearray:
+            nonlocal live, most
+            part = _Part(data[offset : offset + length])
+            weakref.finalize(part, freed)
+            live += 1
+            most = max(most, live)
+            await asyncio.sleep(0)  # let the other uploads run between reads
+            return part
+
+        return read
+
+    await asyncio.gather(
+        *(
+            uploader.upload(name, size=len(data), content_hash=hash_bytes(data), read=reader(data))
+            for name, data in blobs.items()
+        )
+    )
+    assert bucket.part_buffers._value == 2  # the semaphore is back to its size: nothing held
+    assert live == 0
+    assert 2 <= most <= 4, f"{most} part buffers were alive at once; the tier has 2"
+    for name, data in blobs.items():
+        body, _ = await bucket.get(name)
+        assert body == data
 
 
 async def _committed_in(bucket: TierBucket, tmp_path: Path, name: str) -> tuple[Path, Manifest]:

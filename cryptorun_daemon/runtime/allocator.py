@@ -1,0 +1,65 @@
+"""Hand large freed blocks back to the operating system (glibc's malloc), once per process.
+
+The daemon moves data in part-sized buffers (object-store multipart parts of
+8 MiB, ranged GETs, copier batches) that are allocated in one thread and
+often freed in another: obstore's Rust runtime threads, the default executor's
+workers, the event loop. glibc serves such blocks by ``mmap`` only until the
+first one is freed; from then on its *dynamic* threshold rises to the freed
+block's size, so later blocks of that size come from the per-thread arenas,
+and a freed block inside an arena stays resident until the arena's top can be
+trimmed. Measured with ``mallinfo2`` during a 450 MB bucket → bucket
+replication (``bench/object_store.py``): 30–80 MB in use, 55–106 MB free but
+resident, so the process's RSS followed the number of arenas that had ever
+held a part, not the configured number of part buffers.
+
+:func:`return_large_blocks` fixes the threshold at :data:`MMAP_THRESHOLD`
+(``mallopt(M_MMAP_THRESHOLD)``, which also turns the dynamic adjustment off):
+every block of 1 MiB or more is its own mapping and goes back to the kernel
+when freed, so memory follows what is live. Blocks that size are few (a
+handful per part), so the extra ``mmap``/``munmap`` calls cost nothing
+measurable (docs/BENCHMARKS.md, object-store section).
+
+:func:`~cryptorun_daemon.runtime.event_loop.run` calls it, so the daemon and
+anything run the way the daemon runs (the benches' children) get it. On a C
+library without ``mallopt`` (musl, macOS) it does nothing and says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from typing import Final
+
+#: ``M_MMAP_THRESHOLD`` in glibc's ``<malloc.h>``.
+M_MMAP_THRESHOLD: Final = -3
+#: Blocks of this size or larger are mapped on their own and unmapped when freed.
+MMAP_THRESHOLD: Final = 1 << 20
+
+_done: bool | None = None
+
+
+def return_large_blocks() -> bool:
+    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD`; whether it took effect.
+
+    Idempotent (the first call decides). Error handling: none raised — a C
+    library without ``mallopt`` or one that refuses the value leaves the
+    allocator as it was and the call returns ``False``.
+    """
+    global _done
+    if _done is None:
+        _done = _set_mmap_threshold(MMAP_THRESHOLD)
+    return _done
+
+
+def _set_mmap_threshold(size: int) -> bool:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, size))  # glibc: 1 on success, 0 on error
