@@ -32,8 +32,10 @@ The fencing of serving (only the current primary serves as a source, and
 reconciliation only what the fence history proves legitimate) is the
 callers' guard, unchanged. A listing costs two requests (manifest GET,
 ``_SUCCESS`` HEAD) per bucket-only partition in it, at most
-:data:`LIST_CONCURRENCY` partitions at a time; the index is read in a worker
-thread. A tier is bucket-held when ``[storage.tiers.T]``
+:data:`LIST_CONCURRENCY` partitions at a time, except for manifests read
+before whose content hash the index still records (the most recent
+:data:`MAX_CACHED_MANIFESTS` are kept: reconciliation lists the whole history
+every pass); the index is read in a worker thread. A tier is bucket-held when ``[storage.tiers.T]``
 names a bucket and some ``[storage.sources.REGION.T]`` is on another endpoint
 (the configuration that makes this region's pull link stream bucket →
 bucket); other bucket tiers keep a local copy of everything and serve from disk.
@@ -42,6 +44,7 @@ bucket); other bucket tiers keep a local copy of everything and serve from disk.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from datetime import timedelta
 from pathlib import Path
@@ -69,6 +72,9 @@ from cryptorun_daemon.storage.object_store import ObjectMissingError, TierBucket
 SERVE_CHUNK = 1 << 20
 #: Bucket-only partitions whose manifests a listing reads at once (two requests each).
 LIST_CONCURRENCY: Final = 8
+#: Bucket manifests kept between listings (the least recently listed go first), as many
+#: as the disk catalog keeps.
+MAX_CACHED_MANIFESTS: Final = 10_000
 
 
 class BucketHeldTiers:
@@ -93,6 +99,11 @@ class BucketHeldTiers:
             if is_active_passive(tier)
         }
         self._index_of = index_of
+        # (tier, partition path) → the sealed manifest last read from the bucket,
+        # least recently used first; valid while the index records its content
+        # hash (a re-seal changes the hash, a removal drops the index row).
+        # Touched on the event loop only.
+        self._manifests: OrderedDict[tuple[Tier, str], Manifest] = OrderedDict()
 
     def holds(self, tier: Tier) -> bool:
         """Whether ``tier`` is served from the bucket index and the bucket."""
@@ -136,7 +147,8 @@ class BucketHeldTiers:
         reconciliation could accept is skipped). A candidate whose bucket
         manifest is missing or unsealed (``_SUCCESS`` absent), or whose path
         is not a partition path, is left out; the manifests come back in
-        partition-path order.
+        partition-path order. A manifest read before is reused without a
+        request while the index still records its content hash.
 
         Error handling: request failures past the retries raise
         :class:`~cryptorun_daemon.storage.object_store.ObjectStoreError`
@@ -144,28 +156,48 @@ class BucketHeldTiers:
         at most :data:`LIST_CONCURRENCY` partitions read at once, each in its
         own task of one task group (a failure cancels the rest).
         """
-        keys = await asyncio.to_thread(self._candidates, tier, window, max_epoch, set(on_disk))
-        found: list[Manifest] = []
-        for i in range(0, len(keys), LIST_CONCURRENCY):
+        candidates = await asyncio.to_thread(
+            self._candidates, tier, window, max_epoch, set(on_disk)
+        )
+        found: dict[str, Manifest] = {}
+        missing: list[PartitionKey] = []
+        for key, content_hash in candidates:
+            cached = self._manifests.get((tier, key.relpath))
+            if cached is not None and cached.content_hash == content_hash:
+                self._manifests.move_to_end((tier, key.relpath))
+                found[key.relpath] = cached
+            else:
+                missing.append(key)
+        for i in range(0, len(missing), LIST_CONCURRENCY):
             async with asyncio.TaskGroup() as group:
                 batch = [
                     group.create_task(self.sealed_manifest(tier, key))
-                    for key in keys[i : i + LIST_CONCURRENCY]
+                    for key in missing[i : i + LIST_CONCURRENCY]
                 ]
-            found.extend(m for m in (task.result() for task in batch) if m is not None)
-        return found
+            for manifest in (task.result() for task in batch):
+                if manifest is not None:
+                    found[manifest.partition] = manifest
+                    self._remember(tier, manifest)
+        return [found[key.relpath] for key, _ in candidates if key.relpath in found]
+
+    def _remember(self, tier: Tier, manifest: Manifest) -> None:
+        self._manifests[(tier, manifest.partition)] = manifest
+        self._manifests.move_to_end((tier, manifest.partition))
+        while len(self._manifests) > MAX_CACHED_MANIFESTS:
+            self._manifests.popitem(last=False)
 
     def _candidates(
         self, tier: Tier, window: TimeRange | None, max_epoch: int | None, skip: set[str]
-    ) -> list[PartitionKey]:
-        """The index's partitions a listing must read from the bucket (blocking: SQLite)."""
+    ) -> list[tuple[PartitionKey, str]]:
+        """The index's partitions a listing must read from the bucket, with their indexed
+        content hashes, in partition-path order (blocking: SQLite)."""
         index = self._index_of(tier)
         first = last = None
         if window is not None:
             # Days are compared as ISO text; a day starting at or after the end is out.
             first = window.start.date().isoformat()
             last = (window.end - _INSTANT).date().isoformat()
-        keys: list[PartitionKey] = []
+        keys: list[tuple[PartitionKey, str]] = []
         for day in list(index.held_days(tier)):
             if first is not None and last is not None and not first <= day <= last:
                 continue
@@ -177,8 +209,8 @@ class BucketHeldTiers:
                 except StorageError:
                     continue  # not a partition path: nothing a client could ask for
                 if window is None or window.contains_span(key.start, key.end):
-                    keys.append(key)
-        keys.sort(key=lambda k: k.relpath)
+                    keys.append((key, held.content_hash))
+        keys.sort(key=lambda k: k[0].relpath)
         return keys
 
     async def serve_file(

@@ -214,7 +214,8 @@ async def test_promoted_bucket_only_region_lists_its_bucket_partitions_for_simul
     """B holds two cold partitions A sealed only in its bucket, and is promoted (A down).
     B's window listing as a source names both, with A's manifests; a window holding only
     the first day lists only it (a partition must lie wholly inside the window); its
-    inventory listing names both too. ``cryptorun replication simulate --from us-east
+    inventory listing names both too, without reading their manifests from the bucket
+    again. ``cryptorun replication simulate --from us-east
     --to ap-south``, asked of a third region C, plans both partitions from B's listing."""
     a, b, c = _three_regions(tmp_path)
     keys = [_key(1), _key(2)]
@@ -238,6 +239,11 @@ async def test_promoted_bucket_only_region_lists_its_bucket_partitions_for_simul
                 assert code == 200, doc
                 assert (doc["purpose"], doc["primary"]) == ("source", US)
                 assert _listed(doc) == expected
+                read = {"tier": "cold", "op": "get"}
+                manifests_read = await metric(
+                    http, db.base_url, "cryptorun_object_store_bytes_total", read
+                )
+                assert manifests_read
                 code, doc = await _get(
                     http, f"{base}&start=2025-09-01T00:00:00Z&end=2025-09-02T12:00:00Z"
                 )
@@ -246,6 +252,10 @@ async def test_promoted_bucket_only_region_lists_its_bucket_partitions_for_simul
                 code, doc = await _get(http, f"{base}&purpose=inventory")
                 assert code == 200, doc
                 assert _listed(doc) == expected
+                # Listed again, the manifests are not read from the bucket again.
+                assert manifests_read == await metric(
+                    http, db.base_url, "cryptorun_object_store_bytes_total", read
+                )
                 async with run_daemon_process(c.write(), env=aws_env()):
                     sim = await operator_cli(
                         "replication",
