@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Final
@@ -135,13 +135,13 @@ class BucketHeldTiers:
         *,
         window: TimeRange | None,
         max_epoch: int | None,
-        on_disk: Collection[str],
+        on_disk: Sequence[Manifest],
     ) -> list[Manifest]:
         """Sealed bucket manifests of the indexed partitions a listing adds to the disk's.
 
-        The candidates are the bucket index's partitions of ``tier`` that are
-        not in ``on_disk`` (partition paths: the disk's copy is listed
-        instead), lie wholly inside ``window`` when one is given, and whose
+        The candidates are the bucket index's partitions of ``tier`` that
+        ``on_disk`` (the disk's manifests the listing holds already) lacks,
+        that lie wholly inside ``window`` when one is given, and whose
         indexed epoch is at most ``max_epoch`` when one is given (the index
         records the epoch of the manifest it indexed, so nothing a
         reconciliation could accept is skipped). A candidate whose bucket
@@ -156,9 +156,7 @@ class BucketHeldTiers:
         at most :data:`LIST_CONCURRENCY` partitions read at once, each in its
         own task of one task group (a failure cancels the rest).
         """
-        candidates = await asyncio.to_thread(
-            self._candidates, tier, window, max_epoch, set(on_disk)
-        )
+        candidates = await asyncio.to_thread(self._candidates, tier, window, max_epoch, on_disk)
         found: dict[str, Manifest] = {}
         missing: list[PartitionKey] = []
         for key, content_hash in candidates:
@@ -187,11 +185,16 @@ class BucketHeldTiers:
             self._manifests.popitem(last=False)
 
     def _candidates(
-        self, tier: Tier, window: TimeRange | None, max_epoch: int | None, skip: set[str]
+        self,
+        tier: Tier,
+        window: TimeRange | None,
+        max_epoch: int | None,
+        on_disk: Sequence[Manifest],
     ) -> list[tuple[PartitionKey, str]]:
         """The index's partitions a listing must read from the bucket, with their indexed
         content hashes, in partition-path order (blocking: SQLite)."""
         index = self._index_of(tier)
+        skip = {m.partition for m in on_disk}
         first = last = None
         if window is not None:
             # Days are compared as ISO text; a day starting at or after the end is out.

@@ -170,7 +170,7 @@ class PartitionServer:
                 tier,
                 window=window,
                 max_epoch=reconcile,
-                on_disk={m.partition for m in manifests},
+                on_disk=manifests,
             )
             manifests.extend(from_bucket)
         if fence is not None and reconcile is not None:
