@@ -30,15 +30,17 @@ from it like from any primary. For these *bucket-held* tiers:
 
 The fencing of serving (only the current primary serves as a source, and
 reconciliation only what the fence history proves legitimate) is the
-callers' guard, unchanged. A listing costs two requests (manifest GET,
-``_SUCCESS`` HEAD) per bucket-only partition in it, at most
-:data:`LIST_CONCURRENCY` partitions at a time, except for manifests read
-before whose content hash the index still records (the most recent
-:data:`MAX_CACHED_MANIFESTS` are kept: reconciliation lists the whole history
-every pass); the index is read in a worker thread. A tier is bucket-held when ``[storage.tiers.T]``
+callers' guard, unchanged. A tier is bucket-held when ``[storage.tiers.T]``
 names a bucket and some ``[storage.sources.REGION.T]`` is on another endpoint
 (the configuration that makes this region's pull link stream bucket →
 bucket); other bucket tiers keep a local copy of everything and serve from disk.
+
+Cost of a listing: the index is read in a worker thread, and each
+bucket-only partition in it costs two requests (manifest GET, ``_SUCCESS``
+HEAD), at most :data:`LIST_CONCURRENCY` partitions at a time, unless its
+manifest was read before and the index still records that content hash (the
+most recently listed :data:`MAX_CACHED_MANIFESTS` are kept: reconciliation
+lists the whole history on every pass).
 """
 
 from __future__ import annotations
