@@ -27,8 +27,12 @@ anywhere under the root, unsealed partitions and files the manifest does not
 list are 404. Nothing outside ``storage.root`` can be named, let alone read.
 
 A tier this region holds only in its bucket (``bucket_held``,
-:mod:`~cryptorun_daemon.replication.bucket_serving`): a file not on this disk
-is served from the bucket when a sealed manifest there lists it.
+:mod:`~cryptorun_daemon.replication.bucket_serving`): listings (window,
+inventory and ``reconcile_epoch`` alike) add the partitions its bucket index
+holds and this disk lacks, with their sealed manifests read from the bucket,
+under the same window and fencing rules; a file not on this disk is served
+from the bucket when a sealed manifest there lists it, and for
+reconciliation only when that manifest is legitimate (409 ``fenced`` else).
 """
 
 from __future__ import annotations
@@ -160,6 +164,15 @@ class PartitionServer:
         )
         if window is not None:
             manifests = [m for m in manifests if window.contains_span(m.key.start, m.key.end)]
+        if self._bucket_held is not None and self._bucket_held.holds(tier):
+            # What this region holds only in its bucket: indexed there, not on disk.
+            from_bucket = await self._bucket_held.listed_manifests(
+                tier,
+                window=window,
+                max_epoch=reconcile,
+                on_disk=manifests,
+            )
+            manifests.extend(from_bucket)
         if fence is not None and reconcile is not None:
             manifests = [m for m in manifests if _reconcilable(fence, m, reconcile)]
         served_as = (
@@ -264,31 +277,26 @@ class PartitionServer:
         except PathRejectedError:
             raise
         except (OSError, StorageError):
-            if (
-                reconcile is None
-                and self._bucket_held is not None
-                and self._bucket_held.holds(tier)
-            ):
-                # Not on this disk: a partition this region holds only in its bucket.
+            if self._bucket_held is not None and self._bucket_held.holds(tier):
+                # Not on this disk: a partition this region holds only in its bucket,
+                # fenced like a disk partition before any byte is served.
                 key, name = parse_partition_file(tier, path)
-                served = await self._bucket_held.serve_file(request, tier, key, name)
-                if served is not None:
-                    return served
+                held = await self._bucket_held.sealed_manifest(tier, key)
+                if held is not None:
+                    if fence is not None and reconcile is not None:
+                        fenced = _reconcile_refusal(fence, held, reconcile)
+                        if fenced is not None:
+                            return fenced
+                    served = await self._bucket_held.serve_file(request, tier, key, name, held)
+                    if served is not None:
+                        return served
             return json_error(404, "not_found", f"no sealed partition file {tier}/{path}")
         if manifest.key != key:
             return json_error(404, "not_found", f"no sealed partition file {tier}/{path}")
-        if (
-            fence is not None
-            and reconcile is not None
-            and not _reconcilable(fence, manifest, reconcile)
-        ):
-            return json_error(
-                409,
-                "fenced",
-                f"{tier}/{manifest.partition} (epoch "
-                f"{manifest.epoch}) is not a legitimate partition of epoch "
-                f"<= {reconcile}; it is not served for reconciliation",
-            )
+        if fence is not None and reconcile is not None:
+            fenced = _reconcile_refusal(fence, manifest, reconcile)
+            if fenced is not None:
+                return fenced
         if name == MANIFEST_NAME:
             content_hash = manifest.content_hash
         else:
@@ -322,6 +330,18 @@ def _reconcile_epoch(request: web.Request) -> int | None:
     if epoch < 1:
         raise UsageError("reconcile_epoch must be an integer >= 1")
     return epoch
+
+
+def _reconcile_refusal(fence: Fence, manifest: Manifest, epoch: int) -> web.Response | None:
+    """409 ``fenced`` unless ``manifest`` may be served for reconciliation at ``epoch``."""
+    if _reconcilable(fence, manifest, epoch):
+        return None
+    return json_error(
+        409,
+        "fenced",
+        f"{manifest.tier}/{manifest.partition} (epoch {manifest.epoch}) is not a legitimate "
+        f"partition of epoch <= {epoch}; it is not served for reconciliation",
+    )
 
 
 def _reconcilable(fence: Fence, manifest: Manifest, epoch: int) -> bool:
