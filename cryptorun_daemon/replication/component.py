@@ -441,6 +441,9 @@ class WarmColdComponent:
                 epoch_provider=self.epoch_provider,
                 record=self.reconciliation[tier],
                 step_max_partitions=rep.step_max_partitions,
+                bucket_index=(
+                    self.bucket_held.feed(tier, self.feed) if self.bucket_held.holds(tier) else None
+                ),
             )
             name = f"reconcile:{tier}:{peer}"
             interval = interval_for_slo(rule.lag_slo)
@@ -650,7 +653,19 @@ class WarmColdComponent:
         held: dict[str, Committed] = {}
         try:
             if src == self.region:
-                source = await self._local_entries(tier, window)
+                entries = await self._local_entries(tier, window)
+                source = entries
+                if self.bucket_held.holds(tier):
+                    # What this region holds only in its bucket is part of what it offers.
+                    on_disk = [e.manifest for e in entries if e.manifest is not None]
+                    source = [
+                        *entries,
+                        *listed(
+                            await self.bucket_held.listed_manifests(
+                                tier, window=window, max_epoch=None, on_disk=on_disk
+                            )
+                        ),
+                    ]
             else:
                 health = await self._peer(src).probe()
                 if health.healthy:
@@ -689,9 +704,12 @@ class WarmColdComponent:
         """Committed partitions of every day ``window`` touches (blocking; extra ones are
         harmless: the planner looks up only the source's partitions)."""
         held: dict[str, Committed] = {}
+        # A bucket-held tier's index is its bucket's (which also lists what its
+        # disk → bucket worker committed); any other tier's is the disk feed.
+        feed = self.bucket_held.feed(tier, self.feed)
         day = window.start.date()
         while datetime(day.year, day.month, day.day, tzinfo=UTC) < window.end:
-            for h in self.feed.held(tier, day.isoformat()):
+            for h in feed.held(tier, day.isoformat()):
                 held[h.partition] = Committed(h.content_hash, h.epoch)
             day += timedelta(days=1)
         return held

@@ -45,13 +45,19 @@ from cryptorun_daemon.errors import ReplicationError, StorageError
 from cryptorun_daemon.metrics import Metrics
 from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.link import BEGINNING_OF_TIME, OPEN_END, PassReport
-from cryptorun_daemon.replication.planner import committed_index, listed, plan_replication
+from cryptorun_daemon.replication.planner import (
+    Committed,
+    committed_index,
+    listed,
+    plan_replication,
+)
 from cryptorun_daemon.replication.rules import TimeRange
 from cryptorun_daemon.replication.transport_http import FileStream, HttpPeer
 from cryptorun_daemon.runtime.clock import Clock
 from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
 from cryptorun_daemon.storage.catalog import Catalog
+from cryptorun_daemon.storage.change_feed import ChangeFeed
 from cryptorun_daemon.storage.manifest import Manifest, read_manifest
 from cryptorun_daemon.storage.write_fence import Fence, move_divergent, read_fence
 from cryptorun_daemon.timefmt import format_rfc3339, parse_rfc3339
@@ -298,7 +304,11 @@ class ReconcileLink:
         epoch_provider: Callable[[Tier], int],
         record: ReconcileRecord,
         step_max_partitions: int,
+        bucket_index: ChangeFeed | None = None,
     ) -> None:
+        """``bucket_index``: for a tier this region holds only in its bucket, the
+        bucket's index; what it lists counts as held here, beside the disk's
+        partitions, so a partition already in the bucket is not pulled again."""
         self.rule = rule
         self.tier = rule.tier
         self.source = peer.region
@@ -311,9 +321,19 @@ class ReconcileLink:
         self._epoch = epoch_provider
         self.record = record
         self._step_max = step_max_partitions
+        self._bucket_index = bucket_index
         self.last_pass: PassReport | None = None
         self._executor: WarmColdExecutor | None = None
         self._executor_epoch: int | None = None
+
+    def _held_in_bucket(self) -> dict[str, Committed]:
+        """Every partition the bucket index lists for this tier (blocking: SQLite)."""
+        assert self._bucket_index is not None
+        return {
+            held.partition: Committed(held.content_hash, held.epoch)
+            for day in list(self._bucket_index.held_days(self.tier))
+            for held in self._bucket_index.held(self.tier, day)
+        }
 
     async def run_pass(self) -> PassReport:
         started = time.monotonic()
@@ -344,6 +364,8 @@ class ReconcileLink:
         committed = committed_index(
             await asyncio.to_thread(self.catalog.sealed_manifests, self.tier)
         )
+        if self._bucket_index is not None:
+            committed = {**await asyncio.to_thread(self._held_in_bucket), **committed}
         # One executor per old epoch: it remembers content that validation refused,
         # so a rejected delta is not fetched and quarantined again on every pass.
         if self._executor is None or self._executor_epoch != old_epoch:

@@ -216,7 +216,8 @@ async def test_promoted_bucket_only_region_lists_its_bucket_partitions_for_simul
     the first day lists only it (a partition must lie wholly inside the window); its
     inventory listing names both too, without reading their manifests from the bucket
     again. ``cryptorun replication simulate --from us-east --to ap-south``, asked of a
-    third region C, plans both partitions from B's listing."""
+    third region C, plans both partitions from B's listing; asked of B itself, from B's
+    catalog and bucket index."""
     a, b, c = _three_regions(tmp_path)
     keys = [_key(1), _key(2)]
     base = f"{b.base_url}/v1/partitions?tier=cold"
@@ -259,29 +260,35 @@ async def test_promoted_bucket_only_region_lists_its_bucket_partitions_for_simul
                     http, db.base_url, "cryptorun_object_store_bytes_total", read
                 )
                 async with run_daemon_process(c.write(), env=aws_env()):
-                    sim = await operator_cli(
-                        "replication",
-                        "simulate",
-                        "--from",
-                        US,
-                        "--to",
-                        AP,
-                        "--tier",
-                        "cold",
-                        "--window",
-                        "2025-09-01T00:00:00Z/2025-09-03T00:00:00Z",
-                        "--admin-url",
-                        c.base_url,
-                        "--json",
-                    )
-                assert sim.returncode == 0, sim.stdout + sim.stderr
-                plan = json.loads(sim.stdout)
-                # C also replicates from B on its own: each partition is either still to
-                # copy or already in sync, and both are in the plan either way.
-                summary = plan["summary"]
-                assert summary["partitions"] + summary["in_sync"] == len(keys), plan
-                planned = {p["partition"] for s in plan["steps"] for p in s["partitions"]}
-                assert planned <= set(expected), plan
+                    # Asked of C (B's listing is the source), then of B itself (B's
+                    # own catalog is the source: its bucket's partitions count).
+                    sims = [
+                        await operator_cli(
+                            "replication",
+                            "simulate",
+                            "--from",
+                            US,
+                            "--to",
+                            AP,
+                            "--tier",
+                            "cold",
+                            "--window",
+                            "2025-09-01T00:00:00Z/2025-09-03T00:00:00Z",
+                            "--admin-url",
+                            asked.base_url,
+                            "--json",
+                        )
+                        for asked in (c, db)
+                    ]
+                for sim in sims:
+                    assert sim.returncode == 0, sim.stdout + sim.stderr
+                    plan = json.loads(sim.stdout)
+                    # C also replicates from B on its own: each partition is either still
+                    # to copy or already in sync, and both are in the plan either way.
+                    summary = plan["summary"]
+                    assert summary["partitions"] + summary["in_sync"] == len(keys), plan
+                    planned = {p["partition"] for s in plan["steps"] for p in s["partitions"]}
+                    assert planned <= set(expected), plan
         assert not any(key.directory(b.storage_root).exists() for key in keys)
 
 
@@ -391,3 +398,70 @@ async def test_demoted_bucket_only_region_serves_legitimate_old_epoch_partitions
             assert (lost.directory(a.storage_root) / name).read_bytes() == data
         assert not stamped.directory(a.storage_root).exists()
         assert not any(k.directory(b.storage_root).exists() for k in [*keys, stamped])
+
+
+async def test_a_bucket_held_new_primary_reconciles_only_what_its_bucket_lacks(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """B holds two cold partitions A sealed, only in its bucket. While A is down it seals a
+    third one B never received (epoch 1, before the failover). B is promoted (epoch 2) and
+    A comes back demoted. B's reconciliation with A pulls the third partition, byte-identical,
+    and nothing else: the two its bucket already holds count as held although its disk has
+    none of them (before, it pulled all three onto its disk)."""
+    a, b, _c = _three_regions(tmp_path)
+    keys = [_key(1), _key(2)]
+    missed = _key(3)
+    with running_s3_server(tmp_path) as other:
+        async with aiohttp.ClientSession() as http:
+            async with _b_holding_a_partitions_in_its_bucket(
+                s3_server, other, http, a, b, keys
+            ) as db:
+                # Sealed at A (epoch 1, A still the primary) while B could not see it.
+                write_trade_partition(a.storage_root, missed, rows=2_000, seed=5)
+                seal_partition(missed.directory(a.storage_root), writer_region=EU, epoch=1)
+                code, doc = await post_failover(
+                    http,
+                    db.base_url,
+                    {"tier": "cold", "promote": US, "demote": EU, "dry_run": False},
+                )
+                assert (code, doc.get("epoch")) == (200, 2), doc
+                async with run_daemon_process(a.write(), env=aws_env()) as da:
+
+                    async def demoted() -> bool:
+                        async with http.get(
+                            f"{da.base_url}/v1/status", params={"tier": "cold"}
+                        ) as resp:
+                            status = (await resp.json())["tiers"]["cold"]
+                        return (status["primary"], status["epoch"]) == (US, 2)
+
+                    await eventually(demoted, "A back, demoted at epoch 2")
+
+                    async def reconciled() -> bool:
+                        async with http.post(
+                            f"{db.base_url}/v1/replication/sync",
+                            json={"tier": "cold", "from": EU, "kind": "reconcile"},
+                            headers=auth_headers(),
+                        ) as resp:
+                            await resp.read()
+                        return (missed.directory(b.storage_root) / SUCCESS_MARKER).is_file()
+
+                    await eventually(reconciled, "the missed partition reconciled into B")
+                    # One more pass pulls nothing more.
+                    async with http.post(
+                        f"{db.base_url}/v1/replication/sync",
+                        json={"tier": "cold", "from": EU, "kind": "reconcile"},
+                        headers=auth_headers(),
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+                    pulled = await metric(
+                        http,
+                        db.base_url,
+                        "cryptorun_reconciled_partitions_total",
+                        {"tier": "cold", "action": "pulled"},
+                    )
+                    assert pulled == 1.0
+        for name in (DATA, MANIFEST_NAME):
+            assert (missed.directory(b.storage_root) / name).read_bytes() == (
+                missed.directory(a.storage_root) / name
+            ).read_bytes()
+        assert not any(key.directory(b.storage_root).exists() for key in keys)
