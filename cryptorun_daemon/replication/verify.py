@@ -11,19 +11,18 @@ tried again).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import functools
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import structlog
 
 from cryptorun_daemon.config import Tier
 from cryptorun_daemon.errors import ReplicationError, ValidationFailedError
+from cryptorun_daemon.runtime.allocator import trim_heap
 from cryptorun_daemon.storage.manifest import Manifest
 
 log = structlog.get_logger("cryptorun.replication")
@@ -54,20 +53,7 @@ def release_memory() -> None:
     arrow = sys.modules.get("pyarrow")
     if arrow is not None:
         arrow.default_memory_pool().release_unused()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _glibc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # noqa: B018 - glibc only; musl and others lack it
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC: Final = _glibc()
+    trim_heap()
 
 
 class PartitionVerifier:

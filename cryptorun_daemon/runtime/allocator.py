@@ -1,4 +1,4 @@
-"""Hand large freed blocks back to the operating system (glibc's malloc), once per process.
+"""Hand freed memory back to the operating system (glibc's malloc).
 
 The daemon moves data in part-sized buffers (object-store multipart parts of
 8 MiB, ranged GETs, copier batches) that are allocated in one thread and
@@ -20,8 +20,10 @@ handful per part), so the extra ``mmap``/``munmap`` calls cost nothing
 measurable (docs/BENCHMARKS.md, object-store section).
 
 :func:`~cryptorun_daemon.runtime.event_loop.run` calls it, so the daemon and
-anything run the way the daemon runs (the benches' children) get it. On a C
-library without ``mallopt`` (musl, macOS) it does nothing and says so.
+anything run the way the daemon runs (the benches' children) get it.
+:func:`trim_heap` (``malloc_trim``) returns the free pages of smaller blocks
+after a burst, e.g. a validation (``replication/verify.py``). On a C library
+without these calls (musl, macOS) both do nothing.
 """
 
 from __future__ import annotations
@@ -51,14 +53,26 @@ def return_large_blocks() -> bool:
     return _done
 
 
-def _set_mmap_threshold(size: int) -> bool:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
+def trim_heap() -> None:
+    """Return the free pages of glibc's heaps to the kernel (blocking, a few milliseconds)."""
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c") or "libc.so.6"
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+_LIBC: Final = _load_libc()
+
+
+def _set_mmap_threshold(size: int) -> bool:
+    mallopt = getattr(_LIBC, "mallopt", None) if _LIBC is not None else None
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
