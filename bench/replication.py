@@ -21,8 +21,11 @@ Measures, in one run on one disk:
 2. **copy**: a verified copy of ``--size-mb`` MB of hourly Parquet (every
    byte hashed with xxh3-128, every file fsynced, manifests and _SUCCESS
    committed) vs ``cp -r`` of the same tree followed by ``sync``; prints the
-   ratio, both daemons' CPU time and the pulling daemon's RSS idle and peak;
-   ``--profile DIR`` adds a py-spy profile of both daemons.
+   ratio, both daemons' CPU time (per thread role: event loop, copier
+   threads, validation threads, ...; from ``/proc`` and ``py-spy dump``),
+   their minor page faults, the ceiling that CPU time implies on two cores,
+   and the pulling daemon's RSS idle and peak; ``--profile DIR`` adds a
+   py-spy profile of both daemons.
 
 Usage: ``python bench/replication.py [--size-mb 450] [--history 10000,100000,1000000]``
 """
