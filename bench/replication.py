@@ -21,8 +21,11 @@ Measures, in one run on one disk:
 2. **copy**: a verified copy of ``--size-mb`` MB of hourly Parquet (every
    byte hashed with xxh3-128, every file fsynced, manifests and _SUCCESS
    committed) vs ``cp -r`` of the same tree followed by ``sync``; prints the
-   ratio, both daemons' CPU time and the pulling daemon's RSS idle and peak;
-   ``--profile DIR`` adds a py-spy profile of both daemons.
+   ratio, both daemons' CPU time (per thread role: event loop, copier
+   threads, validation threads, ...; from ``/proc`` and ``py-spy dump``),
+   their minor page faults, the ceiling that CPU time implies on two cores,
+   and the pulling daemon's RSS idle and peak; ``--profile DIR`` adds a
+   py-spy profile of both daemons.
 
 Usage: ``python bench/replication.py [--size-mb 450] [--history 10000,100000,1000000]``
 """
@@ -87,6 +90,75 @@ def cpu_split(pid: int) -> tuple[float, float]:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` so far (all threads)."""
     return sum(cpu_split(pid))
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of ``pid`` so far (fresh anonymous pages touched, all threads)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        return int(handle.read().rpartition(")")[2].split()[7])
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
+    """(user, system) CPU seconds of every live thread of ``pid``, by thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    times: dict[int, tuple[float, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        times[int(task.name)] = (int(fields[11]) / tick, int(fields[12]) / tick)
+    return times
+
+
+def thread_roles(pid: int) -> dict[int, str]:
+    """Thread id → what it does in the copy, from the Python thread names (``py-spy dump``)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return {}
+    dump = [spy, "dump", "-p", str(pid)]
+    out = subprocess.run(dump, check=False, capture_output=True, text=True).stdout
+    roles: dict[int, str] = {}
+    for line in out.splitlines():
+        if not line.startswith("Thread "):
+            continue
+        tid_text, _, rest = line[len("Thread ") :].partition(" ")
+        name = rest.partition('"')[2].rstrip('"')
+        roles[int(tid_text, 0)] = (
+            "event loop (HTTP, aiohttp parsing, scheduling)"
+            if name == "MainThread"
+            else "copier threads (hash, write, fsync, commit)"
+            if name.startswith("copier")
+            else "validation threads (decode + checks)"
+            if name.startswith("validate")
+            else "default pool (plans, feed, metadata)"
+            if name.startswith(("uvloop", "asyncio", "ThreadPoolExecutor"))
+            else f"other ({name})"
+        )
+    return roles
+
+
+def _native_role(pid: int, tid: int) -> str:
+    """A thread Python does not know: Arrow's own pools (decoding, prefetch) or others."""
+    try:
+        comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return "threads that ended"
+    return f"native threads ({comm}: Arrow's decode and I/O pools, allocator)"
+
+
+def cpu_by_role(
+    pid: int, before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]
+) -> list[tuple[str, float, float]]:
+    """(role, user, system) CPU seconds used between two :func:`thread_cpu` readings."""
+    roles = thread_roles(pid)
+    totals: dict[str, tuple[float, float]] = {}
+    for tid, (user, system) in after.items():
+        u0, s0 = before.get(tid, (0.0, 0.0))
+        role = roles.get(tid) or _native_role(pid, tid)
+        u, s = totals.get(role, (0.0, 0.0))
+        totals[role] = (u + user - u0, s + system - s0)
+    return sorted(((r, u, s) for r, (u, s) in totals.items()), key=lambda t: -(t[1] + t[2]))
 
 
 def rss_mb(pid: int) -> float:
@@ -666,6 +738,7 @@ def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
     if not Path(spy).exists():
         print("py-spy not found: no profile")
         return None
+    out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [spy, "record", "-p", str(pid), "-o", str(out), "--format", "raw", "-r", "100", "--gil"],
         stdout=subprocess.DEVNULL,
@@ -814,6 +887,8 @@ async def bench_copy(
         )
         load = os.getloadavg()
         split_before = [cpu_split(p.pid) for p in procs]
+        threads_before = [thread_cpu(p.pid) for p in procs]
+        faults_before = [minor_faults(p.pid) for p in procs]
         report, seconds = await sync(b.base_url, "warm", "feed")
         split_used = [
             (u1 - u0, s1 - s0)
@@ -821,6 +896,8 @@ async def bench_copy(
                 split_before, [cpu_split(p.pid) for p in procs], strict=True
             )
         ]
+        threads_after = [thread_cpu(p.pid) for p in procs]
+        faults_used = [minor_faults(p.pid) - f for p, f in zip(procs, faults_before, strict=True)]
         cpu_used = [u + s for u, s in split_used]
         done.set()
         await sampler
@@ -843,6 +920,23 @@ async def bench_copy(
             f"{split_used[1][0]:.2f}s + system {split_used[1][1]:.2f}s"
         )
         print(f"RATIO daemon / (cp -r + sync) = {rate / cp_rate:.2f}x  (target >= 0.9x)")
+        # Where the CPU went, per process and per thread role (the roles are the
+        # pipeline's stages: the loop receives every byte, the copier threads hash,
+        # write and fsync, the validation threads decode and check).
+        for name, proc, t0, t1, faults in zip(
+            ("source", "puller"), procs, threads_before, threads_after, faults_used, strict=True
+        ):
+            print(f"CPU account of the {name} ({faults:,} minor page faults):")
+            for role, user, system in cpu_by_role(proc.pid, t0, t1):
+                if user + system >= 0.005:
+                    total = user + system
+                    print(f"  {total:5.2f}s = {user:.2f} user + {system:.2f} system  {role}")
+        total_cpu = sum(cpu_used)
+        print(
+            f"both daemons: {total_cpu:.2f} CPU-s for the pass; on 2 cores at best "
+            f"{total_cpu / 2:.2f}s, i.e. a ceiling of {cp_seconds / (total_cpu / 2):.2f}x "
+            f"of cp -r + sync's {cp_seconds:.2f}s (validation alone: {v_cpu:.2f} CPU-s)"
+        )
         print(
             f"RSS of pulling daemon: {rss_before:.0f} MB idle, peak {peak:.0f} MB while "
             f"copying  (target < 200 MB)"

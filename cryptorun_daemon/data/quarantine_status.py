@@ -2,12 +2,17 @@
 
 Counting walks the storage tree (quarantined files and every row-level
 sidecar), which is too slow to do per status request on a large store; a
-supervised worker recounts off the event loop every few seconds instead.
+supervised worker recounts off the event loop every few seconds instead, and
+never spends more than :data:`MAX_WALK_SHARE` of its time walking: on a
+year-sized store one walk takes tens of seconds of CPU, and a fixed 5 s
+pause would keep a core busy for good (and hold the GIL against the
+daemon's other threads).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +23,18 @@ from cryptorun_daemon.data.validate.quarantine import quarantine_counts
 from cryptorun_daemon.runtime.component import DaemonContext, ReloadResult
 
 REFRESH_SECONDS = 5.0
+#: The largest share of wall time the recount may spend walking the tree.
+MAX_WALK_SHARE = 0.1
+
+
+def refresh_delay(walk_seconds: float) -> float:
+    """Seconds to wait after a walk that took ``walk_seconds`` before the next one.
+
+    :data:`REFRESH_SECONDS` while walks are cheap; otherwise long enough that
+    walking takes at most :data:`MAX_WALK_SHARE` of the time, so the cost of
+    fresh counts stays a bounded share of one core whatever the history holds.
+    """
+    return max(REFRESH_SECONDS, walk_seconds * (1 / MAX_WALK_SHARE - 1))
 
 
 class QuarantineStatus:
@@ -25,7 +42,8 @@ class QuarantineStatus:
 
     Error handling: a failed count (a folder vanishing mid-walk) keeps the
     previous answer and is retried at the next refresh. Resource handling:
-    holds nothing but the last counts.
+    holds nothing but the last counts; walks at most :data:`MAX_WALK_SHARE`
+    of the time (:func:`refresh_delay`).
     """
 
     name = "quarantine"
@@ -51,11 +69,12 @@ class QuarantineStatus:
 
     async def _refresh_forever(self) -> None:
         while True:
+            started = time.monotonic()
             try:
                 await self.refresh()
             except OSError:
                 pass  # keep the last counts; the next pass will see a settled tree
-            await asyncio.sleep(REFRESH_SECONDS)
+            await asyncio.sleep(refresh_delay(time.monotonic() - started))
 
     def status(self, *, tier: str | None, region: str | None) -> dict[str, Any]:
         if self.counts is None:

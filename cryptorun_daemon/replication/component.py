@@ -522,13 +522,10 @@ class WarmColdComponent:
             validators=self.validators,
             strict=self.ctx.config.validation.strict,
             max_validations=self.ctx.config.replication.max_validations,
-            # Every download slot writes/hashes/fsyncs, plus the validations,
-            # plus one for the per-partition steps (check, commit).
-            io_threads=(
-                self.ctx.config.replication.max_concurrency
-                + self.ctx.config.replication.max_validations
-                + 1
-            ),
+            # Every download slot writes/hashes/fsyncs, plus one for the
+            # per-partition steps (check, commit); validations have their own
+            # max_validations threads (the verifier's).
+            io_threads=self.ctx.config.replication.max_concurrency + 1,
         )
 
     # --- handlers --------------------------------------------------------------------

@@ -54,7 +54,7 @@ log = structlog.get_logger("cryptorun.replication")
 
 #: Bytes handed to the disk thread at once (one ``writev`` + hash per batch). With
 #: one batch being written while the next arrives, a download holds at most two.
-CHUNK: Final = 1 << 20
+CHUNK: Final = 1 << 19
 
 _T = TypeVar("_T")
 

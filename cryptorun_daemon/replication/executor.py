@@ -103,10 +103,10 @@ class WarmColdExecutor:
         io_threads: int = 8,
     ) -> None:
         self.root = root
-        # The copier's disk work (writes, hashes, fsyncs, validators, commits) runs
-        # in its own threads: the loop's default pool has cpu+4 threads shared with
-        # the rest of the daemon, and fsyncs queued there stall every write behind
-        # them. Threads start on demand and idle ones cost no CPU.
+        # The copier's disk work (writes, hashes, fsyncs, commits) runs in its own
+        # threads (validators in the verifier's): the loop's default pool has cpu+4
+        # threads shared with the rest of the daemon, and fsyncs queued there stall
+        # every write behind them. Threads start on demand; idle ones cost no CPU.
         self.pool = ThreadPoolExecutor(max_workers=max(2, io_threads), thread_name_prefix="copier")
         self.region = region
         self.source = source
@@ -129,7 +129,6 @@ class WarmColdExecutor:
             validators=validators,
             strict=strict,
             max_validations=max_validations,
-            pool=self.pool,
         )
         self.committer = PartitionCommitter(root=root, metrics=metrics, policy=self.policy)
 
@@ -141,6 +140,7 @@ class WarmColdExecutor:
     def close(self) -> None:
         """Let the copier's threads end once their work is done (no new work after this)."""
         self.pool.shutdown(wait=False)
+        self.verifier.close()
 
     @property
     def validators(self) -> tuple[StepValidator, ...]:

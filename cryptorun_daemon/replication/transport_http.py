@@ -26,7 +26,7 @@ from cryptorun_daemon.storage.manifest import Manifest
 from cryptorun_daemon.timefmt import format_rfc3339
 
 #: Read buffer of one file download (bytes); see :meth:`HttpPeer.open_file`.
-FILE_READ_BUFSIZE = 1 << 20
+FILE_READ_BUFSIZE = 1 << 18
 
 #: Why a listing is asked for: to pull from the peer, or to see what it holds.
 Purpose = Literal["source", "inventory"]
@@ -362,7 +362,8 @@ class HttpPeer:
                     auto_decompress=False,
                     # Flow control pauses the socket above twice this: larger than
                     # the 64 KiB default so a download wakes the loop less often,
-                    # small enough that concurrent downloads stay bounded.
+                    # small enough that concurrent downloads stay bounded (at 1 MiB,
+                    # eight downloads held up to 16 MiB of received bytes).
                     read_bufsize=FILE_READ_BUFSIZE,
                 ) as resp:
                     if resp.status not in (200, 206):

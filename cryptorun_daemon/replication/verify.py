@@ -14,7 +14,7 @@ import asyncio
 import functools
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,20 @@ def release_memory() -> None:
     trim_heap()
 
 
+def _check_and_release(validator: StepValidator, path: Path, dataset: str, tier: Tier) -> Any:
+    """Run one validator call, then hand its memory back from the thread that decoded.
+
+    After every file, not only when no validation is in flight: during a long
+    copy validations overlap without pause, and the allocators' free lists
+    would stay at their peak. On the same thread, because Arrow's allocator
+    releases only the calling thread's heap.
+    """
+    try:
+        return validator(path, dataset, tier)
+    finally:
+        release_memory()
+
+
 class PartitionVerifier:
     """Runs the step validators on a partition's files and remembers refused content."""
 
@@ -65,17 +79,27 @@ class PartitionVerifier:
         validators: Sequence[StepValidator] = (),
         strict: bool = False,
         max_validations: int = 2,
-        pool: Executor | None = None,
     ) -> None:
         self.validators = tuple(validators)
-        self._pool = pool
         self.strict = strict
         # Validators decode whole Parquet files (tens of MB each in memory): at
         # most this many partitions are validated at once, whatever the copy
         # concurrency, so the copier's memory is bounded by configuration.
         self._slots = asyncio.Semaphore(max_validations)
+        # ...and only on these threads. The allocators keep freed memory per
+        # thread (Arrow's mimalloc heaps, glibc's arenas): decoding on any of the
+        # copier's many disk threads left a validation's worth of free pages in
+        # each of them, and a release run on another thread cannot hand back a
+        # heap it does not own. Threads start on demand; idle ones cost no CPU.
+        self._threads = ThreadPoolExecutor(
+            max_workers=max(1, max_validations), thread_name_prefix="validate"
+        )
         # (tier, partition) → (content digest, why) of source versions refused by validation.
         self._rejected: dict[tuple[Tier, str], tuple[str, str]] = {}
+
+    def close(self) -> None:
+        """Let the validation threads end once their work is done (no new work after this)."""
+        self._threads.shutdown(wait=False)
 
     def check_not_refused(self, manifest: Manifest) -> None:
         """Raise ``ReplicationError("validation")`` if this exact content was refused before.
@@ -103,14 +127,7 @@ class PartitionVerifier:
         if not self.validators:
             return
         async with self._slots:
-            try:
-                await self._validate(manifest, directory)
-            finally:
-                # Hand the decoded tables' memory back to the OS after every
-                # validation, not only when none is left in flight: during a long
-                # copy validations overlap without pause, and the allocators' free
-                # lists (one per thread that decoded) would stay at their peak.
-                await asyncio.get_running_loop().run_in_executor(self._pool, release_memory)
+            await self._validate(manifest, directory)
 
     async def _validate(self, manifest: Manifest, directory: Path) -> None:
         rejections: list[str] = []
@@ -118,9 +135,13 @@ class PartitionVerifier:
             for entry in manifest.files:
                 try:
                     verdict = await asyncio.get_running_loop().run_in_executor(
-                        self._pool,
+                        self._threads,
                         functools.partial(
-                            validator, directory / entry.name, manifest.key.dataset, manifest.tier
+                            _check_and_release,
+                            validator,
+                            directory / entry.name,
+                            manifest.key.dataset,
+                            manifest.tier,
                         ),
                     )
                 except ValidationFailedError as exc:  # strict mode: first violation

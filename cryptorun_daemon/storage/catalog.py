@@ -98,7 +98,8 @@ class Catalog:
         self._hash_cache = hash_cache if hash_cache is not None else DEFAULT_HASH_CACHE
         self._now = clock if clock is not None else (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
-        self._manifests: dict[Tier, dict[Path, tuple[tuple[int, int, int], Manifest]]] = {}
+        # Per tier: partition directory → (manifest file identity, parsed manifest).
+        self._manifests: dict[Tier, dict[str, tuple[tuple[int, int, int], Manifest]]] = {}
         self._warned: set[str] = set()
         self.ignored = 0
 
@@ -123,28 +124,10 @@ class Catalog:
         only) gets its manifest computed and written here, as the owning
         region; without it such a partition is reported with ``manifest=None``.
         """
-        tier_dir = self.root / tier
-        entries: list[CatalogEntry] = []
-        with self._lock:
-            previous = self._manifests.get(tier, {})
-            current: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
-            if tier_dir.is_dir():
-                for parts, directory in self._walk(tier, tier_dir, start, end):
-                    try:
-                        key = parse_partition_parts(tier, parts)
-                    except PathRejectedError as exc:
-                        self._ignore(tier, directory, str(exc))
-                        continue
-                    if start is not None and key.end <= start:
-                        continue
-                    if end is not None and key.start >= end:
-                        continue
-                    entries.append(self._entry(key, directory, previous, current, owner))
-            # A full scan of a long history: cached, it would keep every manifest
-            # of the tier in memory for good (hundreds of MB at 100k partitions).
-            self._manifests[tier] = current if len(current) <= MAX_CACHED_MANIFESTS else {}
-        entries.sort(key=lambda e: e.key)
-        return entries
+        return [
+            CatalogEntry(key, Path(directory), sealed, manifest, problem)
+            for key, directory, sealed, manifest, problem in self._scan(tier, start, end, owner)
+        ]
 
     def sealed_manifests(
         self,
@@ -156,10 +139,57 @@ class Catalog:
     ) -> list[Manifest]:
         """Manifests of the replicable partitions overlapping ``[start, end)``."""
         return [
-            e.manifest
-            for e in self.scan(tier, start=start, end=end, owner=owner)
-            if e.sealed and e.manifest is not None
+            manifest
+            for _key, _dir, sealed, manifest, _problem in self._scan(tier, start, end, owner)
+            if sealed and manifest is not None
         ]
+
+    def _scan(
+        self,
+        tier: Tier,
+        start: datetime | None,
+        end: datetime | None,
+        owner: ManifestOwner | None,
+    ) -> list[_Found]:
+        """What :meth:`scan` reports, as plain tuples (directories as strings).
+
+        A partition whose manifest file is unchanged since the last scan (same
+        size, mtime and inode) reuses the parsed manifest and its key: two
+        ``stat`` calls and no parsing, no ``Path`` objects, which is most of
+        what a repeated window scan (simulate, listings) costs.
+        """
+        tier_dir = self.root / tier
+        found: list[_Found] = []
+        with self._lock:
+            previous = self._manifests.get(tier, {})
+            current: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
+            if tier_dir.is_dir():
+                for parts, directory in self._walk(tier, str(tier_dir), start, end):
+                    hit = _unchanged(directory, previous)
+                    if hit is not None:
+                        current[directory] = hit
+                        key = hit[1].key
+                    else:
+                        try:
+                            key = parse_partition_parts(tier, parts)
+                        except PathRejectedError as exc:
+                            self._ignore(tier, Path(directory), str(exc))
+                            continue
+                    if start is not None and key.end <= start:
+                        continue
+                    if end is not None and key.start >= end:
+                        continue
+                    if hit is not None:
+                        found.append((key, directory, True, hit[1], None))
+                    else:
+                        found.append(self._entry(key, directory, current, owner))
+            # A full scan of a long history: cached, it would keep every manifest
+            # of the tier in memory for good (hundreds of MB at 100k partitions).
+            self._manifests[tier] = current if len(current) <= MAX_CACHED_MANIFESTS else {}
+        # The key's own order as a plain tuple: the dataclass comparison builds
+        # two tuples per comparison.
+        found.sort(key=lambda f: _order(f[0]))
+        return found
 
     def iter_sealed(self, tier: Tier) -> Iterator[tuple[PartitionKey, Path, bytes]]:
         """Every sealed partition of ``tier`` with its raw manifest bytes, as the walk finds it.
@@ -171,7 +201,8 @@ class Catalog:
         tier_dir = self.root / tier
         if not tier_dir.is_dir():
             return
-        for parts, directory in self._walk(tier, tier_dir, None, None):
+        for parts, where in self._walk(tier, str(tier_dir), None, None):
+            directory = Path(where)
             try:
                 key = parse_partition_parts(tier, parts)
             except PathRejectedError as exc:
@@ -186,10 +217,10 @@ class Catalog:
             yield key, directory, raw
 
     def _walk(
-        self, tier: Tier, tier_dir: Path, start: datetime | None, end: datetime | None
-    ) -> Iterator[tuple[list[str], Path]]:
+        self, tier: Tier, tier_dir: str, start: datetime | None, end: datetime | None
+    ) -> Iterator[tuple[list[str], str]]:
         depth = 5 if tier in HOURLY_TIERS else 4
-        stack: list[tuple[list[str], Path]] = [([], tier_dir)]
+        stack: list[tuple[list[str], str]] = [([], tier_dir)]
         days = _window_days(start, end)
         while stack:
             parts, directory = stack.pop()
@@ -197,54 +228,59 @@ class Catalog:
                 # A short window: look up its days by name instead of listing every
                 # day of the series, so a windowed scan costs the same at any history.
                 for day in days:
-                    path = directory / f"date={day}"
+                    name = f"date={day}"
+                    path = os.path.join(directory, name)
                     try:
                         st = os.lstat(path)
                     except OSError:
                         continue
                     if stat.S_ISDIR(st.st_mode):
-                        child = [*parts, path.name]
+                        child = [*parts, name]
                         if len(child) == depth:
                             yield child, path
                         else:
                             stack.append((child, path))
                     else:
-                        self._ignore(tier, path, "not a directory (symlinks are never followed)")
+                        self._ignore(
+                            tier, Path(path), "not a directory (symlinks are never followed)"
+                        )
                 continue
             try:
                 iterator = os.scandir(directory)
             except OSError as exc:
-                self._ignore(tier, directory, f"unreadable: {exc}")
+                self._ignore(tier, Path(directory), f"unreadable: {exc}")
                 continue
             with iterator:
                 for item in iterator:
-                    path = Path(item.path)
                     if len(parts) == 0 and item.name.startswith((".", "_")):
                         # Editor and temp files are not data; ``_divergent/`` and
                         # other ``_`` folders are ours and hold set-aside copies.
                         continue
                     if item.is_symlink() or not item.is_dir(follow_symlinks=False):
-                        self._ignore(tier, path, "not a directory (symlinks are never followed)")
+                        self._ignore(
+                            tier, Path(item.path), "not a directory (symlinks are never followed)"
+                        )
                         continue
                     child = [*parts, item.name]
                     if len(child) == 4 and not _date_may_overlap(item.name, start, end):
                         continue
                     if len(child) == depth:
-                        yield child, path
+                        yield child, item.path
                     else:
-                        stack.append((child, path))
+                        stack.append((child, item.path))
 
     def _entry(
         self,
         key: PartitionKey,
-        directory: Path,
-        previous: dict[Path, tuple[tuple[int, int, int], Manifest]],
-        current: dict[Path, tuple[tuple[int, int, int], Manifest]],
+        where: str,
+        current: dict[str, tuple[tuple[int, int, int], Manifest]],
         owner: ManifestOwner | None,
-    ) -> CatalogEntry:
+    ) -> _Found:
+        """The partition at ``where`` when :func:`_unchanged` found nothing to reuse."""
+        directory = Path(where)
         sealed = (directory / SUCCESS_MARKER).is_file()
         if not sealed:
-            return CatalogEntry(key, directory, sealed=False, manifest=None)
+            return (key, where, False, None, None)
         manifest_path = directory / MANIFEST_NAME
         try:
             st = manifest_path.stat()
@@ -252,10 +288,6 @@ class Catalog:
             st = None
         if st is not None:
             identity = (st.st_size, st.st_mtime_ns, st.st_ino)
-            cached = previous.get(manifest_path)
-            if cached is not None and cached[0] == identity:
-                current[manifest_path] = cached
-                return CatalogEntry(key, directory, sealed=True, manifest=cached[1])
             try:
                 manifest = Manifest.from_bytes(manifest_path.read_bytes())
                 if manifest.key != key:
@@ -263,12 +295,12 @@ class Catalog:
             except (OSError, StorageError) as exc:
                 problem = f"unusable manifest: {exc}"
             else:
-                current[manifest_path] = (identity, manifest)
-                return CatalogEntry(key, directory, sealed=True, manifest=manifest)
+                current[where] = (identity, manifest)
+                return (key, where, True, manifest, None)
         else:
             problem = "sealed without a manifest"
         if owner is None:
-            return CatalogEntry(key, directory, sealed=True, manifest=None, problem=problem)
+            return (key, where, True, None, problem)
         try:
             manifest = compute_manifest(
                 directory,
@@ -281,9 +313,9 @@ class Catalog:
             atomic_write_bytes(manifest_path, manifest.to_bytes())
         except (OSError, StorageError) as exc:
             self._ignore(key.tier, directory, f"cannot compute manifest: {exc}")
-            return CatalogEntry(key, directory, sealed=True, manifest=None, problem=str(exc))
+            return (key, where, True, None, str(exc))
         log.info("computed manifest for a partition sealed without one", partition=str(key))
-        return CatalogEntry(key, directory, sealed=True, manifest=manifest)
+        return (key, where, True, manifest, None)
 
     def _ignore(self, tier: Tier, path: Path, why: str) -> None:
         self.ignored += 1
@@ -293,6 +325,31 @@ class Catalog:
         if text not in self._warned and len(self._warned) < _MAX_WARNED:
             self._warned.add(text)
             log.warning("path outside the partition layout ignored", tier=tier, path=text, why=why)
+
+
+#: One partition as a scan found it: (key, directory, sealed, manifest, problem).
+_Found = tuple[PartitionKey, str, bool, Manifest | None, str | None]
+
+
+def _unchanged(
+    where: str, previous: dict[str, tuple[tuple[int, int, int], Manifest]]
+) -> tuple[tuple[int, int, int], Manifest] | None:
+    """The cached manifest of the sealed partition at ``where``, if its file is unchanged."""
+    cached = previous.get(where)
+    if cached is None:
+        return None
+    try:
+        if not stat.S_ISREG(os.stat(os.path.join(where, SUCCESS_MARKER)).st_mode):
+            return None
+        st = os.stat(os.path.join(where, MANIFEST_NAME))
+    except OSError:
+        return None
+    return cached if cached[0] == (st.st_size, st.st_mtime_ns, st.st_ino) else None
+
+
+def _order(key: PartitionKey) -> tuple[object, ...]:
+    """``key``'s sort order (the dataclass's field order) as one tuple."""
+    return (key.day, key.hour, key.tier, key.dataset, key.venue, key.symbol)
 
 
 #: Windows of at most this many days are walked by looking their days up by name.

@@ -108,6 +108,26 @@ def test_unchanged_rescan_reuses_parsed_manifests(tmp_path: Path) -> None:
     assert all(a is b for a, b in zip(first, second, strict=True))
 
 
+def test_a_cached_partition_that_changed_is_read_afresh(tmp_path: Path) -> None:
+    """The reuse of a parsed manifest follows the disk: a partition unsealed since the
+    last scan (``_SUCCESS`` gone) is reported unsealed, and a manifest rewritten in
+    place (a re-seal) is parsed again, not served from the cache."""
+    dirs = seed_partitions(tmp_path, start=T0, count=2, rows=20)
+    catalog = Catalog(tmp_path)
+    before = catalog.scan("warm")
+    assert all(e.sealed and e.manifest is not None for e in before)
+    (dirs[0] / "_SUCCESS").unlink()
+    manifest_path = dirs[1] / "_manifest.json"
+    manifest_path.write_bytes(manifest_path.read_bytes().replace(b'"epoch": 1', b'"epoch": 7'))
+    after = {e.key: e for e in catalog.scan("warm")}
+    assert not after[before[0].key].sealed
+    assert after[before[0].key].manifest is None
+    reread = after[before[1].key].manifest
+    assert reread is not None
+    assert reread is not before[1].manifest
+    assert reread.epoch == 7
+
+
 def test_missing_tier_directory_is_empty(tmp_path: Path) -> None:
     """A root without a tier folder scans as empty, not as an error."""
     assert Catalog(tmp_path).scan("cold") == []

@@ -8,6 +8,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from cryptorun_daemon.replication import verify
 from cryptorun_daemon.replication.verify import PartitionVerifier
 from cryptorun_daemon.storage.manifest import read_manifest
 from tests.harness.testdata import seed_partitions
@@ -36,3 +39,38 @@ async def test_validations_run_at_most_max_validations_at_once(tmp_path: Path) -
     verifier = PartitionVerifier(validators=[validator], max_validations=2)
     await asyncio.gather(*(verifier.validate(read_manifest(d), d) for d in dirs))
     assert peak == 2
+
+
+async def test_validations_run_on_max_validations_own_threads_and_release_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validator calls run only on the verifier's own threads (at most max_validations of
+    them), and the freed memory is handed back on the thread that decoded, right after
+    its call: the allocators keep free pages per thread, so decoding on many threads, or
+    releasing from another one, leaves memory behind."""
+    dirs = seed_partitions(tmp_path, start=T0, count=8, rows=20)
+    local = threading.local()
+    names: set[str] = set()
+    unreleased: list[str] = []
+
+    def validator(path: Path, dataset: str, tier: str) -> bool:
+        names.add(threading.current_thread().name)
+        local.decoded = True
+        time.sleep(0.02)
+        return True
+
+    def release() -> None:
+        if not getattr(local, "decoded", False):
+            unreleased.append(threading.current_thread().name)
+        local.decoded = False
+
+    monkeypatch.setattr(verify, "release_memory", release)
+    verifier = PartitionVerifier(validators=[validator], max_validations=2)
+    try:
+        await asyncio.gather(*(verifier.validate(read_manifest(d), d) for d in dirs))
+    finally:
+        verifier.close()
+    assert names
+    assert all(n.startswith("validate") for n in names), names
+    assert len(names) <= 2
+    assert unreleased == []
