@@ -195,6 +195,39 @@ async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
         return resp.status, json.loads(body) if is_json else body
 
 
+async def _cold_view_is(
+    http: aiohttp.ClientSession, base_url: str, primary: str, epoch: int
+) -> None:
+    """Wait until ``base_url`` reports ``primary`` as the cold primary at ``epoch``."""
+
+    async def seen() -> bool:
+        async with http.get(f"{base_url}/v1/status", params={"tier": "cold"}) as resp:
+            status = (await resp.json())["tiers"]["cold"]
+        return (status["primary"], status["epoch"]) == (primary, epoch)
+
+    await eventually(seen, f"{base_url}: cold primary {primary} at epoch {epoch}")
+
+
+async def _reconcile_pass(http: aiohttp.ClientSession, base_url: str, source: str) -> int:
+    """Ask ``base_url`` for one cold reconcile pass with ``source``; the HTTP status."""
+    async with http.post(
+        f"{base_url}/v1/replication/sync",
+        json={"tier": "cold", "from": source, "kind": "reconcile"},
+        headers=auth_headers(),
+    ) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def _reconciled_pulls(http: aiohttp.ClientSession, base_url: str) -> float:
+    return await metric(
+        http,
+        base_url,
+        "cryptorun_reconciled_partitions_total",
+        {"tier": "cold", "action": "pulled"},
+    )
+
+
 def _listed(doc: dict[str, Any]) -> dict[str, str]:
     """``{partition: content_hash}`` of a ``GET /v1/partitions`` answer."""
     return {p["partition"]: p["content_hash"] for p in doc["partitions"]}
@@ -366,34 +399,15 @@ async def test_demoted_bucket_only_region_serves_legitimate_old_epoch_partitions
                 # A lost a partition from its disk while down, and rejoins as primary.
                 shutil.rmtree(lost.directory(a.storage_root))
                 async with run_daemon_process(a.write(), env=aws_env()) as da:
-
-                    async def primary_again() -> bool:
-                        async with http.get(
-                            f"{da.base_url}/v1/status", params={"tier": "cold"}
-                        ) as resp:
-                            status = (await resp.json())["tiers"]["cold"]
-                        return (status["primary"], status["epoch"]) == (EU, 3)
-
-                    await eventually(primary_again, "A primary at epoch 3")
+                    await _cold_view_is(http, da.base_url, EU, 3)
 
                     async def pulled_back() -> bool:
                         # A background reconcile pass may pull it first; ask for one too.
-                        async with http.post(
-                            f"{da.base_url}/v1/replication/sync",
-                            json={"tier": "cold", "from": US, "kind": "reconcile"},
-                            headers=auth_headers(),
-                        ) as resp:
-                            await resp.read()
+                        await _reconcile_pass(http, da.base_url, US)
                         return (lost.directory(a.storage_root) / SUCCESS_MARKER).is_file()
 
                     await eventually(pulled_back, "A's lost partition pulled from B's bucket")
-                    pulled = await metric(
-                        http,
-                        da.base_url,
-                        "cryptorun_reconciled_partitions_total",
-                        {"tier": "cold", "action": "pulled"},
-                    )
-                    assert pulled == 1.0
+                    assert await _reconciled_pulls(http, da.base_url) == 1.0
         for name, data in originals.items():
             assert (lost.directory(a.storage_root) / name).read_bytes() == data
         assert not stamped.directory(a.storage_root).exists()
@@ -426,40 +440,16 @@ async def test_a_bucket_held_new_primary_reconciles_only_what_its_bucket_lacks(
                 )
                 assert (code, doc.get("epoch")) == (200, 2), doc
                 async with run_daemon_process(a.write(), env=aws_env()) as da:
-
-                    async def demoted() -> bool:
-                        async with http.get(
-                            f"{da.base_url}/v1/status", params={"tier": "cold"}
-                        ) as resp:
-                            status = (await resp.json())["tiers"]["cold"]
-                        return (status["primary"], status["epoch"]) == (US, 2)
-
-                    await eventually(demoted, "A back, demoted at epoch 2")
+                    await _cold_view_is(http, da.base_url, US, 2)
 
                     async def reconciled() -> bool:
-                        async with http.post(
-                            f"{db.base_url}/v1/replication/sync",
-                            json={"tier": "cold", "from": EU, "kind": "reconcile"},
-                            headers=auth_headers(),
-                        ) as resp:
-                            await resp.read()
+                        await _reconcile_pass(http, db.base_url, EU)
                         return (missed.directory(b.storage_root) / SUCCESS_MARKER).is_file()
 
                     await eventually(reconciled, "the missed partition reconciled into B")
                     # One more pass pulls nothing more.
-                    async with http.post(
-                        f"{db.base_url}/v1/replication/sync",
-                        json={"tier": "cold", "from": EU, "kind": "reconcile"},
-                        headers=auth_headers(),
-                    ) as resp:
-                        assert resp.status == 200, await resp.text()
-                    pulled = await metric(
-                        http,
-                        db.base_url,
-                        "cryptorun_reconciled_partitions_total",
-                        {"tier": "cold", "action": "pulled"},
-                    )
-                    assert pulled == 1.0
+                    assert await _reconcile_pass(http, db.base_url, EU) == 200
+                    assert await _reconciled_pulls(http, db.base_url) == 1.0
         for name in (DATA, MANIFEST_NAME):
             assert (missed.directory(b.storage_root) / name).read_bytes() == (
                 missed.directory(a.storage_root) / name
