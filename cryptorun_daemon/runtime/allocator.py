@@ -29,7 +29,6 @@ without these calls (musl, macOS) both do nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from typing import Final
 
 #: ``M_MMAP_THRESHOLD`` in glibc's ``<malloc.h>``.
@@ -60,9 +59,9 @@ def trim_heap() -> None:
 
 
 def _load_libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c") or "libc.so.6"
+    # The process's own symbols (libc among them): no ``find_library`` subprocess.
     try:
-        return ctypes.CDLL(name)
+        return ctypes.CDLL(None)
     except OSError:
         return None
 
