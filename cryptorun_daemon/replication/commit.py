@@ -37,7 +37,12 @@ from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import atomic_write_bytes, fsync_dir, move_aside
 from cryptorun_daemon.storage.change_feed import note_removed, note_sealed
 from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
-from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, SUPERSEDED_DIR
+from cryptorun_daemon.storage.layout import (
+    MANIFEST_NAME,
+    SUCCESS_MARKER,
+    SUPERSEDED_DIR,
+    drop_partials,
+)
 from cryptorun_daemon.storage.manifest import Manifest, data_file_names, read_manifest
 from cryptorun_daemon.storage.quarantine_sidecar import prune_sidecar
 from cryptorun_daemon.storage.scrub import files_complete
@@ -83,6 +88,7 @@ class PartitionCommitter:
         without a safe lease (a replica's copies are always allowed).
         """
         failpoint("replica.before_commit")
+        drop_partials(directory)
         prune_sidecar(directory, {entry.name for entry in manifest.files})
         atomic_write_bytes(directory / MANIFEST_NAME, manifest.to_bytes())
         failpoint("replica.after_manifest")

@@ -22,6 +22,7 @@ writer meets it first, wherever it came from.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -29,9 +30,13 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal
 
+import structlog
+
 from cryptorun_daemon.config import TIERS, Tier
 from cryptorun_daemon.errors import PathRejectedError
 from cryptorun_daemon.storage.quarantine_sidecar import SIDECAR_NAME
+
+_log = structlog.get_logger("cryptorun.storage")
 
 SUCCESS_MARKER: Final = "_SUCCESS"
 MANIFEST_NAME: Final = "_manifest.json"
@@ -318,3 +323,37 @@ def object_key(key: PartitionKey, name: str) -> str:
 def fence_object_key(tier: Tier) -> str:
     """The key of ``tier``'s fence object below the tier prefix (``_state/fence/{tier}.json``)."""
     return f"{FENCE_OBJECT_DIR}/{parse_tier(tier)}.json"
+
+
+def drop_partials(directory: Path) -> list[str]:
+    """Remove the hidden partials (``.{name}.partial``) left in a partition being committed.
+
+    A partial is our own unfinished write: a download that a crash or a lost
+    connection cut (kept to resume it), or a window file whose writer was
+    killed. At a commit point every file the manifest lists is in place under
+    its final name, so any partial left is of a version that will not be
+    completed; it would otherwise stay in the sealed directory forever, a torn
+    file beside the data (chaos run, seed 7: a replica held such a 0-byte
+    partial of an earlier version's file, so its sealed partition differed
+    from the other regions'). Symlinks are never followed. Returns the names
+    removed. Error handling: a partial that vanished meanwhile is skipped;
+    other ``OSError`` propagate (the commit fails and is retried).
+    """
+    removed: list[str] = []
+    with os.scandir(directory) as entries:
+        names = [
+            e.name
+            for e in entries
+            if e.name.startswith(".")
+            and e.name.endswith(PARTIAL_SUFFIX)
+            and e.is_file(follow_symlinks=False)
+        ]
+    for name in sorted(names):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+            removed.append(name)
+    if removed:
+        _log.info(
+            "unfinished writes removed at a commit point", folder=str(directory), names=removed
+        )
+    return removed

@@ -22,7 +22,12 @@ from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import atomic_write_bytes
 from cryptorun_daemon.storage.change_feed import note_sealed
 from cryptorun_daemon.storage.fence_lock import check_write_permit, fence_lock
-from cryptorun_daemon.storage.layout import MANIFEST_NAME, SUCCESS_MARKER, parse_partition_dir
+from cryptorun_daemon.storage.layout import (
+    MANIFEST_NAME,
+    SUCCESS_MARKER,
+    drop_partials,
+    parse_partition_dir,
+)
 from cryptorun_daemon.storage.manifest import HashCache, Manifest, compute_manifest, read_manifest
 from cryptorun_daemon.storage.quarantine_sidecar import prune_sidecar
 from cryptorun_daemon.storage.superseded import keep_superseded_manifest
@@ -146,8 +151,11 @@ def write_seal(
     then recorded in the storage root's change feed
     (:mod:`cryptorun_daemon.storage.change_feed`), which replicas follow.
     Before the manifest, the quarantine sidecar forgets files this version
-    does not list (:func:`~cryptorun_daemon.storage.quarantine_sidecar.prune_sidecar`).
+    does not list (:func:`~cryptorun_daemon.storage.quarantine_sidecar.prune_sidecar`)
+    and unfinished writes left in the folder go
+    (:func:`~cryptorun_daemon.storage.layout.drop_partials`).
     """
+    drop_partials(partition_dir)
     prune_sidecar(partition_dir, {entry.name for entry in manifest.files})
     atomic_write_bytes(partition_dir / MANIFEST_NAME, manifest.to_bytes())
     failpoint(after_manifest)
