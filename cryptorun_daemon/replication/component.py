@@ -654,15 +654,13 @@ class WarmColdComponent:
                 source = entries
                 if self.bucket_held.holds(tier):
                     # What this region holds only in its bucket is part of what it offers.
-                    on_disk = [e.manifest for e in entries if e.manifest is not None]
-                    source = [
-                        *entries,
-                        *listed(
-                            await self.bucket_held.listed_manifests(
-                                tier, window=window, max_epoch=None, on_disk=on_disk
-                            )
-                        ),
-                    ]
+                    in_bucket = await self.bucket_held.listed_manifests(
+                        tier,
+                        window=window,
+                        max_epoch=None,
+                        on_disk=[e.manifest for e in entries if e.manifest is not None],
+                    )
+                    source = [*entries, *listed(in_bucket)]
             else:
                 health = await self._peer(src).probe()
                 if health.healthy:

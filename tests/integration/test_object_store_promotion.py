@@ -219,6 +219,20 @@ async def _reconcile_pass(http: aiohttp.ClientSession, base_url: str, source: st
         return resp.status
 
 
+async def _reconciled_into(
+    http: aiohttp.ClientSession, base_url: str, source: str, folder: Path
+) -> float:
+    """Ask for reconcile passes with ``source`` until ``folder`` is sealed (a background
+    pass may pull it first); the region's count of reconciled pulls then."""
+
+    async def sealed() -> bool:
+        await _reconcile_pass(http, base_url, source)
+        return (folder / SUCCESS_MARKER).is_file()
+
+    await eventually(sealed, f"{folder} reconciled from {source}")
+    return await _reconciled_pulls(http, base_url)
+
+
 async def _reconciled_pulls(http: aiohttp.ClientSession, base_url: str) -> float:
     return await metric(
         http,
@@ -401,13 +415,10 @@ async def test_demoted_bucket_only_region_serves_legitimate_old_epoch_partitions
                 async with run_daemon_process(a.write(), env=aws_env()) as da:
                     await _cold_view_is(http, da.base_url, EU, 3)
 
-                    async def pulled_back() -> bool:
-                        # A background reconcile pass may pull it first; ask for one too.
-                        await _reconcile_pass(http, da.base_url, US)
-                        return (lost.directory(a.storage_root) / SUCCESS_MARKER).is_file()
-
-                    await eventually(pulled_back, "A's lost partition pulled from B's bucket")
-                    assert await _reconciled_pulls(http, da.base_url) == 1.0
+                    pulled = await _reconciled_into(
+                        http, da.base_url, US, lost.directory(a.storage_root)
+                    )
+                    assert pulled == 1.0
         for name, data in originals.items():
             assert (lost.directory(a.storage_root) / name).read_bytes() == data
         assert not stamped.directory(a.storage_root).exists()
@@ -442,11 +453,7 @@ async def test_a_bucket_held_new_primary_reconciles_only_what_its_bucket_lacks(
                 async with run_daemon_process(a.write(), env=aws_env()) as da:
                     await _cold_view_is(http, da.base_url, US, 2)
 
-                    async def reconciled() -> bool:
-                        await _reconcile_pass(http, db.base_url, EU)
-                        return (missed.directory(b.storage_root) / SUCCESS_MARKER).is_file()
-
-                    await eventually(reconciled, "the missed partition reconciled into B")
+                    await _reconciled_into(http, db.base_url, EU, missed.directory(b.storage_root))
                     # One more pass pulls nothing more.
                     assert await _reconcile_pass(http, db.base_url, EU) == 200
                     assert await _reconciled_pulls(http, db.base_url) == 1.0
