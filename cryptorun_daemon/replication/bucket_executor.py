@@ -64,6 +64,7 @@ from cryptorun_daemon.errors import FencedError, ReplicationError
 from cryptorun_daemon.replication.download import ByteCounter
 from cryptorun_daemon.replication.executor import WarmColdExecutor
 from cryptorun_daemon.replication.verify import StepValidator
+from cryptorun_daemon.runtime.tasks import gather_or_cancel
 from cryptorun_daemon.storage.bucket_commit import (
     BucketCommitter,
     CommitReport,
@@ -213,11 +214,8 @@ class BucketMirrorExecutor(WarmColdExecutor):
         if not self.validators:
             return bucket_reader(self.source_bucket), None
         await self._run(lambda: spool.mkdir(parents=True, exist_ok=True))
-        await asyncio.gather(
-            *(
-                self.downloader.fetch_file(manifest, spool, entry, counter)
-                for entry in manifest.files
-            )
+        await gather_or_cancel(
+            self.downloader.fetch_file(manifest, spool, entry, counter) for entry in manifest.files
         )
         await self.verifier.validate(manifest, spool)
         return local_reader(spool), await self._run(read_local_sidecar, spool)

@@ -42,6 +42,7 @@ from cryptorun_daemon.replication.download import CHUNK, ByteCounter, FileDownlo
 from cryptorun_daemon.replication.rules import Step
 from cryptorun_daemon.replication.verify import PartitionVerifier, StepValidator
 from cryptorun_daemon.runtime.failpoints import failpoint
+from cryptorun_daemon.runtime.tasks import gather_or_cancel
 from cryptorun_daemon.storage.atomic import make_durable_dirs
 from cryptorun_daemon.storage.manifest import DEFAULT_HASH_CACHE, HashCache, Manifest
 
@@ -227,11 +228,9 @@ class WarmColdExecutor:
             return 0
         # A new partition folder's name is made durable too (its parents fsynced).
         await self._run(make_durable_dirs, directory)
-        await asyncio.gather(
-            *(
-                self.downloader.fetch_file(manifest, directory, entry, counter)
-                for entry in manifest.files
-            )
+        await gather_or_cancel(
+            self.downloader.fetch_file(manifest, directory, entry, counter)
+            for entry in manifest.files
         )
         failpoint("replica.after_fetch")
         await self._run(self.committer.set_aside_strays, directory, manifest)

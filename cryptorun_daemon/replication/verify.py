@@ -22,7 +22,7 @@ import structlog
 
 from cryptorun_daemon.config import Tier
 from cryptorun_daemon.errors import ReplicationError, ValidationFailedError
-from cryptorun_daemon.runtime.allocator import trim_heap
+from cryptorun_daemon.runtime.allocator import release_decode_pool, trim_heap
 from cryptorun_daemon.storage.manifest import Manifest
 
 log = structlog.get_logger("cryptorun.replication")
@@ -46,9 +46,13 @@ def verdict_passed(verdict: Any) -> tuple[bool, str]:
 def release_memory() -> None:
     """Return freed heap memory to the OS (blocking, a few milliseconds).
 
-    Validators decode whole Parquet files: Arrow's allocator (mimalloc or
-    jemalloc) and glibc's ``malloc`` (numpy) both keep freed pages for reuse,
-    so without this a daemon's steady RSS would stay at its validation peak.
+    Validators decode whole Parquet files; their checks use Arrow's default
+    pool (mimalloc) and glibc's ``malloc`` (numpy), which both keep freed pages
+    for reuse, so without this a daemon's steady RSS would stay at its
+    validation peak. The tables themselves live in the decode pool
+    (:func:`~cryptorun_daemon.runtime.allocator.decode_pool`), which keeps its
+    pages from one file to the next and is released when validation pauses
+    (:meth:`PartitionVerifier.validate`).
     """
     arrow = sys.modules.get("pyarrow")
     if arrow is not None:
@@ -94,11 +98,15 @@ class PartitionVerifier:
         self._threads = ThreadPoolExecutor(
             max_workers=max(1, max_validations), thread_name_prefix="validate"
         )
+        # Partitions being validated or waiting for a slot.
+        self._in_flight = 0
+        self._closed = False
         # (tier, partition) → (content digest, why) of source versions refused by validation.
         self._rejected: dict[tuple[Tier, str], tuple[str, str]] = {}
 
     def close(self) -> None:
         """Let the validation threads end once their work is done (no new work after this)."""
+        self._closed = True
         self._threads.shutdown(wait=False)
 
     def check_not_refused(self, manifest: Manifest) -> None:
@@ -126,8 +134,16 @@ class PartitionVerifier:
         """
         if not self.validators:
             return
-        async with self._slots:
-            await self._validate(manifest, directory)
+        self._in_flight += 1
+        try:
+            async with self._slots:
+                await self._validate(manifest, directory)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0 and not self._closed:
+                # The burst is over: the decode pool's pages go back now, not
+                # file by file (which would fault them in again for the next).
+                await asyncio.get_running_loop().run_in_executor(self._threads, release_decode_pool)
 
     async def _validate(self, manifest: Manifest, directory: Path) -> None:
         rejections: list[str] = []

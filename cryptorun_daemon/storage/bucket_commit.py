@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from cryptorun_daemon.errors import FencedError, ReplicationError, StorageError
+from cryptorun_daemon.runtime.tasks import gather_or_cancel
 from cryptorun_daemon.storage.layout import (
     MANIFEST_NAME,
     SUCCESS_MARKER,
@@ -204,17 +205,27 @@ def local_reader(directory: Path) -> FileReader:
         path = directory / entry.name
 
         async def read(offset: int, length: int) -> bytes | bytearray:
-            return await asyncio.to_thread(_read_range, path, offset, length)
+            return await asyncio.to_thread(read_file_range, path, offset, length)
 
         return read
 
     return reader
 
 
-def _read_range(path: Path, offset: int, length: int) -> bytes:
-    with path.open("rb") as handle:
+def read_file_range(path: Path, offset: int, length: int) -> bytearray:
+    """Up to ``length`` bytes of ``path`` at ``offset``, read straight into one buffer.
+
+    A ``bytearray``, not ``bytes``: botocore checksums and sends a bytes-like
+    buffer as it is, while a ``bytes`` body is wrapped in a file object that
+    it reads back in 1 MiB copies for the checksum and in 8 KiB ones to send.
+    """
+    buffer = bytearray(length)
+    with path.open("rb", buffering=0) as handle:
         handle.seek(offset)
-        return handle.read(length)
+        got = handle.readinto(buffer)
+    if got < length:
+        del buffer[got:]  # a short file: the uploader names the short read
+    return buffer
 
 
 def bucket_reader(source: TierBucket) -> FileReader:
@@ -289,13 +300,11 @@ class BucketCommitter:
         if held is not None and held.content_hash == manifest.content_hash:
             return CommitReport(committed=True, already=True)
         report = CommitReport(committed=False)
-        results = await asyncio.gather(
-            *(
-                self._copy_file(manifest, entry, copy_source)
-                if copy_source is not None
-                else self._upload_file(manifest, entry, read_file(manifest, entry))
-                for entry in manifest.files
-            )
+        results = await gather_or_cancel(
+            self._copy_file(manifest, entry, copy_source)
+            if copy_source is not None
+            else self._upload_file(manifest, entry, read_file(manifest, entry))
+            for entry in manifest.files
         )
         for sent, reused in results:
             report.sent += sent

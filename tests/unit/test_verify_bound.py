@@ -74,3 +74,28 @@ async def test_validations_run_on_max_validations_own_threads_and_release_there(
     assert all(n.startswith("validate") for n in names), names
     assert len(names) <= 2
     assert unreleased == []
+
+
+async def test_the_decode_pool_is_released_once_a_burst_of_validations_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode pool keeps its pages while validations follow each other (releasing
+    after every file faulted them in again for the next) and hands them back once the
+    last validation in flight ends: once per burst, not once per file or partition."""
+    dirs = seed_partitions(tmp_path, start=T0, count=6, rows=20)
+    released: list[int] = []
+    running = 0
+
+    def validator(path: Path, dataset: str, tier: str) -> bool:
+        nonlocal running
+        running += 1
+        time.sleep(0.01)
+        running -= 1
+        return True
+
+    monkeypatch.setattr(verify, "release_decode_pool", lambda: released.append(running))
+    verifier = PartitionVerifier(validators=[validator], max_validations=2)
+    await asyncio.gather(*(verifier.validate(read_manifest(d), d) for d in dirs))
+    assert released == [0]  # once, with nothing decoding
+    await verifier.validate(read_manifest(dirs[0]), dirs[0])
+    assert released == [0, 0]  # a new burst, released again when it ends

@@ -17,6 +17,7 @@ from typing import Any, Final, Literal, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow import _parquet
 
 from cryptorun_daemon.config.model import TIERS, Tier, ValidationConfig
 from cryptorun_daemon.data.validate.anomaly import AnomalyParams, Dataset, anomaly_batch
@@ -42,6 +43,7 @@ from cryptorun_daemon.data.validate.staleness import staleness_batch
 from cryptorun_daemon.data.validate.tables import encode_strings
 from cryptorun_daemon.errors import ValidationFailedError
 from cryptorun_daemon.metrics import Metrics
+from cryptorun_daemon.runtime.allocator import decode_pool
 from cryptorun_daemon.storage.layout import SPOOL_DIR
 from cryptorun_daemon.storage.quarantine_sidecar import forget_file
 
@@ -116,17 +118,22 @@ def read_partition_table(path: Path) -> pa.Table:
     """Read a Parquet file with string columns dictionary-encoded.
 
     Dictionary columns are cheaper to read and let domain checks look at each
-    distinct string once. Decoded one column at a time, on the calling thread:
+    distinct string once. Decoded one column at a time, on the calling thread,
+    into the decode pool (:func:`~cryptorun_daemon.runtime.allocator.decode_pool`):
 
     * a whole-file read holds every column's compressed and decompressed
       pages and growing builders at once (a 6 MB, 100k-row hourly table
       peaked at 20.6 MB in Arrow's pool); column by column the peak is the
       table plus one column's working set (8.4 MB), and the copier runs
       ``max_validations`` of these at a time;
-    * ``ParquetFile.read`` without threads, not ``read_table`` (which hands
-      the work to Arrow's dataset scanner and its thread pools): callers
-      already validate several files at once, and memory allocated on the
-      calling thread is what that thread can hand back afterwards.
+    * without threads (``ParquetFile.read`` does the same), not ``read_table``
+      (which hands the work to Arrow's dataset scanner and its thread pools):
+      callers already validate several files at once;
+    * the table's buffers come from the decode pool, not Arrow's default
+      (mimalloc, which kept a validation's segments resident unless released,
+      and released it faulted every page in again for the next file): jemalloc
+      reuses its pages from one file to the next and returns them on its own
+      once validation pauses.
 
     The table is the same as a whole-file read's (columns, types, schema
     metadata). Error handling: unreadable or corrupt files raise ``OSError``
@@ -134,15 +141,25 @@ def read_partition_table(path: Path) -> pa.Table:
     """
     with pq.ParquetFile(path) as probe:
         metadata = probe.metadata
-        strings = [f.name for f in probe.schema_arrow if pa.types.is_string(f.type)]
-    with pq.ParquetFile(path, metadata=metadata, read_dictionary=strings or None) as parquet:
-        schema = parquet.schema_arrow
-        if len(set(schema.names)) != len(schema.names):
-            # Columns cannot be picked by name; the schema check will refuse the file.
-            return parquet.read(use_threads=False)
+        schema = probe.schema_arrow
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    if len(set(schema.names)) != len(schema.names):
+        # Columns cannot be picked by name; the schema check will refuse the file.
+        with pq.ParquetFile(path, metadata=metadata, read_dictionary=strings or None) as whole:
+            return whole.read(use_threads=False)
+    # ParquetFile has no memory_pool argument; the reader it wraps does.
+    reader = _parquet.ParquetReader(memory_pool=decode_pool())
+    try:
+        # Not pre-buffered: pre-buffering reads the column chunks into Arrow's
+        # default pool; page by page they come from the page cache.
+        reader.open(str(path), metadata=metadata, read_dictionary=strings or None, pre_buffer=False)
+        schema = reader.schema_arrow
         columns = [
-            parquet.read(columns=[name], use_threads=False).column(0) for name in schema.names
+            reader.read_all(column_indices=[index], use_threads=False).column(0)
+            for index in range(len(schema.names))
         ]
+    finally:
+        reader.close()
     return pa.Table.from_arrays(columns, schema=schema)
 
 
