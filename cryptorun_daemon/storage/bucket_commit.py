@@ -48,6 +48,7 @@ import structlog
 
 from cryptorun_daemon.errors import FencedError, ReplicationError, StorageError
 from cryptorun_daemon.runtime.tasks import gather_or_cancel
+from cryptorun_daemon.storage.file_region import FileRegion
 from cryptorun_daemon.storage.layout import (
     MANIFEST_NAME,
     SUCCESS_MARKER,
@@ -198,16 +199,30 @@ async def enforces_conditional_writes(bucket: TierBucket) -> bool:
         await bucket.delete(key)
 
 
+class LocalRange:
+    """A :data:`ReadRange` over one local file that can also hand out its parts as regions.
+
+    Called, it reads a range into memory (single PUTs); :meth:`region` gives a
+    multipart upload each part as a :class:`FileRegion` sent from the page
+    cache, so no part buffer is filled.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def __call__(self, offset: int, length: int) -> bytes | bytearray:
+        return await asyncio.to_thread(read_file_range, self.path, offset, length)
+
+    def region(self, offset: int, length: int) -> FileRegion:
+        """``length`` bytes from ``offset`` as a request body (opens a descriptor: blocking)."""
+        return FileRegion(self.path, offset, length)
+
+
 def local_reader(directory: Path) -> FileReader:
     """Read partition files from a local partition directory."""
 
     def reader(manifest: Manifest, entry: FileEntry) -> ReadRange:
-        path = directory / entry.name
-
-        async def read(offset: int, length: int) -> bytes | bytearray:
-            return await asyncio.to_thread(read_file_range, path, offset, length)
-
-        return read
+        return LocalRange(directory / entry.name)
 
     return reader
 
@@ -385,7 +400,11 @@ class BucketCommitter:
             try:
                 if entry.bytes >= self.bucket.config.multipart_threshold:
                     report = await self.uploader.upload(
-                        relative, size=entry.bytes, content_hash=entry.hash, read=read
+                        relative,
+                        size=entry.bytes,
+                        content_hash=entry.hash,
+                        read=read,
+                        regions=read.region if isinstance(read, LocalRange) else None,
                     )
                     return report.sent, report.reused
                 data = await read(0, entry.bytes)

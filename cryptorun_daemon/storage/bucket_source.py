@@ -57,8 +57,11 @@ def replication_failure(exc: ObjectStoreError) -> ReplicationError:
     return ReplicationError(str(exc), reason=reason)
 
 
-#: Largest piece one ranged read hands to the downloader (its write batch is 1 MiB too).
-PIECE: Final = 1 << 20
+#: Largest piece one ranged read hands to the downloader (its write batch takes two).
+#: Below the allocator's mmap threshold (runtime/allocator.py): the client's chunk
+#: buffers are reused from the heap; at 1 MiB each was mapped, zeroed and faulted in
+#: (a third of a bucket replica's page faults in bench/object_store.py).
+PIECE: Final = 1 << 18
 
 
 class BucketChunks:

@@ -15,8 +15,10 @@ start over. This module drives the S3 multipart calls itself through
    parts of a resumed upload are read again and hashed, not sent again. Only
    when the whole object hashes to the manifest's value is the upload
    completed; otherwise it is aborted and nothing is visible under the key;
-4. each part carries ``x-amz-checksum-sha256`` so a store that checks (AWS
-   S3, MinIO, R2) refuses a part torn on the way.
+4. each part carries ``x-amz-checksum-sha256``, computed here from the same
+   read as the xxh3-128 (botocore does not read the part again), so a store
+   that checks (AWS S3, MinIO, R2) refuses a part torn on the way, or a local
+   file that changed between that read and the send.
 
 Uploads that nobody will resume (no state file, or older than
 ``orphan_upload_age``) are aborted by :meth:`MultipartUploader.abort_orphans`,
@@ -25,7 +27,8 @@ so they stop costing storage.
 Error handling: request failures are :class:`ObjectStoreError` (retried by
 :class:`TierBucket`); an upload id the store no longer knows restarts the
 upload from part 1; a hash mismatch raises :class:`UploadCorruptError`.
-Resource handling: memory is one part (``part_size``) per upload in flight.
+Resource handling: memory is one part (``part_size``) per upload in flight, or
+none from a local file (:class:`~cryptorun_daemon.storage.file_region.FileRegion`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import structlog
 from cryptorun_daemon.errors import StorageError
 from cryptorun_daemon.runtime.failpoints import failpoint
 from cryptorun_daemon.storage.atomic import atomic_write_bytes, make_durable_dirs
+from cryptorun_daemon.storage.file_region import FileRegion, hash_part, hash_region
 from cryptorun_daemon.storage.manifest import format_hash, new_hasher
 from cryptorun_daemon.storage.object_store import ObjectMissingError, TierBucket
 
@@ -66,6 +70,10 @@ class UploadCorruptError(StorageError):
         self.got = got
         self.size = size
         super().__init__(message)
+
+
+class PartChangedError(UploadCorruptError):
+    """A part's local file changed between its hashing and its send (upload aborted)."""
 
 
 @dataclass
@@ -150,10 +158,19 @@ class MultipartUploader:
     # --- upload -------------------------------------------------------------------------
 
     async def upload(
-        self, relative: str, *, size: int, content_hash: str, read: ReadRange
+        self,
+        relative: str,
+        *,
+        size: int,
+        content_hash: str,
+        read: ReadRange,
+        regions: Callable[[int, int], FileRegion] | None = None,
     ) -> UploadReport:
         """Upload ``size`` bytes (read through ``read``) to ``relative``, resuming if possible.
 
+        ``regions``: for a local file, ``(offset, length) → FileRegion`` of it;
+        each part is then hashed and sent straight from the file (the page
+        cache) instead of being read into a part buffer first.
         Error handling: :class:`UploadCorruptError` (upload aborted) when the
         bytes do not hash to ``content_hash``; :class:`ObjectStoreError` on
         request failures that outlived the retries (state kept: resumable).
@@ -191,11 +208,13 @@ class MultipartUploader:
         # bucket's part buffers, so all uploads of a tier together stay bounded.
         sending: list[asyncio.Task[None]] = []
 
-        async def send(number: int, data: bytes | bytearray) -> None:
+        async def send(number: int, data: bytes | bytearray | FileRegion, checksum: str) -> None:
             try:
-                etag = await self._put_part(state, number, data)
+                etag = await self._put_part(state, number, data, checksum)
             finally:
                 self.bucket.part_buffers.release()
+                if isinstance(data, FileRegion):
+                    data.close()
             self.bucket.count_bytes("put", len(data))
             report.sent += len(data)
             # In memory only: a resumed upload asks the store (ListParts), so no
@@ -204,43 +223,60 @@ class MultipartUploader:
             failpoint("multipart.after_part")
 
         try:
-            for number in range(1, count + 1):
-                offset = (number - 1) * self.part_size
-                length = min(self.part_size, size - offset)
-                await self.bucket.part_buffers.acquire()
-                try:
-                    data = await read(offset, length)
-                    if len(data) != length:
-                        raise UploadCorruptError(
-                            f"{relative}: source gave {len(data)} bytes at {offset}, "
-                            f"expected {length}",
-                            got="short read",
-                            size=offset + len(data),
-                        )
-                    await asyncio.to_thread(hasher.update, data)
-                except BaseException:
-                    self.bucket.part_buffers.release()
-                    raise
-                if number in state.parts:
-                    report.reused += length
-                    self.bucket.part_buffers.release()
+            try:
+                for number in range(1, count + 1):
+                    offset = (number - 1) * self.part_size
+                    length = min(self.part_size, size - offset)
+                    # A part buffer: the part's memory, or (from a file) its request slot.
+                    await self.bucket.part_buffers.acquire()
+                    data: bytes | bytearray | FileRegion = b""
+                    try:
+                        if regions is not None:
+                            data = await asyncio.to_thread(regions, offset, length)
+                            taken, checksum = await asyncio.to_thread(hash_region, data, hasher)
+                        else:
+                            data = await read(offset, length)
+                            taken = len(data)
+                            checksum = await asyncio.to_thread(hash_part, data, hasher)
+                        if taken != length:
+                            raise UploadCorruptError(
+                                f"{relative}: source gave {taken} bytes at {offset}, "
+                                f"expected {length}",
+                                got="short read",
+                                size=offset + taken,
+                            )
+                    except BaseException:
+                        self.bucket.part_buffers.release()
+                        if isinstance(data, FileRegion):
+                            data.close()
+                        raise
+                    if number in state.parts:
+                        report.reused += length
+                        self.bucket.part_buffers.release()
+                        if isinstance(data, FileRegion):
+                            data.close()
+                        del data
+                        continue
+                    sending.append(asyncio.create_task(send(number, data, checksum)))
+                    # The part is the send task's now: this frame must not keep it alive
+                    # while it waits for the other parts and the completion (with every
+                    # upload of a tier doing so, that was one more part per upload).
                     del data
-                    continue
-                sending.append(asyncio.create_task(send(number, data)))
-                # The part is the send task's now: this frame must not keep it alive
-                # while it waits for the other parts and the completion (with every
-                # upload of a tier doing so, that was one more part per upload).
-                del data
-                for task in [task for task in sending if task.done()]:
-                    sending.remove(task)
-                    task.result()  # a failed part stops the upload now (resumable)
-            await asyncio.gather(*sending)
-        finally:
-            # On any failure the parts still in flight are cancelled and awaited:
-            # none outlives this call (their state is saved or resumable).
-            for task in sending:
-                task.cancel()
-            await asyncio.gather(*sending, return_exceptions=True)
+                    for task in [task for task in sending if task.done()]:
+                        sending.remove(task)
+                        task.result()  # a failed part stops the upload now (resumable)
+                await asyncio.gather(*sending)
+            finally:
+                # On any failure the parts still in flight are cancelled and awaited:
+                # none outlives this call (their state is saved or resumable).
+                for task in sending:
+                    task.cancel()
+                await asyncio.gather(*sending, return_exceptions=True)
+        except PartChangedError:
+            # The store holds bytes nobody hashed: never resume or complete this upload.
+            await self._abort(key, state.upload_id)
+            await asyncio.to_thread(self._forget, key)
+            raise
         got = format_hash(hasher.hexdigest())
         if got != content_hash:
             await self._abort(key, state.upload_id)
@@ -270,10 +306,16 @@ class MultipartUploader:
 
         return await self.bucket.call("multipart", key, attempt)
 
-    async def _put_part(self, state: UploadState, number: int, data: bytes | bytearray) -> str:
+    async def _put_part(
+        self, state: UploadState, number: int, data: bytes | bytearray | FileRegion, checksum: str
+    ) -> str:
+        """Send one part with ``checksum`` (base64 SHA-256 of the bytes we hashed) as
+        ``x-amz-checksum-sha256``: the store refuses bytes that differ from them."""
         client = self.bucket.botocore_client()
 
         async def attempt() -> str:
+            if isinstance(data, FileRegion):
+                data.seek(0)  # a retried request sends the part from its start again
             answer = await asyncio.to_thread(
                 client.upload_part,
                 Bucket=self.bucket.config.bucket,
@@ -282,10 +324,19 @@ class MultipartUploader:
                 PartNumber=number,
                 Body=data,
                 ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,  # ours: botocore does not read the part again
             )
             return str(answer["ETag"])
 
-        return await self.bucket.call("multipart", state.key, attempt)
+        etag = await self.bucket.call("multipart", state.key, attempt)
+        if isinstance(data, FileRegion) and not data.sent_as_hashed():
+            raise PartChangedError(
+                f"{state.key}: part {number} of {data.path} changed between its hashing "
+                "and its send; the upload is thrown away",
+                got="changed while sent",
+                size=data.length,
+            )
+        return etag
 
     async def _list_parts(self, state: UploadState) -> dict[int, str]:
         """The parts the store holds for ``state``'s upload (full-size ones only)."""

@@ -1,0 +1,158 @@
+"""Multipart uploads from local files: parts sent from the page cache, checked by the store.
+
+Against moto's server on loopback. A part of a local file (a sealed partition,
+a spooled download) is hashed and sent straight from the file as a
+:class:`FileRegion`, never read into a part buffer; its SHA-256 comes from the
+same read as the manifest hash, and the send is fingerprinted too, so a file
+that changes between that read and the send is never completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from cryptorun_daemon.storage.bucket_commit import LocalRange
+from cryptorun_daemon.storage.file_region import PIECE, FileRegion
+from cryptorun_daemon.storage.manifest import hash_bytes
+from cryptorun_daemon.storage.multipart import MultipartUploader, PartChangedError
+from cryptorun_daemon.storage.object_store import TierBucket
+from tests.harness.s3 import S3Server, aws_credentials, s3_server
+
+__all__ = ["aws_credentials", "s3_server"]  # pytest fixtures used by name
+
+PART = 5 << 20  # S3's smallest part
+
+
+class _NoMemoryReads(LocalRange):
+    """A local file whose parts may only be uploaded as regions (never read into memory)."""
+
+    async def __call__(self, offset: int, length: int) -> bytes | bytearray:
+        raise AssertionError(f"part at {offset} read into memory")
+
+
+async def test_a_local_file_goes_up_in_parts_sent_from_the_file(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """Three parts of a local file are uploaded from regions of it (no part read into
+    memory) and the object is the file byte for byte."""
+    data = os.urandom(2 * PART + 12345)
+    path = tmp_path / "part-0000.parquet"
+    path.write_bytes(data)
+    bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="fp", part_size=PART))
+    source = _NoMemoryReads(path)
+
+    report = await MultipartUploader(bucket, tmp_path).upload(
+        "big.bin", size=len(data), content_hash=hash_bytes(data), read=source, regions=source.region
+    )
+
+    assert report.sent == len(data)
+    body, _ = await bucket.get("big.bin")
+    assert body == data
+
+
+async def test_a_file_that_changes_between_hashing_and_sending_is_never_completed(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """The manifest hash and the part's checksum come from one read of the file, the send
+    from another. If a byte changes in between, the uploader sees that the bytes sent are
+    not the bytes hashed (whether or not the store checks the checksum: moto does not),
+    fails the upload as corrupt and aborts it: nothing under the key, no upload left to
+    resume, no state file."""
+    data = os.urandom(2 * PART + 4096)
+    path = tmp_path / "part-0000.parquet"
+    path.write_bytes(data)
+    config = s3_server.tier_config("eu-central", prefix="fp2", part_size=PART)
+    bucket = TierBucket("cold", config)
+
+    class ChangedAfterHashing(LocalRange):
+        def region(self, offset: int, length: int) -> FileRegion:
+            return _Tampered(self.path, offset, length)
+
+    source = ChangedAfterHashing(path)
+    with pytest.raises(PartChangedError):
+        await MultipartUploader(bucket, tmp_path).upload(
+            "big.bin",
+            size=len(data),
+            content_hash=hash_bytes(data),
+            read=source,
+            regions=source.region,
+        )
+    assert await bucket.head("big.bin") is None
+    client = bucket.botocore_client()
+    listing = client.list_multipart_uploads(Bucket=config.bucket, Prefix=bucket.key(""))
+    assert listing.get("Uploads", []) == []
+    assert list((tmp_path / "_state/multipart/cold").glob("*.json")) == []
+
+
+class _Tampered(FileRegion):
+    """Serves the hashing pass the file's bytes, then flips one before the send reads it."""
+
+    def __init__(self, path: Path, offset: int, length: int) -> None:
+        super().__init__(path, offset, length)
+        self._tampered = False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.hashed is not None and not self._tampered:  # the send's first read
+            self._tampered = True
+            with self.path.open("r+b") as handle:
+                handle.seek(self.offset + 10)
+                byte = handle.read(1)
+                handle.seek(self.offset + 10)
+                handle.write(bytes([byte[0] ^ 0xFF]))
+        return super().read(size)
+
+
+def test_a_region_reads_its_range_in_pieces_and_rewinds(tmp_path: Path) -> None:
+    data = os.urandom(3 * PIECE + 100)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    region = FileRegion(path, PIECE // 2, 2 * PIECE)
+    try:
+        assert len(region) == 2 * PIECE
+        first = region.read(10 * PIECE)
+        assert first == data[PIECE // 2 : PIECE // 2 + PIECE]  # at most one piece per read
+        assert region.tell() == PIECE
+        rest = region.read()
+        assert rest == data[PIECE // 2 + PIECE : PIECE // 2 + 2 * PIECE]
+        assert region.read(1) == b""
+        region.seek(0)
+        assert region.read(5) == data[PIECE // 2 : PIECE // 2 + 5]
+        assert region.seek(0, 2) == 2 * PIECE
+    finally:
+        region.close()
+    assert region.closed
+    short = FileRegion(path, len(data) - 7, 100)  # the file ends first: reads short
+    try:
+        assert short.read(100) == data[-7:]
+    finally:
+        short.close()
+
+
+async def test_upload_regions_release_their_descriptors(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """Every region opened for an upload is closed when its part is done (no descriptor
+    leak over many uploads)."""
+    data = os.urandom(PART + 1)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="fp3", part_size=PART))
+    before = len(os.listdir("/proc/self/fd"))
+    source = LocalRange(path)
+    await asyncio.gather(
+        *(
+            MultipartUploader(bucket, tmp_path).upload(
+                f"o{n}.bin",
+                size=len(data),
+                content_hash=hash_bytes(data),
+                read=source,
+                regions=source.region,
+            )
+            for n in range(4)
+        )
+    )
+    assert len(os.listdir("/proc/self/fd")) <= before + 2  # the pool's sockets may stay open
