@@ -14,7 +14,7 @@ loopback: region A's store and region B's store):
    (replication/bucket_executor.py): disk fence policy, bucket fence claim,
    ranged GETs, every byte hashed (xxh3-128) and
    compared with the manifest before the upload completes, resumable multipart
-   uploads with their state saved after each part, fenced markers, the bucket index entry;
+   uploads (their state saved once per upload), fenced markers, the bucket index entry;
    **validated** (``--data parquet``): the same with the daemon's step
    validators, as a replica runs it (files spooled under the state directory,
    judged, then uploaded from the spool: replication/bucket_executor.py);

@@ -41,8 +41,10 @@ counted by check, tier and region, and the partition is not committed (its
 content remembered as refused); flagged rows are listed in the
 ``_quarantine.json`` sidecar, committed beside the data in the bucket. Each
 source byte still crosses the network once; memory stays one download chunk,
-one part buffer per upload and the validators' decoded tables (at most
-``replication.max_validations`` partitions at a time). The spool is emptied
+a few 256 KiB pieces per part in flight (parts are hashed and sent straight
+from the spool file, :class:`~cryptorun_daemon.storage.file_region.FileRegion`)
+and the validators' decoded tables (at most ``replication.max_validations``
+partitions at a time). The spool is emptied
 after the commit or the refusal; an interrupted download resumes from it.
 Without validators (benchmarks) the files stream object → object.
 Same-endpoint sources keep the disk executor plus a server-side copy
