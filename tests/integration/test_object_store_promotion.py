@@ -98,58 +98,43 @@ async def test_promoted_bucket_only_region_serves_its_bucket_to_a_disk_replica(
     keys = [_key(1), _key(2)]
     later = _key(3)
     with running_s3_server(tmp_path) as other:
-        a_config = s3_server.tier_config(EU, prefix="pr")
-        b_config = other.tier_config(US, prefix="pr")
-        a.sections["storage.tiers.cold"] = _tier_section(a_config)
-        b.sections["storage.tiers.cold"] = _tier_section(b_config)
-        b.sections["storage.sources.eu-central.cold"] = _tier_section(a_config)
-        b_bucket = TierBucket("cold", b_config)
-        async with aiohttp.ClientSession() as http:
-            async with run_daemon_process(b.write(), env=aws_env()) as db:
-                async with run_daemon_process(a.write(), env=aws_env()):
-                    for index, key in enumerate(keys):
-                        write_trade_partition(a.storage_root, key, rows=20_000, seed=index + 1)
-                        await seal_when_accepted(http, a.base_url, "cold", key.relpath)
+        async with (
+            aiohttp.ClientSession() as http,
+            _b_holding_a_partitions_in_its_bucket(
+                s3_server, other, http, a, b, keys, rows=20_000
+            ) as db,
+        ):
+            # A is down: B becomes the cold primary (A learns it when it comes back).
+            code, doc = await post_failover(
+                http,
+                db.base_url,
+                {"tier": "cold", "promote": US, "demote": EU, "dry_run": False},
+            )
+            assert code == 200, doc
+            async with run_daemon_process(c.write(), env=aws_env()):
 
-                    async def in_b_bucket() -> bool:
-                        heads = [
-                            await b_bucket.head(object_key(key, SUCCESS_MARKER)) for key in keys
-                        ]
-                        return all(head is not None for head in heads)
-
-                    await eventually(in_b_bucket, "both partitions in B's bucket", timeout=90)
-                # A is down: B becomes the cold primary (A learns it when it comes back).
-                code, doc = await post_failover(
-                    http,
-                    db.base_url,
-                    {"tier": "cold", "promote": US, "demote": EU, "dry_run": False},
-                )
-                assert code == 200, doc
-                async with run_daemon_process(c.write(), env=aws_env()):
-
-                    def in_c() -> bool:
-                        return all(
-                            (key.directory(c.storage_root) / SUCCESS_MARKER).is_file()
-                            for key in keys
-                        )
-
-                    await eventually(in_c, "both partitions replicated to C from B", timeout=90)
-                    # A partition B seals as primary goes to its disk and its bucket; the
-                    # disk → bucket worker indexes it with the rest, so C gets it too.
-                    write_trade_partition(b.storage_root, later, rows=5_000, seed=9)
-                    await seal_when_accepted(http, b.base_url, "cold", later.relpath)
-                    await eventually(
-                        (later.directory(c.storage_root) / SUCCESS_MARKER).is_file,
-                        "B's own new partition replicated to C",
-                        timeout=90,
+                def in_c() -> bool:
+                    return all(
+                        (key.directory(c.storage_root) / SUCCESS_MARKER).is_file() for key in keys
                     )
-            for key in keys:
-                for name in (DATA, MANIFEST_NAME):
-                    assert (key.directory(c.storage_root) / name).read_bytes() == (
-                        key.directory(a.storage_root) / name
-                    ).read_bytes()
-                assert not key.directory(b.storage_root).exists()
-            log = db.log_text()
+
+                await eventually(in_c, "both partitions replicated to C from B", timeout=90)
+                # A partition B seals as primary goes to its disk and its bucket; the
+                # disk → bucket worker indexes it with the rest, so C gets it too.
+                write_trade_partition(b.storage_root, later, rows=5_000, seed=9)
+                await seal_when_accepted(http, b.base_url, "cold", later.relpath)
+                await eventually(
+                    (later.directory(c.storage_root) / SUCCESS_MARKER).is_file,
+                    "B's own new partition replicated to C",
+                    timeout=90,
+                )
+        for key in keys:
+            for name in (DATA, MANIFEST_NAME):
+                assert (key.directory(c.storage_root) / name).read_bytes() == (
+                    key.directory(a.storage_root) / name
+                ).read_bytes()
+            assert not key.directory(b.storage_root).exists()
+        log = db.log_text()
     assert "partition streamed bucket to bucket" in log
 
 
@@ -161,6 +146,8 @@ async def _b_holding_a_partitions_in_its_bucket(
     a: RegionSpec,
     b: RegionSpec,
     keys: list[PartitionKey],
+    *,
+    rows: int = 5_000,
 ) -> AsyncIterator[DaemonProcess]:
     """B running with ``keys``, sealed at A at epoch 1, mirrored into its bucket; A stopped.
 
@@ -176,7 +163,7 @@ async def _b_holding_a_partitions_in_its_bucket(
     async with run_daemon_process(b.write(), env=aws_env()) as db:
         async with run_daemon_process(a.write(), env=aws_env()):
             for index, key in enumerate(keys):
-                write_trade_partition(a.storage_root, key, rows=5_000, seed=index + 1)
+                write_trade_partition(a.storage_root, key, rows=rows, seed=index + 1)
                 await seal_when_accepted(http, a.base_url, "cold", key.relpath)
 
             async def in_b_bucket() -> bool:
