@@ -230,9 +230,9 @@ def local_reader(directory: Path) -> FileReader:
 def read_file_range(path: Path, offset: int, length: int) -> bytearray:
     """Up to ``length`` bytes of ``path`` at ``offset``, read straight into one buffer.
 
-    A ``bytearray``, not ``bytes``: botocore checksums and sends a bytes-like
-    buffer as it is, while a ``bytes`` body is wrapped in a file object that
-    it reads back in 1 MiB copies for the checksum and in 8 KiB ones to send.
+    ``readinto`` one ``bytearray``: no intermediate copy (single PUTs; a
+    multipart part of a local file is sent from the file itself, see
+    :class:`LocalRange`).
     """
     buffer = bytearray(length)
     with path.open("rb", buffering=0) as handle:

@@ -106,9 +106,10 @@ class FileRegion(io.RawIOBase):
 def hash_region(region: FileRegion, hasher: Any) -> tuple[int, str]:
     """Feed the region's bytes to ``hasher`` in order; ``(size, base64 SHA-256 of them)``.
 
-    The SHA-256 goes with the part as ``x-amz-checksum-sha256``: the store
-    then checks the bytes it receives against the bytes hashed here, so a file
-    that changed between this read and the send is refused, never stored.
+    The SHA-256 goes with the part as ``x-amz-checksum-sha256`` (a store that
+    checks it refuses bytes other than these); the pass is also remembered
+    (``region.hashed``), so the uploader can tell whether the send read the
+    same bytes (:meth:`FileRegion.sent_as_hashed`) on any store.
     """
     region.seek(0)
     size = 0

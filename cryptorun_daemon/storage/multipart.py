@@ -17,8 +17,10 @@ start over. This module drives the S3 multipart calls itself through
    completed; otherwise it is aborted and nothing is visible under the key;
 4. each part carries ``x-amz-checksum-sha256``, computed here from the same
    read as the xxh3-128 (botocore does not read the part again), so a store
-   that checks (AWS S3, MinIO, R2) refuses a part torn on the way, or a local
-   file that changed between that read and the send.
+   that checks (AWS S3, MinIO, R2) refuses a part torn on the way; a part of a
+   local file is sent from the file, and if the bytes sent are not the bytes
+   hashed (the file changed in between) the upload is aborted
+   (:class:`PartChangedError`), whether or not the store checks.
 
 Uploads that nobody will resume (no state file, or older than
 ``orphan_upload_age``) are aborted by :meth:`MultipartUploader.abort_orphans`,

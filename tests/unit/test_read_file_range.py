@@ -1,4 +1,4 @@
-"""read_file_range: one buffer per part, the bytes botocore sends without copying."""
+"""read_file_range: a local range read into one buffer, short at the file's end."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_reads_the_range_into_a_bytearray_and_names_a_short_file(tmp_path: Path)
     path.write_bytes(data)
 
     middle = read_file_range(path, 4096, 8192)
-    assert isinstance(middle, bytearray)  # botocore checksums and sends it as it is
+    assert isinstance(middle, bytearray)  # filled in place, no intermediate copy
     assert middle == data[4096 : 4096 + 8192]
     tail = read_file_range(path, 3 * 4096, 4096)  # only 17 bytes are left
     assert tail == data[3 * 4096 :]
