@@ -74,6 +74,11 @@ def _check_and_release(validator: StepValidator, path: Path, dataset: str, tier:
         release_memory()
 
 
+def _log_release_failure(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("decode pool release failed", error=str(done.exception()))
+
+
 class PartitionVerifier:
     """Runs the step validators on a partition's files and remembers refused content."""
 
@@ -143,7 +148,12 @@ class PartitionVerifier:
             if self._in_flight == 0 and not self._closed:
                 # The burst is over: the decode pool's pages go back now, not
                 # file by file (which would fault them in again for the next).
-                await asyncio.get_running_loop().run_in_executor(self._threads, release_decode_pool)
+                # Not awaited: it must neither replace this call's own error nor
+                # hold up a cancellation behind a busy validation thread.
+                released = asyncio.get_running_loop().run_in_executor(
+                    self._threads, release_decode_pool
+                )
+                released.add_done_callback(_log_release_failure)
 
     async def _validate(self, manifest: Manifest, directory: Path) -> None:
         rejections: list[str] = []

@@ -21,8 +21,10 @@ async def gather_or_cancel(calls: Iterable[Awaitable[_T]]) -> list[_T]:
     is the first failure itself, not an ``ExceptionGroup`` (callers judge it
     by type and reason).
     """
-    tasks = [asyncio.ensure_future(call) for call in calls]
+    tasks: list[asyncio.Future[_T]] = []
     try:
+        for call in calls:  # inside: a generator failing halfway still gets its tasks stopped
+            tasks.append(asyncio.ensure_future(call))
         return list(await asyncio.gather(*tasks))
     finally:
         for task in tasks:

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import io
 import os
+import threading
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,7 +29,7 @@ import xxhash
 
 __all__ = ["PIECE", "FileRegion", "hash_part", "hash_region"]
 
-#: The most bytes one ``read`` returns (callers loop until ``b""``).
+#: The most bytes one sized ``read`` returns (callers loop until ``b""``).
 PIECE: Final = 256 << 10
 
 
@@ -37,10 +38,16 @@ class FileRegion(io.RawIOBase):
 
     Positions are relative to the region. A file shorter than the region
     reads short (the uploader's hash check names it). Resource handling: one
-    descriptor, closed by :meth:`close` or the context manager.
+    descriptor, closed by :meth:`close` or the context manager. A request
+    abandoned by a cancelled task may still be reading in its worker thread
+    when the region is closed: reads and the close take one lock, and a read
+    after the close raises (the descriptor's number may already name another
+    file), so such a request fails instead of sending another file's bytes.
     """
 
     def __init__(self, path: Path, offset: int, length: int) -> None:
+        self._fd = -1  # before anything can fail: close() (and __del__) must find it
+        self._lock = threading.Lock()
         super().__init__()
         self.path = path
         self.offset = offset
@@ -85,12 +92,16 @@ class FileRegion(io.RawIOBase):
         return self._position == self.length and self._pass.intdigest() == self.hashed
 
     def read(self, size: int | None = -1) -> bytes:
-        remaining = self.length - self._position
-        want = remaining if size is None or size < 0 else min(size, remaining)
-        data = os.pread(self._fd, min(want, PIECE), self.offset + self._position)
-        self._position += len(data)
-        self._pass.update(data)
-        return data
+        """Up to ``size`` bytes (at most :data:`PIECE`), or the rest with ``size < 0``."""
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError(f"{self.path}: read of a closed region")
+            remaining = self.length - self._position
+            want = remaining if size is None or size < 0 else min(size, remaining, PIECE)
+            data = os.pread(self._fd, want, self.offset + self._position)
+            self._position += len(data)
+            self._pass.update(data)
+            return data
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         data = self.read(len(buffer))
@@ -98,8 +109,10 @@ class FileRegion(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
         super().close()
 
 

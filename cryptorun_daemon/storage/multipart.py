@@ -187,9 +187,13 @@ class MultipartUploader:
         ):
             await self._abort(state.key, state.upload_id)  # another version: start over
             state = None
+        # Part number → the SHA-256 the store reports for a part it holds (when it does).
+        stored_checksums: dict[int, str] = {}
         if state is not None:
             try:
-                state.parts = await self._list_parts(state)
+                listed = await self._list_parts(state)
+                state.parts = {number: etag for number, (etag, _) in listed.items()}
+                stored_checksums = {n: ck for n, (_, ck) in listed.items() if ck is not None}
                 report.resumed = True
             except ObjectMissingError:
                 state = None  # the store forgot it (aborted, expired): start over
@@ -209,14 +213,21 @@ class MultipartUploader:
         # Memory: every part held (read, hashed or in flight) holds one of the
         # bucket's part buffers, so all uploads of a tier together stay bounded.
         sending: list[asyncio.Task[None]] = []
+        # Part number → base64 SHA-256 of the bytes we hashed for it (sent or reused).
+        checksums: dict[int, str] = {}
 
-        async def send(number: int, data: bytes | bytearray | FileRegion, checksum: str) -> None:
-            try:
-                etag = await self._put_part(state, number, data, checksum)
-            finally:
+        def finished(data: bytes | bytearray | FileRegion) -> Callable[[object], None]:
+            # Runs when the send task ends, even if it was cancelled before it started:
+            # the permit always goes back, and a region is closed only then.
+            def done(_task: object) -> None:
                 self.bucket.part_buffers.release()
                 if isinstance(data, FileRegion):
                     data.close()
+
+            return done
+
+        async def send(number: int, data: bytes | bytearray | FileRegion, checksum: str) -> None:
+            etag = await self._put_part(state, number, data, checksum)
             self.bucket.count_bytes("put", len(data))
             report.sent += len(data)
             # In memory only: a resumed upload asks the store (ListParts), so no
@@ -225,59 +236,58 @@ class MultipartUploader:
             failpoint("multipart.after_part")
 
         try:
-            try:
-                for number in range(1, count + 1):
-                    offset = (number - 1) * self.part_size
-                    length = min(self.part_size, size - offset)
-                    # A part buffer: the part's memory, or (from a file) its request slot.
-                    await self.bucket.part_buffers.acquire()
-                    data: bytes | bytearray | FileRegion = b""
-                    try:
-                        if regions is not None:
-                            data = await asyncio.to_thread(regions, offset, length)
-                            taken, checksum = await asyncio.to_thread(hash_region, data, hasher)
-                        else:
-                            data = await read(offset, length)
-                            taken = len(data)
-                            checksum = await asyncio.to_thread(hash_part, data, hasher)
-                        if taken != length:
-                            raise UploadCorruptError(
-                                f"{relative}: source gave {taken} bytes at {offset}, "
-                                f"expected {length}",
-                                got="short read",
-                                size=offset + taken,
-                            )
-                    except BaseException:
-                        self.bucket.part_buffers.release()
-                        if isinstance(data, FileRegion):
-                            data.close()
-                        raise
-                    if number in state.parts:
-                        report.reused += length
-                        self.bucket.part_buffers.release()
-                        if isinstance(data, FileRegion):
-                            data.close()
-                        del data
-                        continue
-                    sending.append(asyncio.create_task(send(number, data, checksum)))
-                    # The part is the send task's now: this frame must not keep it alive
-                    # while it waits for the other parts and the completion (with every
-                    # upload of a tier doing so, that was one more part per upload).
+            for number in range(1, count + 1):
+                offset = (number - 1) * self.part_size
+                length = min(self.part_size, size - offset)
+                # A part buffer: the part's memory, or (from a file) its request slot.
+                await self.bucket.part_buffers.acquire()
+                data: bytes | bytearray | FileRegion = b""
+                try:
+                    if regions is not None:
+                        data = await asyncio.to_thread(regions, offset, length)
+                        taken, checksum = await asyncio.to_thread(hash_region, data, hasher)
+                    else:
+                        data = await read(offset, length)
+                        taken = len(data)
+                        checksum = await asyncio.to_thread(hash_part, data, hasher)
+                    if taken != length:
+                        raise UploadCorruptError(
+                            f"{relative}: source gave {taken} bytes at {offset}, expected {length}",
+                            got="short read",
+                            size=offset + taken,
+                        )
+                except BaseException:
+                    finished(data)(None)
+                    raise
+                checksums[number] = checksum
+                if number in state.parts and stored_checksums.get(number, checksum) == checksum:
+                    report.reused += length
+                    finished(data)(None)
                     del data
-                    for task in [task for task in sending if task.done()]:
-                        sending.remove(task)
-                        task.result()  # a failed part stops the upload now (resumable)
-                await asyncio.gather(*sending)
-            finally:
-                # On any failure the parts still in flight are cancelled and awaited:
-                # none outlives this call (their state is saved or resumable).
-                for task in sending:
-                    task.cancel()
-                await asyncio.gather(*sending, return_exceptions=True)
-        except PartChangedError:
-            # The store holds bytes nobody hashed: never resume or complete this upload.
-            await self._abort(key, state.upload_id)
-            await asyncio.to_thread(self._forget, key)
+                    continue
+                task = asyncio.create_task(send(number, data, checksum))
+                task.add_done_callback(finished(data))
+                sending.append(task)
+                # The part is the send task's now: this frame must not keep it alive
+                # while it waits for the other parts and the completion (with every
+                # upload of a tier doing so, that was one more part per upload).
+                del data
+                for task in [task for task in sending if task.done()]:
+                    sending.remove(task)
+                    task.result()  # a failed part stops the upload now (resumable)
+            await asyncio.gather(*sending)
+        except BaseException as exc:
+            # On any failure the parts still in flight are cancelled and awaited:
+            # none outlives this call (their state is saved or resumable)...
+            for task in sending:
+                task.cancel()
+            outcomes = await asyncio.gather(*sending, return_exceptions=True)
+            if isinstance(exc, PartChangedError) or any(
+                isinstance(outcome, PartChangedError) for outcome in outcomes
+            ):
+                # ...unless the store holds bytes nobody hashed: never resume or complete.
+                await self._abort(key, state.upload_id)
+                await asyncio.to_thread(self._forget, key)
             raise
         got = format_hash(hasher.hexdigest())
         if got != content_hash:
@@ -288,7 +298,7 @@ class MultipartUploader:
                 got=got,
                 size=size,
             )
-        report.etag = await self._complete(state)
+        report.etag = await self._complete(state, checksums)
         await asyncio.to_thread(self._forget, key)
         return report
 
@@ -340,12 +350,17 @@ class MultipartUploader:
             )
         return etag
 
-    async def _list_parts(self, state: UploadState) -> dict[int, str]:
-        """The parts the store holds for ``state``'s upload (full-size ones only)."""
+    async def _list_parts(self, state: UploadState) -> dict[int, tuple[str, str | None]]:
+        """The parts the store holds for ``state``'s upload (full-size ones only).
+
+        Part number → (ETag, the part's SHA-256 as the store reports it, if it
+        does: AWS S3 and MinIO do, moto does not). A part whose SHA-256 differs
+        from the local bytes' is sent again, never reused.
+        """
         client = self.bucket.botocore_client()
 
-        async def attempt() -> dict[int, str]:
-            parts: dict[int, str] = {}
+        async def attempt() -> dict[int, tuple[str, str | None]]:
+            parts: dict[int, tuple[str, str | None]] = {}
             marker = 0
             while True:
                 answer: dict[str, Any] = await asyncio.to_thread(
@@ -359,16 +374,27 @@ class MultipartUploader:
                     number = int(part["PartNumber"])
                     expected = min(state.part_size, state.size - (number - 1) * state.part_size)
                     if int(part["Size"]) == expected:
-                        parts[number] = str(part["ETag"])
+                        checksum = part.get("ChecksumSHA256")
+                        parts[number] = (str(part["ETag"]), str(checksum) if checksum else None)
                 if not answer.get("IsTruncated"):
                     return parts
                 marker = int(answer["NextPartNumberMarker"])
 
         return await self.bucket.call("multipart", state.key, attempt)
 
-    async def _complete(self, state: UploadState) -> str | None:
+    async def _complete(self, state: UploadState, checksums: dict[int, str]) -> str | None:
+        """Complete the upload naming each part with its ETag and SHA-256.
+
+        The upload was created with ``ChecksumAlgorithm=SHA256``: AWS S3 then
+        requires every part's checksum here, and refuses one that does not
+        match the part it holds (a reused part that is not the local bytes).
+        """
         client = self.bucket.botocore_client()
-        parts = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(state.parts.items())]
+        parts = [
+            {"PartNumber": n, "ETag": etag, "ChecksumSHA256": checksums[n]}
+            for n, etag in sorted(state.parts.items())
+            if n in checksums  # every part of this object was hashed in this call
+        ]
 
         async def attempt() -> str | None:
             answer = await asyncio.to_thread(

@@ -10,6 +10,8 @@ that changes between that read and the send is never completed.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 from pathlib import Path
 
@@ -132,27 +134,85 @@ def test_a_region_reads_its_range_in_pieces_and_rewinds(tmp_path: Path) -> None:
         short.close()
 
 
-async def test_upload_regions_release_their_descriptors(
+class _Recorded(LocalRange):
+    """A local file whose regions are kept, to check each one was closed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.opened: list[FileRegion] = []
+
+    def region(self, offset: int, length: int) -> FileRegion:
+        region = super().region(offset, length)
+        self.opened.append(region)
+        return region
+
+
+async def test_every_region_is_closed_and_complete_names_each_parts_checksum(
     s3_server: S3Server, aws_credentials: str, tmp_path: Path
 ) -> None:
-    """Every region opened for an upload is closed when its part is done (no descriptor
-    leak over many uploads)."""
-    data = os.urandom(PART + 1)
+    """Every region opened for an upload is closed once its part is done, and
+    CompleteMultipartUpload names every part with the SHA-256 of its bytes: AWS S3
+    requires that of an upload created with ChecksumAlgorithm=SHA256 (moto does not),
+    and refuses a part whose stored bytes differ."""
+    data = os.urandom(2 * PART + 1)
     path = tmp_path / "f.bin"
     path.write_bytes(data)
     bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="fp3", part_size=PART))
-    before = len(os.listdir("/proc/self/fd"))
-    source = LocalRange(path)
-    await asyncio.gather(
-        *(
-            MultipartUploader(bucket, tmp_path).upload(
-                f"o{n}.bin",
-                size=len(data),
-                content_hash=hash_bytes(data),
-                read=source,
-                regions=source.region,
-            )
-            for n in range(4)
-        )
+    completed: list[dict[str, object]] = []
+    client = bucket.botocore_client()
+    client.meta.events.register(
+        "provide-client-params.s3.CompleteMultipartUpload",
+        lambda params, **_: completed.append(params),
     )
-    assert len(os.listdir("/proc/self/fd")) <= before + 2  # the pool's sockets may stay open
+    source = _Recorded(path)
+    await MultipartUploader(bucket, tmp_path).upload(
+        "o.bin", size=len(data), content_hash=hash_bytes(data), read=source, regions=source.region
+    )
+    assert len(source.opened) == 3
+    assert all(region.closed for region in source.opened)
+    [params] = completed
+    parts = params["MultipartUpload"]["Parts"]  # type: ignore[index]
+    expected = [
+        base64.b64encode(hashlib.sha256(data[n * PART : (n + 1) * PART]).digest()).decode()
+        for n in range(3)
+    ]
+    assert [part["ChecksumSHA256"] for part in parts] == expected
+    with pytest.raises(ValueError, match="closed region"):
+        source.opened[0].read(1)  # a late read of a closed region never reads another file
+
+
+async def test_a_failed_part_gives_every_permit_back_and_closes_every_region(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first part's request fails while later parts are queued: the upload fails,
+    and every part-buffer permit of the tier comes back and every region is closed, even
+    for a part whose send task was cancelled before it ever ran (such a permit was lost
+    for good, and after a few failures the tier's uploads waited forever)."""
+    data = os.urandom(4 * PART)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    config = s3_server.tier_config("eu-central", prefix="fp4", part_size=PART, concurrency=8)
+    bucket = TierBucket("cold", config)
+    permits = bucket.part_buffers._value
+    uploader = MultipartUploader(bucket, tmp_path)
+    real_put = uploader._put_part
+
+    async def failing_put(state: object, number: int, data: object, checksum: str) -> str:
+        if number == 1:
+            raise RuntimeError("part 1 refused")
+        await asyncio.sleep(3600)  # the others are still in flight when part 1 fails
+        return await real_put(state, number, data, checksum)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(uploader, "_put_part", failing_put)
+    source = _Recorded(path)
+    with pytest.raises(RuntimeError, match="part 1 refused"):
+        await uploader.upload(
+            "o.bin",
+            size=len(data),
+            content_hash=hash_bytes(data),
+            read=source,
+            regions=source.region,
+        )
+    assert bucket.part_buffers._value == permits
+    assert source.opened
+    assert all(region.closed for region in source.opened)

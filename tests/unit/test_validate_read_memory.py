@@ -76,3 +76,23 @@ def test_the_decode_pool_is_jemalloc_where_arrow_has_it() -> None:
     from cryptorun_daemon.runtime.allocator import decode_pool
 
     assert decode_pool().backend_name == "jemalloc"
+
+
+def test_a_file_with_a_nested_column_is_read_whole_for_the_schema_check(tmp_path: Path) -> None:
+    """A struct column spans several leaf columns: the file is read whole (not by leaf
+    index, which would mismatch fields), so the schema check judges it instead of the
+    read failing as if the file were unreadable."""
+    path = tmp_path / "nested.parquet"
+    table = pa.table(
+        {
+            "a": pa.array(
+                [{"x": 1, "y": 2.0}], pa.struct([("x", pa.int64()), ("y", pa.float64())])
+            ),
+            "b": pa.array([3], pa.int64()),
+            "s": pa.array(["k"], pa.string()),
+        }
+    )
+    pq.write_table(table, path)
+    read = read_partition_table(path)
+    assert read.column("a").to_pylist() == [{"x": 1, "y": 2.0}]
+    assert read.column("b").to_pylist() == [3]

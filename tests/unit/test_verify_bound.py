@@ -93,9 +93,18 @@ async def test_the_decode_pool_is_released_once_a_burst_of_validations_ends(
         running -= 1
         return True
 
-    monkeypatch.setattr(verify, "release_decode_pool", lambda: released.append(running))
+    done = threading.Event()
+
+    def release() -> None:
+        released.append(running)
+        done.set()
+
+    monkeypatch.setattr(verify, "release_decode_pool", release)
     verifier = PartitionVerifier(validators=[validator], max_validations=2)
     await asyncio.gather(*(verifier.validate(read_manifest(d), d) for d in dirs))
-    assert released == [0]  # once, with nothing decoding
+    assert await asyncio.to_thread(done.wait, 10)  # it runs on a validation thread
+    done.clear()
     await verifier.validate(read_manifest(dirs[0]), dirs[0])
-    assert released == [0, 0]  # a new burst, released again when it ends
+    assert await asyncio.to_thread(done.wait, 10)
+    await asyncio.to_thread(verifier._threads.shutdown, True)  # nothing else queued behind
+    assert released == [0, 0]  # once per burst, with nothing decoding

@@ -143,8 +143,9 @@ def read_partition_table(path: Path) -> pa.Table:
         metadata = probe.metadata
         schema = probe.schema_arrow
     strings = [f.name for f in schema if pa.types.is_string(f.type)]
-    if len(set(schema.names)) != len(schema.names):
-        # Columns cannot be picked by name; the schema check will refuse the file.
+    if len(set(schema.names)) != len(schema.names) or metadata.num_columns != len(schema):
+        # Duplicate names, or nested columns (a struct spans several leaf columns, and
+        # the reader picks leaves): read whole; the schema check will refuse the file.
         with pq.ParquetFile(path, metadata=metadata, read_dictionary=strings or None) as whole:
             return whole.read(use_threads=False)
     # ParquetFile has no memory_pool argument; the reader it wraps does.
