@@ -103,11 +103,6 @@ class FileRegion(io.RawIOBase):
             self._pass.update(data)
             return data
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
@@ -133,10 +128,15 @@ def hash_region(region: FileRegion, hasher: Any) -> tuple[int, str]:
         size += len(piece)
     region.hashed = region.pass_digest()
     region.seek(0)
-    return size, base64.b64encode(sha.digest()).decode("ascii")
+    return size, _base64_digest(sha)
 
 
 def hash_part(data: bytes | bytearray, hasher: Any) -> str:
     """Feed an in-memory part to ``hasher``; the base64 SHA-256 of it (see :func:`hash_region`)."""
     hasher.update(data)
-    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+    return _base64_digest(hashlib.sha256(data))
+
+
+def _base64_digest(sha: Any) -> str:
+    """The form ``x-amz-checksum-sha256`` takes."""
+    return base64.b64encode(sha.digest()).decode("ascii")

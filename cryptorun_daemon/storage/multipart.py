@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import time
@@ -216,16 +217,6 @@ class MultipartUploader:
         # Part number → base64 SHA-256 of the bytes we hashed for it (sent or reused).
         checksums: dict[int, str] = {}
 
-        def finished(data: bytes | bytearray | FileRegion) -> Callable[[object], None]:
-            # Runs when the send task ends, even if it was cancelled before it started:
-            # the permit always goes back, and a region is closed only then.
-            def done(_task: object) -> None:
-                self.bucket.part_buffers.release()
-                if isinstance(data, FileRegion):
-                    data.close()
-
-            return done
-
         async def send(number: int, data: bytes | bytearray | FileRegion, checksum: str) -> None:
             etag = await self._put_part(state, number, data, checksum)
             self.bucket.count_bytes("put", len(data))
@@ -257,16 +248,19 @@ class MultipartUploader:
                             size=offset + taken,
                         )
                 except BaseException:
-                    finished(data)(None)
+                    self._release(data)
                     raise
                 checksums[number] = checksum
                 if number in state.parts and stored_checksums.get(number, checksum) == checksum:
                     report.reused += length
-                    finished(data)(None)
+                    self._release(data)
                     del data
                     continue
                 task = asyncio.create_task(send(number, data, checksum))
-                task.add_done_callback(finished(data))
+                # Released when the task ends, even if it is cancelled before it starts
+                # (its own finally would never run): the permit always goes back, and a
+                # region is closed only once nothing sends from it any more.
+                task.add_done_callback(functools.partial(self._release_after, data))
                 sending.append(task)
                 # The part is the send task's now: this frame must not keep it alive
                 # while it waits for the other parts and the completion (with every
@@ -301,6 +295,15 @@ class MultipartUploader:
         report.etag = await self._complete(state, checksums)
         await asyncio.to_thread(self._forget, key)
         return report
+
+    def _release(self, data: bytes | bytearray | FileRegion) -> None:
+        """Give back a part's permit (and close its region) once nothing uses it."""
+        self.bucket.part_buffers.release()
+        if isinstance(data, FileRegion):
+            data.close()
+
+    def _release_after(self, data: bytes | bytearray | FileRegion, _task: object) -> None:
+        self._release(data)  # a send task's done-callback
 
     # --- requests (botocore in worker threads) ------------------------------------
 
