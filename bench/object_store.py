@@ -58,7 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cryptorun_daemon.config import ObjectStoreTier  # noqa: E402
-from cryptorun_daemon.config.model import ValidationConfig  # noqa: E402
+from cryptorun_daemon.config.model import ReplicationConfig, ValidationConfig  # noqa: E402
 from cryptorun_daemon.data.validate.batch import partition_validator  # noqa: E402
 from cryptorun_daemon.metrics import Metrics  # noqa: E402
 from cryptorun_daemon.replication.bucket_executor import (  # noqa: E402
@@ -246,6 +246,7 @@ async def run_daemon(
         epoch_provider=lambda _tier: 1,
         primary_provider=lambda _tier: "eu-central",
         index=bucket_index(Path(args.state), "cold"),
+        max_validations=ReplicationConfig().max_bucket_validations,
         # "validated": the daemon's step validators, as a replica runs them
         # (the files spooled and judged before they go up).
         validators=[

@@ -305,6 +305,9 @@ def _replication(t: Table) -> ReplicationConfig:
         anti_entropy_interval=t.duration("anti_entropy_interval", d.anti_entropy_interval),
         scrub_interval=t.duration("scrub_interval", d.scrub_interval),
         max_validations=t.integer("max_validations", d.max_validations, minimum=1),
+        max_bucket_validations=t.integer(
+            "max_bucket_validations", d.max_bucket_validations, minimum=1
+        ),
     )
     t.finish()
     return cfg

@@ -235,6 +235,9 @@ class ReplicationConfig:
     scrub_interval: float = 3600.0
     # Partitions validated at once (validators decode whole Parquet files).
     max_validations: int = 2
+    # ...by a bucket → bucket replica (spooled files): one validation keeps up with a
+    # bucket transfer and holds one decoded file (docs/BENCHMARKS.md, object store).
+    max_bucket_validations: int = 1
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,10 @@ content remembered as refused); flagged rows are listed in the
 source byte still crosses the network once; memory stays one download chunk,
 a few 256 KiB pieces per part in flight (parts are hashed and sent straight
 from the spool file, :class:`~cryptorun_daemon.storage.file_region.FileRegion`)
-and the validators' decoded tables (at most ``replication.max_validations``
-partitions at a time). The spool is emptied
+and the validators' decoded tables (at most
+``replication.max_bucket_validations`` partitions at a time, one by default:
+a validation thread keeps up with a bucket transfer, and each one in flight
+holds a decoded file). The spool is emptied
 after the commit or the refusal; an interrupted download resumes from it.
 Without validators (benchmarks) the files stream object → object.
 Same-endpoint sources keep the disk executor plus a server-side copy
@@ -120,7 +122,7 @@ class BucketMirrorExecutor(WarmColdExecutor):
         retry_attempts: int = 3,
         validators: Sequence[StepValidator] = (),
         strict: bool = False,
-        max_validations: int = 2,
+        max_validations: int = 1,
     ) -> None:
         super().__init__(
             root=root,

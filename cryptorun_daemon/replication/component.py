@@ -509,7 +509,7 @@ class WarmColdComponent:
             # The disk path's validators and quarantine, on spooled copies.
             validators=self.validators,
             strict=self.ctx.config.validation.strict,
-            max_validations=self.ctx.config.replication.max_validations,
+            max_validations=self.ctx.config.replication.max_bucket_validations,
         )
 
     def _executor(self, source: HttpPeer | ReconcileSource | BucketFileSource) -> WarmColdExecutor:

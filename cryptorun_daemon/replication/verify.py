@@ -91,6 +91,7 @@ class PartitionVerifier:
     ) -> None:
         self.validators = tuple(validators)
         self.strict = strict
+        self.max_validations = max_validations
         # Validators decode whole Parquet files (tens of MB each in memory): at
         # most this many partitions are validated at once, whatever the copy
         # concurrency, so the copier's memory is bounded by configuration.

@@ -253,6 +253,9 @@ class TierBucket:
                     max_pool_connections=max(10, self.config.concurrency * 2),
                 ),
             )
+            # After botocore's own handler, which asks for 100-continue on every
+            # file-like body (a part sent from a file, see storage/file_region.py).
+            self._botocore.meta.events.register_last("before-call.s3", _no_expect_continue)
         return self._botocore
 
     # --- retries --------------------------------------------------------------
@@ -455,3 +458,16 @@ def _short(exc: BaseException) -> str:
     """The first line of an error, bounded (XML bodies can be long)."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _no_expect_continue(params: dict[str, Any], **_: Any) -> None:
+    """Send a body at once instead of waiting for the store's ``100 Continue``.
+
+    botocore asks for it on every file-like body (a part sent from a file),
+    which costs each part a round trip and the store a response. A part is at
+    most ``part_size`` bytes, so what 100-continue saves when a store refuses
+    one (an expired credential, a wrong bucket) is that part's bytes, not a
+    large object's; ``obstore`` (the plain loop and every single PUT) never asks
+    for it either. Measured: docs/BENCHMARKS.md, object store, fifth round.
+    """
+    params.get("headers", {}).pop("Expect", None)

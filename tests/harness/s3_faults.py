@@ -50,6 +50,8 @@ class S3FaultProxy:
         #: Faults injected so far, by ``(method, status or "stall")``.
         self.injected: Counter[tuple[str, str]] = Counter()
         self.forwarded = 0
+        #: Every request seen: ``(method, path and query, header names in lower case)``.
+        self.seen: list[tuple[str, str, frozenset[str]]] = []
         #: True: drop If-None-Match / If-Match before forwarding (a store without
         #: conditional writes, as seen by the client).
         self.strip_conditions = False
@@ -76,6 +78,9 @@ class S3FaultProxy:
         return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(
+            (request.method, str(request.rel_url), frozenset(k.lower() for k in request.headers))
+        )
         body = await request.read()
         fault = self._take(request.method)
         if fault is not None:

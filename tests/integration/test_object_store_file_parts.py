@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from cryptorun_daemon.storage.manifest import hash_bytes
 from cryptorun_daemon.storage.multipart import MultipartUploader, PartChangedError
 from cryptorun_daemon.storage.object_store import TierBucket
 from tests.harness.s3 import S3Server, aws_credentials, s3_server
+from tests.harness.s3_faults import S3FaultProxy
 
 __all__ = ["aws_credentials", "s3_server"]  # pytest fixtures used by name
 
@@ -53,6 +55,35 @@ async def test_a_local_file_goes_up_in_parts_sent_from_the_file(
 
     assert report.sent == len(data)
     body, _ = await bucket.get("big.bin")
+    assert body == data
+
+
+async def test_parts_from_a_file_are_sent_without_waiting_for_100_continue(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """botocore asks for ``Expect: 100-continue`` on every file-like body; the parts of
+    a local file go up without it (no round trip, no extra response per part), as
+    obstore sends its own PUTs, and the object is whole."""
+    data = os.urandom(PART + 777)
+    path = tmp_path / "part-0000.parquet"
+    path.write_bytes(data)
+    async with S3FaultProxy(s3_server.endpoint) as proxy:
+        config = s3_server.tier_config("eu-central", prefix="fp3", part_size=PART)
+        bucket = TierBucket("cold", replace(config, endpoint_url=proxy.endpoint))
+        source = LocalRange(path)
+        await MultipartUploader(bucket, tmp_path).upload(
+            "big.bin",
+            size=len(data),
+            content_hash=hash_bytes(data),
+            read=source,
+            regions=source.region,
+        )
+        body, _ = await bucket.get("big.bin")
+
+    parts = [headers for method, url, headers in proxy.seen if "partNumber=" in url]
+    assert len(parts) == 2
+    assert all("x-amz-checksum-sha256" in headers for headers in parts)
+    assert not any("expect" in headers for headers in parts)
     assert body == data
 
 
