@@ -46,7 +46,13 @@ from the spool file, :class:`~cryptorun_daemon.storage.file_region.FileRegion`)
 and the validators' decoded tables (at most
 ``replication.max_bucket_validations`` partitions at a time, one by default:
 a validation thread keeps up with a bucket transfer, and each one in flight
-holds a decoded file). The spool is emptied
+holds a decoded file). At most one partition more than can be judged at
+once is being spooled (:attr:`BucketMirrorExecutor.spooling`): a step's
+partitions go through the spool a few at a time, each downloaded at the
+source's full rate and uploading as soon as it is judged, instead of every
+partition downloading at once, sharing the source's slots, and none judged
+and uploading until most had arrived (docs/BENCHMARKS.md, object store, fifth
+round). The spool is emptied
 after the commit or the refusal; an interrupted download resumes from it.
 Without validators (benchmarks) the files stream object → object.
 Same-endpoint sources keep the disk executor plus a server-side copy
@@ -140,6 +146,9 @@ class BucketMirrorExecutor(WarmColdExecutor):
         self._epoch = epoch_provider
         self._primary = primary_provider
         self._token: FenceToken | None = None
+        #: Partitions being downloaded into the spool or judged there: one per
+        #: validation slot, plus the one downloading next (module docstring).
+        self.spooling = asyncio.Semaphore(max_validations + 1)
 
     async def _claim(self, tier: ActivePassiveTier, manifest: Manifest) -> FenceToken:
         epoch = self._epoch(tier)
@@ -217,9 +226,12 @@ class BucketMirrorExecutor(WarmColdExecutor):
         """
         if not self.validators:
             return bucket_reader(self.source_bucket), None
-        await self._run(lambda: spool.mkdir(parents=True, exist_ok=True))
-        await gather_or_cancel(
-            self.downloader.fetch_file(manifest, spool, entry, counter) for entry in manifest.files
-        )
-        await self.verifier.validate(manifest, spool)
-        return local_reader(spool), await self._run(read_local_sidecar, spool)
+        async with self.spooling:
+            await self._run(lambda: spool.mkdir(parents=True, exist_ok=True))
+            await gather_or_cancel(
+                self.downloader.fetch_file(manifest, spool, entry, counter)
+                for entry in manifest.files
+            )
+            await self.verifier.validate(manifest, spool)
+            sidecar = await self._run(read_local_sidecar, spool)
+        return local_reader(spool), sidecar
