@@ -217,6 +217,9 @@ async def run_baseline(args: argparse.Namespace, parts: list[Manifest]) -> tuple
             )
             moved += len(data)
 
+    # As the daemon variants' fence claim does before their timer: one small PUT, so
+    # the destination's first connection is not timed in one variant only.
+    await obstore.put_async(dst.store, dst.key("_state/warm-up"), b"{}")
     started = time.perf_counter()
     await asyncio.gather(*(one(k) for k in keys))
     return moved, time.perf_counter() - started
@@ -253,6 +256,7 @@ async def run_daemon(
         primary_provider=lambda _tier: "eu-central",
         index=bucket_index(Path(args.state), "cold"),
         max_validations=ReplicationConfig().max_bucket_validations,
+        spool_partitions=ReplicationConfig().bucket_spool_partitions,
         # "validated": the daemon's step validators, as a replica runs them
         # (the files spooled and judged before they go up).
         validators=[
@@ -269,7 +273,7 @@ async def run_daemon(
     # Two files per partition: concurrency/2 partitions at once keep as many objects in
     # flight as the baseline; --partitions 0 starts them all, as a replica's step does,
     # bounded by the executor's own slots (source, target, spool, validations).
-    at_once = args.partitions if args.partitions is not None else args.concurrency // 2
+    at_once = args.partitions if args.partitions is not None else max(1, args.concurrency // 2)
     slots = asyncio.Semaphore(max(1, at_once) if at_once else len(parts))
     moved = 0
 

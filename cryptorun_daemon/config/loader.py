@@ -308,6 +308,9 @@ def _replication(t: Table) -> ReplicationConfig:
         max_bucket_validations=t.integer(
             "max_bucket_validations", d.max_bucket_validations, minimum=1
         ),
+        bucket_spool_partitions=t.integer(
+            "bucket_spool_partitions", d.bucket_spool_partitions, minimum=1
+        ),
     )
     t.finish()
     return cfg

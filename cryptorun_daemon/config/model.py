@@ -238,6 +238,9 @@ class ReplicationConfig:
     # ...by a bucket → bucket replica (spooled files): one validation keeps up with a
     # bucket transfer and holds one decoded file (docs/BENCHMARKS.md, object store).
     max_bucket_validations: int = 1
+    # Partitions such a replica downloads into its spool (or has judged there) at once:
+    # each completes at the source's full rate instead of all sharing it.
+    bucket_spool_partitions: int = 2
 
 
 @dataclass(frozen=True)

@@ -46,11 +46,12 @@ from the spool file, :class:`~cryptorun_daemon.storage.file_region.FileRegion`)
 and the validators' decoded tables (at most
 ``replication.max_bucket_validations`` partitions at a time, one by default:
 a validation thread keeps up with a bucket transfer, and each one in flight
-holds a decoded file). At most one partition more than can be judged at
-once is being spooled (:attr:`BucketMirrorExecutor.spooling`): a step's
-partitions go through the spool a few at a time, each downloaded at the
-source's full rate and uploading as soon as it is judged, instead of every
-partition downloading at once, sharing the source's slots, and none judged
+holds a decoded file). At most ``replication.bucket_spool_partitions`` (2)
+partitions are being downloaded into the spool or judged there at once
+(:attr:`BucketMirrorExecutor.spooling`; their downloads also take the source
+bucket's transfer slots): a step's partitions go through the spool a few at a
+time, each downloaded at the source's full rate and uploading as soon as it
+is judged, instead of every partition downloading at once and none judged
 and uploading until most had arrived (docs/BENCHMARKS.md, object store, fifth
 round). The spool is emptied
 after the commit or the refusal; an interrupted download resumes from it.
@@ -111,7 +112,8 @@ class BucketMirrorExecutor(WarmColdExecutor):
     (bytes do not hash to the manifest), ``timeout`` / ``peer_unreachable``
     / ``http`` (requests past the retries of :class:`TierBucket`); an
     interrupted multipart upload resumes on the next pass. Resource handling:
-    the buckets' connection pools live as long as the link; no local files.
+    the buckets' connection pools live as long as the link; with validators,
+    the spool holds the files of the partitions in flight until their commit.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class BucketMirrorExecutor(WarmColdExecutor):
         validators: Sequence[StepValidator] = (),
         strict: bool = False,
         max_validations: int = 1,
+        spool_partitions: int = 2,
     ) -> None:
         super().__init__(
             root=root,
@@ -146,9 +149,10 @@ class BucketMirrorExecutor(WarmColdExecutor):
         self._epoch = epoch_provider
         self._primary = primary_provider
         self._token: FenceToken | None = None
-        #: Partitions being downloaded into the spool or judged there: one per
-        #: validation slot, plus the one downloading next (module docstring).
-        self.spooling = asyncio.Semaphore(max_validations + 1)
+        #: Partitions being downloaded into the spool or judged there at once
+        #: (``replication.bucket_spool_partitions``; module docstring).
+        self.spool_partitions = spool_partitions
+        self.spooling = asyncio.Semaphore(spool_partitions)
 
     async def _claim(self, tier: ActivePassiveTier, manifest: Manifest) -> FenceToken:
         epoch = self._epoch(tier)

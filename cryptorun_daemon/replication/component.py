@@ -510,6 +510,7 @@ class WarmColdComponent:
             validators=self.validators,
             strict=self.ctx.config.validation.strict,
             max_validations=self.ctx.config.replication.max_bucket_validations,
+            spool_partitions=self.ctx.config.replication.bucket_spool_partitions,
         )
 
     def _executor(self, source: HttpPeer | ReconcileSource | BucketFileSource) -> WarmColdExecutor:

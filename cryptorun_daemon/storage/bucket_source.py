@@ -110,7 +110,11 @@ class BucketFileSource:
         expected_hash: str,
         reconcile_epoch: int | None = None,
     ) -> AsyncIterator[BucketFileStream]:
-        """Stream one file from ``offset``; the executor verifies it against the manifest."""
+        """Stream one file from ``offset``; the executor verifies it against the manifest.
+
+        The stream holds one of the source bucket's transfer slots
+        (``concurrency``) while it is open, like every transfer of a tier.
+        """
         relative = object_key(parse_partition_path(tier, partition), name)
         try:
             info = await self.bucket.head(relative)
@@ -124,4 +128,5 @@ class BucketFileSource:
         # of whatever is there now is hashed with the kept prefix and the whole
         # file compared with the manifest, so a replaced object is caught as corrupt.
         start = offset if offset <= info.size else 0
-        yield BucketFileStream(start, info.etag, BucketChunks(self.bucket, relative, start))
+        async with self.bucket.slots:
+            yield BucketFileStream(start, info.etag, BucketChunks(self.bucket, relative, start))

@@ -3,15 +3,17 @@
 Against moto's server on loopback. With validators, every file is downloaded
 into the spool, judged, then uploaded. A step's partitions all start at once
 (``WarmColdExecutor.run_step``); unbounded, every partition downloaded at the
-same time, sharing the source's slots, and none was judged or uploaded until
-most had arrived (the 450 MB bench: 0.56–0.60x of the plain loop and 208–217 MB
-peak, docs/BENCHMARKS.md). At most ``max_validations + 1`` partitions are now
-downloading or being judged at once, and every one still commits.
+same time and none was judged or uploaded until most had arrived (the 434 MB
+bench with every partition started at once: 0.56–0.60x of the plain loop and
+208–217 MB peak, docs/BENCHMARKS.md). At most ``bucket_spool_partitions``
+partitions are now downloading or being judged at once, every one still
+commits, and a peer bucket's streams hold its transfer slots.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,11 +34,13 @@ __all__ = ["aws_credentials", "s3_server"]  # pytest fixtures used by name
 PARTITIONS = 6
 
 
-async def _seed_source(bucket: TierBucket, root: Path) -> list[Manifest]:
-    """Six sealed cold partitions of two files each, put into ``bucket``."""
+async def _seed_source(
+    bucket: TierBucket, root: Path, *, count: int = PARTITIONS
+) -> list[Manifest]:
+    """``count`` sealed cold partitions of two files each, put into ``bucket``."""
     manifests = []
     for directory in seed_partitions(
-        root, tier="cold", start=datetime(2025, 3, 1, tzinfo=UTC), count=PARTITIONS, files=2
+        root, tier="cold", start=datetime(2025, 3, 1, tzinfo=UTC), count=count, files=2
     ):
         manifest = read_manifest(directory)
         for entry in manifest.files:
@@ -61,8 +65,12 @@ async def test_a_step_spools_at_most_one_partition_more_than_it_judges_at_once(
     spooling: set[str] = set()  # partitions between their first download and their verdict
     judged: dict[str, int] = {}
     peak = 0
+    second = threading.Event()  # a second partition is spooling
 
     def validator(path: Path, dataset: str, tier: str) -> None:
+        # The first verdict waits for a second partition to arrive: the peak is then
+        # exactly the bound, whatever the machine's speed.
+        second.wait(timeout=30)
         partition = str(path.parent.relative_to(root / "_state"))
         with lock:
             judged[partition] = judged.get(partition, 0) + 1
@@ -81,6 +89,7 @@ async def test_a_step_spools_at_most_one_partition_more_than_it_judges_at_once(
         index=bucket_index(root, "cold"),
         validators=[validator],
         max_validations=1,
+        spool_partitions=2,
     )
     fetch = executor.downloader.fetch_file
 
@@ -91,6 +100,8 @@ async def test_a_step_spools_at_most_one_partition_more_than_it_judges_at_once(
         with lock:
             spooling.add(str(directory.relative_to(root / "_state")))
             peak = max(peak, len(spooling))
+            if len(spooling) >= 2:
+                second.set()
         await asyncio.sleep(0.02)  # let the other partitions' downloads start if they can
         await fetch(manifest, directory, entry, counter)
 
@@ -104,3 +115,29 @@ async def test_a_step_spools_at_most_one_partition_more_than_it_judges_at_once(
     assert len(judged) == PARTITIONS
     for manifest in manifests:
         assert await target.head(object_key(manifest.key, SUCCESS_MARKER)) is not None
+
+
+async def test_a_peer_buckets_open_streams_hold_its_transfer_slots(
+    s3_server: S3Server, aws_credentials: str, tmp_path: Path
+) -> None:
+    """Reading a peer's bucket takes one of that bucket's ``concurrency`` transfer slots per
+    open file, like every transfer of a tier: with two slots, two open streams leave none,
+    and closing one gives it back."""
+    bucket = TierBucket(
+        "cold", s3_server.tier_config("eu-central", prefix="spool-slots", concurrency=2)
+    )
+    [manifest] = await _seed_source(bucket, tmp_path / "source", count=1)
+    source = BucketFileSource("eu-central", bucket)
+
+    def open_file(name: str) -> contextlib.AbstractAsyncContextManager[object]:
+        entry = next(e for e in manifest.files if e.name == name)
+        return source.open_file(
+            "cold", manifest.partition, name, offset=0, expected_hash=entry.hash
+        )
+
+    first, second = (entry.name for entry in manifest.files)
+    async with open_file(first):
+        assert not bucket.slots.locked()
+        async with open_file(second):
+            assert bucket.slots.locked()
+        assert not bucket.slots.locked()

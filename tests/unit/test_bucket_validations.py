@@ -3,7 +3,8 @@
 The disk copier validates ``replication.max_validations`` partitions at a time
 (2 by default: validation, not the transfer, bounds a local copy). A replica
 whose tier and source live in buckets on different endpoints validates
-``replication.max_bucket_validations`` (1 by default): one validation thread keeps up
+``replication.max_bucket_validations`` (1 by default) and spools
+``replication.bucket_spool_partitions`` (2): one validation thread keeps up
 with a bucket transfer, and each one in flight holds a decoded file
 (docs/BENCHMARKS.md, object store, fifth round).
 """
@@ -59,32 +60,50 @@ def _component(tmp_path: Path, replication: dict[str, object]) -> WarmColdCompon
 
 
 @pytest.mark.parametrize(
-    ("replication", "bucket", "disk"),
-    [({}, 1, 2), ({"max_bucket_validations": 3, "max_validations": 4}, 3, 4)],
+    ("replication", "bucket", "spool", "disk"),
+    [
+        ({}, 1, 2, 2),
+        (
+            {"max_bucket_validations": 3, "bucket_spool_partitions": 5, "max_validations": 4},
+            3,
+            5,
+            4,
+        ),
+    ],
 )
 def test_a_bucket_to_bucket_replica_validates_max_bucket_validations_partitions_at_once(
     tmp_path: Path,
     aws_credentials: str,
     replication: dict[str, object],
     bucket: int,
+    spool: int,
     disk: int,
 ) -> None:
-    """The bucket → bucket executor's verifier takes ``max_bucket_validations`` (default 1),
-    the disk executor's ``max_validations`` (default 2), from the same config."""
+    """The bucket → bucket executor's verifier takes ``max_bucket_validations`` (default 1)
+    and its spool ``bucket_spool_partitions`` (default 2), the disk executor's verifier
+    ``max_validations`` (default 2), from the same config."""
     component = _component(tmp_path, replication)
     mirror = component._bucket_mirror("cold", "eu-central")
     assert isinstance(mirror, BucketMirrorExecutor)
     assert mirror.verifier.max_validations == bucket
+    assert mirror.spool_partitions == spool
     source = mirror.source
     assert isinstance(source, BucketFileSource)
     assert component._executor(source).verifier.max_validations == disk
 
 
-def test_max_bucket_validations_below_one_is_refused(tmp_path: Path) -> None:
-    """Zero validations at once would never commit anything: a config error naming the key."""
+def test_bucket_validations_or_spool_partitions_below_one_are_refused(tmp_path: Path) -> None:
+    """Zero partitions judged or spooled at once would never commit anything: a config error
+    naming each key."""
     spec = RegionSpec(
-        "us-east", 18080, tmp_path / "us", sections={"replication": {"max_bucket_validations": 0}}
+        "us-east",
+        18080,
+        tmp_path / "us",
+        sections={"replication": {"max_bucket_validations": 0, "bucket_spool_partitions": 0}},
     )
     with pytest.raises(ConfigError) as info:
         load_config(spec.write())
-    assert [p.key for p in info.value.problems] == ["replication.max_bucket_validations"]
+    assert sorted(p.key for p in info.value.problems) == [
+        "replication.bucket_spool_partitions",
+        "replication.max_bucket_validations",
+    ]
