@@ -21,7 +21,7 @@ import pytest
 from cryptorun_daemon.storage.bucket_commit import LocalRange
 from cryptorun_daemon.storage.file_region import PIECE, FileRegion
 from cryptorun_daemon.storage.manifest import hash_bytes
-from cryptorun_daemon.storage.multipart import MultipartUploader, PartChangedError
+from cryptorun_daemon.storage.multipart import MultipartUploader, PartChangedError, UploadReport
 from cryptorun_daemon.storage.object_store import TierBucket
 from tests.harness.s3 import S3Server, aws_credentials, s3_server
 from tests.harness.s3_faults import S3FaultProxy
@@ -29,6 +29,15 @@ from tests.harness.s3_faults import S3FaultProxy
 __all__ = ["aws_credentials", "s3_server"]  # pytest fixtures used by name
 
 PART = 5 << 20  # S3's smallest part
+
+
+async def _upload_file(
+    bucket: TierBucket, root: Path, key: str, data: bytes, source: LocalRange
+) -> UploadReport:
+    """Upload ``data`` (the bytes of ``source``'s file) under ``key``, parts sent from the file."""
+    return await MultipartUploader(bucket, root).upload(
+        key, size=len(data), content_hash=hash_bytes(data), read=source, regions=source.region
+    )
 
 
 class _NoMemoryReads(LocalRange):
@@ -49,9 +58,7 @@ async def test_a_local_file_goes_up_in_parts_sent_from_the_file(
     bucket = TierBucket("cold", s3_server.tier_config("eu-central", prefix="fp", part_size=PART))
     source = _NoMemoryReads(path)
 
-    report = await MultipartUploader(bucket, tmp_path).upload(
-        "big.bin", size=len(data), content_hash=hash_bytes(data), read=source, regions=source.region
-    )
+    report = await _upload_file(bucket, tmp_path, "big.bin", data, source)
 
     assert report.sent == len(data)
     body, _ = await bucket.get("big.bin")
@@ -68,16 +75,10 @@ async def test_parts_from_a_file_are_sent_without_waiting_for_100_continue(
     path = tmp_path / "part-0000.parquet"
     path.write_bytes(data)
     async with S3FaultProxy(s3_server.endpoint) as proxy:
-        config = s3_server.tier_config("eu-central", prefix="fp3", part_size=PART)
+        config = s3_server.tier_config("eu-central", prefix="fp-expect", part_size=PART)
         bucket = TierBucket("cold", replace(config, endpoint_url=proxy.endpoint))
         source = LocalRange(path)
-        await MultipartUploader(bucket, tmp_path).upload(
-            "big.bin",
-            size=len(data),
-            content_hash=hash_bytes(data),
-            read=source,
-            regions=source.region,
-        )
+        await _upload_file(bucket, tmp_path, "big.bin", data, source)
         body, _ = await bucket.get("big.bin")
 
     parts = [headers for method, url, headers in proxy.seen if "partNumber=" in url]
@@ -107,13 +108,7 @@ async def test_a_file_that_changes_between_hashing_and_sending_is_never_complete
 
     source = ChangedAfterHashing(path)
     with pytest.raises(PartChangedError):
-        await MultipartUploader(bucket, tmp_path).upload(
-            "big.bin",
-            size=len(data),
-            content_hash=hash_bytes(data),
-            read=source,
-            regions=source.region,
-        )
+        await _upload_file(bucket, tmp_path, "big.bin", data, source)
     assert await bucket.head("big.bin") is None
     client = bucket.botocore_client()
     listing = client.list_multipart_uploads(Bucket=config.bucket, Prefix=bucket.key(""))
@@ -196,9 +191,7 @@ async def test_every_region_is_closed_and_complete_names_each_parts_checksum(
         lambda params, **_: completed.append(params),
     )
     source = _Recorded(path)
-    await MultipartUploader(bucket, tmp_path).upload(
-        "o.bin", size=len(data), content_hash=hash_bytes(data), read=source, regions=source.region
-    )
+    await _upload_file(bucket, tmp_path, "o.bin", data, source)
     assert len(source.opened) == 3
     assert all(region.closed for region in source.opened)
     [params] = completed
