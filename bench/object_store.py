@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cryptorun_daemon.config import ObjectStoreTier  # noqa: E402
-from cryptorun_daemon.config.model import ReplicationConfig, ValidationConfig  # noqa: E402
+from cryptorun_daemon.config.model import ValidationConfig  # noqa: E402
 from cryptorun_daemon.data.validate.batch import partition_validator  # noqa: E402
 from cryptorun_daemon.metrics import Metrics  # noqa: E402
 from cryptorun_daemon.replication.bucket_executor import (  # noqa: E402
@@ -255,8 +255,7 @@ async def run_daemon(
         epoch_provider=lambda _tier: 1,
         primary_provider=lambda _tier: "eu-central",
         index=bucket_index(Path(args.state), "cold"),
-        max_validations=ReplicationConfig().max_bucket_validations,
-        spool_partitions=ReplicationConfig().bucket_spool_partitions,
+        # Validation and spool bounds: the executor's defaults, the config's.
         # "validated": the daemon's step validators, as a replica runs them
         # (the files spooled and judged before they go up).
         validators=[
@@ -274,7 +273,7 @@ async def run_daemon(
     # flight as the baseline; --partitions 0 starts them all, as a replica's step does,
     # bounded by the executor's own slots (source, target, spool, validations).
     at_once = args.partitions if args.partitions is not None else max(1, args.concurrency // 2)
-    slots = asyncio.Semaphore(max(1, at_once) if at_once else len(parts))
+    slots = asyncio.Semaphore(at_once or len(parts))
     moved = 0
 
     async def one(manifest: Manifest) -> None:

@@ -70,7 +70,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from cryptorun_daemon.config import ActivePassiveTier, Tier, is_active_passive
+from cryptorun_daemon.config import (
+    ActivePassiveTier,
+    ReplicationConfig,
+    Tier,
+    is_active_passive,
+)
 from cryptorun_daemon.errors import FencedError, ReplicationError
 from cryptorun_daemon.replication.download import ByteCounter
 from cryptorun_daemon.replication.executor import WarmColdExecutor
@@ -130,8 +135,8 @@ class BucketMirrorExecutor(WarmColdExecutor):
         retry_attempts: int = 3,
         validators: Sequence[StepValidator] = (),
         strict: bool = False,
-        max_validations: int = 1,
-        spool_partitions: int = 2,
+        max_validations: int = ReplicationConfig.max_bucket_validations,
+        spool_partitions: int = ReplicationConfig.bucket_spool_partitions,
     ) -> None:
         super().__init__(
             root=root,

@@ -102,7 +102,6 @@ async def test_a_step_spools_at_most_one_partition_more_than_it_judges_at_once(
             peak = max(peak, len(spooling))
             if len(spooling) >= 2:
                 second.set()
-        await asyncio.sleep(0.02)  # let the other partitions' downloads start if they can
         await fetch(manifest, directory, entry, counter)
 
     executor.downloader.fetch_file = counted  # type: ignore[method-assign]
